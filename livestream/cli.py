@@ -1,0 +1,68 @@
+"""The ``livestream`` command line: one sub-command per module in ``commands/``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from livestream import __version__
+
+# name -> module under livestream.commands; each has add_args(parser) and main(args).
+COMMANDS: dict[str, str] = {
+    "run": "run",
+    "status": "status",
+    "demo": "demo",
+    "motion": "motion",
+    "ctf": "ctf",
+    "pick": "pick",
+    "extract": "extract",
+    "class2d": "class2d",
+}
+
+
+def _load(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"livestream.commands.{COMMANDS[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"livestream.commands.{COMMANDS[name]}":
+            return None  # not built yet
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livestream",
+        description="Live cryo-EM processing beside the microscope.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"livestream {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        if module is None:
+            continue
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_args(command)
+        command.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args._main(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
