@@ -60,12 +60,13 @@ class Optics:
     ``pixel_size_a`` is the pixel of the movie as written; ``binning`` is the factor
     applied by the camera to the physical pixels (0.5 for SerialEM's super-resolution
     readout); ``super_resolution_factor`` is EPU's factor (2 for K3 super-resolution).
-    ``cs_mm`` comes from the instrument profile because EPU does not record it.
+    ``cs_mm`` is ``None`` when the metadata does not record it (EPU never does);
+    :func:`mdcatch.crosscheck.reconcile` fills it from the instrument profile.
     """
 
     voltage_kv: float
     pixel_size_a: float
-    cs_mm: float = 2.7
+    cs_mm: float | None = None
     amplitude_contrast: float = 0.1
     detector: str = ""
     camera_mode: CameraMode = CameraMode.COUNTING

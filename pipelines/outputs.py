@@ -76,15 +76,14 @@ def write_mrc(
     import mrcfile
 
     array = np.asarray(data, dtype=np.float16 if float16 else np.float32)
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(array)
-            if array.ndim == 3:
-                if is_stack is False:
-                    mrc.set_volume()
-                else:
-                    mrc.set_image_stack()
-            mrc.voxel_size = pixel_size_a
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(array)
+        if array.ndim == 3:
+            if is_stack is False:
+                mrc.set_volume()
+            else:
+                mrc.set_image_stack()
+        mrc.voxel_size = pixel_size_a
     return Path(path)
 
 
