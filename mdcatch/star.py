@@ -1,0 +1,73 @@
+"""RELION-4 movies STAR (``data_optics`` + ``data_movies``) from exposure records.
+
+Exposures that share voltage, Cs, amplitude contrast, pixel size and detector form
+one optics group, numbered in order of first appearance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import starfile
+
+from mdcatch.errors import MetadataError
+from mdcatch.records import Exposure
+
+__all__ = ["movies_star_blocks", "optics_group_key", "write_movies_star"]
+
+DEFAULT_CS_MM = 2.7
+
+
+def optics_group_key(exposure: Exposure) -> tuple[float, float, float, float, str]:
+    """What makes two exposures belong to different optics groups."""
+    optics = exposure.optics
+    cs_mm = DEFAULT_CS_MM if optics.cs_mm is None else optics.cs_mm
+    return (
+        round(optics.voltage_kv, 3),
+        round(cs_mm, 4),
+        round(optics.amplitude_contrast, 4),
+        round(optics.pixel_size_a, 5),
+        optics.detector,
+    )
+
+
+def movies_star_blocks(exposures: Sequence[Exposure]) -> dict[str, pd.DataFrame]:
+    """The ``optics`` and ``movies`` blocks for exposures that have a movie."""
+    groups: dict[tuple[float, float, float, float, str], int] = {}
+    movie_rows: list[dict[str, object]] = []
+    for exposure in exposures:
+        if exposure.movie_path is None:
+            raise MetadataError(
+                exposure.metadata_path,
+                "movie_path",
+                None,
+                "no movie found for exposure",
+            )
+        key = optics_group_key(exposure)
+        group = groups.setdefault(key, len(groups) + 1)
+        movie_rows.append(
+            {
+                "rlnMicrographMovieName": str(exposure.movie_path),
+                "rlnOpticsGroup": group,
+            }
+        )
+    optics_rows = [
+        {
+            "rlnOpticsGroupName": f"opticsGroup{number}",
+            "rlnOpticsGroup": number,
+            "rlnMicrographOriginalPixelSize": key[3],
+            "rlnVoltage": key[0],
+            "rlnSphericalAberration": key[1],
+            "rlnAmplitudeContrast": key[2],
+        }
+        for key, number in groups.items()
+    ]
+    return {"optics": pd.DataFrame(optics_rows), "movies": pd.DataFrame(movie_rows)}
+
+
+def write_movies_star(path: Path, exposures: Sequence[Exposure]) -> Path:
+    """Write a RELION-4 movies STAR that ``relion_run_motioncorr`` can read."""
+    starfile.write(movies_star_blocks(exposures), path, overwrite=True)
+    return path
