@@ -155,7 +155,11 @@ def read_camera(doc: ImageDocument) -> CameraSettings:
         raise MetadataError(path, "Binning", binning, "must be at least 1")
     mode = CameraMode.INTEGRATING
     if counting:
-        mode = CameraMode.SUPER_RESOLUTION if factor > 1 else CameraMode.COUNTING
+        # The K3 counts in super-resolution (factor 2) but EPU bins the saved movie
+        # by ``Binning``: with Binning 2 the movie is at the physical pixel, so it is
+        # a counting movie; only factor > binning leaves super-resolution pixels.
+        super_res = factor > binning
+        mode = CameraMode.SUPER_RESOLUTION if super_res else CameraMode.COUNTING
     return CameraSettings(name, commercial or name, mode, factor, binning)
 
 

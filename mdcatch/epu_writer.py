@@ -98,8 +98,9 @@ def _camera(acquisition: etree._Element, exposure: Exposure) -> None:
     if optics.binning != int(optics.binning) or optics.binning < 1:
         raise ValueError(f"EPU binning is a whole number, not {optics.binning}")
     super_res = optics.camera_mode is CameraMode.SUPER_RESOLUTION
+    # Super-resolution pixels are saved only when EPU does not bin them away.
     if (
-        super_res != (optics.super_resolution_factor > 1)
+        super_res != (optics.super_resolution_factor > optics.binning)
         and optics.camera_mode is not CameraMode.INTEGRATING
     ):
         raise ValueError(

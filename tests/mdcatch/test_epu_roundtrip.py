@@ -129,7 +129,10 @@ def exposures(draw: st.DrawFn, folder: Path) -> Exposure:
             detector=detector,
             camera_mode=mode,
             super_resolution_factor=sr_factor,
-            binning=float(draw(st.integers(1, 8))),
+            # super-resolution pixels survive only unbinned (binning < factor)
+            binning=1.0
+            if mode is CameraMode.SUPER_RESOLUTION
+            else float(draw(st.integers(1, 8))),
             energy_filter_slit_ev=draw(_maybe(_floats(1.0, 100.0))),  # type: ignore[arg-type]
             phase_plate=draw(st.booleans()),
             instrument_id=str(draw(st.integers(1000, 9999))),
