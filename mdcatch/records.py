@@ -9,11 +9,10 @@ super-resolution pixel).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import MappingProxyType
 
 
 class Software(enum.Enum):
@@ -50,7 +49,45 @@ class CameraMode(enum.Enum):
     SUPER_RESOLUTION = "super_resolution"
 
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+class FrozenMap(Mapping[str, str]):
+    """A read-only ``str -> str`` mapping that pickles (records cross process pools).
+
+    ``types.MappingProxyType`` is read-only too, but cannot be pickled.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(
+        self, data: Mapping[str, str] | Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self._data: dict[str, str] = dict(data)
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[str, str]]]:
+        return (FrozenMap, (self._data,))
+
+
+def _freeze_extra(record: object) -> None:
+    extra = getattr(record, "extra")  # noqa: B009 - called from __post_init__ only
+    if not isinstance(extra, FrozenMap):
+        object.__setattr__(record, "extra", FrozenMap(extra))
+
+
+_EMPTY: Mapping[str, str] = FrozenMap()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +152,9 @@ class Exposure:
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     warnings: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        _freeze_extra(self)
+
     @property
     def dose_per_frame_e_per_a2(self) -> float:
         """Mean dose per movie frame (e/Å²)."""
@@ -139,6 +179,9 @@ class Session:
     software_version: str = ""
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
+    def __post_init__(self) -> None:
+        _freeze_extra(self)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MovieHeader:
@@ -157,6 +200,9 @@ class MovieHeader:
     compression: str = ""
     size_bytes: int = 0
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        _freeze_extra(self)
 
     @property
     def n_frames(self) -> int:
