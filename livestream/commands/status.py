@@ -1,0 +1,84 @@
+"""Show what the service has done: counts per stage and state, failures, throughput.
+
+Example::
+
+    livestream status --project /data/cm40593-1
+    livestream status --project /data/cm40593-1 --json | jq .exposures
+
+Reads the ledger ``<project>/livestream.sqlite`` without writing to it; works while
+the service runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_args", "main", "read_status"]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=Path, default=Path("demo-project"))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--failures", type=int, default=20, help="failures to list")
+
+
+def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
+    """The status document of the ledger in ``project`` (see ``--json``)."""
+    from livestream.daemon import summarize_ledger
+    from livestream.ledger import Ledger
+
+    ledger = Ledger(project / "livestream.sqlite", read_only=True)
+    try:
+        status: dict[str, Any] = summarize_ledger(ledger)
+        status["project"] = str(project)
+        status["failures"] = [
+            {
+                "exposure_id": row.exposure_id,
+                "stage": row.stage,
+                "state": row.state.value,
+                "attempts": row.attempts,
+                "error": row.error,
+            }
+            for row in ledger.problems(n_failures)
+        ]
+    finally:
+        ledger.close()
+    return status
+
+
+def _table(status: dict[str, Any]) -> str:
+    states = ["pending", "running", "done", "failed", "quarantined"]
+    lines = [f"project {status['project']}"]
+    lines.append(f"{'stage':<12}" + "".join(f"{s:>13}" for s in states))
+    for stage, counts in status["exposures"].items():
+        lines.append(
+            f"{stage:<12}" + "".join(f"{counts.get(s, 0):>13}" for s in states)
+        )
+    age = status["newest_exposure_age_s"]
+    lines.append(
+        f"{status['n_done']} of {status['n_exposures']} exposures done; "
+        f"{status['exposures_per_hour']:.1f} exposures/hour; newest exposure "
+        + ("none yet" if age is None else f"appeared {age:.0f} s ago")
+    )
+    if status["failures"]:
+        lines.append("failures:")
+        for failure in status["failures"]:
+            lines.append(
+                f"  {failure['exposure_id']} {failure['stage']} {failure['state']} "
+                f"(attempts {failure['attempts']}): {failure['error']}"
+            )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    ledger_path = args.project / "livestream.sqlite"
+    if not ledger_path.is_file():
+        print(f"livestream status: no ledger at {ledger_path}", file=sys.stderr)
+        return 1
+    status = read_status(args.project, n_failures=args.failures)
+    print(json.dumps(status, indent=2) if args.json else _table(status))
+    return 0

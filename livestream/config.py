@@ -1,0 +1,231 @@
+"""The service configuration: one TOML file, validated at start.
+
+Every key has a default that works for the demo, so an empty file (or none) is a
+valid configuration.  Errors name the key and the file::
+
+    ConfigError: live.toml: key 'workers.n_processes': Input should be greater
+    than or equal to 1 (got 0)
+
+Example (all sections optional)::
+
+    [session]
+    path = "/mnt/epu/Supervisor_20250108_101446"
+    movie_roots = ["/mnt/dosefractions/cm40593-1"]
+    settle_time_s = 10
+
+    [project]
+    path = "/data/processing/cm40593-1"
+
+    [workers]
+    n_processes = 4
+
+    [stages]
+    chain = ["motion", "ctf"]
+
+    [stages.ctf]
+    kind = "ctf"
+    cs_mm = 2.7
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "MetricsConfig",
+    "MqttConfig",
+    "Polling",
+    "ProjectConfig",
+    "ServiceConfig",
+    "SessionConfig",
+    "SoftwareChoice",
+    "StagesConfig",
+    "WorkersConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; names the key."""
+
+
+class SoftwareChoice(enum.Enum):
+    EPU = "epu"
+    SERIALEM = "serialem"
+    AUTO = "auto"
+
+
+class Polling(enum.Enum):
+    """Watch with inotify (``false``), by polling (``true``) or decide per mount."""
+
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionConfig(_Section):
+    path: Path = Path("session")
+    software: SoftwareChoice = SoftwareChoice.AUTO
+    movie_roots: tuple[Path, ...] = ()
+    settle_time_s: float = Field(default=10.0, ge=0.0)
+    polling: Polling = Polling.AUTO
+    polling_interval_s: float = Field(default=2.0, gt=0.0)
+    rescan_interval_s: float = Field(default=30.0, gt=0.0)
+    orphan_timeout_s: float = Field(default=300.0, gt=0.0)
+    path_map: dict[str, Path] = Field(default_factory=dict)
+
+    @field_validator("polling", mode="before")
+    @classmethod
+    def _polling_from_bool(cls, value: object) -> object:
+        # TOML users write ``polling = true``; the enum holds strings.
+        return str(value).lower() if isinstance(value, bool) else value
+
+
+class ProjectConfig(_Section):
+    path: Path = Path("project")
+
+
+class WorkersConfig(_Section):
+    n_processes: int = Field(default=2, ge=1)
+    start_method: str = Field(default="forkserver", pattern="^(spawn|forkserver)$")
+    dask_scheduler_address: str = ""
+    max_in_flight: int = Field(default=4, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=5.0, ge=0.0)
+    newest_share: float = Field(default=0.25, ge=0.0, le=1.0)
+    drain_timeout_s: float = Field(default=60.0, ge=0.0)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class MqttConfig(_Section):
+    host: str = ""
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None  # with tls; None: the system's CA store
+    username: str = ""
+    password_file: Path | None = None
+    outbox_size: int = Field(default=10_000, ge=1)
+    keepalive_s: int = Field(default=30, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
+class StagesConfig(BaseModel):
+    """``chain`` lists the stage names in order; ``[stages.<name>]`` holds params.
+
+    A stage table may name its implementation with ``kind`` (default: the stage
+    name); every other key is a parameter checked by that kind's parameter model.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    chain: tuple[str, ...] = ("motion", "ctf")
+
+    def params_of(self, name: str) -> dict[str, Any]:
+        extra = self.model_extra or {}
+        table = extra.get(name, {})
+        return dict(table) if isinstance(table, Mapping) else {}
+
+    def kind_of(self, name: str) -> str:
+        return str(self.params_of(name).get("kind", name))
+
+    @model_validator(mode="after")
+    def _check_tables(self) -> StagesConfig:
+        if len(set(self.chain)) != len(self.chain):
+            raise ValueError(f"stage names repeat in chain {list(self.chain)}")
+        for name, table in (self.model_extra or {}).items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"[stages.{name}] must be a table, got {table!r}")
+        return self
+
+
+class ServiceConfig(_Section):
+    session: SessionConfig = SessionConfig()
+    project: ProjectConfig = ProjectConfig()
+    workers: WorkersConfig = WorkersConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    mqtt: MqttConfig = MqttConfig()
+    stages: StagesConfig = StagesConfig()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.project.path / "livestream.sqlite"
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{source}: key {key!r}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServiceConfig:
+    """Read ``path`` (TOML; ``None`` = defaults), apply ``overrides``, validate.
+
+    ``overrides`` is nested like the file (``{"session": {"path": ...}}``); CLI
+    flags arrive this way and win over the file.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        config = ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    from livestream.stages import validate_stage_params
+
+    try:
+        validate_stage_params(config.stages)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config

@@ -1,0 +1,242 @@
+"""The service: start-up, reconciliation, the main loop, shutdown.
+
+Start-up opens the ledger, reconciles it with the project folder, starts metrics,
+MQTT and the executor, and tells systemd READY.  The main loop is a named
+:class:`asyncio.TaskGroup` of the watcher, the scheduler, the reporter's MQTT
+feed and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
+the ``stop`` event: the watcher stops taking work, in-flight stages get
+``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
+``pending`` (checkpoint), and the function returns 0.  A second signal exits at
+once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from livestream.config import ServiceConfig
+from livestream.executors import DaskExecutor, LocalExecutor, create_executor
+from livestream.intake import Intake
+from livestream.ledger import Ledger
+from livestream.reconcile import ReconcileReport, reconcile_ledger
+from livestream.reporting import Listener, Reporter
+from livestream.scheduler import Scheduler, SchedulerSettings
+from livestream.stages import Chain, build_chain
+from livestream.watcher import SessionWatcher
+
+__all__ = ["EXIT_FORCED", "ServiceHandle", "run_service", "summarize_ledger"]
+
+log = logging.getLogger(__name__)
+
+EXIT_FORCED = 130
+SUMMARY_INTERVAL_S = 5.0
+
+
+@dataclass(slots=True)
+class ServiceHandle:
+    """What a caller embedding the service (demo, tests) can look at."""
+
+    reporter: Reporter
+    reconcile: ReconcileReport
+    scheduler: Scheduler
+    watcher: SessionWatcher
+
+
+def summarize_ledger(
+    ledger: Ledger, now_unix_s: float | None = None
+) -> dict[str, object]:
+    """Counts per stage and state, throughput per hour, the newest exposure's age."""
+    now = time.time() if now_unix_s is None else now_unix_s
+    newest = ledger.newest_discovered_unix_s()
+    first_done = ledger.first_done_unix_s()
+    per_hour = 0.0
+    if first_done is not None:
+        window_start = max(now - 3600.0, first_done)
+        n_done = len(ledger.done_times_since(window_start))
+        span_s = max(now - window_start, 60.0)
+        per_hour = n_done / span_s * 3600.0
+    return {
+        "exposures": ledger.stage_counts(),
+        "n_exposures": ledger.count_exposures(),
+        "n_done": ledger.count_done(),
+        "newest_exposure_age_s": None if newest is None else max(0.0, now - newest),
+        "exposures_per_hour": per_hour,
+    }
+
+
+def _summary_text(summary: dict[str, object], depth: int, in_flight: int) -> str:
+    return (
+        f"{summary['n_done']}/{summary['n_exposures']} exposures done, "
+        f"{in_flight} running, {depth} queued, "
+        f"{float(summary['exposures_per_hour']):.0f}/h"  # type: ignore[arg-type]
+    )
+
+
+def _force_exit() -> None:
+    os._exit(EXIT_FORCED)
+
+
+async def run_service(
+    config: ServiceConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    listeners: tuple[Listener, ...] = (),
+    on_started: Callable[[ServiceHandle], None] | None = None,
+    install_signal_handlers: bool = True,
+    any_port_if_busy: bool = False,
+    retry_quarantined: bool = False,
+    force_exit: Callable[[], None] = _force_exit,
+) -> int:
+    """Run until ``stop`` is set (or a signal arrives); return the exit status.
+
+    ``retry_quarantined`` gives quarantined stages a fresh set of attempts
+    (imports are always re-checked: a fixed file is picked up again).
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    project = config.project.path
+    project.mkdir(parents=True, exist_ok=True)
+    chain = build_chain(config.stages)
+    ledger = Ledger(config.ledger_path)
+    report = reconcile_ledger(ledger, project, retry_quarantined=retry_quarantined)
+    log.info("reconciled ledger: %s", report)
+    reporter: Reporter | None = None
+    executor: LocalExecutor | DaskExecutor | None = None
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+
+        def on_signal() -> None:
+            if stop.is_set():
+                force_exit()
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+    try:
+        reporter = Reporter.create(
+            config.session.path.name or "session",
+            config.metrics,
+            any_port_if_busy=any_port_if_busy,
+        )
+        for listener in listeners:
+            reporter.add_listener(listener)
+        executor = await create_executor(
+            config.workers.n_processes,
+            config.workers.start_method,
+            config.workers.dask_scheduler_address,
+        )
+        async with reporter.open_publisher(config.mqtt):
+            await _serve(
+                config, ledger, reporter, executor, chain, report, stop, on_started
+            )
+    finally:
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        if executor is not None:  # a no-op after a clean drain
+            await executor.close(cancel=True)
+        if reporter is not None:
+            reporter.close()
+        ledger.close()
+    return 0
+
+
+async def _serve(
+    config: ServiceConfig,
+    ledger: Ledger,
+    reporter: Reporter,
+    executor: LocalExecutor | DaskExecutor,
+    chain: Chain,
+    report: ReconcileReport,
+    stop: asyncio.Event,
+    on_started: Callable[[ServiceHandle], None] | None,
+) -> None:
+    workers = config.workers
+    scheduler = Scheduler(
+        ledger,
+        chain,
+        executor,
+        reporter,
+        SchedulerSettings(
+            project_path=config.project.path,
+            max_in_flight=workers.max_in_flight,
+            max_attempts=workers.max_attempts,
+            retry_backoff_s=workers.retry_backoff_s,
+            newest_share=workers.newest_share,
+        ),
+    )
+    watcher = SessionWatcher(config.session, lambda p, k, s: intake.on_settled(p, k, s))
+    intake = Intake(
+        ledger,
+        chain=chain.names,
+        offer=scheduler.offer,
+        reporter=reporter,
+        orphan_timeout_s=config.session.orphan_timeout_s,
+        path_map=config.session.path_map,
+        expect_movie=watcher.expect_movie,
+    )
+    watcher.on_rescan = intake.quarantine_orphans
+    reporter.set_workers(executor.n_workers())
+    handle = ServiceHandle(reporter, report, scheduler, watcher)
+    if on_started is not None:
+        on_started(handle)
+
+    def summarize(state: str) -> None:
+        summary = summarize_ledger(ledger)
+        reporter.summary(
+            state,
+            _summary_text(summary, scheduler.depth, scheduler.in_flight),
+            counts=summary["exposures"],  # type: ignore[arg-type]
+            exposures_per_hour=float(summary["exposures_per_hour"]),  # type: ignore[arg-type]
+            project=config.project.path,
+        )
+
+    async def summarize_forever() -> None:
+        period = reporter.watchdog_period_s()
+        interval = (
+            SUMMARY_INTERVAL_S if period is None else min(period, SUMMARY_INTERVAL_S)
+        )
+        while True:
+            reporter.watchdog()
+            summarize("running")
+            await asyncio.sleep(interval)
+
+    async with asyncio.TaskGroup() as group:
+        scheduling = group.create_task(scheduler.run(), name="scheduler")
+        background = [
+            group.create_task(watcher.run(), name="watcher"),
+            group.create_task(reporter.run(), name="reporter"),
+            group.create_task(summarize_forever(), name="summary"),
+        ]
+        reporter.ready()
+        log.info("service ready: %s -> %s", config.session.path, config.project.path)
+        await stop.wait()
+        # -- shutdown: stop taking work, drain with a time limit, checkpoint ------
+        reporter.stopping()
+        background[0].cancel()
+        summarize("draining")
+        scheduler.stop_taking_work()
+        done, _ = await asyncio.wait([scheduling], timeout=workers.drain_timeout_s)
+        if not done:
+            log.warning(
+                "drain time limit %.0f s reached: cancelling %d stage(s)",
+                workers.drain_timeout_s,
+                scheduler.in_flight,
+            )
+            scheduler.cancel_in_flight()
+            await executor.close(cancel=True)
+            await asyncio.wait([scheduling])
+        else:
+            await executor.close(cancel=False)
+        summarize("stopped")
+        await reporter.flush()
+        for task in background:
+            task.cancel()
+    with contextlib.suppress(ValueError):
+        reporter.set_queue(0, 0)

@@ -1,0 +1,125 @@
+"""Where stages run: a local process pool (default) or a Dask distributed cluster.
+
+Both offer the same small async interface to the scheduler.  A crashed worker
+process (:class:`~concurrent.futures.process.BrokenProcessPool`) is survived: the
+pool is rebuilt and the failure goes back to the scheduler as a transient error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol, TypeVar
+
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "LocalExecutor",
+    "WorkerCrashed",
+    "create_executor",
+]
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process died while running a stage (a transient failure)."""
+
+
+class Executor(Protocol):
+    async def run(self, fn: Callable[[A], T], arg: A) -> T: ...
+    def n_workers(self) -> int: ...
+    async def close(self, *, cancel: bool) -> None: ...
+
+
+def _ignore_signals() -> None:
+    # Ctrl-C reaches the whole process group and systemd may signal the whole
+    # cgroup: the daemon decides when workers stop, not the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class LocalExecutor:
+    """A :class:`ProcessPoolExecutor` on the ``spawn`` or ``forkserver`` context."""
+
+    def __init__(self, n_processes: int, start_method: str = "forkserver") -> None:
+        self._n = n_processes
+        self._context = multiprocessing.get_context(start_method)
+        self._pool = self._new_pool()
+        self._closed = False
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._n, mp_context=self._context, initializer=_ignore_signals
+        )
+
+    async def run(self, fn: Callable[[A], T], arg: A) -> T:
+        pool = self._pool
+        try:
+            return await asyncio.wrap_future(pool.submit(fn, arg))
+        except BrokenProcessPool as exc:
+            if pool is self._pool:  # the first to notice rebuilds it
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            raise WorkerCrashed(f"a worker process died: {exc}") from exc
+
+    def n_workers(self) -> int:
+        return self._n
+
+    async def close(self, *, cancel: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pool = self._pool
+        if cancel:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in self._context.active_children():
+                child.kill()
+        await asyncio.to_thread(pool.shutdown, wait=True)
+
+
+class DaskExecutor:
+    """Stages on a Dask distributed scheduler (for Slurm/PBS see dask-jobqueue)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, address: str) -> DaskExecutor:
+        try:
+            from distributed import Client
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                "workers.dask_scheduler_address is set but dask.distributed is not "
+                "installed: pip install 'livestream[dask]'"
+            ) from exc
+        client = await Client(address, asynchronous=True)  # type: ignore[no-untyped-call]
+        return cls(client)
+
+    async def run(self, fn: Callable[[A], T], arg: A) -> T:
+        future = self._client.submit(fn, arg, pure=False)
+        result: T = await future
+        return result
+
+    def n_workers(self) -> int:
+        info = self._client.scheduler_info()
+        return len(info.get("workers", {}))
+
+    async def close(self, *, cancel: bool) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.close()
+
+
+async def create_executor(
+    n_processes: int, start_method: str, dask_address: str
+) -> LocalExecutor | DaskExecutor:
+    if dask_address:
+        return await DaskExecutor.connect(dask_address)
+    return LocalExecutor(n_processes, start_method)

@@ -1,0 +1,154 @@
+"""Stages that run the numerical code of :mod:`pipelines` (motion, CTF).
+
+Each adapter turns an :class:`~mdcatch.records.Exposure` and the earlier stages'
+results into the arguments of a ``pipelines.run_*`` function, and its result record
+into a :class:`~livestream.ledger.StageResult` (output paths relative to the project,
+figures for metrics and events).  A missing pipelines module gives a clear error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from livestream.ledger import StageResult
+from livestream.stages import StageParams, StageTask
+
+__all__ = ["CtfParams", "MotionParams", "run_ctf", "run_motion"]
+
+
+def _import_pipeline(module: str, stage: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            f"stage {stage!r} needs {module}, which is not installed in this build "
+            f"({exc}); use kind = 'noop' or install the pipelines stages"
+        ) from exc
+
+
+class MotionParams(StageParams):
+    job: str = "MotionCorr/job002"
+    patches_x: int = 5
+    patches_y: int = 5
+    bfactor_px2: float = 500.0
+    float32: bool = False
+    fft_workers: int = 1  # parallelism comes from running several exposures at once
+
+
+def run_motion(task: StageTask, params: MotionParams) -> StageResult:
+    """Motion correction with :func:`pipelines.motion.run_motion`."""
+    motion = _import_pipeline("pipelines.motion", task.stage)
+    exposure = task.exposure
+    if exposure.movie_path is None:
+        from pipelines.errors import StageInputError
+
+        raise StageInputError(exposure.metadata_path, "movie_path", None, "no movie")
+    patches = (params.patches_x, params.patches_y) if params.patches_x > 1 else None
+    result = motion.run_motion(
+        exposure.movie_path,
+        task.project_path / params.job,
+        pixel_size_a=exposure.optics.pixel_size_a,
+        dose_per_frame_e_per_a2=exposure.dose_per_frame_e_per_a2,
+        voltage_kv=exposure.optics.voltage_kv,
+        gain_path=exposure.gain_reference_path,
+        patches=patches,
+        bfactor_px2=params.bfactor_px2,
+        float32=params.float32,
+        workers=params.fft_workers,
+    )
+    return _from_pipeline(
+        task,
+        result,
+        figure_names=MOTION_FIGURES,
+        inputs=("movie_path",),
+    )
+
+
+MOTION_FIGURES = ("total_motion_a", "early_motion_a", "late_motion_a", "pixel_size_a")
+CTF_FIGURES = (
+    "defocus_u_a",
+    "defocus_v_a",
+    "astigmatism_angle_deg",
+    "fit_resolution_a",
+    "figure_of_merit",
+)
+
+
+class CtfParams(StageParams):
+    job: str = "CtfFind/job003"
+    cs_mm: float | None = None  # None: the exposure's (instrument profile), else 2.7
+    amplitude_contrast: float | None = None
+    source_stage: str = "motion"
+
+
+def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
+    """CTF estimation with :func:`pipelines.ctf_estimate.run_ctf`."""
+    ctf = _import_pipeline("pipelines.ctf_estimate", task.stage)
+    source = task.previous.get(params.source_stage)
+    micrograph = None if source is None else source.outputs.get("micrograph")
+    if source is None or micrograph is None:
+        from pipelines.errors import StageInputError
+
+        raise StageInputError(
+            task.project_path,
+            f"{params.source_stage}.outputs.micrograph",
+            None,
+            "the CTF stage needs a motion-corrected micrograph from an earlier stage",
+        )
+    optics = task.exposure.optics
+    cs_mm = params.cs_mm if params.cs_mm is not None else optics.cs_mm
+    amplitude = params.amplitude_contrast
+    result = ctf.run_ctf(
+        task.project_path / micrograph,
+        task.project_path / params.job,
+        pixel_size_a=source.figures.get("pixel_size_a", optics.pixel_size_a),
+        voltage_kv=optics.voltage_kv,
+        cs_mm=2.7 if cs_mm is None else cs_mm,
+        amplitude_contrast=optics.amplitude_contrast
+        if amplitude is None
+        else amplitude,
+    )
+    return _from_pipeline(
+        task, result, figure_names=CTF_FIGURES, inputs=("micrograph_path",)
+    )
+
+
+def _fields(record: Any) -> dict[str, Any]:
+    names = getattr(record, "__dataclass_fields__", None)
+    return {} if names is None else {name: getattr(record, name) for name in names}
+
+
+def _from_pipeline(
+    task: StageTask,
+    result: Any,
+    *,
+    figure_names: tuple[str, ...],
+    inputs: tuple[str, ...],
+) -> StageResult:
+    """A pipelines result record -> output paths relative to the project + figures.
+
+    Path fields become outputs (minus the ``inputs``); number fields named in
+    ``figure_names`` become figures, also one level down (``CtfOutputs.fit``).
+    """
+    outputs: dict[str, str] = {}
+    figures: dict[str, float] = {}
+    project = task.project_path.resolve()
+    items = _fields(result)
+    for nested in list(items.values()):
+        items.update({k: v for k, v in _fields(nested).items() if k in figure_names})
+    for name, value in items.items():
+        if isinstance(value, Path) and name not in inputs:
+            role = name.removesuffix("_path")
+            resolved = value.resolve()
+            outputs[role] = str(
+                resolved.relative_to(project)
+                if resolved.is_relative_to(project)
+                else resolved
+            )
+        elif name in figure_names and isinstance(value, int | float):
+            figures[name] = float(value)
+    if {"defocus_u_a", "defocus_v_a"} <= figures.keys():
+        figures["defocus_a"] = 0.5 * (figures["defocus_u_a"] + figures["defocus_v_a"])
+    return StageResult(stage=task.stage, outputs=outputs, figures=figures)
