@@ -126,6 +126,9 @@ async def run_service(
         )
         for listener in listeners:
             reporter.add_listener(listener)
+        if reporter.metrics is not None:
+            # every stage's series exist at 0, so failure-rate alerts work at once
+            reporter.metrics.declare_stages(["import", *chain.names])
         executor = await create_executor(
             config.workers.n_processes,
             config.workers.start_method,

@@ -193,7 +193,8 @@ class Reporter:
     ) -> None:
         """Every stage of ``exposure`` ended (done or quarantined)."""
         now = datetime.now(UTC)
-        if self.metrics is not None and all(s == "done" for s in states.values()):
+        if self.metrics is not None:
+            # a quarantined exposure was processed too: processing is not stalled
             self.metrics.exposure_done(now)
         figures: dict[str, float] = {}
         for result in results.values():
@@ -324,7 +325,7 @@ class Reporter:
             if kind == "status":
                 await self.publisher.publish_status(payload)
             else:
-                await self.publisher.publish_exposure(exposure_id, payload)
+                await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
 
     async def flush(self) -> None:
         """Hand over whatever is still queued (at shutdown)."""
@@ -335,7 +336,7 @@ class Reporter:
             if kind == "status":
                 await self.publisher.publish_status(payload)
             else:
-                await self.publisher.publish_exposure(exposure_id, payload)
+                await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
 
 
 def _topic_safe(name: str) -> str:
