@@ -1,0 +1,206 @@
+"""Frame alignment: iterative cross-correlation against the sum of the other frames.
+
+Shifts are *correction* shifts ``[x, y]`` in pixels, RELION's sign: applying shift
+``s`` moves a frame's content by ``+s`` (multiplication of its spectrum by
+``exp(-2πi (kx sx + ky sy))``, ``k`` in cycles/px).  A frame whose content drifted by
+``d`` relative to the first frame gets ``s = -d``; the first frame's shift is 0.
+
+The cross-correlation of each frame with the sum of all *other* frames (no noise
+self-correlation) is weighted by ``exp(-B k² / 4)`` (``B`` in px², ``k`` in
+cycles/px); the peak is found to sub-pixel precision by a three-point Gaussian
+(log-parabola) fit in x and y, and the iteration re-centres until the updates are
+below a tolerance, so the interpolation bias of the fit vanishes with the residual.
+All work is batched over leading axes: a stack of patches aligns in one call.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pipelines.xp import fft_module
+
+__all__ = [
+    "align_stack",
+    "bin_frames",
+    "crop_spectra",
+    "fft_kwargs",
+    "phase_ramp",
+    "shift_spectra",
+]
+
+# the B-factor weight at the edge of the cropped spectrum: exp(-B k²/4) = 1e-3
+CROP_WEIGHT = 1e-3
+
+
+def fft_kwargs(xp: ModuleType, workers: int) -> dict[str, int]:
+    """``workers=`` for scipy.fft; nothing for cupyx.scipy.fft (the GPU decides)."""
+    return {"workers": workers} if xp is np else {}
+
+
+def bin_frames(frames: Any, factor: int, *, xp: ModuleType = np) -> Any:
+    """Sum ``factor × factor`` blocks of ``(..., ny, nx)`` frames (edges cropped)."""
+    if factor == 1:
+        return frames
+    *lead, ny, nx = frames.shape
+    my, mx = ny // factor, nx // factor
+    view = frames[..., : my * factor, : mx * factor]
+    view = view.reshape(*lead, my, factor, mx, factor)
+    return view.sum(axis=(-3, -1), dtype=xp.float32)
+
+
+def phase_ramp(shape: tuple[int, int], shifts_px: Any, *, xp: ModuleType = np) -> Any:
+    """``exp(-2πi (kx sx + ky sy))`` on the rfft2 grid of ``shape`` (ny, nx).
+
+    ``shifts_px`` is ``(..., 2)`` [x, y]; returns ``(..., ny, nx // 2 + 1)``
+    complex64, built as an outer product of 1D ramps.
+    """
+    ny, nx = shape
+    s = xp.asarray(shifts_px, dtype=xp.float64)
+    ky = xp.fft.fftfreq(ny)
+    kx = xp.fft.rfftfreq(nx)
+    ey = xp.exp(-2j * np.pi * ky * s[..., 1:2]).astype(xp.complex64)
+    ex = xp.exp(-2j * np.pi * kx * s[..., 0:1]).astype(xp.complex64)
+    return ey[..., :, None] * ex[..., None, :]
+
+
+def shift_spectra(
+    spectra: Any, shape: tuple[int, int], shifts_px: Any, *, xp: ModuleType = np
+) -> Any:
+    """Apply correction shifts ``(..., 2)`` to rfft2 spectra ``(..., ny, nx//2+1)``."""
+    return spectra * phase_ramp(shape, shifts_px, xp=xp)
+
+
+def crop_spectra(
+    spectra: Any, shape: tuple[int, int], bfactor_px2: float, *, xp: ModuleType = np
+) -> tuple[Any, tuple[int, int]]:
+    """Keep the frequencies where ``exp(-B k²/4) >= CROP_WEIGHT`` (Fourier binning).
+
+    Returns the cropped rfft2 spectra and their real-space shape ``(cy, cx)``; a
+    shift of ``s`` cropped pixels is ``s * (nx / cx, ny / cy)`` original pixels.
+    """
+    ny, nx = shape
+    k_max = float(np.sqrt(-4.0 * np.log(CROP_WEIGHT) / max(bfactor_px2, 1e-6)))
+    cy = min(ny, 2 * int(np.ceil(k_max * ny)))
+    cx = min(nx, 2 * int(np.ceil(k_max * nx)))
+    if cy >= ny - 2 and cx >= nx - 2:
+        return spectra, shape
+    half = cy // 2
+    rows = xp.concatenate([xp.arange(half), xp.arange(ny - half, ny)])
+    cropped = spectra[..., rows, : cx // 2 + 1]
+    return cropped, (cy, cx)
+
+
+def _bfactor_filter(shape: tuple[int, int], bfactor_px2: float, xp: ModuleType) -> Any:
+    ny, nx = shape
+    ky = xp.fft.fftfreq(ny)[:, None]
+    kx = xp.fft.rfftfreq(nx)[None, :]
+    filt = xp.exp(-0.25 * bfactor_px2 * (ky * ky + kx * kx)).astype(xp.float32)
+    filt[0, 0] = 0.0
+    return filt
+
+
+def _subpixel_peaks(window: Any, xp: ModuleType) -> Any:
+    """Peak ``[x, y]`` of each ``(..., h, w)`` window, relative to its centre."""
+    *lead, h, w = window.shape
+    flat = window.reshape(*lead, h * w)
+    idx = xp.argmax(flat, axis=-1)
+    iy = xp.clip(idx // w, 1, h - 2)
+    ix = xp.clip(idx % w, 1, w - 2)
+
+    def take(dy: int, dx: int) -> Any:
+        pos = ((iy + dy) * w + ix + dx)[..., None]
+        return xp.take_along_axis(flat, pos, axis=-1)[..., 0]
+
+    c0 = take(0, 0)
+    deltas = []
+    for m, p in ((take(0, -1), take(0, 1)), (take(-1, 0), take(1, 0))):
+        positive = (m > 0) & (c0 > 0) & (p > 0)
+        lm = xp.where(positive, xp.log(xp.where(positive, m, 1.0)), m)
+        l0 = xp.where(positive, xp.log(xp.where(positive, c0, 1.0)), c0)
+        lp = xp.where(positive, xp.log(xp.where(positive, p, 1.0)), p)
+        denom = lm - 2.0 * l0 + lp
+        delta = xp.where(
+            denom < 0, 0.5 * (lm - lp) / xp.where(denom < 0, denom, -1.0), 0.0
+        )
+        deltas.append(xp.clip(delta, -1.0, 1.0))
+    px = ix + deltas[0] - (w // 2)
+    py = iy + deltas[1] - (h // 2)
+    return xp.stack([px, py], axis=-1)
+
+
+def _group_sums(spectra: Any, half_width: int, xp: ModuleType) -> tuple[Any, Any]:
+    """Per frame ``i``: the triangle-weighted sum of frames ``i-h .. i+h`` (weights
+    ``h + 1 - |d|``; the Fejér kernel, whose non-negative frequency response keeps
+    the iteration stable) and the plain sum of the same frames (excluded from the
+    reference, so no frame's noise correlates with itself)."""
+    if half_width <= 0:
+        return spectra, spectra
+    n = spectra.shape[-3]
+    weighted = xp.zeros_like(spectra)
+    plain = xp.zeros_like(spectra)
+    for d in range(-half_width, half_width + 1):  # 2h + 1 whole-stack additions
+        lo, hi = max(0, -d), min(n, n - d)
+        weight = float(half_width + 1 - abs(d)) / (half_width + 1)
+        weighted[..., lo:hi, :, :] += weight * spectra[..., lo + d : hi + d, :, :]
+        plain[..., lo:hi, :, :] += spectra[..., lo + d : hi + d, :, :]
+    return weighted, plain
+
+
+def align_stack(
+    spectra: Any,
+    shape: tuple[int, int],
+    *,
+    bfactor_px2: float,
+    max_shift_px: float,
+    n_iterations: int = 10,
+    tolerance_px: float = 0.01,
+    group_half_width: int = 0,
+    initial_shifts_px: Any = None,
+    workers: int = -1,
+    xp: ModuleType = np,
+) -> Any:
+    """Correction shifts ``(..., n_frames, 2)`` [x, y] that align each stack.
+
+    ``spectra`` is ``(..., n_frames, ny, nx // 2 + 1)`` complex64, the rfft2 of
+    real ``shape`` (ny, nx) frames with their mean removed.  Shifts are relative to
+    the first frame of each stack; ``max_shift_px`` bounds the first search.
+    ``group_half_width`` ``h`` > 0 aligns triangle-weighted sums of ``2h + 1``
+    neighbouring frames (more signal, smoothed shifts: a coarse pass);
+    ``initial_shifts_px`` starts from earlier shifts with a small search window.  The
+    iterations run on the spectra cropped where the B-factor weight is negligible
+    (:func:`crop_spectra`): a negligible change to the result, less FFT work.
+    """
+    fft = fft_module(xp)
+    full_y, full_x = shape
+    spectra, shape = crop_spectra(spectra, shape, bfactor_px2, xp=xp)
+    ny, nx = shape
+    scale = np.array([full_x / nx, full_y / ny])
+    bfactor_px2 = bfactor_px2 / float(np.mean(scale) ** 2)
+    max_shift_px = max_shift_px / float(np.min(scale))
+    filt = _bfactor_filter(shape, bfactor_px2, xp)
+    shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=xp.float64)
+    if initial_shifts_px is not None:
+        shifts += xp.asarray(initial_shifts_px, dtype=xp.float64) / xp.asarray(scale)
+    half = int(max(2, min(np.ceil(max_shift_px) + 1, ny // 2 - 2, nx // 2 - 2)))
+    for iteration in range(n_iterations):
+        w = half if iteration == 0 and initial_shifts_px is None else min(half, 4)
+        shifted = spectra * phase_ramp(shape, shifts, xp=xp)
+        total = shifted.sum(axis=-3, keepdims=True)
+        moving, group = _group_sums(shifted, group_half_width, xp)
+        product = xp.conj(moving) * (total - group)
+        product *= filt
+        cc = fft.irfft2(product, s=shape, axes=(-2, -1), **fft_kwargs(xp, workers))
+        rows = xp.arange(-w, w + 1) % ny
+        cols = xp.arange(-w, w + 1) % nx
+        window = cc[..., rows[:, None], cols[None, :]]
+        update = _subpixel_peaks(window, xp)
+        shifts += update
+        # the common translation is free: pin the mean (well conditioned), not frame 0
+        shifts -= shifts.mean(axis=-2, keepdims=True)
+        if float(xp.max(xp.abs(update))) * float(np.max(scale)) < tolerance_px:
+            break
+    shifts -= shifts[..., 0:1, :]
+    return shifts * xp.asarray(scale)

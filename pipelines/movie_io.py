@@ -1,0 +1,141 @@
+"""Read movie frames as float32 ``(n_frames, ny, nx)``: MRC, TIFF and EER.
+
+* MRC (``.mrc``, ``.mrcs``): memory-mapped with mrcfile; a 2D image is one frame.
+* TIFF (``.tif``, ``.tiff``; LZW or any codec tifffile reads): every page a frame.
+* EER (``.eer``; Falcon 4 electron events): raw frames are summed in groups of
+  ``eer_frames_per_group`` (trailing raw frames that do not fill a group are
+  dropped, as RELION does) and rendered at ``eer_upsampling`` 1 (the sensor's
+  4096²) or 2 (8192², from the events' sub-pixel bits).  Use
+  :func:`eer_frames_per_group` to pick the group size for a target dose per group.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import StageInputError
+
+__all__ = ["eer_frames_per_group", "read_movie"]
+
+MRC_SUFFIXES = (".mrc", ".mrcs")
+TIFF_SUFFIXES = (".tif", ".tiff")
+EER_SUFFIXES = (".eer", ".ecc")
+
+
+def eer_frames_per_group(
+    dose_per_raw_frame_e_per_a2: float, group_dose_e_per_a2: float
+) -> int:
+    """Number of raw EER frames whose summed dose is closest to the target (≥ 1)."""
+    if dose_per_raw_frame_e_per_a2 <= 0 or not math.isfinite(
+        dose_per_raw_frame_e_per_a2
+    ):
+        raise ValueError(
+            f"dose_per_raw_frame_e_per_a2 must be positive, got {dose_per_raw_frame_e_per_a2!r}"
+        )
+    if group_dose_e_per_a2 <= 0:
+        raise ValueError(
+            f"group_dose_e_per_a2 must be positive, got {group_dose_e_per_a2!r}"
+        )
+    return max(1, round(group_dose_e_per_a2 / dose_per_raw_frame_e_per_a2))
+
+
+def _as_frames(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or min(array.shape) == 0:
+        raise StageInputError(path, "shape", array.shape, "expected (n_frames, ny, nx)")
+    out = np.empty(array.shape, dtype=np.float32)
+    out[...] = array
+    return out
+
+
+def _read_mrc(path: Path) -> np.ndarray:
+    import mrcfile
+
+    try:
+        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+            if mrc.data is None:
+                raise StageInputError(path, "data", None, "MRC file holds no data")
+            return _as_frames(mrc.data, path)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, StageInputError):
+            raise
+        raise StageInputError(path, "header", type(exc).__name__, str(exc)) from exc
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_eer:
+                return _read_eer(path, 1, 1)
+            data = tif.asarray(key=range(len(tif.pages)))
+    except (ValueError, OSError) as exc:
+        raise StageInputError(path, "tiff", type(exc).__name__, str(exc)) from exc
+    return _as_frames(data, path)
+
+
+def _read_eer(path: Path, frames_per_group: int, upsampling: int) -> np.ndarray:
+    import tifffile
+
+    if upsampling not in (1, 2):
+        raise StageInputError(path, "eer_upsampling", upsampling, "must be 1 or 2")
+    if frames_per_group < 1:
+        raise StageInputError(
+            path, "eer_frames_per_group", frames_per_group, "must be >= 1"
+        )
+    superres = 0 if upsampling == 1 else 1
+    try:
+        with tifffile.TiffFile(path, superres=superres) as tif:
+            n_raw = len(tif.pages)
+            n_groups = n_raw // frames_per_group
+            if n_groups == 0:
+                raise StageInputError(
+                    path,
+                    "eer_frames_per_group",
+                    frames_per_group,
+                    f"larger than the {n_raw} raw frames in the file",
+                )
+            first = tif.pages.first
+            out = np.zeros((n_groups, *first.shape[-2:]), dtype=np.float32)
+            for group in range(n_groups):
+                start = group * frames_per_group
+                block = tif.asarray(key=range(start, start + frames_per_group))
+                if block.ndim == 2:
+                    block = block[None]
+                out[group] = block.sum(axis=0, dtype=np.float32)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, StageInputError):
+            raise
+        raise StageInputError(path, "eer", type(exc).__name__, str(exc)) from exc
+    return out
+
+
+def read_movie(
+    path: str | Path,
+    *,
+    eer_frames_per_group: int = 1,
+    eer_upsampling: int = 1,
+) -> np.ndarray:
+    """All frames of the movie at ``path`` as float32 ``(n_frames, ny, nx)``.
+
+    Raises :class:`StageInputError` naming the file for a missing, truncated or
+    unreadable movie or an unknown suffix.
+    """
+    movie = Path(path)
+    if not movie.is_file():
+        raise StageInputError(movie, "path", str(movie), "movie file does not exist")
+    suffix = movie.suffix.lower()
+    if suffix in MRC_SUFFIXES:
+        return _read_mrc(movie)
+    if suffix in TIFF_SUFFIXES:
+        return _read_tiff(movie)
+    if suffix in EER_SUFFIXES:
+        return _read_eer(movie, eer_frames_per_group, eer_upsampling)
+    raise StageInputError(
+        movie, "suffix", suffix, "expected .mrc, .mrcs, .tif, .tiff or .eer"
+    )
