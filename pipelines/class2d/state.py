@@ -1,0 +1,164 @@
+"""The classifier's configuration and its full, resumable state (saved atomically).
+
+:class:`Class2dState` holds everything a run needs to continue exactly: references,
+VDAM moments, noise spectrum, class fractions, counters, which particles were seen
+and the random generator's state.  :func:`save_checkpoint` writes config and state
+to one ``.npz`` through a temporary file, fsync and rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.class2d.schedule import Schedule
+from pipelines.errors import StageInputError
+from pipelines.outputs import atomic_path
+
+__all__ = [
+    "Class2dConfig",
+    "Class2dState",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Class2dConfig:
+    """Parameters of a 2D classification (defaults as RELION-4.0's VDAM 2D)."""
+
+    n_classes: int
+    box_px: int
+    pixel_size_a: float
+    psi_step_deg: float = 6.0
+    offset_range_px: float = 5.0
+    offset_step_px: float = 1.0
+    offset_sigma_px: float = 3.0
+    max_resolution_a: float | None = None
+    adaptive_resolution: bool = True
+    mask_diameter_a: float | None = None
+    regularisation_t: float = 2.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    inactivity_threshold: float = 0.1
+    prune_threshold: float = 1e-4
+    max_particles_per_class: int | None = None
+    chunk_size: int = 64
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 1:
+            raise StageInputError("<argument>", "n_classes", self.n_classes, ">= 1")
+        if self.pixel_size_a <= 0:
+            raise StageInputError(
+                "<argument>", "pixel_size_a", self.pixel_size_a, "must be > 0"
+            )
+
+    @property
+    def radius_px(self) -> int:
+        nyquist = self.box_px // 2 - 1
+        if self.max_resolution_a is None:
+            return nyquist
+        r = int(np.floor(self.box_px * self.pixel_size_a / self.max_resolution_a))
+        return int(np.clip(r, 2, nyquist))
+
+    @property
+    def mask_radius_px(self) -> float:
+        if self.mask_diameter_a is None:
+            return 0.45 * self.box_px - 2.0
+        return 0.5 * self.mask_diameter_a / self.pixel_size_a
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Class2dConfig:
+        data = json.loads(text)
+        data["schedule"] = Schedule(**data["schedule"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Class2dState:
+    """Everything that evolves during a run (arrays are never modified in place).
+
+    ``references`` ``(K, N, N)`` float32 real space; ``first_moments``
+    ``(2, K, P)`` complex64 (one per half-set); ``second_moment`` ``(K, P)``
+    float32; ``noise_sigma2`` ``(n_shells,)``; ``class_fractions`` ``(K,)``;
+    ``seen`` ``(n_particles,)`` bool.
+    """
+
+    references: np.ndarray
+    first_moments: np.ndarray
+    second_moment: np.ndarray
+    noise_sigma2: np.ndarray
+    class_fractions: np.ndarray
+    seen: np.ndarray
+    minibatch_index: int = 0
+    particles_processed: int = 0
+    substitutions: int = 0
+    rng_state: str = ""
+
+    @property
+    def particles_seen(self) -> int:
+        return int(np.count_nonzero(self.seen))
+
+
+def restore_rng(state: Class2dState) -> np.random.Generator:
+    """A generator continuing exactly where the state's left off."""
+    data = json.loads(state.rng_state)
+    bit_generator = getattr(np.random, data["bit_generator"])()
+    bit_generator.state = data
+    return np.random.Generator(bit_generator)
+
+
+def rng_state_of(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state, default=int)
+
+
+_ARRAYS = (
+    "references",
+    "first_moments",
+    "second_moment",
+    "noise_sigma2",
+    "class_fractions",
+    "seen",
+)
+_SCALARS = ("minibatch_index", "particles_processed", "substitutions")
+
+
+def save_checkpoint(
+    path: str | Path, config: Class2dConfig, state: Class2dState
+) -> Path:
+    """Write config and state to ``path`` (``.npz``) atomically."""
+    arrays: dict[str, Any] = {name: getattr(state, name) for name in _ARRAYS}
+    arrays |= {name: np.int64(getattr(state, name)) for name in _SCALARS}
+    arrays["rng_state"] = np.array(state.rng_state)
+    arrays["config"] = np.array(config.to_json())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Class2dConfig, Class2dState]:
+    """Read what :func:`save_checkpoint` wrote."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            config = Class2dConfig.from_json(str(data["config"]))
+            state = Class2dState(
+                **{name: np.array(data[name]) for name in _ARRAYS},
+                **{name: int(data[name]) for name in _SCALARS},
+                rng_state=str(data["rng_state"]),
+            )
+    except (OSError, KeyError, ValueError) as error:
+        raise StageInputError(
+            path, "checkpoint", None, f"not a class2d checkpoint: {error}"
+        ) from error
+    return config, state
