@@ -101,6 +101,9 @@ class SessionConfig(_Section):
 
 class ProjectConfig(_Section):
     path: Path = Path("project")
+    # the job index files (corrected_micrographs.star, ...) are rewritten at most
+    # this often while exposures finish, and always at start-up and shutdown
+    index_interval_s: float = Field(default=3.0, ge=0.0)
 
 
 class WorkersConfig(_Section):

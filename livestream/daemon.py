@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from livestream.config import ServiceConfig
 from livestream.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.intake import Intake
+from livestream.job_index import JobIndex, index_targets
 from livestream.ledger import Ledger
 from livestream.reconcile import ReconcileReport, reconcile_ledger
 from livestream.reporting import Listener, Reporter
@@ -47,6 +48,7 @@ class ServiceHandle:
     reconcile: ReconcileReport
     scheduler: Scheduler
     watcher: SessionWatcher
+    index: JobIndex
 
 
 def summarize_ledger(
@@ -186,7 +188,15 @@ async def _serve(
     )
     watcher.on_rescan = intake.quarantine_orphans
     reporter.set_workers(executor.n_workers())
-    handle = ServiceHandle(reporter, report, scheduler, watcher)
+    index = JobIndex(
+        ledger.path,
+        config.project.path,
+        index_targets(chain),
+        min_interval_s=config.project.index_interval_s,
+    )
+    await asyncio.to_thread(index.write_logged)  # right after a restart, too
+    reporter.add_listener(index.on_event)
+    handle = ServiceHandle(reporter, report, scheduler, watcher, index)
     if on_started is not None:
         on_started(handle)
 
@@ -216,6 +226,7 @@ async def _serve(
             group.create_task(watcher.run(), name="watcher"),
             group.create_task(reporter.run(), name="reporter"),
             group.create_task(summarize_forever(), name="summary"),
+            group.create_task(index.run(), name="job-index"),
         ]
         reporter.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
@@ -237,6 +248,7 @@ async def _serve(
             await asyncio.wait([scheduling])
         else:
             await executor.close(cancel=False)
+        await asyncio.to_thread(index.write_logged)  # always, at shutdown
         summarize("stopped")
         await reporter.flush()
         for task in background:

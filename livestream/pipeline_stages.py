@@ -58,12 +58,22 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         float32=params.float32,
         workers=params.fft_workers,
     )
-    return _from_pipeline(
+    motion_result = _from_pipeline(
         task,
         result,
         figure_names=MOTION_FIGURES,
         inputs=("movie_path",),
     )
+    optics = exposure.optics
+    cs_mm = optics.cs_mm if optics.cs_mm is not None else 2.7
+    figures = dict(motion_result.figures)
+    figures.update(  # the optics, for the job's corrected_micrographs.star
+        original_pixel_size_a=optics.pixel_size_a,
+        voltage_kv=optics.voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=optics.amplitude_contrast,
+    )
+    return StageResult(stage=task.stage, outputs=motion_result.outputs, figures=figures)
 
 
 MOTION_FIGURES = ("total_motion_a", "early_motion_a", "late_motion_a", "pixel_size_a")
@@ -73,6 +83,9 @@ CTF_FIGURES = (
     "astigmatism_angle_deg",
     "fit_resolution_a",
     "figure_of_merit",
+    "astigmatism_a",
+    "phase_shift_deg",
+    "pixel_size_a",
 )
 
 
@@ -110,9 +123,18 @@ def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
         if amplitude is None
         else amplitude,
     )
-    return _from_pipeline(
+    ctf_result = _from_pipeline(
         task, result, figure_names=CTF_FIGURES, inputs=("micrograph_path",)
     )
+    figures = dict(ctf_result.figures)
+    figures.update(  # the CTF model's constants, for extraction and the index
+        voltage_kv=optics.voltage_kv,
+        cs_mm=2.7 if cs_mm is None else cs_mm,
+        amplitude_contrast=optics.amplitude_contrast
+        if amplitude is None
+        else amplitude,
+    )
+    return StageResult(stage=task.stage, outputs=ctf_result.outputs, figures=figures)
 
 
 def _fields(record: Any) -> dict[str, Any]:

@@ -64,6 +64,11 @@ class Reporter:
         self.metrics_address: tuple[str, int] | None = None
         self._listeners: list[Listener] = []
         self._outgoing: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
+        self._curation: Any = None
+        if metrics is not None and getattr(metrics, "registry", None) is not None:
+            from livestream.curation_metrics import CurationMetrics
+
+            self._curation = CurationMetrics(metrics.registry)
 
     @classmethod
     def create(
@@ -173,6 +178,8 @@ class Reporter:
                 )
             if "n_particles" in figures:
                 self.metrics.particles_extracted(int(figures["n_particles"]))
+        if self._curation is not None and "accepted" in figures:
+            self._curation.observe(figures)
         self._emit(
             ServiceEvent(
                 type=EventType.STAGE_FINISHED,

@@ -8,7 +8,9 @@ A stage writes its outputs atomically (:mod:`pipelines.outputs`) and returns the
 paths relative to the project; the scheduler then marks the ledger row done.
 
 Kinds: ``noop`` (tests, benchmarks), ``motion`` and ``ctf`` (adapters over
-:mod:`pipelines`, in :mod:`livestream.pipeline_stages`), or ``"package.module:function"`` for a stage from elsewhere.
+:mod:`pipelines`, in :mod:`livestream.pipeline_stages`), ``curate`` and ``pick``
+(:mod:`livestream.post_ctf_stages`), ``extract`` (:mod:`livestream.extract_stage`),
+or ``"package.module:function"`` for a stage from elsewhere.
 """
 
 from __future__ import annotations
@@ -209,3 +211,14 @@ def _register_builtins() -> None:
 
     register_stage("motion", run_motion, MotionParams)
     register_stage("ctf", run_ctf, CtfParams)
+    from livestream.extract_stage import ExtractParams, run_extract_stage
+    from livestream.post_ctf_stages import (
+        CurateParams,
+        PickParams,
+        run_curate,
+        run_pick,
+    )
+
+    register_stage("curate", run_curate, CurateParams)
+    register_stage("pick", run_pick, PickParams)
+    register_stage("extract", run_extract_stage, ExtractParams)

@@ -52,7 +52,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> ServiceConfig:
-    """Embedded defaults: fast settling, local workers, motion + CTF."""
+    """Embedded defaults: fast settling, local workers, motion, CTF, curation,
+    blob picking and extraction."""
     overrides: dict[str, Any] = {
         "session": {
             "path": session,
@@ -67,8 +68,12 @@ def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> Servic
         "metrics": {"port": args.metrics_port},
         "mqtt": {"host": args.mqtt_host},
         "stages": {
-            "chain": ["motion", "ctf"],
+            "chain": ["motion", "ctf", "curate", "pick", "extract"],
             "motion": {"patches_x": 5 if args.full_size else 1},
+            # the simulator's phantom is ~60-90 Å wide at 1 Å/px; at 16 e/Å² the
+            # CTF of a 1024² micrograph fits to ~7-10 Å (RELION-it's 6 Å is strict)
+            "curate": {"max_ctf_resolution_a": 12.0, "max_astigmatism_a": 2000.0},
+            "pick": {"diameter_min_a": 50.0, "diameter_max_a": 90.0},
         },
     }
     return load_config(None, overrides)
@@ -83,6 +88,10 @@ def _describe(event: ServiceEvent, index: int, total: int) -> str:
         parts.append(f"defocus {f['defocus_a'] / 1e4:.2f} µm")
     if "fit_resolution_a" in f:
         parts.append(f"CTF fit {f['fit_resolution_a']:.1f} Å")
+    if f.get("accepted") == 0.0:
+        parts.append("rejected")
+    elif "n_particles" in f:
+        parts.append(f"{int(f['n_particles'])} particles")
     return ", ".join(parts)
 
 
