@@ -32,6 +32,10 @@ from mdcatch.records import (
 __all__ = ["MicroscopeSettings", "SimulatedMicroscope", "make_exposure"]
 
 
+# EPU's defocus list of the demo session, cycled hole by hole (µm, underfocus).
+DEFOCUS_LIST_UM = (0.8, 1.1, 1.4, 1.7, 2.0, 2.3)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MicroscopeSettings:
     software: Software = Software.EPU
@@ -75,7 +79,7 @@ def make_exposure(
         exposure_time_s=3.0,
         total_dose_e_per_a2=settings.dose_per_frame_e_per_a2 * settings.n_frames,
         n_frames=settings.n_frames,
-        target_defocus_um=-1.5,
+        target_defocus_um=DEFOCUS_LIST_UM[index % len(DEFOCUS_LIST_UM)],
         grid_square_id=grid_square,
         foil_hole_id=foil_hole,
         software_version="3.9.1" if settings.software is Software.EPU else "4.1.8",
@@ -113,6 +117,7 @@ class SimulatedMicroscope:
                     start_utc=self._start,
                     movie_folder=movies,
                     movie_format=MovieFormat.MRC,
+                    defocus_list_um=DEFOCUS_LIST_UM,
                 ),
                 session / "EpuSession.dm",
             )
@@ -183,14 +188,26 @@ class SimulatedMicroscope:
         if s.noise_only:
             frames = self._rng.poisson(1.0, size=shape).astype(np.uint8)
         else:
+            from pipelines.ctf_model import CtfParams
             from pipelines.simulate.micrograph import MicrographParams
             from pipelines.simulate.movie import MovieParams, simulate_movie
 
+            # The true defocus scatters about the target (ice height, autofocus),
+            # with a little astigmatism at a random angle.
+            defocus_a = exposure.target_defocus_um * 1e4 + self._rng.normal(0.0, 800.0)
+            astigmatism_a = self._rng.uniform(100.0, 600.0)
+            ctf = CtfParams(
+                defocus_u_a=defocus_a + astigmatism_a / 2,
+                defocus_v_a=defocus_a - astigmatism_a / 2,
+                astigmatism_angle_deg=self._rng.uniform(-90.0, 90.0),
+                voltage_kv=s.voltage_kv,
+            )
             params = MovieParams(
                 micrograph=MicrographParams(
                     shape_px=(s.size_px, s.size_px),
                     pixel_size_a=s.pixel_size_a,
                     n_particles=s.n_particles,
+                    ctf=ctf,
                 ),
                 n_frames=s.n_frames,
                 dose_per_frame_e_per_a2=s.dose_per_frame_e_per_a2,
