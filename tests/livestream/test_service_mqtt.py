@@ -1,0 +1,86 @@
+"""The whole service against a real mosquitto broker, stopped mid-session.
+
+Exposures keep arriving while the broker is down; the service keeps processing,
+its outbox holds the events, and after the broker comes back a subscriber has every
+exposure exactly once (after dropping QoS 1 resends by ``message_id``) and the
+retained status says ``stopped`` after a clean exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from livestream.daemon import run_service
+from livestream.reporting import EventType, ServiceEvent
+
+from .conftest import MosquittoBroker
+from .service_fixtures import ledger_rows, service_config, write_session
+from .test_mqtt import Received, exposure_ids, stop, subscribe, wait_for
+
+
+async def test_events_survive_a_broker_outage_during_a_live_session(
+    tmp_path: Path, persistent_mosquitto_broker: MosquittoBroker
+) -> None:
+    broker = persistent_mosquitto_broker
+    session, movies, microscope = write_session(tmp_path, 3)
+    project = tmp_path / "project"
+    config = service_config(
+        session, movies, project, mqtt={"host": broker.host, "port": broker.port}
+    )
+    topic_session = session.name
+    sink: Received = []
+    ready = asyncio.Event()
+    subscriber = asyncio.create_task(
+        subscribe(
+            broker, f"livestream/{topic_session}/#", sink, ready, identifier="ops"
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+
+    finished: set[str] = set()
+
+    def listen(event: ServiceEvent) -> None:
+        if event.type is EventType.EXPOSURE_DONE:
+            finished.add(event.exposure_id)
+
+    stop_service = asyncio.Event()
+    service = asyncio.create_task(
+        run_service(
+            config,
+            stop=stop_service,
+            listeners=(listen,),
+            install_signal_handlers=False,
+        )
+    )
+    try:
+        await wait_for(lambda: len(set(exposure_ids(sink))) == 3, 30)
+        broker.stop()
+        for index in range(3, 6):  # the microscope goes on while the broker is down
+            microscope.acquire(index)
+        await wait_for(lambda: len(finished) == 6, 30)
+        assert len(set(exposure_ids(sink))) == 3  # nothing could be delivered
+        broker.start()
+        await wait_for(lambda: len(set(exposure_ids(sink))) == 6, 40)
+    finally:
+        stop_service.set()
+        assert await service == 0
+
+    ids = exposure_ids(sink)
+    assert sorted(ids) == sorted(finished)
+    assert len(ids) == len(set(ids)) == 6  # each exposure exactly once
+    processed = {
+        e
+        for (e, stage), (state, _, _) in ledger_rows(project).items()
+        if stage == "second" and state == "done"
+    }
+    assert processed == finished
+
+    await wait_for(
+        lambda: any(
+            topic.endswith("/status") and payload.get("state") == "stopped"
+            for topic, payload, _ in sink
+        ),
+        10,
+    )
+    await stop(subscriber)
