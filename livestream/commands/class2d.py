@@ -6,10 +6,11 @@ Example:
 
 Writes run_classes.mrcs (class averages), run_model.star (data_model_classes),
 run_data.star (every particle with rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst,
-rlnMaxValueProbDistribution), run_selected.star (particles of non-empty classes:
-the class ranker is not built yet) and run_checkpoint.npz (resumable state).
-With --json prints one summary object (class_counts, seconds, particles_per_second,
-classes_mrcs, selected_star, ...).
+rlnMaxValueProbDistribution), run_selected.star (particles of the classes the
+ranker selects: score >= --score-threshold), run_montage.png (class averages best
+score first, with particle counts) and run_checkpoint.npz (resumable state).
+With --json prints one summary object (class_counts, class_scores, seconds,
+particles_per_second, classes_mrcs, selected_star, montage_png, ...).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from pipelines.class2d import (
     run_minibatches,
     save_checkpoint,
 )
+from pipelines.class2d.montage import write_class_montage
 from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.ranker import DEFAULT_THRESHOLD, rank_classes, select_particles
 from pipelines.errors import StageInputError
 
 
@@ -46,6 +49,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-resolution-a", type=float, default=None)
     parser.add_argument("--max-particles-per-class", type=int, default=None)
     parser.add_argument("--float16", action="store_true", help="class averages mode 12")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="select classes scoring at least this (0-1)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -74,6 +83,15 @@ def main(args: argparse.Namespace) -> int:
         outputs = write_class2d_outputs(
             args.out, config, state, assignment, optics, table, float16=args.float16
         )
+        ranking = rank_classes(
+            config, state, assignment, threshold=args.score_threshold
+        )
+        selected_star = select_particles(
+            outputs.selected_star, config, ranking, assignment, optics, table
+        )
+        montage = write_class_montage(
+            args.out / "run_montage.png", state.references, ranking
+        )
     except StageInputError as exc:
         print(f"livestream class2d: {exc}", file=sys.stderr)
         return 1
@@ -92,7 +110,12 @@ def main(args: argparse.Namespace) -> int:
         "classes_mrcs": str(outputs.classes_mrcs),
         "model_star": str(outputs.model_star),
         "data_star": str(outputs.data_star),
-        "selected_star": str(outputs.selected_star),
+        "selected_star": str(selected_star),
+        "selected_classes": [int(c) + 1 for c in np.nonzero(ranking.selected)[0]],
+        "selected_particles": int(ranking.counts[ranking.selected].sum()),
+        "class_scores": [round(float(x), 4) for x in ranking.scores],
+        "score_threshold": args.score_threshold,
+        "montage_png": str(montage),
         "config": json.loads(config.to_json()),
     }
     if args.json:
@@ -102,5 +125,10 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"{particles.n_particles} particles, {active}/{config.n_classes} classes "
             f"non-empty, {seconds:.1f} s; averages in {outputs.classes_mrcs}"
+        )
+        print(
+            f"{int(ranking.selected.sum())} classes selected "
+            f"({summary['selected_particles']} particles) in {selected_star}; "
+            f"montage {montage}"
         )
     return 0
