@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "pick": "pick",
     "extract": "extract",
     "class2d": "class2d",
+    "curate": "curate",
 }
 
 

@@ -39,6 +39,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -56,6 +57,7 @@ __all__ = [
     "StagesConfig",
     "WorkersConfig",
     "load_config",
+    "reload_config",
 ]
 
 
@@ -174,10 +176,18 @@ class ServiceConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
+    # where it came from, so that SIGHUP can read the file again (reload_config)
+    _source: Path | None = PrivateAttr(default=None)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def ledger_path(self) -> Path:
         return self.project.path / "livestream.sqlite"
+
+    @property
+    def source_path(self) -> Path | None:
+        """The TOML file this configuration was read from (``None``: defaults)."""
+        return self._source
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -231,4 +241,12 @@ def load_config(
         validate_stage_params(config.stages)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    config._source = None if path is None else Path(path)
+    config._overrides = dict(overrides or {})
     return config
+
+
+def reload_config(config: ServiceConfig) -> ServiceConfig:
+    """Read ``config``'s file again with the same overrides (command-line flags);
+    raise :class:`ConfigError` if it is no longer valid."""
+    return load_config(config.source_path, config._overrides)

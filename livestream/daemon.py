@@ -8,6 +8,9 @@ the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), and the function returns 0.  A second signal exits at
 once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
+SIGHUP sets the ``reload`` event: the config file is read again and changed
+curation thresholds re-evaluate every past exposure
+(:mod:`livestream.curation_reload`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livestream.config import ServiceConfig
+from livestream.curation_reload import CurationReload
 from livestream.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.intake import Intake
 from livestream.job_index import JobIndex, index_targets
@@ -49,6 +53,7 @@ class ServiceHandle:
     scheduler: Scheduler
     watcher: SessionWatcher
     index: JobIndex
+    curation: CurationReload
 
 
 def summarize_ledger(
@@ -89,6 +94,7 @@ async def run_service(
     config: ServiceConfig,
     *,
     stop: asyncio.Event | None = None,
+    reload: asyncio.Event | None = None,
     listeners: tuple[Listener, ...] = (),
     on_started: Callable[[ServiceHandle], None] | None = None,
     install_signal_handlers: bool = True,
@@ -99,9 +105,12 @@ async def run_service(
     """Run until ``stop`` is set (or a signal arrives); return the exit status.
 
     ``retry_quarantined`` gives quarantined stages a fresh set of attempts
-    (imports are always re-checked: a fixed file is picked up again).
+    (imports are always re-checked: a fixed file is picked up again).  Setting
+    ``reload`` (SIGHUP does) re-reads the config file and applies changed curation
+    thresholds to every past exposure.
     """
     stop = stop if stop is not None else asyncio.Event()
+    reload = reload if reload is not None else asyncio.Event()
     project = config.project.path
     project.mkdir(parents=True, exist_ok=True)
     chain = build_chain(config.stages)
@@ -120,6 +129,7 @@ async def run_service(
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
         reporter = Reporter.create(
             config.session.path.name or "session",
@@ -138,11 +148,18 @@ async def run_service(
         )
         async with reporter.open_publisher(config.mqtt):
             await _serve(
-                config, ledger, reporter, executor, chain, report, stop, on_started
+                config,
+                ledger,
+                reporter,
+                executor,
+                chain,
+                report,
+                (stop, reload),
+                on_started,
             )
     finally:
         if install_signal_handlers:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         if executor is not None:  # a no-op after a clean drain
             await executor.close(cancel=True)
@@ -159,9 +176,10 @@ async def _serve(
     executor: LocalExecutor | DaskExecutor,
     chain: Chain,
     report: ReconcileReport,
-    stop: asyncio.Event,
+    events: tuple[asyncio.Event, asyncio.Event],
     on_started: Callable[[ServiceHandle], None] | None,
 ) -> None:
+    stop, reload = events
     workers = config.workers
     scheduler = Scheduler(
         ledger,
@@ -196,7 +214,10 @@ async def _serve(
     )
     await asyncio.to_thread(index.write_logged)  # right after a restart, too
     reporter.add_listener(index.on_event)
-    handle = ServiceHandle(reporter, report, scheduler, watcher, index)
+    curation = CurationReload(config, ledger, chain, scheduler, reporter, index)
+    curation.publish_counts()
+    reporter.add_listener(curation.on_event)
+    handle = ServiceHandle(reporter, report, scheduler, watcher, index, curation)
     if on_started is not None:
         on_started(handle)
 
@@ -227,6 +248,7 @@ async def _serve(
             group.create_task(reporter.run(), name="reporter"),
             group.create_task(summarize_forever(), name="summary"),
             group.create_task(index.run(), name="job-index"),
+            group.create_task(curation.run(reload), name="curation-reload"),
         ]
         reporter.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)

@@ -148,12 +148,16 @@ def exposure_payload(
     particle_count: int | None = None,
     thumbnail_path: PurePath | str | None = None,
     stages: Mapping[str, str] | None = None,
+    curation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One processed exposure; ``motion``/``ctf`` hold the stage summaries in Å.
 
     ``motion`` typically ``{"total_motion_a": ..., "early_motion_a": ...}``, ``ctf``
     ``{"defocus_u_a", "defocus_v_a", "astigmatism_angle_deg", "fit_resolution_a"}``;
-    ``stages`` maps each stage to its final state (done, failed, quarantined).
+    ``stages`` maps each stage to its final state (done, failed, quarantined);
+    ``curation`` is ``{"accepted": bool, "reasons": [figure, ...], "rejected":
+    {figure: value}}`` (``None`` without a curation stage).  An exposure that a
+    threshold change accepts later is processed further and published again.
     """
     return {
         "exposure_id": exposure_id,
@@ -165,4 +169,5 @@ def exposure_payload(
         "particle_count": particle_count,
         "thumbnail_path": thumbnail_path,
         "stages": dict(stages or {}),
+        "curation": dict(curation) if curation is not None else None,
     }

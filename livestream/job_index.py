@@ -9,7 +9,11 @@ RELION reads a job's results from one index file per job; the service keeps them
   rlnCtfImage, defocus U/V/angle, astigmatism, figure of merit, fit resolution,
   phase shift),
 - ``Extract/job006/particles.star``, the session's particle pool: the
-  per-micrograph particle STAR files of the extraction stage, concatenated.
+  per-micrograph particle STAR files of the extraction stage, concatenated, of
+  the exposures that curation currently accepts (a rejected exposure keeps its
+  own particle file but leaves the pool),
+- ``Select/job004/micrographs_selected.star``: the rows of
+  ``micrographs_ctf.star`` that curation currently accepts.
 
 Every file is rebuilt from the ``done`` rows of the ledger (outputs and figures,
 never in-memory state) and written atomically, so after a kill and restart the
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_JOBS = {
     "motion": "MotionCorr/job002",
     "ctf": "CtfFind/job003",
+    "curate": "Select/job004",
     "extract": "Extract/job006",
 }
 
@@ -51,17 +56,24 @@ class IndexTargets:
     motion_job: str = _DEFAULT_JOBS["motion"]
     ctf_stage: str | None = None
     ctf_job: str = _DEFAULT_JOBS["ctf"]
+    curate_stage: str | None = None
+    curate_job: str = _DEFAULT_JOBS["curate"]
     extract_stage: str | None = None
     extract_job: str = _DEFAULT_JOBS["extract"]
 
     @property
     def stages(self) -> frozenset[str]:
-        names = (self.motion_stage, self.ctf_stage, self.extract_stage)
+        names = (
+            self.motion_stage,
+            self.ctf_stage,
+            self.curate_stage,
+            self.extract_stage,
+        )
         return frozenset(n for n in names if n is not None)
 
 
 def index_targets(chain: Chain) -> IndexTargets:
-    """The first stage of kind motion, ctf and extract, with their job folders."""
+    """The first stage of kind motion, ctf, curate and extract, with their jobs."""
     found: dict[str, Any] = {}
     for link in chain.links:
         if link.kind in _DEFAULT_JOBS and f"{link.kind}_stage" not in found:
@@ -154,13 +166,27 @@ class JobIndex:
             )
             if t.motion_stage is not None:
                 counts["motion"] = self._write_motion(motion)
+            rejected = _rejected(db, t.curate_stage)
             if t.ctf_stage is not None:
-                counts["ctf"] = self._write_ctf(
-                    list(_done_rows(db, t.ctf_stage)), motion
-                )
+                ctf = list(_done_rows(db, t.ctf_stage))
+                counts["ctf"] = self._write_ctf(ctf, motion)
+                if t.curate_stage is not None:
+                    curated = {r.exposure_id for r in _done_rows(db, t.curate_stage)}
+                    accepted = [
+                        r
+                        for r in ctf
+                        if r.exposure_id in curated and r.exposure_id not in rejected
+                    ]
+                    counts["selected"] = self._write_ctf(
+                        accepted, motion, selection=True
+                    )
             if t.extract_stage is not None:
                 counts["particles"] = self._write_particles(
-                    list(_done_rows(db, t.extract_stage))
+                    [
+                        r
+                        for r in _done_rows(db, t.extract_stage)
+                        if r.exposure_id not in rejected
+                    ]
                 )
         finally:
             db.close()
@@ -176,7 +202,9 @@ class JobIndex:
             corrected_micrographs(path, [(r.outputs, r.figures) for r in rows])
         return len(rows)
 
-    def _write_ctf(self, rows: list[_Done], motion: list[_Done]) -> int:
+    def _write_ctf(
+        self, rows: list[_Done], motion: list[_Done], *, selection: bool = False
+    ) -> int:
         from livestream.job_index_tables import micrographs_ctf
 
         by_id = {r.exposure_id: r for r in motion if "micrograph" in r.outputs}
@@ -189,7 +217,10 @@ class JobIndex:
             for r in rows
             if r.exposure_id in by_id and "ctf_image" in r.outputs
         ]
-        if items:
+        if selection:  # written even when empty: nothing is selected now
+            path = self.project / self.targets.curate_job / "micrographs_selected.star"
+            _write_selection(path, items)
+        elif items:
             micrographs_ctf(
                 self.project / self.targets.ctf_job / "micrographs_ctf.star", items
             )
@@ -212,7 +243,10 @@ class JobIndex:
             optics, particles = self._particle_cache[key]
             optics_tables.append(optics)
             particle_tables.append(particles)
+        pool = self.project / self.targets.extract_job / "particles.star"
         if not particle_tables:
+            # curation may have rejected every exposure that had particles
+            pool.unlink(missing_ok=True)
             return 0
         optics = pd.concat(optics_tables, ignore_index=True).drop_duplicates()
         names = optics["rlnOpticsGroupName"]
@@ -222,9 +256,33 @@ class JobIndex:
                 f"on the optics of group(s) {sorted(set(names[names.duplicated()]))}"
             )
         particles = pd.concat(particle_tables, ignore_index=True)
-        pool = self.project / self.targets.extract_job / "particles.star"
         write_particles_star(pool, optics.reset_index(drop=True), particles)
         return len(particles)
+
+
+def _rejected(db: sqlite3.Connection, curate_stage: str | None) -> set[str]:
+    """Exposures whose current curation decision is a rejection."""
+    if curate_stage is None:
+        return set()
+    return {
+        row.exposure_id
+        for row in _done_rows(db, curate_stage)
+        if row.figures.get("accepted", 1.0) == 0.0
+    }
+
+
+def _write_selection(path: Path, items: list[Any]) -> None:
+    from livestream.job_index_tables import micrographs_ctf
+
+    if items:
+        micrographs_ctf(path, items)
+        return
+    from pipelines.outputs import write_text_atomic
+
+    # RELION reads an empty table as "no micrographs"; keep the labels
+    write_text_atomic(
+        path, "# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n"
+    )
 
 
 def _has_loop() -> bool:

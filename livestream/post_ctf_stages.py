@@ -3,8 +3,11 @@
 ``curate`` applies :func:`pipelines.curation.curate` to the motion and CTF figures
 of the earlier stages and writes the decision (``Select/job004/<id>.json``).  A
 rejected exposure is *done with a decision*: its figures hold ``accepted = 0`` and
-one ``rejected_<figure>`` entry per failed rule, and the stages after it (pick,
-extract) return at once with ``skipped = 1``.
+one ``rejected_<figure>`` entry per failed rule; the scheduler does not dispatch
+the stages after it (pick, extract) but marks them done with ``skipped = 1``
+(should they run anyway, after a restart between the two, they return at once
+with ``skipped = 1``).  New thresholds re-decide past exposures from the ledger
+without running this stage again (:mod:`livestream.curation_live`).
 
 ``pick`` runs the blob (LoG) or the template picker on the motion-corrected
 micrograph and writes ``AutoPick/job005/<stem>_autopick.star`` and a pick-overlay

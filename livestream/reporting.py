@@ -23,7 +23,7 @@ from livestream.config import MetricsConfig, MqttConfig
 from livestream.ledger import StageResult
 from mdcatch.records import Exposure
 
-__all__ = ["EventType", "Reporter", "ServiceEvent"]
+__all__ = ["EventType", "Reporter", "ServiceEvent", "curation_field"]
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,29 @@ class Reporter:
             particle_count=None if particles is None else int(particles["n_particles"]),
             thumbnail_path=thumbnail,
             stages=states,
+            curation=curation_field(results),
         )
         self._outgoing.put_nowait(("exposure", exposure.exposure_id, payload))
+
+    # -- curation --------------------------------------------------------------------
+    def curation_state(
+        self, accepted: int, rejected: int, reasons: Mapping[str, int]
+    ) -> None:
+        """The current decision set (after a decision or a re-evaluation)."""
+        if self._curation is not None:
+            self._curation.set_current(accepted, rejected, reasons)
+
+    def curation_reevaluated(
+        self, version: int, newly_accepted: int, newly_rejected: int
+    ) -> None:
+        log.info(
+            "curation thresholds version %d: %d newly accepted, %d newly rejected",
+            version,
+            newly_accepted,
+            newly_rejected,
+        )
+        if self._curation is not None:
+            self._curation.observe_reevaluation(version, newly_accepted, newly_rejected)
 
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
@@ -344,6 +365,25 @@ class Reporter:
                 await self.publisher.publish_status(payload)
             else:
                 await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
+
+
+def curation_field(results: Mapping[str, StageResult]) -> dict[str, Any] | None:
+    """``{"accepted": bool, "reasons": [figure, ...], "rejected": {figure: value}}``
+    from the curate stage's figures (``None`` without a curate stage)."""
+    for result in results.values():
+        figures = result.figures
+        if "accepted" in figures:
+            rejected = {
+                name.removeprefix("rejected_"): value
+                for name, value in figures.items()
+                if name.startswith("rejected_")
+            }
+            return {
+                "accepted": figures["accepted"] != 0.0,
+                "reasons": sorted(rejected),
+                "rejected": rejected,
+            }
+    return None
 
 
 def _topic_safe(name: str) -> str:

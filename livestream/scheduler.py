@@ -8,6 +8,12 @@ This is the one place a stage failure is caught, recorded and counted:
 :class:`pipelines.StageInputError` and :class:`mdcatch.MetadataError` quarantine
 at once; anything else is retried with exponential backoff up to ``max_attempts``
 and then quarantined.  A crashed worker process is such a transient failure.
+
+After a ``curate`` stage rejects an exposure, the stages after it are not
+dispatched: their rows are marked done with ``skipped = 1`` (a later threshold
+change that accepts the exposure puts them back to pending,
+:mod:`livestream.curation_reload`).  Stage parameters can change while the service
+runs (:meth:`Scheduler.update_params`); work starts with the current ones.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from livestream.executors import Executor
 from livestream.ledger import Ledger, StageResult, StageState
@@ -50,6 +57,11 @@ class _Work:
     order: float = 0.0
     seq: int = 0
     newest: bool = False
+    params_used: Mapping[str, Any] = field(default_factory=dict)
+
+
+CURATE_KIND = "curate"
+SKIPPED = {"skipped": 1.0}
 
 
 class Scheduler:
@@ -78,6 +90,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._closing = False
         self._n_newest = 0
+        # decides a curate result again when its thresholds changed while it ran
+        self.recurate: Callable[[str, str], StageResult | None] | None = None
 
     # -- queue ---------------------------------------------------------------------
     @property
@@ -87,6 +101,16 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def update_params(self, stage: str, params: Mapping[str, Any]) -> None:
+        """Run ``stage`` with ``params`` from now on (a configuration reload)."""
+        index = self._chain.names.index(stage)
+        links = list(self._chain.links)
+        links[index] = replace(links[index], params=dict(params))
+        self._chain = Chain(tuple(links))
+
+    def _current(self, link: ChainLink) -> ChainLink:
+        return self._chain.links[self._chain.names.index(link.name)]
 
     def offer(self, exposure: Exposure) -> None:
         """An exposure is ready: queue its first unfinished stage (if any)."""
@@ -170,6 +194,8 @@ class Scheduler:
 
     async def _execute(self, work: _Work) -> None:
         eid, stage = work.exposure.exposure_id, work.link.name
+        work.link = self._current(work.link)
+        work.params_used = work.link.params
         attempt = self._ledger.mark_running(eid, stage)
         task = StageTask(
             stage=stage,
@@ -206,16 +232,42 @@ class Scheduler:
         eid = work.exposure.exposure_id
         following = self._chain.after(work.link.name)
         self._ledger.mark_done(eid, result, duration_s=seconds, last=following is None)
+        stale = (
+            work.link.kind == CURATE_KIND
+            and self.recurate is not None
+            and work.params_used != self._current(work.link).params
+        )
+        if stale and self.recurate is not None:  # thresholds changed while it ran
+            result = self.recurate(eid, work.link.name) or result
         self._reporter.stage_finished(
             eid, work.link.name, "done", seconds, result=result
         )
         work.results[work.link.name] = result
+        if (
+            following is not None
+            and work.link.kind == CURATE_KIND
+            and result.figures.get("accepted", 1.0) == 0.0
+        ):
+            self._skip_rest(work, following)
+            following = None
         if following is None:
             states = dict.fromkeys(self._chain.names, "done")
             self._reporter.exposure_done(work.exposure, work.results, states)
         else:
             work.link = following
             self._push(work)
+
+    def _skip_rest(self, work: _Work, following: ChainLink) -> None:
+        """A rejected exposure: the stages after curation are done, skipped."""
+        eid = work.exposure.exposure_id
+        link: ChainLink | None = following
+        while link is not None:
+            after = self._chain.after(link.name)
+            result = StageResult(stage=link.name, figures=SKIPPED)
+            self._ledger.mark_done(eid, result, duration_s=0.0, last=after is None)
+            self._reporter.stage_finished(eid, link.name, "done", 0.0, result=result)
+            work.results[link.name] = result
+            link = after
 
     def _record_failure(
         self,

@@ -6,7 +6,8 @@ Example::
     livestream status --project /data/cm40593-1 --json | jq .exposures
 
 Reads the ledger ``<project>/livestream.sqlite`` without writing to it; works while
-the service runs.
+the service runs.  With a curation stage it also shows how many exposures are
+accepted and rejected and the most frequent rejection reasons.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
     try:
         status: dict[str, Any] = summarize_ledger(ledger)
         status["project"] = str(project)
+        status["curation"] = _curation(ledger.path)
         status["failures"] = [
             {
                 "exposure_id": row.exposure_id,
@@ -48,6 +50,28 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
     finally:
         ledger.close()
     return status
+
+
+def _curation(ledger_path: Path) -> dict[str, Any] | None:
+    """``{"accepted", "rejected", "reasons": {figure: n}}`` of the curate stage
+    (the stage whose done rows hold ``accepted``); ``None`` without one."""
+    import sqlite3
+
+    from livestream.curation_live import curation_counts
+
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        found = db.execute(  # a string test: figures may hold NaN (not JSON)
+            "SELECT stage FROM stages WHERE state = 'done'"
+            " AND figures LIKE '%\"accepted\":%' LIMIT 1"
+        ).fetchone()
+        if found is None:
+            return None
+        counts: dict[str, Any] = curation_counts(db, str(found[0])).as_json()
+    finally:
+        db.close()
+    return counts
 
 
 def _table(status: dict[str, Any]) -> str:
@@ -64,6 +88,15 @@ def _table(status: dict[str, Any]) -> str:
         f"{status['exposures_per_hour']:.1f} exposures/hour; newest exposure "
         + ("none yet" if age is None else f"appeared {age:.0f} s ago")
     )
+    curation = status.get("curation")
+    if curation is not None:
+        reasons = ", ".join(
+            f"{figure} {n}" for figure, n in list(curation["reasons"].items())[:5]
+        )
+        lines.append(
+            f"curation: {curation['accepted']} accepted, {curation['rejected']} "
+            f"rejected" + (f"; top reasons: {reasons}" if reasons else "")
+        )
     if status["failures"]:
         lines.append("failures:")
         for failure in status["failures"]:
