@@ -8,6 +8,10 @@ and the two inverse FFTs of the sums at full size (plus the binned FFTs the
 alignment works on).  Ratios near 1 mean the step costs what its FFTs cost.
 
     .venv/bin/python benchmarks/bench_motion.py [--small] [--workers N]
+    .venv/bin/python benchmarks/bench_motion.py --accuracy [--small] [--seed N]
+
+``--accuracy`` measures the errors against the simulator's truth instead
+(:mod:`bench_motion_accuracy`).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import mrcfile
 import numpy as np
 import scipy.fft
 
-from pipelines.motion_correct import align_global, prepare_frames
-from pipelines.motion_dose import frame_exposures_e_per_a2
+from pipelines.motion_correct import DAMAGE_BFACTOR_PX2, align_global, prepare_frames
+from pipelines.motion_dose import DamageModel, frame_exposures_e_per_a2
 from pipelines.motion_local import align_patches
 from pipelines.motion_sum import power_spectrum, sum_frames
 from pipelines.movie_io import read_movie
@@ -79,7 +83,19 @@ def bench(
     (work, _, n_hot), t_prep = timed(
         prepare_frames, frames, gain=gain, overwrite_input=True
     )
-    (shifts, aligned, factor), t_global = timed(align_global, work, workers=workers)
+    exposures = frame_exposures_e_per_a2(n_frames, 1.0)
+    # correct_motion's defaults at 1 e/Å²/frame: damage-matched filters, B 20 px²,
+    # coarse pass on 5-frame groups, trajectory smoothing
+    damage = DamageModel(pixel_size_a=1.0, exposures_e_per_a2=exposures, voltage_kv=300)
+    (shifts, aligned, factor), t_global = timed(
+        align_global,
+        work,
+        bfactor_px2=DAMAGE_BFACTOR_PX2,
+        group_half_width=2,
+        damage=damage,
+        smooth=True,
+        workers=workers,
+    )
     local, t_local = timed(
         align_patches,
         aligned,
@@ -87,9 +103,10 @@ def bench(
         (size, size),
         patches=(5, 5),
         bfactor_px2=150.0,
+        group_half_width=2,
+        damage=damage,
         workers=workers,
     )
-    exposures = frame_exposures_e_per_a2(n_frames, 1.0)
     (dw, no_dw, spectrum), t_sum = timed(
         sum_frames,
         work,
@@ -183,7 +200,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="small movie only")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="errors vs the truth on a realistic simulated 4096² movie (--small: 1024²)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed")
     args = parser.parse_args()
+    if args.accuracy:
+        from bench_motion_accuracy import measure_accuracy
+
+        measure_accuracy(1024 if args.small else 4096, args.seed, args.workers)
+        return
     rng = np.random.default_rng(7)
     sizes = [(1024, 20)] if args.small else [(1024, 20), (4096, 40)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,8 @@ from typing import Any
 
 from livestream.ledger import StageResult
 from livestream.stages import StageParams, StageTask
+from mdcatch.profiles import load_profiles
+from mdcatch.records import Exposure, MovieFormat
 
 __all__ = ["CtfParams", "MotionParams", "run_ctf", "run_motion"]
 
@@ -32,9 +34,35 @@ class MotionParams(StageParams):
     job: str = "MotionCorr/job002"
     patches_x: int = 5
     patches_y: int = 5
-    bfactor_px2: float = 500.0
+    bfactor_px2: float | None = None  # None: the motion default (dose-aware)
     float32: bool = False
     fft_workers: int = 1  # parallelism comes from running several exposures at once
+    profiles_file: Path | None = None  # site detector profiles (mdcatch.profiles)
+
+
+# mdcatch's gain flip -> pipelines.motion_defects.orient_gain's
+_FLIPS = {"none": None, "upside_down": "y", "left_right": "x"}
+
+
+def _detector_settings(
+    exposure: Exposure, profiles_file: Path | None
+) -> tuple[int, str | None, float | None]:
+    """Gain rotation (deg, counter-clockwise), flip and EER group dose (e/Å²) from
+    the detector profile; ``(0, None, None)`` when there is neither a gain reference
+    nor an EER movie (nothing to orient or group).  An unknown detector raises
+    :class:`~mdcatch.errors.MetadataError`: a gain applied in the wrong orientation
+    would corrupt every micrograph silently."""
+    movie = exposure.movie_path
+    is_eer = movie is not None and movie.suffix.lower() in (".eer", ".ecc")
+    if exposure.gain_reference_path is None and not is_eer:
+        return 0, None, None
+    profile = load_profiles(profiles_file).detector_for(
+        exposure.optics.detector,
+        camera_mode=exposure.optics.camera_mode,
+        movie_format=MovieFormat.EER if is_eer else None,
+    )
+    group_dose = profile.eer_grouping_target_e_per_a2 if is_eer else None
+    return profile.gain_rotation_deg, _FLIPS[profile.gain_flip.value], group_dose
 
 
 def run_motion(task: StageTask, params: MotionParams) -> StageResult:
@@ -45,14 +73,25 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         from pipelines.errors import StageInputError
 
         raise StageInputError(exposure.metadata_path, "movie_path", None, "no movie")
-    patches = (params.patches_x, params.patches_y) if params.patches_x > 1 else None
+    patches = (
+        (params.patches_y, params.patches_x)  # motion's convention: (n_y, n_x)
+        if params.patches_x > 1 and params.patches_y > 1
+        else None
+    )
+    rotation_deg, flip, eer_group_dose = _detector_settings(
+        exposure, params.profiles_file
+    )
     result = motion.run_motion(
         exposure.movie_path,
         task.project_path / params.job,
         pixel_size_a=exposure.optics.pixel_size_a,
         dose_per_frame_e_per_a2=exposure.dose_per_frame_e_per_a2,
         voltage_kv=exposure.optics.voltage_kv,
+        pre_exposure_e_per_a2=0.0,
         gain_path=exposure.gain_reference_path,
+        gain_rotation_deg=rotation_deg,
+        gain_flip=flip,
+        eer_group_dose_e_per_a2=eer_group_dose,
         patches=patches,
         bfactor_px2=params.bfactor_px2,
         float32=params.float32,

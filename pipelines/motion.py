@@ -78,7 +78,7 @@ def run_motion(
     eer_group_dose_e_per_a2: float | None = None,
     eer_upsampling: int = 1,
     patches: tuple[int, int] | None = (5, 5),
-    bfactor_px2: float = 500.0,
+    bfactor_px2: float | None = None,
     local_bfactor_px2: float = 150.0,
     float32: bool = False,
     movie_name: str | None = None,

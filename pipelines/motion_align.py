@@ -33,6 +33,8 @@ __all__ = [
 
 # the B-factor weight at the edge of the cropped spectrum: exp(-B k²/4) = 1e-3
 CROP_WEIGHT = 1e-3
+# a refinement from initial shifts searches, and stays, within this many (cropped) px
+REFINE_WINDOW_PX = 4
 
 
 def fft_kwargs(xp: ModuleType, workers: int) -> dict[str, int]:
@@ -182,11 +184,18 @@ def align_stack(
     max_shift_px = max_shift_px / float(np.min(scale))
     filt = _bfactor_filter(shape, bfactor_px2, xp)
     shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=xp.float64)
+    start = None
     if initial_shifts_px is not None:
-        shifts += xp.asarray(initial_shifts_px, dtype=xp.float64) / xp.asarray(scale)
+        start = xp.asarray(initial_shifts_px, dtype=xp.float64) / xp.asarray(scale)
+        start = start - start.mean(axis=-2, keepdims=True)
+        shifts += start
     half = int(max(2, min(np.ceil(max_shift_px) + 1, ny // 2 - 2, nx // 2 - 2)))
     for iteration in range(n_iterations):
-        w = half if iteration == 0 and initial_shifts_px is None else min(half, 4)
+        w = (
+            half
+            if iteration == 0 and initial_shifts_px is None
+            else min(half, REFINE_WINDOW_PX)
+        )
         shifted = spectra * phase_ramp(shape, shifts, xp=xp)
         total = shifted.sum(axis=-3, keepdims=True)
         moving, group = _group_sums(shifted, group_half_width, xp)
@@ -198,6 +207,10 @@ def align_stack(
         window = cc[..., rows[:, None], cols[None, :]]
         update = _subpixel_peaks(window, xp)
         shifts += update
+        if start is not None:  # refinement: stay within the window of the start
+            deviation = shifts - start
+            deviation -= deviation.mean(axis=-2, keepdims=True)
+            shifts = start + xp.clip(deviation, -REFINE_WINDOW_PX, REFINE_WINDOW_PX)
         # the common translation is free: pin the mean (well conditioned), not frame 0
         shifts -= shifts.mean(axis=-2, keepdims=True)
         if float(xp.max(xp.abs(update))) * float(np.max(scale)) < tolerance_px:

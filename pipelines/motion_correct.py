@@ -5,9 +5,11 @@ Steps (each a public function, so benchmarks can time them):
 
 1. :func:`prepare_frames` — multiply by the gain, replace defects and hot pixels
    (outliers of the frame sum) by the mean of good neighbours.
-2. :func:`align_global` — bin to at most ``ALIGN_MAX_PX`` pixels, iterate the
-   cross-correlation of every frame with the sum of the others (B-factor
-   ``bfactor_px2``), sub-pixel peaks.
+2. :func:`align_global` — bin to at most ``ALIGN_MAX_PX`` pixels, weight each
+   frame by its expected damaged signal (matched filter), iterate the
+   cross-correlation of every frame with the sum of the others (coarse pass at a
+   strong B-factor, then ``bfactor_px2``), sub-pixel peaks, smooth the trajectory
+   in time (:mod:`pipelines.motion_trajectory`).
 3. :func:`pipelines.motion_local.align_patches` — the same on ``patches`` of the
    globally aligned frames, fitted by RELION's third-order polynomial.
 4. :func:`pipelines.motion_sum.sum_frames` — warp, shift, dose-weight and sum.
@@ -33,9 +35,10 @@ from pipelines.motion_defects import (
     detect_hot_pixels,
     mask_defects,
 )
-from pipelines.motion_dose import frame_exposures_e_per_a2
+from pipelines.motion_dose import DamageModel, frame_exposures_e_per_a2
 from pipelines.motion_local import LocalMotion, align_patches
 from pipelines.motion_sum import power_spectrum, sum_frames
+from pipelines.motion_trajectory import smooth_trajectory
 from pipelines.xp import fft_module, to_numpy
 
 __all__ = [
@@ -52,6 +55,9 @@ COARSE_GROUP_DOSE_E_PER_A2 = (
     4.0  # frames are grouped to about this dose for the coarse pass
 )
 EARLY_FRAMES = 4  # RELION: motion up to frame 4 is "early"
+# global B-factor (px²) with damage-matched filters (dose known) and without
+DAMAGE_BFACTOR_PX2 = 20.0
+PLAIN_BFACTOR_PX2 = 500.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,15 +136,22 @@ def align_global(
     bfactor_px2: float = 500.0,
     max_shift_px: float = 80.0,
     group_half_width: int = 0,
+    damage: DamageModel | None = None,
+    smooth: bool = False,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[np.ndarray, Any, int]:
     """Global correction shifts ``(n, 2)`` (unbinned px), the globally aligned
     binned frames ``(n, my, mx)`` and the bin factor used.
 
-    With ``group_half_width`` ``h`` > 0 a coarse pass aligns sums of ``2h + 1``
-    neighbouring frames first (robust at low dose per frame); a per-frame pass
-    then refines within a few pixels of it."""
+    A coarse pass at B-factor ``max(bfactor_px2, PLAIN_BFACTOR_PX2)`` (with
+    ``group_half_width`` ``h`` > 0 on sums of ``2h + 1`` neighbouring frames: robust
+    at low dose per frame) searches ``max_shift_px``; the per-frame pass at
+    ``bfactor_px2`` then refines within ±4 (binned) px of it.  With ``damage`` each frame's spectrum
+    is weighted by its expected signal ``exp(-N_f / (2 Ne(k)))`` (a matched filter:
+    early frames keep their high-resolution signal, late ones only low).  With
+    ``smooth`` the trajectory is smoothed in time (GCV-chosen Whittaker smoother,
+    :mod:`pipelines.motion_trajectory`) before the frames are aligned by it."""
     fft = fft_module(xp)
     _, ny, nx = frames.shape
     factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
@@ -148,19 +161,23 @@ def align_global(
     spectra = fft.rfft2(
         binned.astype(xp.float32), axes=(-2, -1), **fft_kwargs(xp, workers)
     )
-    coarse = None
-    if group_half_width > 0:
-        coarse = align_stack(
-            spectra,
-            shape,
-            bfactor_px2=bfactor_px2 / factor**2,
-            max_shift_px=max_shift_px / factor,
-            group_half_width=group_half_width,
-            workers=workers,
-            xp=xp,
-        )
+    weighted = spectra
+    if damage is not None:
+        weighted = spectra * damage.filters(shape, factor, xp=xp)
+    # coarse pass: a strong B-factor (broad peak, low-resolution signal) finds the
+    # trajectory over the whole search range; the fine pass refines within ±4 px, so
+    # a sharp, noisy fine-pass correlation cannot jump to a noise peak far away
+    coarse = align_stack(
+        weighted,
+        shape,
+        bfactor_px2=max(bfactor_px2, PLAIN_BFACTOR_PX2) / factor**2,
+        max_shift_px=max_shift_px / factor,
+        group_half_width=group_half_width,
+        workers=workers,
+        xp=xp,
+    )
     shifts = align_stack(
-        spectra,
+        weighted,
         shape,
         bfactor_px2=bfactor_px2 / factor**2,
         max_shift_px=max_shift_px / factor,
@@ -168,6 +185,9 @@ def align_global(
         workers=workers,
         xp=xp,
     )
+    if smooth:
+        smoothed, _ = smooth_trajectory(to_numpy(shifts))
+        shifts = xp.asarray(smoothed)
     aligned = fft.irfft2(
         shift_spectra(spectra, shape, shifts, xp=xp),
         s=shape,
@@ -193,7 +213,8 @@ def correct_motion(
     gain: np.ndarray | None = None,
     defect_mask: np.ndarray | None = None,
     patches: tuple[int, int] | None = (5, 5),
-    bfactor_px2: float = 500.0,
+    bfactor_px2: float | None = None,
+    smooth: bool = True,
     local_bfactor_px2: float = 150.0,
     max_shift_px: float = 80.0,
     hot_pixel_sigma: float | None = 10.0,
@@ -206,7 +227,10 @@ def correct_motion(
 
     ``gain`` and ``defect_mask`` are ``(ny, nx)`` in the frames' orientation;
     ``patches`` ``(n_y, n_x)`` or None for global alignment only; B-factors in
-    unbinned px².  ``workers`` threads for the FFTs (default: all CPUs).  With
+    unbinned px² (``bfactor_px2`` None: ``DAMAGE_BFACTOR_PX2`` when the dose is
+    known, as the frames are then weighted by their expected damaged signal, else
+    ``PLAIN_BFACTOR_PX2``).  With ``smooth`` the global trajectory is smoothed in
+    time (:func:`pipelines.motion_trajectory.smooth_trajectory`).  ``workers`` threads for the FFTs (default: all CPUs).  With
     ``overwrite_input`` a float32 C-contiguous ``frames`` is corrected in place.
     """
     if pixel_size_a <= 0 or not np.isfinite(pixel_size_a):
@@ -229,12 +253,26 @@ def correct_motion(
         group = int(
             np.ceil((COARSE_GROUP_DOSE_E_PER_A2 / dose_per_frame_e_per_a2 - 1) / 2)
         )
+    exposures = frame_exposures_e_per_a2(
+        n_frames, dose_per_frame_e_per_a2, pre_exposure_e_per_a2
+    )
+    damage = None
+    if dose_per_frame_e_per_a2 > 0:
+        damage = DamageModel(
+            pixel_size_a=pixel_size_a,
+            exposures_e_per_a2=exposures,
+            voltage_kv=voltage_kv,
+        )
+    if bfactor_px2 is None:
+        bfactor_px2 = PLAIN_BFACTOR_PX2 if damage is None else DAMAGE_BFACTOR_PX2
     if n_frames > 1:
         shifts, aligned, factor = align_global(
             work,
             group_half_width=min(group, (n_frames - 1) // 2),
             bfactor_px2=bfactor_px2,
             max_shift_px=max_shift_px,
+            damage=damage,
+            smooth=smooth,
             workers=n_workers,
             xp=xp,
         )
@@ -248,12 +286,13 @@ def correct_motion(
             (ny, nx),
             patches=patches,
             bfactor_px2=local_bfactor_px2,
+            group_half_width=min(group, (n_frames - 1) // 2),
+            damage=damage,
             workers=n_workers,
             xp=xp,
         )
-    exposures = frame_exposures_e_per_a2(
-        n_frames, dose_per_frame_e_per_a2, pre_exposure_e_per_a2
-    )
+        if not local.significant:  # noise would explain the patches as well
+            local = None
     dw, no_dw, spectrum = sum_frames(
         xp.asarray(work),
         shifts,

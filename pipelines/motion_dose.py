@@ -12,12 +12,18 @@ and equals it at low frequency.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["critical_exposure_e_per_a2", "dose_weights", "frame_exposures_e_per_a2"]
+__all__ = [
+    "DamageModel",
+    "critical_exposure_e_per_a2",
+    "dose_weights",
+    "frame_exposures_e_per_a2",
+]
 
 _A, _B, _C = 0.245, -1.665, 2.81
 
@@ -67,3 +73,28 @@ def dose_weights(
     norm = xp.sqrt(xp.mean(weights * weights, axis=0))
     weights /= xp.maximum(norm, 1e-30)[None]
     return weights.astype(xp.float32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DamageModel:
+    """The exposure of a movie's frames, for damage-matched alignment filters."""
+
+    pixel_size_a: float
+    exposures_e_per_a2: np.ndarray  # accumulated exposure at the end of each frame
+    voltage_kv: float
+
+    def filters(
+        self, shape: tuple[int, int], bin_factor: int, *, xp: ModuleType = np
+    ) -> Any:
+        """``exp(-N_f / (2 Ne(k)))`` ``(n_frames, ny, nx // 2 + 1)`` float32 on the
+        rfft2 grid of frames binned by ``bin_factor`` (not normalised: the expected
+        signal amplitude of each frame, relative to an undamaged one)."""
+        ny, nx = shape
+        d = self.pixel_size_a * bin_factor
+        ky = xp.fft.fftfreq(ny, d=d).astype(xp.float32)[:, None]
+        kx = xp.fft.rfftfreq(nx, d=d).astype(xp.float32)[None, :]
+        inv_ne = 1.0 / critical_exposure_e_per_a2(
+            xp.sqrt(ky * ky + kx * kx), self.voltage_kv, xp=xp
+        )
+        exposures = xp.asarray(np.asarray(self.exposures_e_per_a2, dtype=np.float32))
+        return xp.exp(-0.5 * exposures[:, None, None] * inv_ne[None]).astype(xp.float32)

@@ -21,13 +21,16 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from pipelines.motion_align import align_stack, fft_kwargs
+from pipelines.motion_dose import DamageModel
 from pipelines.xp import fft_module, to_numpy
 
 __all__ = ["LocalMotion", "align_patches", "evaluate_local_model", "spatial_basis"]
 
 N_COEFFS_PER_AXIS = 18
+SIGNIFICANCE = 1e-3  # false-alarm rate of the test that accepts a local model
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,7 +41,9 @@ class LocalMotion:
     ``z`` in frames); ``patch_centers_px`` ``(n_patches, 2)`` [x, y] unbinned px;
     ``patch_shifts_px`` ``(n_patches, n_frames, 2)``: the measured local
     correction of each patch (gauge fixed by the model, 0 at the first frame);
-    ``patch_used`` ``(n_patches,)`` bool; ``rms_residual_px`` of the fit.
+    ``patch_used`` ``(n_patches,)`` bool; ``rms_residual_px`` of the fit;
+    ``significant``: the model explains the patch data better than no local motion
+    by more than noise would (F-test at ``SIGNIFICANCE``; see :func:`align_patches`).
     """
 
     coefficients: np.ndarray
@@ -46,6 +51,7 @@ class LocalMotion:
     patch_shifts_px: np.ndarray
     patch_used: np.ndarray
     rms_residual_px: float
+    significant: bool = True
 
 
 def spatial_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -101,7 +107,9 @@ def align_patches(
     *,
     patches: tuple[int, int],
     bfactor_px2: float,
-    max_shift_px: float = 20.0,
+    max_shift_px: float = 4.0,
+    group_half_width: int = 0,
+    damage: DamageModel | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> LocalMotion:
@@ -109,7 +117,10 @@ def align_patches(
 
     ``aligned`` is ``(n_frames, my, mx)`` float32 (binned by ``bin_factor`` from
     ``full_shape``); ``patches`` is ``(n_y, n_x)``; ``bfactor_px2`` and
-    ``max_shift_px`` are in unbinned pixels.
+    ``max_shift_px`` are in unbinned pixels (the frames are globally aligned: a
+    patch searches only a few pixels).  ``damage`` weights each frame by its
+    expected damaged signal (matched filter); ``group_half_width`` > 0 aligns
+    triangle-weighted sums of neighbouring frames first, as the global alignment.
     """
     fft = fft_module(xp)
     n_frames, my, mx = aligned.shape
@@ -134,6 +145,20 @@ def align_patches(
     spectra = fft.rfft2(
         stack.astype(xp.float32), axes=(-2, -1), **fft_kwargs(xp, workers)
     )
+    if damage is not None:
+        spectra = spectra * damage.filters((box_y, box_x), bin_factor, xp=xp)[None]
+    start = xp.zeros((len(starts), n_frames, 2))
+    if group_half_width > 0:
+        start = align_stack(
+            spectra,
+            (box_y, box_x),
+            bfactor_px2=bfactor_px2 / bin_factor**2,
+            max_shift_px=max_shift_px / bin_factor,
+            group_half_width=group_half_width,
+            initial_shifts_px=start,
+            workers=workers,
+            xp=xp,
+        )
     shifts = align_stack(
         spectra,
         (box_y, box_x),
@@ -141,6 +166,7 @@ def align_patches(
         max_shift_px=max_shift_px / bin_factor,
         n_iterations=10,
         tolerance_px=0.01,
+        initial_shifts_px=start,
         workers=workers,
         xp=xp,
     )
@@ -162,6 +188,16 @@ def align_patches(
         used = ~outliers
         coef, model = _fit(data, basis, used)
         rms = np.sqrt(((centred - model) ** 2).sum(axis=-1).mean(axis=-1))
+    # F-test: does the model reduce the residual more than 36 noise dimensions would?
+    n_used = int(used.sum())
+    rss_model = float(np.sum(((centred - model)[used]) ** 2))
+    rss_none = float(np.sum(centred[used] ** 2))
+    dof = 2 * n_used * (n_frames - 1) - 2 * N_COEFFS_PER_AXIS
+    significant = False
+    if dof > 0 and rss_model > 0:
+        f_value = ((rss_none - rss_model) / (2 * N_COEFFS_PER_AXIS)) / (rss_model / dof)
+        critical = scipy.stats.f.isf(SIGNIFICANCE, 2 * N_COEFFS_PER_AXIS, dof)
+        significant = bool(f_value > critical)
     # fix each patch's gauge so that its data match the model at frame 0
     values = evaluate_local_model(coef, np.arange(n_frames), basis[:, 1], basis[:, 3])
     offset = (data - values.transpose(1, 0, 2)).mean(axis=1, keepdims=True)
@@ -171,4 +207,5 @@ def align_patches(
         patch_shifts_px=data - offset,
         patch_used=used,
         rms_residual_px=float(np.sqrt(np.mean(rms[used] ** 2))),
+        significant=significant,
     )

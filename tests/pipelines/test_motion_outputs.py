@@ -56,7 +56,8 @@ def test_run_motion_writes_micrographs_spectrum_and_star(tmp_path, rng):
     assert general["rlnMicrographMovieName"] == "Movies/FoilHole_1_Data_2.mrc"
     assert general["rlnMicrographOriginalPixelSize"] == pytest.approx(0.9)
     assert general["rlnMicrographDoseRate"] == pytest.approx(1.2)
-    assert general["rlnMotionModelVersion"] == 1
+    # the movie has no local motion: the F-test rejects a polynomial fitted to noise
+    assert general["rlnMotionModelVersion"] == 0
     shifts = star["global_shift"]
     assert list(shifts["rlnMicrographFrameNumber"]) == list(range(1, 11))
     assert np.allclose(
@@ -64,8 +65,8 @@ def test_run_motion_writes_micrographs_spectrum_and_star(tmp_path, rng):
     )
     truth = -(movie.drift_px - movie.drift_px[0])
     assert np.sqrt(np.mean(np.sum((outputs.shifts_px - truth) ** 2, axis=1))) < 0.15
-    assert len(star["local_motion_model"]) == 36
-    assert len(star["local_shift"]) == 9 * 10
+    assert "local_motion_model" not in star
+    assert "local_shift" not in star
     assert outputs.total_motion_a == pytest.approx(
         0.9 * np.linalg.norm(np.diff(outputs.shifts_px, axis=0), axis=1).sum()
     )
