@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/bench_pick.py [--small] [--templates N] [--workers W]
 
 Default: a 4096 x 4096 micrograph at 1.0 Å/px, particles 250 Å across (the blob
-picker searches 200-300 Å), 20 templates x 36 in-plane angles for the template
-picker.  ``--small``: 2048 x 2048 and 5 templates.  The micrograph is white noise
+picker searches 200-300 Å, without a CTF (LoG) and with one (CTF-matched local
+energy)), 100 templates x 36 in-plane angles for the template picker (the number of
+views the 70S accuracy needs).  ``--small``: 2048 x 2048 and 10 templates.  The micrograph is white noise
 with dark blobs; timings do not depend on its content beyond the number of peaks.
 
 Lower bound, measured in the same run with the same workers: one forward real FFT
 of the full micrograph (needed to Fourier-crop it) plus, at the picking size, one
-inverse real FFT per LoG scale (blob picker) or per template and angle (template
+inverse real FFT per scale (blob picker; with a CTF also the band-pass inverse
+and the energy's forward FFT) or per template and angle (template
 picker: every correlation map is one inverse FFT).  The ratio is what the rest
 (template FFTs, local statistics, peak finding, NMS) costs on top.
 """
@@ -22,6 +24,7 @@ import time
 import numpy as np
 import scipy.fft
 
+from pipelines.ctf_model import CtfParams
 from pipelines.pick_blob import pick_blob
 from pipelines.pick_filters import downscale_shape
 from pipelines.pick_template import DEFAULT_ANGLES_DEG, pick_template
@@ -49,12 +52,14 @@ def fft_bound_s(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="2048 x 2048, 5 templates")
+    parser.add_argument(
+        "--small", action="store_true", help="2048 x 2048, 10 templates"
+    )
     parser.add_argument("--templates", type=int, default=None)
     parser.add_argument("--workers", type=int, default=-1)
     args = parser.parse_args()
     size = 2048 if args.small else 4096
-    n_templates = args.templates or (5 if args.small else 20)
+    n_templates = args.templates or (10 if args.small else 100)
     pixel_a = 1.0
     rng = np.random.default_rng(1)
     image = rng.normal(size=(size, size)).astype(np.float32)
@@ -79,6 +84,18 @@ def main() -> None:
     blob_bound = fft_bound_s(image.shape, blob_small, 5, args.workers)
 
     start = time.perf_counter()
+    blob_ctf = pick_blob(
+        image,
+        pixel_size_a=pixel_a,
+        diameter_range_a=(200.0, 300.0),
+        ctf=CtfParams(defocus_u_a=20000.0, defocus_v_a=20000.0),
+        workers=args.workers,
+    )
+    blob_ctf_s = time.perf_counter() - start
+    ctf_small = downscale_shape(image.shape, 10.0 / pixel_a)
+    ctf_bound = fft_bound_s(image.shape, ctf_small, 5 + 2, args.workers)
+
+    start = time.perf_counter()
     tmpl = pick_template(
         image,
         templates,
@@ -88,7 +105,7 @@ def main() -> None:
         workers=args.workers,
     )
     tmpl_s = time.perf_counter() - start
-    tmpl_small = downscale_shape(image.shape, DIAMETER_A / 24.0 / pixel_a)
+    tmpl_small = downscale_shape(image.shape, DIAMETER_A / 24.0 / pixel_a, fast=True)
     n_maps = n_templates * len(DEFAULT_ANGLES_DEG)
     tmpl_bound = fft_bound_s(image.shape, tmpl_small, n_maps, args.workers)
 
@@ -96,6 +113,10 @@ def main() -> None:
     print(
         f"blob picker     {blob_s:8.3f} s/micrograph  ({len(blob)} picks)  "
         f"FFT bound {blob_bound:.3f} s  ratio {blob_s / blob_bound:.1f}"
+    )
+    print(
+        f"blob + CTF      {blob_ctf_s:8.3f} s/micrograph  ({len(blob_ctf)} picks)  "
+        f"FFT bound {ctf_bound:.3f} s  ratio {blob_ctf_s / ctf_bound:.1f}"
     )
     print(
         f"template picker {tmpl_s:8.3f} s/micrograph  ({len(tmpl)} picks, "

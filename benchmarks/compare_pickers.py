@@ -5,12 +5,13 @@
 Micrographs are simulated (:mod:`pipelines.simulate`) from the real 70S ribosome
 map in ``../shared/data/real`` at 5 Å/px (about 250 Å across), with random poses and
 the CTF at 1, 2 and 3 µm defocus, without ice texture; white Gaussian noise is then
-added for a per-particle SNR of 0.2, 0.1 and 0.05 (``--snr``), where the SNR is the variance of the
-noise-free (CTF-filtered) image inside the particles' 250 Å discs over the noise
+added for a per-particle SNR of 0.1, 0.075 and 0.05 (``--snr``), where the SNR is the
+conventional one (:mod:`pipelines.pick_snr`): the variance of the noise-free image
+after the CTF in the map's own 65 px (325 Å) box about each particle, over the noise
 variance.  A pick counts when it lies within 0.2 x 250 Å of a true centre (greedy
-one-to-one matching).  Pickers: our LoG blob picker (200-300 Å, phase-flipped with
-the true CTF), our template picker (``--views`` projections of the same map at
-other random poses, CTF-aware, target-decoy threshold), and APPLE (ASPIRE) when
+one-to-one matching).  Pickers: our blob picker (200-300 Å, CTF-matched local
+energy with the true CTF), our template picker (``--views`` projections of the same
+map at other random poses, CTF-aware, target-decoy threshold), and APPLE (ASPIRE) when
 ``--peer-python`` (default ``/tmp/aspire-venv/bin/python``) imports ``aspire``.
 "inner" columns count only truth and picks at least 100 px from the edges, the
 region APPLE searches.
@@ -32,6 +33,7 @@ from scipy.spatial import cKDTree
 
 from pipelines.ctf_model import CtfParams
 from pipelines.pick_blob import pick_blob
+from pipelines.pick_snr import noise_sd_for_snr
 from pipelines.pick_template import pick_template
 from pipelines.picks import Picks
 from pipelines.simulate.micrograph import MicrographParams, simulate_micrograph
@@ -96,11 +98,8 @@ def simulate(
     )
     clean, truth = simulate_micrograph(params, rng, volume=volume)
     centres = np.array([[p.x_px, p.y_px] for p in truth.particles])
-    yy, xx = np.mgrid[:size, :size]
-    nearest, _ = cKDTree(centres).query(np.column_stack([xx.ravel(), yy.ravel()]))
-    inside = (nearest <= 0.5 * DIAMETER_A / PIXEL_A).reshape(size, size)
-    signal_var = float(np.var(clean[inside] - clean.mean()))
-    noise = rng.normal(0.0, np.sqrt(signal_var / snr), clean.shape)
+    noise_sd = noise_sd_for_snr(clean, centres, box_px=volume.shape[-1], snr=snr)
+    noise = rng.normal(0.0, noise_sd, clean.shape)
     return (clean + noise).astype(np.float32), centres, ctf
 
 
@@ -147,14 +146,14 @@ def run_ours(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="768 px, 2 µm only")
-    parser.add_argument("--views", type=int, default=40)
-    parser.add_argument("--snr", type=float, nargs="+", default=[0.2, 0.1, 0.05])
+    parser.add_argument("--views", type=int, default=100)
+    parser.add_argument("--snr", type=float, nargs="+", default=[0.1, 0.075, 0.05])
     parser.add_argument("--peer-python", default="/tmp/aspire-venv/bin/python")
     args = parser.parse_args()
     volume, _ = load_map(DATA / "clean70SRibosome_vol_65p.mrc")
     volume = volume / volume.std()
     rng = np.random.default_rng(7)
-    templates = project(volume, random_rotations(args.views, rng))
+    templates = project(volume, random_rotations(args.views, np.random.default_rng(1)))
     peer = Path(args.peer_python).exists()
     size = 768 if args.small else 1024
     defoci = (20000.0,) if args.small else (10000.0, 20000.0, 30000.0)
@@ -190,7 +189,7 @@ def main() -> None:
                     inner(centres, size), inner(points, size), tolerance
                 )
                 print(
-                    f"{snr:5.2f} {defocus_a / 1e4:6.1f}µm {name:>9} {len(points):6d} "
+                    f"{snr:5.3f} {defocus_a / 1e4:6.1f}µm {name:>9} {len(points):6d} "
                     f"{len(centres):5d} {recall:7.2f} {precision:9.2f} "
                     f"{inner_r:8.2f} {inner_p:8.2f} {seconds:8.2f}"
                 )

@@ -106,7 +106,7 @@ def pick_template(
     ctf: CtfParams | None,
     template_pixel_size_a: float | None = None,
     angles_deg: np.ndarray = DEFAULT_ANGLES_DEG,
-    max_false_rate: float = 0.05,
+    max_false_rate: float = 0.025,
     threshold_sd: float | None = None,
     min_ncc: float | None = None,
     min_distance_a: float | None = None,
@@ -139,7 +139,7 @@ def pick_template(
         )
     tps_a = template_pixel_size_a or pixel_size_a
     pick_px_a = max(pixel_size_a, downscale_to_a or diameter_a / 24.0)
-    small_shape = downscale_shape(image.shape, pick_px_a / pixel_size_a)
+    small_shape = downscale_shape(image.shape, pick_px_a / pixel_size_a, fast=True)
     scale_y = image.shape[0] / small_shape[0]
     scale_x = image.shape[1] / small_shape[1]
     pick_px_a = pixel_size_a * scale_x
