@@ -47,7 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates-volume", type=Path, help="3D map to project")
     parser.add_argument("--template-pixel-size-a", type=float)
     parser.add_argument(
-        "--n-views", type=int, default=50, help="projections of the map"
+        "--n-views", type=int, default=100, help="projections of the map (100)"
     )
     parser.add_argument(
         "--defocus-a",
@@ -61,7 +61,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amplitude-contrast", type=float, default=0.1)
     parser.add_argument("--threshold-sd", type=float)
     parser.add_argument("--min-ncc", type=float)
-    parser.add_argument("--max-false-rate", type=float, default=0.05)
+    parser.add_argument(
+        "--max-false-rate",
+        type=float,
+        default=0.025,
+        help="target-decoy false-pick rate that sets the NCC threshold (0.025)",
+    )
     parser.add_argument("--edge-px", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="for the map's views")
     parser.add_argument("--json", action="store_true", help="one JSON line per input")
@@ -119,6 +124,7 @@ def _pick_one(
             diameter_range_a=(d_min, d_max),
             threshold_sd=4.5 if args.threshold_sd is None else args.threshold_sd,
             edge_px=args.edge_px,
+            ctf=ctf,  # with a CTF the blob picker works on CTF-weighted local energy
         )
     return pick_template(
         image,
