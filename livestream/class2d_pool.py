@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.class2d import ParticleStack
+from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
 
 __all__ = ["ParticlePool"]
@@ -134,26 +135,7 @@ class ParticlePool:
 
     def stack(self, order: np.ndarray | None = None) -> ParticleStack:
         """The classifier's input for the rows ``order`` (default: all)."""
-        table = self.table
-        rows = slice(None) if order is None else order
-
-        def column(name: str, default: float) -> np.ndarray:
-            if name in table.columns:
-                return np.asarray(table[name].to_numpy(dtype=np.float64)[rows])
-            return np.full(self.size, default)[rows]
-
-        first = self.optics.iloc[0]
-        return ParticleStack(
-            images=self.images[rows],
-            pixel_size_a=float(first["rlnImagePixelSize"]),
-            defocus_u_a=column("rlnDefocusU", 0.0),
-            defocus_v_a=column("rlnDefocusV", 0.0),
-            astigmatism_angle_deg=column("rlnDefocusAngle", 0.0),
-            phase_shift_deg=column("rlnPhaseShift", 0.0),
-            voltage_kv=float(first.get("rlnVoltage", 300.0)),
-            cs_mm=float(first.get("rlnSphericalAberration", 2.7)),
-            amplitude_contrast=float(first.get("rlnAmplitudeContrast", 0.1)),
-        )
+        return stack_from_tables(self.images, self.optics, self.table, order)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """What a checkpoint needs to rebuild the pool (rows, not images)."""

@@ -31,7 +31,7 @@ from scipy import ndimage
 from pipelines.ctf_model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
 from pipelines.pick_filters import downscale_shape, fourier_crop
-from pipelines.picks import Picks, suppress_non_maxima
+from pipelines.picks import Picks, drop_edge_picks, suppress_non_maxima
 
 __all__ = ["find_peaks", "pick_blob", "robust_sd"]
 
@@ -135,14 +135,7 @@ def pick_blob(
         shape=(int(image.shape[0]), int(image.shape[1])),
     )
     picks = suppress_non_maxima(picks, min_dist_px * scale_x)
-    ny, nx = image.shape
-    inside = (
-        (picks.x_px >= edge_px)
-        & (picks.x_px <= nx - 1 - edge_px)
-        & (picks.y_px >= edge_px)
-        & (picks.y_px <= ny - 1 - edge_px)
-    )
-    return picks.take(inside)
+    return drop_edge_picks(picks, image.shape, edge_px)
 
 
 def _local_power(image: np.ndarray, radius_px: float, *, workers: int) -> np.ndarray:

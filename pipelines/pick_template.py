@@ -32,7 +32,7 @@ from pipelines.pick_filters import (
     fourier_crop,
     radial_profile_filter,
 )
-from pipelines.picks import Picks, suppress_non_maxima
+from pipelines.picks import Picks, drop_edge_picks, suppress_non_maxima
 
 __all__ = ["pick_template", "prepare_templates"]
 
@@ -202,14 +202,7 @@ def pick_template(
         shape=(int(image.shape[0]), int(image.shape[1])),
     )
     picks = suppress_non_maxima(picks, min_dist_px * scale_x)
-    ny, nx = image.shape
-    inside = (
-        (picks.x_px >= edge_px)
-        & (picks.x_px <= nx - 1 - edge_px)
-        & (picks.y_px >= edge_px)
-        & (picks.y_px <= ny - 1 - edge_px)
-    )
-    return picks.take(inside)
+    return drop_edge_picks(picks, image.shape, edge_px)
 
 
 def fourier_crop_or_pad(stack: np.ndarray, box_px: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from pipelines.outputs import write_star
 
 __all__ = [
     "Picks",
+    "drop_edge_picks",
     "filter_picks",
     "picks_to_dicts",
     "read_picks_star",
@@ -101,6 +102,18 @@ def suppress_non_maxima(picks: Picks, min_distance_px: float) -> Picks:
     pairs = cKDTree(points).query_pairs(min_distance_px, output_type="ndarray")
     keep = _greedy_keep(len(ordered), pairs)
     return ordered.take(keep)
+
+
+def drop_edge_picks(picks: Picks, shape: tuple[int, int], edge_px: float) -> Picks:
+    """Keep the picks whose centre is at least ``edge_px`` from every border."""
+    ny, nx = shape
+    inside = (
+        (picks.x_px >= edge_px)
+        & (picks.x_px <= nx - 1 - edge_px)
+        & (picks.y_px >= edge_px)
+        & (picks.y_px <= ny - 1 - edge_px)
+    )
+    return picks.take(inside)
 
 
 def _greedy_keep(n: int, pairs: np.ndarray) -> np.ndarray:

@@ -6,13 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipelines.class2d.fourier import ctf_stack, images_to_pixels
 from pipelines.class2d.references import circular_mask
 from pipelines.class2d.sampling import PoseSampling
 from pipelines.errors import StageInputError
 
-__all__ = ["ParticleStack", "prepare_batch", "read_particle_stack"]
+__all__ = [
+    "ParticleStack",
+    "prepare_batch",
+    "read_particle_stack",
+    "stack_from_tables",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,15 +132,30 @@ def read_particle_stack(star_path: str | Path) -> tuple[ParticleStack, object]:
                     f"stack holds {data.shape[0]} images",
                 )
             images[rows] = data[numbers[rows]]
-    n = len(table)
+    return stack_from_tables(images, optics, table), table
+
+
+def stack_from_tables(
+    images: np.ndarray,
+    optics: pd.DataFrame,
+    table: pd.DataFrame,
+    rows: np.ndarray | slice | None = None,
+) -> ParticleStack:
+    """A :class:`ParticleStack` from RELION ``optics`` and ``particles`` tables.
+
+    ``images`` holds every row of ``table``; ``rows`` picks some (default: all).
+    Missing CTF columns are zero; voltage, Cs and Q0 come from the first optics group.
+    """
+    chosen = slice(None) if rows is None else rows
 
     def column(name: str, default: float) -> np.ndarray:
         if name in table.columns:
-            return table[name].to_numpy(dtype=np.float64)
-        return np.full(n, default)
+            return np.asarray(table[name].to_numpy(dtype=np.float64)[chosen])
+        return np.full(len(table), default)[chosen]
 
-    stack = ParticleStack(
-        images=images,
+    first = optics.iloc[0]
+    return ParticleStack(
+        images=images[chosen],
         pixel_size_a=float(first["rlnImagePixelSize"]),
         defocus_u_a=column("rlnDefocusU", 0.0),
         defocus_v_a=column("rlnDefocusV", 0.0),
@@ -144,4 +165,3 @@ def read_particle_stack(star_path: str | Path) -> tuple[ParticleStack, object]:
         cs_mm=float(first.get("rlnSphericalAberration", 2.7)),
         amplitude_contrast=float(first.get("rlnAmplitudeContrast", 0.1)),
     )
-    return stack, table
