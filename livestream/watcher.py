@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,15 @@ class SessionWatcher:
             )
             return None
         polling = self.uses_polling(root)
+        # watchdog >= 6 warns when its recursive inotify watch registers a newly
+        # created folder a second time; the callback it overwrites is the same one,
+        # and the periodic rescan catches anything an event misses.
+        warnings.filterwarnings(
+            "ignore",
+            message="Callback with id .* already exists",
+            category=RuntimeWarning,
+            module="watchdog.observers.inotify",
+        )
         observer = (
             PollingObserver(timeout=self._config.polling_interval_s)
             if polling
