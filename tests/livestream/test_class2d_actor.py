@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import starfile
 
 from livestream.class2d_actor import ActorSettings, Class2dActor
 from livestream.events import EventKind, decode_event, encode_event, stamp_event
 from pipelines.class2d import Schedule
-from pipelines.outputs import write_mrc
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import simulate_views
+from tests.pipelines.class2d.class2d_synthetic import (
+    simulate_views,
+    write_particle_set,
+)
 
 N_PARTICLES = 240
 SETTINGS = ActorSettings(
@@ -40,35 +41,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = simulate_views(
         volume, n_views=2, n_particles=N_PARTICLES, pixel_size_a=4.0, snr=0.5, rng=rng
     )
-    write_mrc(
-        folder / "Extract" / "job005" / "particles.mrcs",
-        data.particles.images,
-        pixel_size_a=4.0,
-        float16=False,
-    )
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnOpticsGroup": [1],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [4.0],
-            "rlnImageSize": [24],
-            "rlnImageDimensionality": [2],
-        }
-    )
-    table = pd.DataFrame(
-        {  # RELION: image names relative to the project folder
-            "rlnImageName": [
-                f"{i:06d}@Extract/job005/particles.mrcs"
-                for i in range(1, N_PARTICLES + 1)
-            ],
-            "rlnDefocusU": data.particles.defocus_u_a,
-            "rlnDefocusV": data.particles.defocus_v_a,
-            "rlnDefocusAngle": np.zeros(N_PARTICLES),
-            "rlnOpticsGroup": np.ones(N_PARTICLES, dtype=int),
-        }
+    optics, table = write_particle_set(
+        folder, "Extract/job005/particles.mrcs", data, 4.0
     )
     star_dir = folder / "Extract" / "job005"
     starfile.write(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.fft
 
 from pipelines.class2d import ParticleStack
 from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.outputs import write_mrc
 from pipelines.simulate.projection import euler_to_matrix, project
 
 
@@ -79,3 +82,35 @@ def best_rotated_correlation(image: np.ndarray, reference: np.ndarray) -> float:
         cc = scipy.fft.ifft2(scipy.fft.fft2(a) * fb).real / a.size
         best = max(best, float(cc.max()))
     return best
+
+
+def write_particle_set(
+    folder: Path, stack_rel: str, data: SyntheticSet, pixel_size_a: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``data``'s images to ``folder/stack_rel`` and return RELION ``optics``
+    and ``particles`` tables whose image names are relative to ``folder``."""
+    images = data.particles.images
+    write_mrc(folder / stack_rel, images, pixel_size_a=pixel_size_a, float16=False)
+    n = len(images)
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnOpticsGroup": [1],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnImagePixelSize": [pixel_size_a],
+            "rlnImageSize": [images.shape[-1]],
+            "rlnImageDimensionality": [2],
+        }
+    )
+    particles = pd.DataFrame(
+        {
+            "rlnImageName": [f"{i:06d}@{stack_rel}" for i in range(1, n + 1)],
+            "rlnDefocusU": data.particles.defocus_u_a,
+            "rlnDefocusV": data.particles.defocus_v_a,
+            "rlnDefocusAngle": np.zeros(n),
+            "rlnOpticsGroup": np.ones(n, dtype=int),
+        }
+    )
+    return optics, particles

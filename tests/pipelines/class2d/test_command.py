@@ -12,9 +12,11 @@ import pytest
 import starfile
 
 from livestream.cli import main as cli_main
-from pipelines.outputs import write_mrc
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import simulate_views
+from tests.pipelines.class2d.class2d_synthetic import (
+    simulate_views,
+    write_particle_set,
+)
 
 
 def _write_star(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
@@ -22,36 +24,7 @@ def _write_star(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarra
     data = simulate_views(
         volume, n_views=2, n_particles=240, pixel_size_a=4.0, snr=0.5, rng=rng
     )
-    write_mrc(
-        folder / "Extract" / "particles.mrcs",
-        data.particles.images,
-        pixel_size_a=4.0,
-        float16=False,
-    )
-    n = data.particles.n_particles
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnOpticsGroup": [1],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [4.0],
-            "rlnImageSize": [24],
-            "rlnImageDimensionality": [2],
-        }
-    )
-    particles = pd.DataFrame(
-        {
-            "rlnImageName": [
-                f"{i:06d}@Extract/particles.mrcs" for i in range(1, n + 1)
-            ],
-            "rlnDefocusU": data.particles.defocus_u_a,
-            "rlnDefocusV": data.particles.defocus_v_a,
-            "rlnDefocusAngle": np.zeros(n),
-            "rlnOpticsGroup": np.ones(n, dtype=int),
-        }
-    )
+    optics, particles = write_particle_set(folder, "Extract/particles.mrcs", data, 4.0)
     star = folder / "particles.star"
     starfile.write({"optics": optics, "particles": particles}, star)
     return star, data.view_index
