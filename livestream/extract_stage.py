@@ -43,7 +43,8 @@ class ExtractParams(StageParams):
 def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     from pipelines.errors import StageInputError
     from pipelines.extract import default_box_px, downscaled_box_px
-    from pipelines.extract_job import read_micrograph, run_extract
+    from pipelines.extract_job import run_extract
+    from pipelines.micrograph_io import read_micrograph
     from pipelines.particles_star import write_particles_star
     from pipelines.picks import read_picks_star
 

@@ -136,8 +136,8 @@ class CtfParams(StageParams):
 
 
 def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
-    """CTF estimation with :func:`pipelines.ctf_estimate.run_ctf`."""
-    ctf = _import_pipeline("pipelines.ctf_estimate", task.stage)
+    """CTF estimation with :func:`pipelines.ctf_job.run_ctf`."""
+    ctf = _import_pipeline("pipelines.ctf_job", task.stage)
     source = task.previous.get(params.source_stage)
     micrograph = None if source is None else source.outputs.get("micrograph")
     if source is None or micrograph is None:

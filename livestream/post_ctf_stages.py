@@ -172,7 +172,7 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     """Pick particles; write the coordinate STAR and the overlay thumbnail."""
     from livestream.thumbnails import write_pick_overlay
     from pipelines.errors import StageInputError
-    from pipelines.extract_job import read_micrograph
+    from pipelines.micrograph_io import read_micrograph
     from pipelines.picks import write_picks_star
 
     if is_rejected(task, params.curate_stage):

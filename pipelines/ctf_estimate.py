@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -37,7 +35,6 @@ from pipelines.ctf_fit import (
     params_of,
 )
 from pipelines.ctf_model import ctf_2d
-from pipelines.ctf_outputs import write_ctf_record, write_diagnostic
 from pipelines.ctf_quality import equiphase_profile, weight_band_by_rings
 from pipelines.ctf_search import (
     defocus_step_a,
@@ -54,7 +51,7 @@ from pipelines.ctf_spectrum import (
 )
 from pipelines.errors import StageInputError
 
-__all__ = ["CtfFit", "CtfOutputs", "TrustLimits", "estimate_ctf", "run_ctf"]
+__all__ = ["CtfFit", "TrustLimits", "estimate_ctf"]
 
 
 class _StepClock:
@@ -253,80 +250,4 @@ def estimate_ctf(
         spectrum=full_plane(spectrum),
         model=full_plane(model),
         profile=profile,
-    )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CtfOutputs:
-    """What :func:`run_ctf` wrote for one micrograph, and the fit."""
-
-    micrograph_path: Path
-    fit: CtfFit
-    ctf_image_path: Path  # diagnostic MRC, RELION's rlnCtfImage (add ":mrc")
-    png_path: Path  # the same diagnostic as PNG, for the dashboard
-    record_path: Path  # JSON with the scalar results
-
-
-def read_micrograph(path: Path) -> np.ndarray:
-    """The first image of an MRC file as float32 ``(ny, nx)``."""
-    import mrcfile
-
-    try:
-        with mrcfile.open(path, permissive=True) as mrc:
-            data = mrc.data
-            if data is None:
-                raise StageInputError(path, "data", None, "no image data in MRC file")
-            image = np.asarray(data[0] if data.ndim == 3 else data, dtype=np.float32)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, StageInputError):
-            raise
-        raise StageInputError(
-            path, "file", str(path), f"unreadable MRC: {exc}"
-        ) from exc
-    if image.ndim != 2:
-        raise StageInputError(path, "shape", image.shape, "expected a 2D micrograph")
-    return image
-
-
-def run_ctf(
-    micrograph_path: Path,
-    out_dir: Path,
-    *,
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float = 0.1,
-    **options: Any,
-) -> CtfOutputs:
-    """Estimate the CTF of one MRC micrograph and write its files into ``out_dir``.
-
-    Writes ``<stem>.ctf`` (diagnostic MRC), ``<stem>_ctf.png`` and
-    ``<stem>_ctf.json``; ``options`` go to :func:`estimate_ctf`.
-    """
-    micrograph_path = Path(micrograph_path)
-    out_dir = Path(out_dir)
-    image = read_micrograph(micrograph_path)
-    fit = estimate_ctf(
-        image,
-        pixel_size_a=pixel_size_a,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        **options,
-    )
-    stem = micrograph_path.stem
-    ctf_image, png = write_diagnostic(
-        fit, out_dir / f"{stem}.ctf", out_dir / f"{stem}_ctf.png"
-    )
-    record = write_ctf_record(
-        out_dir / f"{stem}_ctf.json",
-        fit,
-        {"micrograph_path": str(micrograph_path), "ctf_image_path": str(ctf_image)},
-    )
-    return CtfOutputs(
-        micrograph_path=micrograph_path,
-        fit=fit,
-        ctf_image_path=ctf_image,
-        png_path=png,
-        record_path=record,
     )

@@ -18,6 +18,7 @@ import numpy as np
 from pipelines.ctf_model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.extract import ExtractedParticles, extract_particles
+from pipelines.micrograph_io import read_micrograph
 from pipelines.outputs import write_mrc
 from pipelines.particles_star import (
     append_particles_star,
@@ -26,7 +27,7 @@ from pipelines.particles_star import (
 )
 from pipelines.picks import Picks
 
-__all__ = ["ExtractJobResult", "read_micrograph", "run_extract", "stack_path_for"]
+__all__ = ["ExtractJobResult", "run_extract", "stack_path_for"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,25 +37,6 @@ class ExtractJobResult:
     particles: Any  # DataFrame, one row per extracted particle
     n_extracted: int
     n_skipped_edge: int
-
-
-def read_micrograph(path: str | Path) -> tuple[np.ndarray, float]:
-    """``(image (ny, nx) float32, header pixel size in Å)`` of an MRC micrograph."""
-    import mrcfile
-
-    try:
-        with mrcfile.open(path, permissive=True) as mrc:
-            data = np.asarray(mrc.data, dtype=np.float32)
-            pixel = float(mrc.voxel_size.x)
-    except (OSError, ValueError) as exc:
-        raise StageInputError(
-            path, "mrc", None, f"cannot read micrograph: {exc}"
-        ) from exc
-    if data.ndim == 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
-        raise StageInputError(path, "shape", data.shape, "a micrograph is 2D")
-    return data, pixel
 
 
 def stack_path_for(micrograph: Path, project_dir: Path, job_dir: str | Path) -> Path:

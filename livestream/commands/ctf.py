@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.ctf_estimate import estimate_ctf, read_micrograph, run_ctf
+from pipelines.ctf_estimate import estimate_ctf
+from pipelines.ctf_job import run_ctf
 from pipelines.ctf_outputs import (
     MicrographCtfRow,
     ctf_record,
@@ -28,6 +29,7 @@ from pipelines.ctf_outputs import (
     write_micrographs_ctf_star,
 )
 from pipelines.errors import StageInputError
+from pipelines.micrograph_io import read_micrograph
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     for path in args.micrographs:
         try:
             if args.out is None:
-                fit = estimate_ctf(read_micrograph(path), **options)
+                fit = estimate_ctf(read_micrograph(path)[0], **options)
                 record = ctf_record(fit) | {"micrograph_path": str(path)}
             else:
                 outputs = run_ctf(path, args.out, **options)

@@ -29,7 +29,8 @@ import numpy as np
 from pipelines.ctf_model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.extract import downscaled_box_px
-from pipelines.extract_job import read_micrograph, run_extract
+from pipelines.extract_job import run_extract
+from pipelines.micrograph_io import read_micrograph
 from pipelines.picks import Picks, read_picks_star
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipelines.ctf_model import CtfParams
 from pipelines.errors import StageInputError
-from pipelines.extract_job import read_micrograph
+from pipelines.micrograph_io import read_micrograph
 from pipelines.pick_blob import pick_blob
 from pipelines.pick_template import pick_template
 from pipelines.picks import Picks, picks_to_dicts, write_picks_star

@@ -11,7 +11,8 @@ import pytest
 import starfile
 from PIL import Image
 
-from pipelines.ctf_estimate import CtfFit, run_ctf
+from pipelines.ctf_estimate import CtfFit
+from pipelines.ctf_job import run_ctf
 from pipelines.ctf_model import CtfParams
 from pipelines.ctf_outputs import (
     MicrographCtfRow,
