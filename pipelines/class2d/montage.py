@@ -91,19 +91,28 @@ def class2d_payload(
     montage_png: str | Path,
     selected_star: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The ``class2d`` event body (plain JSON values; no NaN or infinity)."""
+    """The ``class2d`` event body (plain JSON values; no NaN or infinity).
+
+    ``selected_particles`` counts the selection after the particle-level stage;
+    ``particle_outliers`` is how many particles of selected classes that stage
+    dropped (null when it did not run) with its ``particle_outlier_mad``."""
     counts = [int(c) for c in ranking.counts]
     resolution = ranking.features.resolution_a
     active = ranking.counts > 0
     finite = np.isfinite(resolution) & active
     best = float(resolution[finite].min()) if finite.any() else None
+    outliers = ranking.particle_outliers
     return {
         "iteration": int(state.minibatch_index),
         "particles_seen": int(state.particles_seen),
         "particles_processed": int(state.particles_processed),
         "active_classes": int(np.count_nonzero(active)),
         "selected_classes": [int(c) + 1 for c in np.nonzero(ranking.selected)[0]],
-        "selected_particles": int(ranking.counts[ranking.selected].sum()),
+        "selected_particles": ranking.n_selected_particles,
+        "particle_outliers": (
+            None if outliers is None else int(np.count_nonzero(outliers.outlier))
+        ),
+        "particle_outlier_mad": None if outliers is None else outliers.outlier_mad,
         "resolution_a": None if best is None else round(best, 2),
         "class_counts": counts,
         "class_scores": [round(float(s), 4) for s in ranking.scores],

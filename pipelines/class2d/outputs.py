@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.class2d.assignment import Assignment
+from pipelines.class2d.ranker import ClassRanking
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.class2d.vdam import class_resolution_a
 from pipelines.outputs import write_mrc, write_star
@@ -34,10 +35,12 @@ def write_class2d_outputs(
     *,
     float16: bool = False,
     root: str = "run",
+    ranking: ClassRanking | None = None,
 ) -> Class2dOutputs:
     """Write ``<root>_classes.mrcs``, ``<root>_model.star`` (data_model_classes),
     ``<root>_data.star`` (particles with class, psi, origin, max probability) and
-    ``<root>_selected.star`` (particles of non-empty classes; no ranker yet)."""
+    ``<root>_selected.star``: the particles ``ranking`` selects (classes and the
+    particle-level stage), or without a ranking those of non-empty classes."""
     import pandas as pd
 
     out = Path(folder)
@@ -88,7 +91,10 @@ def write_class2d_outputs(
     data_path = write_star(
         out / f"{root}_data.star", {"optics": optics, "particles": table}
     )
-    keep = counts[assignment.class_index] > 0
+    if ranking is None:
+        keep = counts[assignment.class_index] > 0
+    else:
+        keep = ranking.selected_particles(assignment)
     selected_path = write_star(
         out / f"{root}_selected.star", {"optics": optics, "particles": table[keep]}
     )

@@ -20,6 +20,14 @@ class size are computed and reported but carry no weight: near-empty junk averag
 reached the same FSC resolution as particle classes in these simulations.  Classes
 with no particles score 0.
 A class is selected when its score is at least :data:`DEFAULT_THRESHOLD`.
+
+When :func:`rank_classes` is given the particle images, a particle-level stage
+follows (:mod:`pipelines.class2d.particle_selection`): inside each selected class,
+particles whose residual against the class average at their pose puts density
+where the average is solvent, or whose match to it is weak, by more than
+``particle_outlier_mad`` robust sd from the class median (default 4), are dropped
+from the selection, so an aggregate or an empty box assigned to a good class is not
+kept with it.
 """
 
 from __future__ import annotations
@@ -32,11 +40,18 @@ import numpy as np
 
 from pipelines.class2d.assignment import Assignment
 from pipelines.class2d.features import ClassFeatures, compute_class_features
+from pipelines.class2d.particle_selection import (
+    DEFAULT_PARTICLE_OUTLIER_MAD,
+    ParticleOutliers,
+    find_particle_outliers,
+)
+from pipelines.class2d.particles import ParticleStack
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.errors import StageInputError
 from pipelines.outputs import write_star
 
 __all__ = [
+    "DEFAULT_PARTICLE_OUTLIER_MAD",
     "DEFAULT_THRESHOLD",
     "RANKER_TERMS",
     "ClassRanking",
@@ -62,7 +77,9 @@ RANKER_TERMS: tuple[tuple[str, float, float, float], ...] = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClassRanking:
     """Per class ``(K,)``: ``scores`` in [0, 1], ``selected``, ``counts``;
-    ``order`` the class indices best first; the features they came from."""
+    ``order`` the class indices best first; the features they came from;
+    ``particle_outliers`` the particle-level stage's result (None when it did
+    not run)."""
 
     scores: np.ndarray
     selected: np.ndarray
@@ -70,10 +87,42 @@ class ClassRanking:
     order: np.ndarray
     threshold: float
     features: ClassFeatures
+    particle_outliers: ParticleOutliers | None = None
 
     def selected_particles(self, assignment: Assignment) -> np.ndarray:
-        """Boolean ``(n,)``: the particles assigned to a selected class."""
-        return self.selected[assignment.class_index]
+        """Boolean ``(n,)``: the particles assigned to a selected class, less the
+        particle-level outliers."""
+        chosen = np.asarray(self.selected[assignment.class_index], dtype=bool)
+        if self.particle_outliers is None:
+            return chosen
+        outlier = self.particle_outliers.outlier
+        if outlier.shape != chosen.shape:
+            raise StageInputError(
+                "<argument>",
+                "assignment",
+                chosen.shape,
+                f"the ranking's particle stage saw {outlier.shape} particles",
+            )
+        kept: np.ndarray = chosen & ~outlier
+        return kept
+
+    @property
+    def n_selected_particles(self) -> int:
+        """Particles in the selected classes less the particle-level outliers."""
+        total = int(self.counts[self.selected].sum())
+        if self.particle_outliers is None:
+            return total
+        return total - int(self.particle_outliers.outlier.sum())
+
+    def selected_class_counts(self) -> np.ndarray:
+        """``(K,)`` particles kept per class (0 for rejected classes)."""
+        kept = np.where(self.selected, self.counts, 0)
+        if self.particle_outliers is None:
+            return kept
+        return kept - np.bincount(
+            self.particle_outliers.class_index[self.particle_outliers.outlier],
+            minlength=kept.size,
+        )
 
 
 def score_classes(features: ClassFeatures) -> np.ndarray:
@@ -92,19 +141,42 @@ def rank_classes(
     assignment: Assignment,
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    particles: ParticleStack | None = None,
+    particle_outlier_mad: float | None = DEFAULT_PARTICLE_OUTLIER_MAD,
 ) -> ClassRanking:
-    """Features, scores and the selection of every class of a run."""
+    """Features, scores and the selection of every class of a run.
+
+    With ``particles`` (the images the assignment was made from) and a
+    ``particle_outlier_mad`` (None turns it off), the particle-level stage of
+    :mod:`pipelines.class2d.particle_selection` drops outliers inside the selected
+    classes (see :meth:`ClassRanking.selected_particles`)."""
     if not 0.0 <= threshold <= 1.0:
         raise StageInputError("<argument>", "threshold", threshold, "must be in [0, 1]")
+    if particle_outlier_mad is not None and not particle_outlier_mad > 0:
+        raise StageInputError(
+            "<argument>", "particle_outlier_mad", particle_outlier_mad, "must be > 0"
+        )
     features = compute_class_features(config, state, assignment)
     scores = score_classes(features)
+    selected = (scores >= threshold) & (features.counts > 0)
+    outliers = None
+    if particles is not None and particle_outlier_mad is not None:
+        outliers = find_particle_outliers(
+            config,
+            state.references,
+            assignment,
+            particles,
+            selected[assignment.class_index],
+            outlier_mad=particle_outlier_mad,
+        )
     return ClassRanking(
         scores=scores,
-        selected=(scores >= threshold) & (features.counts > 0),
+        selected=selected,
         counts=features.counts,
         order=np.argsort(-scores, kind="stable"),
         threshold=threshold,
         features=features,
+        particle_outliers=outliers,
     )
 
 
@@ -118,7 +190,8 @@ def select_particles(
 ) -> Path:
     """Write the particles of the selected classes as a RELION particles STAR
     (``data_optics`` + ``data_particles`` with ``rlnClassNumber``, ``rlnAnglePsi``,
-    ``rlnOriginX/YAngst``, ``rlnMaxValueProbDistribution``), atomically."""
+    ``rlnOriginX/YAngst``, ``rlnMaxValueProbDistribution``), atomically; when the
+    ranking ran the particle-level stage its outliers are left out."""
     n = assignment.class_index.size
     if len(particles_table) != n:
         raise StageInputError(

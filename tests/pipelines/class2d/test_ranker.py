@@ -1,6 +1,7 @@
 """Class ranking and selection on simulated particles mixed with known junk
 (empty boxes, ice, carbon edges, aggregates): particle false-positive and
-false-negative rates, montage and event payload."""
+false-negative rates (class-level ranker plus the particle-level outlier stage),
+montage and event payload."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from pipelines.class2d import (
 )
 from pipelines.class2d.features import FEATURE_NAMES, compute_class_features
 from pipelines.class2d.montage import class2d_payload, write_class_montage
-from pipelines.class2d.ranker import rank_classes, score_classes, select_particles
+from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.ranker import (
+    DEFAULT_PARTICLE_OUTLIER_MAD,
+    rank_classes,
+    score_classes,
+    select_particles,
+)
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
@@ -110,17 +117,25 @@ def _mixture_run(
         "state": state,
         "assignment": assignment,
         "label": label,
+        "particles": particles,
     }
 
 
 def _rates(run: dict[str, object]) -> tuple[float, float]:
     """Particle false-positive (junk kept) and false-negative (particles lost)
-    rates of the default selection; prints the per-kind detail."""
+    rates of the default selection (classes, then particle outliers); prints the
+    per-kind detail and the class-level-only rates for comparison."""
     config, state = run["config"], run["state"]
     assignment, label = run["assignment"], run["label"]
     assert isinstance(label, np.ndarray)
-    ranking = rank_classes(config, state, assignment)  # type: ignore[arg-type]
+    ranking = rank_classes(
+        config,  # type: ignore[arg-type]
+        state,  # type: ignore[arg-type]
+        assignment,  # type: ignore[arg-type]
+        particles=run["particles"],  # type: ignore[arg-type]
+    )
     chosen = ranking.selected_particles(assignment)  # type: ignore[arg-type]
+    by_class = ranking.selected[assignment.class_index]  # type: ignore[attr-defined]
     is_good = label == 0
     false_positive = float(np.mean(chosen[~is_good]))
     false_negative = float(np.mean(~chosen[is_good]))
@@ -129,7 +144,14 @@ def _rates(run: dict[str, object]) -> tuple[float, float]:
         for i, kind in enumerate(JUNK_KINDS)
     }
     print(f"\nparticle FP rate {false_positive:.3f}, FN rate {false_negative:.3f}")
+    print(
+        f"class level only: FP {np.mean(by_class[~is_good]):.3f}, "
+        f"FN {np.mean(~by_class[is_good]):.3f}"
+    )
     print("fraction kept per junk kind", per_kind)
+    # the particle stage only ever removes particles of selected classes
+    assert np.all(by_class[chosen])
+    assert int(chosen.sum()) == ranking.n_selected_particles
     print("scores", np.round(ranking.scores, 3).tolist())
     print("counts", ranking.counts.tolist())
     # scores are in [0, 1] and the order is by decreasing score
@@ -150,8 +172,10 @@ def test_selection_rejects_known_junk(junk_run: dict[str, object]) -> None:
     assert false_negative <= 0.1
 
 
-@pytest.mark.slow
-def test_selection_rejects_junk_among_70s_particles(shared_data: Path) -> None:
+@pytest.mark.parametrize("seed", [21, 22])
+def test_selection_rejects_junk_among_70s_particles(
+    shared_data: Path, seed: int
+) -> None:
     volume, _ = load_map(shared_data / "real" / "clean70SRibosome_vol_65p.mrc")
     volume = rescale_volume(volume, box_px=64)
     volume = rescale_volume(
@@ -160,13 +184,13 @@ def test_selection_rejects_junk_among_70s_particles(shared_data: Path) -> None:
     volume = rescale_volume(volume, box_px=volume.shape[0] - volume.shape[0] % 2)
     volume = np.pad(volume, 4)  # some solvent around the ribosome
     false_positive, false_negative = _rates(
-        _mixture_run(volume, 7.0, np.random.default_rng(21))
+        _mixture_run(volume, 7.0, np.random.default_rng(seed))
     )
-    # Measured 0.150 / 0.075.  The 0.1 target is NOT met for false positives here:
-    # the classifier puts half of the ribosome aggregates (a particle near the
-    # centre with overlapping neighbours) into a particle class, which any
-    # class-level ranker then keeps with it.
-    assert false_positive <= 0.2
+    # The classifier puts 55 % (seed 21) and 80 % (seed 22) of the 3D-random
+    # ribosome aggregates into particle classes: class level alone gave FP 0.150
+    # and 0.212.  The particle-level stage removes them (measured FP 0.000 /
+    # FN 0.075 and 0.000 / 0.000).
+    assert false_positive <= 0.1
     assert false_negative <= 0.1
 
 
@@ -205,7 +229,15 @@ def test_select_particles_and_snapshot_files(
 ) -> None:
     config, state = junk_run["config"], junk_run["state"]
     assignment = junk_run["assignment"]
-    ranking = rank_classes(config, state, assignment)  # type: ignore[arg-type]
+    ranking = rank_classes(
+        config,  # type: ignore[arg-type]
+        state,  # type: ignore[arg-type]
+        assignment,  # type: ignore[arg-type]
+        particles=junk_run["particles"],  # type: ignore[arg-type]
+    )
+    assert ranking.particle_outliers is not None
+    dropped = np.nonzero(ranking.particle_outliers.outlier)[0]
+    assert dropped.size > 0  # this run has aggregates inside particle classes
     n = assignment.class_index.size  # type: ignore[attr-defined]
     optics = pd.DataFrame(
         {"rlnOpticsGroup": [1], "rlnImagePixelSize": [4.0], "rlnImageSize": [32]}
@@ -226,10 +258,37 @@ def test_select_particles_and_snapshot_files(
     )
     blocks = starfile.read(path, always_dict=True)
     kept = blocks["particles"]
-    assert len(kept) == int(ranking.counts[ranking.selected].sum())
-    assert set(kept["rlnClassNumber"]) == {
-        int(c) + 1 for c in np.nonzero(ranking.selected)[0]
-    }
+    chosen = ranking.selected_particles(assignment)  # type: ignore[arg-type]
+    assert len(kept) == ranking.n_selected_particles == int(chosen.sum())
+    assert len(kept) == int(ranking.counts[ranking.selected].sum()) - dropped.size
+    assert list(kept["rlnImageName"]) == list(table["rlnImageName"][chosen])
+    assert not set(table["rlnImageName"][dropped]) & set(kept["rlnImageName"])
+    np.testing.assert_array_equal(
+        kept["rlnClassNumber"],
+        assignment.class_index[chosen] + 1,  # type: ignore[attr-defined]
+    )
+    np.testing.assert_allclose(
+        kept["rlnAnglePsi"],
+        assignment.psi_deg[chosen],  # type: ignore[attr-defined]
+    )
+    np.testing.assert_array_equal(
+        ranking.selected_class_counts(),
+        np.bincount(
+            assignment.class_index[chosen],  # type: ignore[attr-defined]
+            minlength=8,
+        ),
+    )
+    outputs = write_class2d_outputs(
+        tmp_path / "outputs",
+        config,  # type: ignore[arg-type]
+        state,  # type: ignore[arg-type]
+        assignment,  # type: ignore[arg-type]
+        optics,
+        table,
+        ranking=ranking,
+    )
+    same = starfile.read(outputs.selected_star, always_dict=True)["particles"]
+    assert list(same["rlnImageName"]) == list(kept["rlnImageName"])
     png = write_class_montage(
         tmp_path / "montage.png",
         state.references,
@@ -255,6 +314,8 @@ def test_select_particles_and_snapshot_files(
     assert json.loads(text)["class_counts"] == ranking.counts.tolist()
     assert payload["active_classes"] == int(np.count_nonzero(ranking.counts))
     assert payload["selected_particles"] == len(kept)
+    assert payload["particle_outliers"] == dropped.size
+    assert payload["particle_outlier_mad"] == DEFAULT_PARTICLE_OUTLIER_MAD
 
 
 def test_bad_threshold_is_named(junk_run: dict[str, object]) -> None:
@@ -265,3 +326,28 @@ def test_bad_threshold_is_named(junk_run: dict[str, object]) -> None:
             junk_run["assignment"],  # type: ignore[arg-type]
             threshold=1.5,
         )
+    with pytest.raises(ValueError, match="particle_outlier_mad"):
+        rank_classes(
+            junk_run["config"],  # type: ignore[arg-type]
+            junk_run["state"],  # type: ignore[arg-type]
+            junk_run["assignment"],  # type: ignore[arg-type]
+            particles=junk_run["particles"],  # type: ignore[arg-type]
+            particle_outlier_mad=-1.0,
+        )
+
+
+def test_particle_stage_off_keeps_whole_classes(junk_run: dict[str, object]) -> None:
+    assignment = junk_run["assignment"]
+    ranking = rank_classes(
+        junk_run["config"],  # type: ignore[arg-type]
+        junk_run["state"],  # type: ignore[arg-type]
+        assignment,  # type: ignore[arg-type]
+        particles=junk_run["particles"],  # type: ignore[arg-type]
+        particle_outlier_mad=None,
+    )
+    assert ranking.particle_outliers is None
+    np.testing.assert_array_equal(
+        ranking.selected_particles(assignment),  # type: ignore[arg-type]
+        ranking.selected[assignment.class_index],  # type: ignore[attr-defined]
+    )
+    assert ranking.n_selected_particles == int(ranking.counts[ranking.selected].sum())
