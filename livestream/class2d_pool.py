@@ -34,17 +34,61 @@ def _split_names(table: Any) -> tuple[np.ndarray, np.ndarray]:
     return parts[0].astype(int).to_numpy() - 1, parts[1].to_numpy(dtype=str)
 
 
-def _stack_paths(table: Any, roots: list[Path]) -> np.ndarray:
-    """Absolute stack path of each row (the first root holding its stack)."""
+def _stack_paths(
+    table: Any, roots: list[Path]
+) -> tuple[np.ndarray, list[StageInputError]]:
+    """Absolute stack path of each row (the first root holding its stack; ``""``
+    and a problem for a stack found in no root)."""
     _, names = _split_names(table)
     unique, inverse = np.unique(names, return_inverse=True)
-    resolved = []
+    resolved, problems = [], []
     for name in unique:  # one lookup per stack file
         found = [root / name for root in roots if (root / name).exists()]
         if not found:
-            raise StageInputError(roots[0], "rlnImageName", name, "stack not found")
-        resolved.append(str(found[0].resolve()))
-    return np.asarray(resolved, dtype=str)[inverse]
+            problems.append(
+                StageInputError(roots[0], "rlnImageName", name, "stack not found")
+            )
+        resolved.append(str(found[0].resolve()) if found else "")
+    return np.asarray(resolved, dtype=str)[inverse], problems
+
+
+def _check_stacks(
+    table: Any, stacks: np.ndarray, box: tuple[int, ...] | None
+) -> tuple[np.ndarray, list[StageInputError]]:
+    """Rows whose stack holds their image number at the pool's box (one header
+    read per stack file), and a problem for each stack that does not."""
+    import mrcfile
+
+    numbers, _ = _split_names(table)
+    usable = np.ones(len(stacks), dtype=bool)
+    problems = []
+    unique, inverse = np.unique(stacks, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    for stack, rows in zip(unique, groups, strict=True):  # one header per stack
+        try:
+            with mrcfile.open(stack, mode="r", header_only=True, permissive=True) as m:
+                n = int(m.header.nz)
+                shape = (int(m.header.ny), int(m.header.nx))
+        except (OSError, ValueError) as error:
+            problems.append(StageInputError(stack, "header", None, str(error)))
+            usable[rows] = False
+            continue
+        box = shape if box is None else box
+        if shape != box:
+            problems.append(StageInputError(stack, "box", shape, f"pool has {box}"))
+            usable[rows] = False
+        elif numbers[rows].min() < 0 or numbers[rows].max() >= n:
+            problems.append(
+                StageInputError(
+                    stack,
+                    "rlnImageName",
+                    int(numbers[rows].max()) + 1,
+                    f"stack holds {n} images",
+                )
+            )
+            usable[rows] = False
+    return usable, problems
 
 
 def _load_rows(table: Any, stacks: np.ndarray) -> np.ndarray:
@@ -92,22 +136,32 @@ class ParticlePool:
         self.stacks = np.zeros(0, dtype=str)  # absolute stack file of each row
         self.images = np.zeros((0, 0, 0), dtype=np.float32)
         self._known: set[str] = set()
+        self.problems: list[StageInputError] = []  # of the latest feed
 
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
 
     def feed(self, particles_star: str | Path) -> int:
-        """Add the rows of ``particles_star`` not in the pool yet; return how many."""
+        """Add the rows of ``particles_star`` not in the pool yet; return how many.
+
+        Rows whose stack is missing, too short or of another box are left out and
+        described in :attr:`problems` (they are tried again on the next feed)."""
         from pipelines.particles_star import read_particles_star
 
         path = Path(particles_star)
         optics, table = read_particles_star(path)
         if "rlnImageName" not in table.columns:
             raise StageInputError(path, "rlnImageName", None, "column missing")
-        stacks = _stack_paths(table, [path.parent, self.project])
+        stacks, self.problems = _stack_paths(table, [path.parent, self.project])
         keys = _row_keys(table, stacks)
-        fresh = ~keys.isin(self._known).to_numpy()
+        fresh = ~keys.isin(self._known).to_numpy() & (stacks != "")
+        if not fresh.any():
+            return 0
+        box = tuple(self.images.shape[1:]) if self.size else None
+        usable, problems = _check_stacks(table[fresh], stacks[fresh], box)
+        self.problems += problems
+        fresh[np.flatnonzero(fresh)[~usable]] = False
         if not fresh.any():
             return 0
         new = table[fresh].reset_index(drop=True)

@@ -25,6 +25,10 @@ Example (all sections optional)::
     [stages.ctf]
     kind = "ctf"
     cs_mm = 2.7
+
+    [class2d]
+    n_classes = 50
+    min_pool = 1000
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "Class2dSection",
     "ConfigError",
     "MetricsConfig",
     "MqttConfig",
@@ -169,6 +174,25 @@ class StagesConfig(BaseModel):
         return self
 
 
+class Class2dSection(_Section):
+    """The online 2D classifier (:mod:`livestream.class2d_live`); docs/class2d.md."""
+
+    enabled: bool = True
+    job: str = Field(default="Class2D/job007", min_length=1)
+    n_classes: int = Field(default=50, ge=1)
+    min_pool: int = Field(default=1000, ge=2)  # particles before the first update
+    snapshot_every: int = Field(default=20, ge=1)  # mini-batches between snapshots
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # ranker selection
+    psi_step_deg: float = Field(default=6.0, gt=0.0, le=90.0)
+    offset_range_px: float = Field(default=5.0, ge=0.0)
+    max_resolution_a: float | None = Field(default=None, gt=0.0)
+    max_particles_per_class: int | None = Field(default=None, ge=1)
+    new_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_passes: float = Field(default=3.0, gt=0.0)
+    n_minibatches: int = Field(default=200, ge=1)  # length of the VDAM schedule
+    seed: int = Field(default=0, ge=0)
+
+
 class ServiceConfig(_Section):
     session: SessionConfig = SessionConfig()
     project: ProjectConfig = ProjectConfig()
@@ -176,6 +200,7 @@ class ServiceConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
+    class2d: Class2dSection = Class2dSection()
     # where it came from, so that SIGHUP can read the file again (reload_config)
     _source: Path | None = PrivateAttr(default=None)
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -6,7 +6,9 @@ MQTT and the executor, and tells systemd READY.  The main loop is a named
 feed and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
-``pending`` (checkpoint), and the function returns 0.  A second signal exits at
+``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d_live`,
+when ``[class2d]`` is enabled and the chain extracts particles) finishes its
+mini-batch and checkpoints, and the function returns 0.  A second signal exits at
 once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
 SIGHUP sets the ``reload`` event: the config file is read again and changed
 curation thresholds re-evaluate every past exposure
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from livestream.class2d_live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
 from livestream.curation_reload import CurationReload
 from livestream.executors import DaskExecutor, LocalExecutor, create_executor
@@ -54,6 +57,7 @@ class ServiceHandle:
     watcher: SessionWatcher
     index: JobIndex
     curation: CurationReload
+    class2d: Class2dLive | None = None  # None: disabled or no extraction stage
 
 
 def summarize_ledger(
@@ -217,7 +221,10 @@ async def _serve(
     curation = CurationReload(config, ledger, chain, scheduler, reporter, index)
     curation.publish_counts()
     reporter.add_listener(curation.on_event)
-    handle = ServiceHandle(reporter, report, scheduler, watcher, index, curation)
+    class2d = class2d_for(config, index, reporter)
+    handle = ServiceHandle(
+        reporter, report, scheduler, watcher, index, curation, class2d
+    )
     if on_started is not None:
         on_started(handle)
 
@@ -250,11 +257,19 @@ async def _serve(
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
         ]
+        classifying = (
+            None
+            if class2d is None
+            else group.create_task(class2d.run(), name="class2d")
+        )
         reporter.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
         await stop.wait()
         # -- shutdown: stop taking work, drain with a time limit, checkpoint ------
+        drain_deadline = asyncio.get_running_loop().time() + workers.drain_timeout_s
         reporter.stopping()
+        if class2d is not None:
+            class2d.request_stop()  # its mini-batch ends while stages drain
         background[0].cancel()
         summarize("draining")
         scheduler.stop_taking_work()
@@ -270,6 +285,8 @@ async def _serve(
             await asyncio.wait([scheduling])
         else:
             await executor.close(cancel=False)
+        if classifying is not None:
+            await drain_class2d(classifying, drain_deadline)
         await asyncio.to_thread(index.write_logged)  # always, at shutdown
         summarize("stopped")
         await reporter.flush()

@@ -19,7 +19,13 @@ Every file is rebuilt from the ``done`` rows of the ledger (outputs and figures,
 never in-memory state) and written atomically, so after a kill and restart the
 first rebuild gives the same files.  Paths are relative to the project folder,
 as RELION writes them.  The daemon rebuilds at start-up, at most every
-``min_interval_s`` while exposures finish (:meth:`JobIndex.run`), and at shutdown.
+``min_interval_s`` while exposures finish (:meth:`JobIndex.run`), and at shutdown;
+after each rebuild by :meth:`JobIndex.run` it calls the ``on_written`` callbacks
+(the online 2D classifier feeds its pool then).
+
+A stage of another kind (``"package.module:function"``) feeds an index when its
+table says so: ``index = "extract"`` (or motion, ctf, curate), with the outputs
+and figures that index reads.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,14 +79,14 @@ class IndexTargets:
 
 
 def index_targets(chain: Chain) -> IndexTargets:
-    """The first stage of kind motion, ctf, curate and extract, with their jobs."""
+    """The first stage of kind motion, ctf, curate and extract (or with that
+    ``index`` parameter), with their jobs."""
     found: dict[str, Any] = {}
     for link in chain.links:
-        if link.kind in _DEFAULT_JOBS and f"{link.kind}_stage" not in found:
-            found[f"{link.kind}_stage"] = link.name
-            found[f"{link.kind}_job"] = str(
-                link.params.get("job", _DEFAULT_JOBS[link.kind])
-            )
+        role = str(link.params.get("index", link.kind))
+        if role in _DEFAULT_JOBS and f"{role}_stage" not in found:
+            found[f"{role}_stage"] = link.name
+            found[f"{role}_job"] = str(link.params.get("job", _DEFAULT_JOBS[role]))
     return IndexTargets(**found)
 
 
@@ -121,6 +127,18 @@ class JobIndex:
         self.n_writes = 0
         self._dirty = asyncio.Event() if _has_loop() else None
         self._particle_cache: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._on_written: list[Callable[[], None]] = []
+
+    @property
+    def particles_star(self) -> Path | None:
+        """The session's particle pool STAR (``None``: no extraction stage)."""
+        if self.targets.extract_stage is None:
+            return None
+        return self.project / self.targets.extract_job / "particles.star"
+
+    def add_written_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the event loop) after each rebuild by :meth:`run`."""
+        self._on_written.append(callback)
 
     # -- when to write ----------------------------------------------------------
     def on_event(self, event: ServiceEvent) -> None:
@@ -140,7 +158,9 @@ class JobIndex:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await asyncio.to_thread(self.write_logged)
+            if await asyncio.to_thread(self.write_logged):
+                for callback in self._on_written:
+                    callback()
             await asyncio.sleep(self.min_interval_s)
 
     def write_logged(self) -> bool:

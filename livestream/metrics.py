@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from livestream import __version__
+from livestream.class2d_metrics import Class2dMetrics
 
 __all__ = ["STAGE_DURATION_BUCKETS_S", "ServiceMetrics"]
 
@@ -175,6 +176,7 @@ class ServiceMetrics:
             "MQTT messages not yet acknowledged.",
             registry=r,
         )
+        self.class2d = Class2dMetrics(r)  # livestream_class2d_*
 
     # -- exposures and stages ------------------------------------------------------
     def exposure_discovered(self) -> None:

@@ -34,6 +34,7 @@ class EventType(enum.Enum):
     IMPORT_QUARANTINED = "import_quarantined"
     STAGE_FINISHED = "stage_finished"
     EXPOSURE_DONE = "exposure_done"
+    CLASS2D_SNAPSHOT = "class2d_snapshot"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,6 +289,50 @@ class Reporter:
         if self._curation is not None:
             self._curation.observe_reevaluation(version, newly_accepted, newly_rejected)
 
+    # -- online 2D classification ------------------------------------------------
+    def class2d_progress(
+        self, iteration: int, particles_seen: int, pool: int, seconds: float | None
+    ) -> None:
+        """After a mini-batch (``seconds`` its wall time) or a feed (``None``)."""
+        if self.metrics is not None:
+            self.metrics.class2d.progress(
+                iteration=iteration, particles_seen=particles_seen, pool_particles=pool
+            )
+            if seconds is not None:
+                self.metrics.class2d.minibatch(seconds)
+
+    def class2d_snapshot(self, payload: Mapping[str, Any]) -> None:
+        """A snapshot was written: metrics, the MQTT ``class2d`` event, listeners
+        (``detail`` = the montage PNG, ``figures`` = the payload's numbers)."""
+        if self.metrics is not None:
+            self.metrics.class2d.snapshot(payload)
+        if self.publisher is not None and self.publisher.enabled:
+            self._outgoing.put_nowait(("class2d", "", dict(payload)))
+        figures = {
+            name: float(payload[name])
+            for name in ("iteration", "particles_seen", "active_classes")
+        }
+        figures["selected_classes"] = float(len(payload["selected_classes"]))
+        if payload.get("resolution_a") is not None:
+            figures["resolution_a"] = float(payload["resolution_a"])
+        self._emit(
+            ServiceEvent(
+                type=EventType.CLASS2D_SNAPSHOT,
+                exposure_id="",
+                stage="class2d",
+                state="snapshot",
+                detail=str(payload.get("montage_png", "")),
+                figures=MappingProxyType(figures),
+            )
+        )
+
+    def class2d_error(self, operation: str, error: Exception) -> None:
+        """A classifier failure; the service goes on (the message names the file,
+        field and value for a :class:`pipelines.StageInputError`)."""
+        log.error("class2d %s failed: %s", operation, error)
+        if self.metrics is not None:
+            self.metrics.class2d.error(operation)
+
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
         if self.metrics is not None:
@@ -347,24 +392,24 @@ class Reporter:
     async def run(self) -> None:
         """Hand queued events to the MQTT publisher until cancelled."""
         while True:
-            kind, exposure_id, payload = await self._outgoing.get()
-            if self.publisher is None:
-                continue
-            if kind == "status":
-                await self.publisher.publish_status(payload)
-            else:
-                await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
+            await self._hand_over(*await self._outgoing.get())
 
     async def flush(self) -> None:
         """Hand over whatever is still queued (at shutdown)."""
         while not self._outgoing.empty():
-            kind, exposure_id, payload = self._outgoing.get_nowait()
-            if self.publisher is None:
-                continue
-            if kind == "status":
-                await self.publisher.publish_status(payload)
-            else:
-                await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
+            await self._hand_over(*self._outgoing.get_nowait())
+
+    async def _hand_over(
+        self, kind: str, exposure_id: str, payload: dict[str, Any]
+    ) -> None:
+        if self.publisher is None:
+            return
+        if kind == "status":
+            await self.publisher.publish_status(payload)
+        elif kind == "class2d":
+            await self.publisher.publish_class2d(payload)
+        else:
+            await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
 
 
 def curation_field(results: Mapping[str, StageResult]) -> dict[str, Any] | None:

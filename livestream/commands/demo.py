@@ -7,10 +7,13 @@ Example::
     livestream demo --serialem --full-size
 
 A simulated microscope writes an EPU (or SerialEM) session into a temporary folder
-while the service processes it (motion correction and CTF estimation, local
-workers, metrics on 127.0.0.1, MQTT only with --mqtt-host).  It stops after the
-last exposure is processed or on Ctrl-C, and leaves a project folder that
-``livestream status --project DIR`` reads.
+while the service processes it (motion correction, CTF estimation, curation,
+picking, extraction and online 2D classification; local workers, metrics on
+127.0.0.1, MQTT only with --mqtt-host).  The 2D classifier starts at 100 particles
+(about five exposures) with 8 classes and writes a snapshot (class averages and a
+montage PNG in ``Class2D/job007/``, a ``class2d`` event) every 3 mini-batches.  It
+stops after the last exposure is processed or on Ctrl-C, and leaves a project folder
+that ``livestream status --project DIR`` reads.
 """
 
 from __future__ import annotations
@@ -75,8 +78,31 @@ def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> Servic
             "curate": {"max_ctf_resolution_a": 12.0, "max_astigmatism_a": 2000.0},
             "pick": {"diameter_min_a": 50.0, "diameter_max_a": 90.0},
         },
+        # small enough that live 2D classes appear within a 20-exposure demo
+        "class2d": {
+            "n_classes": 8,
+            "min_pool": 100,
+            "snapshot_every": 3,
+            "n_minibatches": 30,
+            "psi_step_deg": 10.0,
+            "offset_range_px": 3.0,
+            "seed": args.seed,
+        },
     }
     return load_config(None, overrides)
+
+
+def _describe_classes(event: ServiceEvent) -> str:
+    f = event.figures
+    resolution = f.get("resolution_a")
+    return (
+        f"2D classes: mini-batch {int(f['iteration'])}, "
+        f"{int(f['particles_seen'])} particles seen, "
+        f"{int(f['active_classes'])} classes active, "
+        f"{int(f['selected_classes'])} selected"
+        + ("" if resolution is None else f", best {resolution:.1f} Å")
+        + f"; montage: {event.detail}"
+    )
 
 
 def _describe(event: ServiceEvent, index: int, total: int) -> str:
@@ -128,7 +154,13 @@ async def _demo(args: argparse.Namespace) -> int:
     finished: set[str] = set()
     started = time.monotonic()
 
+    montages: list[str] = []
+
     def progress(event: ServiceEvent) -> None:
+        if event.type is EventType.CLASS2D_SNAPSHOT:
+            montages.append(event.detail)
+            print(_describe_classes(event), flush=True)
+            return
         if event.type not in (EventType.EXPOSURE_DONE, EventType.IMPORT_QUARANTINED):
             return
         finished.add(event.exposure_id)
@@ -179,6 +211,10 @@ async def _demo(args: argparse.Namespace) -> int:
         f"{len(finished)} exposures in {elapsed:.0f} s; "
         f"see: livestream status --project {args.project}"
     )
+    if montages:
+        print(f"latest 2D class montage: {montages[-1]}")
+    else:
+        print("no 2D class snapshot yet (too few particles or mini-batches)")
     return code
 
 

@@ -7,7 +7,9 @@ Example::
 
 Reads the ledger ``<project>/livestream.sqlite`` without writing to it; works while
 the service runs.  With a curation stage it also shows how many exposures are
-accepted and rejected and the most frequent rejection reasons.
+accepted and rejected and the most frequent rejection reasons; with the online 2D
+classifier, its latest snapshot (mini-batches, particles seen, active and selected
+classes, best resolution, montage).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
         status: dict[str, Any] = summarize_ledger(ledger)
         status["project"] = str(project)
         status["curation"] = _curation(ledger.path)
+        status["class2d"] = _class2d(project)
         status["failures"] = [
             {
                 "exposure_id": row.exposure_id,
@@ -74,6 +77,24 @@ def _curation(ledger_path: Path) -> dict[str, Any] | None:
     return counts
 
 
+def _class2d(project: Path) -> dict[str, Any] | None:
+    """The newest ``Class2D/job*/run_class2d.json`` (a snapshot's event body)
+    without the per-class lists; ``None`` before the first snapshot."""
+    from livestream.class2d_live import SUMMARY_NAME
+
+    found = sorted(
+        project.glob(f"Class2D/job*/{SUMMARY_NAME}"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        return None
+    payload = json.loads(found[-1].read_text())
+    keys = ("iteration", "particles_seen", "active_classes", "resolution_a")
+    summary = {key: payload.get(key) for key in keys}
+    summary["selected_classes"] = len(payload.get("selected_classes", []))
+    summary["montage_png"] = payload.get("montage_png")
+    return summary
+
+
 def _table(status: dict[str, Any]) -> str:
     states = ["pending", "running", "done", "failed", "quarantined"]
     lines = [f"project {status['project']}"]
@@ -96,6 +117,17 @@ def _table(status: dict[str, Any]) -> str:
         lines.append(
             f"curation: {curation['accepted']} accepted, {curation['rejected']} "
             f"rejected" + (f"; top reasons: {reasons}" if reasons else "")
+        )
+    classes = status.get("class2d")
+    if classes is not None:
+        resolution = classes["resolution_a"]
+        lines.append(
+            f"class2d: mini-batch {classes['iteration']}, "
+            f"{classes['particles_seen']} particles seen, "
+            f"{classes['active_classes']} active / {classes['selected_classes']} "
+            "selected classes"
+            + ("" if resolution is None else f", best {resolution:.1f} Å")
+            + f"; montage {classes['montage_png']}"
         )
     if status["failures"]:
         lines.append("failures:")
