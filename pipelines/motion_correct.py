@@ -5,11 +5,13 @@ Steps (each a public function, so benchmarks can time them):
 
 1. :func:`prepare_frames` — multiply by the gain, replace defects and hot pixels
    (outliers of the frame sum) by the mean of good neighbours.
-2. :func:`align_global` — bin to at most ``ALIGN_MAX_PX`` pixels, weight each
-   frame by its expected damaged signal (matched filter), iterate the
-   cross-correlation of every frame with the sum of the others (coarse pass at a
-   strong B-factor, then ``bfactor_px2``), sub-pixel peaks, smooth the trajectory
-   in time (:mod:`pipelines.motion_trajectory`).
+2. :func:`align_global` — bin to at most ``ALIGN_MAX_PX`` pixels by Fourier
+   cropping (:mod:`pipelines.motion_spectra`: no aliasing, so no bias towards
+   whole binned pixels), weight each frame by its expected damaged signal (matched
+   filter), iterate the cross-correlation of every frame with the sum of the others
+   (coarse pass at a strong B-factor, then ``bfactor_px2``, then weighted by the
+   movie's measured spectral SNR, :mod:`pipelines.motion_weighting`), sub-pixel
+   peaks, smooth the trajectory in time (:mod:`pipelines.motion_trajectory`).
 3. :func:`pipelines.motion_local.align_patches` — the same on ``patches`` of the
    globally aligned frames, fitted by RELION's third-order polynomial.
 4. :func:`pipelines.motion_sum.sum_frames` — warp, shift, dose-weight and sum.
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.motion_align import align_stack, bin_frames, fft_kwargs, shift_spectra
+from pipelines.motion_align import align_stack, fft_kwargs, shift_spectra
 from pipelines.motion_defects import (
     apply_gain,
     detect_dead_pixels,
@@ -37,8 +39,10 @@ from pipelines.motion_defects import (
 )
 from pipelines.motion_dose import DamageModel, frame_exposures_e_per_a2
 from pipelines.motion_local import LocalMotion, align_patches
+from pipelines.motion_spectra import binned_spectra
 from pipelines.motion_sum import power_spectrum, sum_frames
 from pipelines.motion_trajectory import smooth_trajectory
+from pipelines.motion_weighting import spectral_snr_weights
 from pipelines.xp import fft_module, to_numpy
 
 __all__ = [
@@ -138,6 +142,7 @@ def align_global(
     group_half_width: int = 0,
     damage: DamageModel | None = None,
     smooth: bool = False,
+    snr_weighting: bool = True,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[np.ndarray, Any, int]:
@@ -147,7 +152,11 @@ def align_global(
     A coarse pass at B-factor ``max(bfactor_px2, PLAIN_BFACTOR_PX2)`` (with
     ``group_half_width`` ``h`` > 0 on sums of ``2h + 1`` neighbouring frames: robust
     at low dose per frame) searches ``max_shift_px``; the per-frame pass at
-    ``bfactor_px2`` then refines within ±4 (binned) px of it.  With ``damage`` each frame's spectrum
+    ``bfactor_px2`` then refines within ±4 (binned) px of it; with
+    ``snr_weighting`` a last pass weights the frequencies by the spectral SNR
+    measured on the frames so aligned (:func:`spectral_snr_weights`) instead of a
+    B-factor.  Frames are binned by Fourier cropping
+    (:func:`pipelines.motion_spectra.binned_spectra`).  With ``damage`` each frame's spectrum
     is weighted by its expected signal ``exp(-N_f / (2 Ne(k)))`` (a matched filter:
     early frames keep their high-resolution signal, late ones only low).  With
     ``smooth`` the trajectory is smoothed in time (GCV-chosen Whittaker smoother,
@@ -155,15 +164,9 @@ def align_global(
     fft = fft_module(xp)
     _, ny, nx = frames.shape
     factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
-    binned = bin_frames(xp.asarray(frames), factor, xp=xp)
-    binned = binned - binned.mean(axis=(-2, -1), keepdims=True)
-    shape = binned.shape[-2:]
-    spectra = fft.rfft2(
-        binned.astype(xp.float32), axes=(-2, -1), **fft_kwargs(xp, workers)
-    )
-    weighted = spectra
-    if damage is not None:
-        weighted = spectra * damage.filters(shape, factor, xp=xp)
+    spectra, shape = binned_spectra(frames, factor, workers=workers, xp=xp)
+    amplitudes = None if damage is None else damage.filters(shape, factor, xp=xp)
+    weighted = spectra if amplitudes is None else spectra * amplitudes
     # coarse pass: a strong B-factor (broad peak, low-resolution signal) finds the
     # trajectory over the whole search range; the fine pass refines within ±4 px, so
     # a sharp, noisy fine-pass correlation cannot jump to a noise peak far away
@@ -185,6 +188,19 @@ def align_global(
         workers=workers,
         xp=xp,
     )
+    if snr_weighting:
+        # final pass: frequencies weighted by the movie's measured spectral SNR
+        weights = spectral_snr_weights(spectra, shape, shifts, amplitudes, xp=xp)
+        if weights is not None:
+            shifts = align_stack(
+                weighted * xp.sqrt(weights),
+                shape,
+                bfactor_px2=0.0,
+                max_shift_px=max_shift_px / factor,
+                initial_shifts_px=shifts,
+                workers=workers,
+                xp=xp,
+            )
     if smooth:
         smoothed, _ = smooth_trajectory(to_numpy(shifts))
         shifts = xp.asarray(smoothed)

@@ -76,11 +76,19 @@ def test_simulated_drift_gain_and_hot_pixels(seed):
         workers=2,
     )
     raw, centred = global_errors(result.shifts_px, truth.shifts_px)
+    per_frame = np.hypot(*(result.shifts_px + truth.shifts_px - truth.shifts_px[0]).T)
+    ratio = float(per_frame[1:].max() / np.median(per_frame[1:]))
     print(
-        f"seed {seed}: global drift RMS error {raw:.3f} px raw, {centred:.3f} centred"
+        f"seed {seed}: global drift RMS error {raw:.3f} px raw, {centred:.3f} centred;"
+        f" worst frame {ratio:.2f} x the median"
     )
+    # measured 0.038 / 0.067 px raw (seeds 1 / 2); before Fourier binning, SNR
+    # weights and robust smoothing 0.06-0.09 px centred.  Raw is against the truth
+    # relative to frame 0, the simulator's own reference: no offset removed.
+    assert raw <= 0.1
     assert centred <= 0.1
-    assert raw <= 0.15
+    # flat error profile: no frame (frame 0 is 0 by definition) > 3 x the median
+    assert ratio <= 3.0
     assert result.n_hot_pixels >= int(truth.defects.hot.sum())
     # hot and dead pixels found without being told (20 frames x 2 e/px: dead is clear)
     assert result.n_defect_pixels >= int(truth.defect_mask.sum())
@@ -112,7 +120,7 @@ def test_realistic_simulated_movie_1024():
     )
     raw, centred = global_errors(result.shifts_px, truth.shifts_px)
     print(f"1024² realistic: global RMS error {raw:.3f} px raw, {centred:.3f} centred")
-    # measured 0.169 raw / 0.159 centred (docs/motion.md); before the damage-matched
+    # measured 0.16 raw / 0.15 centred (docs/motion.md); before the damage-matched
     # filters and the trajectory smoothing: 0.546 / 0.421
     assert centred <= 0.2
     assert raw <= 0.22
