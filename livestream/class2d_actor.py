@@ -43,7 +43,12 @@ from pipelines.class2d import (
 )
 from pipelines.class2d.montage import class2d_payload, write_class_montage
 from pipelines.class2d.outputs import write_class2d_outputs
-from pipelines.class2d.ranker import DEFAULT_THRESHOLD, rank_classes, select_particles
+from pipelines.class2d.ranker import (
+    DEFAULT_PARTICLE_OUTLIER_MAD,
+    DEFAULT_THRESHOLD,
+    rank_classes,
+    select_particles,
+)
 from pipelines.class2d.schedule import minibatch_size
 from pipelines.class2d.state import restore_rng, rng_state_of
 from pipelines.errors import StageInputError
@@ -64,6 +69,7 @@ class ActorSettings:
     max_passes: float = 3.0
     snapshot_every: int = 20
     score_threshold: float = DEFAULT_THRESHOLD
+    particle_outlier_mad: float | None = DEFAULT_PARTICLE_OUTLIER_MAD
     psi_step_deg: float = 6.0
     offset_range_px: float = 5.0
     max_resolution_a: float | None = None
@@ -224,7 +230,8 @@ class Class2dActor:
         if self.state is None or self.config is None:
             raise StageInputError(self.folder, "state", None, "no mini-batch run yet")
         config, state = self.config, self.state
-        assignment = assign_particles(config, state, self.pool.stack())
+        particles = self.pool.stack()
+        assignment = assign_particles(config, state, particles)
         outputs = write_class2d_outputs(
             self.folder,
             config,
@@ -235,7 +242,12 @@ class Class2dActor:
             float16=False,
         )
         ranking = rank_classes(
-            config, state, assignment, threshold=self.settings.score_threshold
+            config,
+            state,
+            assignment,
+            threshold=self.settings.score_threshold,
+            particles=particles,
+            particle_outlier_mad=self.settings.particle_outlier_mad,
         )
         selected = select_particles(
             outputs.selected_star,

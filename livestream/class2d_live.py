@@ -72,6 +72,7 @@ def actor_settings(section: Class2dSection) -> ActorSettings:
         max_passes=section.max_passes,
         snapshot_every=section.snapshot_every,
         score_threshold=section.score_threshold,
+        particle_outlier_mad=section.particle_outlier_mad,
         psi_step_deg=section.psi_step_deg,
         offset_range_px=section.offset_range_px,
         max_resolution_a=section.max_resolution_a,

@@ -183,6 +183,9 @@ class Class2dSection(_Section):
     min_pool: int = Field(default=1000, ge=2)  # particles before the first update
     snapshot_every: int = Field(default=20, ge=1)  # mini-batches between snapshots
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # ranker selection
+    # particles of selected classes further than this many robust sd from their
+    # class median are dropped (aggregates, empty boxes); None keeps them all
+    particle_outlier_mad: float | None = Field(default=4.0, gt=0.0)
     psi_step_deg: float = Field(default=6.0, gt=0.0, le=90.0)
     offset_range_px: float = Field(default=5.0, ge=0.0)
     max_resolution_a: float | None = Field(default=None, gt=0.0)
