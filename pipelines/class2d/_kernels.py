@@ -1,5 +1,6 @@
 """numba kernels of 2D classification (private: call them through :mod:`fourier`).
 
+- :func:`score_triplets`: listed entries of the likelihood product (fine pose search).
 - :func:`rotate_gather`: sample rotated copies of half-plane (rfft) transforms at a
   list of output frequencies, bilinear, with Hermitian symmetry for negative x.
 """
@@ -56,3 +57,25 @@ def rotate_gather(
             if conj:
                 value = np.conj(value)
             out[m, p] = value
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def score_triplets(
+    shifted, refs, half_ctf_weight, power, row, pose, particle, out
+):  # pragma: no cover - compiled
+    """``out[i] = shifted[row[i]] . refs[pose[i]]
+    - half_ctf_weight[particle[i]] . power[pose[i]]`` (a sampled product: only
+    the listed entries of the likelihood matrix)."""
+    n_pix2 = shifted.shape[1]
+    n_pix = power.shape[1]
+    for i in prange(out.shape[0]):
+        r = row[i]
+        j = pose[i]
+        b = particle[i]
+        cross = np.float32(0.0)  # float32 sums vectorise (fastmath)
+        for p in range(n_pix2):
+            cross += shifted[r, p] * refs[j, p]
+        norm = np.float32(0.0)
+        for p in range(n_pix):
+            norm += half_ctf_weight[b, p] * power[j, p]
+        out[i] = cross - norm

@@ -21,9 +21,12 @@ from pipelines.class2d.likelihood import (
     score_poses,
 )
 from pipelines.class2d.particles import ParticleStack, prepare_batch
+from pipelines.class2d.pose_grid import build_coarse_grid
+from pipelines.class2d.pose_search import search_coarse_fine
 from pipelines.class2d.references import circular_mask
 from pipelines.class2d.sampling import PoseSampling, build_sampling, restrict_sampling
-from pipelines.class2d.state import Class2dConfig
+from pipelines.class2d.state import Class2dConfig, PoseSearch
+from pipelines.xp import array_module
 
 __all__ = ["ExpectationSums", "expect_particles", "reference_pixels", "sampling_of"]
 
@@ -58,7 +61,10 @@ class ExpectationSums:
 
     ``numerator`` ``(2, K, P)`` complex, ``denominator`` ``(2, K, P)`` in each
     class's frame; ``class_weight`` ``(K,)``; ``residual_power`` ``(n_shells,)``
-    mean ``|X - C R|^2 / 2`` at the best pose; per-particle MAP results.
+    mean ``|X - C R|^2 / 2`` at the best pose; per-particle MAP results;
+    ``product_macs`` the multiply-adds of the likelihood products evaluated,
+    ``coarse_kept`` / ``fine_evaluated`` mean poses per particle (see
+    :class:`~pipelines.class2d.likelihood.PoseWeights`).
     """
 
     numerator: np.ndarray
@@ -71,22 +77,24 @@ class ExpectationSums:
     max_probability: np.ndarray
     class_probability: np.ndarray
     kept_fraction: float
+    product_macs: float = 0.0
+    coarse_kept: float = 0.0
+    fine_evaluated: float = 0.0
 
 
 def _unrotate(
     sums: np.ndarray, sampling: PoseSampling, n_classes: int, chunk: int = 512
 ) -> np.ndarray:
-    """``(K * n_psi, P)`` rotated-frame sums -> ``(K, P)`` in the class frames."""
-    n_rows = sums.shape[0]
+    """``(K * n_psi, P)`` rotated-frame sums -> ``(K, P)`` in the class frames
+    (all-zero rows, poses no particle took, are skipped)."""
+    nonzero = np.nonzero(np.any(sums != 0, axis=1))[0]
     out = np.zeros((n_classes, sampling.n_pixels), dtype=np.complex64)
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        grids = scatter_pixels(sums[start:stop], sampling)
-        rows = np.arange(stop - start)
-        angles = -sampling.psi_deg[np.arange(start, stop) % sampling.n_psi]
-        turned = rotate_transforms(grids, rows, angles, sampling)
-        classes = np.arange(start, stop) // sampling.n_psi
-        np.add.at(out, classes, turned)
+    for start in range(0, nonzero.size, chunk):
+        rows_in = nonzero[start : start + chunk]
+        grids = scatter_pixels(sums[rows_in], sampling)
+        angles = -sampling.psi_deg[rows_in % sampling.n_psi]
+        turned = rotate_transforms(grids, np.arange(rows_in.size), angles, sampling)
+        np.add.at(out, rows_in // sampling.n_psi, turned)
     return out
 
 
@@ -130,16 +138,40 @@ def expect_particles(
     max_prob = np.empty(n)
     class_prob = np.empty((n, k))
     kept = 0.0
+    stats = np.zeros(3)  # product multiply-adds, coarse kept, fine evaluated
+    xp = array_module(config.gpu)
+    coarse_fine = config.pose_search == PoseSearch.COARSE_FINE
+    grid = build_coarse_grid(sampling) if coarse_fine else None
     for start in range(0, n, config.chunk_size):
         part = np.asarray(indices[start : start + config.chunk_size])
         x, ctf = prepare_batch(particles, part, sampling, config.mask_radius_px)
-        weights = compute_pose_weights(
-            score_poses(x, ctf, inv_sigma2, rotated, sampling),
-            sampling,
-            log_class_prior=log_prior,
-            offset_sigma_px=config.offset_sigma_px,
-            prune_threshold=config.prune_threshold,
-        )
+        if grid is not None:
+            weights = search_coarse_fine(
+                x,
+                ctf,
+                inv_sigma2,
+                rotated,
+                sampling,
+                grid,
+                log_class_prior=log_prior,
+                offset_sigma_px=config.offset_sigma_px,
+                prune_threshold=config.prune_threshold,
+                adaptive_fraction=config.adaptive_fraction,
+                xp=xp,
+            )
+        else:
+            weights = compute_pose_weights(
+                score_poses(x, ctf, inv_sigma2, rotated, sampling, xp=xp),
+                sampling,
+                log_class_prior=log_prior,
+                offset_sigma_px=config.offset_sigma_px,
+                prune_threshold=config.prune_threshold,
+            )
+        stats += [
+            weights.product_macs,
+            weights.coarse_kept * len(part),
+            weights.fine_evaluated * len(part),
+        ]
         sl = slice(start, start + len(part))
         best_class[sl] = weights.best_pose // sampling.n_psi
         best_psi[sl] = sampling.psi_deg[weights.best_pose % sampling.n_psi]
@@ -179,6 +211,9 @@ def expect_particles(
         max_probability=max_prob,
         class_probability=class_prob,
         kept_fraction=kept / max(n, 1),
+        product_macs=float(stats[0]),
+        coarse_kept=float(stats[1]) / max(n, 1),
+        fine_evaluated=float(stats[2]) / max(n, 1),
     )
 
 

@@ -14,17 +14,21 @@ prior on the shift and the class fractions are added; the posterior over all pos
 is normalised by log-sum-exp, and poses below ``prune_threshold`` times the
 particle's best pose are dropped (a significance cutoff; the kept weights are
 renormalised), so the weighted sums of the M-step are sparse matrix products.
+The products run on the array module ``xp`` (numpy, or cupy on a GPU; see
+:mod:`pipelines.xp`); the posterior and the sums are computed with numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import scipy.sparse
 import scipy.special
 
 from pipelines.class2d.sampling import PoseSampling
+from pipelines.xp import to_numpy
 
 __all__ = ["PoseWeights", "accumulate_sums", "compute_pose_weights", "score_poses"]
 
@@ -39,23 +43,28 @@ def score_poses(
     inv_sigma2: np.ndarray,
     rotated_refs: np.ndarray,
     sampling: PoseSampling,
+    *,
+    xp: ModuleType = np,
 ) -> np.ndarray:
     """Log-likelihoods ``(B, T, J)`` float32 (no priors) of ``particles`` ``(B, P)``.
 
-    ``ctf`` ``(B, P)``, ``inv_sigma2`` ``(P,)``, ``rotated_refs`` ``(J, P)``.
+    ``ctf`` ``(B, P)``, ``inv_sigma2`` ``(P,)``, ``rotated_refs`` ``(J, P)``; the
+    products run on ``xp`` and the result comes back as a numpy array.
     """
     n, n_pix = particles.shape
-    weight = (ctf * (inv_sigma2 * sampling.hermitian_weight)[None, :]).astype(
-        np.float32
-    )
-    shifted = particles[:, None, :] * sampling.phases[None, :, :]
+    x = xp.asarray(particles, dtype=xp.complex64)
+    c = xp.asarray(ctf, dtype=xp.float32)
+    refs = xp.asarray(rotated_refs, dtype=xp.complex64)
+    weight = c * xp.asarray(inv_sigma2 * sampling.hermitian_weight, dtype=xp.float32)
+    shifted = x[:, None, :] * xp.asarray(sampling.phases)[None, :, :]
     shifted *= weight[:, None, :]
-    cross = _stack_real(shifted).reshape(n * sampling.n_shifts, 2 * n_pix) @ (
-        _stack_real(rotated_refs).T
+    stacked = xp.concatenate([shifted.real, shifted.imag], axis=-1)
+    cross = stacked.reshape(n * sampling.n_shifts, 2 * n_pix) @ (
+        xp.concatenate([refs.real, refs.imag], axis=-1).T
     )
-    power = (rotated_refs.real**2 + rotated_refs.imag**2).astype(np.float32)
-    norm = (0.5 * ctf * weight) @ power.T
-    return cross.reshape(n, sampling.n_shifts, -1) - norm[:, None, :]
+    power = refs.real**2 + refs.imag**2
+    norm = (0.5 * c * weight) @ power.T
+    return to_numpy(cross.reshape(n, sampling.n_shifts, -1) - norm[:, None, :])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +74,10 @@ class PoseWeights:
     ``weights`` is sparse ``(B*T, J)`` (rows = particle-major, shift-minor) summing to
     1 per particle; ``best_shift``/``best_pose`` ``(B,)`` index the MAP pose,
     ``max_probability`` its posterior, ``class_probability`` ``(B, K)``.
+    ``product_macs`` counts the multiply-adds of the likelihood products that
+    were evaluated; ``coarse_kept`` and ``fine_evaluated`` are the mean numbers
+    of coarse poses kept and fine poses scored per particle (coarse-then-fine
+    search; 0 and ``T * J`` for the exhaustive one).
     """
 
     weights: scipy.sparse.csr_matrix
@@ -74,6 +87,9 @@ class PoseWeights:
     class_probability: np.ndarray
     log_evidence: np.ndarray
     kept_fraction: float
+    product_macs: float = 0.0
+    coarse_kept: float = 0.0
+    fine_evaluated: float = 0.0
 
 
 def compute_pose_weights(
@@ -116,6 +132,8 @@ def compute_pose_weights(
         class_probability=class_prob,
         log_evidence=log_z,
         kept_fraction=float(keep.mean()),
+        product_macs=float(n * n_pose * sampling.n_pixels * (2 * n_shift + 1)),
+        fine_evaluated=float(n_shift * n_pose),
     )
 
 
@@ -134,22 +152,27 @@ def accumulate_sums(
 
     ``weights`` ``(B*T, J)`` from :class:`PoseWeights`.  When more than
     ``dense_above`` of the poses survive pruning, the products run as dense BLAS
-    (faster than a sparse product at that density); otherwise as sparse ones.
+    (faster than a sparse product at that density); otherwise as sparse ones over
+    the (particle, shift) rows that carry weight (only those are shifted).
     """
     n, n_pix = particles.shape
     n_shift = sampling.n_shifts
-    data = particles[:, None, :] * sampling.phases[None, :, :]
-    data *= (ctf * inv_sigma2[None, :])[:, None, :]
-    flat = _stack_real(data.reshape(n * n_shift, n_pix))
     ctf2 = ctf * ctf * inv_sigma2[None, :]
     density = weights.nnz / max(weights.shape[0] * weights.shape[1], 1)
     if density > dense_above:
+        data = particles[:, None, :] * sampling.phases[None, :, :]
+        data *= (ctf * inv_sigma2[None, :])[:, None, :]
+        flat = _stack_real(data.reshape(n * n_shift, n_pix))
         dense = weights.toarray()
         stacked = dense.T @ flat
         per_particle = dense.reshape(n, n_shift, -1).sum(axis=1)
         denominator = per_particle.T @ ctf2
     else:
-        stacked = weights.T.tocsr() @ flat
+        rows = np.nonzero(np.diff(weights.indptr))[0]
+        b, t = rows // n_shift, rows % n_shift
+        data = particles[b] * sampling.phases[t]
+        data *= ctf[b] * inv_sigma2[None, :]
+        stacked = weights[rows].T.tocsr() @ _stack_real(data)
         per_particle = _sum_over_shifts(weights, n, n_shift)
         denominator = per_particle.T @ ctf2
     numerator = stacked[:, :n_pix] + 1j * stacked[:, n_pix:]

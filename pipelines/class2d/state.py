@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,28 @@ from pipelines.outputs import atomic_path
 __all__ = [
     "Class2dConfig",
     "Class2dState",
+    "PoseSearch",
     "load_checkpoint",
     "restore_rng",
     "save_checkpoint",
 ]
 
 
+class PoseSearch(StrEnum):
+    """How the E-step searches psi x shift x class (see ``docs/class2d.md``)."""
+
+    EXHAUSTIVE = "exhaustive"  # every pose at full sampling
+    COARSE_FINE = "coarse_fine"  # coarse pass, then the fine neighbourhoods kept
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Class2dConfig:
-    """Parameters of a 2D classification (defaults as RELION-4.0's VDAM 2D)."""
+    """Parameters of a 2D classification (defaults as RELION-4.0's VDAM 2D).
+
+    ``pose_search`` picks the exhaustive or the coarse-then-fine search
+    (``adaptive_fraction`` of the coarse posterior mass is refined, RELION's
+    ``--adaptive_fraction``); ``gpu`` runs the likelihood products on CuPy.
+    """
 
     n_classes: int
     box_px: int
@@ -51,8 +65,24 @@ class Class2dConfig:
     max_particles_per_class: int | None = None
     chunk_size: int = 64
     schedule: Schedule = field(default_factory=Schedule)
+    pose_search: PoseSearch = PoseSearch.COARSE_FINE
+    adaptive_fraction: float = 0.999
+    gpu: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "pose_search", PoseSearch(self.pose_search))
+        except ValueError as error:
+            raise StageInputError(
+                "<argument>",
+                "pose_search",
+                self.pose_search,
+                f"must be one of {[m.value for m in PoseSearch]}",
+            ) from error
+        if not 0.0 < self.adaptive_fraction <= 1.0:
+            raise StageInputError(
+                "<argument>", "adaptive_fraction", self.adaptive_fraction, "in (0, 1]"
+            )
         if self.n_classes < 1:
             raise StageInputError("<argument>", "n_classes", self.n_classes, ">= 1")
         if self.pixel_size_a <= 0:
@@ -82,6 +112,9 @@ class Class2dConfig:
     def from_json(cls, text: str) -> Class2dConfig:
         data = json.loads(text)
         data["schedule"] = Schedule(**data["schedule"])
+        # files written before the coarse-then-fine search ran the exhaustive one:
+        # resume them unchanged
+        data.setdefault("pose_search", PoseSearch.EXHAUSTIVE.value)
         return cls(**data)
 
 

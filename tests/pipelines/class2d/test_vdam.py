@@ -84,7 +84,8 @@ def _check_recovery(
         assert spread > 0.9, f"class {k_}: psi not consistent ({spread:.2f})"
 
 
-def test_vdam_recovers_phantom_views() -> None:
+@pytest.mark.parametrize("pose_search", ["coarse_fine", "exhaustive"])
+def test_vdam_recovers_phantom_views(pose_search: str) -> None:
     rng = np.random.default_rng(7)
     volume = phantom_volume(32, 4.0, rng)
     data = simulate_views(
@@ -97,6 +98,7 @@ def test_vdam_recovers_phantom_views() -> None:
         psi_step_deg=10.0,
         offset_range_px=3.0,
         schedule=SMALL,
+        pose_search=pose_search,
     )
     _check_recovery(data, config, seed=3, min_correlation=0.97)
 
