@@ -7,8 +7,10 @@ Example:
 Writes run_classes.mrcs (class averages), run_model.star (data_model_classes),
 run_data.star (every particle with rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst,
 rlnMaxValueProbDistribution), run_selected.star (particles of the classes the
-ranker selects: score >= --score-threshold), run_montage.png (class averages best
-score first, with particle counts) and run_checkpoint.npz (resumable state).
+ranker selects: score >= --score-threshold, less the particles whose residual
+against their class average is an outlier: --particle-outlier-mad, 0 = off),
+run_montage.png (class averages best score first, with particle counts) and
+run_checkpoint.npz (resumable state).
 With --json prints one summary object (class_counts, class_scores, seconds,
 particles_per_second, classes_mrcs, selected_star, montage_png, ...).
 """
@@ -34,7 +36,12 @@ from pipelines.class2d import (
 )
 from pipelines.class2d.montage import write_class_montage
 from pipelines.class2d.outputs import write_class2d_outputs
-from pipelines.class2d.ranker import DEFAULT_THRESHOLD, rank_classes, select_particles
+from pipelines.class2d.ranker import (
+    DEFAULT_PARTICLE_OUTLIER_MAD,
+    DEFAULT_THRESHOLD,
+    rank_classes,
+    select_particles,
+)
 from pipelines.errors import StageInputError
 
 
@@ -50,10 +57,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-particles-per-class", type=int, default=None)
     parser.add_argument("--float16", action="store_true", help="class averages mode 12")
     parser.add_argument(
+        "--pose-search",
+        choices=["coarse_fine", "exhaustive"],
+        default="coarse_fine",
+        help="coarse-then-fine (default, faster) or exhaustive psi x shift search",
+    )
+    parser.add_argument(
         "--score-threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
         help="select classes scoring at least this (0-1)",
+    )
+    parser.add_argument(
+        "--particle-outlier-mad",
+        type=float,
+        default=DEFAULT_PARTICLE_OUTLIER_MAD,
+        help="drop particles of selected classes whose solvent residual exceeds "
+        "the class median by this many robust sd (0 = keep all)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -73,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
             offset_range_px=args.offset_range_px,
             max_resolution_a=args.max_resolution_a,
             max_particles_per_class=args.max_particles_per_class,
+            pose_search=args.pose_search,
             schedule=Schedule(n_minibatches=args.mini_batches),
         )
         rng = np.random.default_rng(args.seed)
@@ -84,7 +105,12 @@ def main(args: argparse.Namespace) -> int:
             args.out, config, state, assignment, optics, table, float16=args.float16
         )
         ranking = rank_classes(
-            config, state, assignment, threshold=args.score_threshold
+            config,
+            state,
+            assignment,
+            threshold=args.score_threshold,
+            particles=particles,
+            particle_outlier_mad=args.particle_outlier_mad or None,
         )
         selected_star = select_particles(
             outputs.selected_star, config, ranking, assignment, optics, table
@@ -112,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         "data_star": str(outputs.data_star),
         "selected_star": str(selected_star),
         "selected_classes": [int(c) + 1 for c in np.nonzero(ranking.selected)[0]],
-        "selected_particles": int(ranking.counts[ranking.selected].sum()),
+        "selected_particles": ranking.n_selected_particles,
         "class_scores": [round(float(x), 4) for x in ranking.scores],
         "score_threshold": args.score_threshold,
         "montage_png": str(montage),
