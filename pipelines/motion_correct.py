@@ -10,8 +10,9 @@ Steps (each a public function, so benchmarks can time them):
    whole binned pixels), weight each frame by its expected damaged signal (matched
    filter), iterate the cross-correlation of every frame with the sum of the others
    (coarse pass at a strong B-factor, then ``bfactor_px2``, then weighted by the
-   movie's measured spectral SNR, :mod:`pipelines.motion_weighting`), sub-pixel
-   peaks, smooth the trajectory in time (:mod:`pipelines.motion_trajectory`).
+   movie's measured spectral SNR, :mod:`pipelines.motion_weighting`, refined at
+   half the bin factor when binned), sub-pixel peaks, smooth the trajectory in time
+   (:mod:`pipelines.motion_trajectory`).
 3. :func:`pipelines.motion_local.align_patches` — the same on ``patches`` of the
    globally aligned frames, fitted by RELION's third-order polynomial.
 4. :func:`pipelines.motion_sum.sum_frames` — warp, shift, dose-weight and sum.
@@ -42,7 +43,7 @@ from pipelines.motion_local import LocalMotion, align_patches
 from pipelines.motion_spectra import binned_spectra
 from pipelines.motion_sum import power_spectrum, sum_frames
 from pipelines.motion_trajectory import smooth_trajectory
-from pipelines.motion_weighting import spectral_snr_weights
+from pipelines.motion_weighting import refine_at_finer_bin, spectral_snr_weights
 from pipelines.xp import fft_module, to_numpy
 
 __all__ = [
@@ -200,6 +201,10 @@ def align_global(
                 initial_shifts_px=shifts,
                 workers=workers,
                 xp=xp,
+            )
+        if factor > 1:
+            shifts = refine_at_finer_bin(
+                frames, shifts, factor, damage, workers=workers, xp=xp
             )
     if smooth:
         smoothed, _ = smooth_trajectory(to_numpy(shifts))
