@@ -39,8 +39,15 @@ def _report(label: str, error: np.ndarray, axes: tuple[int, ...]) -> None:
     print(f"  {label}: raw {_rms_px(error):.3f} px, centred {_rms_px(centred):.3f} px")
 
 
-def measure_accuracy(size: int, seed: int, workers: int) -> None:
-    """Simulate one realistic ``size``² × 40 movie, correct it, print the errors."""
+def measure_accuracy(
+    size: int,
+    seed: int,
+    workers: int,
+    *,
+    n_frames: int = 40,
+    dose_per_frame_e_per_a2: float = 1.0,
+) -> None:
+    """Simulate one realistic ``size``² movie, correct it, print the errors."""
     rng = np.random.default_rng(seed)
     params = MovieParams(
         micrograph=MicrographParams(
@@ -48,13 +55,13 @@ def measure_accuracy(size: int, seed: int, workers: int) -> None:
             pixel_size_a=1.0,
             n_particles=max(1, round(PARTICLES_PER_PX2 * size * size)),
         ),
-        n_frames=40,
-        dose_per_frame_e_per_a2=1.0,
+        n_frames=n_frames,
+        dose_per_frame_e_per_a2=dose_per_frame_e_per_a2,
     )
     start = time.perf_counter()
     frames, truth = simulate_movie(params, rng, workers=workers)
     print(
-        f"accuracy, {size}² x 40 frames, 1 e/Å²/frame, 1 Å/px, "
+        f"accuracy, {size}² x {n_frames} frames, {dose_per_frame_e_per_a2:g} e/Å²/frame, 1 Å/px, "
         f"{params.micrograph.n_particles} particles, seed {seed} "
         f"(simulated in {time.perf_counter() - start:.1f} s)"
     )
@@ -74,7 +81,7 @@ def measure_accuracy(size: int, seed: int, workers: int) -> None:
     result = correct_motion(
         frames,
         pixel_size_a=1.0,
-        dose_per_frame_e_per_a2=1.0,
+        dose_per_frame_e_per_a2=dose_per_frame_e_per_a2,
         voltage_kv=300.0,
         gain=gain,
         patches=(5, 5),
@@ -90,7 +97,7 @@ def measure_accuracy(size: int, seed: int, workers: int) -> None:
     )
     grid = (np.arange(5) + 0.5) / 5 * size
     x, y = (a.ravel() for a in np.meshgrid(grid, grid))
-    z = np.arange(40, dtype=float)
+    z = np.arange(n_frames, dtype=float)
     true_field = -(
         truth.shifts_px[:, None, :]
         + truth.local_motion.shift_px(z[:, None], y[None], x[None])
