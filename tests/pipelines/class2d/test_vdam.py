@@ -26,7 +26,9 @@ from pipelines.simulate.volumes import (
 )
 from tests.pipelines.class2d.class2d_synthetic import (
     SyntheticSet,
+    aligned_fsc,
     best_rotated_correlation,
+    fsc_resolution_a,
     simulate_views,
 )
 
@@ -67,6 +69,18 @@ def _check_recovery(
         np.round(corr.max(axis=0), 3).tolist(),
     )
     print("class resolution (Å):", np.round(class_resolution_a(config, state), 1))
+    # FSC of each true view with its best class average (turned and shifted onto it)
+    box = config.box_px
+    fsc = [
+        aligned_fsc(state.references[int(corr[:, v].argmax())], view)
+        for v, view in enumerate(data.views)
+    ]
+    fsc_res = [fsc_resolution_a(f, box, config.pixel_size_a) for f in fsc]
+    print(
+        "FSC=0.5 resolution of each true view's best class (Å):", np.round(fsc_res, 1)
+    )
+    quarter = box // 8  # rings up to a quarter of Nyquist
+    assert all(float(f[1 : quarter + 1].min()) >= 0.5 for f in fsc), "low-res FSC"
     assert np.all(counts > 0), "a class ended empty despite substitution"
     assert accuracy >= 0.9
     assert np.all(corr.max(axis=0) >= min_correlation)
