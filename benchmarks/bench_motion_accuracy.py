@@ -46,6 +46,7 @@ def measure_accuracy(
     *,
     n_frames: int = 40,
     dose_per_frame_e_per_a2: float = 1.0,
+    local_motion_px: float = 1.0,
 ) -> None:
     """Simulate one realistic ``size``² movie, correct it, print the errors."""
     rng = np.random.default_rng(seed)
@@ -57,6 +58,7 @@ def measure_accuracy(
         ),
         n_frames=n_frames,
         dose_per_frame_e_per_a2=dose_per_frame_e_per_a2,
+        local_motion_px=local_motion_px,
     )
     start = time.perf_counter()
     frames, truth = simulate_movie(params, rng, workers=workers)
