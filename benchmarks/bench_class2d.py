@@ -38,11 +38,9 @@ from pipelines.class2d import (
 )
 from pipelines.class2d.expectation import expect_particles, sampling_of
 from pipelines.class2d.pose_grid import build_coarse_grid
+from pipelines.simulate.particle_sets import simulate_views
+from pipelines.simulate.view_metrics import best_rotated_correlation
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import (
-    best_rotated_correlation,
-    simulate_views,
-)
 
 
 def _dense_bound_s(

@@ -23,7 +23,7 @@ import scipy.fft
 from pipelines.ctf_estimate import estimate_ctf
 from pipelines.ctf_model import CtfParams
 from pipelines.ctf_spectrum import tile_starts
-from tests.pipelines.test_ctf_estimate_synthetic import make_thon_micrograph
+from pipelines.simulate.thon import make_thon_micrograph
 
 TILE_PX = 512
 

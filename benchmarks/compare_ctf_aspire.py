@@ -33,7 +33,7 @@ from pipelines.ctf_spectrum import (
     radial_index,
     subtract_background,
 )
-from tests.pipelines.test_ctf_estimate_synthetic import make_thon_micrograph
+from pipelines.simulate.thon import make_thon_micrograph
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
 REAL_MICROGRAPH = REAL / "epu2.9_example_crop2048.mrc"

@@ -43,17 +43,17 @@ import pandas as pd
 import starfile
 
 from pipelines.particles_star import write_particles_star
+from pipelines.simulate.particle_sets import (
+    SyntheticSet,
+    simulate_views,
+    write_particle_set,
+)
+from pipelines.simulate.view_metrics import best_rotated_correlation
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
     load_map,
     phantom_volume,
     rescale_volume,
-)
-from tests.pipelines.class2d.class2d_synthetic import (
-    SyntheticSet,
-    best_rotated_correlation,
-    simulate_views,
-    write_particle_set,
 )
 
 REPO = Path(__file__).resolve().parents[1]

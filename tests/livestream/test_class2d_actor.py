@@ -13,11 +13,8 @@ import starfile
 from livestream.class2d_actor import ActorSettings, Class2dActor
 from livestream.events import EventKind, decode_event, encode_event, stamp_event
 from pipelines.class2d import Schedule
+from pipelines.simulate.particle_sets import simulate_views, write_particle_set
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import (
-    simulate_views,
-    write_particle_set,
-)
 
 N_PARTICLES = 240
 SETTINGS = ActorSettings(

@@ -51,11 +51,8 @@ def run_particle_stage(task: StageTask, params: ParticleStageParams) -> StageRes
     them as ``Particles/<id>.mrcs`` with ``Particles/<id>_particles.star``."""
     import starfile
 
+    from pipelines.simulate.particle_sets import simulate_views, write_particle_set
     from pipelines.simulate.volumes import phantom_volume
-    from tests.pipelines.class2d.class2d_synthetic import (
-        simulate_views,
-        write_particle_set,
-    )
 
     exposure_id = task.exposure.exposure_id
     volume = phantom_volume(24, 4.0, np.random.default_rng(8))
@@ -405,11 +402,8 @@ async def test_checkpoint_with_unreadable_stacks_is_kept_and_classifier_stays_of
     from livestream.config import Class2dSection
     from livestream.metrics import ServiceMetrics
     from livestream.reporting import Reporter
+    from pipelines.simulate.particle_sets import simulate_views, write_particle_set
     from pipelines.simulate.volumes import phantom_volume
-    from tests.pipelines.class2d.class2d_synthetic import (
-        simulate_views,
-        write_particle_set,
-    )
 
     rng = np.random.default_rng(4)
     data = simulate_views(

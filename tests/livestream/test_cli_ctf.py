@@ -14,7 +14,7 @@ import starfile
 
 from livestream.cli import main
 from pipelines.ctf_model import CtfParams
-from tests.pipelines.test_ctf_estimate_synthetic import make_thon_micrograph
+from pipelines.simulate.thon import make_thon_micrograph
 
 OPTICS = ["--pixel-size-a", "1.0", "--voltage-kv", "300", "--cs-mm", "2.7"]
 

@@ -14,7 +14,7 @@ from pipelines.ctf_model import CtfParams, ctf_2d
 from pipelines.ctf_search import make_fit_band, score_candidates
 from pipelines.ctf_spectrum import radial_index
 from pipelines.errors import StageInputError
-from tests.pipelines.test_ctf_estimate_synthetic import make_thon_micrograph
+from pipelines.simulate.thon import make_thon_micrograph
 
 
 def _truth(mean_a: float, astig_a: float, angle_deg: float, **kw: float) -> CtfParams:

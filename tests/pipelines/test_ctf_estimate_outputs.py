@@ -20,7 +20,7 @@ from pipelines.ctf_outputs import (
     write_micrographs_ctf_star,
 )
 from pipelines.errors import StageInputError
-from tests.pipelines.test_ctf_estimate_synthetic import make_thon_micrograph
+from pipelines.simulate.thon import make_thon_micrograph
 
 
 @pytest.fixture(scope="module")

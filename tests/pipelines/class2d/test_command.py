@@ -12,11 +12,8 @@ import pytest
 import starfile
 
 from livestream.cli import main as cli_main
+from pipelines.simulate.particle_sets import simulate_views, write_particle_set
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import (
-    simulate_views,
-    write_particle_set,
-)
 
 
 def _write_star(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:

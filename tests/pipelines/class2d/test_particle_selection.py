@@ -21,8 +21,8 @@ from pipelines.class2d.particle_selection import (
     find_particle_outliers,
     flag_class_outliers,
 )
+from pipelines.simulate.particle_sets import simulate_views
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import simulate_views
 
 N_GOOD, N_AGGREGATE, N_EMPTY = 80, 16, 8
 NEIGHBOUR_OFFSET_PX = 11

@@ -22,8 +22,8 @@ from pipelines.class2d.pose_search import (
 from pipelines.class2d.sampling import build_sampling
 from pipelines.class2d.state import PoseSearch
 from pipelines.errors import StageInputError
+from pipelines.simulate.particle_sets import simulate_views
 from pipelines.simulate.volumes import phantom_volume
-from tests.pipelines.class2d.class2d_synthetic import simulate_views
 
 
 def _complex(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

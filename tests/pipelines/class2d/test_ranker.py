@@ -32,6 +32,7 @@ from pipelines.class2d.ranker import (
     score_classes,
     select_particles,
 )
+from pipelines.simulate.particle_sets import simulate_views
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
@@ -39,7 +40,6 @@ from pipelines.simulate.volumes import (
     phantom_volume,
     rescale_volume,
 )
-from tests.pipelines.class2d.class2d_synthetic import simulate_views
 
 JUNK_KINDS = ("empty", "ice", "carbon", "aggregate")
 SNR = 0.3

@@ -18,18 +18,17 @@ from pipelines.class2d import (
     run_minibatches,
     save_checkpoint,
 )
+from pipelines.simulate.particle_sets import SyntheticSet, simulate_views
+from pipelines.simulate.view_metrics import (
+    aligned_fsc,
+    best_rotated_correlation,
+    fsc_resolution_a,
+)
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
     load_map,
     phantom_volume,
     rescale_volume,
-)
-from tests.pipelines.class2d.class2d_synthetic import (
-    SyntheticSet,
-    aligned_fsc,
-    best_rotated_correlation,
-    fsc_resolution_a,
-    simulate_views,
 )
 
 SMALL = Schedule(n_minibatches=16, initial_min=100, final_min=250)

@@ -1,4 +1,12 @@
-"""Simulated particle stacks with known views, psi, shifts and CTF (test helper)."""
+"""Simulated particle stacks with known views, psi, shifts and CTF, and their RELION
+particle STAR files: the ground truth of the 2D classification tests and benchmarks.
+
+Example::
+
+    data = simulate_views(volume, n_views=4, n_particles=500, pixel_size_a=4.0,
+                          snr=0.3, rng=rng)
+    optics, particles = write_particle_set(folder, "Extract/p.mrcs", data, 4.0)
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from pipelines.class2d import ParticleStack
 from pipelines.ctf_model import CtfParams, ctf_2d
 from pipelines.outputs import write_mrc
 from pipelines.simulate.projection import euler_to_matrix, project
+
+__all__ = ["SyntheticSet", "simulate_views", "write_particle_set"]
 
 
 @dataclass(frozen=True)
@@ -67,56 +77,6 @@ def simulate_views(
         phase_shift_deg=np.zeros(n),
     )
     return SyntheticSet(stack, views, view_index, psi, shift)
-
-
-def best_rotated_correlation(image: np.ndarray, reference: np.ndarray) -> float:
-    """Max normalised cross-correlation over psi (3° steps) and integer shifts."""
-    import scipy.ndimage
-
-    b = (reference - reference.mean()) / reference.std()
-    fb = np.conj(scipy.fft.fft2(b))
-    best = -1.0
-    for angle in np.arange(0, 360, 3.0):
-        a = scipy.ndimage.rotate(image, angle, reshape=False, order=1)
-        a = (a - a.mean()) / (a.std() + 1e-12)
-        cc = scipy.fft.ifft2(scipy.fft.fft2(a) * fb).real / a.size
-        best = max(best, float(cc.max()))
-    return best
-
-
-def aligned_fsc(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """FSC per Fourier ring (ring 0 .. box/2 - 1) between ``reference`` and
-    ``image`` turned (3° steps) and shifted (whole pixels) onto it."""
-    import scipy.ndimage
-
-    b = (reference - reference.mean()) / reference.std()
-    fb = np.conj(scipy.fft.fft2(b))
-    best, best_image = -np.inf, image
-    for angle in np.arange(0, 360, 3.0):
-        a = scipy.ndimage.rotate(image, angle, reshape=False, order=1)
-        a = (a - a.mean()) / (a.std() + 1e-12)
-        cc = scipy.fft.ifft2(scipy.fft.fft2(a) * fb).real
-        peak = np.unravel_index(int(cc.argmax()), cc.shape)
-        if cc[peak] > best:
-            best = float(cc[peak])
-            best_image = np.roll(a, (-peak[0], -peak[1]), axis=(0, 1))
-    f1, f2 = scipy.fft.fft2(best_image), scipy.fft.fft2(b)
-    n = image.shape[0]
-    k = np.fft.fftfreq(n) * n
-    ring = np.rint(np.hypot(k[:, None], k[None, :])).astype(int).ravel()
-    cross = np.bincount(ring, (f1 * np.conj(f2)).real.ravel())
-    p1 = np.bincount(ring, (np.abs(f1) ** 2).ravel())
-    p2 = np.bincount(ring, (np.abs(f2) ** 2).ravel())
-    fsc = cross / np.sqrt(p1 * p2 + 1e-30)
-    return fsc[: n // 2]
-
-
-def fsc_resolution_a(fsc: np.ndarray, box_px: int, pixel_size_a: float) -> float:
-    """Resolution (Å) of the first ring where ``fsc`` falls below 0.5 (Nyquist if
-    it never does)."""
-    below = np.nonzero(fsc[1:] < 0.5)[0]
-    ring = (below[0] + 1) if below.size else len(fsc)
-    return box_px * pixel_size_a / max(int(ring), 1)
 
 
 def write_particle_set(
