@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,18 @@ class Assignment:
 
     def class_counts(self, n_classes: int) -> np.ndarray:
         return np.bincount(self.class_index, minlength=n_classes)
+
+    def relion_table(self, particles_table: Any, pixel_size_a: float) -> Any:
+        """A copy of the particles DataFrame with RELION's Class2D columns:
+        ``rlnClassNumber`` (1-based), ``rlnAnglePsi``, ``rlnOriginX/YAngst``
+        (``-shift_px`` in Å) and ``rlnMaxValueProbDistribution``."""
+        table = particles_table.copy()
+        table["rlnClassNumber"] = self.class_index + 1
+        table["rlnAnglePsi"] = self.psi_deg
+        table["rlnOriginXAngst"] = -self.shift_px[:, 0] * pixel_size_a
+        table["rlnOriginYAngst"] = -self.shift_px[:, 1] * pixel_size_a
+        table["rlnMaxValueProbDistribution"] = self.max_probability
+        return table
 
 
 def assign_particles(

@@ -82,12 +82,7 @@ def write_class2d_outputs(
         out / f"{root}_model.star",
         {"model_general": general, "model_classes": model},
     )
-    table = particles_table.copy()
-    table["rlnClassNumber"] = assignment.class_index + 1
-    table["rlnAnglePsi"] = assignment.psi_deg
-    table["rlnOriginXAngst"] = -assignment.shift_px[:, 0] * config.pixel_size_a
-    table["rlnOriginYAngst"] = -assignment.shift_px[:, 1] * config.pixel_size_a
-    table["rlnMaxValueProbDistribution"] = assignment.max_probability
+    table = assignment.relion_table(particles_table, config.pixel_size_a)
     data_path = write_star(
         out / f"{root}_data.star", {"optics": optics, "particles": table}
     )

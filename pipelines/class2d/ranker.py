@@ -197,11 +197,6 @@ def select_particles(
         raise StageInputError(
             path, "data_particles", len(particles_table), f"need {n} rows"
         )
-    table = particles_table.copy()
-    table["rlnClassNumber"] = assignment.class_index + 1
-    table["rlnAnglePsi"] = assignment.psi_deg
-    table["rlnOriginXAngst"] = -assignment.shift_px[:, 0] * config.pixel_size_a
-    table["rlnOriginYAngst"] = -assignment.shift_px[:, 1] * config.pixel_size_a
-    table["rlnMaxValueProbDistribution"] = assignment.max_probability
+    table = assignment.relion_table(particles_table, config.pixel_size_a)
     keep = ranking.selected_particles(assignment)
     return write_star(path, {"optics": optics, "particles": table[keep]})
