@@ -20,9 +20,9 @@ import time
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_estimate import estimate_ctf
-from pipelines.ctf_model import CtfParams
-from pipelines.ctf_spectrum import tile_starts
+from pipelines.ctf.estimate import estimate_ctf
+from pipelines.ctf.model import CtfParams
+from pipelines.ctf.spectrum import tile_starts
 from pipelines.simulate.thon import make_thon_micrograph
 
 TILE_PX = 512

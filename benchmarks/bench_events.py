@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_events.py [--small]
 
 Starts mosquitto on a free loopback port, subscribes to the session's exposure
-topic, publishes N exposure events through :class:`livestream.mqtt.EventPublisher`
+topic, publishes N exposure events through :class:`livestream.telemetry.mqtt.EventPublisher`
 (stamp + JSON + outbox + QoS 1 with PUBACK) and reports messages per second and the
 latency from ``publish_exposure`` to the subscriber. The lower bound, measured in
 the same run: a bare aiomqtt client publishing the same pre-encoded payloads with
@@ -28,9 +28,14 @@ from pathlib import Path
 
 import aiomqtt
 
-from livestream.events import EventKind, encode_event, exposure_payload, stamp_event
-from livestream.metrics import ServiceMetrics
-from livestream.mqtt import EventPublisher, MqttSettings
+from livestream.telemetry.events import (
+    EventKind,
+    encode_event,
+    exposure_payload,
+    stamp_event,
+)
+from livestream.telemetry.metrics import ServiceMetrics
+from livestream.telemetry.mqtt import EventPublisher, MqttSettings
 
 SESSION = "bench"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from pipelines.extract import downscaled_box_px, extract_particles
-from pipelines.outputs import write_mrc
-from pipelines.picks import Picks
+from pipelines.extraction.extract import downscaled_box_px, extract_particles
+from pipelines.io.outputs import write_mrc
+from pipelines.picking.picks import Picks
 
 
 def main() -> None:

@@ -26,12 +26,12 @@ import mrcfile
 import numpy as np
 import scipy.fft
 
-from pipelines.motion_correct import DAMAGE_BFACTOR_PX2, align_global, prepare_frames
-from pipelines.motion_dose import DamageModel, frame_exposures_e_per_a2
-from pipelines.motion_local import align_patches
-from pipelines.motion_sum import power_spectrum, sum_frames
-from pipelines.movie_io import read_movie
-from pipelines.outputs import write_mrc
+from pipelines.io.movies import read_movie
+from pipelines.io.outputs import write_mrc
+from pipelines.motion.correct import DAMAGE_BFACTOR_PX2, align_global, prepare_frames
+from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
+from pipelines.motion.local import align_patches
+from pipelines.motion.summing import power_spectrum, sum_frames
 
 
 def make_movie_file(

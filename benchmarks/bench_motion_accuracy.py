@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from pipelines.motion_correct import align_global, correct_motion, prepare_frames
-from pipelines.motion_local import evaluate_local_model
+from pipelines.motion.correct import align_global, correct_motion, prepare_frames
+from pipelines.motion.local import evaluate_local_model
 from pipelines.simulate.micrograph import MicrographParams
 from pipelines.simulate.movie import MovieParams, simulate_movie
 

@@ -24,10 +24,10 @@ import time
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams
-from pipelines.pick_blob import pick_blob
-from pipelines.pick_filters import downscale_shape
-from pipelines.pick_template import DEFAULT_ANGLES_DEG, pick_template
+from pipelines.ctf.model import CtfParams
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.filters import downscale_shape
+from pipelines.picking.template import DEFAULT_ANGLES_DEG, pick_template
 
 DIAMETER_A = 250.0
 

@@ -32,9 +32,9 @@ import numpy as np
 
 from livestream.config import ServiceConfig, load_config
 from livestream.daemon import run_service
-from livestream.microscope import MicroscopeSettings, SimulatedMicroscope
-from livestream.reporting import EventType, ServiceEvent
-from livestream.stages import StageTask, run_stage
+from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.stages.registry import StageTask, run_stage
+from livestream.telemetry.reporting import EventType, ServiceEvent
 
 SETTLE_S = 0.05
 

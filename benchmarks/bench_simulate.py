@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams
+from pipelines.ctf.model import CtfParams
 from pipelines.simulate.micrograph import MicrographParams, build_specimen
 from pipelines.simulate.movie import MovieParams, simulate_movie
 from pipelines.simulate.volumes import phantom_volume

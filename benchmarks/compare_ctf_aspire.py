@@ -1,4 +1,4 @@
-"""Compare ``pipelines.ctf_estimate`` with ASPIRE's ``estimate_ctf`` (not a test).
+"""Compare ``pipelines.ctf.estimate`` with ASPIRE's ``estimate_ctf`` (not a test).
 
 ASPIRE lives in its own virtual environment so that it cannot disturb the project's::
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from pipelines.ctf_estimate import estimate_ctf
-from pipelines.ctf_model import CtfParams
-from pipelines.ctf_search import make_fit_band, score_candidates
-from pipelines.ctf_spectrum import (
+from pipelines.ctf.estimate import estimate_ctf
+from pipelines.ctf.model import CtfParams
+from pipelines.ctf.search import make_fit_band, score_candidates
+from pipelines.ctf.spectrum import (
     average_amplitude_spectrum,
     radial_index,
     subtract_background,

@@ -6,7 +6,7 @@ Micrographs are simulated (:mod:`pipelines.simulate`) from the real 70S ribosome
 map in ``../shared/data/real`` at 5 Å/px (about 250 Å across), with random poses and
 the CTF at 1, 2 and 3 µm defocus, without ice texture; white Gaussian noise is then
 added for a per-particle SNR of 0.1, 0.075 and 0.05 (``--snr``), where the SNR is the
-conventional one (:mod:`pipelines.pick_snr`): the variance of the noise-free image
+conventional one (:mod:`pipelines.picking.snr`): the variance of the noise-free image
 after the CTF in the map's own 65 px (325 Å) box about each particle, over the noise
 variance.  A pick counts when it lies within 0.2 x 250 Å of a true centre (greedy
 one-to-one matching).  Pickers: our blob picker (200-300 Å, CTF-matched local
@@ -31,11 +31,11 @@ import mrcfile
 import numpy as np
 from scipy.spatial import cKDTree
 
-from pipelines.ctf_model import CtfParams
-from pipelines.pick_blob import pick_blob
-from pipelines.pick_snr import noise_sd_for_snr
-from pipelines.pick_template import pick_template
-from pipelines.picks import Picks
+from pipelines.ctf.model import CtfParams
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.picks import Picks
+from pipelines.picking.snr import noise_sd_for_snr
+from pipelines.picking.template import pick_template
 from pipelines.simulate.micrograph import MicrographParams, simulate_micrograph
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map

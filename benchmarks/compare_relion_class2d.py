@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from pipelines.particles_star import write_particles_star
+from pipelines.io.particles_star import write_particles_star
 from pipelines.simulate.particle_sets import (
     SyntheticSet,
     simulate_views,
@@ -58,7 +58,7 @@ from pipelines.simulate.volumes import (
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_REL = "Extract/particles.mrcs"
-LIVESTREAM_MAIN = "import sys; from livestream.cli import main; sys.exit(main())"
+LIVESTREAM_MAIN = "import sys; from livestream.cli.main import main; sys.exit(main())"
 MICROGRAPHS = 20
 # the VDAM Class2D job RELION 4's GUI writes (pipeline_jobs.cpp); 6° / 1 px fine
 # sampling after one level of adaptive oversampling
@@ -296,7 +296,7 @@ def git_state() -> str:
             "status",
             "--porcelain",
             "pipelines/class2d",
-            "livestream/commands/class2d.py",
+            "livestream/cli/class2d.py",
         ],
         capture_output=True,
         text=True,

@@ -175,7 +175,7 @@ class StagesConfig(BaseModel):
 
 
 class Class2dSection(_Section):
-    """The online 2D classifier (:mod:`livestream.class2d_live`); docs/class2d.md."""
+    """The online 2D classifier (:mod:`livestream.class2d.live`); docs/class2d.md."""
 
     enabled: bool = True
     job: str = Field(default="Class2D/job007", min_length=1)
@@ -263,7 +263,7 @@ def load_config(
         config = ServiceConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
-    from livestream.stages import validate_stage_params
+    from livestream.stages.registry import validate_stage_params
 
     try:
         validate_stage_params(config.stages)

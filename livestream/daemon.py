@@ -6,13 +6,13 @@ MQTT and the executor, and tells systemd READY.  The main loop is a named
 feed and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
-``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d_live`,
+``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,
 when ``[class2d]`` is enabled and the chain extracts particles) finishes its
 mini-batch and checkpoints, and the function returns 0.  A second signal exits at
 once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
 SIGHUP sets the ``reload`` event: the config file is read again and changed
 curation thresholds re-evaluate every past exposure
-(:mod:`livestream.curation_reload`).
+(:mod:`livestream.curation.reload`).
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from livestream.class2d_live import Class2dLive, class2d_for, drain_class2d
+from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
-from livestream.curation_reload import CurationReload
-from livestream.executors import DaskExecutor, LocalExecutor, create_executor
-from livestream.intake import Intake
-from livestream.job_index import JobIndex, index_targets
-from livestream.ledger import Ledger
-from livestream.reconcile import ReconcileReport, reconcile_ledger
-from livestream.reporting import Listener, Reporter
-from livestream.scheduler import Scheduler, SchedulerSettings
-from livestream.stages import Chain, build_chain
-from livestream.watcher import SessionWatcher
+from livestream.curation.reload import CurationReload
+from livestream.intake.pairing import Intake
+from livestream.intake.watcher import SessionWatcher
+from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
+from livestream.ledger.store import Ledger
+from livestream.project.job_index import JobIndex, index_targets
+from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
+from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
+from livestream.stages.registry import Chain, build_chain
+from livestream.telemetry.reporting import Listener, Reporter
 
 __all__ = ["EXIT_FORCED", "ServiceHandle", "run_service", "summarize_ledger"]
 

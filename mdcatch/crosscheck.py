@@ -3,8 +3,8 @@
 Example::
 
     from mdcatch.crosscheck import reconcile
-    from mdcatch.headers import read_movie_header
-    from mdcatch.profiles import load_profiles
+    from mdcatch.headers.movie import read_movie_header
+    from mdcatch.profiles.detectors import load_profiles
     exposure = reconcile(exposure, read_movie_header(exposure.movie_path), load_profiles())
     for warning in exposure.warnings:
         print(warning)
@@ -34,7 +34,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from mdcatch.errors import MetadataError
-from mdcatch.profiles import DetectorProfile, Profiles
+from mdcatch.profiles.detectors import DetectorProfile, Profiles
 from mdcatch.records import CameraMode, Exposure, MovieFormat, MovieHeader, Optics
 
 __all__ = ["DEFAULT_CS_MM", "reconcile"]

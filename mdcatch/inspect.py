@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from mdcatch.crosscheck import reconcile
-from mdcatch.epu import read_epu_exposure
-from mdcatch.epu_session import scan_epu_session
+from mdcatch.epu.exposure import read_epu_exposure
+from mdcatch.epu.session import scan_epu_session
 from mdcatch.errors import MetadataError
-from mdcatch.headers import read_movie_header
+from mdcatch.headers.movie import read_movie_header
 from mdcatch.matching import exposure_stem, is_movie_name
-from mdcatch.profiles import Profiles, load_profiles
+from mdcatch.profiles.detectors import Profiles, load_profiles
 from mdcatch.records import Exposure, MovieHeader, Session, Software
-from mdcatch.serialem import read_mdoc, scan_serialem_session
+from mdcatch.serialem.mdoc import read_mdoc, scan_serialem_session
 
 __all__ = ["Inspection", "exposure_to_json", "inspect_path", "session_to_json"]
 

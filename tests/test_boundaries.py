@@ -27,6 +27,6 @@ def test_importing_a_package_pulls_in_no_service_machinery(package: str) -> None
 
 
 def test_import_has_no_side_effects_on_the_working_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    code = "import mdcatch, pipelines, livestream, livestream.cli"
+    code = "import mdcatch, pipelines, livestream, livestream.cli.main"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ import scipy.fft
 
 from pipelines.class2d import _kernels
 from pipelines.class2d.sampling import PoseSampling
-from pipelines.ctf_model import CtfParams, ctf_phase
+from pipelines.ctf.model import CtfParams, ctf_phase
 from pipelines.errors import StageInputError
 
 __all__ = [
@@ -140,8 +140,8 @@ def ctf_stack(
 ) -> np.ndarray:
     """Per-particle CTFs ``(n, P)`` float32 at the sampled pixels.
 
-    The same formula as :func:`pipelines.ctf_model.ctf_2d` (it calls its
-    :func:`~pipelines.ctf_model.ctf_phase` with per-particle columns).
+    The same formula as :func:`pipelines.ctf.model.ctf_2d` (it calls its
+    :func:`~pipelines.ctf.model.ctf_phase` with per-particle columns).
     """
     du = np.asarray(defocus_u_a, dtype=np.float64).reshape(-1, 1)
     params: Any = CtfParams(

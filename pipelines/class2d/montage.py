@@ -19,7 +19,7 @@ import numpy as np
 from pipelines.class2d.ranker import ClassRanking
 from pipelines.class2d.state import Class2dState
 from pipelines.errors import StageInputError
-from pipelines.outputs import write_bytes_atomic
+from pipelines.io.outputs import write_bytes_atomic
 
 __all__ = ["class2d_payload", "render_class_montage", "write_class_montage"]
 

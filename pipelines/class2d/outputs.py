@@ -12,7 +12,7 @@ from pipelines.class2d.assignment import Assignment
 from pipelines.class2d.ranker import ClassRanking
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.class2d.vdam import class_resolution_a
-from pipelines.outputs import write_mrc, write_star
+from pipelines.io.outputs import write_mrc, write_star
 
 __all__ = ["Class2dOutputs", "write_class2d_outputs"]
 

@@ -36,7 +36,7 @@ from pipelines.class2d import _selection_kernels
 from pipelines.class2d.assignment import Assignment
 from pipelines.class2d.particles import ParticleStack
 from pipelines.class2d.state import Class2dConfig
-from pipelines.ctf_model import CtfParams, ctf_phase, frequency_grid
+from pipelines.ctf.model import CtfParams, ctf_phase, frequency_grid
 from pipelines.errors import StageInputError
 
 __all__ = [

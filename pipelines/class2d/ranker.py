@@ -48,7 +48,7 @@ from pipelines.class2d.particle_selection import (
 from pipelines.class2d.particles import ParticleStack
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.errors import StageInputError
-from pipelines.outputs import write_star
+from pipelines.io.outputs import write_star
 
 __all__ = [
     "DEFAULT_PARTICLE_OUTLIER_MAD",

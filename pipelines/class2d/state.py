@@ -19,7 +19,7 @@ import numpy as np
 
 from pipelines.class2d.schedule import Schedule
 from pipelines.errors import StageInputError
-from pipelines.outputs import atomic_path
+from pipelines.io.outputs import atomic_path
 
 __all__ = [
     "Class2dConfig",

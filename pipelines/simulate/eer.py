@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from pipelines.errors import StageInputError
-from pipelines.outputs import atomic_path
+from pipelines.io.outputs import atomic_path
 from pipelines.simulate import _eer_kernels
 
 __all__ = [

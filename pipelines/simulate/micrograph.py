@@ -7,7 +7,7 @@ Image formation (weak phase object, per unit dose):
 ``phi`` is the projected phase (particles, amorphous ice and carbon texture,
 contamination), ``T`` the transmission after inelastic loss
 ``exp(-thickness / mean free path)``, ``D`` radiation damage, ``MTF`` the detector.
-``-ctf`` makes particles dark, as in a raw micrograph (see :mod:`pipelines.ctf_model`).
+``-ctf`` makes particles dark, as in a raw micrograph (see :mod:`pipelines.ctf.model`).
 The CTF is the micrograph's (every particle's truth carries the same defocus).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.ctf.model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
 from pipelines.simulate import _projection_kernels
 from pipelines.simulate.optics import critical_exposure_e_per_a2, mtf_2d

@@ -1,6 +1,6 @@
 """Optics and detector response: CTF, detector MTF, radiation damage by dose.
 
-- CTF: :mod:`pipelines.ctf_model` (RELION conventions).  A raw micrograph has dark
+- CTF: :mod:`pipelines.ctf.model` (RELION conventions).  A raw micrograph has dark
   particles, so the simulator forms contrast with ``-ctf`` (:func:`apply_ctf`).
 - MTF: RELION MTF STAR files (``rlnResolutionInversePixel``, ``rlnMtfValue``; the
   frequency is in 1/pixel, Nyquist = 0.5) read by :func:`read_mtf`.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams, ctf_2d, frequency_grid
+from pipelines.ctf.model import CtfParams, ctf_2d, frequency_grid
 from pipelines.errors import StageInputError
 
 __all__ = [

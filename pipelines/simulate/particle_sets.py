@@ -18,8 +18,8 @@ import pandas as pd
 import scipy.fft
 
 from pipelines.class2d import ParticleStack
-from pipelines.ctf_model import CtfParams, ctf_2d
-from pipelines.outputs import write_mrc
+from pipelines.ctf.model import CtfParams, ctf_2d
+from pipelines.io.outputs import write_mrc
 from pipelines.simulate.projection import euler_to_matrix, project
 
 __all__ = ["SyntheticSet", "simulate_views", "write_particle_set"]

@@ -1,6 +1,6 @@
 """Synthetic Thon-ring micrographs with a known CTF (CTF tests and benchmarks): a
 white "specimen" with a 1/f-like falloff, multiplied in Fourier space by the CTF of
-``pipelines.ctf_model``, damped by a B-factor, plus a CTF-free structured background
+``pipelines.ctf.model``, damped by a B-factor, plus a CTF-free structured background
 (falling spectrum), a smooth ice gradient, and Poisson shot noise at the given dose.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.ctf.model import CtfParams, ctf_2d
 
 __all__ = ["make_thon_micrograph"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.ctf_model import CtfParams
+from pipelines.ctf.model import CtfParams
 from pipelines.simulate.projection import euler_to_matrix
 
 __all__ = ["CarbonEdge", "ContaminationBlob", "MicrographTruth", "ParticleTruth"]

@@ -9,7 +9,7 @@
   ``eer_subframes_per_frame`` sub-frames (needs ``rng``).
 
 Every file is written to a temporary name, fsynced and renamed
-(:func:`pipelines.outputs.atomic_path`).  Reading is :func:`pipelines.movie_io.read_movie`.
+(:func:`pipelines.io.outputs.atomic_path`).  Reading is :func:`pipelines.io.movies.read_movie`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from mdcatch.records import MovieFormat
 from pipelines.errors import StageInputError
-from pipelines.outputs import atomic_path
+from pipelines.io.outputs import atomic_path
 from pipelines.simulate.eer import split_counts_into_subframes, write_eer
 
 __all__ = ["MovieFormat", "write_gain_reference", "write_movie"]

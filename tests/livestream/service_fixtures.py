@@ -19,8 +19,8 @@ import numpy as np
 
 from livestream.config import ServiceConfig, load_config
 from livestream.daemon import run_service
-from livestream.microscope import MicroscopeSettings, SimulatedMicroscope
-from livestream.reporting import EventType, ServiceEvent
+from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.telemetry.reporting import EventType, ServiceEvent
 from mdcatch.records import Software
 
 NOOP_CHAIN: dict[str, Any] = {
@@ -172,7 +172,7 @@ def start_service(config_file: Path, log_file: Path) -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-m",
-                "livestream.cli",
+                "livestream.cli.main",
                 "run",
                 "--config",
                 str(config_file),

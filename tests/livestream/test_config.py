@@ -74,8 +74,8 @@ def test_polling_accepts_toml_booleans(tmp_path: Path) -> None:
 
 
 def test_run_flags_override_the_file(tmp_path: Path) -> None:
-    from livestream.cli import build_parser
-    from livestream.commands.run import config_from_args
+    from livestream.cli.main import build_parser
+    from livestream.cli.run import config_from_args
 
     path = tmp_path / "live.toml"
     path.write_text('[workers]\nn_processes = 8\n[session]\npath = "/from/file"\n')

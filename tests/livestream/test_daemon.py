@@ -109,7 +109,7 @@ async def test_metrics_scraped_over_http_agree_with_the_ledger(tmp_path: Path) -
     import urllib.request
 
     from livestream.daemon import ServiceHandle, run_service
-    from livestream.reporting import EventType, ServiceEvent
+    from livestream.telemetry.reporting import EventType, ServiceEvent
 
     session, movies, _ = write_session(tmp_path, 4)
     xml = sorted(session.rglob("FoilHole_*.xml"))[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from livestream.cli import main
+from livestream.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_demo_processes_every_exposure_and_status_reads_the_project(
     project = tmp_path / "demo-project"
     result = subprocess.run(
         [
-            sys.executable, "-m", "livestream.cli", "demo",
+            sys.executable, "-m", "livestream.cli.main", "demo",
             "--exposures", "2", "--interval-s", "0.2", "--size-px", "512",
             "--workers", "1", "--metrics-port", "0", "--project", str(project),
         ],

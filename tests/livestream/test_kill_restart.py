@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livestream.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
 from tests.livestream.service_fixtures import (
     count_states,
     service_config,

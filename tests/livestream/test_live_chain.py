@@ -14,7 +14,7 @@ import pytest
 import starfile
 
 from livestream.config import ServiceConfig
-from livestream.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
 from tests.livestream.service_fixtures import run_until_settled, service_config
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,7 @@ async def test_live_session_makes_a_relion_project(tmp_path: Path) -> None:
 def test_curation_decisions_and_failed_rules_are_counted() -> None:
     from prometheus_client import CollectorRegistry
 
-    from livestream.curation_metrics import CurationMetrics
+    from livestream.curation.metrics import CurationMetrics
 
     registry = CollectorRegistry()
     metrics = CurationMetrics(registry)

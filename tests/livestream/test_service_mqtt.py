@@ -12,11 +12,16 @@ import asyncio
 from pathlib import Path
 
 from livestream.daemon import run_service
-from livestream.reporting import EventType, ServiceEvent
-
-from .conftest import MosquittoBroker
-from .service_fixtures import ledger_rows, service_config, write_session
-from .test_mqtt import Received, exposure_ids, stop, subscribe, wait_for
+from livestream.telemetry.reporting import EventType, ServiceEvent
+from tests.livestream.conftest import MosquittoBroker
+from tests.livestream.service_fixtures import ledger_rows, service_config, write_session
+from tests.livestream.telemetry.test_mqtt import (
+    Received,
+    exposure_ids,
+    stop,
+    subscribe,
+    wait_for,
+)
 
 
 async def test_events_survive_a_broker_outage_during_a_live_session(

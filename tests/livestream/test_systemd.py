@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from livestream.config import load_config
-
-from .conftest import require_tool
+from tests.livestream.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "livestream@.service"

@@ -15,8 +15,8 @@ import pytest
 import starfile
 
 from mdcatch.cli import main
-from mdcatch.epu import read_epu_exposure
-from mdcatch.epu_writer import epu_exposure_relpath, write_epu_exposure_xml
+from mdcatch.epu.exposure import read_epu_exposure
+from mdcatch.epu.writer import epu_exposure_relpath, write_epu_exposure_xml
 
 REQUIRED = {
     "movie_path",

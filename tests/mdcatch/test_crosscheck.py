@@ -17,8 +17,8 @@ from mdcatch import (
     Software,
 )
 from mdcatch.crosscheck import reconcile
-from mdcatch.profiles import Profiles, load_profiles
-from mdcatch.serialem import read_mdoc
+from mdcatch.profiles.detectors import Profiles, load_profiles
+from mdcatch.serialem.mdoc import read_mdoc
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipelines.motion_dose import critical_exposure_e_per_a2
+from pipelines.motion.dose import critical_exposure_e_per_a2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,7 @@ import scipy.fft
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.ctf.model import CtfParams, ctf_2d
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

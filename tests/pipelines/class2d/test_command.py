@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import starfile
 
-from livestream.cli import main as cli_main
+from livestream.cli.main import main as cli_main
 from pipelines.simulate.particle_sets import simulate_views, write_particle_set
 from pipelines.simulate.volumes import phantom_volume
 

@@ -26,7 +26,7 @@ from pipelines.class2d.schedule import (
     minibatch_size,
     step_size,
 )
-from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.ctf.model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from pipelines.ctf_model import CtfParams, ctf_2d
+from pipelines.ctf.model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
 from pipelines.simulate.micrograph import MicrographParams, simulate_micrograph
 from pipelines.simulate.optics import (

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from pipelines.errors import StageInputError
-from pipelines.movie_io import read_movie
+from pipelines.io.movies import read_movie
 from pipelines.simulate.eer import (
     EER_COMPRESSION,
     encode_eer_frame,

@@ -1,0 +1,98 @@
+"""Re-evaluate the curation of a project's exposures with new thresholds.
+
+Example::
+
+    livestream curate --project /data/cm40593-1 --config krios1.toml --json
+
+Every exposure that was curated is decided again from the figures in the ledger
+(no reprocessing) with the ``[stages.<curate>]`` thresholds of ``--config``.  The
+decisions go into the ledger (curate rows' figures, the ``curation_thresholds``
+table), the decision files, ``Select/job004/micrographs_selected.star`` and the
+particle pool.  Newly accepted exposures, whose picking was skipped, get pending
+pick/extract rows: the next ``livestream run`` processes them.  Do not run it on a
+project while its service runs; send the service SIGHUP (``systemctl reload``)
+instead.  Prints the counts and the rejection reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_args", "main", "recurate_project"]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--config", type=Path, required=True, help="TOML config")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def recurate_project(project: Path, config_path: Path) -> dict[str, Any]:
+    """Re-evaluate ``project`` with the curation thresholds of ``config_path``."""
+    from livestream.config import ConfigError, load_config
+    from livestream.curation.live import (
+        reevaluate_curation,
+        reopen_skipped,
+        write_decision_files,
+    )
+    from livestream.ledger.store import Ledger
+    from livestream.project.job_index import JobIndex, index_targets
+    from livestream.stages.registry import build_chain
+
+    config = load_config(config_path, {"project": {"path": project}})
+    chain = build_chain(config.stages)
+    curate = [link for link in chain.links if link.kind == "curate"]
+    if not curate:
+        raise ConfigError(f"{config_path}: key 'stages.chain': no stage of kind curate")
+    link = curate[0]
+    later = chain.names[chain.names.index(link.name) + 1 :]
+    ledger = Ledger(config.ledger_path)
+    try:
+        with ledger.transaction() as db:
+            result = reevaluate_curation(db, link.params, curate_stage=link.name)
+            reopened = reopen_skipped(db, result.newly_accepted, later)
+    finally:
+        ledger.close()
+    job = str(link.params.get("job", "Select/job004"))
+    write_decision_files(project, job, result.changed, result.version)
+    JobIndex(config.ledger_path, project, index_targets(chain)).write_all()
+    return {
+        "project": str(project),
+        "thresholds_version": result.version,
+        "curation": result.counts.as_json(),
+        "newly_accepted": list(result.newly_accepted),
+        "newly_rejected": list(result.newly_rejected),
+        "reopened": reopened,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from livestream.config import ConfigError
+
+    ledger = args.project / "livestream.sqlite"
+    if not ledger.is_file():
+        print(f"livestream curate: no ledger at {ledger}", file=sys.stderr)
+        return 1
+    try:
+        report = recurate_project(args.project, args.config)
+    except ConfigError as exc:
+        print(f"livestream curate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    counts = report["curation"]
+    print(
+        f"thresholds version {report['thresholds_version']}: "
+        f"{counts['accepted']} accepted, {counts['rejected']} rejected; "
+        f"{len(report['newly_accepted'])} newly accepted "
+        f"({len(report['reopened'])} to pick on the next run), "
+        f"{len(report['newly_rejected'])} newly rejected"
+    )
+    for figure, n in counts["reasons"].items():
+        print(f"  {figure:<24} {n:>6}")
+    return 0

@@ -1,0 +1,59 @@
+"""The ``livestream`` command line: one sub-command per module in ``livestream/cli/``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from livestream import __version__
+from livestream.cli import class2d, ctf, curate, extract, motion, pick, run, status
+from livestream.demo import command as demo_command
+
+# name -> command module; each has a docstring (its help), add_args(parser) and
+# main(args) -> int.
+COMMANDS: dict[str, ModuleType] = {
+    "run": run,
+    "status": status,
+    "demo": demo_command,
+    "motion": motion,
+    "ctf": ctf,
+    "pick": pick,
+    "extract": extract,
+    "class2d": class2d,
+    "curate": curate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livestream",
+        description="Live cryo-EM processing beside the microscope.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"livestream {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_args(command)
+        command.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args._main(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Pick particles in micrographs (blob/LoG picker, or templates with --templates).
+
+Example:
+    livestream pick MotionCorr/job002/Movies/*.mrc --pixel-size-a 1.06 \\
+        --diameter-a 180 260 --json > picks.jsonl
+    livestream pick mic.mrc --pixel-size-a 1.06 --diameter-a 180 260 \\
+        --templates Class2D/job010/run_it025_classes.mrcs --defocus-a 15000 14500 30 \\
+        --out AutoPick/job006
+
+Without --templates (or --templates-volume) the blob picker runs: a multi-scale
+Laplacian of Gaussian with a threshold in standard deviations (--threshold-sd).
+The template picker correlates 2D templates (class averages, white particles) or
+projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
+peaks by target-decoy counting (--max-false-rate) unless --min-ncc or
+--threshold-sd is given.  With --json, one object per micrograph on stdout:
+{"micrograph", "picker", "pixel_size_a", "n_picks", "picks": [{"x_px", "y_px",
+"score", "power", "diameter_a"}]} in the micrograph's own pixels (x = column, y =
+row).  With --out, a RELION coordinate STAR <stem>_autopick.star per micrograph.
+Exit status 1 when any micrograph could not be processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.ctf.model import CtfParams
+from pipelines.errors import StageInputError
+from pipelines.io.micrographs import read_micrograph
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.picks import Picks, picks_to_dicts, write_picks_star
+from pipelines.picking.template import pick_template
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("micrographs", nargs="+", type=Path, metavar="MICROGRAPH")
+    parser.add_argument("--pixel-size-a", type=float, required=True)
+    parser.add_argument(
+        "--diameter-a", type=float, nargs=2, required=True, metavar=("MIN", "MAX")
+    )
+    parser.add_argument("--templates", type=Path, help="MRC stack of 2D templates")
+    parser.add_argument("--templates-volume", type=Path, help="3D map to project")
+    parser.add_argument("--template-pixel-size-a", type=float)
+    parser.add_argument(
+        "--n-views", type=int, default=100, help="projections of the map (100)"
+    )
+    parser.add_argument(
+        "--defocus-a",
+        type=float,
+        nargs=3,
+        metavar=("U", "V", "ANGLE"),
+        help="CTF of the micrographs (template picker); omit for no CTF",
+    )
+    parser.add_argument("--voltage-kv", type=float, default=300.0)
+    parser.add_argument("--cs-mm", type=float, default=2.7)
+    parser.add_argument("--amplitude-contrast", type=float, default=0.1)
+    parser.add_argument("--threshold-sd", type=float)
+    parser.add_argument("--min-ncc", type=float)
+    parser.add_argument(
+        "--max-false-rate",
+        type=float,
+        default=0.025,
+        help="target-decoy false-pick rate that sets the NCC threshold (0.025)",
+    )
+    parser.add_argument("--edge-px", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="for the map's views")
+    parser.add_argument("--json", action="store_true", help="one JSON line per input")
+    parser.add_argument("--out", type=Path, help="folder for coordinate STAR files")
+
+
+def _templates(args: argparse.Namespace) -> tuple[np.ndarray | None, float]:
+    """The template stack and its pixel size, or None for the blob picker."""
+    if args.templates is not None:
+        stack, header_px = read_stack(args.templates)
+        return stack, args.template_pixel_size_a or header_px or args.pixel_size_a
+    if args.templates_volume is not None:
+        from pipelines.simulate.projection import project, random_rotations
+        from pipelines.simulate.volumes import load_map
+
+        volume, map_px = load_map(args.templates_volume)
+        rng = np.random.default_rng(args.seed)
+        views = project(volume, random_rotations(args.n_views, rng))
+        return np.asarray(
+            views
+        ), args.template_pixel_size_a or map_px or args.pixel_size_a
+    return None, args.pixel_size_a
+
+
+def read_stack(path: Path) -> tuple[np.ndarray, float]:
+    """``(n, box, box)`` float32 images of an MRC stack and the header pixel size."""
+    import mrcfile
+
+    try:
+        with mrcfile.open(path, permissive=True) as mrc:
+            data = np.asarray(mrc.data, dtype=np.float32)
+            pixel = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise StageInputError(path, "mrc", None, f"cannot read: {exc}") from exc
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or data.shape[-1] != data.shape[-2]:
+        raise StageInputError(path, "shape", data.shape, "need (n, box, box) templates")
+    return data, pixel
+
+
+def _pick_one(
+    path: Path,
+    args: argparse.Namespace,
+    templates: np.ndarray | None,
+    template_px: float,
+    ctf: CtfParams | None,
+) -> Picks:
+    image, _ = read_micrograph(path)
+    d_min, d_max = sorted(args.diameter_a)
+    if templates is None:
+        return pick_blob(
+            image,
+            pixel_size_a=args.pixel_size_a,
+            diameter_range_a=(d_min, d_max),
+            threshold_sd=4.5 if args.threshold_sd is None else args.threshold_sd,
+            edge_px=args.edge_px,
+            ctf=ctf,  # with a CTF the blob picker works on CTF-weighted local energy
+        )
+    return pick_template(
+        image,
+        templates,
+        pixel_size_a=args.pixel_size_a,
+        diameter_a=0.5 * (d_min + d_max),
+        ctf=ctf,
+        template_pixel_size_a=template_px,
+        threshold_sd=args.threshold_sd,
+        min_ncc=args.min_ncc,
+        max_false_rate=args.max_false_rate,
+        edge_px=args.edge_px,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    templates, template_px = _templates(args)
+    ctf = None
+    if args.defocus_a is not None:
+        u, v, angle = args.defocus_a
+        ctf = CtfParams(
+            defocus_u_a=u,
+            defocus_v_a=v,
+            astigmatism_angle_deg=angle,
+            voltage_kv=args.voltage_kv,
+            cs_mm=args.cs_mm,
+            amplitude_contrast=args.amplitude_contrast,
+        )
+    failed = 0
+    for path in args.micrographs:
+        try:
+            picks = _pick_one(path, args, templates, template_px, ctf)
+        except StageInputError as exc:
+            failed += 1
+            print(f"livestream pick: {exc}", file=sys.stderr)
+            continue
+        if args.out is not None:
+            write_picks_star(args.out / f"{path.stem}_autopick.star", picks)
+        if args.json:
+            record: dict[str, Any] = {
+                "micrograph": str(path),
+                "picker": "blob" if templates is None else "template",
+                "pixel_size_a": args.pixel_size_a,
+                "n_picks": len(picks),
+                "picks": picks_to_dicts(picks),
+            }
+            print(json.dumps(record))
+        else:
+            print(f"{path}: {len(picks)} picks")
+    return 1 if failed else 0

@@ -1,0 +1,149 @@
+"""Show what the service has done: counts per stage and state, failures, throughput.
+
+Example::
+
+    livestream status --project /data/cm40593-1
+    livestream status --project /data/cm40593-1 --json | jq .exposures
+
+Reads the ledger ``<project>/livestream.sqlite`` without writing to it; works while
+the service runs.  With a curation stage it also shows how many exposures are
+accepted and rejected and the most frequent rejection reasons; with the online 2D
+classifier, its latest snapshot (mini-batches, particles seen, active and selected
+classes, best resolution, montage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_args", "main", "read_status"]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=Path, default=Path("demo-project"))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--failures", type=int, default=20, help="failures to list")
+
+
+def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
+    """The status document of the ledger in ``project`` (see ``--json``)."""
+    from livestream.daemon import summarize_ledger
+    from livestream.ledger.store import Ledger
+
+    ledger = Ledger(project / "livestream.sqlite", read_only=True)
+    try:
+        status: dict[str, Any] = summarize_ledger(ledger)
+        status["project"] = str(project)
+        status["curation"] = _curation(ledger.path)
+        status["class2d"] = _class2d(project)
+        status["failures"] = [
+            {
+                "exposure_id": row.exposure_id,
+                "stage": row.stage,
+                "state": row.state.value,
+                "attempts": row.attempts,
+                "error": row.error,
+            }
+            for row in ledger.problems(n_failures)
+        ]
+    finally:
+        ledger.close()
+    return status
+
+
+def _curation(ledger_path: Path) -> dict[str, Any] | None:
+    """``{"accepted", "rejected", "reasons": {figure: n}}`` of the curate stage
+    (the stage whose done rows hold ``accepted``); ``None`` without one."""
+    import sqlite3
+
+    from livestream.curation.live import curation_counts
+
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        found = db.execute(  # a string test: figures may hold NaN (not JSON)
+            "SELECT stage FROM stages WHERE state = 'done'"
+            " AND figures LIKE '%\"accepted\":%' LIMIT 1"
+        ).fetchone()
+        if found is None:
+            return None
+        counts: dict[str, Any] = curation_counts(db, str(found[0])).as_json()
+    finally:
+        db.close()
+    return counts
+
+
+def _class2d(project: Path) -> dict[str, Any] | None:
+    """The newest ``Class2D/job*/run_class2d.json`` (a snapshot's event body)
+    without the per-class lists; ``None`` before the first snapshot."""
+    from livestream.class2d.live import SUMMARY_NAME
+
+    found = sorted(
+        project.glob(f"Class2D/job*/{SUMMARY_NAME}"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        return None
+    payload = json.loads(found[-1].read_text())
+    keys = ("iteration", "particles_seen", "active_classes", "resolution_a")
+    summary = {key: payload.get(key) for key in keys}
+    summary["selected_classes"] = len(payload.get("selected_classes", []))
+    summary["montage_png"] = payload.get("montage_png")
+    return summary
+
+
+def _table(status: dict[str, Any]) -> str:
+    states = ["pending", "running", "done", "failed", "quarantined"]
+    lines = [f"project {status['project']}"]
+    lines.append(f"{'stage':<12}" + "".join(f"{s:>13}" for s in states))
+    for stage, counts in status["exposures"].items():
+        lines.append(
+            f"{stage:<12}" + "".join(f"{counts.get(s, 0):>13}" for s in states)
+        )
+    age = status["newest_exposure_age_s"]
+    lines.append(
+        f"{status['n_done']} of {status['n_exposures']} exposures done; "
+        f"{status['exposures_per_hour']:.1f} exposures/hour; newest exposure "
+        + ("none yet" if age is None else f"appeared {age:.0f} s ago")
+    )
+    curation = status.get("curation")
+    if curation is not None:
+        reasons = ", ".join(
+            f"{figure} {n}" for figure, n in list(curation["reasons"].items())[:5]
+        )
+        lines.append(
+            f"curation: {curation['accepted']} accepted, {curation['rejected']} "
+            f"rejected" + (f"; top reasons: {reasons}" if reasons else "")
+        )
+    classes = status.get("class2d")
+    if classes is not None:
+        resolution = classes["resolution_a"]
+        lines.append(
+            f"class2d: mini-batch {classes['iteration']}, "
+            f"{classes['particles_seen']} particles seen, "
+            f"{classes['active_classes']} active / {classes['selected_classes']} "
+            "selected classes"
+            + ("" if resolution is None else f", best {resolution:.1f} Å")
+            + f"; montage {classes['montage_png']}"
+        )
+    if status["failures"]:
+        lines.append("failures:")
+        for failure in status["failures"]:
+            lines.append(
+                f"  {failure['exposure_id']} {failure['stage']} {failure['state']} "
+                f"(attempts {failure['attempts']}): {failure['error']}"
+            )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    ledger_path = args.project / "livestream.sqlite"
+    if not ledger_path.is_file():
+        print(f"livestream status: no ledger at {ledger_path}", file=sys.stderr)
+        return 1
+    status = read_status(args.project, n_failures=args.failures)
+    print(json.dumps(status, indent=2) if args.json else _table(status))
+    return 0

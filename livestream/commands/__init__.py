@@ -1,5 +1,0 @@
-"""One module per ``livestream`` sub-command.
-
-Each module has a docstring (its help, with an example), ``add_args(parser)`` and
-``main(args) -> int``; :mod:`livestream.cli` lists them in ``COMMANDS``.
-"""

@@ -1,0 +1,1 @@
+"""The demo: a simulated microscope writing an EPU or SerialEM session, run beside the live service."""

@@ -1,0 +1,1 @@
+"""Intake: watching the session folder, deciding when a file has settled, pairing metadata with movies into ready exposures."""

@@ -1,0 +1,1 @@
+"""Movie headers (MRC, TIFF, EER): format detection, frame count, size and completeness, read before any frame is."""

@@ -1,0 +1,281 @@
+"""One mdoc section (``[FrameSet]``, ``[ZValue]``, ``[MontSection]``) -> an Exposure.
+
+Sign and unit conventions: SerialEM writes ``TargetDefocus`` and ``Defocus`` in µm,
+negative for underfocus; the record stores positive underfocus.  ``PixelSpacing``
+is in Å for the image as saved (the super-resolution pixel when ``Binning = 0.5``).
+``ExposureDose`` is e/Å², ``DoseRate`` e/unbinned pixel/s, ``StagePosition`` and
+``StageZ`` µm, ``ImageShift`` in SerialEM's image-shift units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import tzinfo
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
+
+from mdcatch.errors import MetadataError
+from mdcatch.records import CameraMode, Exposure, ImageKind, Optics, Software
+from mdcatch.serialem.autodoc import (
+    MdocSection,
+    parse_bool,
+    parse_datetime,
+    parse_float,
+    parse_floats,
+    parse_frame_doses,
+    parse_int,
+)
+from mdcatch.serialem.header import MdocContext
+from mdcatch.serialem.paths import is_windows_path, locate_file
+
+__all__ = ["read_section"]
+
+DEFAULT_VOLTAGE_KV = 300.0
+
+
+def movie_stem(raw: str) -> str:
+    """File stem of a ``SubFramePath`` written on Windows or POSIX."""
+    text = raw.strip()
+    pure = PureWindowsPath(text) if is_windows_path(text) else PurePosixPath(text)
+    return pure.stem
+
+
+class _Reader:
+    """Typed access to one section's values; remembers which keys were used."""
+
+    def __init__(self, path: Path, values: Mapping[str, str]) -> None:
+        self.path = path
+        self.values = values
+        self.used: set[str] = set()
+
+    def raw(self, key: str) -> str | None:
+        value = self.values.get(key)
+        if value is not None:
+            self.used.add(key)
+        return value
+
+    def number(
+        self, key: str, *, low: float | None = None, strict: bool = False
+    ) -> float | None:
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        value = parse_float(self.path, key, raw)
+        if low is not None and (value < low or (strict and value == low)):
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            raise MetadataError(self.path, key, raw, f"must be {bound}")
+        return value
+
+    def integer(self, key: str, *, low: int | None = None) -> int | None:
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        value = parse_int(self.path, key, raw)
+        if low is not None and value < low:
+            raise MetadataError(self.path, key, raw, f"must be >= {low}")
+        return value
+
+    def numbers(self, key: str, count: int) -> tuple[float, ...] | None:
+        raw = self.raw(key)
+        return None if raw is None else parse_floats(self.path, key, raw, count)
+
+    def leftover(self) -> dict[str, str]:
+        return {k: v for k, v in self.values.items() if k not in self.used}
+
+
+def read_section(
+    section: MdocSection,
+    context: MdocContext,
+    *,
+    path: Path,
+    path_map: Mapping[str, Path] | None,
+    timezone: tzinfo,
+    n_framesets: int,
+) -> Exposure:
+    """The Exposure that ``section`` of the mdoc at ``path`` describes."""
+    r = _Reader(path, section.values)
+    warnings: list[str] = []
+    kind = _kind(section, context)
+
+    sub_frame_raw = r.raw("SubFramePath")
+    movie_path = None
+    if sub_frame_raw is not None and sub_frame_raw.strip():
+        exposure_id = movie_stem(sub_frame_raw)
+        movie_path = locate_file(sub_frame_raw, mdoc_dir=path.parent, path_map=path_map)
+    elif section.kind == "FrameSet":
+        suffix = f"_{section.index}" if n_framesets > 1 else ""
+        exposure_id = context.image_stem + suffix
+    elif section.kind == "MontSection":
+        exposure_id = f"{context.image_stem}_section{section.index:03d}"
+    else:
+        exposure_id = f"{context.image_stem}_{section.index:03d}"
+    if not exposure_id:
+        raise MetadataError(path, "SubFramePath", sub_frame_raw, "no file name")
+
+    voltage = r.number("Voltage", low=0.0, strict=True) or context.voltage_kv
+    if voltage is None:
+        voltage = DEFAULT_VOLTAGE_KV
+        warnings.append(f"mdoc has no Voltage; assumed {DEFAULT_VOLTAGE_KV:g} kV")
+    pixel = r.number("PixelSpacing", low=0.0, strict=True) or context.pixel_size_a
+    if pixel is None:
+        raise MetadataError(
+            path, "PixelSpacing", None, f"missing in [{section.kind} = {section.index}]"
+        )
+    binning = r.number("Binning", low=0.0, strict=True)
+    if binning is None:
+        binning = 1.0
+        warnings.append("mdoc has no Binning; assumed 1")
+    super_res = binning < 1.0
+    cs_mm = r.number("Cs", low=0.0)
+    slit_ev = None
+    filter_values = r.numbers("FilterSlitAndLoss", 2)
+    if filter_values is not None and filter_values[0] > 0:
+        slit_ev = filter_values[0]
+    elif filter_values is not None:
+        r.used.discard("FilterSlitAndLoss")  # slit out: keep the raw entry
+    phase_raw = r.raw("PhasePlateInserted")
+    phase_plate = phase_raw is not None and parse_bool(
+        path, "PhasePlateInserted", phase_raw
+    )
+    camera_index = r.integer("CameraIndex", low=0)
+    optics = Optics(
+        voltage_kv=voltage,
+        pixel_size_a=pixel,
+        cs_mm=cs_mm,
+        detector=context.cameras.get(camera_index, "")
+        if camera_index is not None
+        else "",
+        camera_mode=CameraMode.SUPER_RESOLUTION if super_res else CameraMode.COUNTING,
+        super_resolution_factor=round(1.0 / binning) if super_res else 1,
+        binning=binning,
+        energy_filter_slit_ev=slit_ev,
+        phase_plate=phase_plate,
+        instrument_id=context.instrument_id,
+    )
+
+    frame_doses_raw = r.raw("FrameDosesAndNumber")
+    frame_doses = (
+        ()
+        if frame_doses_raw is None
+        else parse_frame_doses(path, "FrameDosesAndNumber", frame_doses_raw)
+    )
+    n_sub = r.integer("NumSubFrames", low=1)
+    n_listed = sum(count for count, _ in frame_doses)
+    if n_sub is not None and frame_doses and n_sub != n_listed:
+        warnings.append(
+            f"NumSubFrames = {n_sub} but FrameDosesAndNumber lists {n_listed} frames; "
+            "NumSubFrames used"
+        )
+    n_frames = n_sub if n_sub is not None else (n_listed or 1)
+
+    dose = r.number("ExposureDose", low=0.0)
+    if dose is None:
+        if not frame_doses:
+            raise MetadataError(
+                path, "ExposureDose", None, "missing and no FrameDosesAndNumber"
+            )
+        dose = sum(count * each for count, each in frame_doses)
+        warnings.append(
+            "mdoc has no ExposureDose; total dose summed from FrameDosesAndNumber"
+        )
+    exposure_time = r.number("ExposureTime", low=0.0, strict=True)
+    if exposure_time is None:
+        raise MetadataError(
+            path, "ExposureTime", None, f"missing in [{section.kind} = {section.index}]"
+        )
+
+    defocus = r.number("Defocus")
+    current_defocus_um = None if defocus is None else -defocus
+    target = r.number("TargetDefocus")
+    if target is not None:
+        target_defocus_um = -target
+    elif current_defocus_um is not None:
+        target_defocus_um = current_defocus_um
+        warnings.append(
+            "mdoc has no TargetDefocus; the microscope's Defocus used instead"
+        )
+    else:
+        raise MetadataError(
+            path, "TargetDefocus", None, "neither TargetDefocus nor Defocus given"
+        )
+
+    time_raw = r.raw("DateTime")
+    if time_raw is not None:
+        acquired = parse_datetime(path, "DateTime", time_raw, timezone)
+    elif context.title_utc is not None:
+        acquired = context.title_utc
+        warnings.append("section has no DateTime; the title's time used")
+    else:
+        raise MetadataError(
+            path, "DateTime", None, f"missing in [{section.kind} = {section.index}]"
+        )
+
+    stage_xy = r.numbers("StagePosition", 2)
+    stage_z = r.number("StageZ")
+    if stage_xy is None or stage_z is None:  # keep a partial stage position raw
+        r.used -= {"StagePosition", "StageZ"}
+        stage = None
+    else:
+        stage = (stage_xy[0], stage_xy[1], stage_z)
+    image_shift = r.numbers("ImageShift", 2)
+    magnification = r.number("Magnification", low=0.0, strict=True)
+    spot = r.integer("SpotSize", low=0)
+
+    movie_dir = movie_path.parent if movie_path is not None else None
+    gain = _locate_named(r, "GainReference", path, path_map, movie_dir)
+    defects = _locate_named(r, "DefectFile", path, path_map, movie_dir)
+    if movie_path is None and sub_frame_raw is not None:
+        r.used.discard("SubFramePath")  # not found yet: keep where SerialEM put it
+
+    return Exposure(
+        exposure_id=exposure_id,
+        software=Software.SERIALEM,
+        metadata_path=path,
+        movie_path=movie_path,
+        acquired_utc=acquired,
+        optics=optics,
+        exposure_time_s=exposure_time,
+        total_dose_e_per_a2=dose,
+        n_frames=n_frames,
+        target_defocus_um=target_defocus_um,
+        kind=kind,
+        dose_rate_e_per_px_s=r.number("DoseRate", low=0.0),
+        current_defocus_um=current_defocus_um,
+        magnification=magnification,
+        spot_size=spot,
+        image_shift=None if image_shift is None else (image_shift[0], image_shift[1]),
+        stage_position_um=stage,
+        stage_alpha_deg=r.number("TiltAngle"),
+        software_version=context.software_version,
+        gain_reference_path=gain,
+        defect_file_path=defects,
+        camera_index=camera_index,
+        frame_doses=frame_doses,
+        extra=MappingProxyType(r.leftover()),
+        warnings=tuple(warnings),
+    )
+
+
+def _kind(section: MdocSection, context: MdocContext) -> ImageKind:
+    if section.kind == "FrameSet":
+        return ImageKind.EXPOSURE
+    if section.kind == "MontSection" or context.montage:
+        return ImageKind.MONTAGE
+    return ImageKind.TILT
+
+
+def _locate_named(
+    r: _Reader,
+    key: str,
+    path: Path,
+    path_map: Mapping[str, Path] | None,
+    movie_dir: Path | None,
+) -> Path | None:
+    """A gain reference or defect file; its raw entry stays in ``extra`` if not found."""
+    raw = r.raw(key)
+    if raw is None:
+        return None
+    found = locate_file(raw, mdoc_dir=path.parent, path_map=path_map, near=movie_dir)
+    if found is None:
+        r.used.discard(key)
+    return found

@@ -1,0 +1,215 @@
+"""Write Session and Exposure records as a SerialEM ``.mdoc`` that ``read_mdoc`` reads back.
+
+Example::
+
+    from mdcatch.serialem.mdoc import read_mdoc
+    from mdcatch.serialem.writer import write_mdoc
+    write_mdoc(session, exposures, folder / "movie_0001.tif.mdoc")
+    assert read_mdoc(folder / "movie_0001.tif.mdoc")[1] == exposures
+
+Exposures of kind ``EXPOSURE`` become ``[FrameSet = n]`` sections, ``TILT`` become
+``[ZValue = n]``, ``MONTAGE`` pieces (with ``PieceCoordinates`` in ``extra``)
+become ``[ZValue = n]`` under ``Montage = 1`` and the other ``MONTAGE`` records
+``[MontSection = n]``.  Times are written in ``timezone`` (default UTC), to the
+second, as SerialEM does.  The detector names go into the first title
+(``Camera -> 0:name``), as SerialEM writes them.  Records that a SerialEM mdoc
+cannot hold (a super-resolution camera mode without ``binning < 1``, sub-second
+times) do not survive the round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+
+from mdcatch.records import Exposure, ImageKind, Session
+
+__all__ = ["write_mdoc"]
+
+_MONTHS = [
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+]
+_DOTTED_VERSION = re.compile(r"^\d+(?:\.\d+)+$")
+_D_NUMBER = re.compile(r"^D\d{3,5}$")
+
+
+def write_mdoc(
+    session: Session,
+    exposures: Sequence[Exposure],
+    path: Path,
+    *,
+    frames_prefix: str | None = None,
+    timezone: tzinfo = UTC,
+) -> Path:
+    """Write ``exposures`` of ``session`` to the mdoc ``path``; returns ``path``.
+
+    ``frames_prefix`` (such as ``X:\\\\Data\\\\run1``) writes ``SubFramePath`` as a
+    Windows path under that folder, as SerialEM on the microscope PC would;
+    without it the movie's local path is written.  The file appears atomically.
+    """
+    if not exposures:
+        raise ValueError(f"{path}: an mdoc needs at least one exposure")
+    path = Path(path)
+    first = exposures[0]
+    pieces = any(_is_piece(e) for e in exposures)
+    lines = [f"PixelSpacing = {_num(first.optics.pixel_size_a)}"]
+    lines.append(f"Voltage = {_num(first.optics.voltage_kv)}")
+    if session.software_version:
+        version = session.software_version
+        dotted = _DOTTED_VERSION.match(version)
+        lines.append(
+            f"Version = SerialEM Version {version}"
+            if dotted
+            else f"Version = {version}"
+        )
+    for key, value in session.extra.items():
+        if not key.startswith("title.") and key not in {"Montage"}:
+            lines.append(f"{key} = {value}")
+    if pieces:
+        lines.append("Montage = 1")
+    lines.append("")
+    for title in _titles(session, exposures, timezone):
+        lines += [f"[T = {title}]", ""]
+    counters = {"FrameSet": 0, "ZValue": 0, "MontSection": 0}
+    for exposure in exposures:
+        kind = _section_kind(exposure)
+        lines.append(f"[{kind} = {counters[kind]}]")
+        counters[kind] += 1
+        lines += _section_lines(exposure, first, frames_prefix, timezone)
+        lines.append("")
+    _write_atomically(path, "\n".join(lines))
+    return path
+
+
+def _is_piece(exposure: Exposure) -> bool:
+    return exposure.kind is ImageKind.MONTAGE and "PieceCoordinates" in exposure.extra
+
+
+def _section_kind(exposure: Exposure) -> str:
+    if exposure.kind is ImageKind.EXPOSURE:
+        return "FrameSet"
+    if exposure.kind is ImageKind.MONTAGE and not _is_piece(exposure):
+        return "MontSection"
+    return "ZValue"
+
+
+def _titles(
+    session: Session, exposures: Sequence[Exposure], timezone: tzinfo
+) -> list[str]:
+    kept = [
+        (int(k.split(".")[1]), v)
+        for k, v in session.extra.items()
+        if re.match(r"^title\.\d+$", k)
+    ]
+    if kept:
+        return [title for _, title in sorted(kept)]
+    cameras: dict[int, str] = {}
+    for exposure in exposures:
+        index, name = exposure.camera_index, exposure.optics.detector
+        if index is not None and name and cameras.setdefault(index, name) != name:
+            raise ValueError(f"camera {index} is both {cameras[index]!r} and {name!r}")
+    words = ["SerialEM: written by mdcatch"]
+    instrument = exposures[0].optics.instrument_id
+    if _D_NUMBER.match(instrument):
+        words.append(f"on {instrument}")
+    if cameras:
+        words.append(
+            "Camera -> " + " ".join(f"{i}:{n}" for i, n in sorted(cameras.items()))
+        )
+    start = session.start_utc or min(e.acquired_utc for e in exposures)
+    return [" ".join(words) + "    " + _time(start, timezone)]
+
+
+def _section_lines(
+    e: Exposure, first: Exposure, frames_prefix: str | None, timezone: tzinfo
+) -> list[str]:
+    o = e.optics
+    values: dict[str, str] = {}
+    if e.stage_alpha_deg is not None:
+        values["TiltAngle"] = _num(e.stage_alpha_deg)
+    if e.stage_position_um is not None:
+        x, y, z = e.stage_position_um
+        values["StagePosition"] = f"{_num(x)} {_num(y)}"
+        values["StageZ"] = _num(z)
+    if e.magnification is not None:
+        values["Magnification"] = _num(e.magnification)
+    values["ExposureDose"] = _num(e.total_dose_e_per_a2)
+    if e.dose_rate_e_per_px_s is not None:
+        values["DoseRate"] = _num(e.dose_rate_e_per_px_s)
+    values["PixelSpacing"] = _num(o.pixel_size_a)
+    if o.voltage_kv != first.optics.voltage_kv:
+        values["Voltage"] = _num(o.voltage_kv)
+    if e.spot_size is not None:
+        values["SpotSize"] = str(e.spot_size)
+    if e.current_defocus_um is not None:
+        values["Defocus"] = _num(-e.current_defocus_um)
+    if e.image_shift is not None:
+        values["ImageShift"] = f"{_num(e.image_shift[0])} {_num(e.image_shift[1])}"
+    values["ExposureTime"] = _num(e.exposure_time_s)
+    values["Binning"] = _num(o.binning)
+    if e.camera_index is not None:
+        values["CameraIndex"] = str(e.camera_index)
+    values["TargetDefocus"] = _num(-e.target_defocus_um)
+    if e.movie_path is not None:
+        name = e.movie_path.name
+        values["SubFramePath"] = (
+            f"{frames_prefix.rstrip(chr(92))}\\{name}"
+            if frames_prefix
+            else str(e.movie_path)
+        )
+    values["NumSubFrames"] = str(e.n_frames)
+    if e.frame_doses:
+        values["FrameDosesAndNumber"] = "  ".join(
+            f"{_num(d)} {n}" for n, d in e.frame_doses
+        )
+    values["DateTime"] = _time(e.acquired_utc, timezone)
+    if o.energy_filter_slit_ev is not None:
+        values["FilterSlitAndLoss"] = f"{_num(o.energy_filter_slit_ev)} 0"
+    if e.gain_reference_path is not None:
+        values["GainReference"] = str(e.gain_reference_path)
+    if e.defect_file_path is not None:
+        values["DefectFile"] = str(e.defect_file_path)
+    if o.phase_plate:
+        values["PhasePlateInserted"] = "True"
+    if o.cs_mm is not None:
+        values["Cs"] = _num(o.cs_mm)
+    for key, value in e.extra.items():
+        values.setdefault(key, value)
+    return [f"{key} = {value}" for key, value in values.items()]
+
+
+def _num(value: float) -> str:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"cannot write the non-finite number {value!r} to an mdoc")
+    return repr(number)
+
+
+def _time(moment: datetime, timezone: tzinfo) -> str:
+    local = moment.astimezone(timezone)
+    month = _MONTHS[local.month - 1]
+    return f"{local.day:02d}-{month}-{local.year:04d}  {local:%H:%M:%S}"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8", newline="\r\n") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,1 @@
+"""Curation: per-exposure accept/reject rules on motion, CTF and ice figures."""

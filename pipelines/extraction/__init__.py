@@ -1,0 +1,1 @@
+"""Particle extraction: boxes cut from micrographs, normalised, and the RELION Extract file layer."""

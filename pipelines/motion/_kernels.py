@@ -1,0 +1,106 @@
+"""numba kernels of motion correction (private; use :mod:`pipelines.motion.job`).
+
+Callers check dtype, shape and contiguity; the kernels trust their inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def fill_defects(
+    frames: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    good: np.ndarray,
+    radius: int,
+) -> None:
+    """Replace ``frames[:, ys[i], xs[i]]`` by the mean of good neighbours, in place.
+
+    ``frames`` is ``(n, ny, nx)`` float32, ``good`` ``(ny, nx)`` bool.  The window
+    is ``(2 * radius + 1)²``; a pixel without good neighbours becomes the mean of
+    the frame's good pixels in a window twice as wide, else 0.
+    """
+    n, ny, nx = frames.shape
+    for i in prange(ys.shape[0]):
+        y0 = ys[i]
+        x0 = xs[i]
+        for r in (radius, 2 * radius, 4 * radius):
+            count = 0
+            for y in range(max(0, y0 - r), min(ny, y0 + r + 1)):
+                for x in range(max(0, x0 - r), min(nx, x0 + r + 1)):
+                    if good[y, x]:
+                        count += 1
+            if count > 0:
+                break
+        for f in range(n):
+            total = 0.0
+            count = 0
+            for y in range(max(0, y0 - r), min(ny, y0 + r + 1)):
+                for x in range(max(0, x0 - r), min(nx, x0 + r + 1)):
+                    if good[y, x]:
+                        total += frames[f, y, x]
+                        count += 1
+            frames[f, y0, x0] = total / count if count > 0 else 0.0
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def warp_polynomial(
+    frame: np.ndarray, out: np.ndarray, coeff_x: np.ndarray, coeff_y: np.ndarray
+) -> None:
+    """Resample ``frame`` at ``(x - Lx, y - Ly)`` with cubic (Keys, a = -0.5)
+    interpolation.
+
+    ``L = sum_g coeff[g] * basis_g(u, v)`` with basis ``(1, u, u², v, v², uv)``,
+    ``u = x / nx - 0.5``, ``v = y / ny - 0.5`` (RELION's normalisation); the
+    content of ``frame`` moves by ``+L``.  Borders are clamped.
+    """
+    ny, nx = frame.shape
+    for y in prange(ny):
+        v = y / ny - 0.5
+        # the polynomial is quadratic in u along a row: L = a0 + a1 u + a2 u²
+        ax0 = coeff_x[0] + coeff_x[3] * v + coeff_x[4] * v * v
+        ax1 = coeff_x[1] + coeff_x[5] * v
+        ay0 = coeff_y[0] + coeff_y[3] * v + coeff_y[4] * v * v
+        ay1 = coeff_y[1] + coeff_y[5] * v
+        wy = np.empty(4)
+        wx = np.empty(4)
+        for x in range(nx):
+            u = x / nx - 0.5
+            sx = x - (ax0 + (ax1 + coeff_x[2] * u) * u)
+            sy = y - (ay0 + (ay1 + coeff_y[2] * u) * u)
+            ix = int(np.floor(sx))
+            iy = int(np.floor(sy))
+            fx = sx - ix
+            fy = sy - iy
+            fx2 = fx * fx
+            fy2 = fy * fy
+            wx[0] = (-0.5 * fx + 1.0) * fx2 - 0.5 * fx
+            wx[1] = (1.5 * fx - 2.5) * fx2 + 1.0
+            wx[2] = (-1.5 * fx + 2.0) * fx2 + 0.5 * fx
+            wx[3] = (0.5 * fx - 0.5) * fx2
+            wy[0] = (-0.5 * fy + 1.0) * fy2 - 0.5 * fy
+            wy[1] = (1.5 * fy - 2.5) * fy2 + 1.0
+            wy[2] = (-1.5 * fy + 2.0) * fy2 + 0.5 * fy
+            wy[3] = (0.5 * fy - 0.5) * fy2
+            acc = 0.0
+            if ix >= 1 and ix + 2 < nx and iy >= 1 and iy + 2 < ny:
+                for j in range(4):
+                    row = (
+                        wx[0] * frame[iy - 1 + j, ix - 1]
+                        + wx[1] * frame[iy - 1 + j, ix]
+                        + wx[2] * frame[iy - 1 + j, ix + 1]
+                        + wx[3] * frame[iy - 1 + j, ix + 2]
+                    )
+                    acc += wy[j] * row
+            else:
+                for j in range(4):
+                    yy = min(max(iy - 1 + j, 0), ny - 1)
+                    row = 0.0
+                    for i in range(4):
+                        xx = min(max(ix - 1 + i, 0), nx - 1)
+                        row += wx[i] * frame[yy, xx]
+                    acc += wy[j] * row
+            out[y, x] = acc

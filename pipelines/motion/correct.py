@@ -1,0 +1,347 @@
+"""Motion correction of an array of frames: gain, defects, global and local
+alignment, dose weighting (MotionCor2 / RELION-motioncorr class).
+
+Steps (each a public function, so benchmarks can time them):
+
+1. :func:`prepare_frames` — multiply by the gain, replace defects and hot pixels
+   (outliers of the frame sum) by the mean of good neighbours.
+2. :func:`align_global` — bin to at most ``ALIGN_MAX_PX`` pixels by Fourier
+   cropping (:mod:`pipelines.motion.spectra`: no aliasing, so no bias towards
+   whole binned pixels), weight each frame by its expected damaged signal (matched
+   filter), iterate the cross-correlation of every frame with the sum of the others
+   (coarse pass at a strong B-factor, then ``bfactor_px2``, then weighted by the
+   movie's measured spectral SNR, :mod:`pipelines.motion.weighting`, refined at
+   half the bin factor when binned), sub-pixel peaks, smooth the trajectory in time
+   (:mod:`pipelines.motion.trajectory`).
+3. :func:`pipelines.motion.local.align_patches` — the same on ``patches`` of the
+   globally aligned frames, fitted by RELION's third-order polynomial.
+4. :func:`pipelines.motion.summing.sum_frames` — warp, shift, dose-weight and sum.
+
+Shift convention (RELION's ``rlnMicrographShiftX/Y``): ``shifts_px[i]`` is the
+correction applied to frame ``i``, relative to the first frame (row 0 is
+``[0, 0]``); a specimen that drifted by ``+d`` pixels has shift ``-d``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pipelines.motion.align import align_stack, fft_kwargs, shift_spectra
+from pipelines.motion.defects import (
+    apply_gain,
+    detect_dead_pixels,
+    detect_hot_pixels,
+    mask_defects,
+)
+from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
+from pipelines.motion.local import LocalMotion, align_patches
+from pipelines.motion.spectra import binned_spectra
+from pipelines.motion.summing import power_spectrum, sum_frames
+from pipelines.motion.trajectory import smooth_trajectory
+from pipelines.motion.weighting import refine_at_finer_bin, spectral_snr_weights
+from pipelines.xp import fft_module, to_numpy
+
+__all__ = [
+    "ALIGN_MAX_PX",
+    "MotionResult",
+    "accumulated_motion_a",
+    "align_global",
+    "correct_motion",
+    "prepare_frames",
+]
+
+ALIGN_MAX_PX = 1024  # global alignment works on frames binned to at most this size
+COARSE_GROUP_DOSE_E_PER_A2 = (
+    4.0  # frames are grouped to about this dose for the coarse pass
+)
+EARLY_FRAMES = 4  # RELION: motion up to frame 4 is "early"
+# global B-factor (px²) with damage-matched filters (dose known) and without
+DAMAGE_BFACTOR_PX2 = 20.0
+PLAIN_BFACTOR_PX2 = 500.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MotionResult:
+    """Everything motion correction produces for one movie.
+
+    ``micrograph`` (dose-weighted) and ``micrograph_no_dw`` are ``(ny, nx)``
+    float32; ``power_spectrum`` ``(ps, ps)`` centred log10 power of the plain sum;
+    ``shifts_px`` ``(n_frames, 2)`` global correction shifts [x, y] relative to the
+    first frame (RELION's sign); ``local`` the fitted local model or None;
+    ``accumulated_motion_a`` ``(n_frames,)`` path length travelled up to each frame.
+    """
+
+    micrograph: np.ndarray
+    micrograph_no_dw: np.ndarray
+    power_spectrum: np.ndarray
+    shifts_px: np.ndarray
+    local: LocalMotion | None
+    accumulated_motion_a: np.ndarray
+    early_motion_a: float
+    late_motion_a: float
+    total_motion_a: float
+    pixel_size_a: float
+    dose_per_frame_e_per_a2: float
+    pre_exposure_e_per_a2: float
+    voltage_kv: float
+    n_defect_pixels: int
+    n_hot_pixels: int
+
+    @property
+    def local_coefficients(self) -> np.ndarray | None:
+        """``(2, 18)`` RELION polynomial coefficients, or None."""
+        return None if self.local is None else self.local.coefficients
+
+
+def prepare_frames(
+    frames: np.ndarray,
+    *,
+    gain: np.ndarray | None = None,
+    defect_mask: np.ndarray | None = None,
+    hot_pixel_sigma: float | None = 10.0,
+    overwrite_input: bool = False,
+) -> tuple[np.ndarray, int, int]:
+    """Gain-corrected, defect-free float32 frames, the number of defect pixels
+    replaced (gain defects, ``defect_mask``, hot and dead pixels) and of hot pixels
+    found.  ``frames`` ``(n, ny, nx)``; ``gain``/``defect_mask``
+    ``(ny, nx)`` already oriented like the frames."""
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n_frames, ny, nx), got shape {frames.shape}")
+    if overwrite_input and frames.dtype == np.float32 and frames.flags.c_contiguous:
+        work = frames
+    else:
+        work = np.array(frames, dtype=np.float32, order="C")
+    defects = np.zeros(work.shape[1:], dtype=bool)
+    if gain is not None:
+        defects |= apply_gain(work, np.asarray(gain, dtype=np.float32))
+    if defect_mask is not None:
+        mask = np.asarray(defect_mask, dtype=bool)
+        if mask.shape != defects.shape:
+            raise ValueError(f"defect_mask {mask.shape} vs frames {defects.shape}")
+        defects |= mask
+    n_hot = 0
+    if hot_pixel_sigma is not None:
+        frame_sum = work.sum(axis=0, dtype=np.float32)
+        hot = detect_hot_pixels(frame_sum, n_sigma=hot_pixel_sigma)
+        hot &= ~defects
+        n_hot = int(hot.sum())
+        defects |= hot | detect_dead_pixels(frame_sum)
+    n_defects = mask_defects(work, defects)
+    return work, n_defects, n_hot
+
+
+def align_global(
+    frames: Any,
+    *,
+    bfactor_px2: float = 500.0,
+    max_shift_px: float = 80.0,
+    group_half_width: int = 0,
+    damage: DamageModel | None = None,
+    smooth: bool = False,
+    snr_weighting: bool = True,
+    workers: int = -1,
+    xp: ModuleType = np,
+) -> tuple[np.ndarray, Any, int]:
+    """Global correction shifts ``(n, 2)`` (unbinned px), the globally aligned
+    binned frames ``(n, my, mx)`` and the bin factor used.
+
+    A coarse pass at B-factor ``max(bfactor_px2, PLAIN_BFACTOR_PX2)`` (with
+    ``group_half_width`` ``h`` > 0 on sums of ``2h + 1`` neighbouring frames: robust
+    at low dose per frame) searches ``max_shift_px``; the per-frame pass at
+    ``bfactor_px2`` then refines within ±4 (binned) px of it; with
+    ``snr_weighting`` a last pass weights the frequencies by the spectral SNR
+    measured on the frames so aligned (:func:`spectral_snr_weights`) instead of a
+    B-factor.  Frames are binned by Fourier cropping
+    (:func:`pipelines.motion.spectra.binned_spectra`).  With ``damage`` each frame's spectrum
+    is weighted by its expected signal ``exp(-N_f / (2 Ne(k)))`` (a matched filter:
+    early frames keep their high-resolution signal, late ones only low).  With
+    ``smooth`` the trajectory is smoothed in time (GCV-chosen Whittaker smoother,
+    :mod:`pipelines.motion.trajectory`) before the frames are aligned by it."""
+    fft = fft_module(xp)
+    _, ny, nx = frames.shape
+    factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
+    spectra, shape = binned_spectra(frames, factor, workers=workers, xp=xp)
+    amplitudes = None if damage is None else damage.filters(shape, factor, xp=xp)
+    weighted = spectra if amplitudes is None else spectra * amplitudes
+    # coarse pass: a strong B-factor (broad peak, low-resolution signal) finds the
+    # trajectory over the whole search range; the fine pass refines within ±4 px, so
+    # a sharp, noisy fine-pass correlation cannot jump to a noise peak far away
+    coarse = align_stack(
+        weighted,
+        shape,
+        bfactor_px2=max(bfactor_px2, PLAIN_BFACTOR_PX2) / factor**2,
+        max_shift_px=max_shift_px / factor,
+        group_half_width=group_half_width,
+        workers=workers,
+        xp=xp,
+    )
+    shifts = align_stack(
+        weighted,
+        shape,
+        bfactor_px2=bfactor_px2 / factor**2,
+        max_shift_px=max_shift_px / factor,
+        initial_shifts_px=coarse,
+        workers=workers,
+        xp=xp,
+    )
+    if snr_weighting:
+        # final pass: frequencies weighted by the movie's measured spectral SNR
+        weights = spectral_snr_weights(spectra, shape, shifts, amplitudes, xp=xp)
+        if weights is not None:
+            shifts = align_stack(
+                weighted * xp.sqrt(weights),
+                shape,
+                bfactor_px2=0.0,
+                max_shift_px=max_shift_px / factor,
+                initial_shifts_px=shifts,
+                workers=workers,
+                xp=xp,
+            )
+        if factor > 1:
+            shifts = refine_at_finer_bin(
+                frames, shifts, factor, damage, workers=workers, xp=xp
+            )
+    if smooth:
+        smoothed, _ = smooth_trajectory(to_numpy(shifts))
+        shifts = xp.asarray(smoothed)
+    aligned = fft.irfft2(
+        shift_spectra(spectra, shape, shifts, xp=xp),
+        s=shape,
+        axes=(-2, -1),
+        **fft_kwargs(xp, workers),
+    ).astype(xp.float32)
+    return to_numpy(shifts) * factor, aligned, factor
+
+
+def accumulated_motion_a(shifts_px: np.ndarray, pixel_size_a: float) -> np.ndarray:
+    """Path length (Å) travelled up to each frame, ``(n_frames,)``; 0 at frame 0."""
+    steps = np.linalg.norm(np.diff(shifts_px, axis=0), axis=1) * pixel_size_a
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def correct_motion(
+    frames: np.ndarray,
+    *,
+    pixel_size_a: float,
+    dose_per_frame_e_per_a2: float,
+    voltage_kv: float,
+    pre_exposure_e_per_a2: float = 0.0,
+    gain: np.ndarray | None = None,
+    defect_mask: np.ndarray | None = None,
+    patches: tuple[int, int] | None = (5, 5),
+    bfactor_px2: float | None = None,
+    smooth: bool = True,
+    local_bfactor_px2: float = 150.0,
+    max_shift_px: float = 80.0,
+    hot_pixel_sigma: float | None = 10.0,
+    power_spectrum_size: int = 512,
+    overwrite_input: bool = False,
+    workers: int | None = None,
+    xp: ModuleType = np,
+) -> MotionResult:
+    """Motion-correct ``frames`` ``(n_frames, ny, nx)`` (counts, any real dtype).
+
+    ``gain`` and ``defect_mask`` are ``(ny, nx)`` in the frames' orientation;
+    ``patches`` ``(n_y, n_x)`` or None for global alignment only; B-factors in
+    unbinned px² (``bfactor_px2`` None: ``DAMAGE_BFACTOR_PX2`` when the dose is
+    known, as the frames are then weighted by their expected damaged signal, else
+    ``PLAIN_BFACTOR_PX2``).  With ``smooth`` the global trajectory is smoothed in
+    time (:func:`pipelines.motion.trajectory.smooth_trajectory`).  ``workers`` threads for the FFTs (default: all CPUs).  With
+    ``overwrite_input`` a float32 C-contiguous ``frames`` is corrected in place.
+    """
+    if pixel_size_a <= 0 or not np.isfinite(pixel_size_a):
+        raise ValueError(f"pixel_size_a must be positive, got {pixel_size_a!r}")
+    if dose_per_frame_e_per_a2 < 0:
+        raise ValueError(
+            f"dose_per_frame_e_per_a2 must be >= 0, got {dose_per_frame_e_per_a2!r}"
+        )
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    work, n_defects, n_hot = prepare_frames(
+        frames,
+        gain=gain,
+        defect_mask=defect_mask,
+        hot_pixel_sigma=hot_pixel_sigma,
+        overwrite_input=overwrite_input,
+    )
+    n_frames, ny, nx = work.shape
+    group = 0
+    if 0 < dose_per_frame_e_per_a2 < COARSE_GROUP_DOSE_E_PER_A2:
+        group = int(
+            np.ceil((COARSE_GROUP_DOSE_E_PER_A2 / dose_per_frame_e_per_a2 - 1) / 2)
+        )
+    exposures = frame_exposures_e_per_a2(
+        n_frames, dose_per_frame_e_per_a2, pre_exposure_e_per_a2
+    )
+    damage = None
+    if dose_per_frame_e_per_a2 > 0:
+        damage = DamageModel(
+            pixel_size_a=pixel_size_a,
+            exposures_e_per_a2=exposures,
+            voltage_kv=voltage_kv,
+        )
+    if bfactor_px2 is None:
+        bfactor_px2 = PLAIN_BFACTOR_PX2 if damage is None else DAMAGE_BFACTOR_PX2
+    if n_frames > 1:
+        shifts, aligned, factor = align_global(
+            work,
+            group_half_width=min(group, (n_frames - 1) // 2),
+            bfactor_px2=bfactor_px2,
+            max_shift_px=max_shift_px,
+            damage=damage,
+            smooth=smooth,
+            workers=n_workers,
+            xp=xp,
+        )
+    else:
+        shifts, aligned, factor = np.zeros((1, 2)), None, 1
+    local = None
+    if patches is not None and n_frames >= 4 and patches[0] * patches[1] >= 6:
+        local = align_patches(
+            aligned,
+            factor,
+            (ny, nx),
+            patches=patches,
+            bfactor_px2=local_bfactor_px2,
+            group_half_width=min(group, (n_frames - 1) // 2),
+            damage=damage,
+            workers=n_workers,
+            xp=xp,
+        )
+        if not local.significant:  # noise would explain the patches as well
+            local = None
+    dw, no_dw, spectrum = sum_frames(
+        xp.asarray(work),
+        shifts,
+        pixel_size_a=pixel_size_a,
+        exposures_e_per_a2=exposures,
+        voltage_kv=voltage_kv,
+        local_coefficients=None if local is None else local.coefficients,
+        workers=n_workers,
+        xp=xp,
+    )
+    ps = power_spectrum(spectrum, (ny, nx), size=power_spectrum_size, xp=xp)
+    accumulated = accumulated_motion_a(shifts, pixel_size_a)
+    early = float(accumulated[min(EARLY_FRAMES, n_frames - 1)])
+    total = float(accumulated[-1])
+    return MotionResult(
+        micrograph=to_numpy(dw),
+        micrograph_no_dw=to_numpy(no_dw),
+        power_spectrum=to_numpy(ps),
+        shifts_px=shifts,
+        local=local,
+        accumulated_motion_a=accumulated,
+        early_motion_a=early,
+        late_motion_a=total - early,
+        total_motion_a=total,
+        pixel_size_a=float(pixel_size_a),
+        dose_per_frame_e_per_a2=float(dose_per_frame_e_per_a2),
+        pre_exposure_e_per_a2=float(pre_exposure_e_per_a2),
+        voltage_kv=float(voltage_kv),
+        n_defect_pixels=n_defects,
+        n_hot_pixels=n_hot,
+    )

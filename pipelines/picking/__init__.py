@@ -1,0 +1,1 @@
+"""Particle picking: the blob (LoG/DoG) and template pickers, their filters, decoys and SNR scores, and coordinate files."""

@@ -1,0 +1,96 @@
+"""``livestream motion``: the same stage code, in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from livestream.cli.main import main
+from tests.pipelines.motion_movies import make_movie
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def movies(tmp_path, rng):
+    paths, truths = [], []
+    for i in range(2):
+        movie = make_movie(rng, n_frames=8, size=192)
+        path = tmp_path / f"movie_{i}.mrc"
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(movie.frames)
+        paths.append(path)
+        truths.append(-(movie.drift_px - movie.drift_px[0]))
+    return paths, truths
+
+
+def test_cli_json_reports_shifts_motion_and_outputs(tmp_path, movies, capsys):
+    paths, truths = movies
+    out = tmp_path / "out"
+    argv = ["motion", *map(str, paths), "--out", str(out), "--pixel-size-a", "1.1"]
+    argv += [
+        "--dose-per-frame",
+        "1.5",
+        "--voltage-kv",
+        "300",
+        "--patches",
+        "0",
+        "0",
+        "--json",
+    ]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, path, truth in zip(lines, paths, truths, strict=True):
+        record = json.loads(line)
+        shifts = np.array(record["shifts_px"])
+        assert shifts.shape == (8, 2)
+        assert np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1))) < 0.2
+        steps = np.linalg.norm(np.diff(shifts, axis=0), axis=1)
+        assert record["total_motion_a"] == pytest.approx(1.1 * steps.sum(), rel=1e-6)
+        assert Path(record["output_path"]) == out / f"{path.stem}.mrc"
+        assert Path(record["output_path"]).is_file()
+
+
+def test_cli_reports_a_bad_movie_and_goes_on(tmp_path, movies, capsys):
+    paths, _ = movies
+    missing = tmp_path / "missing.mrc"
+    argv = [
+        "motion",
+        str(missing),
+        str(paths[0]),
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    ]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "missing.mrc" in captured.err
+    assert len(captured.out.strip().splitlines()) == 1
+
+
+def test_cli_runs_as_a_subprocess(tmp_path, movies):
+    paths, _ = movies
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "livestream.cli.main", "motion", str(paths[0])]
+    command += ["--out", str(tmp_path / "sub"), "--patches", "0", "0", "--json"]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    record = json.loads(completed.stdout)
+    assert len(record["shifts_px"]) == 8
+    assert Path(record["output_path"]).is_file()

@@ -1,0 +1,133 @@
+"""`livestream pick` and `livestream extract` on files, through the dispatcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from livestream.cli.main import main
+from pipelines.io.outputs import write_mrc
+from tests.pipelines.pick_synthetic import (
+    make_phantom,
+    match_picks,
+    project_templates,
+    simulate,
+)
+
+
+@pytest.fixture
+def micrographs(tmp_path: Path, rng: np.random.Generator) -> tuple[list[Path], list]:
+    phantom = make_phantom(rng, diameter_a=160.0)
+    paths = []
+    truths = []
+    for i, defocus_a in enumerate((12000.0, 25000.0)):
+        sim = simulate(
+            rng, phantom=phantom, shape=(512, 640), snr=0.08, defocus_a=defocus_a
+        )
+        path = tmp_path / "MotionCorr" / "job002" / "Movies" / f"mic_{i}.mrc"
+        write_mrc(path, sim.image, pixel_size_a=4.0, float16=False)
+        paths.append(path)
+        truths.append(sim)
+    templates = project_templates(phantom, rng, n=6, box_px=64, pixel_size_a=4.0)
+    write_mrc(tmp_path / "templates.mrcs", templates, pixel_size_a=4.0, float16=False)
+    return paths, truths
+
+
+def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    assert main(argv) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.parametrize("picker", ["blob", "template"])
+def test_pick_json_finds_the_particles(
+    micrographs: tuple[list[Path], list],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    picker: str,
+) -> None:
+    paths, truths = micrographs
+    argv = [
+        "pick",
+        *map(str, paths),
+        "--pixel-size-a",
+        "4",
+        "--diameter-a",
+        "130",
+        "190",
+    ]
+    if picker == "template":
+        argv += ["--templates", str(tmp_path / "templates.mrcs")]
+        argv += ["--defocus-a", "15000", "15000", "0"]
+    records = _run_json([*argv, "--json"], capsys)
+    assert [r["micrograph"] for r in records] == [str(p) for p in paths]
+    for record, truth in zip(records, truths, strict=True):
+        assert record["picker"] == picker
+        assert record["n_picks"] == len(record["picks"])
+        x = np.array([p["x_px"] for p in record["picks"]])
+        y = np.array([p["y_px"] for p in record["picks"]])
+        recall, precision = match_picks(
+            truth.x_px, truth.y_px, x, y, tolerance_px=0.2 * 160 / 4
+        )
+        assert recall >= 0.9
+        assert precision >= 0.9
+        assert {"x_px", "y_px", "score", "power"} <= set(record["picks"][0])
+
+
+def test_pick_then_extract(
+    micrographs: tuple[list[Path], list],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths, _ = micrographs
+    picks_file = tmp_path / "picks.jsonl"
+    common = ["--pixel-size-a", "4", "--diameter-a", "130", "190"]
+    assert main(["pick", *map(str, paths), *common, "--json"]) == 0
+    picks_file.write_text(capsys.readouterr().out)
+    assert (
+        main(["pick", str(paths[0]), *common, "--out", str(tmp_path / "AutoPick")]) == 0
+    )
+    capsys.readouterr()
+    star_picks = starfile.read(tmp_path / "AutoPick" / "mic_0_autopick.star")
+    assert "rlnCoordinateX" in star_picks
+
+    argv = [
+        "extract", *map(str, paths), "--picks", str(picks_file),
+        "--pixel-size-a", "4", "--box-px", "64", "--downscale-px", "48",
+        "--defocus-a", "15000", "14000", "10",
+        "--out", "Extract/job005", "--project-dir", str(tmp_path), "--json",
+    ]  # fmt: skip
+    records = _run_json(argv, capsys)
+    total = 0
+    for record in records:
+        with mrcfile.open(record["stack"]) as mrc:
+            assert mrc.header.mode == 12
+            assert mrc.data.shape[1:] == (48, 48)
+            assert mrc.data.shape[0] == record["n_extracted"]
+        total += record["n_extracted"]
+    blocks = starfile.read(tmp_path / "Extract" / "job005" / "particles.star")
+    assert len(blocks["particles"]) == total
+    assert blocks["particles"]["rlnImageName"].iloc[0] == (
+        "000001@Extract/job005/Movies/mic_0.mrcs"
+    )
+    assert blocks["optics"]["rlnImagePixelSize"].iloc[0] == pytest.approx(4.0 * 64 / 48)
+
+
+def test_extract_without_picks_for_a_micrograph_fails_cleanly(
+    micrographs: tuple[list[Path], list],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths, _ = micrographs
+    (tmp_path / "other_autopick.star").write_text("data_\n")
+    argv = [
+        "extract", str(paths[0]), "--picks", str(tmp_path / "other_autopick.star"),
+        "--pixel-size-a", "4", "--box-px", "64", "--defocus-a", "1e4", "1e4", "0",
+        "--out", str(tmp_path / "Extract"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    assert "mic_0" in capsys.readouterr().err
