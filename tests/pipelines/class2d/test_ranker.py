@@ -100,6 +100,9 @@ def _mixture_run(
         defocus_v_a=defocus.copy(),
         astigmatism_angle_deg=np.zeros(n),
         phase_shift_deg=np.zeros(n),
+        voltage_kv=good.particles.voltage_kv,
+        cs_mm=good.particles.cs_mm,
+        amplitude_contrast=good.particles.amplitude_contrast,
     )
     config = Class2dConfig(
         n_classes=8,
