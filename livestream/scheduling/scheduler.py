@@ -31,9 +31,8 @@ from livestream.ledger.store import Ledger, StageResult, StageState
 from livestream.scheduling.executors import Executor
 from livestream.stages.registry import Chain, ChainLink, StageTask, picklable, run_stage
 from livestream.telemetry.reporting import Reporter
-from mdcatch.errors import MetadataError
+from mdcatch.errors import InputFieldError
 from mdcatch.records import Exposure
-from pipelines.errors import StageInputError
 
 __all__ = ["Scheduler", "SchedulerSettings"]
 
@@ -212,7 +211,7 @@ class Scheduler:
         except asyncio.CancelledError:
             self._ledger.mark_pending(eid, stage)  # checkpoint: redo after restart
             raise
-        except (StageInputError, MetadataError) as exc:
+        except InputFieldError as exc:  # StageInputError or MetadataError
             self._record_failure(
                 work, str(exc), time.monotonic() - started, attempt, bad_input=True
             )
