@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,13 +32,14 @@ from livestream.intake.pairing import Intake
 from livestream.intake.watcher import SessionWatcher
 from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
+from livestream.ledger.summary import LedgerSummary, summarize_ledger
 from livestream.project.job_index import JobIndex, index_targets
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import Chain, build_chain
 from livestream.telemetry.reporting import Listener, Reporter
 
-__all__ = ["EXIT_FORCED", "ServiceHandle", "run_service", "summarize_ledger"]
+__all__ = ["EXIT_FORCED", "ServiceHandle", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +60,12 @@ class ServiceHandle:
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
 
 
-def summarize_ledger(
-    ledger: Ledger, now_unix_s: float | None = None
-) -> dict[str, object]:
-    """Counts per stage and state, throughput per hour, the newest exposure's age."""
-    now = time.time() if now_unix_s is None else now_unix_s
-    newest = ledger.newest_discovered_unix_s()
-    first_done = ledger.first_done_unix_s()
-    per_hour = 0.0
-    if first_done is not None:
-        window_start = max(now - 3600.0, first_done)
-        n_done = len(ledger.done_times_since(window_start))
-        span_s = max(now - window_start, 60.0)
-        per_hour = n_done / span_s * 3600.0
-    return {
-        "exposures": ledger.stage_counts(),
-        "n_exposures": ledger.count_exposures(),
-        "n_done": ledger.count_done(),
-        "newest_exposure_age_s": None if newest is None else max(0.0, now - newest),
-        "exposures_per_hour": per_hour,
-    }
-
-
-def _summary_text(summary: dict[str, object], depth: int, in_flight: int) -> str:
+def _summary_text(summary: LedgerSummary, depth: int, in_flight: int) -> str:
+    """The systemd STATUS line (also the MQTT status ``summary``)."""
     return (
-        f"{summary['n_done']}/{summary['n_exposures']} exposures done, "
+        f"{summary.n_done}/{summary.n_exposures} exposures done, "
         f"{in_flight} running, {depth} queued, "
-        f"{float(summary['exposures_per_hour']):.0f}/h"  # type: ignore[arg-type]
+        f"{summary.exposures_per_hour:.0f}/h"
     )
 
 
@@ -233,8 +212,8 @@ async def _serve(
         reporter.summary(
             state,
             _summary_text(summary, scheduler.depth, scheduler.in_flight),
-            counts=summary["exposures"],  # type: ignore[arg-type]
-            exposures_per_hour=float(summary["exposures_per_hour"]),  # type: ignore[arg-type]
+            counts=summary.exposures,
+            exposures_per_hour=summary.exposures_per_hour,
             project=config.project.path,
         )
 

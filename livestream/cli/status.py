@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from livestream.ledger.store import Ledger
+from livestream.ledger.summary import summarize_ledger
+
 __all__ = ["add_args", "main", "read_status"]
 
 
@@ -31,12 +34,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
     """The status document of the ledger in ``project`` (see ``--json``)."""
-    from livestream.daemon import summarize_ledger
-    from livestream.ledger.store import Ledger
-
     ledger = Ledger(project / "livestream.sqlite", read_only=True)
     try:
-        status: dict[str, Any] = summarize_ledger(ledger)
+        status: dict[str, Any] = summarize_ledger(ledger).to_json()
         status["project"] = str(project)
         status["curation"] = _curation(ledger.path)
         status["class2d"] = _class2d(project)
