@@ -2,8 +2,8 @@
 
 Start-up opens the ledger, reconciles it with the project folder, starts metrics,
 MQTT and the executor, and tells systemd READY.  The main loop is a named
-:class:`asyncio.TaskGroup` of the watcher, the scheduler, the reporter's MQTT
-feed and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
+:class:`asyncio.TaskGroup` of the watcher, the scheduler, the MQTT feed of
+events and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,
@@ -37,7 +37,10 @@ from livestream.project.job_index import JobIndex, index_targets
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import Chain, build_chain
-from livestream.telemetry.reporting import Listener, Reporter
+from livestream.telemetry.broadcast import Broadcaster, Listener, open_publisher
+from livestream.telemetry.recorder import MetricsRecorder
+from livestream.telemetry.reporting import Reporter
+from livestream.telemetry.systemd_notify import Notifier
 
 __all__ = ["EXIT_FORCED", "ServiceHandle", "run_service"]
 
@@ -58,6 +61,17 @@ class ServiceHandle:
     index: JobIndex
     curation: CurationReload
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
+    metrics_address: tuple[str, int] | None = None  # None: metrics off
+
+
+@dataclass(frozen=True, slots=True)
+class _Telemetry:
+    """The sinks the daemon holds, and the front the service core reports to."""
+
+    reporter: Reporter
+    events: Broadcaster
+    notifier: Notifier
+    recorder: MetricsRecorder | None
 
 
 def _summary_text(summary: LedgerSummary, depth: int, in_flight: int) -> str:
@@ -100,7 +114,7 @@ async def run_service(
     ledger = Ledger(config.ledger_path)
     report = reconcile_ledger(ledger, project, retry_quarantined=retry_quarantined)
     log.info("reconciled ledger: %s", report)
-    reporter: Reporter | None = None
+    recorder: MetricsRecorder | None = None
     executor: LocalExecutor | DaskExecutor | None = None
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
@@ -114,26 +128,28 @@ async def run_service(
             loop.add_signal_handler(signum, on_signal)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
-        reporter = Reporter.create(
-            config.session.path.name or "session",
-            config.metrics,
-            any_port_if_busy=any_port_if_busy,
-        )
-        for listener in listeners:
-            reporter.add_listener(listener)
-        if reporter.metrics is not None:
-            # every stage's series exist at 0, so failure-rate alerts work at once
-            reporter.metrics.declare_stages(["import", *chain.names])
+        if config.metrics.enabled:
+            recorder = MetricsRecorder.serve(
+                config.metrics, any_port_if_busy=any_port_if_busy
+            )
+            recorder.declare_stages(["import", *chain.names])
+        notifier = Notifier.from_env()
         executor = await create_executor(
             config.workers.n_processes,
             config.workers.start_method,
             config.workers.dask_scheduler_address,
         )
-        async with reporter.open_publisher(config.mqtt):
+        async with open_publisher(
+            config.mqtt,
+            config.session.path.name or "session",
+            metrics=None if recorder is None else recorder.metrics,
+        ) as publisher:
+            events = Broadcaster(publisher, listeners=listeners)
+            reporter = Reporter(events, metrics=recorder, notifier=notifier)
             await _serve(
                 config,
                 ledger,
-                reporter,
+                _Telemetry(reporter, events, notifier, recorder),
                 executor,
                 chain,
                 report,
@@ -146,8 +162,8 @@ async def run_service(
                 loop.remove_signal_handler(signum)
         if executor is not None:  # a no-op after a clean drain
             await executor.close(cancel=True)
-        if reporter is not None:
-            reporter.close()
+        if recorder is not None:
+            recorder.close()
         ledger.close()
     return 0
 
@@ -155,7 +171,7 @@ async def run_service(
 async def _serve(
     config: ServiceConfig,
     ledger: Ledger,
-    reporter: Reporter,
+    telemetry: _Telemetry,
     executor: LocalExecutor | DaskExecutor,
     chain: Chain,
     report: ReconcileReport,
@@ -163,6 +179,7 @@ async def _serve(
     on_started: Callable[[ServiceHandle], None] | None,
 ) -> None:
     stop, reload = events
+    reporter, notifier = telemetry.reporter, telemetry.notifier
     workers = config.workers
     scheduler = Scheduler(
         ledger,
@@ -196,13 +213,20 @@ async def _serve(
         min_interval_s=config.project.index_interval_s,
     )
     await asyncio.to_thread(index.write_logged)  # right after a restart, too
-    reporter.add_listener(index.on_event)
+    telemetry.events.add_listener(index.on_event)
     curation = CurationReload(config, ledger, chain, scheduler, reporter, index)
     curation.publish_counts()
-    reporter.add_listener(curation.on_event)
+    telemetry.events.add_listener(curation.on_event)
     class2d = class2d_for(config, index, reporter)
     handle = ServiceHandle(
-        reporter, report, scheduler, watcher, index, curation, class2d
+        reporter,
+        report,
+        scheduler,
+        watcher,
+        index,
+        curation,
+        class2d,
+        None if telemetry.recorder is None else telemetry.recorder.address,
     )
     if on_started is not None:
         on_started(handle)
@@ -218,12 +242,12 @@ async def _serve(
         )
 
     async def summarize_forever() -> None:
-        period = reporter.watchdog_period_s()
+        period = notifier.watchdog_ping_period_s()
         interval = (
             SUMMARY_INTERVAL_S if period is None else min(period, SUMMARY_INTERVAL_S)
         )
         while True:
-            reporter.watchdog()
+            notifier.watchdog()
             summarize("running")
             await asyncio.sleep(interval)
 
@@ -231,7 +255,7 @@ async def _serve(
         scheduling = group.create_task(scheduler.run(), name="scheduler")
         background = [
             group.create_task(watcher.run(), name="watcher"),
-            group.create_task(reporter.run(), name="reporter"),
+            group.create_task(telemetry.events.run(), name="events"),
             group.create_task(summarize_forever(), name="summary"),
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
@@ -241,12 +265,12 @@ async def _serve(
             if class2d is None
             else group.create_task(class2d.run(), name="class2d")
         )
-        reporter.ready()
+        notifier.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
         await stop.wait()
         # -- shutdown: stop taking work, drain with a time limit, checkpoint ------
         drain_deadline = asyncio.get_running_loop().time() + workers.drain_timeout_s
-        reporter.stopping()
+        notifier.stopping()
         if class2d is not None:
             class2d.request_stop()  # its mini-batch ends while stages drain
         background[0].cancel()
@@ -268,7 +292,7 @@ async def _serve(
             await drain_class2d(classifying, drain_deadline)
         await asyncio.to_thread(index.write_logged)  # always, at shutdown
         summarize("stopped")
-        await reporter.flush()
+        await telemetry.events.flush()
         for task in background:
             task.cancel()
     with contextlib.suppress(ValueError):

@@ -169,7 +169,7 @@ async def _demo(args: argparse.Namespace) -> int:
             stop.set()
 
     def announce(handle: ServiceHandle) -> None:
-        address = handle.reporter.metrics_address
+        address = handle.metrics_address
         print(f"session (simulated microscope): {session}")
         if movies != session:
             print(f"movies:                         {movies}")

@@ -17,6 +17,7 @@ from livestream.ledger.store import Ledger, StageState
 from livestream.scheduling.executors import LocalExecutor
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import build_chain
+from livestream.telemetry.broadcast import Broadcaster
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
 from mdcatch.records import Exposure
 
@@ -87,7 +88,8 @@ async def _run(
     chain = build_chain(StagesConfig.model_validate(stages))
     ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
     exposures = _exposures(tmp_path, ledger, n, chain.names)
-    reporter = Reporter("test")
+    broadcaster = Broadcaster()
+    reporter = Reporter(broadcaster)
     events: list[ServiceEvent] = []
     finished = asyncio.Event()
 
@@ -96,7 +98,7 @@ async def _run(
         if sum(e.type is EventType.EXPOSURE_DONE for e in events) == n:
             finished.set()
 
-    reporter.add_listener(listen)
+    broadcaster.add_listener(listen)
     executor = executor or InlineExecutor()
     scheduler = Scheduler(
         ledger,
@@ -187,9 +189,10 @@ async def _run_existing(
 ) -> tuple[Ledger, Any, None]:
     chain = build_chain(StagesConfig.model_validate(stages))
     ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
-    reporter = Reporter("test")
+    broadcaster = Broadcaster()
+    reporter = Reporter(broadcaster)
     finished = asyncio.Event()
-    reporter.add_listener(
+    broadcaster.add_listener(
         lambda e: finished.set() if e.type is EventType.EXPOSURE_DONE else None
     )
     executor = InlineExecutor()
