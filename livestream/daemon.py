@@ -181,6 +181,8 @@ async def _serve(
     stop, reload = events
     reporter, notifier = telemetry.reporter, telemetry.notifier
     workers = config.workers
+    # Two collaborations go both ways: a closure, passed at construction, names
+    # the partner built just after (neither runs before the task group starts).
     scheduler = Scheduler(
         ledger,
         chain,
@@ -193,8 +195,9 @@ async def _serve(
             retry_backoff_s=workers.retry_backoff_s,
             newest_share=workers.newest_share,
         ),
+        # a curate result whose thresholds changed while it ran is decided again
+        recurate=lambda exposure_id, stage: curation.recurate(exposure_id, stage),
     )
-    watcher = SessionWatcher(config.session, lambda p, k, s: intake.on_settled(p, k, s))
     intake = Intake(
         ledger,
         chain=chain.names,
@@ -202,9 +205,12 @@ async def _serve(
         reporter=reporter,
         orphan_timeout_s=config.session.orphan_timeout_s,
         path_map=config.session.path_map,
-        expect_movie=watcher.expect_movie,
+        # an mdoc names its movie, possibly outside the watched folders
+        expect_movie=lambda path: watcher.expect_movie(path),
     )
-    watcher.on_rescan = intake.quarantine_orphans
+    watcher = SessionWatcher(
+        config.session, intake.on_settled, on_rescan=intake.quarantine_orphans
+    )
     reporter.set_workers(executor.n_workers())
     index = JobIndex(
         ledger.path,
