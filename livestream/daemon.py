@@ -180,6 +180,7 @@ async def _serve(
 ) -> None:
     stop, reload = events
     reporter, notifier = telemetry.reporter, telemetry.notifier
+    recorder = telemetry.recorder
     workers = config.workers
     # Two collaborations go both ways: a closure, passed at construction, names
     # the partner built just after (neither runs before the task group starts).
@@ -232,7 +233,7 @@ async def _serve(
         index,
         curation,
         class2d,
-        None if telemetry.recorder is None else telemetry.recorder.address,
+        metrics_address=recorder.address if recorder is not None else None,
     )
     if on_started is not None:
         on_started(handle)
