@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from livestream.intake.settle import (
     FileKind,
@@ -26,11 +25,13 @@ from livestream.intake.settle import (
 )
 from livestream.ledger.store import Ledger, StageState
 from livestream.telemetry.reporting import Reporter
+from mdcatch.crosscheck import reconcile
+from mdcatch.epu.exposure import read_epu_exposure
 from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import read_movie_header
+from mdcatch.profiles.detectors import Profiles, load_profiles
 from mdcatch.records import Exposure
-
-if TYPE_CHECKING:
-    from mdcatch.profiles.detectors import Profiles
+from mdcatch.serialem.mdoc import read_mdoc
 
 __all__ = ["Intake", "parse_exposure"]
 
@@ -56,16 +57,9 @@ def parse_exposure(
 
     The returned record's ``exposure_id`` is ``key`` (the ledger's key).
     """
-    from mdcatch.crosscheck import reconcile
-    from mdcatch.headers.movie import read_movie_header
-
     if kind is FileKind.EPU_XML:
-        from mdcatch.epu.exposure import read_epu_exposure
-
         exposure = read_epu_exposure(metadata_path, movie_path=movie_path)
     else:
-        from mdcatch.serialem.mdoc import read_mdoc
-
         _, exposures = read_mdoc(metadata_path, path_map=path_map)
         if not exposures:
             raise MetadataError(
@@ -146,15 +140,11 @@ class Intake:
 
     def _profiles(self) -> Profiles:
         if self._loaded_profiles is None:
-            from mdcatch.profiles.detectors import load_profiles
-
             self._loaded_profiles = load_profiles()
         return self._loaded_profiles
 
     def _announce_serialem_movie(self, mdoc: Path) -> None:
         """An mdoc may name a movie in another folder: have the watcher track it."""
-        from mdcatch.serialem.mdoc import read_mdoc
-
         _, exposures = read_mdoc(mdoc, path_map=self._path_map)
         for exposure in exposures[:1]:
             if exposure.movie_path is not None and self._expect_movie is not None:

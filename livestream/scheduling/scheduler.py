@@ -73,6 +73,7 @@ class Scheduler:
         settings: SchedulerSettings,
         *,
         stage_runner: Callable[[StageTask], StageResult] = run_stage,
+        recurate: Callable[[str, str], StageResult | None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._chain = chain
@@ -90,7 +91,7 @@ class Scheduler:
         self._closing = False
         self._n_newest = 0
         # decides a curate result again when its thresholds changed while it ran
-        self.recurate: Callable[[str, str], StageResult | None] | None = None
+        self.recurate = recurate
 
     # -- queue ---------------------------------------------------------------------
     @property
