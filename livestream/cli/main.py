@@ -9,6 +9,7 @@ from types import ModuleType
 
 from livestream import __version__
 from livestream.cli import class2d, ctf, curate, extract, motion, pick, run, status
+from livestream.cli.console import INPUT_ERROR_STATUS, InputError
 from livestream.demo import command as demo_command
 
 # name -> command module; each has a docstring (its help), add_args(parser) and
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args._main(args)
+    try:
+        result: int = args._main(args)
+    except InputError as exc:  # a missing or unreadable input: one line, no traceback
+        print(f"livestream {args.command}: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
     return result
 
 

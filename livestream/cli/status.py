@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from livestream.cli.console import require_file, require_folder
 
 __all__ = ["add_args", "main", "read_status"]
 
@@ -140,10 +141,8 @@ def _table(status: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    ledger_path = args.project / "livestream.sqlite"
-    if not ledger_path.is_file():
-        print(f"livestream status: no ledger at {ledger_path}", file=sys.stderr)
-        return 1
+    require_folder(args.project, "project folder")
+    require_file(args.project / "livestream.sqlite", "ledger")
     status = read_status(args.project, n_failures=args.failures)
     print(json.dumps(status, indent=2) if args.json else _table(status))
     return 0
