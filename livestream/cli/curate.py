@@ -27,15 +27,6 @@ from livestream.cli.console import (
     require_file,
     require_folder,
 )
-from livestream.config import ConfigError, load_config
-from livestream.curation.live import (
-    reevaluate_curation,
-    reopen_skipped,
-    write_decision_files,
-)
-from livestream.ledger.store import Ledger
-from livestream.project.job_index import JobIndex, index_targets
-from livestream.stages.registry import build_chain
 
 __all__ = ["add_args", "main", "recurate_project"]
 
@@ -56,6 +47,15 @@ def recurate_project(
     """Re-evaluate ``project`` with the curation thresholds of ``config_path``.
 
     ``progress``, if given, shows which of :data:`STEPS` runs."""
+    from livestream.config import ConfigError, load_config
+    from livestream.curation.live import (
+        reevaluate_curation,
+        reopen_skipped,
+        write_decision_files,
+    )
+    from livestream.ledger.store import Ledger
+    from livestream.project.job_index import JobIndex, index_targets
+    from livestream.stages.registry import build_chain
 
     def step(name: str) -> None:
         if progress is not None:
@@ -93,6 +93,8 @@ def recurate_project(
 
 
 def main(args: argparse.Namespace) -> int:
+    from livestream.config import ConfigError
+
     require_folder(args.project, "project folder")
     require_file(args.project / "livestream.sqlite", "ledger")
     require_file(args.config, "config file")

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import starfile
 
 from livestream.cli.console import (
     InputError,
@@ -130,6 +129,8 @@ def _ctf_for(
         "amplitude_contrast": args.amplitude_contrast,
     }
     if args.ctf_star is not None:
+        import starfile
+
         blocks = starfile.read(args.ctf_star, always_dict=True)
         table = blocks.get("micrographs", next(iter(blocks.values())))
         stems = [Path(str(n)).stem for n in table["rlnMicrographName"]]

@@ -25,7 +25,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import mrcfile
 import numpy as np
 
 from livestream.cli.console import (
@@ -40,8 +39,6 @@ from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.picks import Picks, picks_to_dicts, write_picks_star
 from pipelines.picking.template import pick_template
-from pipelines.simulate.projection import project, random_rotations
-from pipelines.simulate.volumes import load_map
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +83,9 @@ def _templates(args: argparse.Namespace) -> tuple[np.ndarray | None, float]:
         stack, header_px = read_stack(args.templates)
         return stack, args.template_pixel_size_a or header_px or args.pixel_size_a
     if args.templates_volume is not None:
+        from pipelines.simulate.projection import project, random_rotations
+        from pipelines.simulate.volumes import load_map
+
         volume, map_px = load_map(args.templates_volume)
         rng = np.random.default_rng(args.seed)
         views = project(volume, random_rotations(args.n_views, rng))
@@ -97,6 +97,8 @@ def _templates(args: argparse.Namespace) -> tuple[np.ndarray | None, float]:
 
 def read_stack(path: Path) -> tuple[np.ndarray, float]:
     """``(n, box, box)`` float32 images of an MRC stack and the header pixel size."""
+    import mrcfile
+
     try:
         with mrcfile.open(path, permissive=True) as mrc:
             data = np.asarray(mrc.data, dtype=np.float32)

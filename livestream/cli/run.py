@@ -21,7 +21,6 @@ from typing import Any
 
 from livestream.cli.console import require_file, require_folder
 from livestream.config import ConfigError, ServiceConfig, load_config
-from livestream.daemon import run_service
 
 __all__ = ["add_args", "config_from_args", "main"]
 
@@ -85,4 +84,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"livestream run: {exc}", file=sys.stderr)
         return 2
     require_folder(config.session.path, "session folder (key 'session.path')")
+    from livestream.daemon import run_service
+
     return asyncio.run(run_service(config, retry_quarantined=args.retry_quarantined))
