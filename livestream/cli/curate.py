@@ -17,11 +17,13 @@ instead.  Prints the counts and the rejection reasons.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from livestream.cli.console import (
+    InputError,
     Progress,
     print_json,
     require_file,
@@ -96,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     from livestream.config import ConfigError
 
     require_folder(args.project, "project folder")
-    require_file(args.project / "livestream.sqlite", "ledger")
+    ledger = require_file(args.project / "livestream.sqlite", "ledger")
     require_file(args.config, "config file")
     try:
         with Progress(
@@ -106,6 +108,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"livestream curate: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:  # not a ledger, or not one of ours
+        raise InputError(ledger, f"ledger cannot be read: {exc}") from None
     if args.json:
         print_json(report, indent=2)
         return 0

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from livestream.cli.console import require_file, require_folder
+from livestream.cli.console import InputError, require_file, require_folder
 
 __all__ = ["add_args", "main", "read_status"]
 
@@ -142,7 +143,10 @@ def _table(status: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     require_folder(args.project, "project folder")
-    require_file(args.project / "livestream.sqlite", "ledger")
-    status = read_status(args.project, n_failures=args.failures)
+    ledger = require_file(args.project / "livestream.sqlite", "ledger")
+    try:
+        status = read_status(args.project, n_failures=args.failures)
+    except sqlite3.DatabaseError as exc:  # not a ledger, or not one of ours
+        raise InputError(ledger, f"ledger cannot be read: {exc}") from None
     print(json.dumps(status, indent=2) if args.json else _table(status))
     return 0

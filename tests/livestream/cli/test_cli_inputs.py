@@ -18,9 +18,15 @@ from pathlib import Path
 import pytest
 
 from livestream.cli.main import main
+from tests.livestream.service_fixtures import service_config, write_config_file
 
 FILE_KINDS = ("missing", "folder", "fifo", "broken_link")
 FOLDER_KINDS = ("missing", "file", "fifo", "broken_link")
+# an empty file is an empty SQLite database: curate (which writes) makes it a ledger
+LEDGER_KINDS = {
+    "status": (*FILE_KINDS, "empty", "not_sqlite"),
+    "curate": (*FILE_KINDS, "not_sqlite"),
+}
 OPTICS = ["--pixel-size-a", "1", "--voltage-kv", "300", "--cs-mm", "2.7"]
 PICK = ["--pixel-size-a", "1", "--diameter-a", "100", "200"]
 
@@ -35,6 +41,10 @@ def _make_bad(path: Path, kind: str) -> Path:
         os.mkfifo(path)
     elif kind == "broken_link":
         path.symlink_to(path.parent / "gone")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not_sqlite":
+        path.write_text("not an SQLite database\n" * 100)
     return path
 
 
@@ -51,6 +61,17 @@ def _project(folder: Path) -> str:
     project.mkdir()
     (project / "livestream.sqlite").write_bytes(b"")
     return str(project)
+
+
+def _curate_config(project: Path, folder: Path) -> str:
+    """A valid config with a curate stage."""
+    config = service_config(
+        folder / "session",
+        folder / "movies",
+        project,
+        stages={"chain": ["motion", "ctf", "curate"]},
+    )
+    return str(write_config_file(folder / "live.toml", config))
 
 
 # command, what is bad, argv given the bad path and a scratch folder
@@ -89,7 +110,7 @@ FILE_CASES: dict[str, ArgvOf] = {
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
     "curate": lambda project, tmp: [
-        "curate", "--project", str(project), "--config", _good_file(tmp, "live.toml")
+        "curate", "--project", str(project), "--config", _curate_config(project, tmp)
     ],
 }  # fmt: skip
 FOLDER_CASES: dict[str, ArgvOf] = {
@@ -121,8 +142,10 @@ def test_bad_input_file(
     _assert_one_line_naming(FILE_CASES[case](str(bad), tmp_path), bad, capsys)
 
 
-@pytest.mark.parametrize("kind", FILE_KINDS)
-@pytest.mark.parametrize("case", LEDGER_CASES)
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [(case, kind) for case, kinds in LEDGER_KINDS.items() for kind in kinds],
+)
 def test_bad_ledger(
     case: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
