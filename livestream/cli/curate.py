@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.cli.console import (
+    INPUT_ERROR_STATUS,
     InputError,
     Progress,
     print_json,
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
             report = recurate_project(args.project, args.config, progress=progress)
     except ConfigError as exc:
         print(f"livestream curate: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR_STATUS
     except sqlite3.DatabaseError as exc:  # not a ledger, or not one of ours
         raise InputError(ledger, f"ledger cannot be read: {exc}") from None
     if args.json:

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livestream",
         description="Live cryo-EM processing beside the microscope.",
+        epilog="Exit status: 0 done; 1 some files of a batch could not be processed "
+        "(the others were); 2 a bad command line, config, or a missing or "
+        "unreadable input (one line on stderr names it).",
     )
     parser.add_argument(
         "--version", action="version", version=f"livestream {__version__}"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from livestream.cli.console import require_file, require_folder
+from livestream.cli.console import INPUT_ERROR_STATUS, require_file, require_folder
 from livestream.config import ConfigError, ServiceConfig, load_config
 
 __all__ = ["add_args", "config_from_args", "main"]
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"livestream run: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR_STATUS
     require_folder(config.session.path, "session folder (key 'session.path')")
     from livestream.daemon import run_service
 
