@@ -7,8 +7,9 @@ Example:
 
 --picks takes coordinate STAR files (matched to a micrograph when the file name
 starts with the micrograph's name, e.g. <stem>_autopick.star) or the JSON written
-by `livestream pick --json` (.json; older JSON-lines output too).  The CTF of each particle comes from
---ctf-star (a micrographs_ctf.star, matched by micrograph name) or --defocus-a.
+by `livestream pick --json` (.json; the JSON lines of older versions too).  The CTF
+of each particle comes from --ctf-star (a micrographs_ctf.star, matched by
+micrograph name) or --defocus-a.
 Stacks go to <out>/<sub>/<stem>.mrcs (mode 12), rows are appended to
 <out>/particles.star; image names are relative to --project-dir (default: the
 current folder).  Boxes that would cross the micrograph's edge are skipped and
@@ -160,6 +161,9 @@ def _ctf_for(
 def main(args: argparse.Namespace) -> int:
     require_files(args.micrographs, "micrograph")
     require_files(args.picks, "picks file")
+    for file in args.picks:  # a broken JSON file stops the batch before it starts
+        if file.suffix in {".json", ".jsonl"}:
+            _pick_records(file)
     if args.ctf_star is not None:
         require_file(args.ctf_star, "CTF STAR file")
     out = args.out if args.out.is_absolute() else args.project_dir / args.out
