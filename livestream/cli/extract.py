@@ -161,11 +161,11 @@ def _ctf_for(
 def main(args: argparse.Namespace) -> int:
     require_files(args.micrographs, "micrograph")
     require_files(args.picks, "picks file")
+    if args.ctf_star is not None:
+        require_file(args.ctf_star, "CTF STAR file")
     for file in args.picks:  # a broken JSON file stops the batch before it starts
         if file.suffix in {".json", ".jsonl"}:
             _pick_records(file)
-    if args.ctf_star is not None:
-        require_file(args.ctf_star, "CTF STAR file")
     out = args.out if args.out.is_absolute() else args.project_dir / args.out
     project = args.project_dir.resolve()
     try:

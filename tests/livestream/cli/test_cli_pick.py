@@ -155,9 +155,11 @@ def test_extract_reads_picks_json_of_older_versions_and_names_a_broken_one(
     broken = tmp_path / "broken.json"
     broken.write_text('{"items": [')
     argv = [
-        "extract", str(micrograph), "--picks", str(broken), "--pixel-size-a", "4",
-        "--box-px", "16", "--defocus-a", "1e4", "1e4", "0", "--out", str(tmp_path / "E"),
+        "extract", str(micrograph), "--picks", str(now), str(broken),
+        "--pixel-size-a", "4", "--box-px", "16", "--defocus-a", "1e4", "1e4", "0",
+        "--out", str(tmp_path / "E"),
     ]  # fmt: skip
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"livestream extract: {broken}: picks file is not JSON")
+    assert not (tmp_path / "E").exists()  # checked before the first micrograph
