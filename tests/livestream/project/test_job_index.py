@@ -14,8 +14,10 @@ import starfile
 from livestream.config import load_config
 from livestream.ledger.store import Ledger, StageResult
 from livestream.project.job_index import IndexTargets, JobIndex, index_targets
+from livestream.project.job_tables import corrected_micrographs
 from livestream.stages.registry import build_chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from mdcatch.crosscheck import DEFAULT_CS_MM
 from pipelines.io.outputs import write_bytes_atomic
 from pipelines.io.particles_star import write_particles_star
 
@@ -175,3 +177,23 @@ async def test_many_finished_stages_give_few_rewrites(tmp_path: Path) -> None:
     assert 1 <= index.n_writes <= 3
     assert (project / "CtfFind/job003/micrographs_ctf.star").is_file()
     ledger.close()
+
+
+def test_optics_groups_follow_mdcatchs_rule(tmp_path: Path) -> None:
+    """Float noise below mdcatch's rounding keeps one group; another voltage makes
+    a second; rows without recorded optics get mdcatch's defaults."""
+    rows = [
+        ({"micrograph": "a.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 300.0,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "b.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 300.0 + 1e-9,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "c.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 200.0,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "d.mrc"}, {"pixel_size_a": 1.0}),
+    ]  # fmt: skip
+    path = tmp_path / "corrected_micrographs.star"
+    corrected_micrographs(path, rows)
+    blocks = starfile.read(path, always_dict=True)
+    assert list(blocks["micrographs"]["rlnOpticsGroup"]) == [1, 1, 2, 1]
+    assert list(blocks["optics"]["rlnVoltage"]) == [300.0, 200.0]
+    assert list(blocks["optics"]["rlnSphericalAberration"]) == [DEFAULT_CS_MM] * 2
