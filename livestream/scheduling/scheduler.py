@@ -10,7 +10,7 @@ at once; anything else is retried with exponential backoff up to ``max_attempts`
 and then quarantined.  A crashed worker process is such a transient failure.
 
 After a ``curate`` stage rejects an exposure, the stages after it are not
-dispatched: their rows are marked done with ``skipped = 1`` (a later threshold
+dispatched: their rows are marked done and ``skipped`` (a later threshold
 change that accepts the exposure puts them back to pending,
 :mod:`livestream.curation.reload`).  Stage parameters can change while the service
 runs (:meth:`Scheduler.update_params`); work starts with the current ones.
@@ -27,7 +27,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from livestream.ledger.store import Ledger, StageResult, StageState
+from livestream.ledger.store import (
+    Curation,
+    Ledger,
+    StageResult,
+    StageState,
+    curation_of,
+)
 from livestream.scheduling.executors import Executor
 from livestream.stages.registry import Chain, ChainLink, StageTask, picklable, run_stage
 from livestream.telemetry.reporting import Reporter
@@ -61,7 +67,6 @@ class _Work:
 
 
 CURATE_KIND = "curate"
-SKIPPED = {"skipped": 1.0}
 
 
 class Scheduler:
@@ -246,7 +251,7 @@ class Scheduler:
         if (
             following is not None
             and work.link.kind == CURATE_KIND
-            and result.figures.get("accepted", 1.0) == 0.0
+            and curation_of(result) is Curation.REJECTED
         ):
             self._skip_rest(work, following)
             following = None
@@ -263,7 +268,7 @@ class Scheduler:
         link: ChainLink | None = following
         while link is not None:
             after = self._chain.after(link.name)
-            result = StageResult(stage=link.name, figures=SKIPPED)
+            result = StageResult(stage=link.name, skipped=True)
             self._ledger.mark_done(eid, result, duration_s=0.0, last=after is None)
             self._reporter.stage_finished(eid, link.name, "done", 0.0, result=result)
             work.results[link.name] = result

@@ -48,9 +48,12 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     from pipelines.io.particles_star import write_particles_star
     from pipelines.picking.picks import read_picks_star
 
-    skipped = {"skipped": 1.0, "n_particles": 0.0, "n_skipped_edge": 0.0}
     if is_rejected(task, params.curate_stage):
-        return StageResult(stage=task.stage, figures=skipped)
+        return StageResult(
+            stage=task.stage,
+            figures={"n_particles": 0.0, "n_skipped_edge": 0.0},
+            skipped=True,
+        )
     path, pixel_size_a = micrograph_of(task, params.motion_stage)
     pick = task.previous.get(params.pick_stage)
     coordinates = None if pick is None else pick.outputs.get("coordinates")

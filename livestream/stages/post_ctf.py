@@ -2,11 +2,11 @@
 
 ``curate`` applies :func:`pipelines.curation.rules.curate` to the motion and CTF figures
 of the earlier stages and writes the decision (``Select/job004/<id>.json``).  A
-rejected exposure is *done with a decision*: its figures hold ``accepted = 0`` and
-one ``rejected_<figure>`` entry per failed rule; the scheduler does not dispatch
-the stages after it (pick, extract) but marks them done with ``skipped = 1``
-(should they run anyway, after a restart between the two, they return at once
-with ``skipped = 1``).  New thresholds re-decide past exposures from the ledger
+rejected exposure is *done with a decision*: its result has ``accepted = False``
+and one ``rejected_<figure>`` figure per failed rule; the scheduler does not
+dispatch the stages after it (pick, extract) but marks them done and ``skipped``
+(should they run anyway, after a restart between the two, they return at once,
+``skipped``).  New thresholds re-decide past exposures from the ledger
 without running this stage again (:mod:`livestream.curation.live`).
 
 ``pick`` runs the blob (LoG) or the template picker on the motion-corrected
@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field
 
-from livestream.ledger.store import StageResult
+from livestream.ledger.schema import (
+    Curation,
+    StageResult,
+    curation_of,
+    rejection_figures,
+)
 from livestream.stages.registry import StageParams, StageTask
 
 if TYPE_CHECKING:
@@ -94,19 +99,18 @@ def run_curate(task: StageTask, params: CurateParams) -> StageResult:
     relative = Path(params.job) / f"{task.exposure.exposure_id}.json"
     document = {"accepted": decision.accepted, "reasons": list(decision.reasons)}
     write_text_atomic(task.project_path / relative, json.dumps(document) + "\n")
-    out: dict[str, float] = {"accepted": float(decision.accepted)}
-    for reason in decision.reasons:  # "figure=value > max limit"
-        name, _, rest = reason.partition("=")
-        out[f"rejected_{name}"] = float(rest.split()[0])
     return StageResult(
-        stage=task.stage, outputs={"decision": str(relative)}, figures=out
+        stage=task.stage,
+        outputs={"decision": str(relative)},
+        figures=rejection_figures(decision.reasons),
+        accepted=decision.accepted,
     )
 
 
 def is_rejected(task: StageTask, curate_stage: str) -> bool:
-    """Whether the curation stage (if it ran) rejected this exposure."""
-    result = task.previous.get(curate_stage)
-    return result is not None and result.figures.get("accepted", 1.0) == 0.0
+    """Whether the curation stage rejected this exposure (not when it made no
+    decision: an undecided exposure is processed as without curation)."""
+    return curation_of(task.previous.get(curate_stage)) is Curation.REJECTED
 
 
 def micrograph_of(task: StageTask, motion_stage: str) -> tuple[Path, float]:
@@ -176,7 +180,7 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     from pipelines.picking.picks import write_picks_star
 
     if is_rejected(task, params.curate_stage):
-        return StageResult(stage=task.stage, figures={"skipped": 1.0, "n_picks": 0.0})
+        return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
     if params.diameter_max_a < params.diameter_min_a:
         raise StageInputError(
             task.project_path,

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from livestream.config import MetricsConfig, MqttConfig
+from livestream.ledger.schema import Curation, curation_of, rejections_of
 from livestream.ledger.store import StageResult
 from mdcatch.records import Exposure
 
@@ -168,7 +169,8 @@ class Reporter:
         result: StageResult | None = None,
         error: str = "",
     ) -> None:
-        figures = result.figures if result is not None else MappingProxyType({})
+        # events carry the figures as the ledger stores them (with the decision)
+        figures = result.stored_figures() if result is not None else {}
         if self.metrics is not None:
             self.metrics.stage_finished(stage, state, seconds)
             if "total_motion_a" in figures:
@@ -179,8 +181,8 @@ class Reporter:
                 )
             if "n_particles" in figures:
                 self.metrics.particles_extracted(int(figures["n_particles"]))
-        if self._curation is not None and "accepted" in figures:
-            self._curation.observe(figures)
+        if self._curation is not None and result is not None:
+            self._curation.observe(result)
         self._emit(
             ServiceEvent(
                 type=EventType.STAGE_FINISHED,
@@ -206,7 +208,7 @@ class Reporter:
             self.metrics.exposure_done(now)
         figures: dict[str, float] = {}
         for result in results.values():
-            figures.update(result.figures)
+            figures.update(result.stored_figures())
         self._queue_exposure_event(exposure, results, states, now)
         self._emit(
             ServiceEvent(
@@ -414,17 +416,13 @@ class Reporter:
 
 def curation_field(results: Mapping[str, StageResult]) -> dict[str, Any] | None:
     """``{"accepted": bool, "reasons": [figure, ...], "rejected": {figure: value}}``
-    from the curate stage's figures (``None`` without a curate stage)."""
+    from the curation decision (``None`` without one)."""
     for result in results.values():
-        figures = result.figures
-        if "accepted" in figures:
-            rejected = {
-                name.removeprefix("rejected_"): value
-                for name, value in figures.items()
-                if name.startswith("rejected_")
-            }
+        decision = curation_of(result)
+        if decision is not Curation.UNDECIDED:
+            rejected = rejections_of(result)
             return {
-                "accepted": figures["accepted"] != 0.0,
+                "accepted": decision is Curation.ACCEPTED,
                 "reasons": sorted(rejected),
                 "rejected": rejected,
             }

@@ -179,6 +179,40 @@ async def test_many_finished_stages_give_few_rewrites(tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_selection_holds_the_accepted_and_the_pool_drops_the_rejected(
+    tmp_path: Path,
+) -> None:
+    """Curation decisions: accepted, rejected, and a row without a decision
+    (undecided: not selected, but pooled as without curation)."""
+    project = tmp_path / "project"
+    ledger = Ledger(project / "livestream.sqlite")
+    for index in range(3):
+        _exposure(ledger, project, index, 2 + index, finished=3)
+    decisions = {"exp000": True, "exp001": False, "exp002": None}
+    with ledger.transaction() as db:
+        db.executemany(
+            "INSERT INTO stages (exposure_id, stage, position, state) VALUES (?, ?, ?, ?)",
+            [(eid, "curate", 9, "pending") for eid in decisions],
+        )
+    for eid, accepted in decisions.items():
+        ledger.mark_running(eid, "curate")
+        result = StageResult(stage="curate", accepted=accepted)
+        ledger.mark_done(eid, result, duration_s=0.0, last=False)
+    targets = IndexTargets(
+        motion_stage="motion",
+        ctf_stage="ctf",
+        curate_stage="curate",
+        extract_stage="extract",
+    )
+    counts = JobIndex(ledger.path, project, targets).write_all()
+    assert counts == {"motion": 3, "ctf": 3, "selected": 1, "particles": 2 + 4}
+    selected = starfile.read(
+        project / "Select/job004/micrographs_selected.star", always_dict=True
+    )["micrographs"]
+    assert list(selected["rlnMicrographName"]) == ["MotionCorr/job002/exp000.mrc"]
+    ledger.close()
+
+
 def test_optics_groups_follow_mdcatchs_rule(tmp_path: Path) -> None:
     """Float noise below mdcatch's rounding keeps one group; another voltage makes
     a second; rows without recorded optics get mdcatch's defaults."""
