@@ -45,7 +45,7 @@ def recurate_project(project: Path, config_path: Path) -> dict[str, Any]:
 
     config = load_config(config_path, {"project": {"path": project}})
     chain = build_chain(config.stages)
-    curate = [link for link in chain.links if link.kind == "curate"]
+    curate = [link for link in chain.links if link.kind.decides_curation]
     if not curate:
         raise ConfigError(f"{config_path}: key 'stages.chain': no stage of kind curate")
     link = curate[0]
@@ -57,7 +57,7 @@ def recurate_project(project: Path, config_path: Path) -> dict[str, Any]:
             reopened = reopen_skipped(db, result.newly_accepted, later)
     finally:
         ledger.close()
-    job = str(link.params.get("job", "Select/job004"))
+    job = str(link.job)
     write_decision_files(project, job, result.changed, result.version)
     JobIndex(config.ledger_path, project, index_targets(chain)).write_all()
     return {

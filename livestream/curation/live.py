@@ -33,8 +33,7 @@ from livestream.ledger.schema import (
     rejections_of,
     result_from_json,
 )
-from livestream.stages.post_ctf import CurateParams
-from livestream.stages.registry import StageParams
+from livestream.stages.params import CurateParams, StageParams
 from pipelines.curation.rules import CurationThresholds, curate_table
 from pipelines.io.outputs import write_text_atomic
 

@@ -23,9 +23,11 @@ as RELION writes them.  The daemon rebuilds at start-up, at most every
 after each rebuild by :meth:`JobIndex.run` it calls the ``on_written`` callbacks
 (the online 2D classifier feeds its pool then).
 
-A stage of another kind (``"package.module:function"``) feeds an index when its
-table says so: ``index = "extract"`` (or motion, ctf, curate), with the outputs
-and figures that index reads.
+Which stage feeds which index is a fact of its kind
+(:data:`livestream.stages.registry.STAGE_KINDS`); a plugin stage
+(``"package.module:function"``) feeds one when its table says so: ``index =
+"extract"`` (or motion, ctf, curate), with the outputs and figures that index
+reads.
 """
 
 from __future__ import annotations
@@ -38,21 +40,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from livestream.ledger.schema import Curation, StageResult, curation_of
 from livestream.ledger.store import Ledger
+from livestream.project.job_tables import corrected_micrographs, micrographs_ctf
+from livestream.project.jobs import CTF_FIND, EXTRACT, MOTION_CORR, SELECT
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from pipelines.io.outputs import write_text_atomic
+from pipelines.io.particles_star import read_particles_star, write_particles_star
 
 __all__ = ["IndexTargets", "JobIndex", "index_targets"]
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_JOBS = {
-    "motion": "MotionCorr/job002",
-    "ctf": "CtfFind/job003",
-    "curate": "Select/job004",
-    "extract": "Extract/job006",
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,13 +61,13 @@ class IndexTargets:
     """Which chain stage feeds which index (``None``: not in the chain)."""
 
     motion_stage: str | None = None
-    motion_job: str = _DEFAULT_JOBS["motion"]
+    motion_job: str = MOTION_CORR.folder
     ctf_stage: str | None = None
-    ctf_job: str = _DEFAULT_JOBS["ctf"]
+    ctf_job: str = CTF_FIND.folder
     curate_stage: str | None = None
-    curate_job: str = _DEFAULT_JOBS["curate"]
+    curate_job: str = SELECT.folder
     extract_stage: str | None = None
-    extract_job: str = _DEFAULT_JOBS["extract"]
+    extract_job: str = EXTRACT.folder
 
     @property
     def stages(self) -> frozenset[str]:
@@ -80,14 +81,16 @@ class IndexTargets:
 
 
 def index_targets(chain: Chain) -> IndexTargets:
-    """The first stage of kind motion, ctf, curate and extract (or with that
-    ``index`` parameter), with their jobs."""
+    """The first stage that feeds each index (its kind's, or a plugin's ``index``),
+    with its job."""
     found: dict[str, Any] = {}
     for link in chain.links:
-        role = str(link.params.get("index", link.kind))
-        if role in _DEFAULT_JOBS and f"{role}_stage" not in found:
-            found[f"{role}_stage"] = link.name
-            found[f"{role}_job"] = str(link.params.get("job", _DEFAULT_JOBS[role]))
+        role = link.index
+        if role is None or f"{role.value}_stage" in found:
+            continue
+        found[f"{role.value}_stage"] = link.name
+        if link.job is not None:
+            found[f"{role.value}_job"] = link.job
     return IndexTargets(**found)
 
 
@@ -205,8 +208,6 @@ class JobIndex:
         return counts
 
     def _write_motion(self, rows: list[Done]) -> int:
-        from livestream.project.job_tables import corrected_micrographs
-
         results = [r for _, r in rows if "micrograph" in r.outputs]
         if results:
             path = self.project / self.targets.motion_job / "corrected_micrographs.star"
@@ -216,8 +217,6 @@ class JobIndex:
     def _write_ctf(
         self, rows: list[Done], motion: list[Done], *, selection: bool = False
     ) -> int:
-        from livestream.project.job_tables import micrographs_ctf
-
         by_id = {eid: r for eid, r in motion if "micrograph" in r.outputs}
         items = [
             (
@@ -238,13 +237,6 @@ class JobIndex:
         return len(items)
 
     def _write_particles(self, rows: list[Done]) -> int:
-        import pandas as pd
-
-        from pipelines.io.particles_star import (
-            read_particles_star,
-            write_particles_star,
-        )
-
         optics_tables, particle_tables = [], []
         for _, result in rows:
             name = result.outputs.get("particles_star")
@@ -275,13 +267,9 @@ class JobIndex:
 
 
 def _write_selection(path: Path, items: list[Any]) -> None:
-    from livestream.project.job_tables import micrographs_ctf
-
     if items:
         micrographs_ctf(path, items)
         return
-    from pipelines.io.outputs import write_text_atomic
-
     # RELION reads an empty table as "no micrographs"; keep the labels
     write_text_atomic(
         path, "# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n"

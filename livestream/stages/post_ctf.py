@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
+import mrcfile
 import numpy as np
-from pydantic import Field
 
 from livestream.ledger.schema import (
     Curation,
@@ -29,15 +28,19 @@ from livestream.ledger.schema import (
     curation_of,
     rejection_figures,
 )
-from livestream.stages.registry import StageParams, StageTask
-
-if TYPE_CHECKING:
-    from pipelines.ctf.model import CtfParams
-    from pipelines.picking.picks import Picks
+from livestream.stages.params import CurateParams, PickParams
+from livestream.stages.task import StageTask
+from livestream.stages.thumbnails import write_pick_overlay
+from pipelines.ctf.model import CtfParams
+from pipelines.curation.rules import CurationThresholds, ExposureFigures, curate
+from pipelines.errors import StageInputError
+from pipelines.io.micrographs import read_micrograph
+from pipelines.io.outputs import write_text_atomic
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.picks import Picks, write_picks_star
+from pipelines.picking.template import pick_template
 
 __all__ = [
-    "CurateParams",
-    "PickParams",
     "ctf_params_of",
     "is_rejected",
     "job_subfolder",
@@ -47,22 +50,7 @@ __all__ = [
 ]
 
 
-class CurateParams(StageParams):
-    job: str = "Select/job004"
-    motion_stage: str = "motion"
-    ctf_stage: str = "ctf"
-    max_ctf_resolution_a: float | None = Field(default=6.0, gt=0)
-    min_defocus_a: float | None = Field(default=3000.0, ge=0)
-    max_defocus_a: float | None = Field(default=40000.0, gt=0)
-    max_astigmatism_a: float | None = Field(default=1000.0, ge=0)
-    max_total_motion_a: float | None = Field(default=100.0, ge=0)
-    max_early_motion_a: float | None = Field(default=30.0, ge=0)
-    min_ctf_figure_of_merit: float | None = Field(default=0.02)
-
-
 def _previous_figure(task: StageTask, stage: str, name: str) -> float:
-    from pipelines.errors import StageInputError
-
     result = task.previous.get(stage)
     if result is None or name not in result.figures:
         raise StageInputError(
@@ -73,9 +61,6 @@ def _previous_figure(task: StageTask, stage: str, name: str) -> float:
 
 def run_curate(task: StageTask, params: CurateParams) -> StageResult:
     """Accept or reject the exposure on its motion and CTF figures."""
-    from pipelines.curation.rules import CurationThresholds, ExposureFigures, curate
-    from pipelines.io.outputs import write_text_atomic
-
     motion, ctf = params.motion_stage, params.ctf_stage
     figures = ExposureFigures(
         ctf_resolution_a=_previous_figure(task, ctf, "fit_resolution_a"),
@@ -115,8 +100,6 @@ def is_rejected(task: StageTask, curate_stage: str) -> bool:
 
 def micrograph_of(task: StageTask, motion_stage: str) -> tuple[Path, float]:
     """The motion-corrected micrograph (absolute path) and its pixel size in Å."""
-    from pipelines.errors import StageInputError
-
     source = task.previous.get(motion_stage)
     name = None if source is None else source.outputs.get("micrograph")
     if source is None or name is None:
@@ -136,27 +119,8 @@ def job_subfolder(micrograph_rel: Path) -> Path:
     return Path(*parts[2:-1]) if len(parts) > 3 else Path()
 
 
-class PickParams(StageParams):
-    job: str = "AutoPick/job005"
-    motion_stage: str = "motion"
-    ctf_stage: str = "ctf"
-    curate_stage: str = "curate"
-    picker: Literal["blob", "template"] = "blob"
-    diameter_min_a: float = Field(default=100.0, gt=0)
-    diameter_max_a: float = Field(default=160.0, gt=0)
-    threshold_sd: float | None = Field(default=4.5, gt=0)
-    templates_path: Path | None = None  # MRC stack (n, box, box), template picker
-    template_pixel_size_a: float | None = Field(default=None, gt=0)
-    edge_px: int = Field(default=32, ge=0)
-    downscale_to_a: float | None = Field(default=None, gt=0)
-    thumbnail_px: int = Field(default=256, ge=32, le=2048)
-    fft_workers: int = Field(default=1, ge=1)
-
-
 def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
     """The CTF the CTF stage fitted (``None`` when it did not run)."""
-    from pipelines.ctf.model import CtfParams
-
     result = task.previous.get(ctf_stage)
     if result is None or "defocus_u_a" not in result.figures:
         return None
@@ -174,11 +138,6 @@ def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
 
 def run_pick(task: StageTask, params: PickParams) -> StageResult:
     """Pick particles; write the coordinate STAR and the overlay thumbnail."""
-    from livestream.stages.thumbnails import write_pick_overlay
-    from pipelines.errors import StageInputError
-    from pipelines.io.micrographs import read_micrograph
-    from pipelines.picking.picks import write_picks_star
-
     if is_rejected(task, params.curate_stage):
         return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
     if params.diameter_max_a < params.diameter_min_a:
@@ -194,8 +153,6 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     if params.picker == "template":
         picks = _pick_with_templates(task, params, image, ctf, pixel_size_a)
     else:
-        from pipelines.picking.blob import pick_blob
-
         picks = pick_blob(
             image,
             pixel_size_a=pixel_size_a,
@@ -240,11 +197,6 @@ def _pick_with_templates(
     ctf: CtfParams | None,
     pixel_size_a: float,
 ) -> Picks:
-    import mrcfile
-
-    from pipelines.errors import StageInputError
-    from pipelines.picking.template import pick_template
-
     if params.templates_path is None:
         raise StageInputError(
             task.project_path,
