@@ -22,9 +22,8 @@ Example (all sections optional)::
     [stages]
     chain = ["motion", "ctf"]
 
-    [stages.ctf]
-    kind = "ctf"
-    cs_mm = 2.7
+    [stages.motion]
+    patches_x = 7
 
     [class2d]
     n_classes = 50

@@ -64,7 +64,9 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     diameter_a = params.diameter_a
     if diameter_a is None:
         # the picker's largest diameter: the same box for every micrograph
-        diameter_a = float(pick.figures.get("diameter_max_a", 150.0))
+        diameter_a = float(
+            pick.figures.get("diameter_max_a", params.fallback_diameter_a)
+        )
     box_px = params.box_px or default_box_px(diameter_a, pixel_size_a)
     downscale = params.downscale_box_px
     if downscale is None and params.relion_it_downscale:

@@ -15,13 +15,21 @@ from typing import Any
 from livestream.ledger.schema import StageResult
 from livestream.stages.params import CtfParams, MotionParams
 from livestream.stages.task import StageTask
+from mdcatch.crosscheck import DEFAULT_CS_MM
 from mdcatch.profiles.detectors import load_profiles
-from mdcatch.records import Exposure, MovieFormat
+from mdcatch.records import Exposure, MovieFormat, Optics
 from pipelines.ctf import job as ctf_job
 from pipelines.errors import StageInputError
 from pipelines.motion import job as motion_job
 
-__all__ = ["CTF_FIGURES", "MOTION_FIGURES", "run_ctf", "run_motion"]
+__all__ = ["CTF_FIGURES", "MOTION_FIGURES", "cs_mm_of", "run_ctf", "run_motion"]
+
+
+def cs_mm_of(optics: Optics) -> float:
+    """The exposure's Cs in mm.  :func:`mdcatch.crosscheck.reconcile` fills it at
+    intake; a record built without reconciling (tests, tools) gets mdcatch's
+    default."""
+    return DEFAULT_CS_MM if optics.cs_mm is None else optics.cs_mm
 
 
 # mdcatch's gain flip -> pipelines.motion.defects.orient_gain's
@@ -85,12 +93,11 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         inputs=("movie_path",),
     )
     optics = exposure.optics
-    cs_mm = optics.cs_mm if optics.cs_mm is not None else 2.7
     figures = dict(motion_result.figures)
     figures.update(  # the optics, for the job's corrected_micrographs.star
         original_pixel_size_a=optics.pixel_size_a,
         voltage_kv=optics.voltage_kv,
-        cs_mm=cs_mm,
+        cs_mm=cs_mm_of(optics),
         amplitude_contrast=optics.amplitude_contrast,
     )
     return StageResult(stage=task.stage, outputs=motion_result.outputs, figures=figures)
@@ -121,9 +128,7 @@ def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
             "the CTF stage needs a motion-corrected micrograph from an earlier stage",
         )
     optics = task.exposure.optics
-    cs_mm = params.cs_mm if params.cs_mm is not None else optics.cs_mm
-    if cs_mm is None:
-        cs_mm = 2.7
+    cs_mm = cs_mm_of(optics) if params.cs_mm is None else params.cs_mm
     amplitude = (
         optics.amplitude_contrast
         if params.amplitude_contrast is None

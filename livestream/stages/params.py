@@ -18,12 +18,16 @@ import enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from livestream.project.jobs import AUTO_PICK, CTF_FIND, EXTRACT, MOTION_CORR, SELECT
 
 __all__ = [
     "BUILTIN_PARAMS",
+    "DEFAULT_DIAMETER_MAX_A",
+    "DEFAULT_DIAMETER_MIN_A",
+    "DEFAULT_EXTRACT_DIAMETER_A",
+    "DEFAULT_THRESHOLD_SD",
     "CtfParams",
     "CurateParams",
     "ExtractParams",
@@ -79,8 +83,9 @@ class MotionParams(StageParams):
 class CtfParams(StageParams):
     kind: Literal["ctf"] = "ctf"
     job: str = CTF_FIND.folder
-    cs_mm: float | None = None  # None: the exposure's (instrument profile), else 2.7
-    amplitude_contrast: float | None = None
+    # None: the exposure's (mdcatch.crosscheck.reconcile decided it)
+    cs_mm: float | None = None
+    amplitude_contrast: float | None = None  # None: the exposure's
     source_stage: str = "motion"
 
 
@@ -98,6 +103,12 @@ class CurateParams(StageParams):
     min_ctf_figure_of_merit: float | None = Field(default=0.02)
 
 
+DEFAULT_DIAMETER_MIN_A = 100.0
+DEFAULT_DIAMETER_MAX_A = 160.0
+DEFAULT_THRESHOLD_SD = 4.5
+DEFAULT_EXTRACT_DIAMETER_A = 150.0
+
+
 class PickParams(StageParams):
     kind: Literal["pick"] = "pick"
     job: str = AUTO_PICK.folder
@@ -105,15 +116,24 @@ class PickParams(StageParams):
     ctf_stage: str = "ctf"
     curate_stage: str = "curate"
     picker: Literal["blob", "template"] = "blob"
-    diameter_min_a: float = Field(default=100.0, gt=0)
-    diameter_max_a: float = Field(default=160.0, gt=0)
-    threshold_sd: float | None = Field(default=4.5, gt=0)
+    diameter_min_a: float = Field(default=DEFAULT_DIAMETER_MIN_A, gt=0)
+    diameter_max_a: float = Field(default=DEFAULT_DIAMETER_MAX_A, gt=0)
+    # None: the template picker's own default; the blob picker needs one
+    threshold_sd: float | None = Field(default=DEFAULT_THRESHOLD_SD, gt=0)
     templates_path: Path | None = None  # MRC stack (n, box, box), template picker
     template_pixel_size_a: float | None = Field(default=None, gt=0)
     edge_px: int = Field(default=32, ge=0)
     downscale_to_a: float | None = Field(default=None, gt=0)
     thumbnail_px: int = Field(default=256, ge=32, le=2048)
     fft_workers: int = Field(default=1, ge=1)
+
+    @field_validator("diameter_max_a")
+    @classmethod
+    def _max_not_below_min(cls, value: float, info: ValidationInfo) -> float:
+        minimum = info.data.get("diameter_min_a")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= diameter_min_a ({minimum})")
+        return value
 
 
 class ExtractParams(StageParams):
@@ -125,6 +145,8 @@ class ExtractParams(StageParams):
     pick_stage: str = "pick"
     box_px: int | None = Field(default=None, ge=8)  # None: 1.5 x the diameter
     diameter_a: float | None = Field(default=None, gt=0)  # None: picker's max
+    # with diameter_a None, when the pick stage reports no diameter_max_a
+    fallback_diameter_a: float = Field(default=DEFAULT_EXTRACT_DIAMETER_A, gt=0)
     downscale_box_px: int | None = Field(default=None, ge=8)  # None: RELION-it's
     relion_it_downscale: bool = True
     invert_contrast: bool = True

@@ -28,6 +28,7 @@ from livestream.ledger.schema import (
     curation_of,
     rejection_figures,
 )
+from livestream.stages.motion_ctf import cs_mm_of
 from livestream.stages.params import CurateParams, PickParams
 from livestream.stages.task import StageTask
 from livestream.stages.thumbnails import write_pick_overlay
@@ -131,7 +132,7 @@ def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
         astigmatism_angle_deg=f.get("astigmatism_angle_deg", 0.0),
         phase_shift_deg=f.get("phase_shift_deg", 0.0),
         voltage_kv=f.get("voltage_kv", optics.voltage_kv),
-        cs_mm=f.get("cs_mm", optics.cs_mm if optics.cs_mm is not None else 2.7),
+        cs_mm=f.get("cs_mm", cs_mm_of(optics)),
         amplitude_contrast=f.get("amplitude_contrast", optics.amplitude_contrast),
     )
 
@@ -140,24 +141,24 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     """Pick particles; write the coordinate STAR and the overlay thumbnail."""
     if is_rejected(task, params.curate_stage):
         return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
-    if params.diameter_max_a < params.diameter_min_a:
-        raise StageInputError(
-            task.project_path,
-            f"stages.{task.stage}.diameter_max_a",
-            params.diameter_max_a,
-            "must be >= diameter_min_a",
-        )
     path, pixel_size_a = micrograph_of(task, params.motion_stage)
     image, _ = read_micrograph(path)
     ctf = ctf_params_of(task, params.ctf_stage)
     if params.picker == "template":
         picks = _pick_with_templates(task, params, image, ctf, pixel_size_a)
+    elif params.threshold_sd is None:
+        raise StageInputError(
+            task.project_path,
+            f"stages.{task.stage}.threshold_sd",
+            None,
+            "the blob picker needs a threshold",
+        )
     else:
         picks = pick_blob(
             image,
             pixel_size_a=pixel_size_a,
             diameter_range_a=(params.diameter_min_a, params.diameter_max_a),
-            threshold_sd=params.threshold_sd or 4.5,
+            threshold_sd=params.threshold_sd,
             edge_px=params.edge_px,
             downscale_to_a=params.downscale_to_a,
             ctf=ctf,

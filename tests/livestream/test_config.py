@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from livestream.config import ConfigError, Polling, SoftwareChoice, load_config
-from livestream.stages.params import CtfParams, NoopParams, PickParams
+from livestream.stages.params import (
+    DEFAULT_DIAMETER_MAX_A,
+    DEFAULT_THRESHOLD_SD,
+    CtfParams,
+    NoopParams,
+    PickParams,
+)
 
 
 def test_no_file_gives_working_defaults() -> None:
@@ -56,6 +62,13 @@ def test_file_is_read_and_overrides_win(tmp_path: Path) -> None:
             '[stages]\nchain = ["ctf"]\n[stages.ctf]\ncs_mm = "big"\n',
             "'stages.ctf.cs_mm'",
         ),
+        (
+            (
+                '[stages]\nchain = ["p"]\n[stages.p]\nkind = "pick"\n'
+                "diameter_min_a = 200\ndiameter_max_a = 150\n"
+            ),
+            "'stages.p.diameter_max_a'",
+        ),
         ('[stages]\nchain = ["a"]\n[stages.b]\nkind = "nonsense"\n', "'stages.b.kind'"),
     ],
 )
@@ -98,7 +111,7 @@ def test_run_flags_override_the_file(tmp_path: Path) -> None:
     assert config.project.path == tmp_path / "p"
 
 
-def test_stage_tables_are_typed_by_kind(tmp_path: Path) -> None:
+def test_stage_tables_are_typed_by_kind_with_named_defaults(tmp_path: Path) -> None:
     path = tmp_path / "live.toml"
     path.write_text(
         '[stages]\nchain = ["motion", "ctf", "picker"]\n'
@@ -108,7 +121,8 @@ def test_stage_tables_are_typed_by_kind(tmp_path: Path) -> None:
     assert stages.table_of("ctf") == CtfParams(cs_mm=2.0)
     picker = stages.table_of("picker")
     assert isinstance(picker, PickParams)
-    assert picker == PickParams()
+    assert picker.threshold_sd == DEFAULT_THRESHOLD_SD
+    assert picker.diameter_max_a == DEFAULT_DIAMETER_MAX_A
     # a chain stage without a table gets its kind's defaults
     assert stages.kind_of("motion") == "motion"
     assert stages.table_of("motion").model_dump(exclude={"kind"}) == (

@@ -13,16 +13,18 @@ from livestream.project.jobs import JOBS, SELECT
 from livestream.stages.extract import run_extract_stage
 from livestream.stages.params import (
     BUILTIN_PARAMS,
+    CtfParams,
     ExtractParams,
     IndexRole,
     PickParams,
     StageParams,
     kind_of_model,
 )
-from livestream.stages.post_ctf import run_pick
+from livestream.stages.post_ctf import ctf_params_of, run_pick
 from livestream.stages.registry import STAGE_KINDS, build_chain, resolve_kind
 from livestream.stages.task import StageTask
 from mdcatch import Exposure, Optics, Software
+from mdcatch.crosscheck import DEFAULT_CS_MM
 
 
 class EchoParams(StageParams):
@@ -107,3 +109,15 @@ def test_a_rejected_exposure_is_skipped_with_a_typed_result(tmp_path: Path) -> N
     )
     assert extract.skipped
     assert extract.figures["n_particles"] == 0.0
+
+
+def test_ctf_without_cs_anywhere_takes_mdcatchs_default(tmp_path: Path) -> None:
+    ctf = StageResult(
+        stage="ctf", figures={"defocus_u_a": 15000.0, "defocus_v_a": 14000.0}
+    )
+    task = _task(tmp_path, {"ctf": ctf}, CtfParams())
+    params = ctf_params_of(task, "ctf")
+    assert params is not None
+    assert params.cs_mm == DEFAULT_CS_MM
+    assert params.voltage_kv == 300.0
+    assert params.amplitude_contrast == task.exposure.optics.amplitude_contrast
