@@ -30,6 +30,15 @@ from livestream.cli.console import (
     require_file,
     require_folder,
 )
+from livestream.config import ConfigError, load_config
+from livestream.curation.live import (
+    reevaluate_curation,
+    reopen_skipped,
+    write_decision_files,
+)
+from livestream.ledger.store import Ledger
+from livestream.project.job_index import JobIndex, index_targets
+from livestream.stages.registry import build_chain
 
 __all__ = ["add_args", "main", "recurate_project"]
 
@@ -50,15 +59,6 @@ def recurate_project(
     """Re-evaluate ``project`` with the curation thresholds of ``config_path``.
 
     ``progress``, if given, shows which of :data:`STEPS` runs."""
-    from livestream.config import ConfigError, load_config
-    from livestream.curation.live import (
-        reevaluate_curation,
-        reopen_skipped,
-        write_decision_files,
-    )
-    from livestream.ledger.store import Ledger
-    from livestream.project.job_index import JobIndex, index_targets
-    from livestream.stages.registry import build_chain
 
     def step(name: str) -> None:
         if progress is not None:
@@ -67,7 +67,7 @@ def recurate_project(
 
     config = load_config(config_path, {"project": {"path": project}})
     chain = build_chain(config.stages)
-    curate = [link for link in chain.links if link.kind == "curate"]
+    curate = [link for link in chain.links if link.kind.decides_curation]
     if not curate:
         raise ConfigError(f"{config_path}: key 'stages.chain': no stage of kind curate")
     link = curate[0]
@@ -81,7 +81,7 @@ def recurate_project(
     finally:
         ledger.close()
     step(STEPS[1])
-    job = str(link.params.get("job", "Select/job004"))
+    job = str(link.job)
     write_decision_files(project, job, result.changed, result.version)
     step(STEPS[2])
     JobIndex(config.ledger_path, project, index_targets(chain)).write_all()
@@ -96,7 +96,6 @@ def recurate_project(
 
 
 def main(args: argparse.Namespace) -> int:
-    from livestream.config import ConfigError
 
     require_folder(args.project, "project folder")
     ledger = require_file(args.project / "livestream.sqlite", "ledger")
