@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
-from livestream.intake.pairing import Intake
+from livestream.intake.pairing import Intake, session_folders
 from livestream.intake.watcher import SessionWatcher
 from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
@@ -207,8 +207,10 @@ async def _serve(
         orphan_timeout_s=config.session.orphan_timeout_s,
         path_map=config.session.path_map,
         expect_movie=watcher.expect_movie,
+        folders=session_folders(config.session),
     )
     watcher.on_rescan = intake.quarantine_orphans
+    watcher.on_unreadable = intake.on_unreadable
     reporter.set_workers(executor.n_workers())
     index = JobIndex(
         ledger.path,
