@@ -117,7 +117,7 @@ def _read_eer(path: Path, frames_per_group: int, upsampling: int) -> np.ndarray:
     return out
 
 
-def check_header(path: Path) -> None:
+def _check_header(path: Path) -> None:
     """mdcatch's header sanity check, before any frame is allocated; its error
     becomes a :class:`StageInputError` with the same file, field and value."""
     try:
@@ -142,7 +142,7 @@ def read_movie(
         raise StageInputError(movie, "path", str(movie), "movie file does not exist")
     suffix = movie.suffix.lower()
     if suffix in (*MRC_SUFFIXES, *TIFF_SUFFIXES, *EER_SUFFIXES):
-        check_header(movie)
+        _check_header(movie)
     if suffix in MRC_SUFFIXES:
         return _read_mrc(movie)
     if suffix in TIFF_SUFFIXES:
