@@ -149,7 +149,8 @@ class Intake:
         mdoc = path.name.lower().endswith(".mdoc")
         stem = exposure_key(path, FileKind.MDOC if mdoc else FileKind.MOVIE)
         if stem and self._ledger.import_state(stem) is not StageState.DONE:
-            self._ledger.record_discovered(stem)
+            if self._ledger.record_discovered(stem):
+                self._reporter.exposure_discovered(stem)
             self._quarantine(stem, reason, None, (path,))
 
     def _take(

@@ -222,7 +222,10 @@ class SessionWatcher:
             try:
                 settled = self.tracker.pop_settled()
             except OSError as exc:  # one file never stops the loop
-                self._report_unreadable(Path(exc.filename or "?"), exc)
+                if exc.filename:
+                    self._report_unreadable(Path(os.fsdecode(exc.filename)), exc)
+                else:
+                    log.warning("settle check failed: %s", exc)
                 settled = []
             for path, signature in settled:
                 try:

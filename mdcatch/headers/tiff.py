@@ -32,6 +32,7 @@ __all__ = [
 
 EER_COMPRESSIONS = frozenset({65000, 65001, 65002})
 MAX_TAGS_PER_IFD = 4096  # tifffile's own limit for a plausible IFD
+MAX_STRIPS_PER_PAGE = 2**16  # one per row of the largest sensor, with room to spare
 _CLASSIC = {b"II*\x00": "<", b"MM\x00*": ">"}
 _BIG = {b"II+\x00": "<", b"MM\x00+": ">"}
 # TIFF field type -> bytes per value (unknown types count one byte)
@@ -120,7 +121,8 @@ def check_tiff_layout(path: Path) -> int:
 
     Before ``tifffile`` allocates anything: each IFD, each tag value stored out of
     line and each frame's strips (or tiles) must lie inside the file, the chain
-    must not loop, and an IFD holds at most :data:`MAX_TAGS_PER_IFD` tags.
+    must not loop, an IFD holds at most :data:`MAX_TAGS_PER_IFD` tags and a page
+    at most :data:`MAX_STRIPS_PER_PAGE` strips.
     Returns the number of pages.  Raises :class:`MetadataError` naming the field,
     the value and what is wrong (empty file, bad magic, truncated chain...).
     """
@@ -185,6 +187,13 @@ def _check_ifd(
                 f"the end of the {size}-byte file",
             )
         if any(tag in pair for pair in _DATA_TAGS) and kind in _INTEGER_FORMATS:
+            if n > MAX_STRIPS_PER_PAGE:
+                raise MetadataError(
+                    path,
+                    f"tag {tag}",
+                    n,
+                    f"page {page}: more than {MAX_STRIPS_PER_PAGE} strips or tiles",
+                )
             if inline:
                 data = value[:n_bytes]
             else:

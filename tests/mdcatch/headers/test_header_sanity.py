@@ -143,3 +143,17 @@ def test_valid_movies_pass(tmp_path: Path) -> None:
     for path in (eer, mrc):
         check_movie_header(path)
         check_movie_complete(path)
+
+
+def test_an_absurd_number_of_strips_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "strips.tiff"
+    image = np.zeros((600, 600), np.uint8)  # 360 KB: room for a 70000-entry array
+    tifffile.imwrite(path, image, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages.first.tags["StripOffsets"].offset
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<HII", data, entry + 2, 4, 70_000, 8)  # 70000 LONGs at byte 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(MetadataError, match="more than 65536 strips") as caught:
+        check_movie_header(path)
+    assert (caught.value.field, caught.value.value) == ("tag 273", 70_000)
