@@ -110,8 +110,9 @@ class SessionWatcher:
         self._config = config
         self._on_settled = on_settled
         self.on_rescan = on_rescan
-        # told about a file that raised OSError while being looked at
+        # told (once, until it can be read again) about a file that raised OSError
         self.on_unreadable: UnreadableCallback | None = None
+        self._unreadable: set[Path] = set()
         self.tracker = SettleTracker(config.settle_time_s)
         self._expected: set[Path] = set()
         self._wake = asyncio.Event()
@@ -134,9 +135,14 @@ class SessionWatcher:
                     self.tracker.observe(path)
             except OSError as exc:  # one file never stops the loop
                 self._report_unreadable(path, exc)
+            else:
+                self._unreadable.discard(path)
         self._wake.set()
 
     def _report_unreadable(self, path: Path, exc: OSError) -> None:
+        if path in self._unreadable:
+            return
+        self._unreadable.add(path)
         reason = f"{path}: cannot be read: {exc}"
         log.warning("%s", reason)
         if self.on_unreadable is not None:
