@@ -69,6 +69,9 @@ class MetricsRecorder:
     def exposure_ready(self) -> None:
         self.metrics.exposure_ready()
 
+    def intake_reexamined(self) -> None:
+        self.metrics.intake_reexamined()
+
     def stage_finished(
         self, stage: str, state: str, seconds: float, result: StageResult | None
     ) -> None:

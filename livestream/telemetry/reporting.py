@@ -73,6 +73,11 @@ class Reporter:
             self._metrics.stage_finished("import", "quarantined", 0.0, None)
         self._events.import_quarantined(exposure_id, reason)
 
+    def intake_reexamined(self) -> None:
+        """A quarantined import's file changed and is examined again."""
+        if self._metrics is not None:
+            self._metrics.intake_reexamined()
+
     def stage_finished(
         self,
         exposure_id: str,
