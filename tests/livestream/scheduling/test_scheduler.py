@@ -241,7 +241,7 @@ async def test_a_curate_result_is_decided_again_when_thresholds_change_while_it_
     )
     ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
     (exposure,) = _exposures(tmp_path, ledger, 1, chain.names)
-    decided_again = StageResult(stage="c", figures={"accepted": 0.0})
+    decided_again = StageResult(stage="c", accepted=False)
     recurated: list[tuple[str, str]] = []
 
     def recurate(exposure_id: str, stage: str) -> StageResult:
@@ -250,8 +250,10 @@ async def test_a_curate_result_is_decided_again_when_thresholds_change_while_it_
 
     def run_curate(task: StageTask) -> StageResult:
         # a reload changes the thresholds while the stage runs
-        scheduler.update_params("c", {**task.params, "max_ctf_resolution_a": 3.0})
-        return StageResult(stage="c", figures={"accepted": 1.0})
+        scheduler.update_params(
+            "c", task.params.model_copy(update={"max_ctf_resolution_a": 3.0})
+        )
+        return StageResult(stage="c", accepted=True)
 
     broadcaster = Broadcaster()
     finished: list[ServiceEvent] = []

@@ -36,8 +36,8 @@ def test_a_stage_result_reaches_the_metrics_and_the_listeners() -> None:
     reporter = Reporter(
         Broadcaster(listeners=[heard.append]), metrics=MetricsRecorder(metrics)
     )
-    figures = {"total_motion_a": 12.0, "accepted": 0.0, "rejected_ctf_fit_a": 9.0}
-    result = StageResult(stage="curate", figures=figures)
+    figures = {"total_motion_a": 12.0, "rejected_ctf_fit_a": 9.0}
+    result = StageResult(stage="curate", figures=figures, accepted=False)
     reporter.stage_finished("e1", "curate", "done", 1.5, result=result)
     value = metrics.registry.get_sample_value
     done = {"stage": "curate", "state": "done"}
@@ -53,7 +53,7 @@ def test_a_stage_result_reaches_the_metrics_and_the_listeners() -> None:
         "done",
         1.5,
     )
-    assert event.figures == figures
+    assert event.figures == {"accepted": 0.0, **figures}  # as the ledger stores it
 
 
 def test_without_metrics_or_mqtt_listeners_still_hear_everything(
