@@ -144,6 +144,19 @@ class MqttConfig(_Section):
     def enabled(self) -> bool:
         return bool(self.host)
 
+    @field_validator("password_file")
+    @classmethod
+    def _password_file_readable(cls, value: Path | None) -> Path | None:
+        # read at start-up by the publisher: a missing file is a config error now
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(
+                    f"password file {str(value)!r} cannot be read: {exc.strerror}"
+                ) from None
+        return value
+
 
 class StagesConfig(BaseModel):
     """``chain`` lists the stage names in order; ``[stages.<name>]`` holds params.
