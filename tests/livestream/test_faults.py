@@ -4,6 +4,11 @@ daemon's workers and attempts, a missing MQTT password file."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,59 @@ import pytest
 from livestream.config import ConfigError, load_config
 from livestream.telemetry.mqtt import EventPublisher, MqttSettings
 from tests.livestream.conftest import free_port
+from tests.livestream.service_fixtures import (
+    count_states,
+    service_config,
+    start_service,
+    wait_for,
+    write_config_file,
+    write_session,
+)
+
+PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state)."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def session_members(session_id: int) -> dict[int, str]:
+    """Processes of the session ``session_id`` -> their start time (pid reuse)."""
+    members = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            # state ppid pgrp session ... starttime is field 22 (index 19 here)
+            if fields is not None and int(fields[3]) == session_id:
+                members[int(entry.name)] = fields[19]
+    return members
+
+
+def survivors(members: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, started in members.items():
+        fields = _stat_fields(pid)
+        if fields is not None and fields[19] == started and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.fixture
+def service_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Daemons started by a test; whatever is left of them is killed at the end."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in survivors(session_members(process.pid)):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- MQTT credentials --------------------------------------------------------------
@@ -69,3 +127,42 @@ async def test_password_over_tls_or_no_password_does_not_warn(
         async with EventPublisher(settings, "session"):
             pass
     assert not [r for r in caplog.records if "unencrypted" in r.getMessage()]
+
+
+# -- workers die with the daemon -------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="needs /proc to list processes")
+def test_sigkilled_daemon_leaves_no_worker_behind(
+    tmp_path: Path, service_processes: list[subprocess.Popen[bytes]]
+) -> None:
+    session, movies, microscope = write_session(tmp_path, 4)
+    microscope.close()
+    project = tmp_path / "project"
+    config = service_config(
+        session,
+        movies,
+        project,
+        workers={"n_processes": 2, "max_in_flight": 2},
+        stages={
+            "chain": ["first"],
+            "first": {"kind": "noop", "sleep_s": 30.0},
+        },
+    )
+    process = start_service(
+        write_config_file(tmp_path / "live.toml", config), tmp_path / "service.log"
+    )
+    service_processes.append(process)
+    wait_for(
+        lambda: count_states(project).get("running", 0) == 2, 60, "two running stages"
+    )
+    members = session_members(process.pid)
+    children = {pid: t for pid, t in members.items() if pid != process.pid}
+    assert len(children) >= 2, f"expected the pool's workers, found {members}"
+    os.kill(process.pid, signal.SIGKILL)  # the daemon alone, as outside systemd
+    process.wait()
+    deadline = time.monotonic() + 5.0
+    while survivors(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert survivors(children) == [], (
+        f"left running after the daemon was killed: {survivors(children)}"
+    )
