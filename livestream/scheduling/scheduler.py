@@ -210,7 +210,7 @@ class Scheduler:
         try:
             result = await self._executor.run(self._runner, task)
         except asyncio.CancelledError:
-            self._ledger.mark_pending(eid, stage)  # checkpoint: redo after restart
+            self._ledger.mark_interrupted(eid, stage)  # redo after restart, uncounted
             raise
         except (StageInputError, MetadataError) as exc:
             self._record_failure(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -166,3 +167,79 @@ def test_sigkilled_daemon_leaves_no_worker_behind(
     assert survivors(children) == [], (
         f"left running after the daemon was killed: {survivors(children)}"
     )
+
+
+# -- interruptions are not failures ----------------------------------------------
+def _attempts(project: Path) -> list[tuple[int, str | None]]:
+    path = project / "livestream.sqlite"
+    if not path.exists():
+        return []
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            rows = db.execute(
+                "SELECT attempt, outcome FROM attempts WHERE stage='first' ORDER BY id"
+            )
+            return [(int(a), o) for a, o in rows]
+    except sqlite3.OperationalError:
+        return []
+
+
+@pytest.mark.slow
+def test_two_kills_and_one_failure_do_not_use_up_three_attempts(
+    tmp_path: Path, service_processes: list[subprocess.Popen[bytes]]
+) -> None:
+    session, movies, microscope = write_session(tmp_path, 1)
+    microscope.close()
+    project = tmp_path / "project"
+    config = service_config(
+        session,
+        movies,
+        project,
+        workers={"max_attempts": 3, "retry_backoff_s": 2.0},
+        stages={"chain": ["first"], "first": {"kind": "noop", "sleep_s": 1.0}},
+    )
+    config_file = write_config_file(tmp_path / "live.toml", config)
+    log = tmp_path / "service.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        process = start_service(config_file, log)
+        service_processes.append(process)
+        return process
+
+    def state() -> str | None:
+        with sqlite3.connect(project / "livestream.sqlite", timeout=5) as db:
+            row = db.execute("SELECT state FROM stages WHERE stage='first'").fetchone()
+        return None if row is None else str(row[0])
+
+    for n_started in (1, 2):  # killed while the stage runs
+        process = start()
+        wait_for(
+            lambda n=n_started: len(_attempts(project)) == n,  # type: ignore[misc]
+            60,
+            f"attempt {n_started} running",
+        )
+        if n_started == 1:  # from now on the stage cannot write its output
+            ((eid,),) = sqlite3.connect(project / "livestream.sqlite").execute(
+                "SELECT exposure_id FROM exposures"
+            )
+            blocker = project / "Noop" / "first" / f"{eid}.json"
+            blocker.mkdir(parents=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    process = start()
+    wait_for(lambda: state() in ("failed", "quarantined"), 60, "a failed attempt")
+    blocker.rmdir()  # the transient cause is gone before the retry
+    wait_for(lambda: state() in ("done", "quarantined"), 60, "a final state")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    with sqlite3.connect(project / "livestream.sqlite") as db:
+        final = db.execute(
+            "SELECT state, attempts, error FROM stages WHERE stage='first'"
+        ).fetchone()
+    assert final == ("done", 2, None), log.read_text()[-3000:]
+    assert _attempts(project) == [
+        (1, "interrupted"),
+        (1, "interrupted"),
+        (1, "failed"),
+        (2, "done"),
+    ]
