@@ -1,0 +1,116 @@
+"""The pause gate, the disk watch and what counts as a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from livestream.config import ProjectConfig
+from livestream.scheduling.executors import WorkerCrashed
+from livestream.scheduling.pause import (
+    DiskSpace,
+    PauseGate,
+    PauseReason,
+    is_disk_full,
+    watch_project_disk,
+)
+from livestream.telemetry.metrics import ServiceMetrics
+from pipelines.errors import StageInputError
+
+FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/p/MotionCorr/a.mrc")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FULL,
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        sqlite3.OperationalError("database or disk is full"),
+        StageInputError(Path("/p/a.mrc"), "data", None, f"cannot write: {FULL}"),
+        WorkerCrashed("a worker process died"),
+    ],
+)
+def test_what_counts_as_a_full_disk(exc: BaseException) -> None:
+    expected = not isinstance(exc, WorkerCrashed)
+    assert is_disk_full(exc) is expected
+
+
+def test_a_full_disk_raised_from_is_found_in_the_chain() -> None:
+    outer = RuntimeError("writing the micrograph")
+    outer.__cause__ = FULL  # as `raise ... from` sets it
+    assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EISDIR, "Is a directory"))
+    assert not is_disk_full(sqlite3.OperationalError("database is locked"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def space(free_bytes: int) -> DiskSpace:
+    return DiskSpace(free_bytes=free_bytes, total_bytes=10_000, free_inodes=100)
+
+
+def test_watch_pauses_under_the_threshold_and_resumes_with_space(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    gate = PauseGate(clock)
+    metrics = ServiceMetrics()
+    project = ProjectConfig(
+        path=tmp_path, min_free_bytes=1000, disk_check_interval_s=5.0
+    )
+    watch = watch_project_disk(gate, project, metrics)
+    changes: list[bool] = []
+    gate.add_listener(lambda: changes.append(gate.paused))
+
+    def paused_metric() -> float | None:
+        return metrics.registry.get_sample_value(
+            "livestream_paused", {"reason": "disk_full"}
+        )
+
+    assert paused_metric() == 0.0
+    watch.judge(space(5000))
+    assert not gate.paused
+    watch.judge(space(999))
+    assert gate.paused
+    assert paused_metric() == 1.0
+    assert "999 bytes" in gate.reasons[PauseReason.DISK_FULL]
+    assert gate.describe() == "paused: disk_full"
+    watch.judge(space(998))  # still full: no second notice
+    clock.now_s = 10.0
+    watch.judge(space(1000))
+    assert not gate.paused
+    assert paused_metric() == 0.0
+    assert changes == [True, False]
+    assert watch.check() is not None  # the real statvfs of tmp_path
+
+
+def test_a_write_error_pauses_for_at_least_one_check_interval() -> None:
+    clock = Clock()
+    gate = PauseGate(clock)
+    watch = watch_project_disk(
+        gate, ProjectConfig(min_free_bytes=1000, disk_check_interval_s=5.0), None
+    )
+    gate.pause(PauseReason.DISK_FULL, f"ledger: {FULL}")
+    clock.now_s = 1.0
+    watch.judge(space(5000))  # statvfs looks fine, but a write just failed
+    assert gate.paused
+    clock.now_s = 6.0
+    watch.judge(space(5000))
+    assert not gate.paused
+
+
+def test_no_free_inode_is_a_full_disk() -> None:
+    gate = PauseGate()
+    watch = watch_project_disk(gate, ProjectConfig(min_free_bytes=0), None)
+    watch.judge(DiskSpace(free_bytes=10**9, total_bytes=10**10, free_inodes=0))
+    assert gate.paused
