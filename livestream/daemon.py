@@ -35,6 +35,7 @@ from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
 from livestream.project.job_index import JobIndex, index_targets
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
+from livestream.scheduling.pause import PauseGate, watch_project_disk
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import Chain, build_chain
 from livestream.telemetry.reporting import Listener, Reporter
@@ -185,6 +186,7 @@ async def _serve(
 ) -> None:
     stop, reload = events
     workers = config.workers
+    gate = PauseGate()  # closed while the project disk is full
     scheduler = Scheduler(
         ledger,
         chain,
@@ -197,6 +199,7 @@ async def _serve(
             retry_backoff_s=workers.retry_backoff_s,
             newest_share=workers.newest_share,
         ),
+        gate=gate,
     )
     watcher = SessionWatcher(config.session, lambda p, k, s: intake.on_settled(p, k, s))
     intake = Intake(
@@ -207,7 +210,9 @@ async def _serve(
         orphan_timeout_s=config.session.orphan_timeout_s,
         path_map=config.session.path_map,
         expect_movie=watcher.expect_movie,
+        gate=gate,
     )
+    disk_watch = watch_project_disk(gate, config.project, reporter.metrics)
     watcher.on_rescan = intake.quarantine_orphans
     reporter.set_workers(executor.n_workers())
     index = JobIndex(
@@ -230,9 +235,11 @@ async def _serve(
 
     def summarize(state: str) -> None:
         summary = summarize_ledger(ledger)
+        paused = gate.describe()
         reporter.summary(
             state,
-            _summary_text(summary, scheduler.depth, scheduler.in_flight),
+            _summary_text(summary, scheduler.depth, scheduler.in_flight)
+            + (f", {paused}" if paused else ""),
             counts=summary["exposures"],  # type: ignore[arg-type]
             exposures_per_hour=float(summary["exposures_per_hour"]),  # type: ignore[arg-type]
             project=config.project.path,
@@ -256,6 +263,7 @@ async def _serve(
             group.create_task(summarize_forever(), name="summary"),
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
+            group.create_task(disk_watch.run(), name="disk-watch"),
         ]
         classifying = (
             None

@@ -12,6 +12,7 @@ partner never arrives is quarantined after ``orphan_timeout_s``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from livestream.intake.settle import (
     exposure_key,
 )
 from livestream.ledger.store import Ledger, StageState
+from livestream.scheduling.pause import PauseGate, PauseReason, is_disk_full
 from livestream.telemetry.reporting import Reporter
 from mdcatch.errors import MetadataError
 from mdcatch.records import Exposure
@@ -91,6 +93,7 @@ class Intake:
         path_map: Mapping[str, Path] | None = None,
         expect_movie: Callable[[Path], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gate: PauseGate | None = None,
     ) -> None:
         self._ledger = ledger
         self._chain = chain
@@ -102,6 +105,10 @@ class Intake:
         self._expect_movie = expect_movie
         self._loaded_profiles: Profiles | None = None
         self._pending: dict[str, _Pending] = {}
+        # while paused (a full disk) settled files wait here, in order
+        self._gate = gate if gate is not None else PauseGate()
+        self._gate.add_listener(self._on_gate_change)
+        self._deferred: list[tuple[Path, FileKind, FileSignature]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -111,9 +118,16 @@ class Intake:
         stem = exposure_key(path, kind)
         if stem is None:
             return
+        if self._gate.paused:
+            self._deferred.append((path, kind, signature))
+            return
         try:
             self._take(stem, path, kind, signature)
         except Exception as exc:
+            if is_disk_full(exc):  # not the file's fault: take it when space returns
+                self._gate.pause(PauseReason.DISK_FULL, f"importing {path}: {exc}")
+                self._deferred.append((path, kind, signature))
+                return
             log.exception("unexpected error importing %s", path)
             self._quarantine(
                 stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
@@ -141,8 +155,15 @@ class Intake:
         else:
             pending.metadata = (path, kind)
         if pending.metadata is not None and pending.movie is not None:
-            del self._pending[stem]
             self._make_ready(stem, pending.metadata, pending.movie)
+            self._pending.pop(stem, None)  # kept if that raised (a full disk)
+
+    def _on_gate_change(self) -> None:
+        """The gate opened: take the files that settled while it was closed."""
+        if not self._gate.paused:
+            deferred, self._deferred = self._deferred, []
+            for path, kind, signature in deferred:
+                self.on_settled(path, kind, signature)
 
     def _profiles(self) -> Profiles:
         if self._loaded_profiles is None:
@@ -182,8 +203,7 @@ class Intake:
         except OSError as exc:
             self._quarantine(stem, f"{movie_path}: cannot be read: {exc}", signature)
             return
-        if not self._ledger.is_imported(stem):
-            self._reporter.exposure_ready(exposure)
+        newly_ready = not self._ledger.is_imported(stem)
         self._ledger.mark_ready(
             stem,
             chain=self._chain,
@@ -193,6 +213,8 @@ class Intake:
             movie_size_bytes=signature.size_bytes,
             movie_mtime_ns=signature.mtime_ns,
         )
+        if newly_ready:  # after the write: a full disk must not count it twice
+            self._reporter.exposure_ready(exposure)
         self._offer(exposure)
 
     def _quarantine(
@@ -208,7 +230,12 @@ class Intake:
         self._reporter.import_quarantined(stem, reason)
 
     def quarantine_orphans(self) -> int:
-        """Quarantine half-pairs older than the orphan timeout; return how many."""
+        """Quarantine half-pairs older than the orphan timeout; return how many.
+
+        Not while paused: the partner may be waiting among the deferred files.
+        """
+        if self._gate.paused:
+            return 0
         now = self._clock()
         expired = [
             stem
@@ -228,8 +255,15 @@ class Intake:
                     f"{pending.metadata[0]}: metadata has no movie after "
                     f"{self._orphan_timeout_s:g} s (check session.movie_roots)"
                 )
-            if self._ledger.import_state(stem) is not StageState.QUARANTINED:
-                self._quarantine(stem, reason, None)
+            try:
+                if self._ledger.import_state(stem) is not StageState.QUARANTINED:
+                    self._quarantine(stem, reason, None)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._gate.pause(PauseReason.DISK_FULL, f"ledger: {exc}")
+                self._pending[stem] = pending  # looked at again after the pause
+                return 0
             # Keep waiting: a late partner still makes the exposure ready.
             self._pending[stem] = pending
             pending.first_seen_s = float("inf")

@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "PARENT_WATCH_THREAD",
     "DaskExecutor",
     "Executor",
     "LocalExecutor",
@@ -50,7 +51,9 @@ class Executor(Protocol):
 
 
 PARENT_WATCH_INTERVAL_S = 1.0
+PARENT_WATCH_THREAD = "parent-watch"  # also its name in ps -L / top -H (Linux)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_NAME = 15
 
 
 def _ignore_signals() -> None:
@@ -70,8 +73,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _prctl(option: int, value: int | bytes) -> None:
+    """``prctl(option, value)`` on Linux (a no-op elsewhere); failures are logged."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        log.warning("prctl(%d) failed: %s", option, os.strerror(ctypes.get_errno()))
+
+
 def _watch_parent(parent_pid: int, daemon_pid: int, interval_s: float) -> None:
     """Exit when the parent or the daemon is gone (the portable fallback)."""
+    _prctl(_PR_SET_NAME, PARENT_WATCH_THREAD.encode())
     while os.getppid() == parent_pid and _pid_alive(daemon_pid):
         time.sleep(interval_s)
     os._exit(EXIT_ORPHANED)
@@ -88,17 +101,13 @@ def exit_with_parent(daemon_pid: int) -> None:
     daemon still exist, and exits the worker when not.
     """
     parent_pid = os.getppid()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            errno = ctypes.get_errno()
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(errno))
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid or not _pid_alive(daemon_pid):
         os._exit(EXIT_ORPHANED)  # the parent died before the death signal was set
     threading.Thread(
         target=_watch_parent,
         args=(parent_pid, daemon_pid, PARENT_WATCH_INTERVAL_S),
-        name="parent-watch",
+        name=PARENT_WATCH_THREAD,
         daemon=True,
     ).start()
 
