@@ -3,10 +3,12 @@ daemon's workers and attempts, a missing MQTT password file."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -323,8 +325,21 @@ def test_full_disk_pauses_and_resumes_without_losing_or_repeating_work(
     tmp_path: Path,
     tmpfs_project: Path,
     service_processes: list[subprocess.Popen[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = tmpfs_project
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # as systemd listens
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    statuses: list[str] = []
+
+    def status_says(text: str) -> bool:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                statuses.append(notify.recv(4096).decode())
+        return any(text in status for status in statuses)
+
     session, movies, microscope = write_session(tmp_path, 2)
     port = free_port()
     config = service_config(
@@ -369,6 +384,7 @@ def test_full_disk_pauses_and_resumes_without_losing_or_repeating_work(
         assert n_exposures == 2  # intake registers nothing while paused
         states = count_states(project)
         assert not {"failed", "quarantined"} & set(states), states
+        wait_for(lambda: status_says(", paused: disk_full"), 15, "a STATUS line")
         filler.unlink()
         wait_for(
             lambda: count_states(project).get("done", 0) == 4 * 3,
@@ -380,6 +396,7 @@ def test_full_disk_pauses_and_resumes_without_losing_or_repeating_work(
         assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
     finally:
         microscope.close()
+        notify.close()
     assert "paused (disk_full)" in log.read_text()
     attempts = read_ledger(
         project,
