@@ -122,16 +122,21 @@ class Intake:
             self._deferred.append((path, kind, signature))
             return
         try:
-            self._take(stem, path, kind, signature)
+            try:
+                self._take(stem, path, kind, signature)
+            except Exception as exc:
+                if is_disk_full(exc):
+                    raise
+                log.exception("unexpected error importing %s", path)
+                self._quarantine(
+                    stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
+                )
         except Exception as exc:
-            if is_disk_full(exc):  # not the file's fault: take it when space returns
-                self._gate.pause(PauseReason.DISK_FULL, f"importing {path}: {exc}")
-                self._deferred.append((path, kind, signature))
-                return
-            log.exception("unexpected error importing %s", path)
-            self._quarantine(
-                stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
-            )
+            if not is_disk_full(exc):
+                raise
+            # not the file's fault: take it again when space returns
+            self._gate.pause(PauseReason.DISK_FULL, f"importing {path}: {exc}")
+            self._deferred.append((path, kind, signature))
 
     def _take(
         self, stem: str, path: Path, kind: FileKind, signature: FileSignature

@@ -426,6 +426,10 @@ class FullDiskLedger(Ledger):
         self._maybe_full("mark_ready")
         super().mark_ready(exposure_id, **values)
 
+    def quarantine_import(self, exposure_id: str, error: str, **values: Any) -> None:
+        self._maybe_full("quarantine_import")
+        super().quarantine_import(exposure_id, error, **values)
+
     def _maybe_full(self, method: str) -> None:
         if self.full and method == self.failing:
             raise sqlite3.OperationalError("database or disk is full")
@@ -476,3 +480,42 @@ def test_intake_holds_files_while_the_disk_is_full_and_takes_them_after(
     assert import_row.state is StageState.DONE
     assert first_row.state is StageState.PENDING
     assert len(intake) == 0
+
+
+class BrokenThenFullLedger(FullDiskLedger):
+    """An unexpected error, and then the quarantine hits a full disk."""
+
+    def record_discovered(self, exposure_id: str, **paths: Any) -> bool:
+        if self.full:
+            raise RuntimeError("unexpected")
+        return super().record_discovered(exposure_id, **paths)
+
+
+def test_intake_defers_a_file_whose_quarantine_hits_the_full_disk(
+    tmp_path: Path,
+) -> None:
+    session, _, microscope = write_session(tmp_path, 1)
+    microscope.close()
+    (metadata,) = session.rglob("*.xml")
+    ledger = BrokenThenFullLedger(tmp_path / "project" / "livestream.sqlite")
+    gate = PauseGate()
+    intake = Intake(
+        ledger,
+        chain=("first",),
+        offer=lambda exposure: None,
+        reporter=Reporter("session"),
+        orphan_timeout_s=300.0,
+        gate=gate,
+    )
+    ledger.failing = "quarantine_import"
+    ledger.full = True
+    kind = classify_path(metadata, SoftwareChoice.AUTO)
+    signature = read_signature(metadata)
+    assert kind is not None
+    assert signature is not None
+    intake.on_settled(metadata, kind, signature)  # must not raise
+    assert gate.paused
+    ledger.full = False
+    gate.resume(PauseReason.DISK_FULL)  # taken again: registered, waits for its movie
+    assert ledger.count_exposures() == 1
+    assert len(intake) == 1
