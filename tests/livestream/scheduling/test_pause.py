@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from livestream.config import ProjectConfig
+from livestream.config import ProjectConfig, StagesConfig
+from livestream.ledger.store import Ledger, StageState
 from livestream.scheduling.executors import WorkerCrashed
 from livestream.scheduling.pause import (
     DiskSpace,
@@ -18,8 +21,18 @@ from livestream.scheduling.pause import (
     is_disk_full,
     watch_project_disk,
 )
+from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
+from livestream.stages.registry import build_chain
 from livestream.telemetry.metrics import ServiceMetrics
+from livestream.telemetry.reporting import EventType, Reporter
 from pipelines.errors import StageInputError
+from tests.livestream.scheduling.test_scheduler import (
+    NOOP2,
+    A,
+    InlineExecutor,
+    T,
+    _exposures,
+)
 
 FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/p/MotionCorr/a.mrc")
 
@@ -114,3 +127,66 @@ def test_no_free_inode_is_a_full_disk() -> None:
     watch = watch_project_disk(gate, ProjectConfig(min_free_bytes=0), None)
     watch.judge(DiskSpace(free_bytes=10**9, total_bytes=10**10, free_inodes=0))
     assert gate.paused
+
+
+class FullOnceExecutor(InlineExecutor):
+    """The first stage run finds the project disk full."""
+
+    def __init__(self, gate: PauseGate) -> None:
+        super().__init__()
+        self.gate = gate
+        self.paused_seen: list[bool] = []
+
+    async def run(self, fn: Callable[[A], T], arg: A) -> T:
+        self.paused_seen.append(self.gate.paused)
+        if len(self.paused_seen) == 1:
+            await asyncio.sleep(0.01)
+            raise FULL
+        return await super().run(fn, arg)
+
+
+async def test_scheduler_holds_work_that_hit_the_full_disk_without_counting_it(
+    tmp_path: Path,
+) -> None:
+    chain = build_chain(StagesConfig.model_validate(NOOP2))
+    ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
+    exposures = _exposures(tmp_path, ledger, 2, chain.names)
+    gate = PauseGate()
+    executor = FullOnceExecutor(gate)
+    reporter = Reporter("test")
+    done: list[str] = []
+    reporter.add_listener(
+        lambda e: (
+            done.append(e.exposure_id) if e.type is EventType.EXPOSURE_DONE else None
+        )
+    )
+    scheduler = Scheduler(
+        ledger,
+        chain,
+        executor,
+        reporter,
+        SchedulerSettings(project_path=tmp_path / "project", max_in_flight=1),
+        gate=gate,
+    )
+    for exposure in exposures:
+        scheduler.offer(exposure)
+    task = asyncio.create_task(scheduler.run())
+    async with asyncio.timeout(10):
+        while not gate.paused:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # paused: nothing else is dispatched
+        assert executor.paused_seen == [False]
+        assert scheduler.depth == 2  # one held, one queued
+        row = ledger.rows_of("e0")[1]
+        assert (row.state, row.attempts) == (StageState.RUNNING, 1)
+        gate.resume(PauseReason.DISK_FULL)
+        while len(done) < 2:
+            await asyncio.sleep(0.01)
+    scheduler.stop_taking_work()
+    await task
+    assert not any(executor.paused_seen[1:])
+    rows = [r for e in ("e0", "e1") for r in ledger.rows_of(e)[1:]]
+    assert {(r.state, r.attempts) for r in rows} == {(StageState.DONE, 1)}
+    outcomes = [(e, s, o) for e, s, _, o in ledger.attempt_outcomes()]
+    assert outcomes[0] == ("e0", "a", "interrupted")
+    assert [o for *_, o in outcomes[1:]] == ["done"] * 4
