@@ -34,13 +34,11 @@ from pipelines.class2d import (
     run_minibatches,
     save_checkpoint,
 )
-from pipelines.class2d.montage import write_class_montage
-from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
     DEFAULT_THRESHOLD,
     rank_classes,
-    select_particles,
 )
 from pipelines.errors import StageInputError
 
@@ -101,9 +99,6 @@ def main(args: argparse.Namespace) -> int:
         state = run_minibatches(config, state, particles)
         assignment = assign_particles(config, state, particles)
         save_checkpoint(args.out / "run_checkpoint.npz", config, state)
-        outputs = write_class2d_outputs(
-            args.out, config, state, assignment, optics, table, float16=args.float16
-        )
         ranking = rank_classes(
             config,
             state,
@@ -112,12 +107,17 @@ def main(args: argparse.Namespace) -> int:
             particles=particles,
             particle_outlier_mad=args.particle_outlier_mad or None,
         )
-        selected_star = select_particles(
-            outputs.selected_star, config, ranking, assignment, optics, table
+        outputs = write_class2d_snapshot(
+            args.out,
+            config,
+            state,
+            assignment,
+            optics,
+            table,
+            ranking=ranking,
+            float16=args.float16,
         )
-        montage = write_class_montage(
-            args.out / "run_montage.png", state.references, ranking
-        )
+        selected_star, montage = outputs.selected_star, outputs.montage_png
     except StageInputError as exc:
         print(f"livestream class2d: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.config import ConfigError, ServiceConfig, load_config
+from livestream.daemon import run_service
 
 __all__ = ["add_args", "config_from_args", "main"]
 
@@ -86,6 +87,4 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from livestream.daemon import run_service
-
     return asyncio.run(run_service(config, retry_quarantined=args.retry_quarantined))

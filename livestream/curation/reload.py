@@ -17,7 +17,8 @@ again; :class:`CurationReload` applies changed ``[stages.<curate>]`` thresholds:
 
 Other changed settings need a restart; a reload says so in the log.  A curate
 stage that was running while the thresholds changed is decided again as soon as
-it finishes (:attr:`livestream.scheduling.scheduler.Scheduler.recurate`).
+it finishes (:meth:`CurationReload.recurate`, which the daemon passes to the
+scheduler).
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ class CurationReload:
             if link.kind == CURATE_KIND
         }
         self.n_reloads = 0
-        scheduler.recurate = self.recurate
 
     @property
     def stages(self) -> tuple[str, ...]:

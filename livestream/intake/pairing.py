@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from livestream.intake.settle import (
     FileKind,
@@ -28,11 +27,13 @@ from livestream.intake.settle import (
 from livestream.ledger.store import Ledger, StageState
 from livestream.scheduling.pause import PauseGate, PauseReason, is_disk_full
 from livestream.telemetry.reporting import Reporter
+from mdcatch.crosscheck import reconcile
+from mdcatch.epu.exposure import read_epu_exposure
 from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import read_movie_header
+from mdcatch.profiles.detectors import Profiles, load_profiles
 from mdcatch.records import Exposure
-
-if TYPE_CHECKING:
-    from mdcatch.profiles.detectors import Profiles
+from mdcatch.serialem.mdoc import read_mdoc
 
 __all__ = ["Intake", "parse_exposure"]
 
@@ -58,16 +59,9 @@ def parse_exposure(
 
     The returned record's ``exposure_id`` is ``key`` (the ledger's key).
     """
-    from mdcatch.crosscheck import reconcile
-    from mdcatch.headers.movie import read_movie_header
-
     if kind is FileKind.EPU_XML:
-        from mdcatch.epu.exposure import read_epu_exposure
-
         exposure = read_epu_exposure(metadata_path, movie_path=movie_path)
     else:
-        from mdcatch.serialem.mdoc import read_mdoc
-
         _, exposures = read_mdoc(metadata_path, path_map=path_map)
         if not exposures:
             raise MetadataError(
@@ -172,15 +166,11 @@ class Intake:
 
     def _profiles(self) -> Profiles:
         if self._loaded_profiles is None:
-            from mdcatch.profiles.detectors import load_profiles
-
             self._loaded_profiles = load_profiles()
         return self._loaded_profiles
 
     def _announce_serialem_movie(self, mdoc: Path) -> None:
         """An mdoc may name a movie in another folder: have the watcher track it."""
-        from mdcatch.serialem.mdoc import read_mdoc
-
         _, exposures = read_mdoc(mdoc, path_map=self._path_map)
         for exposure in exposures[:1]:
             if exposure.movie_path is not None and self._expect_movie is not None:

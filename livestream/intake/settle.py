@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livestream.config import SoftwareChoice
+from mdcatch import matching
+from mdcatch.epu.exposure import read_epu_exposure
+from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import movie_is_complete
+from mdcatch.serialem.mdoc import read_mdoc
 
 __all__ = [
     "FileKind",
@@ -82,8 +87,6 @@ def classify_path(
     SerialEM: ``*.mdoc`` and a movie with an mdoc beside it (or one an mdoc named:
     ``expected``).  EPU's summed images and thumbnails are ignored.
     """
-    from mdcatch import matching
-
     if is_temporary_name(path):
         return None
     name = path.name.lower()
@@ -106,8 +109,6 @@ def classify_path(
 
 def exposure_key(path: Path, kind: FileKind) -> str | None:
     """The ledger key shared by an exposure's metadata and movie."""
-    from mdcatch import matching
-
     if kind is FileKind.MDOC:
         return Path(path.name[: -len(".mdoc")]).stem or None
     stem = matching.exposure_stem(path)
@@ -121,20 +122,12 @@ def check_complete(path: Path, kind: FileKind) -> str | None:
 
     Metadata must parse; a movie's header must be complete (all frames present).
     """
-    from mdcatch.errors import MetadataError
-
     try:
         if kind is FileKind.EPU_XML:
-            from mdcatch.epu.exposure import read_epu_exposure
-
             read_epu_exposure(path)
         elif kind is FileKind.MDOC:
-            from mdcatch.serialem.mdoc import read_mdoc
-
             read_mdoc(path)
         else:
-            from mdcatch.headers.movie import movie_is_complete
-
             if not movie_is_complete(path):
                 return f"{path}: movie is truncated (header promises more frames than the file holds)"
     except MetadataError as exc:

@@ -101,7 +101,7 @@ class SessionWatcher:
         self.roots = tuple(dict.fromkeys([config.path, *config.movie_roots]))
         self._config = config
         self._on_settled = on_settled
-        self.on_rescan = on_rescan
+        self._on_rescan = on_rescan
         self.tracker = SettleTracker(config.settle_time_s)
         self._expected: set[Path] = set()
         self._wake = asyncio.Event()
@@ -194,8 +194,8 @@ class SessionWatcher:
     async def _rescan_forever(self) -> None:
         while True:
             await self.rescan()
-            if self.on_rescan is not None:
-                self.on_rescan()
+            if self._on_rescan is not None:
+                self._on_rescan()
             await asyncio.sleep(self._config.rescan_interval_s)
 
     async def _settle_forever(self) -> None:

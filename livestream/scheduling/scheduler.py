@@ -33,9 +33,8 @@ from livestream.scheduling.executors import Executor
 from livestream.scheduling.pause import PauseGate, PauseReason, is_disk_full
 from livestream.stages.registry import Chain, ChainLink, StageTask, picklable, run_stage
 from livestream.telemetry.reporting import Reporter
-from mdcatch.errors import MetadataError
+from mdcatch.errors import InputFieldError
 from mdcatch.records import Exposure
-from pipelines.errors import StageInputError
 
 __all__ = ["Scheduler", "SchedulerSettings"]
 
@@ -76,6 +75,7 @@ class Scheduler:
         settings: SchedulerSettings,
         *,
         stage_runner: Callable[[StageTask], StageResult] = run_stage,
+        recurate: Callable[[str, str], StageResult | None] | None = None,
         gate: PauseGate | None = None,
     ) -> None:
         self._ledger = ledger
@@ -99,7 +99,7 @@ class Scheduler:
         self._gate.add_listener(self._on_gate_change)
         self._held: list[_Work] = []
         # decides a curate result again when its thresholds changed while it ran
-        self.recurate: Callable[[str, str], StageResult | None] | None = None
+        self.recurate = recurate
 
     # -- queue ---------------------------------------------------------------------
     @property
@@ -236,7 +236,7 @@ class Scheduler:
         except asyncio.CancelledError:
             self._ledger.mark_interrupted(eid, stage)  # redo after restart, uncounted
             raise
-        except (StageInputError, MetadataError) as exc:
+        except InputFieldError as exc:  # StageInputError or MetadataError
             if is_disk_full(exc):
                 raise  # no bad input: the work waits for space (_execute)
             self._record_failure(

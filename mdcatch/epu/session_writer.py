@@ -37,16 +37,7 @@ def write_epu_session_file(session: Session, path: Path) -> Path:
     unknown = set(session.extra) - set(ROOT_EXTRA_KEYS) - set(SAMPLE_EXTRA_KEYS)
     if unknown:
         raise ValueError(f"EpuSession.dm has no place for extra keys {sorted(unknown)}")
-    output_format = session.output_format_raw
-    if not output_format and session.movie_format is not None:
-        output_format = _FORMAT_NAMES[session.movie_format]
-    if (
-        output_format
-        and movie_format_from_output(output_format) != session.movie_format
-    ):
-        raise ValueError(
-            f"output format {output_format!r} is not {session.movie_format}"
-        )
+    output_format = _output_format(session)
     path = Path(path)
     p = PERSISTENCE
     root = etree.Element(f"{{{p}}}EpuSessionXml", nsmap={None: p, "i": XSI, "z": Z})
@@ -66,7 +57,35 @@ def write_epu_session_file(session: Session, path: Path) -> Path:
         sub(root, p, "ImageFileFormat", session.image_file_format)
     sub(root, p, "Name", session.name)
     items = sub(sub(root, p, "Samples"), p, "_items")
-    sample = sub(items, p, "SampleXml")
+    _write_sample(sub(items, p, "SampleXml"), session)
+    nil(items, p, "SampleXml")
+    if session.start_utc is not None:
+        sub(root, p, "StartDateTime", dotnet_time(session.start_utc))
+    if session.storage_folder_raw:
+        folders = sub(sub(root, p, "StorageFolders"), p, "_items")
+        sub(sub(folders, p, "StorageFolderXml"), p, "Path", session.storage_folder_raw)
+    return write_xml_atomically(root, path, declaration=True)
+
+
+def _output_format(session: Session) -> str:
+    """``DoseFractionsOutputFormat``: as read, else from the movie format."""
+    output_format = session.output_format_raw
+    if not output_format and session.movie_format is not None:
+        output_format = _FORMAT_NAMES[session.movie_format]
+    if (
+        output_format
+        and movie_format_from_output(output_format) != session.movie_format
+    ):
+        raise ValueError(
+            f"output format {output_format!r} is not {session.movie_format}"
+        )
+    return output_format
+
+
+def _write_sample(sample: etree._Element, session: Session) -> None:
+    """The ``SampleXml``: extra keys, grid squares, the defocus list."""
+    p = PERSISTENCE
+
     for key in SAMPLE_EXTRA_KEYS:
         if key in session.extra:
             sub(sample, p, key, session.extra[key])
@@ -96,10 +115,3 @@ def write_epu_session_file(session: Session, path: Path) -> Path:
         defocus = sub(sub(area, p, "ImageAcquisitionSettingXml"), p, "Defocus")
         for value_um in session.defocus_list_um:
             sub(defocus, ARR, "double", scaled(-value_um, -6))
-    nil(items, p, "SampleXml")
-    if session.start_utc is not None:
-        sub(root, p, "StartDateTime", dotnet_time(session.start_utc))
-    if session.storage_folder_raw:
-        folders = sub(sub(root, p, "StorageFolders"), p, "_items")
-        sub(sub(folders, p, "StorageFolderXml"), p, "Path", session.storage_folder_raw)
-    return write_xml_atomically(root, path, declaration=True)

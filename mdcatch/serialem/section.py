@@ -10,7 +10,7 @@ is in Å for the image as saved (the super-resolution pixel when ``Binning = 0.5
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 
@@ -102,121 +102,22 @@ def read_section(
     if sub_frame_raw is not None and sub_frame_raw.strip():
         exposure_id = movie_stem(sub_frame_raw)
         movie_path = locate_file(sub_frame_raw, mdoc_dir=path.parent, path_map=path_map)
-    elif section.kind == "FrameSet":
-        suffix = f"_{section.index}" if n_framesets > 1 else ""
-        exposure_id = context.image_stem + suffix
-    elif section.kind == "MontSection":
-        exposure_id = f"{context.image_stem}_section{section.index:03d}"
     else:
-        exposure_id = f"{context.image_stem}_{section.index:03d}"
+        exposure_id = _exposure_id_without_movie(section, context, n_framesets)
     if not exposure_id:
         raise MetadataError(path, "SubFramePath", sub_frame_raw, "no file name")
 
-    voltage = r.number("Voltage", low=0.0, strict=True) or context.voltage_kv
-    if voltage is None:
-        voltage = DEFAULT_VOLTAGE_KV
-        warnings.append(f"mdoc has no Voltage; assumed {DEFAULT_VOLTAGE_KV:g} kV")
-    pixel = r.number("PixelSpacing", low=0.0, strict=True) or context.pixel_size_a
-    if pixel is None:
-        raise MetadataError(
-            path, "PixelSpacing", None, f"missing in [{section.kind} = {section.index}]"
-        )
-    binning = r.number("Binning", low=0.0, strict=True)
-    if binning is None:
-        binning = 1.0
-        warnings.append("mdoc has no Binning; assumed 1")
-    super_res = binning < 1.0
-    cs_mm = r.number("Cs", low=0.0)
-    slit_ev = None
-    filter_values = r.numbers("FilterSlitAndLoss", 2)
-    if filter_values is not None and filter_values[0] > 0:
-        slit_ev = filter_values[0]
-    elif filter_values is not None:
-        r.used.discard("FilterSlitAndLoss")  # slit out: keep the raw entry
-    phase_raw = r.raw("PhasePlateInserted")
-    phase_plate = phase_raw is not None and parse_bool(
-        path, "PhasePlateInserted", phase_raw
-    )
     camera_index = r.integer("CameraIndex", low=0)
-    optics = Optics(
-        voltage_kv=voltage,
-        pixel_size_a=pixel,
-        cs_mm=cs_mm,
-        detector=context.cameras.get(camera_index, "")
-        if camera_index is not None
-        else "",
-        camera_mode=CameraMode.SUPER_RESOLUTION if super_res else CameraMode.COUNTING,
-        super_resolution_factor=round(1.0 / binning) if super_res else 1,
-        binning=binning,
-        energy_filter_slit_ev=slit_ev,
-        phase_plate=phase_plate,
-        instrument_id=context.instrument_id,
-    )
-
-    frame_doses_raw = r.raw("FrameDosesAndNumber")
-    frame_doses = (
-        ()
-        if frame_doses_raw is None
-        else parse_frame_doses(path, "FrameDosesAndNumber", frame_doses_raw)
-    )
-    n_sub = r.integer("NumSubFrames", low=1)
-    n_listed = sum(count for count, _ in frame_doses)
-    if n_sub is not None and frame_doses and n_sub != n_listed:
-        warnings.append(
-            f"NumSubFrames = {n_sub} but FrameDosesAndNumber lists {n_listed} frames; "
-            "NumSubFrames used"
-        )
-    n_frames = n_sub if n_sub is not None else (n_listed or 1)
-
-    dose = r.number("ExposureDose", low=0.0)
-    if dose is None:
-        if not frame_doses:
-            raise MetadataError(
-                path, "ExposureDose", None, "missing and no FrameDosesAndNumber"
-            )
-        dose = sum(count * each for count, each in frame_doses)
-        warnings.append(
-            "mdoc has no ExposureDose; total dose summed from FrameDosesAndNumber"
-        )
+    optics = _read_optics(r, section, context, camera_index, warnings)
+    frame_doses, n_frames, dose = _read_frames_and_dose(r, warnings)
     exposure_time = r.number("ExposureTime", low=0.0, strict=True)
     if exposure_time is None:
         raise MetadataError(
             path, "ExposureTime", None, f"missing in [{section.kind} = {section.index}]"
         )
-
-    defocus = r.number("Defocus")
-    current_defocus_um = None if defocus is None else -defocus
-    target = r.number("TargetDefocus")
-    if target is not None:
-        target_defocus_um = -target
-    elif current_defocus_um is not None:
-        target_defocus_um = current_defocus_um
-        warnings.append(
-            "mdoc has no TargetDefocus; the microscope's Defocus used instead"
-        )
-    else:
-        raise MetadataError(
-            path, "TargetDefocus", None, "neither TargetDefocus nor Defocus given"
-        )
-
-    time_raw = r.raw("DateTime")
-    if time_raw is not None:
-        acquired = parse_datetime(path, "DateTime", time_raw, timezone)
-    elif context.title_utc is not None:
-        acquired = context.title_utc
-        warnings.append("section has no DateTime; the title's time used")
-    else:
-        raise MetadataError(
-            path, "DateTime", None, f"missing in [{section.kind} = {section.index}]"
-        )
-
-    stage_xy = r.numbers("StagePosition", 2)
-    stage_z = r.number("StageZ")
-    if stage_xy is None or stage_z is None:  # keep a partial stage position raw
-        r.used -= {"StagePosition", "StageZ"}
-        stage = None
-    else:
-        stage = (stage_xy[0], stage_xy[1], stage_z)
+    target_defocus_um, current_defocus_um = _read_defocus(r, warnings)
+    acquired = _read_acquired(r, section, context, timezone, warnings)
+    stage = _read_stage(r)
     image_shift = r.numbers("ImageShift", 2)
     magnification = r.number("Magnification", low=0.0, strict=True)
     spot = r.integer("SpotSize", low=0)
@@ -254,6 +155,144 @@ def read_section(
         extra=MappingProxyType(r.leftover()),
         warnings=tuple(warnings),
     )
+
+
+def _exposure_id_without_movie(
+    section: MdocSection, context: MdocContext, n_framesets: int
+) -> str:
+    """The exposure's name when the section names no movie (from the image file)."""
+    if section.kind == "FrameSet":
+        suffix = f"_{section.index}" if n_framesets > 1 else ""
+        return context.image_stem + suffix
+    if section.kind == "MontSection":
+        return f"{context.image_stem}_section{section.index:03d}"
+    return f"{context.image_stem}_{section.index:03d}"
+
+
+def _read_optics(
+    r: _Reader,
+    section: MdocSection,
+    context: MdocContext,
+    camera_index: int | None,
+    warnings: list[str],
+) -> Optics:
+    voltage = r.number("Voltage", low=0.0, strict=True) or context.voltage_kv
+    if voltage is None:
+        voltage = DEFAULT_VOLTAGE_KV
+        warnings.append(f"mdoc has no Voltage; assumed {DEFAULT_VOLTAGE_KV:g} kV")
+    pixel = r.number("PixelSpacing", low=0.0, strict=True) or context.pixel_size_a
+    if pixel is None:
+        raise MetadataError(
+            r.path,
+            "PixelSpacing",
+            None,
+            f"missing in [{section.kind} = {section.index}]",
+        )
+    binning = r.number("Binning", low=0.0, strict=True)
+    if binning is None:
+        binning = 1.0
+        warnings.append("mdoc has no Binning; assumed 1")
+    super_res = binning < 1.0
+    cs_mm = r.number("Cs", low=0.0)
+    slit_ev = None
+    filter_values = r.numbers("FilterSlitAndLoss", 2)
+    if filter_values is not None and filter_values[0] > 0:
+        slit_ev = filter_values[0]
+    elif filter_values is not None:
+        r.used.discard("FilterSlitAndLoss")  # slit out: keep the raw entry
+    phase_raw = r.raw("PhasePlateInserted")
+    phase_plate = phase_raw is not None and parse_bool(
+        r.path, "PhasePlateInserted", phase_raw
+    )
+    return Optics(
+        voltage_kv=voltage,
+        pixel_size_a=pixel,
+        cs_mm=cs_mm,
+        detector=context.cameras.get(camera_index, "")
+        if camera_index is not None
+        else "",
+        camera_mode=CameraMode.SUPER_RESOLUTION if super_res else CameraMode.COUNTING,
+        super_resolution_factor=round(1.0 / binning) if super_res else 1,
+        binning=binning,
+        energy_filter_slit_ev=slit_ev,
+        phase_plate=phase_plate,
+        instrument_id=context.instrument_id,
+    )
+
+
+def _read_frames_and_dose(
+    r: _Reader, warnings: list[str]
+) -> tuple[tuple[tuple[int, float], ...], int, float]:
+    """``(frame_doses, n_frames, total dose e/Å²)``."""
+    frame_doses_raw = r.raw("FrameDosesAndNumber")
+    frame_doses = (
+        ()
+        if frame_doses_raw is None
+        else parse_frame_doses(r.path, "FrameDosesAndNumber", frame_doses_raw)
+    )
+    n_sub = r.integer("NumSubFrames", low=1)
+    n_listed = sum(count for count, _ in frame_doses)
+    if n_sub is not None and frame_doses and n_sub != n_listed:
+        warnings.append(
+            f"NumSubFrames = {n_sub} but FrameDosesAndNumber lists {n_listed} frames; "
+            "NumSubFrames used"
+        )
+    n_frames = n_sub if n_sub is not None else (n_listed or 1)
+    dose = r.number("ExposureDose", low=0.0)
+    if dose is None:
+        if not frame_doses:
+            raise MetadataError(
+                r.path, "ExposureDose", None, "missing and no FrameDosesAndNumber"
+            )
+        dose = sum(count * each for count, each in frame_doses)
+        warnings.append(
+            "mdoc has no ExposureDose; total dose summed from FrameDosesAndNumber"
+        )
+    return frame_doses, n_frames, dose
+
+
+def _read_defocus(r: _Reader, warnings: list[str]) -> tuple[float, float | None]:
+    """``(target, current)`` defocus in µm, positive for underfocus."""
+    defocus = r.number("Defocus")
+    current_defocus_um = None if defocus is None else -defocus
+    target = r.number("TargetDefocus")
+    if target is not None:
+        return -target, current_defocus_um
+    if current_defocus_um is not None:
+        warnings.append(
+            "mdoc has no TargetDefocus; the microscope's Defocus used instead"
+        )
+        return current_defocus_um, current_defocus_um
+    raise MetadataError(
+        r.path, "TargetDefocus", None, "neither TargetDefocus nor Defocus given"
+    )
+
+
+def _read_acquired(
+    r: _Reader,
+    section: MdocSection,
+    context: MdocContext,
+    timezone: tzinfo,
+    warnings: list[str],
+) -> datetime:
+    time_raw = r.raw("DateTime")
+    if time_raw is not None:
+        return parse_datetime(r.path, "DateTime", time_raw, timezone)
+    if context.title_utc is not None:
+        warnings.append("section has no DateTime; the title's time used")
+        return context.title_utc
+    raise MetadataError(
+        r.path, "DateTime", None, f"missing in [{section.kind} = {section.index}]"
+    )
+
+
+def _read_stage(r: _Reader) -> tuple[float, float, float] | None:
+    stage_xy = r.numbers("StagePosition", 2)
+    stage_z = r.number("StageZ")
+    if stage_xy is None or stage_z is None:  # keep a partial stage position raw
+        r.used -= {"StagePosition", "StageZ"}
+        return None
+    return (stage_xy[0], stage_xy[1], stage_z)
 
 
 def _kind(section: MdocSection, context: MdocContext) -> ImageKind:

@@ -139,58 +139,63 @@ def _section_lines(
     e: Exposure, first: Exposure, frames_prefix: str | None, timezone: tzinfo
 ) -> list[str]:
     o = e.optics
-    values: dict[str, str] = {}
-    if e.stage_alpha_deg is not None:
-        values["TiltAngle"] = _num(e.stage_alpha_deg)
-    if e.stage_position_um is not None:
-        x, y, z = e.stage_position_um
-        values["StagePosition"] = f"{_num(x)} {_num(y)}"
-        values["StageZ"] = _num(z)
-    if e.magnification is not None:
-        values["Magnification"] = _num(e.magnification)
-    values["ExposureDose"] = _num(e.total_dose_e_per_a2)
-    if e.dose_rate_e_per_px_s is not None:
-        values["DoseRate"] = _num(e.dose_rate_e_per_px_s)
-    values["PixelSpacing"] = _num(o.pixel_size_a)
-    if o.voltage_kv != first.optics.voltage_kv:
-        values["Voltage"] = _num(o.voltage_kv)
-    if e.spot_size is not None:
-        values["SpotSize"] = str(e.spot_size)
-    if e.current_defocus_um is not None:
-        values["Defocus"] = _num(-e.current_defocus_um)
-    if e.image_shift is not None:
-        values["ImageShift"] = f"{_num(e.image_shift[0])} {_num(e.image_shift[1])}"
-    values["ExposureTime"] = _num(e.exposure_time_s)
-    values["Binning"] = _num(o.binning)
-    if e.camera_index is not None:
-        values["CameraIndex"] = str(e.camera_index)
-    values["TargetDefocus"] = _num(-e.target_defocus_um)
-    if e.movie_path is not None:
-        name = e.movie_path.name
-        values["SubFramePath"] = (
-            f"{frames_prefix.rstrip(chr(92))}\\{name}"
-            if frames_prefix
-            else str(e.movie_path)
-        )
-    values["NumSubFrames"] = str(e.n_frames)
-    if e.frame_doses:
-        values["FrameDosesAndNumber"] = "  ".join(
-            f"{_num(d)} {n}" for n, d in e.frame_doses
-        )
-    values["DateTime"] = _time(e.acquired_utc, timezone)
-    if o.energy_filter_slit_ev is not None:
-        values["FilterSlitAndLoss"] = f"{_num(o.energy_filter_slit_ev)} 0"
-    if e.gain_reference_path is not None:
-        values["GainReference"] = str(e.gain_reference_path)
-    if e.defect_file_path is not None:
-        values["DefectFile"] = str(e.defect_file_path)
-    if o.phase_plate:
-        values["PhasePlateInserted"] = "True"
-    if o.cs_mm is not None:
-        values["Cs"] = _num(o.cs_mm)
+    stage = e.stage_position_um
+    shift = e.image_shift
+    voltage = o.voltage_kv if o.voltage_kv != first.optics.voltage_kv else None
+    values: dict[str, str | None] = {
+        "TiltAngle": _opt(e.stage_alpha_deg),
+        "StagePosition": None
+        if stage is None
+        else f"{_num(stage[0])} {_num(stage[1])}",
+        "StageZ": None if stage is None else _num(stage[2]),
+        "Magnification": _opt(e.magnification),
+        "ExposureDose": _num(e.total_dose_e_per_a2),
+        "DoseRate": _opt(e.dose_rate_e_per_px_s),
+        "PixelSpacing": _num(o.pixel_size_a),
+        "Voltage": _opt(voltage),
+        "SpotSize": _opt_str(e.spot_size),
+        "Defocus": _opt(
+            None if e.current_defocus_um is None else -e.current_defocus_um
+        ),
+        "ImageShift": None if shift is None else f"{_num(shift[0])} {_num(shift[1])}",
+        "ExposureTime": _num(e.exposure_time_s),
+        "Binning": _num(o.binning),
+        "CameraIndex": _opt_str(e.camera_index),
+        "TargetDefocus": _num(-e.target_defocus_um),
+        "SubFramePath": _sub_frame_path(e, frames_prefix),
+        "NumSubFrames": str(e.n_frames),
+        "FrameDosesAndNumber": "  ".join(f"{_num(d)} {n}" for n, d in e.frame_doses)
+        or None,
+        "DateTime": _time(e.acquired_utc, timezone),
+        "FilterSlitAndLoss": None
+        if o.energy_filter_slit_ev is None
+        else f"{_num(o.energy_filter_slit_ev)} 0",
+        "GainReference": _opt_str(e.gain_reference_path),
+        "DefectFile": _opt_str(e.defect_file_path),
+        "PhasePlateInserted": "True" if o.phase_plate else None,
+        "Cs": _opt(o.cs_mm),
+    }
+    kept = {key: value for key, value in values.items() if value is not None}
     for key, value in e.extra.items():
-        values.setdefault(key, value)
-    return [f"{key} = {value}" for key, value in values.items()]
+        kept.setdefault(key, value)
+    return [f"{key} = {value}" for key, value in kept.items()]
+
+
+def _sub_frame_path(e: Exposure, frames_prefix: str | None) -> str | None:
+    """Where SerialEM would have saved the movie (under ``frames_prefix`` if given)."""
+    if e.movie_path is None:
+        return None
+    if frames_prefix:
+        return f"{frames_prefix.rstrip(chr(92))}\\{e.movie_path.name}"
+    return str(e.movie_path)
+
+
+def _opt(value: float | None) -> str | None:
+    return None if value is None else _num(value)
+
+
+def _opt_str(value: object | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _num(value: float) -> str:

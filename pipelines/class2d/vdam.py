@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.class2d.expectation import (
     expect_particles,
@@ -85,20 +86,23 @@ def initialise_state(
 
 def _fsc_weight(
     config: Class2dConfig, v: np.ndarray, second: np.ndarray, index: int
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     sampling = sampling_of(config)
     bias = 1.0 - config.beta2 ** (index + 1)
     noise = shell_average(np.sqrt(second / bias), sampling)
     signal = shell_average(np.abs(v), sampling)
     snr = 2.0 * config.regularisation_t * signal / np.maximum(noise, 1e-30)
     fsc = snr / (1.0 + snr)
-    return fsc[:, sampling.shell]
+    weight: NDArray[np.float64] = fsc[:, sampling.shell]
+    return weight
 
 
-def _apply_cap(config: Class2dConfig, fractions: np.ndarray, n: int) -> np.ndarray:
+def _apply_cap(
+    config: Class2dConfig, fractions: np.ndarray, n: int
+) -> NDArray[np.float64]:
     """Normalise; with a cap, clip at ``cap / n`` and give the excess to the
     other classes in proportion (water-filling, at most K rounds)."""
-    out = np.maximum(fractions, 1e-6)
+    out: NDArray[np.float64] = np.maximum(fractions, 1e-6)
     out = out / out.sum()
     if config.max_particles_per_class is None:
         return out

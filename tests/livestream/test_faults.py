@@ -25,6 +25,7 @@ from livestream.intake.settle import classify_path, read_signature
 from livestream.intake.watcher import scan_files
 from livestream.ledger.store import Ledger, StageState
 from livestream.scheduling.pause import PauseGate, PauseReason
+from livestream.telemetry.broadcast import Broadcaster
 from livestream.telemetry.mqtt import EventPublisher, MqttSettings
 from livestream.telemetry.reporting import Reporter
 from mdcatch.records import Exposure
@@ -455,7 +456,7 @@ def test_intake_holds_files_while_the_disk_is_full_and_takes_them_after(
         ledger,
         chain=("first",),
         offer=offered.append,
-        reporter=Reporter("session"),
+        reporter=Reporter(Broadcaster()),
         orphan_timeout_s=0.0,
         gate=gate,
     )
@@ -503,7 +504,7 @@ def test_intake_defers_a_file_whose_quarantine_hits_the_full_disk(
         ledger,
         chain=("first",),
         offer=lambda exposure: None,
-        reporter=Reporter("session"),
+        reporter=Reporter(Broadcaster()),
         orphan_timeout_s=300.0,
         gate=gate,
     )

@@ -135,7 +135,7 @@ async def test_threshold_change_reevaluates_without_reprocessing(
         # 1. strict: every exposure rejected; pick/extract skipped, never dispatched
         await _until(lambda: n_done() >= 3, 120, "3 exposures curated")
         (handle,) = handles
-        address = handle.reporter.metrics_address
+        address = handle.metrics_address
         assert address is not None
         picks = _rows(project, "pick")
         assert all(s == "done" and a == 0 for s, a, _ in picks.values())

@@ -23,6 +23,7 @@ from livestream.scheduling.pause import (
 )
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import build_chain
+from livestream.telemetry.broadcast import Broadcaster
 from livestream.telemetry.metrics import ServiceMetrics
 from livestream.telemetry.reporting import EventType, Reporter
 from pipelines.errors import StageInputError
@@ -153,9 +154,10 @@ async def test_scheduler_holds_work_that_hit_the_full_disk_without_counting_it(
     exposures = _exposures(tmp_path, ledger, 2, chain.names)
     gate = PauseGate()
     executor = FullOnceExecutor(gate)
-    reporter = Reporter("test")
+    broadcaster = Broadcaster()
+    reporter = Reporter(broadcaster)
     done: list[str] = []
-    reporter.add_listener(
+    broadcaster.add_listener(
         lambda e: (
             done.append(e.exposure_id) if e.type is EventType.EXPOSURE_DONE else None
         )
