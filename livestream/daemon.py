@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
-from livestream.intake.pairing import Intake
+from livestream.intake.pairing import Intake, session_folders
 from livestream.intake.watcher import SessionWatcher
 from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
@@ -211,10 +211,14 @@ async def _serve(
         path_map=config.session.path_map,
         # an mdoc names its movie, possibly outside the watched folders
         expect_movie=lambda path: watcher.expect_movie(path),
+        folders=session_folders(config.session),
         gate=gate,
     )
     watcher = SessionWatcher(
-        config.session, intake.on_settled, on_rescan=intake.quarantine_orphans
+        config.session,
+        intake.on_settled,
+        on_rescan=intake.quarantine_orphans,
+        on_unreadable=intake.on_unreadable,
     )
     disk_watch = watch_project_disk(
         gate, config.project, None if recorder is None else recorder.metrics

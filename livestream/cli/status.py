@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
 from livestream.class2d.live import SUMMARY_NAME
+from livestream.cli.console import InputError, require_file, require_folder
 from livestream.curation.live import curation_counts
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import summarize_ledger
@@ -137,10 +137,11 @@ def _table(status: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    ledger_path = args.project / "livestream.sqlite"
-    if not ledger_path.is_file():
-        print(f"livestream status: no ledger at {ledger_path}", file=sys.stderr)
-        return 1
-    status = read_status(args.project, n_failures=args.failures)
+    require_folder(args.project, "project folder")
+    ledger = require_file(args.project / "livestream.sqlite", "ledger")
+    try:
+        status = read_status(args.project, n_failures=args.failures)
+    except sqlite3.DatabaseError as exc:  # not a ledger, or not one of ours
+        raise InputError(ledger, f"ledger cannot be read: {exc}") from None
     print(json.dumps(status, indent=2) if args.json else _table(status))
     return 0

@@ -25,12 +25,22 @@ from livestream.ledger.schema import (
     REFUND_ATTEMPT,
     SCHEMA_SQL,
     SCHEMA_VERSION,
+    Curation,
     StageResult,
     StageRow,
     StageState,
+    curation_of,
 )
 
-__all__ = ["IMPORT_STAGE", "Ledger", "StageResult", "StageRow", "StageState"]
+__all__ = [
+    "IMPORT_STAGE",
+    "Curation",
+    "Ledger",
+    "StageResult",
+    "StageRow",
+    "StageState",
+    "curation_of",
+]
 
 
 def _now() -> float:
@@ -264,7 +274,7 @@ class Ledger(LedgerQueries):
                     now,
                     duration_s,
                     json.dumps(dict(result.outputs)),
-                    json.dumps(dict(result.figures)),
+                    json.dumps(result.stored_figures()),
                     exposure_id,
                     result.stage,
                 ),

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from livestream.config import MqttConfig
+from livestream.ledger.schema import Curation, curation_of, rejections_of
 from livestream.ledger.store import StageResult
 from livestream.telemetry.events import ServiceState, exposure_payload, status_payload
 from livestream.telemetry.metrics import ServiceMetrics
@@ -155,7 +156,7 @@ class Broadcaster:
         """Every stage of ``exposure`` ended (done or quarantined) at ``now``."""
         figures: dict[str, float] = {}
         for result in results.values():
-            figures.update(result.figures)
+            figures.update(result.stored_figures())
         self._queue_exposure_event(exposure, results, states, now)
         self._emit(
             ServiceEvent(
@@ -285,17 +286,13 @@ class Broadcaster:
 
 def curation_field(results: Mapping[str, StageResult]) -> dict[str, Any] | None:
     """``{"accepted": bool, "reasons": [figure, ...], "rejected": {figure: value}}``
-    from the curate stage's figures (``None`` without a curate stage)."""
+    from the curation decision (``None`` without one)."""
     for result in results.values():
-        figures = result.figures
-        if "accepted" in figures:
-            rejected = {
-                name.removeprefix("rejected_"): value
-                for name, value in figures.items()
-                if name.startswith("rejected_")
-            }
+        decision = curation_of(result)
+        if decision is not Curation.UNDECIDED:
+            rejected = rejections_of(result)
             return {
-                "accepted": figures["accepted"] != 0.0,
+                "accepted": decision is Curation.ACCEPTED,
                 "reasons": sorted(rejected),
                 "rejected": rejected,
             }

@@ -15,6 +15,7 @@ from typing import Any
 
 from livestream.config import MetricsConfig
 from livestream.curation.metrics import CurationMetrics
+from livestream.ledger.schema import StageResult
 from livestream.telemetry.metrics import ServiceMetrics
 
 __all__ = ["MetricsRecorder"]
@@ -68,18 +69,23 @@ class MetricsRecorder:
     def exposure_ready(self) -> None:
         self.metrics.exposure_ready()
 
+    def intake_reexamined(self) -> None:
+        self.metrics.intake_reexamined()
+
     def stage_finished(
-        self, stage: str, state: str, seconds: float, figures: Mapping[str, float]
+        self, stage: str, state: str, seconds: float, result: StageResult | None
     ) -> None:
         self.metrics.stage_finished(stage, state, seconds)
+        if result is None:
+            return
+        figures = result.figures
         if "total_motion_a" in figures:
             self.metrics.observe_motion(figures["total_motion_a"])
         if {"defocus_a", "fit_resolution_a"} <= figures.keys():
             self.metrics.observe_ctf(figures["defocus_a"], figures["fit_resolution_a"])
         if "n_particles" in figures:
             self.metrics.particles_extracted(int(figures["n_particles"]))
-        if "accepted" in figures:
-            self._curation.observe(figures)
+        self._curation.observe(result)
 
     def exposure_done(self, now: datetime) -> None:
         # a quarantined exposure was processed too: processing is not stalled

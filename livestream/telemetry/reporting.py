@@ -16,7 +16,6 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from livestream.ledger.store import StageResult
@@ -71,8 +70,13 @@ class Reporter:
     def import_quarantined(self, exposure_id: str, reason: str) -> None:
         log.warning("quarantined %s: %s", exposure_id, reason)
         if self._metrics is not None:
-            self._metrics.stage_finished("import", "quarantined", 0.0, {})
+            self._metrics.stage_finished("import", "quarantined", 0.0, None)
         self._events.import_quarantined(exposure_id, reason)
+
+    def intake_reexamined(self) -> None:
+        """A quarantined import's file changed and is examined again."""
+        if self._metrics is not None:
+            self._metrics.intake_reexamined()
 
     def stage_finished(
         self,
@@ -84,9 +88,10 @@ class Reporter:
         result: StageResult | None = None,
         error: str = "",
     ) -> None:
-        figures = result.figures if result is not None else MappingProxyType({})
+        # events carry the figures as the ledger stores them (with the decision)
+        figures = result.stored_figures() if result is not None else {}
         if self._metrics is not None:
-            self._metrics.stage_finished(stage, state, seconds, figures)
+            self._metrics.stage_finished(stage, state, seconds, result)
         self._events.stage_finished(
             exposure_id, stage, state, seconds, figures=figures, error=error
         )

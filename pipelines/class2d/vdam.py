@@ -18,6 +18,7 @@ phase (eq. 15, our reading).  :func:`run_em_pass` is plain EM on every particle.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -220,12 +221,19 @@ def run_minibatches(
     state: Class2dState,
     particles: ParticleStack,
     n_minibatches: int | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Class2dState:
-    """Run ``n_minibatches`` more steps (default: to the end of the schedule)."""
+    """Run ``n_minibatches`` more steps (default: to the end of the schedule).
+
+    ``on_progress(done, total)``, if given, is called after each mini-batch with
+    the steps done so far in this call and the steps it runs."""
     remaining = config.schedule.n_minibatches - state.minibatch_index
-    count = remaining if n_minibatches is None else n_minibatches
-    for _ in range(max(count, 0)):  # loop over mini-batches, not particles
+    count = max(remaining if n_minibatches is None else n_minibatches, 0)
+    for done in range(1, count + 1):  # loop over mini-batches, not particles
         state = vdam_step(config, state, particles)
+        if on_progress is not None:
+            on_progress(done, count)
     return state
 
 
