@@ -15,7 +15,9 @@ from livestream.intake.pairing import MAX_REEXAMINATIONS, Intake
 from livestream.intake.settle import FileKind, check_complete, read_signature
 from livestream.intake.watcher import SessionWatcher, scan_files
 from livestream.ledger.store import Ledger, StageState
+from livestream.telemetry.broadcast import Broadcaster
 from livestream.telemetry.metrics import ServiceMetrics
+from livestream.telemetry.recorder import MetricsRecorder
 from livestream.telemetry.reporting import Reporter
 from mdcatch.records import Exposure
 from tests.livestream.service_fixtures import write_session
@@ -49,7 +51,7 @@ def intake_parts(
         ledger,
         chain=("first",),
         offer=offered.append,
-        reporter=Reporter("s", metrics=metrics),
+        reporter=Reporter(Broadcaster(), metrics=MetricsRecorder(metrics)),
         orphan_timeout_s=60.0,
         folders=(session, movies),
     )
@@ -124,9 +126,12 @@ def test_a_file_outside_the_folders_is_quarantined_unopened(
 def test_one_file_that_raises_never_stops_the_watcher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watcher = SessionWatcher(SessionConfig(path=tmp_path), lambda *args: None)
     reported: list[tuple[Path, str]] = []
-    watcher.on_unreadable = lambda path, reason: reported.append((path, reason))
+    watcher = SessionWatcher(
+        SessionConfig(path=tmp_path),
+        lambda *args: None,
+        on_unreadable=lambda path, reason: reported.append((path, reason)),
+    )
     bad, good = (
         tmp_path / f"FoilHole_1_Data_2_3_20200320_09020{i}_Fractions.mrc"
         for i in (0, 1)
