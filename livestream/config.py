@@ -129,6 +129,13 @@ class ProjectConfig(_Section):
     # the job index files (corrected_micrographs.star, ...) are rewritten at most
     # this often while exposures finish, and always at start-up and shutdown
     index_interval_s: float = Field(default=3.0, ge=0.0)
+    # under this much free space on the project's file system the service pauses
+    # (no new stage, no new import) and resumes by itself once space is back.
+    # 1 GiB holds the outputs of the stages in flight (a 4k float16 micrograph is
+    # ~30 MB, its particle stack a few MB), the SQLite WAL and a class2d
+    # checkpoint many times over, and is 0.1 % of a 1 TB project disk.
+    min_free_bytes: int = Field(default=2**30, ge=0)
+    disk_check_interval_s: float = Field(default=5.0, gt=0.0)
 
 
 class WorkersConfig(_Section):
@@ -161,6 +168,19 @@ class MqttConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.host)
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file_readable(cls, value: Path | None) -> Path | None:
+        # read at start-up by the publisher: a missing file is a config error now
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(
+                    f"password file {str(value)!r} cannot be read: {exc.strerror}"
+                ) from None
+        return value
 
 
 def _table_tag(table: Any) -> str:

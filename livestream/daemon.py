@@ -35,6 +35,7 @@ from livestream.ledger.store import Ledger
 from livestream.ledger.summary import LedgerSummary, summarize_ledger
 from livestream.project.job_index import JobIndex, index_targets
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
+from livestream.scheduling.pause import PauseGate, watch_project_disk
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import Chain, build_chain
 from livestream.telemetry.broadcast import Broadcaster, Listener, open_publisher
@@ -184,6 +185,7 @@ async def _serve(
     workers = config.workers
     # Two collaborations go both ways: a closure, passed at construction, names
     # the partner built just after (neither runs before the task group starts).
+    gate = PauseGate()  # closed while the project disk is full
     scheduler = Scheduler(
         ledger,
         chain,
@@ -198,6 +200,7 @@ async def _serve(
         ),
         # a curate result whose thresholds changed while it ran is decided again
         recurate=lambda exposure_id, stage: curation.recurate(exposure_id, stage),
+        gate=gate,
     )
     intake = Intake(
         ledger,
@@ -209,12 +212,16 @@ async def _serve(
         # an mdoc names its movie, possibly outside the watched folders
         expect_movie=lambda path: watcher.expect_movie(path),
         folders=session_folders(config.session),
+        gate=gate,
     )
     watcher = SessionWatcher(
         config.session,
         intake.on_settled,
         on_rescan=intake.quarantine_orphans,
         on_unreadable=intake.on_unreadable,
+    )
+    disk_watch = watch_project_disk(
+        gate, config.project, None if recorder is None else recorder.metrics
     )
     reporter.set_workers(executor.n_workers())
     index = JobIndex(
@@ -244,9 +251,11 @@ async def _serve(
 
     def summarize(state: str) -> None:
         summary = summarize_ledger(ledger)
+        paused = gate.describe()
         reporter.summary(
             state,
-            _summary_text(summary, scheduler.depth, scheduler.in_flight),
+            _summary_text(summary, scheduler.depth, scheduler.in_flight)
+            + (f", {paused}" if paused else ""),
             counts=summary.exposures,
             exposures_per_hour=summary.exposures_per_hour,
             project=config.project.path,
@@ -270,6 +279,7 @@ async def _serve(
             group.create_task(summarize_forever(), name="summary"),
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
+            group.create_task(disk_watch.run(), name="disk-watch"),
         ]
         classifying = (
             None

@@ -18,6 +18,7 @@ opened: its resolved path must lie in the session or movie folders
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from livestream.intake.settle import (
     exposure_key,
 )
 from livestream.ledger.store import Ledger, StageState
+from livestream.scheduling.pause import PauseGate, PauseReason, is_disk_full
 from livestream.telemetry.reporting import Reporter
 from mdcatch.containment import check_inside
 from mdcatch.crosscheck import reconcile
@@ -106,6 +108,7 @@ class Intake:
         expect_movie: Callable[[Path], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         folders: Sequence[Path] | None = None,
+        gate: PauseGate | None = None,
     ) -> None:
         """``folders``: where files may lie (:func:`session_folders`); ``None``
         reads any file (offline use)."""
@@ -122,6 +125,10 @@ class Intake:
         self._pending: dict[str, _Pending] = {}
         self._suspects: set[Path] = set()  # files that got an import quarantined
         self._reexamined: dict[Path, int] = {}
+        # while paused (a full disk) settled files wait here, in order
+        self._gate = gate if gate is not None else PauseGate()
+        self._gate.add_listener(self._on_gate_change)
+        self._deferred: list[tuple[Path, FileKind, FileSignature]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -131,13 +138,25 @@ class Intake:
         stem = exposure_key(path, kind)
         if stem is None:
             return
+        if self._gate.paused:
+            self._deferred.append((path, kind, signature))
+            return
         try:
-            self._take(stem, path, kind, signature)
+            try:
+                self._take(stem, path, kind, signature)
+            except Exception as exc:
+                if is_disk_full(exc):
+                    raise
+                log.exception("unexpected error importing %s", path)
+                self._quarantine(
+                    stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
+                )
         except Exception as exc:
-            log.exception("unexpected error importing %s", path)
-            self._quarantine(
-                stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
-            )
+            if not is_disk_full(exc):
+                raise
+            # not the file's fault: take it again when space returns
+            self._gate.pause(PauseReason.DISK_FULL, f"importing {path}: {exc}")
+            self._deferred.append((path, kind, signature))
 
     def on_unreadable(self, path: Path, reason: str) -> None:
         """The watcher could not even look at ``path``: quarantine its exposure."""
@@ -177,6 +196,14 @@ class Intake:
             pending.metadata = (path, kind)
         if pending.metadata is not None and pending.movie is not None:
             self._make_ready(stem, pending.metadata, pending.movie)
+            self._pending.pop(stem, None)  # kept if that raised (a full disk)
+
+    def _on_gate_change(self) -> None:
+        """The gate opened: take the files that settled while it was closed."""
+        if not self._gate.paused:
+            deferred, self._deferred = self._deferred, []
+            for path, kind, signature in deferred:
+                self.on_settled(path, kind, signature)
 
     def _check(self, path: Path, kind: FileKind) -> str | None:
         """What is wrong with a settled file (outside the folders, incomplete), or
@@ -241,10 +268,8 @@ class Intake:
             reason = f"{movie_path}: cannot be read: {exc}"
             self._quarantine(stem, reason, signature, (metadata[0], movie_path))
             return
-        self._pending.pop(stem, None)
         self._suspects.difference_update((metadata[0], movie_path))
-        if not self._ledger.is_imported(stem):
-            self._reporter.exposure_ready(exposure)
+        newly_ready = not self._ledger.is_imported(stem)
         self._ledger.mark_ready(
             stem,
             chain=self._chain,
@@ -254,6 +279,8 @@ class Intake:
             movie_size_bytes=signature.size_bytes,
             movie_mtime_ns=signature.mtime_ns,
         )
+        if newly_ready:  # after the write: a full disk must not count it twice
+            self._reporter.exposure_ready(exposure)
         self._offer(exposure)
 
     def _quarantine(
@@ -279,7 +306,12 @@ class Intake:
         self._reporter.import_quarantined(stem, reason)
 
     def quarantine_orphans(self) -> int:
-        """Quarantine half-pairs older than the orphan timeout; return how many."""
+        """Quarantine half-pairs older than the orphan timeout; return how many.
+
+        Not while paused: the partner may be waiting among the deferred files.
+        """
+        if self._gate.paused:
+            return 0
         now = self._clock()
         expired = [
             stem
@@ -299,8 +331,15 @@ class Intake:
                     f"{pending.metadata[0]}: metadata has no movie after "
                     f"{self._orphan_timeout_s:g} s (check session.movie_roots)"
                 )
-            if self._ledger.import_state(stem) is not StageState.QUARANTINED:
-                self._quarantine(stem, reason, None)
+            try:
+                if self._ledger.import_state(stem) is not StageState.QUARANTINED:
+                    self._quarantine(stem, reason, None)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._gate.pause(PauseReason.DISK_FULL, f"ledger: {exc}")
+                self._pending[stem] = pending  # looked at again after the pause
+                return 0
             # Keep waiting: a late partner still makes the exposure ready.
             self._pending[stem] = pending
             pending.first_seen_s = float("inf")

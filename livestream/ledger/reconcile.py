@@ -1,10 +1,11 @@
 """Start-up reconciliation: make the ledger and the project folder agree again.
 
 After a crash or a stop: ``running`` rows were interrupted and go back to
-``pending`` (their attempt is closed as ``interrupted``); ``done`` rows whose
-outputs are missing go back to ``pending``; ``failed`` rows (waiting for a retry)
-become ``pending`` with their attempt count kept; temporary ``*.partial`` files in
-the project are deleted.  Nothing ``done`` with its outputs present is redone.
+``pending`` (their attempt is closed as ``interrupted`` and not counted: a killed
+daemon is no failure of the stage, see :meth:`Ledger.mark_interrupted`); ``done``
+rows whose outputs are missing go back to ``pending``; ``failed`` rows (waiting for
+a retry) become ``pending`` with their attempt count kept; temporary ``*.partial``
+files in the project are deleted.  Nothing ``done`` with its outputs present is redone.
 Quarantined stages stay quarantined unless asked (their attempts restart at 0).
 """
 
@@ -14,7 +15,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from livestream.ledger.schema import IMPORT_STAGE, StageState
+from livestream.ledger.schema import (
+    IMPORT_STAGE,
+    INTERRUPTED,
+    REFUND_ATTEMPT,
+    StageState,
+)
 from livestream.ledger.store import Ledger
 
 __all__ = ["ReconcileReport", "reconcile_ledger"]
@@ -42,9 +48,12 @@ def reconcile_ledger(
 
     with ledger.transaction() as db:
         running = db.execute(
-            "UPDATE stages SET state=? WHERE state=?", (PENDING, RUNNING)
+            f"UPDATE stages SET state=?, {REFUND_ATTEMPT} WHERE state=?",
+            (PENDING, RUNNING),
         ).rowcount
-        db.execute("UPDATE attempts SET outcome='interrupted' WHERE outcome IS NULL")
+        db.execute(
+            "UPDATE attempts SET outcome=? WHERE outcome IS NULL", (INTERRUPTED,)
+        )
         failed = db.execute(
             "UPDATE stages SET state=? WHERE state=?",
             (PENDING, StageState.FAILED.value),

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "IMPORT_STAGE",
+    "INTERRUPTED",
+    "REFUND_ATTEMPT",
     "REJECTED_PREFIX",
     "SCHEMA_SQL",
     "SCHEMA_VERSION",
@@ -24,6 +26,11 @@ __all__ = [
 ]
 
 IMPORT_STAGE = "import"
+# the outcome of an attempt that a stop, a kill or a full disk ended: not a failure
+INTERRUPTED = "interrupted"
+# SET clause that gives an interrupted attempt back (it does not count towards
+# workers.max_attempts)
+REFUND_ATTEMPT = "attempts=max(attempts - 1, 0)"
 SCHEMA_VERSION = 1
 
 SCHEMA_SQL = """

@@ -21,6 +21,8 @@ from pathlib import Path
 from livestream.ledger.queries import LedgerQueries
 from livestream.ledger.schema import (
     IMPORT_STAGE,
+    INTERRUPTED,
+    REFUND_ATTEMPT,
     SCHEMA_SQL,
     SCHEMA_VERSION,
     Curation,
@@ -303,18 +305,33 @@ class Ledger(LedgerQueries):
             )
             self._finish(db, exposure_id, stage, state, now)
 
-    def mark_pending(self, exposure_id: str, stage: str) -> None:
-        """Put an interrupted attempt back in the queue (checkpoint at shutdown)."""
+    def mark_interrupted(self, exposure_id: str, stage: str) -> bool:
+        """Put an interrupted attempt back in the queue without counting it.
+
+        A stop, a kill or a full disk interrupts an attempt; that is no failure of
+        the stage, so its attempt is given back (``max_attempts`` counts failures)
+        and closed as ``interrupted`` in the history.  Only a ``running`` row
+        changes; return whether it did.
+        """
         with self.transaction() as db:
-            db.execute(
-                "UPDATE stages SET state=? WHERE exposure_id=? AND stage=? AND state=?",
+            changed = db.execute(
+                f"UPDATE stages SET state=?, {REFUND_ATTEMPT}"
+                " WHERE exposure_id=? AND stage=? AND state=?",
                 (
                     StageState.PENDING.value,
                     exposure_id,
                     stage,
                     StageState.RUNNING.value,
                 ),
-            )
+            ).rowcount
+            if changed:
+                db.execute(
+                    "UPDATE attempts SET finished_unix_s=?, outcome=? WHERE"
+                    " id=(SELECT max(id) FROM attempts WHERE exposure_id=? AND stage=?)"
+                    " AND outcome IS NULL",
+                    (_now(), INTERRUPTED, exposure_id, stage),
+                )
+        return changed > 0
 
 
 def _str(path: Path | None) -> str | None:

@@ -3,25 +3,38 @@
 Both offer the same small async interface to the scheduler.  A crashed worker
 process (:class:`~concurrent.futures.process.BrokenProcessPool`) is survived: the
 pool is rebuilt and the failure goes back to the scheduler as a transient error.
+Workers die with the daemon (:func:`exit_with_parent`), even when it is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "PARENT_WATCH_THREAD",
     "DaskExecutor",
     "Executor",
     "LocalExecutor",
     "WorkerCrashed",
     "create_executor",
+    "exit_with_parent",
 ]
+
+log = logging.getLogger(__name__)
+
+EXIT_ORPHANED = 71  # a worker whose daemon died
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -37,11 +50,71 @@ class Executor(Protocol):
     async def close(self, *, cancel: bool) -> None: ...
 
 
+PARENT_WATCH_INTERVAL_S = 1.0
+PARENT_WATCH_THREAD = "parent-watch"  # also its name in ps -L / top -H (Linux)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_NAME = 15
+
+
 def _ignore_signals() -> None:
     # Ctrl-C reaches the whole process group and systemd may signal the whole
     # cgroup: the daemon decides when workers stop, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    """``prctl(option, value)`` on Linux (a no-op elsewhere); failures are logged."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        log.warning("prctl(%d) failed: %s", option, os.strerror(ctypes.get_errno()))
+
+
+def _watch_parent(parent_pid: int, daemon_pid: int, interval_s: float) -> None:
+    """Exit when the parent or the daemon is gone (the portable fallback)."""
+    _prctl(_PR_SET_NAME, PARENT_WATCH_THREAD.encode())
+    while os.getppid() == parent_pid and _pid_alive(daemon_pid):
+        time.sleep(interval_s)
+    os._exit(EXIT_ORPHANED)
+
+
+def exit_with_parent(daemon_pid: int) -> None:
+    """Make this worker process die with its parent and with the daemon.
+
+    A SIGKILLed daemon cannot shut its pool down: without this its workers (and
+    through them the pool's helper processes) would live on under PID 1.  On
+    Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill the worker when
+    its parent (the daemon, or the forkserver) exits; everywhere a daemon thread
+    checks once per :data:`PARENT_WATCH_INTERVAL_S` that the parent and the
+    daemon still exist, and exits the worker when not.
+    """
+    parent_pid = os.getppid()
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid or not _pid_alive(daemon_pid):
+        os._exit(EXIT_ORPHANED)  # the parent died before the death signal was set
+    threading.Thread(
+        target=_watch_parent,
+        args=(parent_pid, daemon_pid, PARENT_WATCH_INTERVAL_S),
+        name=PARENT_WATCH_THREAD,
+        daemon=True,
+    ).start()
+
+
+def _init_worker(daemon_pid: int) -> None:
+    _ignore_signals()
+    exit_with_parent(daemon_pid)
 
 
 class LocalExecutor:
@@ -55,7 +128,10 @@ class LocalExecutor:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self._n, mp_context=self._context, initializer=_ignore_signals
+            max_workers=self._n,
+            mp_context=self._context,
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
 
     async def run(self, fn: Callable[[A], T], arg: A) -> T:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from livestream.ledger.store import (
     curation_of,
 )
 from livestream.scheduling.executors import Executor
+from livestream.scheduling.pause import PauseGate, PauseReason, is_disk_full
 from livestream.stages.params import StageParams
 from livestream.stages.registry import Chain, ChainLink, StageTask, picklable, run_stage
 from livestream.telemetry.reporting import Reporter
@@ -76,6 +78,7 @@ class Scheduler:
         *,
         stage_runner: Callable[[StageTask], StageResult] = run_stage,
         recurate: Callable[[str, str], StageResult | None] | None = None,
+        gate: PauseGate | None = None,
     ) -> None:
         self._ledger = ledger
         self._chain = chain
@@ -92,13 +95,18 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._closing = False
         self._n_newest = 0
+        # paused (a full disk): nothing is dispatched; work that hit the full disk
+        # waits in _held and goes back to the queue when the gate opens
+        self._gate = gate if gate is not None else PauseGate()
+        self._gate.add_listener(self._on_gate_change)
+        self._held: list[_Work] = []
         # decides a curate result again when its thresholds changed while it ran
         self.recurate = recurate
 
     # -- queue ---------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._queued) + len(self._retrying)
+        return len(self._queued) + len(self._retrying) + len(self._held)
 
     @property
     def in_flight(self) -> int:
@@ -118,6 +126,8 @@ class Scheduler:
         """An exposure is ready: queue its first unfinished stage (if any)."""
         eid = exposure.exposure_id
         if eid in self._queued or eid in self._in_flight or eid in self._retrying:
+            return
+        if any(work.exposure.exposure_id == eid for work in self._held):
             return
         results: dict[str, StageResult] = {}
         for row in self._ledger.rows_of(eid)[1:]:
@@ -169,6 +179,7 @@ class Scheduler:
                 self._wake.clear()
                 while (
                     not self._closing
+                    and not self._gate.paused
                     and self._queued
                     and len(self._in_flight) < self._settings.max_in_flight
                 ):
@@ -195,6 +206,19 @@ class Scheduler:
             task.cancel()
 
     async def _execute(self, work: _Work) -> None:
+        eid = work.exposure.exposure_id
+        try:
+            await self._attempt(work)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._hold(work, exc)
+        finally:
+            del self._in_flight[eid]
+            self._n_newest -= work.newest
+            self._wake.set()
+
+    async def _attempt(self, work: _Work) -> None:
         eid, stage = work.exposure.exposure_id, work.link.name
         work.link = self._current(work.link)
         work.params_used = work.link.params
@@ -212,23 +236,48 @@ class Scheduler:
         try:
             result = await self._executor.run(self._runner, task)
         except asyncio.CancelledError:
-            self._ledger.mark_pending(eid, stage)  # checkpoint: redo after restart
+            self._ledger.mark_interrupted(eid, stage)  # redo after restart, uncounted
             raise
         except InputFieldError as exc:  # StageInputError or MetadataError
+            if is_disk_full(exc):
+                raise  # no bad input: the work waits for space (_execute)
             self._record_failure(
                 work, str(exc), time.monotonic() - started, attempt, bad_input=True
             )
-        except Exception as exc:  # noqa: BLE001 - the one place stage failures are caught
+        except Exception as exc:  # the one place stage failures are caught
+            if is_disk_full(exc):
+                raise  # no failure of the stage: the work waits for space (_execute)
             message = f"{type(exc).__name__}: {exc}"
             self._record_failure(
                 work, message, time.monotonic() - started, attempt, bad_input=False
             )
         else:
             self._record_success(work, result, time.monotonic() - started)
-        finally:
-            del self._in_flight[eid]
-            self._n_newest -= work.newest
-            self._wake.set()
+
+    # -- a full disk -----------------------------------------------------------------
+    def _hold(self, work: _Work, exc: BaseException) -> None:
+        """``work`` hit a full disk: pause, and keep it until the gate opens."""
+        eid, stage = work.exposure.exposure_id, work.link.name
+        self._gate.pause(PauseReason.DISK_FULL, f"{eid} {stage}: {exc}")
+        log.warning("%s %s waits for disk space: %s", eid, stage, exc)
+        self._held.append(work)
+
+    def _on_gate_change(self) -> None:
+        if not self._gate.paused:
+            held, self._held = self._held, []
+            for index, work in enumerate(held):
+                try:  # its attempt was interrupted, not failed: give it back
+                    self._ledger.mark_interrupted(
+                        work.exposure.exposure_id, work.link.name
+                    )
+                except sqlite3.OperationalError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    self._held.extend(held[index:])
+                    self._gate.pause(PauseReason.DISK_FULL, f"ledger: {exc}")
+                    break
+                self.offer(work.exposure)  # its first unfinished stage
+        self._wake.set()
 
     def _record_success(self, work: _Work, result: StageResult, seconds: float) -> None:
         eid = work.exposure.exposure_id

@@ -27,8 +27,9 @@ from prometheus_client import (
 
 from livestream import __version__
 from livestream.class2d.metrics import Class2dMetrics
+from livestream.scheduling.pause import PauseReason
 
-__all__ = ["STAGE_DURATION_BUCKETS_S", "ServiceMetrics"]
+__all__ = ["PAUSE_REASONS", "STAGE_DURATION_BUCKETS_S", "ServiceMetrics"]
 
 # 0.1 s to 10 min: a motion correction of a small movie up to a 4k CTF on a slow node.
 STAGE_DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -38,6 +39,8 @@ _RESOLUTION_BUCKETS_A = (2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 15, 20, 30)
 
 
 _FINAL_STATES = frozenset({"done", "failed", "quarantined"})
+# every livestream_paused{reason} series exists (at 0) from the start
+PAUSE_REASONS = tuple(reason.value for reason in PauseReason)
 
 
 class ServiceMetrics:
@@ -171,6 +174,14 @@ class ServiceMetrics:
             "Size of the project's filesystem.",
             registry=r,
         )
+        self._paused = Gauge(
+            "livestream_paused",
+            "1 while the service takes no new work, by reason (disk_full).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in PAUSE_REASONS:
+            self._paused.labels(reason=reason).set(0)
         self._mqtt_dropped = Counter(
             "livestream_mqtt_dropped_messages",
             "MQTT messages dropped (outbox overflow or undelivered at exit).",
@@ -253,6 +264,11 @@ class ServiceMetrics:
     def set_project_disk(self, free_bytes: int, total_bytes: int) -> None:
         self._disk_free.set(free_bytes)
         self._disk_size.set(total_bytes)
+
+    def set_paused(self, reason: str, paused: bool) -> None:
+        if reason not in PAUSE_REASONS:
+            raise ValueError(f"set_paused: reason {reason!r} not in {PAUSE_REASONS}")
+        self._paused.labels(reason=reason).set(1 if paused else 0)
 
     def mqtt_dropped(self, n: int = 1) -> None:
         self._mqtt_dropped.inc(n)

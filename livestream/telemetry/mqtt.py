@@ -122,6 +122,14 @@ class EventPublisher:
         if not self.enabled:
             return self
         s = self.settings
+        if s.password and not s.tls:
+            log.warning(
+                "MQTT: the password of %r is sent unencrypted to broker %s:%d"
+                " (set mqtt.tls = true)",
+                s.username,
+                s.host,
+                s.port,
+            )
         if s.tls:
             try:
                 self._tls_context = ssl.create_default_context(cafile=s.ca_file)

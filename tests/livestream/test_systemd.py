@@ -91,7 +91,7 @@ def test_unit_security_exposure_is_low(testable_unit: Path) -> None:
     assert match[2] == "OK"
 
 
-def test_unit_settings_match_the_service_and_its_config() -> None:
+def test_unit_settings_match_the_service_and_its_config(tmp_path: Path) -> None:
     s = unit_settings(UNIT.read_text())
     assert s["Service.Type"] == ["notify"]
     assert s["Service.NotifyAccess"] == ["main"]
@@ -111,7 +111,10 @@ def test_unit_settings_match_the_service_and_its_config() -> None:
     assert s["Service.CacheDirectory"] == ["livestream/%i"]
 
     # The example config fits this sandbox (instance krios1) and the stop timeout.
-    config = load_config(EXAMPLE)
+    # (its MQTT password file exists only on the microscope's host: stand in for it)
+    password = tmp_path / "krios1.mqtt-password"
+    password.write_text("secret\n")
+    config = load_config(EXAMPLE, {"mqtt": {"password_file": password}})
     instance = "krios1"
     (writable,) = (p.replace("%i", instance) for p in s["Service.ReadWritePaths"])
     (read_only,) = (p.replace("%i", instance) for p in s["Service.ReadOnlyPaths"])

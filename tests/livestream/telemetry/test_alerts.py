@@ -34,7 +34,7 @@ def promtool(*args: str) -> str:
 
 
 def test_alert_rules_pass_promtool_check() -> None:
-    assert "SUCCESS: 11 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 12 rules found" in promtool("check", "rules", "alerts.yml")
 
 
 def test_alert_rules_pass_their_promtool_unit_tests() -> None:
@@ -61,6 +61,7 @@ def test_every_alert_has_a_unit_test_that_fires_and_one_that_does_not() -> None:
         "LivestreamHighFailureRate",
         "LivestreamProjectDiskNearlyFull",
         "LivestreamMqttMessagesDropped",
+        "LivestreamPausedDiskFull",
     } <= alerts
     assert alerts == firing, f"alerts never tested firing: {alerts - firing}"
     assert alerts == quiet, f"alerts never tested quiet: {alerts - quiet}"
@@ -97,6 +98,7 @@ def scraped_names() -> set[str]:
     metrics.particles_extracted(10)
     metrics.set_exposures_per_hour(100.0)
     metrics.set_project_disk(1, 2)
+    metrics.set_paused("disk_full", True)
     metrics.mqtt_dropped()
     metrics.mqtt_outbox(1)
     host, port = metrics.start_http_server()
