@@ -47,6 +47,7 @@ from pipelines.class2d.ranker import (
     rank_classes,
 )
 from pipelines.errors import StageInputError
+from pipelines.io.particles_star import read_particles_star
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +88,6 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         particles, table = read_particle_stack(args.particles)
-        from pipelines.io.particles_star import read_particles_star
-
         optics, _ = read_particles_star(args.particles)
         config = Class2dConfig(
             n_classes=args.classes,

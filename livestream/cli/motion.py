@@ -21,6 +21,7 @@ from livestream.cli.console import (
     require_files,
 )
 from pipelines.errors import PipelineError
+from pipelines.motion.job import run_motion
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +82,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipelines.motion.job import run_motion
-
     require_files(args.movies, "movie")
     if args.gain is not None:
         require_file(args.gain, "gain reference")

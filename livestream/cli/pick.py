@@ -39,6 +39,8 @@ from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.picks import Picks, picks_to_dicts, write_picks_star
 from pipelines.picking.template import pick_template
+from pipelines.simulate.projection import project, random_rotations
+from pipelines.simulate.volumes import load_map
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -83,9 +85,6 @@ def _templates(args: argparse.Namespace) -> tuple[np.ndarray | None, float]:
         stack, header_px = read_stack(args.templates)
         return stack, args.template_pixel_size_a or header_px or args.pixel_size_a
     if args.templates_volume is not None:
-        from pipelines.simulate.projection import project, random_rotations
-        from pipelines.simulate.volumes import load_map
-
         volume, map_px = load_map(args.templates_volume)
         rng = np.random.default_rng(args.seed)
         views = project(volume, random_rotations(args.n_views, rng))

@@ -22,6 +22,7 @@ from livestream.ledger.schema import (
     StageState,
 )
 from livestream.ledger.store import Ledger
+from pipelines.io.outputs import remove_partials
 
 __all__ = ["ReconcileReport", "reconcile_ledger"]
 
@@ -44,7 +45,6 @@ def reconcile_ledger(
     ledger: Ledger, project: Path, *, retry_quarantined: bool = False
 ) -> ReconcileReport:
     """Reconcile ``ledger`` with ``project`` (see the module doc)."""
-    from pipelines.io.outputs import remove_partials
 
     with ledger.transaction() as db:
         running = db.execute(
