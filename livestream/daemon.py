@@ -24,6 +24,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
@@ -249,34 +250,14 @@ async def _serve(
     if on_started is not None:
         on_started(handle)
 
-    def summarize(state: str) -> None:
-        summary = summarize_ledger(ledger)
-        paused = gate.describe()
-        reporter.summary(
-            state,
-            _summary_text(summary, scheduler.depth, scheduler.in_flight)
-            + (f", {paused}" if paused else ""),
-            counts=summary.exposures,
-            exposures_per_hour=summary.exposures_per_hour,
-            project=config.project.path,
-        )
-
-    async def summarize_forever() -> None:
-        period = notifier.watchdog_ping_period_s()
-        interval = (
-            SUMMARY_INTERVAL_S if period is None else min(period, SUMMARY_INTERVAL_S)
-        )
-        while True:
-            notifier.watchdog()
-            summarize("running")
-            await asyncio.sleep(interval)
+    summaries = _Summaries(ledger, scheduler, gate, reporter, config.project.path)
 
     async with asyncio.TaskGroup() as group:
         scheduling = group.create_task(scheduler.run(), name="scheduler")
         background = [
             group.create_task(watcher.run(), name="watcher"),
             group.create_task(telemetry.events.run(), name="events"),
-            group.create_task(summarize_forever(), name="summary"),
+            group.create_task(summaries.run(notifier), name="summary"),
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
             group.create_task(disk_watch.run(), name="disk-watch"),
@@ -295,26 +276,77 @@ async def _serve(
         if class2d is not None:
             class2d.request_stop()  # its mini-batch ends while stages drain
         background[0].cancel()
-        summarize("draining")
+        summaries.publish("draining")
         scheduler.stop_taking_work()
-        done, _ = await asyncio.wait([scheduling], timeout=workers.drain_timeout_s)
-        if not done:
-            log.warning(
-                "drain time limit %.0f s reached: cancelling %d stage(s)",
-                workers.drain_timeout_s,
-                scheduler.in_flight,
-            )
-            scheduler.cancel_in_flight()
-            await executor.close(cancel=True)
-            await asyncio.wait([scheduling])
-        else:
-            await executor.close(cancel=False)
+        await _drain_stages(scheduling, scheduler, executor, workers.drain_timeout_s)
         if classifying is not None:
             await drain_class2d(classifying, drain_deadline)
         await asyncio.to_thread(index.write_logged)  # always, at shutdown
-        summarize("stopped")
+        summaries.publish("stopped")
         await telemetry.events.flush()
         for task in background:
             task.cancel()
     with contextlib.suppress(ValueError):
         reporter.set_queue(0, 0)
+
+
+class _Summaries:
+    """The ledger summary, sent to systemd STATUS and MQTT every few seconds."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        scheduler: Scheduler,
+        gate: PauseGate,
+        reporter: Reporter,
+        project: Path,
+    ) -> None:
+        self._ledger = ledger
+        self._scheduler = scheduler
+        self._gate = gate
+        self._reporter = reporter
+        self._project = project
+
+    def publish(self, state: str) -> None:
+        summary = summarize_ledger(self._ledger)
+        paused = self._gate.describe()
+        text = _summary_text(summary, self._scheduler.depth, self._scheduler.in_flight)
+        self._reporter.summary(
+            state,
+            text + (f", {paused}" if paused else ""),
+            counts=summary.exposures,
+            exposures_per_hour=summary.exposures_per_hour,
+            project=self._project,
+        )
+
+    async def run(self, notifier: Notifier) -> None:
+        """Ping the systemd watchdog and publish, at least every watchdog period."""
+        period = notifier.watchdog_ping_period_s()
+        interval = (
+            SUMMARY_INTERVAL_S if period is None else min(period, SUMMARY_INTERVAL_S)
+        )
+        while True:
+            notifier.watchdog()
+            self.publish("running")
+            await asyncio.sleep(interval)
+
+
+async def _drain_stages(
+    scheduling: asyncio.Task[None],
+    scheduler: Scheduler,
+    executor: LocalExecutor | DaskExecutor,
+    timeout_s: float,
+) -> None:
+    """Let the stages in flight finish within ``timeout_s``, then cancel them."""
+    done, _ = await asyncio.wait([scheduling], timeout=timeout_s)
+    if not done:
+        log.warning(
+            "drain time limit %.0f s reached: cancelling %d stage(s)",
+            timeout_s,
+            scheduler.in_flight,
+        )
+        scheduler.cancel_in_flight()
+        await executor.close(cancel=True)
+        await asyncio.wait([scheduling])
+    else:
+        await executor.close(cancel=False)

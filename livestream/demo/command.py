@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,33 @@ def _describe(event: ServiceEvent, index: int, total: int) -> str:
     return ", ".join(parts)
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    own_session = args.session is None
-    root = (
-        Path(tempfile.mkdtemp(prefix="livestream-demo-"))
-        if own_session
-        else args.session
-    )
+class _DemoProgress:
+    """The demo's listener: a line per finished exposure and per class snapshot;
+    sets ``stop`` once every exposure has finished."""
+
+    def __init__(self, n_exposures: int, stop: asyncio.Event) -> None:
+        self.n_exposures = n_exposures
+        self.stop = stop
+        self.finished: set[str] = set()
+        self.montages: list[str] = []
+
+    def __call__(self, event: ServiceEvent) -> None:
+        if event.type is EventType.CLASS2D_SNAPSHOT:
+            self.montages.append(event.detail)
+            print(_describe_classes(event), flush=True)
+            return
+        if event.type not in (EventType.EXPOSURE_DONE, EventType.IMPORT_QUARANTINED):
+            return
+        self.finished.add(event.exposure_id)
+        print(_describe(event, len(self.finished), self.n_exposures), flush=True)
+        if len(self.finished) >= self.n_exposures:
+            self.stop.set()
+
+
+def _microscope(
+    args: argparse.Namespace, root: Path
+) -> tuple[Path, Path, SimulatedMicroscope]:
+    """``(session, movies, microscope)``: the simulated microscope under ``root``."""
     software = Software.SERIALEM if args.serialem else Software.EPU
     session = root / ("Supervisor_demo_EPU" if not args.serialem else "serialem")
     movies = root / "DoseFractions" if not args.serialem else session
@@ -145,29 +166,12 @@ async def _demo(args: argparse.Namespace) -> int:
     microscope = SimulatedMicroscope(
         session, movies, settings, np.random.default_rng(args.seed)
     )
-    try:
-        config = demo_config(args, session, movies)
-    except ConfigError as exc:
-        print(f"livestream demo: {exc}", file=sys.stderr)
-        return 2
-    stop = asyncio.Event()
-    finished: set[str] = set()
-    started = time.monotonic()
+    return session, movies, microscope
 
-    montages: list[str] = []
 
-    def progress(event: ServiceEvent) -> None:
-        if event.type is EventType.CLASS2D_SNAPSHOT:
-            montages.append(event.detail)
-            print(_describe_classes(event), flush=True)
-            return
-        if event.type not in (EventType.EXPOSURE_DONE, EventType.IMPORT_QUARANTINED):
-            return
-        finished.add(event.exposure_id)
-        print(_describe(event, len(finished), args.exposures), flush=True)
-        if len(finished) >= args.exposures:
-            stop.set()
-
+def _announcer(
+    args: argparse.Namespace, session: Path, movies: Path
+) -> Callable[[ServiceHandle], None]:
     def announce(handle: ServiceHandle) -> None:
         address = handle.metrics_address
         print(f"session (simulated microscope): {session}")
@@ -181,6 +185,26 @@ async def _demo(args: argparse.Namespace) -> int:
         print(
             f"{args.exposures} exposures, one every {args.interval_s:g} s; Ctrl-C stops"
         )
+
+    return announce
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    own_session = args.session is None
+    root = (
+        Path(tempfile.mkdtemp(prefix="livestream-demo-"))
+        if own_session
+        else args.session
+    )
+    session, movies, microscope = _microscope(args, root)
+    try:
+        config = demo_config(args, session, movies)
+    except ConfigError as exc:
+        print(f"livestream demo: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    progress = _DemoProgress(args.exposures, stop)
+    started = time.monotonic()
 
     async def acquire() -> None:
         for index in range(args.exposures):
@@ -198,7 +222,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 config,
                 stop=stop,
                 listeners=(progress,),
-                on_started=announce,
+                on_started=_announcer(args, session, movies),
                 any_port_if_busy=True,
             )
             writer.cancel()
@@ -208,11 +232,11 @@ async def _demo(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     elapsed = time.monotonic() - started
     print(
-        f"{len(finished)} exposures in {elapsed:.0f} s; "
+        f"{len(progress.finished)} exposures in {elapsed:.0f} s; "
         f"see: livestream status --project {args.project}"
     )
-    if montages:
-        print(f"latest 2D class montage: {montages[-1]}")
+    if progress.montages:
+        print(f"latest 2D class montage: {progress.montages[-1]}")
     else:
         print("no 2D class snapshot yet (too few particles or mini-batches)")
     return code

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True)
-def extract_slices(  # pragma: no cover
+def extract_slices(  # pragma: no cover  # noqa: PLR0915 - one fused numba loop nest (a split costs a pass over memory)
     fvol: NDArray[np.complex64],
     rotations: NDArray[np.float64],
     shifts: NDArray[np.float64],

@@ -98,7 +98,7 @@ def _star(project: Path, name: str, block: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-async def test_threshold_change_reevaluates_without_reprocessing(
+async def test_threshold_change_reevaluates_without_reprocessing(  # noqa: PLR0915 - one scripted service scenario, read top to bottom
     tmp_path: Path,
 ) -> None:
     project = tmp_path / "project"
