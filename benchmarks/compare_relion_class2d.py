@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from pipelines.io.particles_star import write_particles_star
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.simulate.particle_sets import (
     SyntheticSet,
     simulate_views,

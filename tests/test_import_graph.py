@@ -2,7 +2,8 @@
 
 Reads the source with :mod:`ast` (nothing is imported).  An edge ``a -> b`` is a
 module-level ``import b`` / ``from b import x`` in ``a`` (``from b import c`` where
-``c`` is a submodule is an edge to ``b.c``); imports under ``if TYPE_CHECKING:``
+``c`` is a submodule is an edge to ``b.c``), and an edge to each package whose
+``__init__`` that import runs first; imports under ``if TYPE_CHECKING:``
 do not run and are not edges.  A first-party import inside a function is allowed
 only where it defers a heavy optional dependency, marked ``# deferred: <reason>``
 on the import line or the line above it.
@@ -80,15 +81,28 @@ def _module_level_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportF
             pending.extend(statement.body)
 
 
+def _with_packages(target: str, importer: str) -> set[str]:
+    """``target`` and the packages whose ``__init__`` importing it runs first
+    (not those of ``importer`` itself: they are already being imported)."""
+    parts = target.split(".")
+    running = {
+        ".".join(importer.split(".")[:n]) for n in range(1, importer.count(".") + 2)
+    }
+    ancestors = {".".join(parts[:n]) for n in range(1, len(parts))}
+    return {target} | {p for p in ancestors if p in MODULES and p not in running}
+
+
 def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         graph[name] = {
-            target
+            module
             for node in _module_level_imports(tree)
             for target in _targets(node)
-            if target in MODULES and target != name
+            if target in MODULES
+            for module in _with_packages(target, name)
+            if module != name
         }
     return graph
 
@@ -137,6 +151,17 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
                 if len(component) > 1:
                     components.append(sorted(component))
     return components
+
+
+def test_an_import_runs_the_packages_above_it() -> None:
+    assert _with_packages("pipelines.io.movies", "livestream.cli.motion") == {
+        "pipelines",
+        "pipelines.io",
+        "pipelines.io.movies",
+    }
+    assert _with_packages("pipelines.io.movies", "pipelines.io.micrographs") == {
+        "pipelines.io.movies"
+    }
 
 
 def test_strongly_connected_finds_a_planted_cycle() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from pipelines.class2d import ParticleStack
 from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
-from pipelines.io.particles_star import read_particles_star
+from pipelines.extraction.particles_star import read_particles_star
 
 __all__ = ["ParticlePool"]
 

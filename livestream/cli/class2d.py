@@ -47,7 +47,7 @@ from pipelines.class2d.ranker import (
     rank_classes,
 )
 from pipelines.errors import StageInputError
-from pipelines.io.particles_star import read_particles_star
+from pipelines.extraction.particles_star import read_particles_star
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -48,8 +48,11 @@ from livestream.project.job_tables import corrected_micrographs, micrographs_ctf
 from livestream.project.jobs import CTF_FIND, EXTRACT, MOTION_CORR, SELECT
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from pipelines.extraction.particles_star import (
+    read_particles_star,
+    write_particles_star,
+)
 from pipelines.io.outputs import write_text_atomic
-from pipelines.io.particles_star import read_particles_star, write_particles_star
 
 __all__ = ["IndexTargets", "JobIndex", "index_targets"]
 

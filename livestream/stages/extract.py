@@ -25,8 +25,8 @@ from livestream.stages.task import StageTask
 from pipelines.errors import StageInputError
 from pipelines.extraction.extract import default_box_px, downscaled_box_px
 from pipelines.extraction.job import run_extract
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.micrographs import read_micrograph
-from pipelines.io.particles_star import write_particles_star
 from pipelines.picking.picks import read_picks_star
 
 __all__ = ["run_extract_stage"]

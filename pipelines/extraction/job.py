@@ -18,13 +18,13 @@ import numpy as np
 from pipelines.ctf.model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.extraction.extract import ExtractedParticles, extract_particles
-from pipelines.io.micrographs import read_micrograph
-from pipelines.io.outputs import write_mrc
-from pipelines.io.particles_star import (
+from pipelines.extraction.particles_star import (
     append_particles_star,
     optics_table,
     particles_table,
 )
+from pipelines.io.micrographs import read_micrograph
+from pipelines.io.outputs import write_mrc
 from pipelines.picking.picks import Picks
 
 __all__ = ["ExtractJobResult", "run_extract", "stack_path_for"]

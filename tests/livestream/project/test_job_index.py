@@ -18,8 +18,8 @@ from livestream.project.job_tables import corrected_micrographs
 from livestream.stages.registry import build_chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
 from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.outputs import write_bytes_atomic
-from pipelines.io.particles_star import write_particles_star
 
 CHAIN = ("motion", "ctf", "extract")
 TARGETS = IndexTargets(motion_stage="motion", ctf_stage="ctf", extract_stage="extract")

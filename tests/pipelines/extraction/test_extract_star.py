@@ -13,8 +13,11 @@ import starfile
 from pipelines.ctf.model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.extraction.job import run_extract
+from pipelines.extraction.particles_star import (
+    append_particles_star,
+    read_particles_star,
+)
 from pipelines.io.outputs import write_mrc
-from pipelines.io.particles_star import append_particles_star, read_particles_star
 from pipelines.picking.picks import Picks
 
 CTF = CtfParams(
