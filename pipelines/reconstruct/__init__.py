@@ -8,6 +8,7 @@ Public API:
   the regularised division
 - :func:`reconstruct_halves`, :class:`Reconstruction`: gold-standard half maps
 - :func:`fourier_shell_correlation`, :class:`FscCurve`: FSC and its crossings
+- :func:`create_mask`, :func:`lowpass_map`: relion_mask_create's soft masks
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipelines.reconstruct.backproject import (
 )
 from pipelines.reconstruct.fsc import FscCurve, fourier_shell_correlation
 from pipelines.reconstruct.halves import Reconstruction, reconstruct_halves
+from pipelines.reconstruct.mask import create_mask, lowpass_map
 from pipelines.reconstruct.particles import PosedParticles, read_posed_particles
 from pipelines.reconstruct.symmetry import symmetry_matrices
 
@@ -29,7 +31,9 @@ __all__ = [
     "PosedParticles",
     "Reconstruction",
     "backproject",
+    "create_mask",
     "fourier_shell_correlation",
+    "lowpass_map",
     "read_posed_particles",
     "reconstruct_halves",
     "ssnr_from_fsc",
