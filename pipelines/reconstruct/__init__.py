@@ -9,6 +9,8 @@ Public API:
 - :func:`reconstruct_halves`, :class:`Reconstruction`: gold-standard half maps
 - :func:`fourier_shell_correlation`, :class:`FscCurve`: FSC and its crossings
 - :func:`create_mask`, :func:`lowpass_map`: relion_mask_create's soft masks
+- :func:`postprocess`, :class:`PostprocessResult`, :func:`read_mtf_star`:
+  relion_postprocess (corrected FSC, B-factor, sharpening)
 """
 
 from __future__ import annotations
@@ -23,17 +25,27 @@ from pipelines.reconstruct.fsc import FscCurve, fourier_shell_correlation
 from pipelines.reconstruct.halves import Reconstruction, reconstruct_halves
 from pipelines.reconstruct.mask import create_mask, lowpass_map
 from pipelines.reconstruct.particles import PosedParticles, read_posed_particles
+from pipelines.reconstruct.postprocess import (
+    DetectorMtf,
+    PostprocessResult,
+    postprocess,
+    read_mtf_star,
+)
 from pipelines.reconstruct.symmetry import symmetry_matrices
 
 __all__ = [
+    "DetectorMtf",
     "FourierSums",
     "FscCurve",
     "PosedParticles",
+    "PostprocessResult",
     "Reconstruction",
     "backproject",
     "create_mask",
     "fourier_shell_correlation",
     "lowpass_map",
+    "postprocess",
+    "read_mtf_star",
     "read_posed_particles",
     "reconstruct_halves",
     "ssnr_from_fsc",
