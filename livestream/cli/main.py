@@ -8,7 +8,19 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from livestream import __version__
-from livestream.cli import class2d, ctf, curate, extract, motion, pick, run, status
+from livestream.cli import (
+    class2d,
+    ctf,
+    curate,
+    extract,
+    mask,
+    motion,
+    pick,
+    postprocess,
+    reconstruct,
+    run,
+    status,
+)
 from livestream.demo import command as demo_command
 
 # name -> command module; each has a docstring (its help), add_args(parser) and
@@ -23,6 +35,9 @@ COMMANDS: dict[str, ModuleType] = {
     "extract": extract,
     "class2d": class2d,
     "curate": curate,
+    "reconstruct": reconstruct,
+    "mask": mask,
+    "postprocess": postprocess,
 }
 
 

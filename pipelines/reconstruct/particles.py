@@ -19,7 +19,7 @@ Conventions (RELION 3.1+):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,21 @@ class PosedParticles:
     @property
     def box_px(self) -> int:
         return int(self.images.shape[-1])
+
+    def windowed(self, box_px: int) -> PosedParticles:
+        """The same particles with images cropped (or zero-padded) about their
+        centre ``N // 2`` to ``box_px``; poses, origins and CTFs are unchanged."""
+        if box_px < 8:
+            raise StageInputError("<argument>", "box_px", box_px, "must be >= 8")
+        n, old = self.n_particles, self.box_px
+        out = np.zeros((n, box_px, box_px), dtype=np.float32)
+        src = max(old // 2 - box_px // 2, 0)
+        dst = max(box_px // 2 - old // 2, 0)
+        k = min(old - src, box_px - dst)
+        out[:, dst : dst + k, dst : dst + k] = self.images[
+            :, src : src + k, src : src + k
+        ]
+        return replace(self, images=out)
 
     @classmethod
     def from_arrays(
