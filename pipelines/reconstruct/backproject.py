@@ -18,6 +18,7 @@ the division is per voxel.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -74,7 +75,7 @@ def _prepare_batch(
     padded = np.zeros((len(rows), npad, npad), dtype=np.float32)
     o = npad // 2 - box // 2
     padded[:, o : o + box, o : o + box] = particles.images[rows]
-    ft = scipy.fft.rfft2(padded, workers=-1)
+    ft = scipy.fft.rfft2(padded, workers=1)
     ky = np.fft.fftfreq(npad, 1.0 / npad).astype(np.float32)[:, None]
     kx = np.arange(npad // 2 + 1, dtype=np.float32)[None, :]
     # the image centre is at Np // 2: move it to 0, then recentre by the origin
@@ -89,6 +90,25 @@ def _prepare_batch(
     premultiplied = particles.ctf_premultiplied[rows][:, None, None]
     ft = np.where(premultiplied, ft, ft * ctf)
     return np.ascontiguousarray(ft), np.ascontiguousarray(ctf * ctf)
+
+
+def _prepare_parallel(
+    particles: PosedParticles, rows: np.ndarray, npad: int, ctf_correct: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_prepare_batch` over chunks of ``rows`` in threads (NumPy and the
+    FFT release the GIL), one chunk per numba thread."""
+    n_chunks = min(numba.get_num_threads(), max(1, len(rows) // 16))
+    chunks = np.array_split(rows, n_chunks)
+    if n_chunks == 1:
+        return _prepare_batch(particles, rows, npad, ctf_correct)
+    with ThreadPoolExecutor(max_workers=n_chunks) as pool:
+        parts = list(
+            pool.map(lambda c: _prepare_batch(particles, c, npad, ctf_correct), chunks)
+        )
+    return (
+        np.concatenate([part[0] for part in parts]),
+        np.concatenate([part[1] for part in parts]),
+    )
 
 
 def backproject(
@@ -121,7 +141,7 @@ def backproject(
     slab_px = max(2, npad // (4 * numba.get_num_threads()))
     for start in range(0, len(chosen), size):
         batch = chosen[start : start + size]
-        fimages, ctf2 = _prepare_batch(particles, batch, npad, ctf_correct)
+        fimages, ctf2 = _prepare_parallel(particles, batch, npad, ctf_correct)
         rotations = np.einsum("bij,sjk->bsik", particles.rotations[batch], ops)
         rotations = np.ascontiguousarray(rotations.reshape(-1, 3, 3))
         image_index = np.repeat(np.arange(len(batch)), len(ops))

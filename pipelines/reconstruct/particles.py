@@ -288,6 +288,7 @@ def ctf_batch(
             phase_shift_deg=column(particles.phase_shift_deg),
         )
         ctf = -np.sin(ctf_phase(ky_a[None], kx_a[None], params))
-        ctf = ctf * np.exp(-0.25 * column(particles.bfactor_a2) * k2[None])
+        if particles.bfactor_a2[chosen].any():
+            ctf = ctf * np.exp(-0.25 * column(particles.bfactor_a2) * k2[None])
         out[which.ravel() == index] = ctf
     return out
