@@ -232,10 +232,13 @@ def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         fvol = np.where(denominator > 0, sums.data / denominator, 0.0)
     fvol = np.where(np.isfinite(denominator), fvol, 0.0)
-    real = scipy.fft.irfftn(
-        np.fft.ifftshift(fvol, axes=(0, 1)), s=(npad, npad, npad), workers=-1
+    # fvol is centred along z and y: rather than shifting it, transform as it is and
+    # multiply by (-1)^(z + y) in real space (even Np); keep the central box, which
+    # sits around index 0 of the unshifted result
+    real = scipy.fft.irfftn(fvol.astype(np.complex64), s=(npad, npad, npad), workers=-1)
+    index = (np.arange(box) - box // 2) % npad
+    sign = 1.0 - 2.0 * (index % 2)
+    volume = real[np.ix_(index, index, index)] * (
+        sign[:, None, None] * sign[None, :, None]
     )
-    real = np.fft.fftshift(real)
-    o = npad // 2 - box // 2
-    volume = real[o : o + box, o : o + box, o : o + box]
     return (volume * _gridding_correction(box, npad)).astype(np.float32)
