@@ -52,7 +52,7 @@ def _images_and_poses(n: int, box: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 @pytest.mark.parametrize(
-    "symbol", ["C2", "C5", "D1", "D3", "D6", "T", "O", "I", "I1", "I3", "I4"]
+    "symbol", ["C2", "C5", "D1", "D3", "D6", "T", "O", "I", "I1", "I2", "I3", "I4"]
 )
 def test_symmetry_equals_the_expanded_particle_set(symbol: str) -> None:
     images, rotations = _images_and_poses(24, 20, 3)
