@@ -133,7 +133,7 @@ def backproject(
     npad = padding * box
     ops = symmetry_matrices(symmetry)
     chosen = np.arange(particles.n_particles) if rows is None else np.asarray(rows)
-    per_particle = npad * (npad // 2 + 1) * 24
+    per_particle = npad * (npad // 2 + 1) * 12  # complex64 transform + float32 CTF^2
     size = batch_size or max(1, _BATCH_BYTES // per_particle)
     data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
     weight = np.zeros(data.shape, dtype=np.float64)

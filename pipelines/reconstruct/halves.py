@@ -66,9 +66,16 @@ def reconstruct_halves(
             (len(rows1), len(rows2)),
             "both half sets need particles",
         )
-    options = {"symmetry": symmetry, "padding": padding, "ctf_correct": ctf_correct}
-    sums1 = backproject(particles, rows=rows1, **options)  # type: ignore[arg-type]
-    sums2 = backproject(particles, rows=rows2, **options)  # type: ignore[arg-type]
+    sums1, sums2 = (
+        backproject(
+            particles,
+            rows=rows,
+            symmetry=symmetry,
+            padding=padding,
+            ctf_correct=ctf_correct,
+        )
+        for rows in (rows1, rows2)
+    )
     both = sums1 + sums2
     px = particles.pixel_size_a
     if ssnr is not None:
