@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True)
-def insert_slices(
-    data, weight, fimages, ctf2, image_index, rotations, radius_px, slab_px, parity
-):  # pragma: no cover
+def insert_slices(  # pragma: no cover
+    data: NDArray[np.complex128],
+    weight: NDArray[np.float64],
+    fimages: NDArray[np.complex64],
+    ctf2: NDArray[np.float32],
+    image_index: NDArray[np.int64],
+    rotations: NDArray[np.float64],
+    radius_px: float,
+    slab_px: int,
+    parity: int,
+) -> None:
     """Add slices into ``data`` (Np, Np, Np//2+1) complex and ``weight`` (same) real.
 
     ``fimages`` (n_img, Np, Np//2+1) holds CTF-weighted image transforms in FFT

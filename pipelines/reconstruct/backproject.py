@@ -191,7 +191,7 @@ def ssnr_from_fsc(fsc: np.ndarray, *, whole_map: bool = False) -> np.ndarray:
 def _radius_grid(npad: int) -> np.ndarray:
     k = np.arange(npad) - npad // 2
     kx = np.arange(npad // 2 + 1)
-    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx**2)
+    return np.asarray(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx**2))
 
 
 def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray:
@@ -241,4 +241,4 @@ def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray
     volume = real[np.ix_(index, index, index)] * (
         sign[:, None, None] * sign[None, :, None]
     )
-    return (volume * _gridding_correction(box, npad)).astype(np.float32)
+    return np.asarray(volume * _gridding_correction(box, npad), dtype=np.float32)

@@ -27,7 +27,7 @@ def shell_index_grid(box_px: int) -> np.ndarray:
     k = np.fft.fftfreq(box_px) * box_px
     kx = np.fft.rfftfreq(box_px) * box_px
     radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx**2)
-    return np.rint(radius).astype(np.int64)
+    return np.asarray(np.rint(radius), dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -188,7 +188,7 @@ def read_posed_particles(star_path: str | Path) -> PosedParticles:
             raise StageInputError(
                 path, key, values, "optics groups must share pixel size and box"
             )
-    stack, table = read_particle_stack(path)
+    stack, _ = read_particle_stack(path)  # the images, in the rows' order
     pixel_size_a = float(optics["rlnImagePixelSize"].iloc[0])
     group_of = {int(g): i for i, g in enumerate(optics["rlnOpticsGroup"])}
     groups = (

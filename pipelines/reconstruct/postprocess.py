@@ -62,7 +62,7 @@ class DetectorMtf:
     def at(self, frequency_per_a: np.ndarray) -> np.ndarray:
         """The MTF at spatial frequencies in 1/Å (held at its last value beyond)."""
         f = np.asarray(frequency_per_a) * self.detector_pixel_size_a
-        return np.interp(f, self.frequency_per_px, self.value)
+        return np.asarray(np.interp(f, self.frequency_per_px, self.value))
 
 
 def read_mtf_star(path: str | Path, *, detector_pixel_size_a: float) -> DetectorMtf:

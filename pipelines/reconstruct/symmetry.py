@@ -68,7 +68,10 @@ def _axis_rotation(fold: int, axis: tuple[float, float, float]) -> np.ndarray:
     u /= np.linalg.norm(u)
     angle = 2.0 * np.pi / fold
     k = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+    rotation: np.ndarray = (
+        np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+    )
+    return rotation
 
 
 def _closure(generators: list[np.ndarray], limit: int) -> np.ndarray:
