@@ -18,6 +18,7 @@ the division is per voxel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -119,13 +120,15 @@ def backproject(
     padding: int = DEFAULT_PADDING,
     ctf_correct: bool = True,
     batch_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FourierSums:
     """Insert particles ``rows`` (default: all) once per symmetry operator.
 
     ``ctf_correct=False`` inserts the images as they are with weight 1 (no CTF
     correction: for comparison only).  Batches of ``batch_size`` particles (default:
     about 128 MB of transforms) are prepared with NumPy and inserted by the numba
-    kernel.
+    kernel; ``on_progress(done, total)``, if given, is called after each batch with
+    the particles inserted so far.
     """
     if padding < 1:
         raise StageInputError("<argument>", "padding", padding, "must be >= 1")
@@ -157,6 +160,8 @@ def backproject(
                 slab_px,
                 parity,
             )
+        if on_progress is not None:
+            on_progress(start + len(batch), len(chosen))
     _make_x0_plane_hermitian(data, weight)
     return FourierSums(
         data=data,

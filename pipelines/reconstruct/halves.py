@@ -9,6 +9,7 @@ whole map (``sqrt(2 FSC / (1 + FSC))``).  A fixed ``ssnr`` skips the first pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,13 @@ def reconstruct_halves(
     padding: int = DEFAULT_PADDING,
     ctf_correct: bool = True,
     ssnr: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Reconstruction:
-    """Reconstruct both halves (``particles.subset``) and the full map."""
+    """Reconstruct both halves (``particles.subset``) and the full map.
+
+    ``on_progress(done, total)``, if given, is called after each batch of
+    particles inserted (``total`` = both halves).
+    """
     rows1 = np.nonzero(particles.subset == 1)[0]
     rows2 = np.nonzero(particles.subset == 2)[0]
     if len(rows1) == 0 or len(rows2) == 0:
@@ -66,6 +72,14 @@ def reconstruct_halves(
             (len(rows1), len(rows2)),
             "both half sets need particles",
         )
+    total = len(rows1) + len(rows2)
+
+    def progress_from(offset: int) -> Callable[[int, int], None] | None:
+        if on_progress is None:
+            return None
+        report = on_progress
+        return lambda done, _: report(offset + done, total)
+
     sums1, sums2 = (
         backproject(
             particles,
@@ -73,8 +87,9 @@ def reconstruct_halves(
             symmetry=symmetry,
             padding=padding,
             ctf_correct=ctf_correct,
+            on_progress=progress_from(offset),
         )
-        for rows in (rows1, rows2)
+        for rows, offset in ((rows1, 0), (rows2, len(rows1)))
     )
     both = sums1 + sums2
     px = particles.pixel_size_a

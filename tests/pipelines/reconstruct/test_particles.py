@@ -19,6 +19,7 @@ from pipelines.reconstruct import (
     backproject,
     fourier_shell_correlation,
     read_posed_particles,
+    reconstruct_halves,
     weights_to_map,
 )
 from pipelines.simulate.projection import euler_to_matrix
@@ -137,3 +138,22 @@ def test_ctf_premultiplied_images_give_the_same_map(
     pre = weights_to_map(backproject(premultiplied), ssnr=1000.0)
     fsc = fourier_shell_correlation(plain, pre, p.pixel_size_a).fsc
     assert fsc[1:12].min() > 0.98, np.round(fsc, 3)
+
+
+def test_progress_is_reported_per_batch_over_both_halves(
+    clean_particles_32: PosedParticles,
+) -> None:
+    calls: list[tuple[int, int]] = []
+    rows = np.arange(40)
+    subset = PosedParticles.from_arrays(
+        clean_particles_32.images[rows],
+        pixel_size_a=clean_particles_32.pixel_size_a,
+        rotations=clean_particles_32.rotations[rows],
+    )
+    reconstruct_halves(
+        subset, ssnr=100.0, on_progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(20, 40), (40, 40)]
+    batched: list[tuple[int, int]] = []
+    backproject(subset, batch_size=15, on_progress=lambda d, t: batched.append((d, t)))
+    assert batched == [(15, 40), (30, 40), (40, 40)]
