@@ -33,6 +33,7 @@ import numpy as np
 from livestream.config import ServiceConfig, load_config
 from livestream.daemon import run_service
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.stages.params import NoopParams
 from livestream.stages.registry import StageTask, run_stage
 from livestream.telemetry.reporting import EventType, ServiceEvent
 
@@ -91,7 +92,7 @@ def lower_bound(root: Path, n: int) -> float:
                 StageTask(
                     stage=stage,
                     kind="noop",
-                    params={"payload_bytes": 16},
+                    params=NoopParams(payload_bytes=16),
                     exposure=replace(exposure, extra={}),
                     project_path=project,
                 )

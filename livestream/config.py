@@ -22,9 +22,8 @@ Example (all sections optional)::
     [stages]
     chain = ["motion", "ctf"]
 
-    [stages.ctf]
-    kind = "ctf"
-    cs_mm = 2.7
+    [stages.motion]
+    patches_x = 7
 
     [class2d]
     n_classes = 50
@@ -37,16 +36,34 @@ import enum
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    SerializationInfo,
+    Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
+)
+
+from livestream.project.jobs import CLASS2D
+from livestream.stages.params import (
+    BUILTIN_PARAMS,
+    CtfParams,
+    CurateParams,
+    ExtractParams,
+    MotionParams,
+    NoopParams,
+    PickParams,
+    PluginParams,
+    StageParams,
+    kind_of_model,
 )
 
 __all__ = [
@@ -59,6 +76,7 @@ __all__ = [
     "ServiceConfig",
     "SessionConfig",
     "SoftwareChoice",
+    "StageTable",
     "StagesConfig",
     "WorkersConfig",
     "load_config",
@@ -145,40 +163,99 @@ class MqttConfig(_Section):
         return bool(self.host)
 
 
+def _table_tag(table: Any) -> str:
+    """The union member a stage table is checked against: its ``kind``."""
+    kind = table.get("kind") if isinstance(table, Mapping) else table.kind
+    kind = str(kind)
+    return PLUGIN_TAG if ":" in kind else kind
+
+
+PLUGIN_TAG = "package.module:function"
+_KNOWN_KINDS = [kind_of_model(model) for model in BUILTIN_PARAMS]
+
+# One stage table, checked against its kind's parameter model.
+StageTable = Annotated[
+    Annotated[NoopParams, Tag("noop")]
+    | Annotated[MotionParams, Tag("motion")]
+    | Annotated[CtfParams, Tag("ctf")]
+    | Annotated[CurateParams, Tag("curate")]
+    | Annotated[PickParams, Tag("pick")]
+    | Annotated[ExtractParams, Tag("extract")]
+    | Annotated[PluginParams, Tag(PLUGIN_TAG)],
+    Discriminator(
+        _table_tag,
+        custom_error_type="unknown_stage_kind",
+        custom_error_message=(
+            f"unknown stage kind; known: {_KNOWN_KINDS} or {PLUGIN_TAG!r}"
+        ),
+    ),
+]
+
+
 class StagesConfig(BaseModel):
     """``chain`` lists the stage names in order; ``[stages.<name>]`` holds params.
 
     A stage table may name its implementation with ``kind`` (default: the stage
-    name); every other key is a parameter checked by that kind's parameter model.
+    name); every other key is a parameter checked by that kind's parameter model
+    (:mod:`livestream.stages.params`) when the configuration loads.  A chain stage
+    without a table gets its kind's defaults.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     chain: tuple[str, ...] = ("motion", "ctf")
+    tables: dict[str, StageTable] = Field(default_factory=dict)
 
-    def params_of(self, name: str) -> dict[str, Any]:
-        extra = self.model_extra or {}
-        table = extra.get(name, {})
-        return dict(table) if isinstance(table, Mapping) else {}
-
-    def kind_of(self, name: str) -> str:
-        return str(self.params_of(name).get("kind", name))
-
-    @model_validator(mode="after")
-    def _check_tables(self) -> StagesConfig:
-        if len(set(self.chain)) != len(self.chain):
-            raise ValueError(f"stage names repeat in chain {list(self.chain)}")
-        for name, table in (self.model_extra or {}).items():
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_tables(cls, data: Any) -> Any:
+        """The TOML shape (``chain`` beside one table per stage) -> ``tables``."""
+        if not isinstance(data, Mapping) or "tables" in data:
+            return data
+        chain = data.get("chain", ("motion", "ctf"))
+        tables: dict[str, Any] = {}
+        for name, table in data.items():
+            if name == "chain":
+                continue
             if not isinstance(table, Mapping):
                 raise ValueError(f"[stages.{name}] must be a table, got {table!r}")
+            tables[name] = {"kind": name, **table}
+        if isinstance(chain, list | tuple):
+            for name in chain:
+                tables.setdefault(str(name), {"kind": str(name)})
+        return {"chain": chain, "tables": tables}
+
+    @model_serializer(mode="plain")
+    def _as_tables(self, info: SerializationInfo) -> dict[str, Any]:
+        """Dumped in the TOML shape, each table with the keys it was given."""
+        mode = "json" if info.mode_is_json() else "python"
+        return {
+            "chain": list(self.chain) if mode == "json" else self.chain,
+            **{
+                name: table.model_dump(mode=mode, exclude_unset=True)
+                for name, table in self.tables.items()
+            },
+        }
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> StagesConfig:
+        if len(set(self.chain)) != len(self.chain):
+            raise ValueError(f"stage names repeat in chain {list(self.chain)}")
         return self
+
+    def table_of(self, name: str) -> StageParams:
+        """The validated parameters of stage ``name``."""
+        return self.tables[name]
+
+    def kind_of(self, name: str) -> str:
+        return self.tables[name].kind
 
 
 class Class2dSection(_Section):
     """The online 2D classifier (:mod:`livestream.class2d.live`); docs/class2d.md."""
 
     enabled: bool = True
-    job: str = Field(default="Class2D/job007", min_length=1)
+    job: str = Field(default=CLASS2D.folder, min_length=1)
     n_classes: int = Field(default=50, ge=1)
     min_pool: int = Field(default=1000, ge=2)  # particles before the first update
     snapshot_every: int = Field(default=20, ge=1)  # mini-batches between snapshots
@@ -218,11 +295,23 @@ class ServiceConfig(_Section):
         return self._source
 
 
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    """An error location -> the TOML key (``stages.tables.<name>.<tag>.<key>`` is
+    ``stages.<name>.<key>``; a wrong kind is ``stages.<name>.kind``)."""
+    parts = list(loc)
+    if parts[:2] == ["stages", "tables"] and len(parts) >= 3:
+        rest = parts[4:] if len(parts) >= 4 else ["kind"]
+        parts = ["stages", parts[2], *rest]
+    return ".".join(str(part) for part in parts) or "<root>"
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        key = _key_of(item["loc"])
         value = item.get("input")
+        if item["type"] == "unknown_stage_kind" and isinstance(value, Mapping):
+            value = value.get("kind")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"{source}: key {key!r}: {item['msg']}{shown}")
     return "\n".join(lines)
@@ -263,12 +352,6 @@ def load_config(
         config = ServiceConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
-    from livestream.stages.registry import validate_stage_params
-
-    try:
-        validate_stage_params(config.stages)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
     config._source = None if path is None else Path(path)
     config._overrides = dict(overrides or {})
     return config

@@ -2,8 +2,8 @@
 
 Start-up opens the ledger, reconciles it with the project folder, starts metrics,
 MQTT and the executor, and tells systemd READY.  The main loop is a named
-:class:`asyncio.TaskGroup` of the watcher, the scheduler, the reporter's MQTT
-feed and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
+:class:`asyncio.TaskGroup` of the watcher, the scheduler, the MQTT feed of
+events and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,
@@ -22,24 +22,27 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
-from livestream.intake.pairing import Intake
+from livestream.intake.pairing import Intake, session_folders
 from livestream.intake.watcher import SessionWatcher
 from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
+from livestream.ledger.summary import LedgerSummary, summarize_ledger
 from livestream.project.job_index import JobIndex, index_targets
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
 from livestream.stages.registry import Chain, build_chain
-from livestream.telemetry.reporting import Listener, Reporter
+from livestream.telemetry.broadcast import Broadcaster, Listener, open_publisher
+from livestream.telemetry.recorder import MetricsRecorder
+from livestream.telemetry.reporting import Reporter
+from livestream.telemetry.systemd_notify import Notifier
 
-__all__ = ["EXIT_FORCED", "ServiceHandle", "run_service", "summarize_ledger"]
+__all__ = ["EXIT_FORCED", "ServiceHandle", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +61,25 @@ class ServiceHandle:
     index: JobIndex
     curation: CurationReload
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
+    metrics_address: tuple[str, int] | None = None  # None: metrics off
 
 
-def summarize_ledger(
-    ledger: Ledger, now_unix_s: float | None = None
-) -> dict[str, object]:
-    """Counts per stage and state, throughput per hour, the newest exposure's age."""
-    now = time.time() if now_unix_s is None else now_unix_s
-    newest = ledger.newest_discovered_unix_s()
-    first_done = ledger.first_done_unix_s()
-    per_hour = 0.0
-    if first_done is not None:
-        window_start = max(now - 3600.0, first_done)
-        n_done = len(ledger.done_times_since(window_start))
-        span_s = max(now - window_start, 60.0)
-        per_hour = n_done / span_s * 3600.0
-    return {
-        "exposures": ledger.stage_counts(),
-        "n_exposures": ledger.count_exposures(),
-        "n_done": ledger.count_done(),
-        "newest_exposure_age_s": None if newest is None else max(0.0, now - newest),
-        "exposures_per_hour": per_hour,
-    }
+@dataclass(frozen=True, slots=True)
+class _Telemetry:
+    """The sinks the daemon holds, and the front the service core reports to."""
+
+    reporter: Reporter
+    events: Broadcaster
+    notifier: Notifier
+    recorder: MetricsRecorder | None
 
 
-def _summary_text(summary: dict[str, object], depth: int, in_flight: int) -> str:
+def _summary_text(summary: LedgerSummary, depth: int, in_flight: int) -> str:
+    """The systemd STATUS line (also the MQTT status ``summary``)."""
     return (
-        f"{summary['n_done']}/{summary['n_exposures']} exposures done, "
+        f"{summary.n_done}/{summary.n_exposures} exposures done, "
         f"{in_flight} running, {depth} queued, "
-        f"{float(summary['exposures_per_hour']):.0f}/h"  # type: ignore[arg-type]
+        f"{summary.exposures_per_hour:.0f}/h"
     )
 
 
@@ -121,7 +114,7 @@ async def run_service(
     ledger = Ledger(config.ledger_path)
     report = reconcile_ledger(ledger, project, retry_quarantined=retry_quarantined)
     log.info("reconciled ledger: %s", report)
-    reporter: Reporter | None = None
+    recorder: MetricsRecorder | None = None
     executor: LocalExecutor | DaskExecutor | None = None
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
@@ -135,26 +128,28 @@ async def run_service(
             loop.add_signal_handler(signum, on_signal)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
     try:
-        reporter = Reporter.create(
-            config.session.path.name or "session",
-            config.metrics,
-            any_port_if_busy=any_port_if_busy,
-        )
-        for listener in listeners:
-            reporter.add_listener(listener)
-        if reporter.metrics is not None:
-            # every stage's series exist at 0, so failure-rate alerts work at once
-            reporter.metrics.declare_stages(["import", *chain.names])
+        if config.metrics.enabled:
+            recorder = MetricsRecorder.serve(
+                config.metrics, any_port_if_busy=any_port_if_busy
+            )
+            recorder.declare_stages(["import", *chain.names])
+        notifier = Notifier.from_env()
         executor = await create_executor(
             config.workers.n_processes,
             config.workers.start_method,
             config.workers.dask_scheduler_address,
         )
-        async with reporter.open_publisher(config.mqtt):
+        async with open_publisher(
+            config.mqtt,
+            config.session.path.name or "session",
+            metrics=None if recorder is None else recorder.metrics,
+        ) as publisher:
+            events = Broadcaster(publisher, listeners=listeners)
+            reporter = Reporter(events, metrics=recorder, notifier=notifier)
             await _serve(
                 config,
                 ledger,
-                reporter,
+                _Telemetry(reporter, events, notifier, recorder),
                 executor,
                 chain,
                 report,
@@ -167,8 +162,8 @@ async def run_service(
                 loop.remove_signal_handler(signum)
         if executor is not None:  # a no-op after a clean drain
             await executor.close(cancel=True)
-        if reporter is not None:
-            reporter.close()
+        if recorder is not None:
+            recorder.close()
         ledger.close()
     return 0
 
@@ -176,7 +171,7 @@ async def run_service(
 async def _serve(
     config: ServiceConfig,
     ledger: Ledger,
-    reporter: Reporter,
+    telemetry: _Telemetry,
     executor: LocalExecutor | DaskExecutor,
     chain: Chain,
     report: ReconcileReport,
@@ -184,7 +179,11 @@ async def _serve(
     on_started: Callable[[ServiceHandle], None] | None,
 ) -> None:
     stop, reload = events
+    reporter, notifier = telemetry.reporter, telemetry.notifier
+    recorder = telemetry.recorder
     workers = config.workers
+    # Two collaborations go both ways: a closure, passed at construction, names
+    # the partner built just after (neither runs before the task group starts).
     scheduler = Scheduler(
         ledger,
         chain,
@@ -197,8 +196,9 @@ async def _serve(
             retry_backoff_s=workers.retry_backoff_s,
             newest_share=workers.newest_share,
         ),
+        # a curate result whose thresholds changed while it ran is decided again
+        recurate=lambda exposure_id, stage: curation.recurate(exposure_id, stage),
     )
-    watcher = SessionWatcher(config.session, lambda p, k, s: intake.on_settled(p, k, s))
     intake = Intake(
         ledger,
         chain=chain.names,
@@ -206,9 +206,16 @@ async def _serve(
         reporter=reporter,
         orphan_timeout_s=config.session.orphan_timeout_s,
         path_map=config.session.path_map,
-        expect_movie=watcher.expect_movie,
+        # an mdoc names its movie, possibly outside the watched folders
+        expect_movie=lambda path: watcher.expect_movie(path),
+        folders=session_folders(config.session),
     )
-    watcher.on_rescan = intake.quarantine_orphans
+    watcher = SessionWatcher(
+        config.session,
+        intake.on_settled,
+        on_rescan=intake.quarantine_orphans,
+        on_unreadable=intake.on_unreadable,
+    )
     reporter.set_workers(executor.n_workers())
     index = JobIndex(
         ledger.path,
@@ -217,13 +224,20 @@ async def _serve(
         min_interval_s=config.project.index_interval_s,
     )
     await asyncio.to_thread(index.write_logged)  # right after a restart, too
-    reporter.add_listener(index.on_event)
+    telemetry.events.add_listener(index.on_event)
     curation = CurationReload(config, ledger, chain, scheduler, reporter, index)
     curation.publish_counts()
-    reporter.add_listener(curation.on_event)
+    telemetry.events.add_listener(curation.on_event)
     class2d = class2d_for(config, index, reporter)
     handle = ServiceHandle(
-        reporter, report, scheduler, watcher, index, curation, class2d
+        reporter,
+        report,
+        scheduler,
+        watcher,
+        index,
+        curation,
+        class2d,
+        metrics_address=recorder.address if recorder is not None else None,
     )
     if on_started is not None:
         on_started(handle)
@@ -233,18 +247,18 @@ async def _serve(
         reporter.summary(
             state,
             _summary_text(summary, scheduler.depth, scheduler.in_flight),
-            counts=summary["exposures"],  # type: ignore[arg-type]
-            exposures_per_hour=float(summary["exposures_per_hour"]),  # type: ignore[arg-type]
+            counts=summary.exposures,
+            exposures_per_hour=summary.exposures_per_hour,
             project=config.project.path,
         )
 
     async def summarize_forever() -> None:
-        period = reporter.watchdog_period_s()
+        period = notifier.watchdog_ping_period_s()
         interval = (
             SUMMARY_INTERVAL_S if period is None else min(period, SUMMARY_INTERVAL_S)
         )
         while True:
-            reporter.watchdog()
+            notifier.watchdog()
             summarize("running")
             await asyncio.sleep(interval)
 
@@ -252,7 +266,7 @@ async def _serve(
         scheduling = group.create_task(scheduler.run(), name="scheduler")
         background = [
             group.create_task(watcher.run(), name="watcher"),
-            group.create_task(reporter.run(), name="reporter"),
+            group.create_task(telemetry.events.run(), name="events"),
             group.create_task(summarize_forever(), name="summary"),
             group.create_task(index.run(), name="job-index"),
             group.create_task(curation.run(reload), name="curation-reload"),
@@ -262,12 +276,12 @@ async def _serve(
             if class2d is None
             else group.create_task(class2d.run(), name="class2d")
         )
-        reporter.ready()
+        notifier.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
         await stop.wait()
         # -- shutdown: stop taking work, drain with a time limit, checkpoint ------
         drain_deadline = asyncio.get_running_loop().time() + workers.drain_timeout_s
-        reporter.stopping()
+        notifier.stopping()
         if class2d is not None:
             class2d.request_stop()  # its mini-batch ends while stages drain
         background[0].cancel()
@@ -289,7 +303,7 @@ async def _serve(
             await drain_class2d(classifying, drain_deadline)
         await asyncio.to_thread(index.write_logged)  # always, at shutdown
         summarize("stopped")
-        await reporter.flush()
+        await telemetry.events.flush()
         for task in background:
             task.cancel()
     with contextlib.suppress(ValueError):

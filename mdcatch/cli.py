@@ -7,13 +7,16 @@ Examples::
     mdcatch inspect /data/SerialEM/grid1 --star movies.star
 
 PATH is a session folder, an EPU XML, a SerialEM mdoc or a movie.  The exit code is
-2 with the MetadataError message when the metadata cannot be trusted.
+2 with one line on stderr when PATH (or a --movie-root) is missing or unreadable, or
+when the metadata cannot be trusted (the MetadataError message).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +26,33 @@ from mdcatch.inspect import Inspection, exposure_to_json, inspect_path, session_
 from mdcatch.star import write_movies_star
 
 __all__ = ["main"]
+
+# exit status for a missing or unreadable input and for untrustworthy metadata
+INPUT_ERROR_STATUS = 2
+
+
+def _unreadable(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be read (a folder, or with ``folder=False`` also a
+    regular file), or ``None``.  FIFOs are refused before anything opens them."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a broken link" if path.is_symlink() else "does not exist"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        readable = os.access(path, os.R_OK | os.X_OK)
+        return None if readable else "cannot be read: permission denied"
+    if folder:
+        return "is not a folder"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file or a folder (FIFO, socket or device)"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    return None
 
 
 def _parse_path_map(items: Sequence[str]) -> dict[str, Path]:
@@ -64,6 +94,12 @@ def _table(inspection: Inspection) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    inputs = [(args.path, False)] + [(root, True) for root in args.movie_root]
+    for path, folder in inputs:
+        problem = _unreadable(path, folder=folder)
+        if problem is not None:
+            print(f"mdcatch: {path}: {problem}", file=sys.stderr)
+            return INPUT_ERROR_STATUS
     try:
         inspection = inspect_path(
             args.path,
@@ -75,7 +111,7 @@ def _inspect(args: argparse.Namespace) -> int:
             write_movies_star(args.star, with_movies)
     except MetadataError as exc:
         print(f"mdcatch: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR_STATUS
     if args.json:
         document = {
             "session": session_to_json(inspection.session),

@@ -20,6 +20,9 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mdcatch.containment import check_inside
+from mdcatch.errors import MetadataError
+
 __all__ = [
     "exposure_stem",
     "find_movie",
@@ -75,14 +78,27 @@ def exposure_stem(path: str | os.PathLike[str]) -> str | None:
 
 
 def _walk_movies(roots: Sequence[Path]) -> Iterator[tuple[str, Path]]:
-    """(stem, path) for every movie under ``roots``: root order, then sorted names."""
+    """(stem, path) for every movie under ``roots``: root order, then sorted names.
+
+    A movie whose resolved path leaves ``roots`` (a symbolic link elsewhere, a
+    loop) is not one of this session's (:func:`mdcatch.containment.check_inside`).
+    """
     for root in roots:
         for folder, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for filename in sorted(filenames):
                 stem = _movie_stem(filename)
-                if stem is not None:
-                    yield stem, Path(folder) / filename
+                path = Path(folder) / filename
+                if stem is not None and _is_inside(path, roots):
+                    yield stem, path
+
+
+def _is_inside(path: Path, roots: Sequence[Path]) -> bool:
+    try:
+        check_inside(path, roots, source=path, field="movie_path")
+    except MetadataError:
+        return False
+    return True
 
 
 def index_movies(roots: Sequence[Path]) -> dict[str, Path]:

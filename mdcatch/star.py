@@ -12,30 +12,56 @@ from pathlib import Path
 import pandas as pd
 import starfile
 
+from mdcatch.crosscheck import DEFAULT_CS_MM
 from mdcatch.errors import MetadataError
 from mdcatch.records import Exposure
 
-__all__ = ["movies_star_blocks", "optics_group_key", "write_movies_star"]
+__all__ = [
+    "OpticsKey",
+    "movies_star_blocks",
+    "optics_group_key",
+    "optics_key",
+    "write_movies_star",
+]
 
-DEFAULT_CS_MM = 2.7
+# (voltage kV, Cs mm, amplitude contrast, movie pixel size Å, detector)
+OpticsKey = tuple[float, float, float, float, str]
 
 
-def optics_group_key(exposure: Exposure) -> tuple[float, float, float, float, str]:
+def optics_key(
+    *,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    pixel_size_a: float,
+    detector: str,
+) -> OpticsKey:
+    """The optics-group rule: exposures with equal keys share an optics group
+    (values rounded so that float noise in the metadata does not split groups)."""
+    return (
+        round(voltage_kv, 3),
+        round(cs_mm, 4),
+        round(amplitude_contrast, 4),
+        round(pixel_size_a, 5),
+        detector,
+    )
+
+
+def optics_group_key(exposure: Exposure) -> OpticsKey:
     """What makes two exposures belong to different optics groups."""
     optics = exposure.optics
-    cs_mm = DEFAULT_CS_MM if optics.cs_mm is None else optics.cs_mm
-    return (
-        round(optics.voltage_kv, 3),
-        round(cs_mm, 4),
-        round(optics.amplitude_contrast, 4),
-        round(optics.pixel_size_a, 5),
-        optics.detector,
+    return optics_key(
+        voltage_kv=optics.voltage_kv,
+        cs_mm=DEFAULT_CS_MM if optics.cs_mm is None else optics.cs_mm,
+        amplitude_contrast=optics.amplitude_contrast,
+        pixel_size_a=optics.pixel_size_a,
+        detector=optics.detector,
     )
 
 
 def movies_star_blocks(exposures: Sequence[Exposure]) -> dict[str, pd.DataFrame]:
     """The ``optics`` and ``movies`` blocks for exposures that have a movie."""
-    groups: dict[tuple[float, float, float, float, str], int] = {}
+    groups: dict[OpticsKey, int] = {}
     movie_rows: list[dict[str, object]] = []
     for exposure in exposures:
         if exposure.movie_path is None:

@@ -8,27 +8,19 @@ backoff up to the configured number of attempts.
 
 from __future__ import annotations
 
-from pathlib import Path
+from mdcatch.errors import InputFieldError
+
+__all__ = ["PipelineError", "StageInputError"]
 
 
 class PipelineError(Exception):
     """Base class of every error a pipelines stage raises on purpose."""
 
 
-class StageInputError(PipelineError, ValueError):
+class StageInputError(PipelineError, InputFieldError):
     """An input file or parameter that no retry can fix.
 
-    Names the file, the field and the value, like :class:`mdcatch.MetadataError`.
+    Names the file, the field and the value (``path``, ``field``, ``value``,
+    ``reason``), like :class:`mdcatch.MetadataError`: both are
+    :class:`mdcatch.errors.InputFieldError`, which defines the message and pickling.
     """
-
-    def __init__(
-        self, path: str | Path, field: str, value: object, reason: str
-    ) -> None:
-        self.path = Path(path)
-        self.field = field
-        self.value = value
-        self.reason = reason
-        super().__init__(f"{self.path}: field {field!r} has value {value!r}: {reason}")
-
-    def __reduce__(self) -> tuple[type[StageInputError], tuple[object, ...]]:
-        return (type(self), (self.path, self.field, self.value, self.reason))

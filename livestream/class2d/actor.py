@@ -41,13 +41,12 @@ from pipelines.class2d import (
     initialise_state,
     vdam_step,
 )
-from pipelines.class2d.montage import class2d_payload, write_class_montage
-from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.montage import class2d_payload
+from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
     DEFAULT_THRESHOLD,
     rank_classes,
-    select_particles,
 )
 from pipelines.class2d.schedule import minibatch_size
 from pipelines.class2d.state import restore_rng, rng_state_of
@@ -232,15 +231,6 @@ class Class2dActor:
         config, state = self.config, self.state
         particles = self.pool.stack()
         assignment = assign_particles(config, state, particles)
-        outputs = write_class2d_outputs(
-            self.folder,
-            config,
-            state,
-            assignment,
-            self.pool.optics,
-            self.pool.table,
-            float16=False,
-        )
         ranking = rank_classes(
             config,
             state,
@@ -249,31 +239,30 @@ class Class2dActor:
             particles=particles,
             particle_outlier_mad=self.settings.particle_outlier_mad,
         )
-        selected = select_particles(
-            outputs.selected_star,
+        outputs = write_class2d_snapshot(
+            self.folder,
             config,
-            ranking,
+            state,
             assignment,
             self.pool.optics,
             self.pool.table,
-        )
-        montage = write_class_montage(
-            self.folder / "run_montage.png", state.references, ranking
+            ranking=ranking,
+            float16=False,
         )
         self.minibatches_since_snapshot = 0
         payload = class2d_payload(
             state,
             ranking,
             classes_mrcs=outputs.classes_mrcs,
-            montage_png=montage,
-            selected_star=selected,
+            montage_png=outputs.montage_png,
+            selected_star=outputs.selected_star,
         )
         return SnapshotInfo(
             classes_mrcs=outputs.classes_mrcs,
             model_star=outputs.model_star,
             data_star=outputs.data_star,
-            selected_star=selected,
-            montage_png=montage,
+            selected_star=outputs.selected_star,
+            montage_png=outputs.montage_png,
             payload=payload,
         )
 

@@ -44,6 +44,7 @@ from livestream.project.job_index import JobIndex
 from livestream.telemetry.reporting import Reporter
 from pipelines.class2d import Schedule
 from pipelines.errors import StageInputError
+from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
     "SUMMARY_NAME",
@@ -241,8 +242,6 @@ class Class2dLive:
         assert actor is not None
 
         def write() -> dict[str, object]:
-            from pipelines.io.outputs import write_text_atomic
-
             payload = actor.snapshot().payload
             write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload))
             return payload

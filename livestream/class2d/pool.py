@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.class2d import ParticleStack
 from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
+from pipelines.io.particles_star import read_particles_star
 
 __all__ = ["ParticlePool"]
 
@@ -147,8 +148,6 @@ class ParticlePool:
 
         Rows whose stack is missing, too short or of another box are left out and
         described in :attr:`problems` (they are tried again on the next feed)."""
-        from pipelines.io.particles_star import read_particles_star
-
         path = Path(particles_star)
         optics, table = read_particles_star(path)
         if "rlnImageName" not in table.columns:

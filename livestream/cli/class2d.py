@@ -25,6 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from livestream.cli.console import (
+    INPUT_ERROR_STATUS,
+    Progress,
+    print_json,
+    require_file,
+)
 from pipelines.class2d import (
     Class2dConfig,
     Schedule,
@@ -34,13 +40,11 @@ from pipelines.class2d import (
     run_minibatches,
     save_checkpoint,
 )
-from pipelines.class2d.montage import write_class_montage
-from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
     DEFAULT_THRESHOLD,
     rank_classes,
-    select_particles,
 )
 from pipelines.errors import StageInputError
 
@@ -79,6 +83,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    require_file(args.particles, "particles STAR")
     start = time.perf_counter()
     try:
         particles, table = read_particle_stack(args.particles)
@@ -98,12 +103,17 @@ def main(args: argparse.Namespace) -> int:
         )
         rng = np.random.default_rng(args.seed)
         state = initialise_state(config, particles, rng)
-        state = run_minibatches(config, state, particles)
+        with Progress(
+            config.schedule.n_minibatches,
+            label="class2d",
+            unit="mini-batch",
+            json_output=args.json,
+        ) as progress:
+            state = run_minibatches(
+                config, state, particles, on_progress=progress.update
+            )
         assignment = assign_particles(config, state, particles)
         save_checkpoint(args.out / "run_checkpoint.npz", config, state)
-        outputs = write_class2d_outputs(
-            args.out, config, state, assignment, optics, table, float16=args.float16
-        )
         ranking = rank_classes(
             config,
             state,
@@ -112,15 +122,20 @@ def main(args: argparse.Namespace) -> int:
             particles=particles,
             particle_outlier_mad=args.particle_outlier_mad or None,
         )
-        selected_star = select_particles(
-            outputs.selected_star, config, ranking, assignment, optics, table
+        outputs = write_class2d_snapshot(
+            args.out,
+            config,
+            state,
+            assignment,
+            optics,
+            table,
+            ranking=ranking,
+            float16=args.float16,
         )
-        montage = write_class_montage(
-            args.out / "run_montage.png", state.references, ranking
-        )
-    except StageInputError as exc:
+        selected_star, montage = outputs.selected_star, outputs.montage_png
+    except StageInputError as exc:  # e.g. a stack the STAR names is missing
         print(f"livestream class2d: {exc}", file=sys.stderr)
-        return 1
+        return INPUT_ERROR_STATUS
     seconds = time.perf_counter() - start
     counts = assignment.class_counts(config.n_classes)
     summary = {
@@ -145,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
         "config": json.loads(config.to_json()),
     }
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary, sort_keys=True)
     else:
         active = int(np.count_nonzero(counts))
         print(

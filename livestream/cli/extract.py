@@ -6,26 +6,34 @@ Example:
         --defocus-a 15000 14500 30 --out Extract/job007 --json
 
 --picks takes coordinate STAR files (matched to a micrograph when the file name
-starts with the micrograph's name, e.g. <stem>_autopick.star) or the JSON lines
-written by `livestream pick --json`.  The CTF of each particle comes from
---ctf-star (a micrographs_ctf.star, matched by micrograph name) or --defocus-a.
+starts with the micrograph's name, e.g. <stem>_autopick.star) or the JSON written
+by `livestream pick --json` (.json; the JSON lines of older versions too).  The CTF
+of each particle comes from --ctf-star (a micrographs_ctf.star, matched by
+micrograph name) or --defocus-a.
 Stacks go to <out>/<sub>/<stem>.mrcs (mode 12), rows are appended to
 <out>/particles.star; image names are relative to --project-dir (default: the
 current folder).  Boxes that would cross the micrograph's edge are skipped and
-counted.  With --json, one object per micrograph: {"micrograph", "stack",
-"n_extracted", "n_skipped_edge", "pixel_size_a", "box_px"}.
+counted.  With --json, one object {"items": [...], "failed": [{"path", "error"}]}
+with per micrograph an item {"micrograph", "stack", "n_extracted",
+"n_skipped_edge", "pixel_size_a", "box_px"}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livestream.cli.console import (
+    InputError,
+    Progress,
+    print_batch_json,
+    require_file,
+    require_files,
+)
 from pipelines.ctf.model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.extraction.extract import downscaled_box_px
@@ -58,7 +66,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-invert", action="store_true", help="keep the contrast")
     parser.add_argument("--out", type=Path, required=True, help="Extract job folder")
     parser.add_argument("--project-dir", type=Path, default=Path())
-    parser.add_argument("--json", action="store_true", help="one JSON line per input")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def _picks_from_json(
@@ -78,15 +86,33 @@ def _picks_from_json(
     )
 
 
+def _pick_records(file: Path) -> list[dict[str, Any]]:
+    """The per-micrograph records of a ``livestream pick --json`` file: one object
+    ``{"items": [...]}``, or one object per line (older versions)."""
+    text = file.read_text()
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                file, f"picks file is not JSON (line {exc.lineno}): {exc.msg}"
+            ) from None
+    items = document.get("items", [document]) if isinstance(document, dict) else None
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and "micrograph" in item for item in items
+    ):
+        raise InputError(file, "picks file is not the JSON of `livestream pick`")
+    return items
+
+
 def _picks_for(
     micrograph: Path, files: list[Path], pixel_size_a: float, shape: tuple[int, int]
 ) -> Picks:
     for file in files:
         if file.suffix in {".json", ".jsonl"}:
-            for line in file.read_text().splitlines():
-                if not line.strip():
-                    continue
-                record = json.loads(line)
+            for record in _pick_records(file):
                 if Path(record["micrograph"]).stem == micrograph.stem:
                     return _picks_from_json(record["picks"], pixel_size_a, shape)
         elif file.name.startswith(micrograph.stem):
@@ -133,6 +159,13 @@ def _ctf_for(
 
 
 def main(args: argparse.Namespace) -> int:
+    require_files(args.micrographs, "micrograph")
+    require_files(args.picks, "picks file")
+    if args.ctf_star is not None:
+        require_file(args.ctf_star, "CTF STAR file")
+    for file in args.picks:  # a broken JSON file stops the batch before it starts
+        if file.suffix in {".json", ".jsonl"}:
+            _pick_records(file)
     out = args.out if args.out.is_absolute() else args.project_dir / args.out
     project = args.project_dir.resolve()
     try:
@@ -142,44 +175,55 @@ def main(args: argparse.Namespace) -> int:
     downscale = args.downscale_px
     if downscale is None and args.relion_it_box:
         downscale = downscaled_box_px(args.box_px, args.pixel_size_a)
-    failed = 0
-    for path in args.micrographs:
-        try:
-            image, _ = read_micrograph(path)
-            picks = _picks_for(path, args.picks, args.pixel_size_a, image.shape)
-            ctf, resolution_a, merit = _ctf_for(path, args)
-            result = run_extract(
-                path,
-                picks,
-                project_dir=project,
-                job_dir=job_dir,
-                pixel_size_a=args.pixel_size_a,
-                ctf=ctf,
-                box_px=args.box_px,
-                diameter_a=args.diameter_a,
-                downscale_box_px=downscale,
-                ctf_max_resolution_a=resolution_a,
-                ctf_figure_of_merit=merit,
-                append_to=out / "particles.star",
-                invert_contrast=not args.no_invert,
-            )
-        except StageInputError as exc:
-            failed += 1
-            print(f"livestream extract: {exc}", file=sys.stderr)
-            continue
-        if args.json:
-            record = {
-                "micrograph": str(path),
-                "stack": str(result.stack_path),
-                "n_extracted": result.n_extracted,
-                "n_skipped_edge": result.n_skipped_edge,
-                "pixel_size_a": float(result.optics["rlnImagePixelSize"].iloc[0]),
-                "box_px": int(result.optics["rlnImageSize"].iloc[0]),
-            }
-            print(json.dumps(record))
-        else:
-            print(
-                f"{path}: {result.n_extracted} particles "
-                f"({result.n_skipped_edge} skipped at the edge)"
-            )
+    items: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    with Progress(
+        len(args.micrographs), label="extract", unit="micrograph", json_output=args.json
+    ) as progress:
+        for path in args.micrographs:
+            try:
+                image, _ = read_micrograph(path)
+                picks = _picks_for(path, args.picks, args.pixel_size_a, image.shape)
+                ctf, resolution_a, merit = _ctf_for(path, args)
+                result = run_extract(
+                    path,
+                    picks,
+                    project_dir=project,
+                    job_dir=job_dir,
+                    pixel_size_a=args.pixel_size_a,
+                    ctf=ctf,
+                    box_px=args.box_px,
+                    diameter_a=args.diameter_a,
+                    downscale_box_px=downscale,
+                    ctf_max_resolution_a=resolution_a,
+                    ctf_figure_of_merit=merit,
+                    append_to=out / "particles.star",
+                    invert_contrast=not args.no_invert,
+                )
+            except StageInputError as exc:
+                progress.warn(f"livestream extract: {exc}")
+                failed.append({"path": str(path), "error": str(exc)})
+                continue
+            finally:
+                progress.advance()
+            if args.json:
+                items.append(
+                    {
+                        "micrograph": str(path),
+                        "stack": str(result.stack_path),
+                        "n_extracted": result.n_extracted,
+                        "n_skipped_edge": result.n_skipped_edge,
+                        "pixel_size_a": float(
+                            result.optics["rlnImagePixelSize"].iloc[0]
+                        ),
+                        "box_px": int(result.optics["rlnImageSize"].iloc[0]),
+                    }
+                )
+            else:
+                progress.write(
+                    f"{path}: {result.n_extracted} particles "
+                    f"({result.n_skipped_edge} skipped at the edge)"
+                )
+    if args.json:
+        print_batch_json(items, failed)
     return 1 if failed else 0

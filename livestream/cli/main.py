@@ -21,6 +21,7 @@ from livestream.cli import (
     run,
     status,
 )
+from livestream.cli.console import INPUT_ERROR_STATUS, InputError
 from livestream.demo import command as demo_command
 
 # name -> command module; each has a docstring (its help), add_args(parser) and
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livestream",
         description="Live cryo-EM processing beside the microscope.",
+        epilog="Exit status: 0 done; 1 some files of a batch could not be processed "
+        "(the others were); 2 a bad command line, config, or a missing or "
+        "unreadable input (one line on stderr names it).",
     )
     parser.add_argument(
         "--version", action="version", version=f"livestream {__version__}"
@@ -66,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args._main(args)
+    try:
+        result: int = args._main(args)
+    except InputError as exc:  # a missing or unreadable input: one line, no traceback
+        print(f"livestream {args.command}: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
     return result
 
 

@@ -11,10 +11,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+from typing import Any
 
+from livestream.cli.console import (
+    Progress,
+    print_batch_json,
+    require_file,
+    require_files,
+)
 from pipelines.errors import PipelineError
 
 
@@ -68,54 +73,73 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--float32", action="store_true", help="write float32 micrographs"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per movie")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object: {"items": [one per movie], "failed": [...]}',
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from pipelines.motion.job import run_motion
 
+    require_files(args.movies, "movie")
+    if args.gain is not None:
+        require_file(args.gain, "gain reference")
     patches = tuple(args.patches)
-    status = 0
-    for movie in args.movies:
-        try:
-            outputs = run_motion(
-                movie,
-                args.out,
-                pixel_size_a=args.pixel_size_a,
-                dose_per_frame_e_per_a2=args.dose_per_frame,
-                voltage_kv=args.voltage_kv,
-                pre_exposure_e_per_a2=args.pre_exposure,
-                gain_path=args.gain,
-                gain_rotation_deg=args.gain_rotation_deg,
-                gain_flip=args.gain_flip,
-                eer_group_dose_e_per_a2=args.eer_group_dose,
-                eer_upsampling=args.eer_upsampling,
-                patches=None if min(patches) <= 0 else (patches[0], patches[1]),
-                float32=args.float32,
-            )
-        except (PipelineError, OSError) as exc:
-            print(f"livestream motion: {movie}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        if args.json:
-            record = {
-                "movie": str(movie),
-                "output_path": str(outputs.micrograph_path),
-                "no_dw_path": str(outputs.micrograph_no_dw_path),
-                "power_spectrum_path": str(outputs.power_spectrum_path),
-                "star_path": str(outputs.star_path),
-                "shifts_px": [[float(x), float(y)] for x, y in outputs.shifts_px],
-                "total_motion_a": outputs.total_motion_a,
-                "early_motion_a": outputs.early_motion_a,
-                "late_motion_a": outputs.late_motion_a,
-                "pixel_size_a": outputs.pixel_size_a,
-                "n_frames": outputs.n_frames,
-            }
-            print(json.dumps(record), flush=True)
-        else:
-            print(
-                f"{movie} -> {outputs.micrograph_path}  "
-                f"total motion {outputs.total_motion_a:.2f} Å "
-                f"(early {outputs.early_motion_a:.2f}, late {outputs.late_motion_a:.2f})"
-            )
-    return status
+    items: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    with Progress(
+        len(args.movies), label="motion", unit="movie", json_output=args.json
+    ) as progress:
+        for movie in args.movies:
+            try:
+                outputs = run_motion(
+                    movie,
+                    args.out,
+                    pixel_size_a=args.pixel_size_a,
+                    dose_per_frame_e_per_a2=args.dose_per_frame,
+                    voltage_kv=args.voltage_kv,
+                    pre_exposure_e_per_a2=args.pre_exposure,
+                    gain_path=args.gain,
+                    gain_rotation_deg=args.gain_rotation_deg,
+                    gain_flip=args.gain_flip,
+                    eer_group_dose_e_per_a2=args.eer_group_dose,
+                    eer_upsampling=args.eer_upsampling,
+                    patches=None if min(patches) <= 0 else (patches[0], patches[1]),
+                    float32=args.float32,
+                )
+            except (PipelineError, OSError) as exc:
+                progress.warn(f"livestream motion: {movie}: {exc}")
+                failed.append({"path": str(movie), "error": str(exc)})
+                continue
+            finally:
+                progress.advance()
+            if args.json:
+                items.append(
+                    {
+                        "movie": str(movie),
+                        "output_path": str(outputs.micrograph_path),
+                        "no_dw_path": str(outputs.micrograph_no_dw_path),
+                        "power_spectrum_path": str(outputs.power_spectrum_path),
+                        "star_path": str(outputs.star_path),
+                        "shifts_px": [
+                            [float(x), float(y)] for x, y in outputs.shifts_px
+                        ],
+                        "total_motion_a": outputs.total_motion_a,
+                        "early_motion_a": outputs.early_motion_a,
+                        "late_motion_a": outputs.late_motion_a,
+                        "pixel_size_a": outputs.pixel_size_a,
+                        "n_frames": outputs.n_frames,
+                    }
+                )
+            else:
+                progress.write(
+                    f"{movie} -> {outputs.micrograph_path}  "
+                    f"total motion {outputs.total_motion_a:.2f} Å "
+                    f"(early {outputs.early_motion_a:.2f}, "
+                    f"late {outputs.late_motion_a:.2f})"
+                )
+    if args.json:
+        print_batch_json(items, failed)
+    return 1 if failed else 0

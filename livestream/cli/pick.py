@@ -2,7 +2,7 @@
 
 Example:
     livestream pick MotionCorr/job002/Movies/*.mrc --pixel-size-a 1.06 \\
-        --diameter-a 180 260 --json > picks.jsonl
+        --diameter-a 180 260 --json > picks.json
     livestream pick mic.mrc --pixel-size-a 1.06 --diameter-a 180 260 \\
         --templates Class2D/job010/run_it025_classes.mrcs --defocus-a 15000 14500 30 \\
         --out AutoPick/job006
@@ -12,23 +12,27 @@ Laplacian of Gaussian with a threshold in standard deviations (--threshold-sd).
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
 peaks by target-decoy counting (--max-false-rate) unless --min-ncc or
---threshold-sd is given.  With --json, one object per micrograph on stdout:
-{"micrograph", "picker", "pixel_size_a", "n_picks", "picks": [{"x_px", "y_px",
-"score", "power", "diameter_a"}]} in the micrograph's own pixels (x = column, y =
-row).  With --out, a RELION coordinate STAR <stem>_autopick.star per micrograph.
+--threshold-sd is given.  With --json, one object on stdout: {"items": [...],
+"failed": [{"path", "error"}]} with per micrograph an item {"micrograph", "picker",
+"pixel_size_a", "n_picks", "picks": [{"x_px", "y_px", "score", "power",
+"diameter_a"}]} in the micrograph's own pixels (x = column, y = row).  With --out, a RELION coordinate STAR <stem>_autopick.star per micrograph.
 Exit status 1 when any micrograph could not be processed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livestream.cli.console import (
+    Progress,
+    print_batch_json,
+    require_file,
+    require_files,
+)
 from pipelines.ctf.model import CtfParams
 from pipelines.errors import StageInputError
 from pipelines.io.micrographs import read_micrograph
@@ -69,7 +73,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--edge-px", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="for the map's views")
-    parser.add_argument("--json", action="store_true", help="one JSON line per input")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--out", type=Path, help="folder for coordinate STAR files")
 
 
@@ -141,6 +145,13 @@ def _pick_one(
 
 
 def main(args: argparse.Namespace) -> int:
+    require_files(args.micrographs, "micrograph")
+    for path, what in (
+        (args.templates, "template stack"),
+        (args.templates_volume, "template map"),
+    ):
+        if path is not None:
+            require_file(path, what)
     templates, template_px = _templates(args)
     ctf = None
     if args.defocus_a is not None:
@@ -153,25 +164,34 @@ def main(args: argparse.Namespace) -> int:
             cs_mm=args.cs_mm,
             amplitude_contrast=args.amplitude_contrast,
         )
-    failed = 0
-    for path in args.micrographs:
-        try:
-            picks = _pick_one(path, args, templates, template_px, ctf)
-        except StageInputError as exc:
-            failed += 1
-            print(f"livestream pick: {exc}", file=sys.stderr)
-            continue
-        if args.out is not None:
-            write_picks_star(args.out / f"{path.stem}_autopick.star", picks)
-        if args.json:
-            record: dict[str, Any] = {
-                "micrograph": str(path),
-                "picker": "blob" if templates is None else "template",
-                "pixel_size_a": args.pixel_size_a,
-                "n_picks": len(picks),
-                "picks": picks_to_dicts(picks),
-            }
-            print(json.dumps(record))
-        else:
-            print(f"{path}: {len(picks)} picks")
+    items: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    with Progress(
+        len(args.micrographs), label="pick", unit="micrograph", json_output=args.json
+    ) as progress:
+        for path in args.micrographs:
+            try:
+                picks = _pick_one(path, args, templates, template_px, ctf)
+            except StageInputError as exc:
+                progress.warn(f"livestream pick: {exc}")
+                failed.append({"path": str(path), "error": str(exc)})
+                continue
+            finally:
+                progress.advance()
+            if args.out is not None:
+                write_picks_star(args.out / f"{path.stem}_autopick.star", picks)
+            if args.json:
+                items.append(
+                    {
+                        "micrograph": str(path),
+                        "picker": "blob" if templates is None else "template",
+                        "pixel_size_a": args.pixel_size_a,
+                        "n_picks": len(picks),
+                        "picks": picks_to_dicts(picks),
+                    }
+                )
+            else:
+                progress.write(f"{path}: {len(picks)} picks")
+    if args.json:
+        print_batch_json(items, failed)
     return 1 if failed else 0

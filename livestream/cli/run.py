@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from livestream.cli.console import INPUT_ERROR_STATUS, require_file, require_folder
 from livestream.config import ConfigError, ServiceConfig, load_config
+from livestream.daemon import run_service
 
 __all__ = ["add_args", "config_from_args", "main"]
 
@@ -75,17 +77,12 @@ def main(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.config is not None:
+        require_file(args.config, "config file")
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"livestream run: {exc}", file=sys.stderr)
-        return 2
-    if not config.session.path.is_dir():
-        print(
-            f"livestream run: key 'session.path': {config.session.path} is not a folder",
-            file=sys.stderr,
-        )
-        return 2
-    from livestream.daemon import run_service
-
+        return INPUT_ERROR_STATUS
+    require_folder(config.session.path, "session folder (key 'session.path')")
     return asyncio.run(run_service(config, retry_quarantined=args.retry_quarantined))

@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+from livestream.class2d.live import SUMMARY_NAME
+from livestream.cli.console import InputError, require_file, require_folder
+from livestream.curation.live import curation_counts
+from livestream.ledger.store import Ledger
+from livestream.ledger.summary import summarize_ledger
 
 __all__ = ["add_args", "main", "read_status"]
 
@@ -31,12 +37,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
     """The status document of the ledger in ``project`` (see ``--json``)."""
-    from livestream.daemon import summarize_ledger
-    from livestream.ledger.store import Ledger
-
     ledger = Ledger(project / "livestream.sqlite", read_only=True)
     try:
-        status: dict[str, Any] = summarize_ledger(ledger)
+        status: dict[str, Any] = summarize_ledger(ledger).to_json()
         status["project"] = str(project)
         status["curation"] = _curation(ledger.path)
         status["class2d"] = _class2d(project)
@@ -58,10 +61,6 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
 def _curation(ledger_path: Path) -> dict[str, Any] | None:
     """``{"accepted", "rejected", "reasons": {figure: n}}`` of the curate stage
     (the stage whose done rows hold ``accepted``); ``None`` without one."""
-    import sqlite3
-
-    from livestream.curation.live import curation_counts
-
     db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
     try:
         db.execute("PRAGMA busy_timeout=5000")
@@ -80,8 +79,6 @@ def _curation(ledger_path: Path) -> dict[str, Any] | None:
 def _class2d(project: Path) -> dict[str, Any] | None:
     """The newest ``Class2D/job*/run_class2d.json`` (a snapshot's event body)
     without the per-class lists; ``None`` before the first snapshot."""
-    from livestream.class2d.live import SUMMARY_NAME
-
     found = sorted(
         project.glob(f"Class2D/job*/{SUMMARY_NAME}"), key=lambda p: p.stat().st_mtime
     )
@@ -140,10 +137,11 @@ def _table(status: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    ledger_path = args.project / "livestream.sqlite"
-    if not ledger_path.is_file():
-        print(f"livestream status: no ledger at {ledger_path}", file=sys.stderr)
-        return 1
-    status = read_status(args.project, n_failures=args.failures)
+    require_folder(args.project, "project folder")
+    ledger = require_file(args.project / "livestream.sqlite", "ledger")
+    try:
+        status = read_status(args.project, n_failures=args.failures)
+    except sqlite3.DatabaseError as exc:  # not a ledger, or not one of ours
+        raise InputError(ledger, f"ledger cannot be read: {exc}") from None
     print(json.dumps(status, indent=2) if args.json else _table(status))
     return 0

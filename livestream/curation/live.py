@@ -18,11 +18,24 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from livestream.stages.post_ctf import CurateParams
+import numpy as np
+import pandas as pd
+
+from livestream.ledger.schema import (
+    REJECTED_PREFIX,
+    Curation,
+    curation_of,
+    rejection_figures,
+    rejections_of,
+    result_from_json,
+)
+from livestream.stages.params import CurateParams, StageParams
+from pipelines.curation.rules import CurationThresholds, curate_table
+from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
     "CurationCounts",
@@ -34,7 +47,6 @@ __all__ = [
     "write_decision_files",
 ]
 
-_PREFIX = "rejected_"
 # ledger figure -> curate_table column
 _FIGURES = {
     "ctf": {
@@ -85,11 +97,21 @@ class Reevaluation:
     changed: Mapping[str, tuple[bool, tuple[str, ...]]]
 
 
-def thresholds_of(params: Mapping[str, Any]) -> Any:
-    """:class:`pipelines.curation.rules.CurationThresholds` of a ``[stages.curate]`` table."""
-    from pipelines.curation.rules import CurationThresholds
+# a curate stage's parameters, or its table (checked by CurateParams)
+CurateTable = StageParams | Mapping[str, Any]
 
-    p = CurateParams.model_validate(dict(params))
+
+def _checked(params: CurateTable) -> CurateParams:
+    if isinstance(params, CurateParams):
+        return params
+    if isinstance(params, StageParams):
+        raise TypeError(f"not the parameters of a curate stage: {params!r}")
+    return CurateParams.model_validate(dict(params))
+
+
+def thresholds_of(params: CurateTable) -> CurationThresholds:
+    """:class:`pipelines.curation.rules.CurationThresholds` of a curate stage."""
+    p = _checked(params)
     return CurationThresholds(
         max_ctf_resolution_a=p.max_ctf_resolution_a,
         min_defocus_a=p.min_defocus_a,
@@ -102,18 +124,9 @@ def thresholds_of(params: Mapping[str, Any]) -> Any:
     )
 
 
-def _decision_figures(reasons: Iterable[str]) -> dict[str, float]:
-    """``"figure=value > max limit"`` -> ``{"rejected_<figure>": value}``."""
-    out: dict[str, float] = {}
-    for reason in reasons:
-        name, _, rest = reason.partition("=")
-        out[f"{_PREFIX}{name}"] = float(rest.split()[0])
-    return out
-
-
 def reevaluate_curation(
     db: sqlite3.Connection,
-    params: Mapping[str, Any],
+    params: CurateTable,
     *,
     curate_stage: str = "curate",
     only: Sequence[str] | None = None,
@@ -124,12 +137,7 @@ def reevaluate_curation(
     ``only`` restricts the re-evaluation to these exposures (a decision that was
     made with thresholds replaced while it ran).
     """
-    import numpy as np
-    import pandas as pd
-
-    from pipelines.curation.rules import curate_table
-
-    p = CurateParams.model_validate(dict(params))
+    p = _checked(params)
     db.execute(_THRESHOLDS_SQL)
     rows = db.execute(
         "SELECT c.exposure_id, c.figures, m.figures, t.figures FROM stages c"
@@ -143,7 +151,7 @@ def reevaluate_curation(
         wanted = set(only)
         rows = [r for r in rows if r[0] in wanted]
     ids = [str(r[0]) for r in rows]
-    stored = [json.loads(r[1]) for r in rows]
+    stored = [result_from_json(curate_stage, "{}", r[1]) for r in rows]
     columns: dict[str, Any] = {}
     for index, source in ((2, "motion"), (3, "ctf")):
         parsed = [json.loads(r[index]) for r in rows]
@@ -152,22 +160,22 @@ def reevaluate_curation(
                 [float(f.get(name, np.nan)) for f in parsed], dtype=np.float64
             )
     table = pd.DataFrame(columns, index=ids)
-    decisions = curate_table(table, thresholds_of(params))
+    decisions = curate_table(table, thresholds_of(p))
     version = _record_version(db, curate_stage, p, decisions, only)
     changed: dict[str, tuple[bool, tuple[str, ...]]] = {}
     updates = []
     for eid, old, accepted, reasons in zip(
         ids, stored, decisions["accepted"], decisions["reasons"], strict=True
     ):
-        new = {k: v for k, v in old.items() if not k.startswith(_PREFIX)}
-        new.update(_decision_figures(reasons))
-        new["accepted"] = float(bool(accepted))
-        new["thresholds_version"] = float(version)
-        was = {k: v for k, v in old.items() if k.startswith(_PREFIX) or k == "accepted"}
-        now = {k: v for k, v in new.items() if k.startswith(_PREFIX) or k == "accepted"}
-        if was != now:
+        figures = {
+            k: v for k, v in old.figures.items() if not k.startswith(REJECTED_PREFIX)
+        }
+        figures.update(rejection_figures(reasons))
+        figures["thresholds_version"] = float(version)
+        new = replace(old, figures=figures, accepted=bool(accepted))
+        if (old.accepted, rejections_of(old)) != (new.accepted, rejections_of(new)):
             changed[eid] = (bool(accepted), tuple(reasons))
-        updates.append((json.dumps(new), eid, curate_stage))
+        updates.append((json.dumps(new.stored_figures()), eid, curate_stage))
     db.executemany(
         "UPDATE stages SET figures = ? WHERE exposure_id = ? AND stage = ?", updates
     )
@@ -176,17 +184,17 @@ def reevaluate_curation(
             "UPDATE curation_thresholds SET n_changed = ? WHERE version = ?",
             (len(changed), version),
         )
-    was_accepted = {
-        e: f.get("accepted", 1.0) != 0.0 for e, f in zip(ids, stored, strict=True)
+    # newly accepted: rejected before (its later stages were skipped); newly
+    # rejected: accepted or undecided before (its later stages ran)
+    was_rejected = {
+        e: curation_of(r) is Curation.REJECTED for e, r in zip(ids, stored, strict=True)
     }
     return Reevaluation(
         version=version,
         counts=curation_counts(db, curate_stage),
-        newly_accepted=tuple(
-            e for e, d in changed.items() if d[0] and not was_accepted[e]
-        ),
+        newly_accepted=tuple(e for e, d in changed.items() if d[0] and was_rejected[e]),
         newly_rejected=tuple(
-            e for e, d in changed.items() if not d[0] and was_accepted[e]
+            e for e, d in changed.items() if not d[0] and not was_rejected[e]
         ),
         changed=changed,
     )
@@ -223,7 +231,8 @@ def _record_version(
 def curation_counts(
     db: sqlite3.Connection, curate_stage: str = "curate"
 ) -> CurationCounts:
-    """Counts of the decisions held by the done curate rows.
+    """Counts of the decisions held by the done curate rows (a row without a
+    decision is counted in neither).
 
     Parsed in Python: the ledger's figures may hold NaN (a failed fit), which
     Python's JSON accepts and SQLite's ``json_extract`` refuses.
@@ -235,14 +244,13 @@ def curation_counts(
         (curate_stage,),
     )
     for (text,) in cursor:
-        figures = json.loads(text)
-        if figures.get("accepted", 1.0) != 0.0:
+        result = result_from_json(curate_stage, "{}", text)
+        decision = curation_of(result)
+        if decision is Curation.ACCEPTED:
             accepted += 1
-            continue
-        rejected += 1
-        for name in figures:
-            if name.startswith(_PREFIX):
-                figure = name.removeprefix(_PREFIX)
+        elif decision is Curation.REJECTED:
+            rejected += 1
+            for figure in rejections_of(result):
                 reasons[figure] = reasons.get(figure, 0) + 1
     ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return CurationCounts(accepted=accepted, rejected=rejected, reasons=dict(ordered))
@@ -251,8 +259,8 @@ def curation_counts(
 def reopen_skipped(
     db: sqlite3.Connection, exposure_ids: Iterable[str], stages: Sequence[str]
 ) -> list[str]:
-    """Put the ``stages`` that were skipped (``skipped = 1``) for these exposures
-    back to pending; return the exposures that now have work to do."""
+    """Put the ``stages`` that were skipped for these exposures back to pending;
+    return the exposures that now have work to do."""
     reopened = []
     marks = ", ".join("?" * len(stages))
     for eid in exposure_ids:
@@ -261,7 +269,7 @@ def reopen_skipped(
             f" ({marks}) AND state = 'done'",
             (eid, *stages),
         ).fetchall()
-        skipped = [s for s, f in rows if json.loads(f).get("skipped", 0.0) == 1.0]
+        skipped = [s for s, f in rows if result_from_json(s, "{}", f).skipped]
         db.executemany(
             "UPDATE stages SET state = 'pending', outputs = '{}', figures = '{}',"
             " error = NULL, finished_unix_s = NULL WHERE exposure_id = ? AND stage = ?",
@@ -282,8 +290,6 @@ def write_decision_files(
     version: int,
 ) -> None:
     """Rewrite ``<job>/<id>.json`` of every exposure whose decision changed."""
-    from pipelines.io.outputs import write_text_atomic
-
     for eid, (accepted, reasons) in changed.items():
         document = {
             "accepted": accepted,

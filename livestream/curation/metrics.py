@@ -26,9 +26,10 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from livestream.ledger.schema import Curation, StageResult, curation_of, rejections_of
+
 __all__ = ["CurationMetrics"]
 
-_PREFIX = "rejected_"
 _DECISIONS = ("accepted", "rejected")
 
 
@@ -80,13 +81,14 @@ class CurationMetrics:
             self._changes.labels(decision=decision)
             self._current.labels(decision=decision)
 
-    def observe(self, figures: Mapping[str, float]) -> None:
-        """Count one curation result (figures of the curate stage)."""
-        accepted = figures.get("accepted", 1.0) != 0.0
-        self._decisions.labels(decision="accepted" if accepted else "rejected").inc()
-        for name in figures:
-            if name.startswith(_PREFIX):
-                self._rejections.labels(figure=name.removeprefix(_PREFIX)).inc()
+    def observe(self, result: StageResult) -> None:
+        """Count one curation decision; a result without one counts nothing."""
+        decision = curation_of(result)
+        if decision is Curation.UNDECIDED:
+            return
+        self._decisions.labels(decision=decision.value).inc()
+        for figure in rejections_of(result):
+            self._rejections.labels(figure=figure).inc()
 
     def set_current(
         self, accepted: int, rejected: int, reasons: Mapping[str, int]

@@ -17,7 +17,8 @@ again; :class:`CurationReload` applies changed ``[stages.<curate>]`` thresholds:
 
 Other changed settings need a restart; a reload says so in the log.  A curate
 stage that was running while the thresholds changed is decided again as soon as
-it finishes (:attr:`livestream.scheduling.scheduler.Scheduler.recurate`).
+it finishes (:meth:`CurationReload.recurate`, which the daemon passes to the
+scheduler).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from livestream.config import ConfigError, ServiceConfig, reload_config
 from livestream.curation.live import (
@@ -36,11 +36,16 @@ from livestream.curation.live import (
     reopen_skipped,
     write_decision_files,
 )
+from livestream.intake.pairing import parse_exposure
+from livestream.intake.settle import FileKind
 from livestream.ledger.store import Ledger, StageResult
 from livestream.project.job_index import JobIndex
-from livestream.scheduling.scheduler import CURATE_KIND, Scheduler
+from livestream.scheduling.scheduler import Scheduler
+from livestream.stages.params import CurateParams
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
+from mdcatch.errors import MetadataError
+from mdcatch.profiles.detectors import load_profiles
 from mdcatch.records import Exposure
 
 __all__ = ["CurationReload"]
@@ -64,13 +69,12 @@ class CurationReload:
         self._scheduler = scheduler
         self._reporter = reporter
         self._index = index
-        self._params: dict[str, dict[str, Any]] = {
-            link.name: dict(link.params)
+        self._params: dict[str, CurateParams] = {
+            link.name: link.params
             for link in chain.links
-            if link.kind == CURATE_KIND
+            if link.kind.decides_curation and isinstance(link.params, CurateParams)
         }
         self.n_reloads = 0
-        scheduler.recurate = self.recurate
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -123,13 +127,15 @@ class CurationReload:
         self.config = config
         n_offered = 0
         for stage, params in self._params.items():
-            new = config.stages.params_of(stage)
-            if stage not in config.stages.chain or new == params:
+            if stage not in config.stages.chain:
+                continue
+            new = config.stages.table_of(stage)
+            if not isinstance(new, CurateParams) or new == params:
                 continue
             n_offered += await self._apply_stage(stage, new)
         return n_offered
 
-    async def _apply_stage(self, stage: str, params: dict[str, Any]) -> int:
+    async def _apply_stage(self, stage: str, params: CurateParams) -> int:
         self._params[stage] = params
         self._scheduler.update_params(stage, params)
         later = self._chain.names[self._chain.names.index(stage) + 1 :]
@@ -140,11 +146,10 @@ class CurationReload:
             result.version, len(result.newly_accepted), len(result.newly_rejected)
         )
         self.publish_counts()
-        job = str(params.get("job", "Select/job004"))
         await asyncio.to_thread(
             write_decision_files,
             self.config.project.path,
-            job,
+            params.job,
             result.changed,
             result.version,
         )
@@ -165,9 +170,11 @@ class CurationReload:
             result = reevaluate_curation(
                 db, self._params[stage], curate_stage=stage, only=[exposure_id]
             )
-        job = str(self._params[stage].get("job", "Select/job004"))
         write_decision_files(
-            self.config.project.path, job, result.changed, result.version
+            self.config.project.path,
+            self._params[stage].job,
+            result.changed,
+            result.version,
         )
         for row in self._ledger.rows_of(exposure_id):
             if row.stage == stage:
@@ -188,11 +195,6 @@ class CurationReload:
         self, exposure_id: str, metadata: Path, movie: Path
     ) -> Exposure | None:
         """The exposure record, parsed again (in a thread: it reads files)."""
-        from livestream.intake.pairing import parse_exposure
-        from livestream.intake.settle import FileKind
-        from mdcatch.errors import MetadataError
-        from mdcatch.profiles.detectors import load_profiles
-
         kind = FileKind.MDOC if metadata.suffix == ".mdoc" else FileKind.EPU_XML
         try:
             return parse_exposure(

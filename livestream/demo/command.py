@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,10 @@ from typing import Any
 import numpy as np
 
 from livestream.config import ConfigError, ServiceConfig, load_config
+from livestream.daemon import ServiceHandle, run_service
+from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from mdcatch.records import Software
 
 __all__ = ["add_args", "demo_config", "main"]
 
@@ -122,10 +126,6 @@ def _describe(event: ServiceEvent, index: int, total: int) -> str:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from livestream.daemon import ServiceHandle, run_service
-    from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
-    from mdcatch.records import Software
-
     own_session = args.session is None
     root = (
         Path(tempfile.mkdtemp(prefix="livestream-demo-"))
@@ -169,7 +169,7 @@ async def _demo(args: argparse.Namespace) -> int:
             stop.set()
 
     def announce(handle: ServiceHandle) -> None:
-        address = handle.reporter.metrics_address
+        address = handle.metrics_address
         print(f"session (simulated microscope): {session}")
         if movies != session:
             print(f"movies:                         {movies}")
@@ -219,8 +219,6 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    import logging
-
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -14,12 +14,17 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
+from mdcatch.epu.writer import (
+    epu_exposure_relpath,
+    write_epu_exposure_xml,
+    write_epu_session_file,
+)
 from mdcatch.records import (
     CameraMode,
     Exposure,
@@ -28,6 +33,10 @@ from mdcatch.records import (
     Session,
     Software,
 )
+from mdcatch.serialem.writer import write_mdoc
+from pipelines.ctf.model import CtfParams
+from pipelines.simulate.micrograph import MicrographParams
+from pipelines.simulate.movie import MovieParams, simulate_movie
 
 __all__ = ["MicroscopeSettings", "SimulatedMicroscope", "make_exposure"]
 
@@ -107,8 +116,6 @@ class SimulatedMicroscope:
         self.session.mkdir(parents=True, exist_ok=True)
         self.movies.mkdir(parents=True, exist_ok=True)
         if settings.software is Software.EPU:
-            from mdcatch.epu.writer import write_epu_session_file
-
             write_epu_session_file(
                 Session(
                     name=session.name,
@@ -130,8 +137,6 @@ class SimulatedMicroscope:
     def paths_of(self, exposure: Exposure) -> tuple[Path, Path]:
         """(metadata path, movie path) where exposure ``index`` is written."""
         if self.settings.software is Software.EPU:
-            from mdcatch.epu.writer import epu_exposure_relpath
-
             assert exposure.grid_square_id is not None
             assert exposure.foil_hole_id is not None
             data = exposure.exposure_id.split("_Data_")[1].rsplit("_", 2)[0]
@@ -150,8 +155,6 @@ class SimulatedMicroscope:
         """Simulate and write exposure ``index``; return its record."""
         exposure = make_exposure(index, self.settings, self._start, self.session)
         metadata_path, movie_path = self.paths_of(exposure)
-        from dataclasses import replace
-
         exposure = replace(exposure, metadata_path=metadata_path, movie_path=movie_path)
         staged = self._simulate_movie(exposure)
         if movie_first is None:
@@ -168,12 +171,8 @@ class SimulatedMicroscope:
     def _write_metadata(self, exposure: Exposure) -> None:
         exposure.metadata_path.parent.mkdir(parents=True, exist_ok=True)
         if self.settings.software is Software.EPU:
-            from mdcatch.epu.writer import write_epu_exposure_xml
-
             write_epu_exposure_xml(exposure, exposure.metadata_path)
         else:
-            from mdcatch.serialem.writer import write_mdoc
-
             session = Session(
                 name=self.session.name,
                 software=Software.SERIALEM,
@@ -188,10 +187,6 @@ class SimulatedMicroscope:
         if s.noise_only:
             frames = self._rng.poisson(1.0, size=shape).astype(np.uint8)
         else:
-            from pipelines.ctf.model import CtfParams
-            from pipelines.simulate.micrograph import MicrographParams
-            from pipelines.simulate.movie import MovieParams, simulate_movie
-
             # The true defocus scatters about the target (ice height, autofocus),
             # with a little astigmatism at a random angle.
             defocus_a = exposure.target_defocus_um * 1e4 + self._rng.normal(0.0, 800.0)

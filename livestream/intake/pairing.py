@@ -7,17 +7,23 @@ settled and are complete; it is then parsed once more with the movie (mdcatch
 cross-checks header against metadata) and handed to the scheduler.  Bad input is
 quarantined in the ledger with mdcatch's message; a movie or metadata file whose
 partner never arrives is quarantined after ``orphan_timeout_s``.
+
+Every file is held to :func:`mdcatch.containment.check_inside` before it is
+opened: its resolved path must lie in the session or movie folders
+(:func:`session_folders`).  A quarantined import whose file changes afterwards
+(a copy that stalled longer than the settle time) is examined again, at most
+:data:`MAX_REEXAMINATIONS` times per file; its partner is kept for it meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from livestream.config import SessionConfig
 from livestream.intake.settle import (
     FileKind,
     FileSignature,
@@ -26,15 +32,28 @@ from livestream.intake.settle import (
 )
 from livestream.ledger.store import Ledger, StageState
 from livestream.telemetry.reporting import Reporter
+from mdcatch.containment import check_inside
+from mdcatch.crosscheck import reconcile
+from mdcatch.epu.exposure import read_epu_exposure
 from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import read_movie_header
+from mdcatch.profiles.detectors import Profiles, load_profiles
 from mdcatch.records import Exposure
+from mdcatch.serialem.mdoc import read_mdoc
 
-if TYPE_CHECKING:
-    from mdcatch.profiles.detectors import Profiles
-
-__all__ = ["Intake", "parse_exposure"]
+__all__ = ["MAX_REEXAMINATIONS", "Intake", "parse_exposure", "session_folders"]
 
 log = logging.getLogger(__name__)
+
+MAX_REEXAMINATIONS = 5  # per file: a file rewritten for ever is not looked at for ever
+
+
+def session_folders(config: SessionConfig) -> tuple[Path, ...]:
+    """The folders the service may read: the session folder, the movie folders and
+    the local folders of ``path_map`` (where SerialEM's Windows paths point)."""
+    return tuple(
+        dict.fromkeys([config.path, *config.movie_roots, *config.path_map.values()])
+    )
 
 
 @dataclass(slots=True)
@@ -51,22 +70,17 @@ def parse_exposure(
     movie_path: Path,
     profiles: Profiles,
     path_map: Mapping[str, Path] | None = None,
+    folders: Sequence[Path] | None = None,
 ) -> Exposure:
     """Read the metadata with its movie; cross-check against the movie's header.
 
-    The returned record's ``exposure_id`` is ``key`` (the ledger's key).
+    The returned record's ``exposure_id`` is ``key`` (the ledger's key).  With
+    ``folders``, files an mdoc names must lie inside them.
     """
-    from mdcatch.crosscheck import reconcile
-    from mdcatch.headers.movie import read_movie_header
-
     if kind is FileKind.EPU_XML:
-        from mdcatch.epu.exposure import read_epu_exposure
-
         exposure = read_epu_exposure(metadata_path, movie_path=movie_path)
     else:
-        from mdcatch.serialem.mdoc import read_mdoc
-
-        _, exposures = read_mdoc(metadata_path, path_map=path_map)
+        _, exposures = read_mdoc(metadata_path, path_map=path_map, folders=folders)
         if not exposures:
             raise MetadataError(
                 metadata_path, "FrameSet", None, "mdoc holds no exposure"
@@ -91,7 +105,10 @@ class Intake:
         path_map: Mapping[str, Path] | None = None,
         expect_movie: Callable[[Path], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        folders: Sequence[Path] | None = None,
     ) -> None:
+        """``folders``: where files may lie (:func:`session_folders`); ``None``
+        reads any file (offline use)."""
         self._ledger = ledger
         self._chain = chain
         self._offer = offer
@@ -100,8 +117,11 @@ class Intake:
         self._path_map = path_map
         self._clock = clock
         self._expect_movie = expect_movie
+        self._folders = folders
         self._loaded_profiles: Profiles | None = None
         self._pending: dict[str, _Pending] = {}
+        self._suspects: set[Path] = set()  # files that got an import quarantined
+        self._reexamined: dict[Path, int] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -119,6 +139,15 @@ class Intake:
                 stem, f"{path}: unexpected {type(exc).__name__}: {exc}", None
             )
 
+    def on_unreadable(self, path: Path, reason: str) -> None:
+        """The watcher could not even look at ``path``: quarantine its exposure."""
+        mdoc = path.name.lower().endswith(".mdoc")
+        stem = exposure_key(path, FileKind.MDOC if mdoc else FileKind.MOVIE)
+        if stem and self._ledger.import_state(stem) is not StageState.DONE:
+            if self._ledger.record_discovered(stem):
+                self._reporter.exposure_discovered(stem)
+            self._quarantine(stem, reason, None, (path,))
+
     def _take(
         self, stem: str, path: Path, kind: FileKind, signature: FileSignature
     ) -> None:
@@ -129,33 +158,61 @@ class Intake:
             movie_path=path if is_movie else None,
         ):
             self._reporter.exposure_discovered(stem)
-        problem = check_complete(path, kind)
+        elif path in self._suspects and not self._count_reexamination(path):
+            return
+        problem = self._check(path, kind)
         if problem is not None:
-            self._quarantine(stem, problem, signature if is_movie else None)
+            self._quarantine(stem, problem, signature if is_movie else None, (path,))
             return
         if kind is FileKind.MDOC and self._expect_movie is not None:
-            self._announce_serialem_movie(path)
+            try:
+                self._announce_serialem_movie(path)
+            except MetadataError as exc:
+                self._quarantine(stem, str(exc), None, (path,))
+                return
         pending = self._pending.setdefault(stem, _Pending(first_seen_s=self._clock()))
         if is_movie:
             pending.movie = (path, signature)
         else:
             pending.metadata = (path, kind)
         if pending.metadata is not None and pending.movie is not None:
-            del self._pending[stem]
             self._make_ready(stem, pending.metadata, pending.movie)
+
+    def _check(self, path: Path, kind: FileKind) -> str | None:
+        """What is wrong with a settled file (outside the folders, incomplete), or
+        ``None``; nothing outside the folders is opened."""
+        if self._folders is not None:
+            name = "movie_path" if kind is FileKind.MOVIE else "metadata_path"
+            try:
+                check_inside(path, self._folders, source=path, field=name)
+            except MetadataError as exc:
+                return str(exc)
+        return check_complete(path, kind, self._folders)
+
+    def _count_reexamination(self, path: Path) -> bool:
+        """A quarantined import's file changed: examine it again (and count it),
+        unless it was already examined :data:`MAX_REEXAMINATIONS` times."""
+        count = self._reexamined.get(path, 0)
+        if count >= MAX_REEXAMINATIONS:
+            log.warning(
+                "%s changed again after %d re-examinations: ignored until a restart",
+                path,
+                count,
+            )
+            return False
+        self._reexamined[path] = count + 1
+        self._reporter.intake_reexamined()
+        log.info("%s changed after it was quarantined: examining it again", path)
+        return True
 
     def _profiles(self) -> Profiles:
         if self._loaded_profiles is None:
-            from mdcatch.profiles.detectors import load_profiles
-
             self._loaded_profiles = load_profiles()
         return self._loaded_profiles
 
     def _announce_serialem_movie(self, mdoc: Path) -> None:
         """An mdoc may name a movie in another folder: have the watcher track it."""
-        from mdcatch.serialem.mdoc import read_mdoc
-
-        _, exposures = read_mdoc(mdoc, path_map=self._path_map)
+        _, exposures = read_mdoc(mdoc, path_map=self._path_map, folders=self._folders)
         for exposure in exposures[:1]:
             if exposure.movie_path is not None and self._expect_movie is not None:
                 self._expect_movie(exposure.movie_path)
@@ -175,13 +232,17 @@ class Intake:
                 movie_path,
                 self._profiles(),
                 self._path_map,
+                self._folders,
             )
         except MetadataError as exc:
-            self._quarantine(stem, str(exc), signature)
+            self._quarantine(stem, str(exc), signature, (metadata[0], movie_path))
             return
         except OSError as exc:
-            self._quarantine(stem, f"{movie_path}: cannot be read: {exc}", signature)
+            reason = f"{movie_path}: cannot be read: {exc}"
+            self._quarantine(stem, reason, signature, (metadata[0], movie_path))
             return
+        self._pending.pop(stem, None)
+        self._suspects.difference_update((metadata[0], movie_path))
         if not self._ledger.is_imported(stem):
             self._reporter.exposure_ready(exposure)
         self._ledger.mark_ready(
@@ -196,9 +257,19 @@ class Intake:
         self._offer(exposure)
 
     def _quarantine(
-        self, stem: str, reason: str, signature: FileSignature | None
+        self,
+        stem: str,
+        reason: str,
+        signature: FileSignature | None,
+        files: tuple[Path, ...] = (),
     ) -> None:
-        self._pending.pop(stem, None)
+        """Quarantine the import.  ``files`` caused it: each is examined again if
+        it changes, and the exposure's other file keeps waiting for it."""
+        self._suspects.update(files)
+        pending = self._pending.pop(stem, None)
+        if pending is not None and files:
+            pending.first_seen_s = float("inf")  # no orphan message over this one
+            self._pending[stem] = pending
         self._ledger.quarantine_import(
             stem,
             reason,

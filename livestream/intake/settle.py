@@ -15,11 +15,16 @@ import enum
 import heapq
 import os
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from livestream.config import SoftwareChoice
+from mdcatch import matching
+from mdcatch.epu.exposure import read_epu_exposure
+from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import check_movie_complete
+from mdcatch.serialem.mdoc import read_mdoc
 
 __all__ = [
     "FileKind",
@@ -57,10 +62,22 @@ class FileSignature:
 
 
 def read_signature(path: Path) -> FileSignature | None:
+    """Size and mtime of the file, ``None`` once it is gone.
+
+    A name that cannot be followed (a symbolic link loop, a dangling or forbidden
+    target) has the signature of the link itself, so that it settles and the
+    intake reports it instead of it being silently skipped; any other
+    :class:`OSError` is raised for the caller to report.
+    """
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
     return FileSignature(st.st_size, st.st_mtime_ns)
 
 
@@ -82,8 +99,6 @@ def classify_path(
     SerialEM: ``*.mdoc`` and a movie with an mdoc beside it (or one an mdoc named:
     ``expected``).  EPU's summed images and thumbnails are ignored.
     """
-    from mdcatch import matching
-
     if is_temporary_name(path):
         return None
     name = path.name.lower()
@@ -106,8 +121,6 @@ def classify_path(
 
 def exposure_key(path: Path, kind: FileKind) -> str | None:
     """The ledger key shared by an exposure's metadata and movie."""
-    from mdcatch import matching
-
     if kind is FileKind.MDOC:
         return Path(path.name[: -len(".mdoc")]).stem or None
     stem = matching.exposure_stem(path)
@@ -116,27 +129,22 @@ def exposure_key(path: Path, kind: FileKind) -> str | None:
     return stem
 
 
-def check_complete(path: Path, kind: FileKind) -> str | None:
-    """``None`` when the settled file is complete, else the reason it is not.
+def check_complete(
+    path: Path, kind: FileKind, folders: Sequence[Path] | None = None
+) -> str | None:
+    """``None`` when the settled file is complete, else what is wrong with it.
 
-    Metadata must parse; a movie's header must be complete (all frames present).
+    Metadata must parse (an mdoc's files must lie in ``folders`` when given); a
+    movie's header must be sane and complete (all frames present).  The reason
+    is mdcatch's message, naming the file, the field and the value.
     """
-    from mdcatch.errors import MetadataError
-
     try:
         if kind is FileKind.EPU_XML:
-            from mdcatch.epu.exposure import read_epu_exposure
-
             read_epu_exposure(path)
         elif kind is FileKind.MDOC:
-            from mdcatch.serialem.mdoc import read_mdoc
-
-            read_mdoc(path)
+            read_mdoc(path, folders=folders)
         else:
-            from mdcatch.headers.movie import movie_is_complete
-
-            if not movie_is_complete(path):
-                return f"{path}: movie is truncated (header promises more frames than the file holds)"
+            check_movie_complete(path)
     except MetadataError as exc:
         return str(exc)
     except OSError as exc:

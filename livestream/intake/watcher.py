@@ -40,6 +40,7 @@ NETWORK_FS_TYPES = frozenset(
 )  # fmt: skip
 
 SettledCallback = Callable[[Path, FileKind, FileSignature], None]
+UnreadableCallback = Callable[[Path, str], None]
 
 
 def _mount_types(mounts_text: str) -> list[tuple[str, str]]:
@@ -71,7 +72,11 @@ def is_network_mount(path: Path, mounts_text: str | None = None) -> bool:
 
 
 def scan_files(roots: Iterable[Path]) -> list[Path]:
-    """Every regular file below ``roots`` (a full rescan; read-only)."""
+    """Every regular file below ``roots`` (a full rescan; read-only).
+
+    An entry that cannot even be stat'ed (a symbolic link loop) is listed too:
+    the intake reports it instead of the rescan dying on it.
+    """
     found: list[Path] = []
     stack = [str(r) for r in roots]
     while stack:
@@ -79,11 +84,14 @@ def scan_files(roots: Iterable[Path]) -> list[Path]:
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file():
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file():
+                            found.append(Path(entry.path))
+                    except OSError:
                         found.append(Path(entry.path))
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        except OSError as exc:
             log.debug("rescan skipped %s: %s", folder, exc)
     return found
 
@@ -97,11 +105,15 @@ class SessionWatcher:
         on_settled: SettledCallback,
         *,
         on_rescan: Callable[[], object] | None = None,
+        on_unreadable: UnreadableCallback | None = None,
     ) -> None:
         self.roots = tuple(dict.fromkeys([config.path, *config.movie_roots]))
         self._config = config
         self._on_settled = on_settled
-        self.on_rescan = on_rescan
+        self._on_rescan = on_rescan
+        # told (once, until it can be read again) about a file that raised OSError
+        self._on_unreadable = on_unreadable
+        self._unreadable: set[Path] = set()
         self.tracker = SettleTracker(config.settle_time_s)
         self._expected: set[Path] = set()
         self._wake = asyncio.Event()
@@ -119,9 +131,23 @@ class SessionWatcher:
     def observe(self, paths: Iterable[Path]) -> None:
         """Paths that may have changed (from events or a rescan)."""
         for path in paths:
-            if self.classify(path) is not None:
-                self.tracker.observe(path)
+            try:
+                if self.classify(path) is not None:
+                    self.tracker.observe(path)
+            except OSError as exc:  # one file never stops the loop
+                self._report_unreadable(path, exc)
+            else:
+                self._unreadable.discard(path)
         self._wake.set()
+
+    def _report_unreadable(self, path: Path, exc: OSError) -> None:
+        if path in self._unreadable:
+            return
+        self._unreadable.add(path)
+        reason = f"{path}: cannot be read: {exc}"
+        log.warning("%s", reason)
+        if self._on_unreadable is not None:
+            self._on_unreadable(path, reason)
 
     def expect_movie(self, path: Path) -> None:
         """A SerialEM movie named by an mdoc, possibly outside the session folder."""
@@ -194,14 +220,26 @@ class SessionWatcher:
     async def _rescan_forever(self) -> None:
         while True:
             await self.rescan()
-            if self.on_rescan is not None:
-                self.on_rescan()
+            if self._on_rescan is not None:
+                self._on_rescan()
             await asyncio.sleep(self._config.rescan_interval_s)
 
     async def _settle_forever(self) -> None:
         while True:
-            for path, signature in self.tracker.pop_settled():
-                kind = self.classify(path)
+            try:
+                settled = self.tracker.pop_settled()
+            except OSError as exc:  # one file never stops the loop
+                if exc.filename:
+                    self._report_unreadable(Path(os.fsdecode(exc.filename)), exc)
+                else:
+                    log.warning("settle check failed: %s", exc)
+                settled = []
+            for path, signature in settled:
+                try:
+                    kind = self.classify(path)
+                except OSError as exc:
+                    self._report_unreadable(path, exc)
+                    continue
                 if kind is not None:
                     self._on_settled(path, kind, signature)
             self._wake.clear()

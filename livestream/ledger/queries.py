@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from livestream.ledger.schema import StageRow, StageState, row_from_values
+from livestream.ledger.schema import (
+    StageResult,
+    StageRow,
+    StageState,
+    result_from_json,
+    row_from_values,
+)
 
 __all__ = ["LedgerQueries"]
 
@@ -82,3 +88,18 @@ class LedgerQueries:
             "SELECT exposure_id, stage, attempt, outcome FROM attempts ORDER BY id"
         )
         return [(str(e), str(s), int(a), o) for e, s, a, o in cursor]
+
+    def done_results(self, stage: str) -> list[tuple[str, StageResult]]:
+        """``(exposure_id, result)`` of every done row of ``stage``, in order of
+        acquisition (the order of the job index files)."""
+        cursor = self._db.execute(
+            "SELECT s.exposure_id, s.outputs, s.figures FROM stages s"
+            " JOIN exposures e ON e.exposure_id = s.exposure_id"
+            " WHERE s.stage = ? AND s.state = ?"
+            " ORDER BY e.acquired_unix_s, s.exposure_id",
+            (stage, StageState.DONE.value),
+        )
+        return [
+            (str(exposure_id), result_from_json(stage, outputs, figures))
+            for exposure_id, outputs, figures in cursor
+        ]

@@ -23,12 +23,22 @@ from livestream.ledger.schema import (
     IMPORT_STAGE,
     SCHEMA_SQL,
     SCHEMA_VERSION,
+    Curation,
     StageResult,
     StageRow,
     StageState,
+    curation_of,
 )
 
-__all__ = ["IMPORT_STAGE", "Ledger", "StageResult", "StageRow", "StageState"]
+__all__ = [
+    "IMPORT_STAGE",
+    "Curation",
+    "Ledger",
+    "StageResult",
+    "StageRow",
+    "StageState",
+    "curation_of",
+]
 
 
 def _now() -> float:
@@ -262,7 +272,7 @@ class Ledger(LedgerQueries):
                     now,
                     duration_s,
                     json.dumps(dict(result.outputs)),
-                    json.dumps(dict(result.figures)),
+                    json.dumps(result.stored_figures()),
                     exposure_id,
                     result.stage,
                 ),

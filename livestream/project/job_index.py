@@ -23,35 +23,37 @@ as RELION writes them.  The daemon rebuilds at start-up, at most every
 after each rebuild by :meth:`JobIndex.run` it calls the ``on_written`` callbacks
 (the online 2D classifier feeds its pool then).
 
-A stage of another kind (``"package.module:function"``) feeds an index when its
-table says so: ``index = "extract"`` (or motion, ctf, curate), with the outputs
-and figures that index reads.
+Which stage feeds which index is a fact of its kind
+(:data:`livestream.stages.registry.STAGE_KINDS`); a plugin stage
+(``"package.module:function"``) feeds one when its table says so: ``index =
+"extract"`` (or motion, ctf, curate), with the outputs and figures that index
+reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from livestream.ledger.schema import Curation, StageResult, curation_of
+from livestream.ledger.store import Ledger
+from livestream.project.job_tables import corrected_micrographs, micrographs_ctf
+from livestream.project.jobs import CTF_FIND, EXTRACT, MOTION_CORR, SELECT
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from pipelines.io.outputs import write_text_atomic
+from pipelines.io.particles_star import read_particles_star, write_particles_star
 
 __all__ = ["IndexTargets", "JobIndex", "index_targets"]
 
 log = logging.getLogger(__name__)
-
-_DEFAULT_JOBS = {
-    "motion": "MotionCorr/job002",
-    "ctf": "CtfFind/job003",
-    "curate": "Select/job004",
-    "extract": "Extract/job006",
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,13 +61,13 @@ class IndexTargets:
     """Which chain stage feeds which index (``None``: not in the chain)."""
 
     motion_stage: str | None = None
-    motion_job: str = _DEFAULT_JOBS["motion"]
+    motion_job: str = MOTION_CORR.folder
     ctf_stage: str | None = None
-    ctf_job: str = _DEFAULT_JOBS["ctf"]
+    ctf_job: str = CTF_FIND.folder
     curate_stage: str | None = None
-    curate_job: str = _DEFAULT_JOBS["curate"]
+    curate_job: str = SELECT.folder
     extract_stage: str | None = None
-    extract_job: str = _DEFAULT_JOBS["extract"]
+    extract_job: str = EXTRACT.folder
 
     @property
     def stages(self) -> frozenset[str]:
@@ -79,34 +81,20 @@ class IndexTargets:
 
 
 def index_targets(chain: Chain) -> IndexTargets:
-    """The first stage of kind motion, ctf, curate and extract (or with that
-    ``index`` parameter), with their jobs."""
+    """The first stage that feeds each index (its kind's, or a plugin's ``index``),
+    with its job."""
     found: dict[str, Any] = {}
     for link in chain.links:
-        role = str(link.params.get("index", link.kind))
-        if role in _DEFAULT_JOBS and f"{role}_stage" not in found:
-            found[f"{role}_stage"] = link.name
-            found[f"{role}_job"] = str(link.params.get("job", _DEFAULT_JOBS[role]))
+        role = link.index
+        if role is None or f"{role.value}_stage" in found:
+            continue
+        found[f"{role.value}_stage"] = link.name
+        if link.job is not None:
+            found[f"{role.value}_job"] = link.job
     return IndexTargets(**found)
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    exposure_id: str
-    outputs: dict[str, str]
-    figures: dict[str, float]
-
-
-def _done_rows(db: sqlite3.Connection, stage: str) -> Iterator[_Done]:
-    cursor = db.execute(
-        "SELECT s.exposure_id, s.outputs, s.figures FROM stages s"
-        " JOIN exposures e ON e.exposure_id = s.exposure_id"
-        " WHERE s.stage = ? AND s.state = 'done'"
-        " ORDER BY e.acquired_unix_s, s.exposure_id",
-        (stage,),
-    )
-    for exposure_id, outputs, figures in cursor:
-        yield _Done(str(exposure_id), json.loads(outputs), json.loads(figures))
+Done = tuple[str, StageResult]  # (exposure_id, the done stage's result)
 
 
 class JobIndex:
@@ -177,65 +165,67 @@ class JobIndex:
     def write_all(self) -> dict[str, int]:
         """Rebuild every index file; return the number of rows of each."""
         counts: dict[str, int] = {}
-        db = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True)
+        ledger = Ledger(self.ledger_path, read_only=True)
         try:
-            db.execute("PRAGMA busy_timeout=5000")
             t = self.targets
             motion = (
-                [] if t.motion_stage is None else list(_done_rows(db, t.motion_stage))
+                [] if t.motion_stage is None else ledger.done_results(t.motion_stage)
             )
             if t.motion_stage is not None:
                 counts["motion"] = self._write_motion(motion)
-            rejected = _rejected(db, t.curate_stage)
+            decisions = (
+                {}
+                if t.curate_stage is None
+                else {
+                    eid: curation_of(result)
+                    for eid, result in ledger.done_results(t.curate_stage)
+                }
+            )
             if t.ctf_stage is not None:
-                ctf = list(_done_rows(db, t.ctf_stage))
+                ctf = ledger.done_results(t.ctf_stage)
                 counts["ctf"] = self._write_ctf(ctf, motion)
                 if t.curate_stage is not None:
-                    curated = {r.exposure_id for r in _done_rows(db, t.curate_stage)}
+                    # the selection: what curation accepts (not the undecided)
                     accepted = [
-                        r
-                        for r in ctf
-                        if r.exposure_id in curated and r.exposure_id not in rejected
+                        r for r in ctf if decisions.get(r[0]) is Curation.ACCEPTED
                     ]
                     counts["selected"] = self._write_ctf(
                         accepted, motion, selection=True
                     )
             if t.extract_stage is not None:
+                # the pool: all but what curation rejects (the undecided were not
+                # curated, as without a curate stage)
                 counts["particles"] = self._write_particles(
                     [
                         r
-                        for r in _done_rows(db, t.extract_stage)
-                        if r.exposure_id not in rejected
+                        for r in ledger.done_results(t.extract_stage)
+                        if decisions.get(r[0]) is not Curation.REJECTED
                     ]
                 )
         finally:
-            db.close()
+            ledger.close()
         self.n_writes += 1
         return counts
 
-    def _write_motion(self, rows: list[_Done]) -> int:
-        from livestream.project.job_tables import corrected_micrographs
-
-        rows = [r for r in rows if "micrograph" in r.outputs]
-        if rows:
+    def _write_motion(self, rows: list[Done]) -> int:
+        results = [r for _, r in rows if "micrograph" in r.outputs]
+        if results:
             path = self.project / self.targets.motion_job / "corrected_micrographs.star"
-            corrected_micrographs(path, [(r.outputs, r.figures) for r in rows])
-        return len(rows)
+            corrected_micrographs(path, [(r.outputs, r.figures) for r in results])
+        return len(results)
 
     def _write_ctf(
-        self, rows: list[_Done], motion: list[_Done], *, selection: bool = False
+        self, rows: list[Done], motion: list[Done], *, selection: bool = False
     ) -> int:
-        from livestream.project.job_tables import micrographs_ctf
-
-        by_id = {r.exposure_id: r for r in motion if "micrograph" in r.outputs}
+        by_id = {eid: r for eid, r in motion if "micrograph" in r.outputs}
         items = [
             (
-                by_id[r.exposure_id].outputs["micrograph"],
+                by_id[eid].outputs["micrograph"],
                 r.outputs,
-                {**by_id[r.exposure_id].figures, **r.figures},
+                {**by_id[eid].figures, **r.figures},
             )
-            for r in rows
-            if r.exposure_id in by_id and "ctf_image" in r.outputs
+            for eid, r in rows
+            if eid in by_id and "ctf_image" in r.outputs
         ]
         if selection:  # written even when empty: nothing is selected now
             path = self.project / self.targets.curate_job / "micrographs_selected.star"
@@ -246,17 +236,10 @@ class JobIndex:
             )
         return len(items)
 
-    def _write_particles(self, rows: list[_Done]) -> int:
-        import pandas as pd
-
-        from pipelines.io.particles_star import (
-            read_particles_star,
-            write_particles_star,
-        )
-
+    def _write_particles(self, rows: list[Done]) -> int:
         optics_tables, particle_tables = [], []
-        for row in rows:
-            name = row.outputs.get("particles_star")
+        for _, result in rows:
+            name = result.outputs.get("particles_star")
             if name is None:
                 continue
             path = self.project / name
@@ -283,25 +266,10 @@ class JobIndex:
         return len(particles)
 
 
-def _rejected(db: sqlite3.Connection, curate_stage: str | None) -> set[str]:
-    """Exposures whose current curation decision is a rejection."""
-    if curate_stage is None:
-        return set()
-    return {
-        row.exposure_id
-        for row in _done_rows(db, curate_stage)
-        if row.figures.get("accepted", 1.0) == 0.0
-    }
-
-
 def _write_selection(path: Path, items: list[Any]) -> None:
-    from livestream.project.job_tables import micrographs_ctf
-
     if items:
         micrographs_ctf(path, items)
         return
-    from pipelines.io.outputs import write_text_atomic
-
     # RELION reads an empty table as "no micrographs"; keep the labels
     write_text_atomic(
         path, "# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n"

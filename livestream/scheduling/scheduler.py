@@ -9,8 +9,8 @@ This is the one place a stage failure is caught, recorded and counted:
 at once; anything else is retried with exponential backoff up to ``max_attempts``
 and then quarantined.  A crashed worker process is such a transient failure.
 
-After a ``curate`` stage rejects an exposure, the stages after it are not
-dispatched: their rows are marked done with ``skipped = 1`` (a later threshold
+After a stage whose kind decides curation rejects an exposure, the stages after
+it are not dispatched: their rows are marked done and ``skipped`` (a later threshold
 change that accepts the exposure puts them back to pending,
 :mod:`livestream.curation.reload`).  Stage parameters can change while the service
 runs (:meth:`Scheduler.update_params`); work starts with the current ones.
@@ -22,18 +22,23 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from livestream.ledger.store import Ledger, StageResult, StageState
+from livestream.ledger.store import (
+    Curation,
+    Ledger,
+    StageResult,
+    StageState,
+    curation_of,
+)
 from livestream.scheduling.executors import Executor
+from livestream.stages.params import StageParams
 from livestream.stages.registry import Chain, ChainLink, StageTask, picklable, run_stage
 from livestream.telemetry.reporting import Reporter
-from mdcatch.errors import MetadataError
+from mdcatch.errors import InputFieldError
 from mdcatch.records import Exposure
-from pipelines.errors import StageInputError
 
 __all__ = ["Scheduler", "SchedulerSettings"]
 
@@ -57,11 +62,7 @@ class _Work:
     order: float = 0.0
     seq: int = 0
     newest: bool = False
-    params_used: Mapping[str, Any] = field(default_factory=dict)
-
-
-CURATE_KIND = "curate"
-SKIPPED = {"skipped": 1.0}
+    params_used: StageParams | None = None
 
 
 class Scheduler:
@@ -74,6 +75,7 @@ class Scheduler:
         settings: SchedulerSettings,
         *,
         stage_runner: Callable[[StageTask], StageResult] = run_stage,
+        recurate: Callable[[str, str], StageResult | None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._chain = chain
@@ -91,7 +93,7 @@ class Scheduler:
         self._closing = False
         self._n_newest = 0
         # decides a curate result again when its thresholds changed while it ran
-        self.recurate: Callable[[str, str], StageResult | None] | None = None
+        self.recurate = recurate
 
     # -- queue ---------------------------------------------------------------------
     @property
@@ -102,11 +104,11 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def update_params(self, stage: str, params: Mapping[str, Any]) -> None:
+    def update_params(self, stage: str, params: StageParams) -> None:
         """Run ``stage`` with ``params`` from now on (a configuration reload)."""
         index = self._chain.names.index(stage)
         links = list(self._chain.links)
-        links[index] = replace(links[index], params=dict(params))
+        links[index] = replace(links[index], params=params)
         self._chain = Chain(tuple(links))
 
     def _current(self, link: ChainLink) -> ChainLink:
@@ -199,7 +201,7 @@ class Scheduler:
         attempt = self._ledger.mark_running(eid, stage)
         task = StageTask(
             stage=stage,
-            kind=work.link.kind,
+            kind=work.link.kind.name,
             params=work.link.params,
             exposure=picklable(work.exposure),
             project_path=self._settings.project_path,
@@ -212,7 +214,7 @@ class Scheduler:
         except asyncio.CancelledError:
             self._ledger.mark_pending(eid, stage)  # checkpoint: redo after restart
             raise
-        except (StageInputError, MetadataError) as exc:
+        except InputFieldError as exc:  # StageInputError or MetadataError
             self._record_failure(
                 work, str(exc), time.monotonic() - started, attempt, bad_input=True
             )
@@ -232,8 +234,9 @@ class Scheduler:
         eid = work.exposure.exposure_id
         following = self._chain.after(work.link.name)
         self._ledger.mark_done(eid, result, duration_s=seconds, last=following is None)
+        decides = work.link.kind.decides_curation
         stale = (
-            work.link.kind == CURATE_KIND
+            decides
             and self.recurate is not None
             and work.params_used != self._current(work.link).params
         )
@@ -245,8 +248,8 @@ class Scheduler:
         work.results[work.link.name] = result
         if (
             following is not None
-            and work.link.kind == CURATE_KIND
-            and result.figures.get("accepted", 1.0) == 0.0
+            and decides
+            and curation_of(result) is Curation.REJECTED
         ):
             self._skip_rest(work, following)
             following = None
@@ -263,7 +266,7 @@ class Scheduler:
         link: ChainLink | None = following
         while link is not None:
             after = self._chain.after(link.name)
-            result = StageResult(stage=link.name, figures=SKIPPED)
+            result = StageResult(stage=link.name, skipped=True)
             self._ledger.mark_done(eid, result, duration_s=0.0, last=after is None)
             self._reporter.stage_finished(eid, link.name, "done", 0.0, result=result)
             work.results[link.name] = result

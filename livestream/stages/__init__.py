@@ -1,1 +1,7 @@
-"""The per-exposure stages the scheduler runs: the stage protocol and registry, and the adapters over pipelines (motion, CTF, curate, pick, extract)."""
+"""The per-exposure stages the scheduler runs.
+
+``params`` holds the parameter models (what config validates), ``task`` the
+:class:`~livestream.stages.task.StageTask` a stage gets, ``registry`` the one
+registry of stage kinds and the configured chain; the adapters over pipelines are
+``noop``, ``motion_ctf`` (motion, CTF), ``post_ctf`` (curate, pick) and ``extract``.
+"""

@@ -13,44 +13,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
-from livestream.ledger.store import StageResult
+from livestream.ledger.schema import StageResult
+from livestream.stages.params import ExtractParams
 from livestream.stages.post_ctf import (
     ctf_params_of,
     is_rejected,
     job_subfolder,
     micrograph_of,
 )
-from livestream.stages.registry import StageParams, StageTask
+from livestream.stages.task import StageTask
+from pipelines.errors import StageInputError
+from pipelines.extraction.extract import default_box_px, downscaled_box_px
+from pipelines.extraction.job import run_extract
+from pipelines.io.micrographs import read_micrograph
+from pipelines.io.particles_star import write_particles_star
+from pipelines.picking.picks import read_picks_star
 
-__all__ = ["ExtractParams", "run_extract_stage"]
-
-
-class ExtractParams(StageParams):
-    job: str = "Extract/job006"
-    motion_stage: str = "motion"
-    ctf_stage: str = "ctf"
-    curate_stage: str = "curate"
-    pick_stage: str = "pick"
-    box_px: int | None = Field(default=None, ge=8)  # None: 1.5 x the diameter
-    diameter_a: float | None = Field(default=None, gt=0)  # None: picker's max
-    downscale_box_px: int | None = Field(default=None, ge=8)  # None: RELION-it's
-    relion_it_downscale: bool = True
-    invert_contrast: bool = True
+__all__ = ["run_extract_stage"]
 
 
 def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
-    from pipelines.errors import StageInputError
-    from pipelines.extraction.extract import default_box_px, downscaled_box_px
-    from pipelines.extraction.job import run_extract
-    from pipelines.io.micrographs import read_micrograph
-    from pipelines.io.particles_star import write_particles_star
-    from pipelines.picking.picks import read_picks_star
-
-    skipped = {"skipped": 1.0, "n_particles": 0.0, "n_skipped_edge": 0.0}
     if is_rejected(task, params.curate_stage):
-        return StageResult(stage=task.stage, figures=skipped)
+        return StageResult(
+            stage=task.stage,
+            figures={"n_particles": 0.0, "n_skipped_edge": 0.0},
+            skipped=True,
+        )
     path, pixel_size_a = micrograph_of(task, params.motion_stage)
     pick = task.previous.get(params.pick_stage)
     coordinates = None if pick is None else pick.outputs.get("coordinates")
@@ -76,7 +64,9 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     diameter_a = params.diameter_a
     if diameter_a is None:
         # the picker's largest diameter: the same box for every micrograph
-        diameter_a = float(pick.figures.get("diameter_max_a", 150.0))
+        diameter_a = float(
+            pick.figures.get("diameter_max_a", params.fallback_diameter_a)
+        )
     box_px = params.box_px or default_box_px(diameter_a, pixel_size_a)
     downscale = params.downscale_box_px
     if downscale is None and params.relion_it_downscale:

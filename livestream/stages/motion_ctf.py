@@ -2,44 +2,34 @@
 
 Each adapter turns an :class:`~mdcatch.records.Exposure` and the earlier stages'
 results into the arguments of a ``pipelines.run_*`` function, and its result record
-into a :class:`~livestream.ledger.store.StageResult` (output paths relative to the project,
-figures for metrics and events).  A missing pipelines module gives a clear error.
+into a :class:`~livestream.ledger.schema.StageResult` (output paths relative to the
+project, figures for metrics and events).  Their parameters are in
+:mod:`livestream.stages.params`.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from livestream.ledger.store import StageResult
-from livestream.stages.registry import StageParams, StageTask
+from livestream.ledger.schema import StageResult
+from livestream.stages.params import CtfParams, MotionParams
+from livestream.stages.task import StageTask
+from mdcatch.crosscheck import DEFAULT_CS_MM
 from mdcatch.profiles.detectors import load_profiles
-from mdcatch.records import Exposure, MovieFormat
+from mdcatch.records import Exposure, MovieFormat, Optics
+from pipelines.ctf import job as ctf_job
+from pipelines.errors import StageInputError
+from pipelines.motion import job as motion_job
 
-__all__ = ["CtfParams", "MotionParams", "run_ctf", "run_motion"]
-
-
-def _import_pipeline(module: str, stage: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(
-            f"stage {stage!r} needs {module}, which is not installed in this build "
-            f"({exc}); use kind = 'noop' or install the pipelines stages"
-        ) from exc
+__all__ = ["CTF_FIGURES", "MOTION_FIGURES", "cs_mm_of", "run_ctf", "run_motion"]
 
 
-class MotionParams(StageParams):
-    job: str = "MotionCorr/job002"
-    patches_x: int = 5
-    patches_y: int = 5
-    bfactor_px2: float | None = None  # None: the motion default (dose-aware)
-    float32: bool = False
-    fft_workers: int = 1  # parallelism comes from running several exposures at once
-    profiles_file: Path | None = (
-        None  # site detector profiles (mdcatch.profiles.detectors)
-    )
+def cs_mm_of(optics: Optics) -> float:
+    """The exposure's Cs in mm.  :func:`mdcatch.crosscheck.reconcile` fills it at
+    intake; a record built without reconciling (tests, tools) gets mdcatch's
+    default."""
+    return DEFAULT_CS_MM if optics.cs_mm is None else optics.cs_mm
 
 
 # mdcatch's gain flip -> pipelines.motion.defects.orient_gain's
@@ -69,11 +59,8 @@ def _detector_settings(
 
 def run_motion(task: StageTask, params: MotionParams) -> StageResult:
     """Motion correction with :func:`pipelines.motion.job.run_motion`."""
-    motion = _import_pipeline("pipelines.motion.job", task.stage)
     exposure = task.exposure
     if exposure.movie_path is None:
-        from pipelines.errors import StageInputError
-
         raise StageInputError(exposure.metadata_path, "movie_path", None, "no movie")
     patches = (
         (params.patches_y, params.patches_x)  # motion's convention: (n_y, n_x)
@@ -83,7 +70,7 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
     rotation_deg, flip, eer_group_dose = _detector_settings(
         exposure, params.profiles_file
     )
-    result = motion.run_motion(
+    result = motion_job.run_motion(
         exposure.movie_path,
         task.project_path / params.job,
         pixel_size_a=exposure.optics.pixel_size_a,
@@ -106,12 +93,11 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         inputs=("movie_path",),
     )
     optics = exposure.optics
-    cs_mm = optics.cs_mm if optics.cs_mm is not None else 2.7
     figures = dict(motion_result.figures)
     figures.update(  # the optics, for the job's corrected_micrographs.star
         original_pixel_size_a=optics.pixel_size_a,
         voltage_kv=optics.voltage_kv,
-        cs_mm=cs_mm,
+        cs_mm=cs_mm_of(optics),
         amplitude_contrast=optics.amplitude_contrast,
     )
     return StageResult(stage=task.stage, outputs=motion_result.outputs, figures=figures)
@@ -130,21 +116,11 @@ CTF_FIGURES = (
 )
 
 
-class CtfParams(StageParams):
-    job: str = "CtfFind/job003"
-    cs_mm: float | None = None  # None: the exposure's (instrument profile), else 2.7
-    amplitude_contrast: float | None = None
-    source_stage: str = "motion"
-
-
 def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
     """CTF estimation with :func:`pipelines.ctf.job.run_ctf`."""
-    ctf = _import_pipeline("pipelines.ctf.job", task.stage)
     source = task.previous.get(params.source_stage)
     micrograph = None if source is None else source.outputs.get("micrograph")
     if source is None or micrograph is None:
-        from pipelines.errors import StageInputError
-
         raise StageInputError(
             task.project_path,
             f"{params.source_stage}.outputs.micrograph",
@@ -152,17 +128,19 @@ def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
             "the CTF stage needs a motion-corrected micrograph from an earlier stage",
         )
     optics = task.exposure.optics
-    cs_mm = params.cs_mm if params.cs_mm is not None else optics.cs_mm
-    amplitude = params.amplitude_contrast
-    result = ctf.run_ctf(
+    cs_mm = cs_mm_of(optics) if params.cs_mm is None else params.cs_mm
+    amplitude = (
+        optics.amplitude_contrast
+        if params.amplitude_contrast is None
+        else params.amplitude_contrast
+    )
+    result = ctf_job.run_ctf(
         task.project_path / micrograph,
         task.project_path / params.job,
         pixel_size_a=source.figures.get("pixel_size_a", optics.pixel_size_a),
         voltage_kv=optics.voltage_kv,
-        cs_mm=2.7 if cs_mm is None else cs_mm,
-        amplitude_contrast=optics.amplitude_contrast
-        if amplitude is None
-        else amplitude,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude,
     )
     ctf_result = _from_pipeline(
         task, result, figure_names=CTF_FIGURES, inputs=("micrograph_path",)
@@ -170,10 +148,8 @@ def run_ctf(task: StageTask, params: CtfParams) -> StageResult:
     figures = dict(ctf_result.figures)
     figures.update(  # the CTF model's constants, for extraction and the index
         voltage_kv=optics.voltage_kv,
-        cs_mm=2.7 if cs_mm is None else cs_mm,
-        amplitude_contrast=optics.amplitude_contrast
-        if amplitude is None
-        else amplitude,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude,
     )
     return StageResult(stage=task.stage, outputs=ctf_result.outputs, figures=figures)
 

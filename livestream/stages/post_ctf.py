@@ -2,11 +2,11 @@
 
 ``curate`` applies :func:`pipelines.curation.rules.curate` to the motion and CTF figures
 of the earlier stages and writes the decision (``Select/job004/<id>.json``).  A
-rejected exposure is *done with a decision*: its figures hold ``accepted = 0`` and
-one ``rejected_<figure>`` entry per failed rule; the scheduler does not dispatch
-the stages after it (pick, extract) but marks them done with ``skipped = 1``
-(should they run anyway, after a restart between the two, they return at once
-with ``skipped = 1``).  New thresholds re-decide past exposures from the ledger
+rejected exposure is *done with a decision*: its result has ``accepted = False``
+and one ``rejected_<figure>`` figure per failed rule; the scheduler does not
+dispatch the stages after it (pick, extract) but marks them done and ``skipped``
+(should they run anyway, after a restart between the two, they return at once,
+``skipped``).  New thresholds re-decide past exposures from the ledger
 without running this stage again (:mod:`livestream.curation.live`).
 
 ``pick`` runs the blob (LoG) or the template picker on the motion-corrected
@@ -18,21 +18,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
+import mrcfile
 import numpy as np
-from pydantic import Field
 
-from livestream.ledger.store import StageResult
-from livestream.stages.registry import StageParams, StageTask
-
-if TYPE_CHECKING:
-    from pipelines.ctf.model import CtfParams
-    from pipelines.picking.picks import Picks
+from livestream.ledger.schema import (
+    Curation,
+    StageResult,
+    curation_of,
+    rejection_figures,
+)
+from livestream.stages.motion_ctf import cs_mm_of
+from livestream.stages.params import CurateParams, PickParams
+from livestream.stages.task import StageTask
+from livestream.stages.thumbnails import write_pick_overlay
+from pipelines.ctf.model import CtfParams
+from pipelines.curation.rules import CurationThresholds, ExposureFigures, curate
+from pipelines.errors import StageInputError
+from pipelines.io.micrographs import read_micrograph
+from pipelines.io.outputs import write_text_atomic
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.picks import Picks, write_picks_star
+from pipelines.picking.template import pick_template
 
 __all__ = [
-    "CurateParams",
-    "PickParams",
     "ctf_params_of",
     "is_rejected",
     "job_subfolder",
@@ -42,22 +51,7 @@ __all__ = [
 ]
 
 
-class CurateParams(StageParams):
-    job: str = "Select/job004"
-    motion_stage: str = "motion"
-    ctf_stage: str = "ctf"
-    max_ctf_resolution_a: float | None = Field(default=6.0, gt=0)
-    min_defocus_a: float | None = Field(default=3000.0, ge=0)
-    max_defocus_a: float | None = Field(default=40000.0, gt=0)
-    max_astigmatism_a: float | None = Field(default=1000.0, ge=0)
-    max_total_motion_a: float | None = Field(default=100.0, ge=0)
-    max_early_motion_a: float | None = Field(default=30.0, ge=0)
-    min_ctf_figure_of_merit: float | None = Field(default=0.02)
-
-
 def _previous_figure(task: StageTask, stage: str, name: str) -> float:
-    from pipelines.errors import StageInputError
-
     result = task.previous.get(stage)
     if result is None or name not in result.figures:
         raise StageInputError(
@@ -68,9 +62,6 @@ def _previous_figure(task: StageTask, stage: str, name: str) -> float:
 
 def run_curate(task: StageTask, params: CurateParams) -> StageResult:
     """Accept or reject the exposure on its motion and CTF figures."""
-    from pipelines.curation.rules import CurationThresholds, ExposureFigures, curate
-    from pipelines.io.outputs import write_text_atomic
-
     motion, ctf = params.motion_stage, params.ctf_stage
     figures = ExposureFigures(
         ctf_resolution_a=_previous_figure(task, ctf, "fit_resolution_a"),
@@ -94,25 +85,22 @@ def run_curate(task: StageTask, params: CurateParams) -> StageResult:
     relative = Path(params.job) / f"{task.exposure.exposure_id}.json"
     document = {"accepted": decision.accepted, "reasons": list(decision.reasons)}
     write_text_atomic(task.project_path / relative, json.dumps(document) + "\n")
-    out: dict[str, float] = {"accepted": float(decision.accepted)}
-    for reason in decision.reasons:  # "figure=value > max limit"
-        name, _, rest = reason.partition("=")
-        out[f"rejected_{name}"] = float(rest.split()[0])
     return StageResult(
-        stage=task.stage, outputs={"decision": str(relative)}, figures=out
+        stage=task.stage,
+        outputs={"decision": str(relative)},
+        figures=rejection_figures(decision.reasons),
+        accepted=decision.accepted,
     )
 
 
 def is_rejected(task: StageTask, curate_stage: str) -> bool:
-    """Whether the curation stage (if it ran) rejected this exposure."""
-    result = task.previous.get(curate_stage)
-    return result is not None and result.figures.get("accepted", 1.0) == 0.0
+    """Whether the curation stage rejected this exposure (not when it made no
+    decision: an undecided exposure is processed as without curation)."""
+    return curation_of(task.previous.get(curate_stage)) is Curation.REJECTED
 
 
 def micrograph_of(task: StageTask, motion_stage: str) -> tuple[Path, float]:
     """The motion-corrected micrograph (absolute path) and its pixel size in Å."""
-    from pipelines.errors import StageInputError
-
     source = task.previous.get(motion_stage)
     name = None if source is None else source.outputs.get("micrograph")
     if source is None or name is None:
@@ -132,27 +120,8 @@ def job_subfolder(micrograph_rel: Path) -> Path:
     return Path(*parts[2:-1]) if len(parts) > 3 else Path()
 
 
-class PickParams(StageParams):
-    job: str = "AutoPick/job005"
-    motion_stage: str = "motion"
-    ctf_stage: str = "ctf"
-    curate_stage: str = "curate"
-    picker: Literal["blob", "template"] = "blob"
-    diameter_min_a: float = Field(default=100.0, gt=0)
-    diameter_max_a: float = Field(default=160.0, gt=0)
-    threshold_sd: float | None = Field(default=4.5, gt=0)
-    templates_path: Path | None = None  # MRC stack (n, box, box), template picker
-    template_pixel_size_a: float | None = Field(default=None, gt=0)
-    edge_px: int = Field(default=32, ge=0)
-    downscale_to_a: float | None = Field(default=None, gt=0)
-    thumbnail_px: int = Field(default=256, ge=32, le=2048)
-    fft_workers: int = Field(default=1, ge=1)
-
-
 def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
     """The CTF the CTF stage fitted (``None`` when it did not run)."""
-    from pipelines.ctf.model import CtfParams
-
     result = task.previous.get(ctf_stage)
     if result is None or "defocus_u_a" not in result.figures:
         return None
@@ -163,40 +132,33 @@ def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
         astigmatism_angle_deg=f.get("astigmatism_angle_deg", 0.0),
         phase_shift_deg=f.get("phase_shift_deg", 0.0),
         voltage_kv=f.get("voltage_kv", optics.voltage_kv),
-        cs_mm=f.get("cs_mm", optics.cs_mm if optics.cs_mm is not None else 2.7),
+        cs_mm=f.get("cs_mm", cs_mm_of(optics)),
         amplitude_contrast=f.get("amplitude_contrast", optics.amplitude_contrast),
     )
 
 
 def run_pick(task: StageTask, params: PickParams) -> StageResult:
     """Pick particles; write the coordinate STAR and the overlay thumbnail."""
-    from livestream.stages.thumbnails import write_pick_overlay
-    from pipelines.errors import StageInputError
-    from pipelines.io.micrographs import read_micrograph
-    from pipelines.picking.picks import write_picks_star
-
     if is_rejected(task, params.curate_stage):
-        return StageResult(stage=task.stage, figures={"skipped": 1.0, "n_picks": 0.0})
-    if params.diameter_max_a < params.diameter_min_a:
-        raise StageInputError(
-            task.project_path,
-            f"stages.{task.stage}.diameter_max_a",
-            params.diameter_max_a,
-            "must be >= diameter_min_a",
-        )
+        return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
     path, pixel_size_a = micrograph_of(task, params.motion_stage)
     image, _ = read_micrograph(path)
     ctf = ctf_params_of(task, params.ctf_stage)
     if params.picker == "template":
         picks = _pick_with_templates(task, params, image, ctf, pixel_size_a)
+    elif params.threshold_sd is None:
+        raise StageInputError(
+            task.project_path,
+            f"stages.{task.stage}.threshold_sd",
+            None,
+            "the blob picker needs a threshold",
+        )
     else:
-        from pipelines.picking.blob import pick_blob
-
         picks = pick_blob(
             image,
             pixel_size_a=pixel_size_a,
             diameter_range_a=(params.diameter_min_a, params.diameter_max_a),
-            threshold_sd=params.threshold_sd or 4.5,
+            threshold_sd=params.threshold_sd,
             edge_px=params.edge_px,
             downscale_to_a=params.downscale_to_a,
             ctf=ctf,
@@ -236,11 +198,6 @@ def _pick_with_templates(
     ctf: CtfParams | None,
     pixel_size_a: float,
 ) -> Picks:
-    import mrcfile
-
-    from pipelines.errors import StageInputError
-    from pipelines.picking.template import pick_template
-
     if params.templates_path is None:
         raise StageInputError(
             task.project_path,

@@ -1,116 +1,177 @@
-"""The stage protocol and the configurable chain of per-exposure stages.
+"""The stage protocol and the one registry of stage kinds; the configured chain.
 
-A stage is a plain function ``run(task, params) -> StageResult`` registered under a
-*kind*; it runs in a worker process (local pool or Dask), so everything it gets is
-picklable: the :class:`StageTask` (exposure record, project folder, results of the
-earlier stages, attempt number) and its parameters, checked by a pydantic model.
-A stage writes its outputs atomically (:mod:`pipelines.io.outputs`) and returns their
-paths relative to the project; the scheduler then marks the ledger row done.
+A stage is a plain function ``run(task, params) -> StageResult``; it runs in a
+worker process (local pool or Dask), so everything it gets is picklable: the
+:class:`~livestream.stages.task.StageTask` (exposure record, project folder, results
+of the earlier stages, attempt number) and its parameters, a pydantic model of
+:mod:`livestream.stages.params`.  A stage writes its outputs atomically
+(:mod:`pipelines.io.outputs`) and returns their paths relative to the project; the
+scheduler then marks the ledger row done.
 
-Kinds: ``noop`` (tests, benchmarks), ``motion`` and ``ctf`` (adapters over
-:mod:`pipelines`, in :mod:`livestream.stages.motion_ctf`), ``curate`` and ``pick``
-(:mod:`livestream.stages.post_ctf`), ``extract`` (:mod:`livestream.stages.extract`),
-or ``"package.module:function"`` for a stage from elsewhere.
+:data:`STAGE_KINDS` holds every built-in kind with what the rest of the service
+needs to know about it: its parameter model, its RELION job
+(:mod:`livestream.project.jobs`), the job index file it feeds and whether its result
+is a curation decision.  It is filled when this module is imported.
+
+The one plugin point: a ``kind`` of the form ``"package.module:function"`` names a
+stage from elsewhere, imported when the chain is built (and again in each worker);
+the function's ``params_model`` attribute (default :class:`StageParams`) checks its
+table, and ``index = "extract"`` (or motion, ctf, curate) says which job index
+its results feed.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from livestream.config import StagesConfig
-from livestream.ledger.store import StageResult
-from mdcatch.records import Exposure
+from livestream.config import ConfigError, StagesConfig
+from livestream.ledger.schema import StageResult
+from livestream.project.jobs import (
+    AUTO_PICK,
+    CTF_FIND,
+    EXTRACT,
+    MOTION_CORR,
+    SELECT,
+    RelionJob,
+)
+from livestream.stages.extract import run_extract_stage
+from livestream.stages.motion_ctf import run_ctf, run_motion
+from livestream.stages.noop import run_noop
+from livestream.stages.params import (
+    CtfParams,
+    CurateParams,
+    ExtractParams,
+    IndexRole,
+    MotionParams,
+    NoopParams,
+    PickParams,
+    PluginParams,
+    StageParams,
+    kind_of_model,
+)
+from livestream.stages.post_ctf import run_curate, run_pick
+from livestream.stages.task import StageTask, picklable
 
 __all__ = [
+    "STAGE_KINDS",
     "Chain",
     "ChainLink",
     "StageKind",
+    "StageParams",
     "StageTask",
     "build_chain",
-    "register_stage",
+    "default_job_of",
+    "picklable",
+    "resolve_kind",
     "run_stage",
-    "validate_stage_params",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StageTask:
-    """Everything a stage gets; pickled to the worker."""
-
-    stage: str
-    kind: str
-    params: Mapping[str, Any]
-    exposure: Exposure
-    project_path: Path
-    previous: Mapping[str, StageResult] = field(default_factory=dict)
-    attempt: int = 1
-
-
-class StageParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: str = ""
-
 
 StageFunction = Callable[[StageTask, Any], StageResult]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StageKind:
-    run: StageFunction
+    """One implementation of a stage and the facts the service reads about it."""
+
+    name: str
     params_model: type[StageParams]
+    run: StageFunction
+    relion_job: RelionJob | None = None  # where its outputs go by default
+    index: IndexRole | None = None  # the job index file its results feed
+    decides_curation: bool = False  # its result holds a curation decision
+
+    def __post_init__(self) -> None:
+        job = self.params_model.model_fields.get("job")
+        expected = None if self.relion_job is None else self.relion_job.folder
+        if job is not None and job.default != expected:
+            raise ValueError(
+                f"stage kind {self.name!r}: params default job {job.default!r}"
+                f" is not its RELION job {expected!r}"
+            )
 
 
-_KINDS: dict[str, StageKind] = {}
+def _kind(model: type[StageParams], run: StageFunction, **facts: Any) -> StageKind:
+    return StageKind(name=kind_of_model(model), params_model=model, run=run, **facts)
 
 
-def register_stage(
-    name: str, run: StageFunction, params_model: type[StageParams]
-) -> None:
-    """Offer a stage implementation under ``name`` (use in a module's ``setup``)."""
-    _KINDS[name] = StageKind(run, params_model)
+STAGE_KINDS: dict[str, StageKind] = {
+    kind.name: kind
+    for kind in (
+        _kind(NoopParams, run_noop),
+        _kind(MotionParams, run_motion, relion_job=MOTION_CORR, index=IndexRole.MOTION),
+        _kind(CtfParams, run_ctf, relion_job=CTF_FIND, index=IndexRole.CTF),
+        _kind(
+            CurateParams,
+            run_curate,
+            relion_job=SELECT,
+            index=IndexRole.CURATE,
+            decides_curation=True,
+        ),
+        _kind(PickParams, run_pick, relion_job=AUTO_PICK),
+        _kind(
+            ExtractParams,
+            run_extract_stage,
+            relion_job=EXTRACT,
+            index=IndexRole.EXTRACT,
+        ),
+    )
+}
 
 
-def _resolve(kind: str) -> StageKind:
-    _register_builtins()
-    if kind in _KINDS:
-        return _KINDS[kind]
+def default_job_of(role: IndexRole) -> RelionJob:
+    """The RELION job of the built-in kind that feeds index ``role``."""
+    for kind in STAGE_KINDS.values():
+        if kind.index is role and kind.relion_job is not None:
+            return kind.relion_job
+    raise ValueError(f"no stage kind feeds the {role.value!r} index")
+
+
+def resolve_kind(kind: str) -> StageKind:
+    """The registered kind ``kind``, or the plugin ``"package.module:function"``."""
+    if kind in STAGE_KINDS:
+        return STAGE_KINDS[kind]
     if ":" in kind:
         module_name, _, attr = kind.partition(":")
+        # the one plugin point: a stage from outside this package
         run = getattr(importlib.import_module(module_name), attr)
         model = getattr(run, "params_model", StageParams)
-        return StageKind(run, model)
-    raise ValueError(f"unknown stage kind {kind!r}; known: {sorted(_KINDS)}")
-
-
-def picklable(exposure: Exposure) -> Exposure:
-    """``exposure`` with plain dicts where mdcatch keeps read-only mapping proxies
-    (which cannot be pickled to a worker process)."""
-    if isinstance(exposure.extra, dict):
-        return exposure
-    return replace(exposure, extra=dict(exposure.extra))
+        return StageKind(name=kind, params_model=model, run=run)
+    raise ValueError(f"unknown stage kind {kind!r}; known: {sorted(STAGE_KINDS)}")
 
 
 def run_stage(task: StageTask) -> StageResult:
-    """Entry point in the worker: check the parameters, run the stage."""
-    kind = _resolve(task.kind)
-    params = kind.params_model.model_validate(dict(task.params))
+    """Entry point in the worker: run the task's stage with its parameters."""
+    kind = resolve_kind(task.kind)
+    params = task.params
+    if not isinstance(params, kind.params_model):
+        raise TypeError(
+            f"stage {task.stage!r}: parameters {type(params).__name__} are not"
+            f" {kind.params_model.__name__} of kind {task.kind!r}"
+        )
     return kind.run(task, params)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChainLink:
+    """One configured stage: its name, kind, parameters and the index it feeds."""
+
     name: str
-    kind: str
-    params: Mapping[str, Any]
+    kind: StageKind
+    params: StageParams
+    index: IndexRole | None = None
+
+    @property
+    def job(self) -> str | None:
+        """The job folder of its outputs (``None``: the stage names none)."""
+        job = getattr(self.params, "job", None)
+        if job is None and self.index is not None:
+            return default_job_of(self.index).folder
+        return None if job is None else str(job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,99 +192,28 @@ class Chain:
         return self.links[index + 1] if index + 1 < len(self.links) else None
 
 
-def validate_stage_params(config: StagesConfig) -> None:
-    """Check every stage table against its kind's model; errors name the key."""
-    for name in config.chain:
-        kind = config.kind_of(name)
-        try:
-            model = _resolve(kind).params_model
-        except (ValueError, ImportError, AttributeError) as exc:
-            raise ValueError(f"key 'stages.{name}.kind': {exc}") from None
-        try:
-            model.model_validate(config.params_of(name))
-        except ValidationError as exc:
-            item = exc.errors()[0]
-            key = ".".join(str(p) for p in item["loc"])
-            raise ValueError(
-                f"key 'stages.{name}.{key}': {item['msg']} (got {item.get('input')!r})"
-            ) from None
+def _link(name: str, table: StageParams) -> ChainLink:
+    try:
+        kind = resolve_kind(table.kind)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ConfigError(f"key 'stages.{name}.kind': {exc}") from None
+    if not isinstance(table, PluginParams):
+        return ChainLink(name=name, kind=kind, params=table, index=kind.index)
+    try:  # the plugin's own model checks its table
+        params = kind.params_model.model_validate(
+            table.model_dump(mode="json", exclude_unset=True, exclude={"index"})
+            | ({} if table.index is None else {"index": table.index.value})
+        )
+    except ValidationError as exc:
+        item = exc.errors()[0]
+        key = ".".join(str(p) for p in item["loc"])
+        raise ConfigError(
+            f"key 'stages.{name}.{key}': {item['msg']} (got {item.get('input')!r})"
+        ) from None
+    return ChainLink(name=name, kind=kind, params=params, index=table.index)
 
 
 def build_chain(config: StagesConfig) -> Chain:
-    return Chain(
-        tuple(
-            ChainLink(name, config.kind_of(name), config.params_of(name))
-            for name in config.chain
-        )
-    )
-
-
-# -- noop: writes a small file atomically -----------------------------------------
-class NoopParams(StageParams):
-    sleep_s: float = 0.0
-    payload_bytes: int = 64
-    fail_attempts: int = 0  # raise a transient error on attempts 1..n
-    crash_attempts: int = 0  # kill the worker process on attempts 1..n
-
-
-def run_noop(task: StageTask, params: NoopParams) -> StageResult:
-    """Write ``Noop/<stage>/<exposure_id>.json`` naming the input; nothing else."""
-    from pipelines.errors import StageInputError
-    from pipelines.io.outputs import write_text_atomic
-
-    movie = task.exposure.movie_path
-    if movie is None or not movie.is_file():
-        raise StageInputError(
-            movie or task.exposure.metadata_path,
-            "movie_path",
-            movie,
-            "movie file is missing",
-        )
-    if task.attempt <= params.crash_attempts:
-        os._exit(70)  # a worker crash, as a segfault in a numerical library would be
-    if task.attempt <= params.fail_attempts:
-        raise RuntimeError(
-            f"transient failure of {task.stage} on attempt {task.attempt}"
-        )
-    if params.sleep_s > 0:
-        time.sleep(params.sleep_s)
-    relative = Path("Noop") / task.stage / f"{task.exposure.exposure_id}.json"
-    document = {
-        "exposure_id": task.exposure.exposure_id,
-        "stage": task.stage,
-        "movie_size_bytes": movie.stat().st_size,
-        "previous": {k: dict(v.outputs) for k, v in task.previous.items()},
-        "payload": "x" * params.payload_bytes,
-    }
-    write_text_atomic(task.project_path / relative, json.dumps(document))
-    return StageResult(
-        stage=task.stage,
-        outputs={"document": str(relative)},
-        figures={"payload_bytes": float(params.payload_bytes)},
-    )
-
-
-def _register_builtins() -> None:
-    if "noop" in _KINDS:
-        return
-    register_stage("noop", run_noop, NoopParams)
-    from livestream.stages.motion_ctf import (
-        CtfParams,
-        MotionParams,
-        run_ctf,
-        run_motion,
-    )
-
-    register_stage("motion", run_motion, MotionParams)
-    register_stage("ctf", run_ctf, CtfParams)
-    from livestream.stages.extract import ExtractParams, run_extract_stage
-    from livestream.stages.post_ctf import (
-        CurateParams,
-        PickParams,
-        run_curate,
-        run_pick,
-    )
-
-    register_stage("curate", run_curate, CurateParams)
-    register_stage("pick", run_pick, PickParams)
-    register_stage("extract", run_extract_stage, ExtractParams)
+    """The chain of ``config``; a plugin stage is imported and its table checked
+    here (:class:`~livestream.config.ConfigError` naming the key)."""
+    return Chain(tuple(_link(name, config.table_of(name)) for name in config.chain))

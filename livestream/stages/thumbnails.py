@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.io.outputs import write_bytes_atomic
+
 __all__ = ["write_pick_overlay"]
 
 
@@ -35,8 +37,6 @@ def write_pick_overlay(
 ) -> Path:
     """Write ``micrograph`` ``(ny, nx)`` with circles at ``(x_px, y_px)`` as PNG."""
     from PIL import Image, ImageDraw
-
-    from pipelines.io.outputs import write_bytes_atomic
 
     if micrograph.ndim != 2:
         raise ValueError(f"{path}: micrograph must be 2D, got shape {micrograph.shape}")

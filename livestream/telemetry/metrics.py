@@ -73,6 +73,11 @@ class ServiceMetrics:
             "Exposures seen in the session folder.",
             registry=r,
         )
+        self._reexamined = Counter(
+            "livestream_intake_reexamined",
+            "Quarantined imports examined again because their file changed.",
+            registry=r,
+        )
         self._ready = Counter(
             "livestream_exposures_ready",
             "Exposures whose metadata and movie settled.",
@@ -184,6 +189,10 @@ class ServiceMetrics:
 
     def exposure_ready(self) -> None:
         self._ready.inc()
+
+    def intake_reexamined(self) -> None:
+        """A quarantined import's file changed and is examined again."""
+        self._reexamined.inc()
 
     def declare_stages(self, stages: Iterable[str]) -> None:
         """Create every stage's series at 0 so rates work from the first failure."""

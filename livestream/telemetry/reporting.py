@@ -1,162 +1,82 @@
-"""One front for everything the daemon tells the world: metrics, MQTT, systemd,
-and in-process listeners (the demo's progress line, tests, the benchmark).
+"""The one front through which the service core (intake, scheduler, curation, the
+online classifier) reports what happened.
 
-The service core calls plain, non-blocking methods; MQTT publishing is async, so
-events are queued here and handed to the :class:`~livestream.telemetry.mqtt.EventPublisher`
-by :meth:`Reporter.run` (whose own outbox is bounded and counts drops).
+Each fact goes to every sink that wants it: the :class:`Broadcaster` (in-process
+listeners and MQTT), the :class:`MetricsRecorder` (Prometheus) and the systemd
+:class:`Notifier` (STATUS).  The daemon builds the sinks and holds them for what is
+theirs alone (the metrics server, READY/WATCHDOG/STOPPING, the MQTT feed); the core
+sees only this narrow, non-blocking interface.  The event records
+(:class:`ServiceEvent`, :class:`EventType`) are defined in
+:mod:`livestream.telemetry.broadcast` and exported here for the listeners.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-from livestream.config import MetricsConfig, MqttConfig
 from livestream.ledger.store import StageResult
+from livestream.telemetry.broadcast import (
+    Broadcaster,
+    EventType,
+    Listener,
+    ServiceEvent,
+    curation_field,
+)
+from livestream.telemetry.recorder import MetricsRecorder
+from livestream.telemetry.systemd_notify import Notifier
 from mdcatch.records import Exposure
 
-__all__ = ["EventType", "Reporter", "ServiceEvent", "curation_field"]
+__all__ = [
+    "EventType",
+    "Listener",
+    "Reporter",
+    "ServiceEvent",
+    "curation_field",
+]
 
 log = logging.getLogger(__name__)
 
 
-class EventType(enum.Enum):
-    DISCOVERED = "discovered"
-    READY = "ready"
-    IMPORT_QUARANTINED = "import_quarantined"
-    STAGE_FINISHED = "stage_finished"
-    EXPOSURE_DONE = "exposure_done"
-    CLASS2D_SNAPSHOT = "class2d_snapshot"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceEvent:
-    type: EventType
-    exposure_id: str
-    stage: str = ""
-    state: str = ""
-    seconds: float = 0.0
-    detail: str = ""
-    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    time_unix_s: float = field(default_factory=time.time)
-
-
-Listener = Callable[[ServiceEvent], None]
-
-
 class Reporter:
-    """Adapts the daemon's events to metrics, MQTT, sd_notify and listeners."""
+    """Fans the service's facts out to ``events``, ``metrics`` (None: off) and
+    ``notifier`` (None: no systemd STATUS)."""
 
     def __init__(
-        self, session_name: str, *, metrics: Any = None, notifier: Any = None
-    ) -> None:
-        self.session_name = session_name
-        self.metrics = metrics
-        self.notifier = notifier
-        self.publisher: Any = None
-        self.metrics_address: tuple[str, int] | None = None
-        self._listeners: list[Listener] = []
-        self._outgoing: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
-        self._curation: Any = None
-        if metrics is not None and getattr(metrics, "registry", None) is not None:
-            from livestream.curation.metrics import CurationMetrics
-
-            self._curation = CurationMetrics(metrics.registry)
-
-    @classmethod
-    def create(
-        cls,
-        session_name: str,
-        metrics_config: MetricsConfig,
+        self,
+        events: Broadcaster,
         *,
-        any_port_if_busy: bool = False,
-    ) -> Reporter:
-        from livestream.telemetry.metrics import ServiceMetrics
-        from livestream.telemetry.systemd_notify import Notifier
-
-        metrics = ServiceMetrics() if metrics_config.enabled else None
-        reporter = cls(session_name, metrics=metrics, notifier=Notifier.from_env())
-        if metrics is not None:
-            host, port = metrics_config.host, metrics_config.port
-            try:
-                reporter.metrics_address = metrics.start_http_server(host, port)
-            except OSError as exc:
-                if not any_port_if_busy:
-                    raise OSError(
-                        f"key 'metrics.port': cannot serve on {host}:{port}: {exc}"
-                    ) from exc
-                log.warning(
-                    "metrics port %d is busy (%s): using any free port", port, exc
-                )
-                reporter.metrics_address = metrics.start_http_server(host, 0)
-        return reporter
-
-    def open_publisher(self, config: MqttConfig) -> Any:
-        """The MQTT publisher (an async context manager; inert when MQTT is off)."""
-        from livestream.telemetry.mqtt import EventPublisher, MqttSettings
-
-        password = None
-        if config.password_file is not None:
-            password = config.password_file.read_text().strip()
-        settings = MqttSettings(
-            host=config.host,
-            port=config.port,
-            tls=config.tls,
-            ca_file=None if config.ca_file is None else str(config.ca_file),
-            username=config.username or None,
-            password=password,
-            outbox_size=config.outbox_size,
-            keepalive_s=config.keepalive_s,
-        )
-        self.publisher = EventPublisher(
-            settings, _topic_safe(self.session_name), metrics=self.metrics
-        )
-        return self.publisher
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.stop_http_server()
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: ServiceEvent) -> None:
-        for listener in self._listeners:
-            listener(event)
+        metrics: MetricsRecorder | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._events = events
+        self._metrics = metrics
+        self._notifier = notifier
 
     # -- exposures and stages ------------------------------------------------------
     def exposure_discovered(self, exposure_id: str) -> None:
-        if self.metrics is not None:
-            self.metrics.exposure_discovered()
-            self.metrics.newest_exposure_seen(datetime.now(UTC))
-        self._emit(ServiceEvent(type=EventType.DISCOVERED, exposure_id=exposure_id))
+        if self._metrics is not None:
+            self._metrics.exposure_discovered()
+        self._events.exposure_discovered(exposure_id)
 
     def exposure_ready(self, exposure: Exposure) -> None:
-        if self.metrics is not None:
-            self.metrics.exposure_ready()
-        self._emit(ServiceEvent(type=EventType.READY, exposure_id=exposure.exposure_id))
+        if self._metrics is not None:
+            self._metrics.exposure_ready()
+        self._events.exposure_ready(exposure)
 
     def import_quarantined(self, exposure_id: str, reason: str) -> None:
         log.warning("quarantined %s: %s", exposure_id, reason)
-        if self.metrics is not None:
-            self.metrics.stage_finished("import", "quarantined", 0.0)
-        self._emit(
-            ServiceEvent(
-                type=EventType.IMPORT_QUARANTINED,
-                exposure_id=exposure_id,
-                stage="import",
-                state="quarantined",
-                detail=reason,
-            )
-        )
+        if self._metrics is not None:
+            self._metrics.stage_finished("import", "quarantined", 0.0, None)
+        self._events.import_quarantined(exposure_id, reason)
+
+    def intake_reexamined(self) -> None:
+        """A quarantined import's file changed and is examined again."""
+        if self._metrics is not None:
+            self._metrics.intake_reexamined()
 
     def stage_finished(
         self,
@@ -168,29 +88,12 @@ class Reporter:
         result: StageResult | None = None,
         error: str = "",
     ) -> None:
-        figures = result.figures if result is not None else MappingProxyType({})
-        if self.metrics is not None:
-            self.metrics.stage_finished(stage, state, seconds)
-            if "total_motion_a" in figures:
-                self.metrics.observe_motion(figures["total_motion_a"])
-            if {"defocus_a", "fit_resolution_a"} <= figures.keys():
-                self.metrics.observe_ctf(
-                    figures["defocus_a"], figures["fit_resolution_a"]
-                )
-            if "n_particles" in figures:
-                self.metrics.particles_extracted(int(figures["n_particles"]))
-        if self._curation is not None and "accepted" in figures:
-            self._curation.observe(figures)
-        self._emit(
-            ServiceEvent(
-                type=EventType.STAGE_FINISHED,
-                exposure_id=exposure_id,
-                stage=stage,
-                state=state,
-                seconds=seconds,
-                detail=error,
-                figures=figures,
-            )
+        # events carry the figures as the ledger stores them (with the decision)
+        figures = result.stored_figures() if result is not None else {}
+        if self._metrics is not None:
+            self._metrics.stage_finished(stage, state, seconds, result)
+        self._events.stage_finished(
+            exposure_id, stage, state, seconds, figures=figures, error=error
         )
 
     def exposure_done(
@@ -201,81 +104,17 @@ class Reporter:
     ) -> None:
         """Every stage of ``exposure`` ended (done or quarantined)."""
         now = datetime.now(UTC)
-        if self.metrics is not None:
-            # a quarantined exposure was processed too: processing is not stalled
-            self.metrics.exposure_done(now)
-        figures: dict[str, float] = {}
-        for result in results.values():
-            figures.update(result.figures)
-        self._queue_exposure_event(exposure, results, states, now)
-        self._emit(
-            ServiceEvent(
-                type=EventType.EXPOSURE_DONE,
-                exposure_id=exposure.exposure_id,
-                state="done"
-                if all(s == "done" for s in states.values())
-                else "quarantined",
-                figures=figures,
-            )
-        )
-
-    def _queue_exposure_event(
-        self,
-        exposure: Exposure,
-        results: Mapping[str, StageResult],
-        states: Mapping[str, str],
-        now: datetime,
-    ) -> None:
-        if self.publisher is None or not self.publisher.enabled:
-            return
-        from livestream.telemetry.events import exposure_payload
-
-        def pick(names: tuple[str, ...]) -> dict[str, float] | None:
-            found = {
-                n: r.figures[n]
-                for r in results.values()
-                for n in names
-                if n in r.figures
-            }
-            return found or None
-
-        particles = pick(("n_particles",))
-        thumbnail = next(
-            (
-                r.outputs["thumbnail"]
-                for r in results.values()
-                if "thumbnail" in r.outputs
-            ),
-            None,
-        )
-        payload = exposure_payload(
-            exposure.exposure_id,
-            acquired_utc=exposure.acquired_utc,
-            processed_utc=now,
-            movie_path=exposure.movie_path,
-            motion=pick(("total_motion_a", "early_motion_a", "late_motion_a")),
-            ctf=pick(
-                (
-                    "defocus_u_a",
-                    "defocus_v_a",
-                    "astigmatism_angle_deg",
-                    "fit_resolution_a",
-                )
-            ),
-            particle_count=None if particles is None else int(particles["n_particles"]),
-            thumbnail_path=thumbnail,
-            stages=states,
-            curation=curation_field(results),
-        )
-        self._outgoing.put_nowait(("exposure", exposure.exposure_id, payload))
+        if self._metrics is not None:
+            self._metrics.exposure_done(now)
+        self._events.exposure_done(exposure, results, states, now)
 
     # -- curation --------------------------------------------------------------------
     def curation_state(
         self, accepted: int, rejected: int, reasons: Mapping[str, int]
     ) -> None:
         """The current decision set (after a decision or a re-evaluation)."""
-        if self._curation is not None:
-            self._curation.set_current(accepted, rejected, reasons)
+        if self._metrics is not None:
+            self._metrics.curation_state(accepted, rejected, reasons)
 
     def curation_reevaluated(
         self, version: int, newly_accepted: int, newly_rejected: int
@@ -286,61 +125,38 @@ class Reporter:
             newly_accepted,
             newly_rejected,
         )
-        if self._curation is not None:
-            self._curation.observe_reevaluation(version, newly_accepted, newly_rejected)
+        if self._metrics is not None:
+            self._metrics.curation_reevaluated(version, newly_accepted, newly_rejected)
 
     # -- online 2D classification ------------------------------------------------
     def class2d_progress(
         self, iteration: int, particles_seen: int, pool: int, seconds: float | None
     ) -> None:
         """After a mini-batch (``seconds`` its wall time) or a feed (``None``)."""
-        if self.metrics is not None:
-            self.metrics.class2d.progress(
-                iteration=iteration, particles_seen=particles_seen, pool_particles=pool
-            )
-            if seconds is not None:
-                self.metrics.class2d.minibatch(seconds)
+        if self._metrics is not None:
+            self._metrics.class2d_progress(iteration, particles_seen, pool, seconds)
 
     def class2d_snapshot(self, payload: Mapping[str, Any]) -> None:
-        """A snapshot was written: metrics, the MQTT ``class2d`` event, listeners
-        (``detail`` = the montage PNG, ``figures`` = the payload's numbers)."""
-        if self.metrics is not None:
-            self.metrics.class2d.snapshot(payload)
-        if self.publisher is not None and self.publisher.enabled:
-            self._outgoing.put_nowait(("class2d", "", dict(payload)))
-        figures = {
-            name: float(payload[name])
-            for name in ("iteration", "particles_seen", "active_classes")
-        }
-        figures["selected_classes"] = float(len(payload["selected_classes"]))
-        if payload.get("resolution_a") is not None:
-            figures["resolution_a"] = float(payload["resolution_a"])
-        self._emit(
-            ServiceEvent(
-                type=EventType.CLASS2D_SNAPSHOT,
-                exposure_id="",
-                stage="class2d",
-                state="snapshot",
-                detail=str(payload.get("montage_png", "")),
-                figures=MappingProxyType(figures),
-            )
-        )
+        """A snapshot was written: metrics, the MQTT ``class2d`` event, listeners."""
+        if self._metrics is not None:
+            self._metrics.class2d_snapshot(payload)
+        self._events.class2d_snapshot(payload)
 
     def class2d_error(self, operation: str, error: Exception) -> None:
         """A classifier failure; the service goes on (the message names the file,
         field and value for a :class:`pipelines.StageInputError`)."""
         log.error("class2d %s failed: %s", operation, error)
-        if self.metrics is not None:
-            self.metrics.class2d.error(operation)
+        if self._metrics is not None:
+            self._metrics.class2d_error(operation)
 
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
-        if self.metrics is not None:
-            self.metrics.set_queue(depth, in_flight)
+        if self._metrics is not None:
+            self._metrics.set_queue(depth, in_flight)
 
     def set_workers(self, n: int) -> None:
-        if self.metrics is not None:
-            self.metrics.set_workers(n)
+        if self._metrics is not None:
+            self._metrics.set_workers(n)
 
     def summary(
         self,
@@ -352,85 +168,10 @@ class Reporter:
         project: Path,
     ) -> None:
         """A periodic summary: gauges, systemd STATUS, the retained MQTT status."""
-        if self.metrics is not None:
-            self.metrics.set_exposures_per_hour(exposures_per_hour)
-            import shutil
-
-            usage = shutil.disk_usage(project)
-            self.metrics.set_project_disk(usage.free, usage.total)
-        if self.notifier is not None:
-            self.notifier.status(text)
-        if self.publisher is not None and self.publisher.enabled:
-            from livestream.telemetry.events import ServiceState, status_payload
-
-            payload = status_payload(
-                ServiceState(state),
-                summary=text,
-                exposures=counts,
-                exposures_per_hour=exposures_per_hour,
-            )
-            self._outgoing.put_nowait(("status", "", payload))
-
-    def ready(self) -> None:
-        if self.notifier is not None:
-            self.notifier.ready()
-
-    def stopping(self) -> None:
-        if self.notifier is not None:
-            self.notifier.stopping()
-
-    def watchdog_period_s(self) -> float | None:
-        if self.notifier is None:
-            return None
-        period: float | None = self.notifier.watchdog_ping_period_s()
-        return period
-
-    def watchdog(self) -> None:
-        if self.notifier is not None:
-            self.notifier.watchdog()
-
-    async def run(self) -> None:
-        """Hand queued events to the MQTT publisher until cancelled."""
-        while True:
-            await self._hand_over(*await self._outgoing.get())
-
-    async def flush(self) -> None:
-        """Hand over whatever is still queued (at shutdown)."""
-        while not self._outgoing.empty():
-            await self._hand_over(*self._outgoing.get_nowait())
-
-    async def _hand_over(
-        self, kind: str, exposure_id: str, payload: dict[str, Any]
-    ) -> None:
-        if self.publisher is None:
-            return
-        if kind == "status":
-            await self.publisher.publish_status(payload)
-        elif kind == "class2d":
-            await self.publisher.publish_class2d(payload)
-        else:
-            await self.publisher.publish_exposure(_topic_safe(exposure_id), payload)
-
-
-def curation_field(results: Mapping[str, StageResult]) -> dict[str, Any] | None:
-    """``{"accepted": bool, "reasons": [figure, ...], "rejected": {figure: value}}``
-    from the curate stage's figures (``None`` without a curate stage)."""
-    for result in results.values():
-        figures = result.figures
-        if "accepted" in figures:
-            rejected = {
-                name.removeprefix("rejected_"): value
-                for name, value in figures.items()
-                if name.startswith("rejected_")
-            }
-            return {
-                "accepted": figures["accepted"] != 0.0,
-                "reasons": sorted(rejected),
-                "rejected": rejected,
-            }
-    return None
-
-
-def _topic_safe(name: str) -> str:
-    cleaned = "".join("_" if c in "/+#\0" else c for c in name)
-    return cleaned or "session"
+        if self._metrics is not None:
+            self._metrics.summary(exposures_per_hour, project)
+        if self._notifier is not None:
+            self._notifier.status(text)
+        self._events.status(
+            state, text, counts=counts, exposures_per_hour=exposures_per_hour
+        )

@@ -20,11 +20,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from mdcatch.errors import MetadataError
-from mdcatch.headers.mrc import mrc_is_complete, read_mrc_header
-from mdcatch.headers.tiff import read_tiff_header, tiff_is_complete
+from mdcatch.headers.mrc import check_mrc_complete, check_mrc_layout, read_mrc_header
+from mdcatch.headers.tiff import check_tiff_layout, read_tiff_header
 from mdcatch.records import MovieFormat, MovieHeader
 
-__all__ = ["detect_movie_format", "movie_is_complete", "read_movie_header"]
+__all__ = [
+    "check_movie_complete",
+    "check_movie_header",
+    "detect_movie_format",
+    "movie_is_complete",
+    "read_movie_header",
+]
 
 _SUFFIXES = {
     ".mrc": MovieFormat.MRC,
@@ -73,25 +79,61 @@ def read_movie_header(path: Path) -> MovieHeader:
         raise MetadataError(path, "file", str(path), f"cannot read: {error}") from error
 
 
-def movie_is_complete(path: Path, expected_frames: int | None = None) -> bool:
-    """True once the movie is whole: never raises for a file still being written.
+def check_movie_header(path: Path) -> MovieFormat:
+    """The one sanity check of a movie header against the file's size; returns the
+    format.
+
+    Run before anything is allocated from a header (:func:`read_movie_header`,
+    the frame readers in :mod:`pipelines.io` and the live watcher all call it):
+    MRC ``nsymbt`` and ``nx * ny * nz * bytes per value``, TIFF/EER IFDs, tag
+    values and strip extents must all fit in the file.  Raises
+    :class:`MetadataError` naming the file, the field and the value: empty file,
+    not an MRC/TIFF/EER file (magic, MAP field, mode), or sizes the file does not
+    hold.
+    """
+    path = Path(path)
+    movie_format = detect_movie_format(path)
+    try:
+        if movie_format is MovieFormat.MRC:
+            check_mrc_layout(path)
+        else:
+            check_tiff_layout(path)
+    except FileNotFoundError as error:
+        raise MetadataError(path, "file", str(path), "does not exist") from error
+    except OSError as error:
+        raise MetadataError(path, "file", str(path), f"cannot read: {error}") from error
+    return movie_format
+
+
+def check_movie_complete(path: Path, expected_frames: int | None = None) -> None:
+    """Raise :class:`MetadataError` saying what is wrong unless the movie is whole.
 
     MRC: the size equals header + extended header + data.  TIFF/EER: the IFD
     chain ends properly and the last frame's data lies inside the file.  With
     ``expected_frames`` the frame count must match too.
     """
     path = Path(path)
+    movie_format = detect_movie_format(path)
     try:
-        movie_format = detect_movie_format(path)
+        if movie_format is MovieFormat.MRC:
+            n_frames = check_mrc_complete(path).nz
+        else:
+            n_frames = read_tiff_header(path, eer=False).n_frames
+    except FileNotFoundError as error:
+        raise MetadataError(path, "file", str(path), "does not exist") from error
+    except OSError as error:
+        raise MetadataError(path, "file", str(path), f"cannot read: {error}") from error
+    if expected_frames is not None and n_frames != expected_frames:
+        raise MetadataError(
+            path, "frames", n_frames, f"expected {expected_frames} frames"
+        )
+
+
+def movie_is_complete(path: Path, expected_frames: int | None = None) -> bool:
+    """True once the movie is whole (:func:`check_movie_complete`); never raises
+    for a file still being written."""
+    try:
+        check_movie_complete(path, expected_frames)
     except MetadataError:
         return False
-    if movie_format is MovieFormat.MRC:
-        if not mrc_is_complete(path):
-            return False
-        if expected_frames is None:
-            return True
-        try:
-            return read_mrc_header(path).n_frames == expected_frames
-        except (MetadataError, OSError):
-            return False
-    return tiff_is_complete(path, expected_frames)
+    return True

@@ -11,19 +11,47 @@ uncompressed integrated image.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import tifffile
 
 from mdcatch.errors import MetadataError
 from mdcatch.records import MovieFormat, MovieHeader
 
-__all__ = ["EER_COMPRESSIONS", "read_tiff_header", "tiff_is_complete"]
+__all__ = [
+    "EER_COMPRESSIONS",
+    "check_tiff_layout",
+    "read_tiff_header",
+    "tiff_is_complete",
+]
 
 EER_COMPRESSIONS = frozenset({65000, 65001, 65002})
+MAX_TAGS_PER_IFD = 4096  # tifffile's own limit for a plausible IFD
+MAX_STRIPS_PER_PAGE = 2**16  # one per row of the largest sensor, with room to spare
+_CLASSIC = {b"II*\x00": "<", b"MM\x00*": ">"}
+_BIG = {b"II+\x00": "<", b"MM\x00+": ">"}
+# TIFF field type -> bytes per value (unknown types count one byte)
+_TYPE_BYTES = {
+    3: 2,
+    4: 4,
+    5: 8,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
+_INTEGER_FORMATS = {3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
+_DATA_TAGS = ((273, 279), (324, 325))  # (strip offsets, byte counts), tiles likewise
 _ERRORS = (
     RuntimeError,
     AttributeError,
@@ -38,6 +66,154 @@ _ERRORS = (
     KeyError,
     TypeError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Format:
+    """Byte order and the sizes that differ between classic TIFF and BigTIFF."""
+
+    order: str
+    big: bool
+
+    @property
+    def offset_format(self) -> str:
+        return self.order + ("Q" if self.big else "I")
+
+    @property
+    def offset_bytes(self) -> int:
+        return 8 if self.big else 4
+
+    @property
+    def count_format(self) -> str:
+        return self.order + ("Q" if self.big else "H")
+
+    @property
+    def count_bytes(self) -> int:
+        return 8 if self.big else 2
+
+    @property
+    def entry_format(self) -> str:
+        return self.order + ("HHQ8s" if self.big else "HHI4s")
+
+
+def _tiff_format(path: Path, head: bytes, size: int) -> _Format:
+    if size == 0:
+        raise MetadataError(path, "file size", 0, "empty file")
+    magic = head[:4]
+    if magic not in _CLASSIC and magic not in _BIG:
+        raise MetadataError(
+            path,
+            "magic",
+            magic,
+            "not a TIFF or EER file: expected b'II*\\x00', b'MM\\x00*' or BigTIFF",
+        )
+    big = magic in _BIG
+    needed = 16 if big else 8
+    if len(head) < needed:
+        raise MetadataError(
+            path, "file size", size, f"shorter than the {needed}-byte TIFF header"
+        )
+    return _Format(order=_BIG[magic] if big else _CLASSIC[magic], big=big)
+
+
+def check_tiff_layout(path: Path) -> int:
+    """Walk the raw IFD chain and check every size it claims against the file size.
+
+    Before ``tifffile`` allocates anything: each IFD, each tag value stored out of
+    line and each frame's strips (or tiles) must lie inside the file, the chain
+    must not loop, an IFD holds at most :data:`MAX_TAGS_PER_IFD` tags and a page
+    at most :data:`MAX_STRIPS_PER_PAGE` strips.
+    Returns the number of pages.  Raises :class:`MetadataError` naming the field,
+    the value and what is wrong (empty file, bad magic, truncated chain...).
+    """
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(16)
+        fmt = _tiff_format(path, head, size)
+        (offset,) = struct.unpack_from(fmt.offset_format, head, 8 if fmt.big else 4)
+        if offset == 0:
+            raise MetadataError(path, "IFD offset", 0, "TIFF has no image")
+        seen: set[int] = set()
+        while offset != 0:
+            seen.add(offset)
+            offset = _check_ifd(path, handle, fmt, offset, size, len(seen) - 1)
+            if offset in seen:
+                raise MetadataError(
+                    path, "IFD offset", offset, "the IFD chain loops back on itself"
+                )
+    return len(seen)
+
+
+def _check_ifd(
+    path: Path, handle: BinaryIO, fmt: _Format, offset: int, size: int, page: int
+) -> int:
+    """One IFD: its entries, out-of-line values and frame data inside the file;
+    returns the offset of the next IFD (0 after the last)."""
+    if offset < 8 or offset + fmt.count_bytes > size:
+        raise MetadataError(
+            path,
+            "IFD offset",
+            offset,
+            f"page {page} lies past the end of the {size}-byte file: truncated",
+        )
+    handle.seek(offset)
+    (count,) = struct.unpack(fmt.count_format, handle.read(fmt.count_bytes))
+    entry_bytes = struct.calcsize(fmt.entry_format)
+    end = offset + fmt.count_bytes + count * entry_bytes + fmt.offset_bytes
+    if count > MAX_TAGS_PER_IFD:
+        raise MetadataError(
+            path, "IFD tag count", count, f"page {page}: more than {MAX_TAGS_PER_IFD}"
+        )
+    if end > size:
+        raise MetadataError(
+            path,
+            "IFD tag count",
+            count,
+            f"page {page}'s IFD ends at byte {end}, past the end of the "
+            f"{size}-byte file: truncated",
+        )
+    raw = handle.read(count * entry_bytes)
+    arrays: dict[int, tuple[int, ...]] = {}
+    for tag, kind, n, value in struct.iter_unpack(fmt.entry_format, raw):
+        n_bytes = n * _TYPE_BYTES.get(kind, 1)
+        inline = n_bytes <= fmt.offset_bytes
+        (where,) = (0,) if inline else struct.unpack(fmt.offset_format, value)
+        if not inline and where + n_bytes > size:
+            raise MetadataError(
+                path,
+                f"tag {tag}",
+                n,
+                f"page {page}: {n_bytes} bytes of values at byte {where} run past "
+                f"the end of the {size}-byte file",
+            )
+        if any(tag in pair for pair in _DATA_TAGS) and kind in _INTEGER_FORMATS:
+            if n > MAX_STRIPS_PER_PAGE:
+                raise MetadataError(
+                    path,
+                    f"tag {tag}",
+                    n,
+                    f"page {page}: more than {MAX_STRIPS_PER_PAGE} strips or tiles",
+                )
+            if inline:
+                data = value[:n_bytes]
+            else:
+                handle.seek(where)
+                data = handle.read(n_bytes)
+            arrays[tag] = struct.unpack(f"{fmt.order}{n}{_INTEGER_FORMATS[kind]}", data)
+    for offsets_tag, counts_tag in _DATA_TAGS:
+        offsets, counts = arrays.get(offsets_tag, ()), arrays.get(counts_tag, ())
+        ends = [o + c for o, c in zip(offsets, counts, strict=False)]
+        if ends and max(ends) > size:
+            raise MetadataError(
+                path,
+                "strip offsets",
+                max(ends),
+                f"page {page}'s data ends past the end of the {size}-byte file: "
+                "truncated",
+            )
+    handle.seek(end - fmt.offset_bytes)
+    (next_offset,) = struct.unpack(fmt.offset_format, handle.read(fmt.offset_bytes))
+    return int(next_offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +282,7 @@ def _next_ifd(tif: tifffile.TiffFile, ifd_offset: int) -> int:
 
 def read_tiff_header(path: Path, *, eer: bool) -> MovieHeader:
     """Header of a TIFF (``eer=False``) or EER movie; MetadataError if incomplete."""
+    check_tiff_layout(path)  # nothing is allocated before this check
     size = path.stat().st_size
     try:
         chain = _walk(path)

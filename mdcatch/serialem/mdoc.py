@@ -20,7 +20,7 @@ is the image file's stem plus the section index.  See ``docs/serialem.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, tzinfo
 from pathlib import Path, PureWindowsPath
@@ -47,6 +47,7 @@ def read_mdoc(
     *,
     path_map: Mapping[str, Path] | None = None,
     timezone: tzinfo = UTC,
+    folders: Sequence[Path] | None = None,
 ) -> tuple[Session, list[Exposure]]:
     """The session and the exposures (one per section) described by one mdoc.
 
@@ -54,6 +55,9 @@ def read_mdoc(
     case-insensitive) to local folders; without a match the movie is looked for
     next to the mdoc by its file name.  A movie not found yet has
     ``movie_path=None`` and keeps its raw ``SubFramePath`` in ``extra``.
+    With ``folders`` (the live service's session and movie folders) every file
+    it names (``SubFramePath``, ``GainReference``, ``DefectFile``) must resolve
+    inside them (:func:`mdcatch.containment.check_inside`).
     Raises :class:`~mdcatch.errors.MetadataError` for anything it cannot trust.
     """
     path = Path(path)
@@ -68,6 +72,7 @@ def read_mdoc(
             path_map=path_map,
             timezone=timezone,
             n_framesets=n_framesets,
+            folders=folders,
         )
         for section in doc.sections
     ]
@@ -95,6 +100,7 @@ def scan_serialem_session(
     *,
     path_map: Mapping[str, Path] | None = None,
     timezone: tzinfo = UTC,
+    folders: Sequence[Path] | None = None,
 ) -> tuple[Session, list[Exposure]]:
     """Every ``*.mdoc`` below ``folder``, merged into one session.
 

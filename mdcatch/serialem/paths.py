@@ -10,8 +10,11 @@ next to the mdoc by its name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PureWindowsPath
+
+from mdcatch.containment import check_inside
+from mdcatch.errors import MetadataError
 
 __all__ = ["is_windows_path", "locate_file", "map_windows_path"]
 
@@ -49,13 +52,21 @@ def locate_file(
     mdoc_dir: Path,
     path_map: Mapping[str, Path] | None,
     near: Path | None = None,
+    folders: Sequence[Path] | None = None,
+    source: Path | None = None,
+    field: str = "SubFramePath",
 ) -> Path | None:
     """The existing local file that an mdoc entry ``raw`` refers to, or None.
 
     Candidates, first existing wins: the ``path_map`` mapping of a Windows path; a
     POSIX path as written (absolute, or relative to the mdoc); the file name in the
     folder ``near`` (the movie's folder, for gain references); the file name next to
-    the mdoc.
+    the mdoc.  With ``folders`` (the live service's session and movie folders) a
+    candidate is considered only if it lies inside them
+    (:func:`mdcatch.containment.check_inside`), so nothing outside is even looked
+    at; when no candidate inside exists but one outside was refused, that refusal
+    is raised as a :class:`MetadataError` naming ``source`` (the mdoc), ``field``
+    and ``raw``.
     """
     text = raw.strip()
     if not text:
@@ -74,10 +85,25 @@ def locate_file(
         if near is not None:
             candidates.append(near / name)
         candidates.append(mdoc_dir / name)
+    refused: MetadataError | None = None
     for candidate in candidates:
+        if folders is not None:
+            try:
+                check_inside(
+                    candidate,
+                    folders,
+                    source=mdoc_dir if source is None else source,
+                    field=field,
+                    value=raw,
+                )
+            except MetadataError as error:
+                refused = refused or error
+                continue
         try:
             if candidate.is_file():
                 return candidate
         except (OSError, ValueError):
             continue  # unreadable or impossible name: try the next candidate
+    if refused is not None:
+        raise refused
     return None

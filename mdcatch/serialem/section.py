@@ -9,7 +9,7 @@ is in Å for the image as saved (the super-resolution pixel when ``Binning = 0.5
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
@@ -91,8 +91,13 @@ def read_section(
     path_map: Mapping[str, Path] | None,
     timezone: tzinfo,
     n_framesets: int,
+    folders: Sequence[Path] | None = None,
 ) -> Exposure:
-    """The Exposure that ``section`` of the mdoc at ``path`` describes."""
+    """The Exposure that ``section`` of the mdoc at ``path`` describes.
+
+    With ``folders``, files it names must lie inside them
+    (:func:`~mdcatch.serialem.paths.locate_file`).
+    """
     r = _Reader(path, section.values)
     warnings: list[str] = []
     kind = _kind(section, context)
@@ -101,7 +106,13 @@ def read_section(
     movie_path = None
     if sub_frame_raw is not None and sub_frame_raw.strip():
         exposure_id = movie_stem(sub_frame_raw)
-        movie_path = locate_file(sub_frame_raw, mdoc_dir=path.parent, path_map=path_map)
+        movie_path = locate_file(
+            sub_frame_raw,
+            mdoc_dir=path.parent,
+            path_map=path_map,
+            folders=folders,
+            source=path,
+        )
     else:
         exposure_id = _exposure_id_without_movie(section, context, n_framesets)
     if not exposure_id:
@@ -123,8 +134,8 @@ def read_section(
     spot = r.integer("SpotSize", low=0)
 
     movie_dir = movie_path.parent if movie_path is not None else None
-    gain = _locate_named(r, "GainReference", path, path_map, movie_dir)
-    defects = _locate_named(r, "DefectFile", path, path_map, movie_dir)
+    gain = _locate_named(r, "GainReference", path, path_map, movie_dir, folders)
+    defects = _locate_named(r, "DefectFile", path, path_map, movie_dir, folders)
     if movie_path is None and sub_frame_raw is not None:
         r.used.discard("SubFramePath")  # not found yet: keep where SerialEM put it
 
@@ -309,12 +320,21 @@ def _locate_named(
     path: Path,
     path_map: Mapping[str, Path] | None,
     movie_dir: Path | None,
+    folders: Sequence[Path] | None,
 ) -> Path | None:
     """A gain reference or defect file; its raw entry stays in ``extra`` if not found."""
     raw = r.raw(key)
     if raw is None:
         return None
-    found = locate_file(raw, mdoc_dir=path.parent, path_map=path_map, near=movie_dir)
+    found = locate_file(
+        raw,
+        mdoc_dir=path.parent,
+        path_map=path_map,
+        near=movie_dir,
+        folders=folders,
+        source=path,
+        field=key,
+    )
     if found is None:
         r.used.discard(key)
     return found

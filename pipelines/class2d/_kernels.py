@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True)
-def rotate_gather(
-    src, src_index, cos_a, sin_a, kx, ky, scale, out
-):  # pragma: no cover - compiled
+def rotate_gather(  # pragma: no cover - compiled
+    src: NDArray[np.complex64],
+    src_index: NDArray[np.int64],
+    cos_a: NDArray[np.float64],
+    sin_a: NDArray[np.float64],
+    kx: NDArray[np.int64],
+    ky: NDArray[np.int64],
+    scale: float,
+    out: NDArray[np.complex64],
+) -> None:
     """``out[m, p] = src[src_index[m]](scale * Rot(a_m) (kx[p], ky[p]))``.
 
     ``src`` is ``(S, ny, nxh)`` complex, unshifted rfft layout (row ``y mod ny``,
@@ -60,9 +68,16 @@ def rotate_gather(
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def score_triplets(
-    shifted, refs, half_ctf_weight, power, row, pose, particle, out
-):  # pragma: no cover - compiled
+def score_triplets(  # pragma: no cover - compiled
+    shifted: NDArray[np.float32],
+    refs: NDArray[np.float32],
+    half_ctf_weight: NDArray[np.float32],
+    power: NDArray[np.float32],
+    row: NDArray[np.int64],
+    pose: NDArray[np.int64],
+    particle: NDArray[np.int64],
+    out: NDArray[np.float32],
+) -> None:
     """``out[i] = shifted[row[i]] . refs[pose[i]]
     - half_ctf_weight[particle[i]] . power[pose[i]]`` (a sampled product: only
     the listed entries of the likelihood matrix)."""

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True)
-def pose_gather(
-    stack, classes, cos_a, sin_a, shift_x, shift_y, out
-):  # pragma: no cover - compiled
+def pose_gather(  # pragma: no cover - compiled
+    stack: NDArray[np.float64],
+    classes: NDArray[np.int64],
+    cos_a: NDArray[np.float64],
+    sin_a: NDArray[np.float64],
+    shift_x: NDArray[np.float64],
+    shift_y: NDArray[np.float64],
+    out: NDArray[np.float64],
+) -> None:
     """``out[b, ch, y, x] = stack[classes[b], ch](Rot(a_b) ((x, y) - c - s_b) + c)``.
 
     ``stack`` ``(K, C, N, N)`` float64, ``out`` ``(B, C, N, N)`` float64; ``c`` is

@@ -1,4 +1,14 @@
-"""RELION-style outputs of a 2D classification: class averages, model and data STAR."""
+"""RELION-style outputs of a 2D classification, written as one snapshot.
+
+:func:`write_class2d_snapshot` is the one writer of a Class2D snapshot (the offline
+``livestream class2d`` command and the online actor both call it)::
+
+    ranking = rank_classes(config, state, assignment, particles=particles)
+    outputs = write_class2d_snapshot(
+        folder, config, state, assignment, optics, table, ranking=ranking
+    )
+    outputs.classes_mrcs, outputs.selected_star, outputs.montage_png
+"""
 
 from __future__ import annotations
 
@@ -9,23 +19,27 @@ from typing import Any
 import numpy as np
 
 from pipelines.class2d.assignment import Assignment
-from pipelines.class2d.ranker import ClassRanking
+from pipelines.class2d.montage import write_class_montage
+from pipelines.class2d.ranker import ClassRanking, select_particles
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.class2d.vdam import class_resolution_a
 from pipelines.io.outputs import write_mrc, write_star
 
-__all__ = ["Class2dOutputs", "write_class2d_outputs"]
+__all__ = ["Class2dOutputs", "write_class2d_snapshot"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Class2dOutputs:
+    """The files of one snapshot (all written atomically)."""
+
     classes_mrcs: Path
     model_star: Path
     data_star: Path
     selected_star: Path
+    montage_png: Path
 
 
-def write_class2d_outputs(
+def write_class2d_snapshot(
     folder: str | Path,
     config: Class2dConfig,
     state: Class2dState,
@@ -33,14 +47,19 @@ def write_class2d_outputs(
     optics: Any,
     particles_table: Any,
     *,
+    ranking: ClassRanking,
     float16: bool = False,
     root: str = "run",
-    ranking: ClassRanking | None = None,
 ) -> Class2dOutputs:
-    """Write ``<root>_classes.mrcs``, ``<root>_model.star`` (data_model_classes),
-    ``<root>_data.star`` (particles with class, psi, origin, max probability) and
-    ``<root>_selected.star``: the particles ``ranking`` selects (classes and the
-    particle-level stage), or without a ranking those of non-empty classes."""
+    """Write one snapshot of a classification into ``folder``, each file once.
+
+    ``<root>_classes.mrcs`` (class averages), ``<root>_model.star``
+    (data_model_general, data_model_classes), ``<root>_data.star`` (every particle
+    with class, psi, origin, max probability), ``<root>_selected.star`` (the
+    particles ``ranking`` selects: its classes less the particle-level outliers,
+    :func:`pipelines.class2d.ranker.select_particles`) and ``<root>_montage.png``
+    (class averages best score first).  Returns their paths.
+    """
     import pandas as pd
 
     out = Path(folder)
@@ -86,16 +105,21 @@ def write_class2d_outputs(
     data_path = write_star(
         out / f"{root}_data.star", {"optics": optics, "particles": table}
     )
-    if ranking is None:
-        keep = counts[assignment.class_index] > 0
-    else:
-        keep = ranking.selected_particles(assignment)
-    selected_path = write_star(
-        out / f"{root}_selected.star", {"optics": optics, "particles": table[keep]}
+    selected_path = select_particles(
+        out / f"{root}_selected.star",
+        config,
+        ranking,
+        assignment,
+        optics,
+        particles_table,
+    )
+    montage_path = write_class_montage(
+        out / f"{root}_montage.png", state.references, ranking
     )
     return Class2dOutputs(
         classes_mrcs=classes_path,
         model_star=model_path,
         data_star=data_path,
         selected_star=selected_path,
+        montage_png=montage_path,
     )

@@ -24,7 +24,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParticleStack:
     """``images`` ``(n, N, N)`` float32 (white particles, as RELION after inversion)
-    and per-particle CTF parameters ``(n,)``; one optics group."""
+    and per-particle CTF parameters ``(n,)``; one optics group, whose voltage, Cs and
+    amplitude contrast come with the data (no default stands in for them)."""
 
     images: np.ndarray
     pixel_size_a: float
@@ -32,9 +33,9 @@ class ParticleStack:
     defocus_v_a: np.ndarray
     astigmatism_angle_deg: np.ndarray
     phase_shift_deg: np.ndarray
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -132,7 +133,7 @@ def read_particle_stack(star_path: str | Path) -> tuple[ParticleStack, object]:
                     f"stack holds {data.shape[0]} images",
                 )
             images[rows] = data[numbers[rows]]
-    return stack_from_tables(images, optics, table), table
+    return stack_from_tables(images, optics, table, source=path), table
 
 
 def stack_from_tables(
@@ -140,13 +141,24 @@ def stack_from_tables(
     optics: pd.DataFrame,
     table: pd.DataFrame,
     rows: np.ndarray | slice | None = None,
+    *,
+    source: str | Path = "<data_optics>",
 ) -> ParticleStack:
     """A :class:`ParticleStack` from RELION ``optics`` and ``particles`` tables.
 
     ``images`` holds every row of ``table``; ``rows`` picks some (default: all).
-    Missing CTF columns are zero; voltage, Cs and Q0 come from the first optics group.
+    Missing CTF columns are zero; voltage, Cs and Q0 come from the first optics group,
+    which must hold ``rlnSphericalAberration`` (RELION requires it): without it a
+    :class:`StageInputError` names ``source`` (the STAR file) and the label.
     """
     chosen = slice(None) if rows is None else rows
+    if "rlnSphericalAberration" not in optics.columns:
+        raise StageInputError(
+            source,
+            "rlnSphericalAberration",
+            None,
+            "missing from data_optics (RELION requires the spherical aberration)",
+        )
 
     def column(name: str, default: float) -> np.ndarray:
         if name in table.columns:
@@ -162,6 +174,6 @@ def stack_from_tables(
         astigmatism_angle_deg=column("rlnDefocusAngle", 0.0),
         phase_shift_deg=column("rlnPhaseShift", 0.0),
         voltage_kv=float(first.get("rlnVoltage", 300.0)),
-        cs_mm=float(first.get("rlnSphericalAberration", 2.7)),
+        cs_mm=float(first["rlnSphericalAberration"]),
         amplitude_contrast=float(first.get("rlnAmplitudeContrast", 0.1)),
     )

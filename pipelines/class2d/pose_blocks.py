@@ -160,16 +160,20 @@ def score_listed_poses(
         raise StageInputError(
             "<array>", names, [a.shape for a in arrays], "pixel counts disagree"
         )
-    index = [np.ascontiguousarray(a, dtype=np.int64) for a in (row, pose, particle)]
-    if len({a.shape for a in index}) != 1:
+    rows, poses, particles = (
+        np.ascontiguousarray(a, dtype=np.int64) for a in (row, pose, particle)
+    )
+    if not rows.shape == poses.shape == particles.shape:
         raise StageInputError("<array>", "row/pose/particle", None, "lengths differ")
-    out = np.empty(index[0].size, dtype=np.float32)
+    out = np.empty(rows.size, dtype=np.float32)
     _kernels.score_triplets(
         np.ascontiguousarray(shifted),
         np.ascontiguousarray(refs_stacked),
         np.ascontiguousarray(half_ctf_weight),
         np.ascontiguousarray(power),
-        *index,
+        rows,
+        poses,
+        particles,
         out,
     )
     return out

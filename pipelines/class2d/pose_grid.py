@@ -76,8 +76,8 @@ def build_coarse_grid(
     if coarse.size == 0:  # no even point (cannot happen on a centred grid)
         coarse = np.array([int(np.argmin(np.sum(grid**2, axis=1)))])
     lookup = {(int(a), int(b)): i for i, (a, b) in enumerate(grid)}
-    reach = range(1 - shift_factor, shift_factor)
-    offsets = [(dx, dy) for dy in reach for dx in reach]
+    shift_reach = range(1 - shift_factor, shift_factor)
+    offsets = [(dx, dy) for dy in shift_reach for dx in shift_reach]
     spare = 3 if shift_factor > 1 else 0  # room for orphaned corners of the disc
     shift_neighbours = np.full((coarse.size, len(offsets) + spare), -1, dtype=np.int64)
     for row, c in enumerate(coarse):  # once per grid (a few dozen shifts)

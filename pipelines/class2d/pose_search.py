@@ -23,6 +23,7 @@ from types import ModuleType
 
 import numpy as np
 import scipy.sparse
+from numpy.typing import NDArray
 
 from pipelines.class2d.likelihood import PoseWeights, compute_pose_weights, score_poses
 from pipelines.class2d.pose_blocks import LISTED_COST, FineBlocks
@@ -39,8 +40,10 @@ __all__ = [
 PSI_BLOCKS = (1, 3, 6, 12)  # psi blocks per class tried for the fine products
 
 
-def _shift_log_prior(sampling: PoseSampling, offset_sigma_px: float) -> np.ndarray:
-    shift2 = np.sum(sampling.shifts_px**2, axis=1)
+def _shift_log_prior(
+    sampling: PoseSampling, offset_sigma_px: float
+) -> NDArray[np.float64]:
+    shift2: NDArray[np.float64] = np.sum(sampling.shifts_px**2, axis=1)
     return -0.5 * shift2 / max(offset_sigma_px, 1e-3) ** 2
 
 

@@ -185,11 +185,9 @@ def load_checkpoint(path: str | Path) -> tuple[Class2dConfig, Class2dState]:
     try:
         with np.load(path, allow_pickle=False) as data:
             config = Class2dConfig.from_json(str(data["config"]))
-            state = Class2dState(
-                **{name: np.array(data[name]) for name in _ARRAYS},
-                **{name: int(data[name]) for name in _SCALARS},
-                rng_state=str(data["rng_state"]),
-            )
+            fields: dict[str, Any] = {name: np.array(data[name]) for name in _ARRAYS}
+            fields |= {name: int(data[name]) for name in _SCALARS}
+            state = Class2dState(**fields, rng_state=str(data["rng_state"]))
     except (OSError, KeyError, ValueError) as error:
         raise StageInputError(
             path, "checkpoint", None, f"not a class2d checkpoint: {error}"

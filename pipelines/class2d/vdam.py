@@ -18,8 +18,10 @@ phase (eq. 15, our reading).  :func:`run_em_pass` is plain EM on every particle.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.class2d.expectation import (
     expect_particles,
@@ -85,20 +87,23 @@ def initialise_state(
 
 def _fsc_weight(
     config: Class2dConfig, v: np.ndarray, second: np.ndarray, index: int
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     sampling = sampling_of(config)
     bias = 1.0 - config.beta2 ** (index + 1)
     noise = shell_average(np.sqrt(second / bias), sampling)
     signal = shell_average(np.abs(v), sampling)
     snr = 2.0 * config.regularisation_t * signal / np.maximum(noise, 1e-30)
     fsc = snr / (1.0 + snr)
-    return fsc[:, sampling.shell]
+    weight: NDArray[np.float64] = fsc[:, sampling.shell]
+    return weight
 
 
-def _apply_cap(config: Class2dConfig, fractions: np.ndarray, n: int) -> np.ndarray:
+def _apply_cap(
+    config: Class2dConfig, fractions: np.ndarray, n: int
+) -> NDArray[np.float64]:
     """Normalise; with a cap, clip at ``cap / n`` and give the excess to the
     other classes in proportion (water-filling, at most K rounds)."""
-    out = np.maximum(fractions, 1e-6)
+    out: NDArray[np.float64] = np.maximum(fractions, 1e-6)
     out = out / out.sum()
     if config.max_particles_per_class is None:
         return out
@@ -216,12 +221,19 @@ def run_minibatches(
     state: Class2dState,
     particles: ParticleStack,
     n_minibatches: int | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Class2dState:
-    """Run ``n_minibatches`` more steps (default: to the end of the schedule)."""
+    """Run ``n_minibatches`` more steps (default: to the end of the schedule).
+
+    ``on_progress(done, total)``, if given, is called after each mini-batch with
+    the steps done so far in this call and the steps it runs."""
     remaining = config.schedule.n_minibatches - state.minibatch_index
-    count = remaining if n_minibatches is None else n_minibatches
-    for _ in range(max(count, 0)):  # loop over mini-batches, not particles
+    count = max(remaining if n_minibatches is None else n_minibatches, 0)
+    for done in range(1, count + 1):  # loop over mini-batches, not particles
         state = vdam_step(config, state, particles)
+        if on_progress is not None:
+            on_progress(done, count)
     return state
 
 

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from types import ModuleType
@@ -172,14 +173,13 @@ def estimate_ctf(
         phase_plate=phase_plate,
     )
     clock.mark("search_1d")
-    search = {
-        "step_a": step_a,
-        "max_astigmatism_a": max_astigmatism_a,
-        "phase_plate": phase_plate,
-    }
-    first = search_astigmatism(
-        band, defocus_mean_a=mean_a, phase_shift_deg=phase_deg, **search
+    search = functools.partial(
+        search_astigmatism,
+        step_a=step_a,
+        max_astigmatism_a=max_astigmatism_a,
+        phase_plate=phase_plate,
     )
+    first = search(band, defocus_mean_a=mean_a, phase_shift_deg=phase_deg)
     clock.mark("search_2d")
     # Second pass: the background refined under the first fit's rings, and each
     # pixel weighted by the ring contrast found at its frequency.
@@ -202,11 +202,10 @@ def estimate_ctf(
         params_of(first, optics),
         low_resolution_a=low_res_a,
     )
-    best = search_astigmatism(
+    best = search(
         weight_band_by_rings(refined_band, profile),
         defocus_mean_a=first.defocus_mean_a,
         phase_shift_deg=first.phase_shift_deg,
-        **search,
     )
     # The refined pass may only polish the first fit, not jump to another optimum.
     first_score = float(score_candidates(band, candidate_of(first))[0])

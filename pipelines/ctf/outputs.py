@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter
 
 from pipelines.io.outputs import atomic_path, write_mrc, write_star, write_text_atomic
@@ -46,9 +47,12 @@ class MicrographCtfRow:
     optics_group: int = 1
 
 
-def _unit_range(values: np.ndarray) -> np.ndarray:
+def _unit_range(values: np.ndarray) -> NDArray[np.float64]:
     low, high = np.percentile(values, [1.0, 99.0])
-    return np.clip((values - low) / max(float(high - low), 1e-12), 0.0, 1.0)
+    scaled: NDArray[np.float64] = np.clip(
+        (values - low) / max(float(high - low), 1e-12), 0.0, 1.0
+    )
+    return scaled
 
 
 def diagnostic_image(fit: CtfFit, *, zoom: float = 1.25) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.ctf.model import CtfParams, ctf_phase
 from pipelines.ctf.search import FitBand
@@ -49,8 +50,8 @@ def _windowed_fit(
     lo = np.clip(np.arange(n) - half, 0, n)
     hi = np.clip(np.arange(n) + half + 1, 0, n)
 
-    def window_sum(values: np.ndarray) -> np.ndarray:
-        csum = np.concatenate([[0.0], np.cumsum(values)])
+    def window_sum(values: np.ndarray) -> NDArray[np.float64]:
+        csum: NDArray[np.float64] = np.concatenate([[0.0], np.cumsum(values)])
         return csum[hi] - csum[lo]
 
     count = (hi - lo).astype(np.float64)
@@ -109,11 +110,11 @@ def equiphase_profile(
     n_bins = int(index.max()) + 1
     counts = np.bincount(index, minlength=n_bins).astype(np.float64)
     filled = counts > 0
-    data = np.bincount(index, weights=spectrum[mask][keep], minlength=n_bins)
-    freq = np.bincount(index, weights=k[keep], minlength=n_bins)
-    data, freq, counts = data[filled], freq[filled], counts[filled]
-    data /= counts
-    freq /= counts
+    data_sums = np.bincount(index, weights=spectrum[mask][keep], minlength=n_bins)
+    freq_sums = np.bincount(index, weights=k[keep], minlength=n_bins)
+    counts = counts[filled]
+    data = data_sums[filled] / counts
+    freq = freq_sums[filled] / counts
     centres = start + (np.flatnonzero(filled) + 0.5) * width
     model = np.sin(centres) ** 2
     half = max(2, round(0.5 * window_rings * bins_per_ring))

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.interpolate import BSpline
 from scipy.ndimage import uniform_filter1d
 
@@ -86,7 +87,9 @@ def radial_index(tile_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.hypot(ky_full, kx_full), ky_full, kx_full
 
 
-def _radial_mean(values: np.ndarray, shell: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _radial_mean(
+    values: np.ndarray, shell: np.ndarray, mask: np.ndarray
+) -> NDArray[np.float64]:
     n_shells = int(shell.max()) + 1
     sums = np.bincount(shell[mask], weights=values[mask], minlength=n_shells)
     counts = np.bincount(shell[mask], minlength=n_shells)
@@ -94,7 +97,10 @@ def _radial_mean(values: np.ndarray, shell: np.ndarray, mask: np.ndarray) -> np.
     filled = counts > 0
     profile[filled] = sums[filled] / counts[filled]
     # Shells without pixels (only the DC shell in practice) take their neighbour.
-    return np.interp(np.arange(n_shells), np.flatnonzero(filled), profile[filled])
+    filled_profile: NDArray[np.float64] = np.interp(
+        np.arange(n_shells), np.flatnonzero(filled), profile[filled]
+    )
+    return filled_profile
 
 
 def subtract_background(
@@ -102,7 +108,7 @@ def subtract_background(
     *,
     box_px: int,
     clip_sigma: float = 4.0,
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     """Remove the smooth radial background and flatten the ring contrast.
 
     ``amplitude`` is an rfft2-layout amplitude spectrum ``(t, t // 2 + 1)``.  The
@@ -124,7 +130,9 @@ def subtract_background(
     power = _radial_mean(residual**2, shell, off_axes)
     rms = np.sqrt(uniform_filter1d(power, size, mode="nearest"))
     scale = np.interp(radius, np.arange(rms.size), rms)
-    flat = np.divide(residual, scale, out=np.zeros_like(residual), where=scale > 0)
+    flat: NDArray[np.float64] = np.divide(
+        residual, scale, out=np.zeros_like(residual), where=scale > 0
+    )
     limit = clip_sigma * float(np.sqrt(np.mean(flat[off_axes] ** 2)))
     flat = np.clip(flat, -limit, limit)
     flat[~off_axes] = 0.0
@@ -153,7 +161,7 @@ def refine_background(
     envelope_floor: float = 0.1,
     smoothness: float = 3.0,
     clip_sigma: float = 4.0,
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     """Background subtraction that knows where the rings are.
 
     With a first fit's CTF² ``model`` (rfft2 layout, like ``amplitude``), the
@@ -194,7 +202,9 @@ def refine_background(
     envelope = np.maximum(envelope, envelope_floor * max(float(envelope.max()), 1e-30))
     residual = amplitude - np.interp(radius, r, background)
     scale = np.interp(radius, r, envelope)
-    flat = np.divide(residual, scale, out=np.zeros_like(residual), where=scale > 0)
+    flat: NDArray[np.float64] = np.divide(
+        residual, scale, out=np.zeros_like(residual), where=scale > 0
+    )
     limit = clip_sigma * float(np.sqrt(np.mean(flat[off_axes] ** 2)))
     flat = np.clip(flat, -limit, limit)
     flat[~off_axes] = 0.0

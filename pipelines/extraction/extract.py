@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 from pipelines.picking.filters import fourier_crop
@@ -151,7 +152,7 @@ def extract_particles(
     )
 
 
-def normalise_background(stack: np.ndarray, *, radius_px: float) -> np.ndarray:
+def normalise_background(stack: np.ndarray, *, radius_px: float) -> NDArray[np.float32]:
     """Zero mean, unit sd of the pixels outside ``radius_px`` of each box centre."""
     box = stack.shape[-1]
     coords = np.arange(box) - box // 2
@@ -160,8 +161,9 @@ def normalise_background(stack: np.ndarray, *, radius_px: float) -> np.ndarray:
         raise StageInputError(
             "<args>", "diameter_a", radius_px * 2, "no background ring left in the box"
         )
-    background = stack[:, ring].astype(np.float64)
+    background: NDArray[np.float64] = stack[:, ring].astype(np.float64)
     mean = background.mean(axis=1)
     sd = background.std(axis=1)
     sd = np.where(sd > 0, sd, 1.0)
-    return ((stack - mean[:, None, None]) / sd[:, None, None]).astype(np.float32)
+    normalised: NDArray[np.float64] = (stack - mean[:, None, None]) / sd[:, None, None]
+    return normalised.astype(np.float32)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import check_movie_header
 from pipelines.errors import StageInputError
 
 __all__ = ["read_micrograph"]
@@ -26,6 +28,12 @@ def read_micrograph(path: str | Path) -> tuple[np.ndarray, float]:
     """
     import mrcfile
 
+    try:  # the header checked against the file size before anything is allocated
+        check_movie_header(Path(path))
+    except MetadataError as exc:
+        raise StageInputError(
+            path, exc.field, exc.value, f"unreadable MRC: {exc.reason}"
+        ) from exc
     try:
         with mrcfile.open(path, permissive=True) as mrc:
             if mrc.data is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mdcatch.errors import MetadataError
+from mdcatch.headers.movie import check_movie_header
 from pipelines.errors import StageInputError
 
 __all__ = ["eer_frames_per_group", "read_movie"]
@@ -115,6 +117,15 @@ def _read_eer(path: Path, frames_per_group: int, upsampling: int) -> np.ndarray:
     return out
 
 
+def _check_header(path: Path) -> None:
+    """mdcatch's header sanity check, before any frame is allocated; its error
+    becomes a :class:`StageInputError` with the same file, field and value."""
+    try:
+        check_movie_header(path)
+    except MetadataError as exc:
+        raise StageInputError(path, exc.field, exc.value, exc.reason) from exc
+
+
 def read_movie(
     path: str | Path,
     *,
@@ -130,6 +141,8 @@ def read_movie(
     if not movie.is_file():
         raise StageInputError(movie, "path", str(movie), "movie file does not exist")
     suffix = movie.suffix.lower()
+    if suffix in (*MRC_SUFFIXES, *TIFF_SUFFIXES, *EER_SUFFIXES):
+        _check_header(movie)
     if suffix in MRC_SUFFIXES:
         return _read_mrc(movie)
     if suffix in TIFF_SUFFIXES:

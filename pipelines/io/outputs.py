@@ -98,7 +98,7 @@ def write_star(path: str | Path, blocks: Mapping[str, Any]) -> Path:
 
 def remove_partials(folder: str | Path) -> list[Path]:
     """Delete every temporary ``*.partial`` file below ``folder``; return them."""
-    removed = []
+    removed: list[Path] = []
     root = Path(folder)
     if not root.exists():
         return removed

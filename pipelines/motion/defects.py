@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 from pipelines.motion import _kernels as _motion_kernels
@@ -54,7 +55,7 @@ def orient_gain(
 
 def apply_gain(
     frames: np.ndarray, gain: np.ndarray, *, path: str | Path = "<movie>"
-) -> np.ndarray:
+) -> NDArray[np.bool_]:
     """Multiply ``(n, ny, nx)`` float32 frames by the gain in place; return the
     ``(ny, nx)`` mask of pixels the gain marks as defects (not finite or ≤ 0)."""
     if gain.shape != frames.shape[1:]:
@@ -64,13 +65,15 @@ def apply_gain(
             gain.shape,
             f"does not match the frame shape {frames.shape[1:]} (check the rotation)",
         )
-    bad = ~np.isfinite(gain) | (gain <= 0)
+    bad: NDArray[np.bool_] = ~np.isfinite(gain) | (gain <= 0)
     clean = np.where(bad, 0.0, gain).astype(np.float32)
     frames *= clean[None]
     return bad
 
 
-def detect_hot_pixels(frame_sum: np.ndarray, *, n_sigma: float = 10.0) -> np.ndarray:
+def detect_hot_pixels(
+    frame_sum: np.ndarray, *, n_sigma: float = 10.0
+) -> NDArray[np.bool_]:
     """Pixels of the frame sum far above the rest: ``(ny, nx)`` bool.
 
     Threshold ``median + n_sigma * max(1.4826 * MAD, sqrt(max(median, 1)))``: the
@@ -81,7 +84,8 @@ def detect_hot_pixels(frame_sum: np.ndarray, *, n_sigma: float = 10.0) -> np.nda
     median = float(np.median(sample))
     mad = float(np.median(np.abs(sample - median))) * 1.4826
     sigma = max(mad, np.sqrt(max(median, 1.0)))
-    return frame_sum > median + n_sigma * sigma
+    hot: NDArray[np.bool_] = frame_sum > median + n_sigma * sigma
+    return hot
 
 
 def detect_dead_pixels(

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from numpy.typing import NDArray
 
 from pipelines.motion.align import align_stack, fft_kwargs
 from pipelines.motion.dose import DamageModel
@@ -64,12 +65,13 @@ def spatial_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def evaluate_local_model(
     coefficients: np.ndarray, z: np.ndarray, u: np.ndarray, v: np.ndarray
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     """Local correction ``(n_z, n_points, 2)`` [x, y] at frames ``z`` and ``(u, v)``."""
     zpow = np.stack([z, z**2, z**3], axis=-1).astype(np.float64)  # (nz, 3)
     basis = spatial_basis(np.asarray(u, float), np.asarray(v, float))  # (np, 6)
     c = coefficients.reshape(2, 6, 3)
-    return np.einsum("zp,ng,agp->zna", zpow, basis, c)
+    correction: NDArray[np.float64] = np.einsum("zp,ng,agp->zna", zpow, basis, c)
+    return correction
 
 
 def _design(n_frames: int, basis: np.ndarray) -> tuple[np.ndarray, float]:
@@ -95,12 +97,15 @@ def _fit(
     return coef.T.copy(), _model_centred(coef, n_frames, basis)
 
 
-def _model_centred(coef: np.ndarray, n_frames: int, basis: np.ndarray) -> np.ndarray:
+def _model_centred(
+    coef: np.ndarray, n_frames: int, basis: np.ndarray
+) -> NDArray[np.float64]:
     z = np.arange(n_frames, dtype=np.float64)
     zpow = np.stack([z, z**2, z**3], axis=-1)
     zpow -= zpow.mean(axis=0)
     c = coef.reshape(6, 3, 2)
-    return np.einsum("ng,zp,gpa->nza", basis, zpow, c)
+    model: NDArray[np.float64] = np.einsum("ng,zp,gpa->nza", basis, zpow, c)
+    return model
 
 
 def _predicts_held_out_patches(

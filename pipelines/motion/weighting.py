@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.motion.align import align_stack, phase_ramp
 from pipelines.motion.dose import DamageModel
@@ -53,10 +54,13 @@ def _ring_index(shape: tuple[int, int], xp: ModuleType) -> tuple[Any, int]:
     return xp.minimum(ring.astype(xp.int64), n_rings - 1).ravel(), n_rings
 
 
-def _ring_mean(values: Any, ring: Any, n_rings: int, xp: ModuleType) -> np.ndarray:
+def _ring_mean(
+    values: Any, ring: Any, n_rings: int, xp: ModuleType
+) -> NDArray[np.float64]:
     total = xp.bincount(ring, weights=values.ravel(), minlength=n_rings)
     count = xp.bincount(ring, minlength=n_rings)
-    return to_numpy(total) / np.maximum(to_numpy(count), 1)
+    mean: NDArray[np.float64] = to_numpy(total) / np.maximum(to_numpy(count), 1)
+    return mean
 
 
 def spectral_snr_weights(

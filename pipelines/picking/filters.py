@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 __all__ = [
     "circular_mask",
@@ -48,7 +49,7 @@ def crop_spectrum(spectrum: np.ndarray, out_shape: tuple[int, int]) -> np.ndarra
 
 def fourier_crop(
     images: np.ndarray, out_shape: tuple[int, int], *, workers: int = -1
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """Downscale ``(..., ny, nx)`` images to ``(..., oy, ox)`` by Fourier cropping.
 
     Pixel values keep their scale (a constant image stays the same constant), and
@@ -61,7 +62,7 @@ def fourier_crop(
         return np.asarray(images, dtype=np.float32)
     spectrum = scipy.fft.rfft2(np.asarray(images, dtype=np.float32), workers=workers)
     cropped = crop_spectrum(spectrum, out_shape)
-    out = scipy.fft.irfft2(cropped, s=out_shape, workers=workers)
+    out: NDArray[np.float32] = scipy.fft.irfft2(cropped, s=out_shape, workers=workers)
     out *= (oy * ox) / (ny * nx)
     return out.astype(np.float32, copy=False)
 

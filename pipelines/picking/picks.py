@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from pipelines.errors import StageInputError
@@ -217,9 +218,10 @@ def read_picks_star(
     frame = frames[0]
     n = len(frame)
 
-    def column(name: str, default: float) -> np.ndarray:
+    def column(name: str, default: float) -> NDArray[np.float64]:
         if name in frame:
-            return frame[name].to_numpy(dtype=np.float64)
+            values: NDArray[np.float64] = frame[name].to_numpy(dtype=np.float64)
+            return values
         return np.full(n, default)
 
     return Picks(

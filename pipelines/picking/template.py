@@ -18,8 +18,11 @@ threshold), so both thresholds can be set afterwards with
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 from scipy import ndimage
 
 from pipelines.ctf.model import CtfParams, ctf_2d
@@ -48,7 +51,7 @@ def prepare_templates(
     transfer: tuple[np.ndarray, np.ndarray] | None = None,
     ctf: CtfParams | None = None,
     pixel_size_a: float = 1.0,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """``(n_templates * n_angles, box, box)`` rotated, filtered, masked, unit templates.
 
     ``templates`` are already at ``pixel_size_a`` and ``box_px``.  ``transfer`` is a
@@ -84,7 +87,7 @@ def prepare_templates(
     padded = np.zeros((rotated.shape[0], pad, pad), dtype=np.float32)
     start = pad // 2 - centre
     padded[:, start : start + box_px, start : start + box_px] = rotated
-    filtered = scipy.fft.irfft2(
+    filtered: NDArray[np.floating[Any]] = scipy.fft.irfft2(
         scipy.fft.rfft2(padded, axes=(-2, -1)) * gain, s=(pad, pad), axes=(-2, -1)
     )[:, start : start + box_px, start : start + box_px]
 
@@ -93,8 +96,11 @@ def prepare_templates(
     n_in = mask.sum()
     means = filtered.sum(axis=(-2, -1), keepdims=True) / n_in
     filtered = (filtered - means) * mask
-    norms = np.sqrt((filtered * filtered).sum(axis=(-2, -1), keepdims=True))
-    return (filtered / np.maximum(norms, 1e-30)).astype(np.float32)
+    norms: NDArray[np.floating[Any]] = np.sqrt(
+        (filtered * filtered).sum(axis=(-2, -1), keepdims=True)
+    )
+    unit: NDArray[np.floating[Any]] = filtered / np.maximum(norms, 1e-30)
+    return unit.astype(np.float32)
 
 
 def pick_template(
@@ -235,12 +241,15 @@ def _ncc_map(
     mask = circular_mask(box, radius_px).astype(np.float32)
     n_in = float(mask.sum())
 
-    def padded_spectrum(kernels: np.ndarray) -> np.ndarray:
+    def padded_spectrum(kernels: np.ndarray) -> NDArray[np.complex64]:
         # kernel centre (box // 2) goes to pixel 0: correlation peaks at the centre
         full = np.zeros((kernels.shape[0], *shape), dtype=np.float32)
         full[:, :box, :box] = kernels
         full = np.roll(full, (-(box // 2), -(box // 2)), axis=(-2, -1))
-        return scipy.fft.rfft2(full, axes=(-2, -1), workers=workers)
+        spectrum: NDArray[np.complex64] = scipy.fft.rfft2(
+            full, axes=(-2, -1), workers=workers
+        )
+        return spectrum
 
     mask_ft = np.conj(padded_spectrum(mask[None])[0])
     local_sum = scipy.fft.irfft2(spectrum * mask_ft, s=shape, workers=workers)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import njit
+from numpy.typing import NDArray
 
 
 @njit(cache=True)
-def encode_eer_frame(flat_index, subpixel, n_pixels, out):  # pragma: no cover
+def encode_eer_frame(  # pragma: no cover
+    flat_index: NDArray[np.int64],
+    subpixel: NDArray[np.uint8],
+    n_pixels: int,
+    out: NDArray[np.uint8],
+) -> int:
     """Write one EER frame (7-bit runs, 2+2 sub-pixel bits) into ``out``; return bytes.
 
     ``flat_index`` is sorted and unique (one event per pixel at most); ``subpixel``
@@ -46,7 +53,9 @@ def encode_eer_frame(flat_index, subpixel, n_pixels, out):  # pragma: no cover
 
 
 @njit(cache=True, inline="always")
-def _put_bits(out, bitpos, value, nbits):  # pragma: no cover
+def _put_bits(  # pragma: no cover
+    out: NDArray[np.uint8], bitpos: int, value: int, nbits: int
+) -> None:
     for b in range(nbits):
         if (value >> b) & 1:
             pos = bitpos + b

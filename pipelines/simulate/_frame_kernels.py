@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def frame_spectrum(contrast_ft, damage_rate, dose, ey, ex, out):  # pragma: no cover
+def frame_spectrum(  # pragma: no cover
+    contrast_ft: NDArray[np.complex64],
+    damage_rate: NDArray[np.float32],
+    dose: float,
+    ey: NDArray[np.complex64],
+    ex: NDArray[np.complex64],
+    out: NDArray[np.complex64],
+) -> None:
     """``out = contrast_ft * exp(damage_rate * dose) * ey[:, None] * ex[None, :]``.
 
     ``damage_rate`` may be empty (no damage).  One pass over the half-spectrum.
@@ -29,18 +37,18 @@ def frame_spectrum(contrast_ft, damage_rate, dose, ey, ex, out):  # pragma: no c
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def warp_frame(
-    transmission,
-    contrast,
-    coef_x,
-    coef_y,
-    shift_x,
-    shift_y,
-    pad_y,
-    pad_x,
-    warp_contrast,
-    out,
-):  # pragma: no cover
+def warp_frame(  # pragma: no cover
+    transmission: NDArray[np.float32],
+    contrast: NDArray[np.float32],
+    coef_x: NDArray[np.float64],
+    coef_y: NDArray[np.float64],
+    shift_x: float,
+    shift_y: float,
+    pad_y: float,
+    pad_x: float,
+    warp_contrast: bool,
+    out: NDArray[np.float32],
+) -> None:
     """One frame's intensity ``T(r - s - l(r)) * (1 + C(r - l(r)))`` on the movie grid.
 
     ``contrast`` is already moved by the whole-frame shift ``s``; ``l`` is the local
@@ -90,7 +98,7 @@ def warp_frame(
 
 
 @njit(cache=True, inline="always", fastmath=True, error_model="numpy")
-def _keys(t):  # pragma: no cover
+def _keys(t: float) -> float:  # pragma: no cover
     """Keys' cubic convolution kernel (a = -0.5)."""
     t = abs(t)
     if t < 1.0:
@@ -101,18 +109,22 @@ def _keys(t):  # pragma: no cover
 
 
 @njit(cache=True, inline="always", fastmath=True, error_model="numpy")
-def _linear_at(image, sy, sx, y_max, x_max):  # pragma: no cover
+def _linear_at(  # pragma: no cover
+    image: NDArray[np.float32], sy: float, sx: float, y_max: int, x_max: int
+) -> float:
     iy = min(max(int(np.floor(sy)), 0), y_max - 1)
     ix = min(max(int(np.floor(sx)), 0), x_max - 1)
     fy = min(max(sy - iy, 0.0), 1.0)
     fx = min(max(sx - ix, 0.0), 1.0)
-    top = image[iy, ix] + fx * (image[iy, ix + 1] - image[iy, ix])
-    bottom = image[iy + 1, ix] + fx * (image[iy + 1, ix + 1] - image[iy + 1, ix])
+    top: float = image[iy, ix] + fx * (image[iy, ix + 1] - image[iy, ix])
+    bottom: float = image[iy + 1, ix] + fx * (image[iy + 1, ix + 1] - image[iy + 1, ix])
     return top + fy * (bottom - top)
 
 
 @njit(cache=True, inline="always", fastmath=True, error_model="numpy")
-def _cubic_at(image, sy, sx, y_max, x_max):  # pragma: no cover
+def _cubic_at(  # pragma: no cover
+    image: NDArray[np.float32], sy: float, sx: float, y_max: int, x_max: int
+) -> float:
     iy = int(np.floor(sy))
     ix = int(np.floor(sx))
     fy = sy - iy
@@ -145,7 +157,12 @@ def _cubic_at(image, sy, sx, y_max, x_max):  # pragma: no cover
 
 
 @njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def poisson_counts(intensity, scale, uniforms, out):  # pragma: no cover
+def poisson_counts(  # pragma: no cover
+    intensity: NDArray[np.float32],
+    scale: NDArray[np.float32],
+    uniforms: NDArray[np.float32],
+    out: NDArray[np.uint8],
+) -> None:
     """``out = Poisson(max(intensity, 0) * scale)`` by inversion of one uniform per pixel.
 
     Exact for any mean; counts above 255 saturate (``out`` is uint8).  Each row

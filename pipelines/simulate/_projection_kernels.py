@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import NDArray
 
 
 @njit(cache=True, parallel=True)
-def extract_slices(fvol, rotations, shifts, out, radius_px):  # pragma: no cover
+def extract_slices(  # pragma: no cover
+    fvol: NDArray[np.complex64],
+    rotations: NDArray[np.float64],
+    shifts: NDArray[np.float64],
+    out: NDArray[np.complex64],
+    radius_px: float,
+) -> None:
     """Fill ``out`` (n, Np, Np//2+1) with slices of ``fvol`` (Np, Np, Np//2+1).
 
     ``fvol`` is centred along z and y (index Np//2 is frequency 0) and holds
@@ -88,7 +95,9 @@ def extract_slices(fvol, rotations, shifts, out, radius_px):  # pragma: no cover
 
 
 @njit(cache=True)
-def deposit_points(points, weights, grid):  # pragma: no cover
+def deposit_points(  # pragma: no cover
+    points: NDArray[np.float64], weights: NDArray[np.float64], grid: NDArray[np.float64]
+) -> None:
     """Add ``weights`` at ``points`` (n, 3) in (z, y, x) voxel units, trilinearly."""
     nz, ny, nx = grid.shape
     for i in range(points.shape[0]):
@@ -114,7 +123,9 @@ def deposit_points(points, weights, grid):  # pragma: no cover
 
 
 @njit(cache=True)
-def add_patches(image, patches, corners):  # pragma: no cover
+def add_patches(  # pragma: no cover
+    image: NDArray[np.float32], patches: NDArray[np.float32], corners: NDArray[np.int64]
+) -> None:
     """Add ``patches`` (n, b, b) into ``image`` with top-left ``corners`` (n, 2) [y, x].
 
     Parts outside ``image`` are dropped.

@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 
@@ -77,12 +78,12 @@ def random_gain(
 class DetectorDefects:
     """Hot pixels (always bright) and dead pixels (always 0), ``(ny, nx)`` bool."""
 
-    hot: np.ndarray
-    dead: np.ndarray
+    hot: NDArray[np.bool_]
+    dead: NDArray[np.bool_]
     hot_counts_per_frame: float
 
     @property
-    def mask(self) -> np.ndarray:
+    def mask(self) -> NDArray[np.bool_]:
         """True where a pixel is defective."""
         return self.hot | self.dead
 

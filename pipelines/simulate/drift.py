@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage
+from numpy.typing import NDArray
 
 __all__ = ["LocalMotion", "random_drift", "random_local_motion"]
 
@@ -60,7 +61,7 @@ class LocalMotion:
         frame: np.ndarray | float,
         y_px: np.ndarray | float,
         x_px: np.ndarray | float,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float64]:
         """Local shift ``(..., 2)`` [x, y] at frame(s) and position(s) (broadcast)."""
         t, u, v = self._normalised(frame, y_px, x_px)
         t, u, v = np.broadcast_arrays(t, u, v)
@@ -73,11 +74,14 @@ class LocalMotion:
                 out[..., 1] += self.coefficients_px[1, ip, ib] * tp * b
         return out
 
-    def spatial_coefficients_px(self, frame: int) -> np.ndarray:
+    def spatial_coefficients_px(self, frame: int) -> NDArray[np.float64]:
         """``(2, 5)`` [x, y] coefficients of the spatial basis at ``frame`` (time summed)."""
         t = float(frame) / max(self.n_frames - 1, 1)
         powers = np.array([t**p for p in _TIME_POWERS])
-        return np.einsum("apb,p->ab", self.coefficients_px, powers)
+        coefficients: NDArray[np.float64] = np.einsum(
+            "apb,p->ab", self.coefficients_px, powers
+        )
+        return coefficients
 
     def field_px(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """``(shift_x, shift_y)`` each ``(ny, nx)`` float32 over the whole frame."""
@@ -126,7 +130,7 @@ def random_drift(
     *,
     jitter_px: float = 0.2,
     decay_frames: float = 8.0,
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     """Whole-frame shifts ``(n_frames, 2)`` [x, y]: fast early drift that slows down.
 
     A decaying exponential path of length ~``total_px`` in a random direction, a
@@ -141,7 +145,13 @@ def random_drift(
         / (1.0 - np.exp(-max(n_frames - 1, 1) / decay_frames))
     )
     theta = angle + bend * f / max(n_frames - 1, 1)
-    shifts = np.column_stack([path * np.cos(theta), path * np.sin(theta)])
+    shifts: NDArray[np.float64] = np.column_stack(
+        [path * np.cos(theta), path * np.sin(theta)]
+    )
     walk = np.cumsum(rng.normal(scale=jitter_px, size=(n_frames, 2)), axis=0)
-    shifts += scipy.ndimage.gaussian_filter1d(walk, sigma=1.5, axis=0, mode="nearest")
-    return shifts - shifts[0]
+    smooth_walk: NDArray[np.float64] = scipy.ndimage.gaussian_filter1d(
+        walk, sigma=1.5, axis=0, mode="nearest"
+    )
+    shifts += smooth_walk
+    relative: NDArray[np.float64] = shifts - shifts[0]
+    return relative

@@ -14,9 +14,11 @@ The CTF is the micrograph's (every particle's truth carries the same defocus).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.ctf.model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
@@ -113,7 +115,7 @@ def _thickness_a(
     """(total thickness, contamination thickness) maps ``(ny, nx)`` in Å."""
     ny, nx = params.shape_px
     ramp = np.linspace(-0.5, 0.5, nx)[None, :] if nx > 1 else np.zeros((1, 1))
-    thickness = np.broadcast_to(
+    thickness: NDArray[np.floating[Any]] = np.broadcast_to(
         params.ice_thickness_a + params.ice_gradient_a * ramp, (ny, nx)
     ).astype(np.float32)
     if carbon is not None:
@@ -242,13 +244,15 @@ def expected_image_ft(
     *,
     mtf: tuple[np.ndarray, np.ndarray] | None = None,
     workers: int = -1,
-) -> np.ndarray:
+) -> NDArray[np.complex64]:
     """``-2 ctf * MTF * F[phi]`` on the rfft2 grid, complex64 (the contrast transform).
 
     ``I = T * (1 + irfft2(this * D))`` per unit dose, for a damage filter ``D``.
     """
     truth = specimen.truth
-    ft = scipy.fft.rfft2(specimen.phase_rad, workers=workers)
+    ft: NDArray[np.complexfloating[Any]] = scipy.fft.rfft2(
+        specimen.phase_rad, workers=workers
+    )
     ft *= -2.0 * ctf_2d(truth.shape_px, truth.pixel_size_a, truth.ctf)
     if mtf is not None:
         ft *= mtf_2d(truth.shape_px, *mtf)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 from pipelines.simulate import _frame_kernels
@@ -104,10 +105,11 @@ class MovieTruth:
         frame: np.ndarray | int,
         y_px: np.ndarray | float,
         x_px: np.ndarray | float,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float64]:
         """Whole-frame plus local shift ``(..., 2)`` [x, y] at frame(s) and position(s)."""
         f = np.asarray(frame)
-        return self.shifts_px[f][..., :] + self.local_motion.shift_px(f, y_px, x_px)
+        whole: NDArray[np.float64] = self.shifts_px[f][..., :]
+        return whole + self.local_motion.shift_px(f, y_px, x_px)
 
 
 def _crop_truth(

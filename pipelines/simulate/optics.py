@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.ctf.model import CtfParams, ctf_2d, frequency_grid
 from pipelines.errors import StageInputError
@@ -36,14 +37,15 @@ _GG_C = 2.81
 
 def apply_ctf(
     image: np.ndarray, pixel_size_a: float, params: CtfParams, *, workers: int = -1
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """``image`` ``(..., ny, nx)`` filtered by ``-ctf`` (raw-micrograph sign), float32."""
     img = np.asarray(image, dtype=np.float32)
     ctf = ctf_2d(img.shape[-2:], pixel_size_a, params)
     ft = scipy.fft.rfft2(img, workers=workers)
-    return scipy.fft.irfft2(-ctf * ft, s=img.shape[-2:], workers=workers).astype(
-        np.float32
+    filtered: NDArray[np.float32] = scipy.fft.irfft2(
+        -ctf * ft, s=img.shape[-2:], workers=workers
     )
+    return filtered.astype(np.float32)
 
 
 def read_mtf(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -82,13 +84,14 @@ def read_mtf(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def mtf_2d(
     shape: tuple[int, int], freq_fraction_nyquist: np.ndarray, mtf: np.ndarray
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """The MTF on the ``rfft2`` grid of ``shape`` (ny, nx), float32 (radial, linear interp)."""
     ky, kx = frequency_grid(shape, 1.0)  # cycles per pixel
     radius = 2.0 * np.sqrt(ky * ky + kx * kx)  # fraction of Nyquist
-    return np.interp(radius, freq_fraction_nyquist, mtf, right=mtf[-1]).astype(
-        np.float32
+    grid: NDArray[np.float64] = np.interp(
+        radius, freq_fraction_nyquist, mtf, right=mtf[-1]
     )
+    return grid.astype(np.float32)
 
 
 def apply_mtf(
@@ -97,12 +100,15 @@ def apply_mtf(
     mtf: np.ndarray,
     *,
     workers: int = -1,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """``image`` ``(..., ny, nx)`` blurred by the detector MTF, float32."""
     img = np.asarray(image, dtype=np.float32)
     ft = scipy.fft.rfft2(img, workers=workers)
     ft *= mtf_2d(img.shape[-2:], freq_fraction_nyquist, mtf)
-    return scipy.fft.irfft2(ft, s=img.shape[-2:], workers=workers).astype(np.float32)
+    blurred: NDArray[np.float32] = scipy.fft.irfft2(
+        ft, s=img.shape[-2:], workers=workers
+    )
+    return blurred.astype(np.float32)
 
 
 def _voltage_factor(voltage_kv: float) -> float:

@@ -10,7 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,12 @@ def simulate_views(
         volume, euler_to_matrix(rot[view_index], tilt[view_index], psi), shifts_px=shift
     )
     defocus = rng.uniform(10000, 25000, n_particles)
+    optics = CtfParams(defocus_u_a=0.0, defocus_v_a=0.0)  # voltage, Cs, Q0 shared
     ctfs = np.stack(
         [
-            ctf_2d((box, box), pixel_size_a, CtfParams(defocus_u_a=d, defocus_v_a=d))
+            ctf_2d(
+                (box, box), pixel_size_a, replace(optics, defocus_u_a=d, defocus_v_a=d)
+            )
             for d in defocus
         ]
     )  # per particle: test setup only
@@ -75,6 +78,9 @@ def simulate_views(
         defocus_v_a=defocus.copy(),
         astigmatism_angle_deg=np.zeros(n),
         phase_shift_deg=np.zeros(n),
+        voltage_kv=optics.voltage_kv,
+        cs_mm=optics.cs_mm,
+        amplitude_contrast=optics.amplitude_contrast,
     )
     return SyntheticSet(stack, views, view_index, psi, shift)
 
@@ -91,9 +97,9 @@ def write_particle_set(
         {
             "rlnOpticsGroupName": ["opticsGroup1"],
             "rlnOpticsGroup": [1],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
+            "rlnVoltage": [float(data.particles.voltage_kv)],
+            "rlnSphericalAberration": [float(data.particles.cs_mm)],
+            "rlnAmplitudeContrast": [float(data.particles.amplitude_contrast)],
             "rlnImagePixelSize": [pixel_size_a],
             "rlnImageSize": [images.shape[-1]],
             "rlnImageDimensionality": [2],

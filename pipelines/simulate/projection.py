@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 from pipelines.simulate import _projection_kernels
@@ -61,7 +62,7 @@ def euler_to_matrix(
     return m
 
 
-def matrix_to_euler(matrices: np.ndarray) -> np.ndarray:
+def matrix_to_euler(matrices: np.ndarray) -> NDArray[np.float64]:
     """Inverse of :func:`euler_to_matrix`: ``(..., 3, 3)`` -> ``(..., 3)`` degrees.
 
     Returns [rot, tilt, psi] with tilt in [0, 180]; at tilt 0 or 180 the rotation
@@ -83,7 +84,8 @@ def matrix_to_euler(matrices: np.ndarray) -> np.ndarray:
     )
     psi = np.where(regular, psi, degenerate_psi)
     tilt = np.where(regular, tilt, np.where(up, 0.0, np.pi))
-    return np.rad2deg(np.stack([rot, tilt, psi], axis=-1))
+    angles_rad: NDArray[np.float64] = np.stack([rot, tilt, psi], axis=-1)
+    return np.rad2deg(angles_rad)
 
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:

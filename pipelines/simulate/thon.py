@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
+from numpy.typing import NDArray
 
 from pipelines.ctf.model import CtfParams, ctf_2d
 
@@ -23,7 +24,7 @@ def make_thon_micrograph(
     contrast: float = 0.05,
     background_contrast: float = 0.05,
     rng: np.random.Generator,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """A float32 micrograph ``shape`` (ny, nx) in counts per pixel, CTF = ``params``.
 
     ``contrast`` is the standard deviation of the CTF-modulated image relative to
@@ -34,10 +35,12 @@ def make_thon_micrograph(
     k = np.sqrt(ky * ky + kx * kx)
     falloff = 1.0 / (1.0 + k / 0.02)  # 1/f beyond 50 Å
 
-    def filtered(gain: np.ndarray) -> np.ndarray:
+    def filtered(gain: NDArray[np.float64]) -> NDArray[np.float64]:
         white = rng.standard_normal(shape)
-        image = scipy.fft.irfft2(scipy.fft.rfft2(white) * gain, s=shape)
-        return image / image.std()
+        image: NDArray[np.float64] = scipy.fft.irfft2(
+            scipy.fft.rfft2(white) * gain, s=shape
+        )
+        return image / float(image.std())
 
     ctf = ctf_2d(shape, pixel_size_a, params, dtype=np.float64)
     specimen = filtered(falloff * -ctf)  # dark particles: the image carries -CTF
@@ -46,5 +49,5 @@ def make_thon_micrograph(
     gradient = 0.1 * (xx - 0.5) + 0.05 * (yy - 0.5) ** 2
     mean = dose_e_per_a2 * pixel_size_a**2
     relative = 1.0 + contrast * specimen + background_contrast * background + gradient
-    counts = rng.poisson(mean * np.clip(relative, 0.0, None))
+    counts: NDArray[np.int64] = rng.poisson(mean * np.clip(relative, 0.0, None))
     return counts.astype(np.float32)

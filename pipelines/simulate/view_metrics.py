@@ -5,6 +5,7 @@ correlation and FSC after the best in-plane rotation and shift (tests, benchmark
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["aligned_fsc", "best_rotated_correlation", "fsc_resolution_a"]
 
@@ -24,7 +25,7 @@ def best_rotated_correlation(image: np.ndarray, reference: np.ndarray) -> float:
     return best
 
 
-def aligned_fsc(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def aligned_fsc(image: np.ndarray, reference: np.ndarray) -> NDArray[np.float64]:
     """FSC per Fourier ring (ring 0 .. box/2 - 1) between ``reference`` and
     ``image`` turned (3° steps) and shifted (whole pixels) onto it."""
     import scipy.ndimage
@@ -47,7 +48,7 @@ def aligned_fsc(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     cross = np.bincount(ring, (f1 * np.conj(f2)).real.ravel())
     p1 = np.bincount(ring, (np.abs(f1) ** 2).ravel())
     p2 = np.bincount(ring, (np.abs(f2) ** 2).ravel())
-    fsc = cross / np.sqrt(p1 * p2 + 1e-30)
+    fsc: NDArray[np.float64] = cross / np.sqrt(p1 * p2 + 1e-30)
     return fsc[: n // 2]
 
 

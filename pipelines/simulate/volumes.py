@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
 from pipelines.reconstruct.symmetry import symmetry_matrices
@@ -94,7 +95,7 @@ def phantom_volume(
     *,
     symmetry: str = "C1",
     fill_fraction: float = 0.55,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """A protein-like phantom ``(box_px,)*3`` float32, max 1, asymmetric unless ``symmetry``.
 
     Gaussian "atoms" (a backbone atom and three side-chain atoms per residue) along a
@@ -130,8 +131,10 @@ def phantom_volume(
     grid = np.zeros((box_px,) * 3, dtype=np.float64)
     _projection_kernels.deposit_points(points_zyx, weights.astype(np.float64), grid)
     sigma_px = max(1.5 / pixel_size_a, 0.7)  # 1.5 Å atoms (B ~ 180 Å^2), >= 0.7 px
-    volume = scipy.ndimage.gaussian_filter(grid, sigma_px, mode="constant")
-    return (volume / volume.max()).astype(np.float32)
+    volume: NDArray[np.float64] = scipy.ndimage.gaussian_filter(
+        grid, sigma_px, mode="constant"
+    )
+    return (volume / float(volume.max())).astype(np.float32)
 
 
 def load_map(path: str | Path) -> tuple[np.ndarray, float | None]:

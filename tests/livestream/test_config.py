@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from livestream.config import ConfigError, Polling, SoftwareChoice, load_config
+from livestream.stages.params import (
+    DEFAULT_DIAMETER_MAX_A,
+    DEFAULT_THRESHOLD_SD,
+    CtfParams,
+    NoopParams,
+    PickParams,
+)
 
 
 def test_no_file_gives_working_defaults() -> None:
@@ -30,7 +39,7 @@ def test_file_is_read_and_overrides_win(tmp_path: Path) -> None:
     assert config.session.software is SoftwareChoice.SERIALEM
     assert config.session.settle_time_s == 3.0
     assert config.workers.n_processes == 2  # the flag wins over the file
-    assert config.stages.params_of("a") == {"kind": "noop", "sleep_s": 0.5}
+    assert config.stages.table_of("a") == NoopParams(sleep_s=0.5)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +58,18 @@ def test_file_is_read_and_overrides_win(tmp_path: Path) -> None:
             '[stages]\nchain = ["a"]\n[stages.a]\nkind = "noop"\nsleeep_s = 1\n',
             "'stages.a.sleeep_s'",
         ),
+        (
+            '[stages]\nchain = ["ctf"]\n[stages.ctf]\ncs_mm = "big"\n',
+            "'stages.ctf.cs_mm'",
+        ),
+        (
+            (
+                '[stages]\nchain = ["p"]\n[stages.p]\nkind = "pick"\n'
+                "diameter_min_a = 200\ndiameter_max_a = 150\n"
+            ),
+            "'stages.p.diameter_max_a'",
+        ),
+        ('[stages]\nchain = ["a"]\n[stages.b]\nkind = "nonsense"\n', "'stages.b.kind'"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
@@ -88,3 +109,47 @@ def test_run_flags_override_the_file(tmp_path: Path) -> None:
     assert config.session.movie_roots == (Path("/m1"), Path("/m2"))
     assert config.workers.n_processes == 3
     assert config.project.path == tmp_path / "p"
+
+
+def test_stage_tables_are_typed_by_kind_with_named_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "live.toml"
+    path.write_text(
+        '[stages]\nchain = ["motion", "ctf", "picker"]\n'
+        '[stages.ctf]\ncs_mm = 2.0\n[stages.picker]\nkind = "pick"\n'
+    )
+    stages = load_config(path).stages
+    assert stages.table_of("ctf") == CtfParams(cs_mm=2.0)
+    picker = stages.table_of("picker")
+    assert isinstance(picker, PickParams)
+    assert picker.threshold_sd == DEFAULT_THRESHOLD_SD
+    assert picker.diameter_max_a == DEFAULT_DIAMETER_MAX_A
+    # a chain stage without a table gets its kind's defaults
+    assert stages.kind_of("motion") == "motion"
+    assert stages.table_of("motion").model_dump(exclude={"kind"}) == (
+        load_config().stages.table_of("motion").model_dump(exclude={"kind"})
+    )
+
+
+def test_unknown_kind_error_says_which_kind_and_which_are_known(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[stages]\nchain = ["a"]\n[stages.a]\nkind = "nonsense"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "(got 'nonsense')" in message
+    assert "'motion'" in message
+    assert "package.module:function" in message
+
+
+def test_config_imports_no_stage_implementation() -> None:
+    code = (
+        "import sys, livestream.config\n"
+        "print(' '.join(m for m in ('livestream.stages.registry',"
+        " 'livestream.stages.motion_ctf', 'pipelines') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

@@ -139,7 +139,7 @@ async def test_metrics_scraped_over_http_agree_with_the_ledger(tmp_path: Path) -
     )
     async with asyncio.timeout(30):
         await settled.wait()
-    address = handles[0].reporter.metrics_address
+    address = handles[0].metrics_address
     assert address is not None
     url = f"http://{address[0]}:{address[1]}/metrics"
     text = await asyncio.to_thread(

@@ -50,5 +50,5 @@ def test_demo_processes_every_exposure_and_status_reads_the_project(
 def test_status_of_a_folder_without_ledger_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "--project", str(tmp_path)]) == 1
-    assert "no ledger" in capsys.readouterr().err
+    assert main(["status", "--project", str(tmp_path)]) == 2
+    assert "livestream.sqlite: ledger does not exist" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import starfile
 
 from livestream.config import ServiceConfig
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.ledger.store import StageResult
 from tests.livestream.service_fixtures import run_until_settled, service_config
 
 pytestmark = pytest.mark.slow
@@ -131,15 +132,20 @@ def test_curation_decisions_and_failed_rules_are_counted() -> None:
 
     registry = CollectorRegistry()
     metrics = CurationMetrics(registry)
-    metrics.observe({"accepted": 1.0})
-    metrics.observe({"accepted": 0.0, "rejected_ctf_resolution_a": 8.0})
+    metrics.observe(StageResult(stage="curate", accepted=True))
     metrics.observe(
-        {
-            "accepted": 0.0,
-            "rejected_ctf_resolution_a": 9.0,
-            "rejected_astigmatism_a": 1e3,
-        }
+        StageResult(
+            stage="curate", figures={"rejected_ctf_resolution_a": 8.0}, accepted=False
+        )
     )
+    metrics.observe(
+        StageResult(
+            stage="curate",
+            figures={"rejected_ctf_resolution_a": 9.0, "rejected_astigmatism_a": 1e3},
+            accepted=False,
+        )
+    )
+    metrics.observe(StageResult(stage="motion", figures={"total_motion_a": 2.0}))
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -144,3 +145,25 @@ def test_missing_path_is_an_error(
 ) -> None:
     assert main(["inspect", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "broken_link", "movie_root"])
+def test_missing_or_unreadable_input_is_one_line_and_exit_2(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO would block the reader forever; as root, it and a broken link stand
+    in for an unreadable file.  A --movie-root must be a folder."""
+    bad = tmp_path / "FoilHole_1_Data_2_3_20250101_000000.xml"
+    argv = ["inspect", str(bad)]
+    if kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "broken_link":
+        bad.symlink_to(tmp_path / "gone.xml")
+    elif kind == "movie_root":
+        argv = ["inspect", str(tmp_path), "--movie-root", str(bad)]
+    assert main([*argv, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"mdcatch: {bad}: "), line

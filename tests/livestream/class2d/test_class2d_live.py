@@ -109,7 +109,7 @@ def _config(root: Path, session: Path, movies: Path, **sections: Any) -> Service
 
 
 def _scrape(handle: ServiceHandle) -> dict[str, float]:
-    address = handle.reporter.metrics_address
+    address = handle.metrics_address
     assert address is not None
     url = f"http://{address[0]}:{address[1]}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -399,7 +399,9 @@ async def test_checkpoint_with_unreadable_stacks_is_kept_and_classifier_stays_of
 
     from livestream.class2d.live import Class2dLive
     from livestream.config import Class2dSection
+    from livestream.telemetry.broadcast import Broadcaster
     from livestream.telemetry.metrics import ServiceMetrics
+    from livestream.telemetry.recorder import MetricsRecorder
     from livestream.telemetry.reporting import Reporter
     from pipelines.simulate.particle_sets import simulate_views, write_particle_set
     from pipelines.simulate.volumes import phantom_volume
@@ -423,7 +425,8 @@ async def test_checkpoint_with_unreadable_stacks_is_kept_and_classifier_stays_of
     (tmp_path / "Particles/a.mrcs").unlink()  # e.g. a share not mounted yet
 
     metrics = ServiceMetrics()
-    live = Class2dLive(section, tmp_path, star, Reporter("s", metrics=metrics))
+    reporter = Reporter(Broadcaster(), metrics=MetricsRecorder(metrics))
+    live = Class2dLive(section, tmp_path, star, reporter)
     await asyncio.wait_for(live.run(), 10)  # returns: nothing to run on
     assert live.actor is None
     assert checkpoint.exists()  # left for the next start

@@ -15,6 +15,7 @@ import starfile
 from livestream.cli.main import main
 from pipelines.ctf.model import CtfParams
 from pipelines.simulate.thon import make_thon_micrograph
+from tests.livestream.cli.terminal import FakeTerminal
 
 OPTICS = ["--pixel-size-a", "1.0", "--voltage-kv", "300", "--cs-mm", "2.7"]
 
@@ -35,15 +36,15 @@ def micrographs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def test_json_lines_in_process(
+def test_json_object_in_process(
     micrographs: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["ctf", *map(str, micrographs), *OPTICS, "--json"])
     assert code == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
-    for line, mean in zip(lines, (12000.0, 22000.0), strict=True):
-        record = json.loads(line)
+    document = json.loads(capsys.readouterr().out)  # exactly one JSON value
+    assert document["failed"] == []
+    assert len(document["items"]) == 2
+    for record, mean in zip(document["items"], (12000.0, 22000.0), strict=True):
         for key in (
             "defocus_u_a",
             "defocus_v_a",
@@ -70,15 +71,22 @@ def test_out_folder_gets_diagnostics_and_star(
     assert table["micrographs"]["rlnCtfImage"].tolist() == ["mic_0.ctf:mrc"]
 
 
-def test_missing_file_fails_with_its_name_and_others_still_run(
+def test_bad_file_fails_with_its_name_and_others_still_run(
     micrographs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = tmp_path / "nope.mrc"
-    code = main(["ctf", str(missing), str(micrographs[0]), *OPTICS, "--json"])
+    bad = tmp_path / "nope.mrc"
+    bad.write_text("not an MRC file")
+    code = main(["ctf", str(bad), str(micrographs[0]), *OPTICS, "--json"])
     captured = capsys.readouterr()
     assert code == 1
     assert "nope.mrc" in captured.err
-    assert len(captured.out.strip().splitlines()) == 1
+    document = json.loads(captured.out)
+    assert [item["micrograph_path"] for item in document["items"]] == [
+        str(micrographs[0])
+    ]
+    [failure] = document["failed"]
+    assert failure["path"] == str(bad)
+    assert "nope.mrc" in failure["error"]
 
 
 def test_subprocess_json(micrographs: list[Path]) -> None:
@@ -89,7 +97,26 @@ def test_subprocess_json(micrographs: list[Path]) -> None:
         text=True,
         check=True,
     )
-    record = json.loads(result.stdout)
+    [record] = json.loads(result.stdout)["items"]
     assert record["micrograph_path"] == str(micrographs[1])
     found = 0.5 * (record["defocus_u_a"] + record["defocus_v_a"])
     assert found == pytest.approx(22000.0, rel=0.01)
+
+
+def test_progress_on_a_terminal_but_not_with_json(
+    micrographs: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["ctf", *map(str, micrographs), *OPTICS]) == 0
+    assert "2/2" in terminal.getvalue()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == list(map(str, micrographs))
+
+    terminal.seek(0)
+    terminal.truncate()
+    assert main(["ctf", *map(str, micrographs), *OPTICS, "--json"]) == 0
+    assert terminal.getvalue() == ""
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 2

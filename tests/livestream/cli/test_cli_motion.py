@@ -46,10 +46,10 @@ def test_cli_json_reports_shifts_motion_and_outputs(tmp_path, movies, capsys):
         "--json",
     ]
     assert main(argv) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
-    for line, path, truth in zip(lines, paths, truths, strict=True):
-        record = json.loads(line)
+    document = json.loads(capsys.readouterr().out)  # exactly one JSON value
+    assert document["failed"] == []
+    assert len(document["items"]) == 2
+    for record, path, truth in zip(document["items"], paths, truths, strict=True):
         shifts = np.array(record["shifts_px"])
         assert shifts.shape == (8, 2)
         assert np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1))) < 0.2
@@ -61,10 +61,11 @@ def test_cli_json_reports_shifts_motion_and_outputs(tmp_path, movies, capsys):
 
 def test_cli_reports_a_bad_movie_and_goes_on(tmp_path, movies, capsys):
     paths, _ = movies
-    missing = tmp_path / "missing.mrc"
+    bad = tmp_path / "missing.mrc"
+    bad.write_text("not an MRC movie")
     argv = [
         "motion",
-        str(missing),
+        str(bad),
         str(paths[0]),
         "--out",
         str(tmp_path / "o"),
@@ -73,7 +74,9 @@ def test_cli_reports_a_bad_movie_and_goes_on(tmp_path, movies, capsys):
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "missing.mrc" in captured.err
-    assert len(captured.out.strip().splitlines()) == 1
+    document = json.loads(captured.out)
+    assert [item["movie"] for item in document["items"]] == [str(paths[0])]
+    assert [failure["path"] for failure in document["failed"]] == [str(bad)]
 
 
 def test_cli_runs_as_a_subprocess(tmp_path, movies):
@@ -91,6 +94,6 @@ def test_cli_runs_as_a_subprocess(tmp_path, movies):
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    record = json.loads(completed.stdout)
+    [record] = json.loads(completed.stdout)["items"]
     assert len(record["shifts_px"]) == 8
     assert Path(record["output_path"]).is_file()

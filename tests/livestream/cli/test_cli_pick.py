@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import starfile
 
+from livestream.cli.extract import _pick_records
 from livestream.cli.main import main
 from pipelines.io.outputs import write_mrc
 from tests.pipelines.pick_synthetic import (
@@ -39,8 +40,11 @@ def micrographs(tmp_path: Path, rng: np.random.Generator) -> tuple[list[Path], l
 
 
 def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    """The items of the one JSON object the command prints."""
     assert main(argv) == 0
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    document = json.loads(capsys.readouterr().out)
+    assert document["failed"] == []
+    return document["items"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("picker", ["blob", "template"])
@@ -84,7 +88,7 @@ def test_pick_then_extract(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     paths, _ = micrographs
-    picks_file = tmp_path / "picks.jsonl"
+    picks_file = tmp_path / "picks.json"
     common = ["--pixel-size-a", "4", "--diameter-a", "130", "190"]
     assert main(["pick", *map(str, paths), *common, "--json"]) == 0
     picks_file.write_text(capsys.readouterr().out)
@@ -131,3 +135,31 @@ def test_extract_without_picks_for_a_micrograph_fails_cleanly(
     ]  # fmt: skip
     assert main(argv) == 1
     assert "mic_0" in capsys.readouterr().err
+
+
+def test_extract_reads_picks_json_of_older_versions_and_names_a_broken_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = [
+        {"micrograph": "a.mrc", "picks": []},
+        {"micrograph": "mic.mrc", "picks": [{"x_px": 32.0, "y_px": 32.0}]},
+    ]
+    now = tmp_path / "picks.json"
+    now.write_text(json.dumps({"items": items, "failed": []}))
+    older = tmp_path / "picks.jsonl"  # one object per line (older versions)
+    older.write_text("".join(json.dumps(item) + "\n" for item in items))
+    assert _pick_records(now) == _pick_records(older) == items
+
+    micrograph = tmp_path / "mic.mrc"
+    write_mrc(micrograph, np.zeros((64, 64), np.float32), pixel_size_a=4.0)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"items": [')
+    argv = [
+        "extract", str(micrograph), "--picks", str(now), str(broken),
+        "--pixel-size-a", "4", "--box-px", "16", "--defocus-a", "1e4", "1e4", "0",
+        "--out", str(tmp_path / "E"),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"livestream extract: {broken}: picks file is not JSON")
+    assert not (tmp_path / "E").exists()  # checked before the first micrograph

@@ -26,6 +26,8 @@ from livestream.config import load_config
 from livestream.curation.live import curation_counts
 from livestream.daemon import ServiceHandle, run_service
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.ledger.schema import rejections_of
+from livestream.ledger.store import StageResult
 from livestream.telemetry.reporting import EventType, ServiceEvent
 from tests.livestream.service_fixtures import service_config, write_config_file
 
@@ -135,7 +137,7 @@ async def test_threshold_change_reevaluates_without_reprocessing(
         # 1. strict: every exposure rejected; pick/extract skipped, never dispatched
         await _until(lambda: n_done() >= 3, 120, "3 exposures curated")
         (handle,) = handles
-        address = handle.reporter.metrics_address
+        address = handle.metrics_address
         assert address is not None
         picks = _rows(project, "pick")
         assert all(s == "done" and a == 0 for s, a, _ in picks.values())
@@ -277,7 +279,7 @@ N_LEDGER = 120
 
 
 def _curated_ledger(path: Path, rng: np.random.Generator, n: int) -> Any:
-    from livestream.ledger.store import Ledger, StageResult
+    from livestream.ledger.store import Ledger
 
     ledger = Ledger(path / "livestream.sqlite")
     movie = path / "movie.tif"
@@ -306,19 +308,20 @@ def _curated_ledger(path: Path, rng: np.random.Generator, n: int) -> Any:
                 "fit_resolution_a": float(rng.uniform(2.5, 12)),
                 "figure_of_merit": float(rng.uniform(0, 0.3)),
             },
-            # the stage's own decision, as if made with different thresholds
-            "curate": {"accepted": 1.0},
-            "pick": {"skipped": 1.0},
         }
         if i == 0:
             figures["ctf"]["fit_resolution_a"] = float("nan")  # a failed fit
+        results = {
+            "motion": StageResult(stage="motion", figures=figures["motion"]),
+            "ctf": StageResult(stage="ctf", figures=figures["ctf"]),
+            # the stage's own decision, as if made with different thresholds
+            "curate": StageResult(stage="curate", accepted=True),
+            "pick": StageResult(stage="pick", skipped=True),
+        }
         for stage in CHAIN:
             ledger.mark_running(eid, stage)
             ledger.mark_done(
-                eid,
-                StageResult(stage=stage, figures=figures[stage]),
-                duration_s=0.0,
-                last=stage == CHAIN[-1],
+                eid, results[stage], duration_s=0.0, last=stage == CHAIN[-1]
             )
     return ledger
 
@@ -342,8 +345,8 @@ def test_reevaluation_equals_the_scalar_rule_and_reopens_only_skipped(
         expected_reasons: dict[str, int] = {}
         n_accepted = 0
         for i in range(N_LEDGER):
-            rows = {r.stage: r.result.figures for r in ledger.rows_of(f"exp{i:04d}")}
-            m, c = rows["motion"], rows["ctf"]
+            results = {r.stage: r.result for r in ledger.rows_of(f"exp{i:04d}")}
+            m, c = results["motion"].figures, results["ctf"].figures
             decision = curate(
                 ExposureFigures(
                     ctf_resolution_a=c["fit_resolution_a"] if i else float("nan"),
@@ -355,11 +358,13 @@ def test_reevaluation_equals_the_scalar_rule_and_reopens_only_skipped(
                 ),
                 thresholds,
             )
-            stored = rows["curate"]
-            assert (stored["accepted"] == 1.0) == decision.accepted, i
+            stored = results["curate"]
+            assert stored.accepted is decision.accepted, i
             failed = sorted(r.split("=")[0] for r in decision.reasons)
             assert sorted(
-                k.removeprefix("rejected_") for k in stored if k.startswith("rejected_")
+                k.removeprefix("rejected_")
+                for k in stored.figures
+                if k.startswith("rejected_")
             ) == sorted(set(failed))
             n_accepted += decision.accepted
             for figure in set(failed):
@@ -376,6 +381,9 @@ def test_reevaluation_equals_the_scalar_rule_and_reopens_only_skipped(
         assert again.version == result.version + 1
         assert set(again.newly_accepted) == set(result.newly_rejected) - {"exp0000"}
         assert sorted(reopened) == sorted(again.newly_accepted)
+        curate_now = {r.stage: r.result for r in ledger.rows_of(reopened[0])}["curate"]
+        assert curate_now.accepted is True
+        assert rejections_of(curate_now) == {}  # the old failed rules are gone
         states = {r.stage: r.state.value for r in ledger.rows_of(reopened[0])}
         assert states == {
             "import": "done",
@@ -396,8 +404,12 @@ async def test_exposure_payload_carries_the_curation_decision() -> None:
 
     field = curation_field(
         {
-            "curate": _result("curate", accepted=0.0, rejected_astigmatism_a=1200.0),
-            "pick": _result("pick", skipped=1.0),
+            "curate": StageResult(
+                stage="curate",
+                figures={"rejected_astigmatism_a": 1200.0},
+                accepted=False,
+            ),
+            "pick": StageResult(stage="pick", skipped=True),
         }
     )
     assert field == {
@@ -409,10 +421,7 @@ async def test_exposure_payload_carries_the_curation_decision() -> None:
         "e1", acquired_utc=None, processed_utc=datetime.now(UTC), curation=field
     )
     assert payload["curation"]["accepted"] is False
-    assert curation_field({"pick": _result("pick", n_picks=3.0)}) is None
-
-
-def _result(stage: str, **figures: float) -> Any:
-    from livestream.ledger.store import StageResult
-
-    return StageResult(stage=stage, figures=figures)
+    assert (
+        curation_field({"pick": StageResult(stage="pick", figures={"n_picks": 3.0})})
+        is None
+    )

@@ -5,8 +5,17 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from livestream.ledger.reconcile import reconcile_ledger
-from livestream.ledger.store import Ledger, StageResult, StageState
+from livestream.ledger.schema import rejections_of
+from livestream.ledger.store import (
+    Curation,
+    Ledger,
+    StageResult,
+    StageState,
+    curation_of,
+)
 
 CHAIN = ("motion", "ctf")
 
@@ -142,3 +151,91 @@ def test_quarantined_stages_are_retried_only_when_asked(tmp_path: Path) -> None:
     reconcile_ledger(ledger, tmp_path, retry_quarantined=True)
     row = ledger.rows_of("e1")[1]
     assert (row.state, row.attempts, row.error) == (StageState.PENDING, 0, None)
+
+
+# -- typed results in the ledger's figures JSON ------------------------------------
+def test_a_row_in_the_stored_format_loads_as_typed_fields(tmp_path: Path) -> None:
+    """Rows written before the typed fields (figures with float ``accepted`` and
+    ``skipped``) load with the same meaning, and are written back byte for byte."""
+    chain = ("motion", "ctf", "curate", "pick")
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    ledger.record_discovered("e1")
+    ledger.mark_ready(
+        "e1",
+        chain=chain,
+        acquired_unix_s=1.7e9,
+        metadata_path=tmp_path / "e1.xml",
+        movie_path=tmp_path / "e1.mrc",
+        movie_size_bytes=1,
+        movie_mtime_ns=0,
+    )
+    stored = {
+        "curate": '{"accepted": 0.0, "rejected_astigmatism_a": 1200.0}',
+        "pick": '{"skipped": 1.0, "n_picks": 0.0}',
+        "ctf": '{"defocus_u_a": 15000.0, "fit_resolution_a": NaN}',
+    }
+    with ledger.transaction() as db:
+        db.executemany(
+            "UPDATE stages SET state='done', figures=? WHERE exposure_id='e1'"
+            " AND stage=?",
+            [(text, stage) for stage, text in stored.items()],
+        )
+    results = {r.stage: r.result for r in ledger.rows_of("e1")}
+    curate, pick, ctf = results["curate"], results["pick"], results["ctf"]
+    assert curate.accepted is False
+    assert not curate.skipped
+    assert curation_of(curate) is Curation.REJECTED
+    assert dict(curate.figures) == {"rejected_astigmatism_a": 1200.0}
+    assert rejections_of(curate) == {"astigmatism_a": 1200.0}
+    assert pick.skipped
+    assert pick.accepted is None
+    assert dict(pick.figures) == {"n_picks": 0.0}
+    assert curation_of(ctf) is Curation.UNDECIDED
+    assert not ctf.skipped
+    for stage in stored:
+        ledger.mark_running("e1", stage)
+        ledger.mark_done("e1", results[stage], duration_s=0.0, last=False)
+    with ledger.transaction() as db:
+        again = dict(
+            db.execute("SELECT stage, figures FROM stages WHERE exposure_id='e1'")
+        )
+    assert {stage: again[stage] for stage in stored} == stored
+    ledger.close()
+
+
+def test_a_missing_decision_is_undecided_not_accepted() -> None:
+    assert curation_of(None) is Curation.UNDECIDED
+    assert curation_of(StageResult(stage="curate")) is Curation.UNDECIDED
+    assert curation_of(StageResult(stage="curate", accepted=True)) is (
+        Curation.ACCEPTED
+    )
+
+
+def test_a_boolean_cannot_hide_among_the_figures() -> None:
+    with pytest.raises(ValueError, match="'accepted' is a typed field"):
+        StageResult(stage="curate", figures={"accepted": 1.0})
+    with pytest.raises(ValueError, match="'skipped' is a typed field"):
+        StageResult(stage="pick", figures={"skipped": 1.0})
+
+
+def test_done_results_are_in_acquisition_order(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    for eid, acquired in (("late", 2e9), ("early", 1e9), ("pending", 1.5e9)):
+        ledger.record_discovered(eid)
+        ledger.mark_ready(
+            eid,
+            chain=CHAIN,
+            acquired_unix_s=acquired,
+            metadata_path=tmp_path / "x.xml",
+            movie_path=tmp_path / "x.mrc",
+            movie_size_bytes=1,
+            movie_mtime_ns=0,
+        )
+        if eid != "pending":
+            ledger.mark_running(eid, "motion")
+            result = StageResult(stage="motion", figures={"total_motion_a": acquired})
+            ledger.mark_done(eid, result, duration_s=0.0, last=False)
+    done = ledger.done_results("motion")
+    assert [eid for eid, _ in done] == ["early", "late"]
+    assert done[0][1].figures == {"total_motion_a": 1e9}
+    ledger.close()

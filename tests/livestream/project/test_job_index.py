@@ -14,8 +14,10 @@ import starfile
 from livestream.config import load_config
 from livestream.ledger.store import Ledger, StageResult
 from livestream.project.job_index import IndexTargets, JobIndex, index_targets
+from livestream.project.job_tables import corrected_micrographs
 from livestream.stages.registry import build_chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
+from mdcatch.crosscheck import DEFAULT_CS_MM
 from pipelines.io.outputs import write_bytes_atomic
 from pipelines.io.particles_star import write_particles_star
 
@@ -175,3 +177,57 @@ async def test_many_finished_stages_give_few_rewrites(tmp_path: Path) -> None:
     assert 1 <= index.n_writes <= 3
     assert (project / "CtfFind/job003/micrographs_ctf.star").is_file()
     ledger.close()
+
+
+def test_selection_holds_the_accepted_and_the_pool_drops_the_rejected(
+    tmp_path: Path,
+) -> None:
+    """Curation decisions: accepted, rejected, and a row without a decision
+    (undecided: not selected, but pooled as without curation)."""
+    project = tmp_path / "project"
+    ledger = Ledger(project / "livestream.sqlite")
+    for index in range(3):
+        _exposure(ledger, project, index, 2 + index, finished=3)
+    decisions = {"exp000": True, "exp001": False, "exp002": None}
+    with ledger.transaction() as db:
+        db.executemany(
+            "INSERT INTO stages (exposure_id, stage, position, state) VALUES (?, ?, ?, ?)",
+            [(eid, "curate", 9, "pending") for eid in decisions],
+        )
+    for eid, accepted in decisions.items():
+        ledger.mark_running(eid, "curate")
+        result = StageResult(stage="curate", accepted=accepted)
+        ledger.mark_done(eid, result, duration_s=0.0, last=False)
+    targets = IndexTargets(
+        motion_stage="motion",
+        ctf_stage="ctf",
+        curate_stage="curate",
+        extract_stage="extract",
+    )
+    counts = JobIndex(ledger.path, project, targets).write_all()
+    assert counts == {"motion": 3, "ctf": 3, "selected": 1, "particles": 2 + 4}
+    selected = starfile.read(
+        project / "Select/job004/micrographs_selected.star", always_dict=True
+    )["micrographs"]
+    assert list(selected["rlnMicrographName"]) == ["MotionCorr/job002/exp000.mrc"]
+    ledger.close()
+
+
+def test_optics_groups_follow_mdcatchs_rule(tmp_path: Path) -> None:
+    """Float noise below mdcatch's rounding keeps one group; another voltage makes
+    a second; rows without recorded optics get mdcatch's defaults."""
+    rows = [
+        ({"micrograph": "a.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 300.0,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "b.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 300.0 + 1e-9,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "c.mrc"}, {"pixel_size_a": 1.0, "voltage_kv": 200.0,
+                                   "cs_mm": 2.7, "amplitude_contrast": 0.1}),
+        ({"micrograph": "d.mrc"}, {"pixel_size_a": 1.0}),
+    ]  # fmt: skip
+    path = tmp_path / "corrected_micrographs.star"
+    corrected_micrographs(path, rows)
+    blocks = starfile.read(path, always_dict=True)
+    assert list(blocks["micrographs"]["rlnOpticsGroup"]) == [1, 1, 2, 1]
+    assert list(blocks["optics"]["rlnVoltage"]) == [300.0, 200.0]
+    assert list(blocks["optics"]["rlnSphericalAberration"]) == [DEFAULT_CS_MM] * 2

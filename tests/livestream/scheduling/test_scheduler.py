@@ -13,10 +13,11 @@ import pytest
 
 from livestream.config import StagesConfig
 from livestream.demo.microscope import MicroscopeSettings, make_exposure
-from livestream.ledger.store import Ledger, StageState
+from livestream.ledger.store import Ledger, StageResult, StageState
 from livestream.scheduling.executors import LocalExecutor
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
-from livestream.stages.registry import build_chain
+from livestream.stages.registry import StageTask, build_chain
+from livestream.telemetry.broadcast import Broadcaster
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
 from mdcatch.records import Exposure
 
@@ -87,7 +88,8 @@ async def _run(
     chain = build_chain(StagesConfig.model_validate(stages))
     ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
     exposures = _exposures(tmp_path, ledger, n, chain.names)
-    reporter = Reporter("test")
+    broadcaster = Broadcaster()
+    reporter = Reporter(broadcaster)
     events: list[ServiceEvent] = []
     finished = asyncio.Event()
 
@@ -96,7 +98,7 @@ async def _run(
         if sum(e.type is EventType.EXPOSURE_DONE for e in events) == n:
             finished.set()
 
-    reporter.add_listener(listen)
+    broadcaster.add_listener(listen)
     executor = executor or InlineExecutor()
     scheduler = Scheduler(
         ledger,
@@ -187,9 +189,10 @@ async def _run_existing(
 ) -> tuple[Ledger, Any, None]:
     chain = build_chain(StagesConfig.model_validate(stages))
     ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
-    reporter = Reporter("test")
+    broadcaster = Broadcaster()
+    reporter = Reporter(broadcaster)
     finished = asyncio.Event()
-    reporter.add_listener(
+    broadcaster.add_listener(
         lambda e: finished.set() if e.type is EventType.EXPOSURE_DONE else None
     )
     executor = InlineExecutor()
@@ -228,3 +231,49 @@ async def test_a_crashed_worker_process_does_not_stop_the_service(
     crashes = [e.detail for e in events if e.state == "failed"]
     assert crashes
     assert all("WorkerCrashed" in c for c in crashes)
+
+
+async def test_a_curate_result_is_decided_again_when_thresholds_change_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    chain = build_chain(
+        StagesConfig.model_validate({"chain": ["c"], "c": {"kind": "curate"}})
+    )
+    ledger = Ledger(tmp_path / "project" / "livestream.sqlite")
+    (exposure,) = _exposures(tmp_path, ledger, 1, chain.names)
+    decided_again = StageResult(stage="c", figures={"accepted": 0.0})
+    recurated: list[tuple[str, str]] = []
+
+    def recurate(exposure_id: str, stage: str) -> StageResult:
+        recurated.append((exposure_id, stage))
+        return decided_again
+
+    def run_curate(task: StageTask) -> StageResult:
+        # a reload changes the thresholds while the stage runs
+        scheduler.update_params("c", {**task.params, "max_ctf_resolution_a": 3.0})
+        return StageResult(stage="c", figures={"accepted": 1.0})
+
+    broadcaster = Broadcaster()
+    finished: list[ServiceEvent] = []
+    broadcaster.add_listener(
+        lambda e: finished.append(e) if e.type is EventType.STAGE_FINISHED else None
+    )
+    scheduler = Scheduler(
+        ledger,
+        chain,
+        InlineExecutor(),
+        Reporter(broadcaster),
+        SchedulerSettings(project_path=tmp_path / "project"),
+        stage_runner=run_curate,
+        recurate=recurate,
+    )
+    scheduler.offer(exposure)
+    task = asyncio.create_task(scheduler.run())
+    async with asyncio.timeout(10):
+        while not finished:
+            await asyncio.sleep(0.01)
+    scheduler.stop_taking_work()
+    await task
+    ledger.close()
+    assert recurated == [("e0", "c")]
+    assert finished[0].figures == {"accepted": 0.0}  # the new decision is reported

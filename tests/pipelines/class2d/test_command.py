@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -14,6 +15,7 @@ import starfile
 from livestream.cli.main import main as cli_main
 from pipelines.simulate.particle_sets import simulate_views, write_particle_set
 from pipelines.simulate.volumes import phantom_volume
+from tests.livestream.cli.terminal import FakeTerminal
 
 
 def _write_star(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
@@ -28,9 +30,14 @@ def _write_star(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarra
 
 
 def test_class2d_command_writes_relion_outputs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], rng: np.random.Generator
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     star, views = _write_star(tmp_path, rng)
+    terminal = FakeTerminal()  # even on a terminal, --json prints no progress
+    monkeypatch.setattr(sys, "stderr", terminal)
     out = tmp_path / "Class2D"
     code = cli_main(
         [
@@ -52,6 +59,7 @@ def test_class2d_command_writes_relion_outputs(
         ]
     )
     assert code == 0
+    assert terminal.getvalue() == ""
     summary = json.loads(capsys.readouterr().out)
     for key in (
         "class_counts",
@@ -97,5 +105,25 @@ def test_class2d_command_names_missing_stack(
     code = cli_main(
         ["class2d", str(star), "--classes", "2", "--out", str(tmp_path / "o")]
     )
-    assert code == 1
-    assert "particles.mrcs" in capsys.readouterr().err
+    assert code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "particles.mrcs" in line
+
+
+def test_class2d_command_shows_mini_batches_on_a_terminal(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    star, _ = _write_star(tmp_path, rng)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["class2d", str(star), "--classes", "2", "--out", str(tmp_path / "o")]
+    argv += ["--mini-batches", "3", "--psi-step-deg", "30", "--offset-range-px", "1"]
+    assert cli_main(argv) == 0
+    drawn = terminal.getvalue()
+    for done in (1, 2, 3):  # drawn after each mini-batch, through on_progress
+        assert f"{done}/3" in drawn
+    assert "mini-batch" in drawn
+    assert "240 particles" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from pipelines.class2d import (
 )
 from pipelines.class2d.features import FEATURE_NAMES, compute_class_features
 from pipelines.class2d.montage import class2d_payload, write_class_montage
-from pipelines.class2d.outputs import write_class2d_outputs
+from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
     rank_classes,
@@ -100,6 +100,9 @@ def _mixture_run(
         defocus_v_a=defocus.copy(),
         astigmatism_angle_deg=np.zeros(n),
         phase_shift_deg=np.zeros(n),
+        voltage_kv=good.particles.voltage_kv,
+        cs_mm=good.particles.cs_mm,
+        amplitude_contrast=good.particles.amplitude_contrast,
     )
     config = Class2dConfig(
         n_classes=8,
@@ -278,7 +281,7 @@ def test_select_particles_and_snapshot_files(
             minlength=8,
         ),
     )
-    outputs = write_class2d_outputs(
+    outputs = write_class2d_snapshot(
         tmp_path / "outputs",
         config,  # type: ignore[arg-type]
         state,  # type: ignore[arg-type]
@@ -289,6 +292,9 @@ def test_select_particles_and_snapshot_files(
     )
     same = starfile.read(outputs.selected_star, always_dict=True)["particles"]
     assert list(same["rlnImageName"]) == list(kept["rlnImageName"])
+    assert outputs.montage_png == tmp_path / "outputs" / "run_montage.png"
+    with Image.open(outputs.montage_png) as snapshot_montage:
+        assert snapshot_montage.format == "PNG"
     png = write_class_montage(
         tmp_path / "montage.png",
         state.references,

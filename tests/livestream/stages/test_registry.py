@@ -1,0 +1,123 @@
+"""One registry of stage kinds, filled at import; plugins checked when the chain is built."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from livestream.config import ConfigError, load_config
+from livestream.ledger.schema import StageResult
+from livestream.project.jobs import JOBS, SELECT
+from livestream.stages.extract import run_extract_stage
+from livestream.stages.params import (
+    BUILTIN_PARAMS,
+    CtfParams,
+    ExtractParams,
+    IndexRole,
+    PickParams,
+    StageParams,
+    kind_of_model,
+)
+from livestream.stages.post_ctf import ctf_params_of, run_pick
+from livestream.stages.registry import STAGE_KINDS, build_chain, resolve_kind
+from livestream.stages.task import StageTask
+from mdcatch import Exposure, Optics, Software
+from mdcatch.crosscheck import DEFAULT_CS_MM
+
+
+class EchoParams(StageParams):
+    index: str = "extract"
+    word: str = "hello"
+
+
+def run_echo(task: StageTask, params: EchoParams) -> StageResult:
+    return StageResult(stage=task.stage, figures={"n_letters": float(len(params.word))})
+
+
+run_echo.params_model = EchoParams  # type: ignore[attr-defined]
+PLUGIN = f"{__name__}:run_echo"
+
+
+def test_every_params_model_has_one_kind_and_its_relion_job() -> None:
+    assert sorted(STAGE_KINDS) == sorted(kind_of_model(m) for m in BUILTIN_PARAMS)
+    for name, kind in STAGE_KINDS.items():
+        assert kind.params_model().kind == name
+        if kind.relion_job is not None:
+            assert kind.relion_job in JOBS
+            assert kind.params_model.model_fields["job"].default == (
+                kind.relion_job.folder
+            )
+    assert [k.name for k in STAGE_KINDS.values() if k.decides_curation] == ["curate"]
+    assert STAGE_KINDS["curate"].relion_job == SELECT
+    assert {k.index for k in STAGE_KINDS.values()} == {*IndexRole, None}
+
+
+def test_unknown_kinds_are_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown stage kind 'nope'.*'motion'"):
+        resolve_kind("nope")
+
+
+def test_a_plugin_is_checked_by_its_own_model_when_the_chain_is_built() -> None:
+    table = {"kind": PLUGIN, "index": "extract", "word": "live"}
+    chain = build_chain(
+        load_config(None, {"stages": {"chain": ["e"], "e": table}}).stages
+    )
+    (link,) = chain.links
+    assert link.params == EchoParams(kind=PLUGIN, word="live")
+    assert link.index is IndexRole.EXTRACT
+    assert link.job == "Extract/job006"  # the default job of its index
+    bad = {"chain": ["e"], "e": {**table, "wrod": "typo"}}
+    with pytest.raises(ConfigError, match=r"key 'stages\.e\.wrod'"):
+        build_chain(load_config(None, {"stages": bad}).stages)
+
+
+def _task(
+    tmp_path: Path, previous: dict[str, StageResult], params: object
+) -> StageTask:
+    exposure = Exposure(
+        exposure_id="x",
+        software=Software.EPU,
+        metadata_path=tmp_path / "x.xml",
+        movie_path=tmp_path / "x.tiff",
+        acquired_utc=datetime(2026, 1, 1, tzinfo=UTC),
+        optics=Optics(voltage_kv=300.0, pixel_size_a=1.0),  # no Cs: not reconciled
+        exposure_time_s=2.0,
+        total_dose_e_per_a2=40.0,
+        n_frames=40,
+        target_defocus_um=1.5,
+    )
+    assert isinstance(params, StageParams)
+    return StageTask(
+        stage="s",
+        kind=params.kind,
+        params=params,
+        exposure=exposure,
+        project_path=tmp_path,
+        previous=previous,
+    )
+
+
+def test_a_rejected_exposure_is_skipped_with_a_typed_result(tmp_path: Path) -> None:
+    rejected = {"curate": StageResult(stage="curate", accepted=False)}
+    pick = run_pick(_task(tmp_path, rejected, PickParams()), PickParams())
+    assert pick.skipped
+    assert pick.figures == {"n_picks": 0.0}
+    extract = run_extract_stage(
+        _task(tmp_path, rejected, ExtractParams()), ExtractParams()
+    )
+    assert extract.skipped
+    assert extract.figures["n_particles"] == 0.0
+
+
+def test_ctf_without_cs_anywhere_takes_mdcatchs_default(tmp_path: Path) -> None:
+    ctf = StageResult(
+        stage="ctf", figures={"defocus_u_a": 15000.0, "defocus_v_a": 14000.0}
+    )
+    task = _task(tmp_path, {"ctf": ctf}, CtfParams())
+    params = ctf_params_of(task, "ctf")
+    assert params is not None
+    assert params.cs_mm == DEFAULT_CS_MM
+    assert params.voltage_kv == 300.0
+    assert params.amplitude_contrast == task.exposure.optics.amplitude_contrast
