@@ -9,20 +9,20 @@ with --auto, at background mean + max(5 background sd, 10 % of the peak), the
 background being outside 0.45 of the box), extends the binary mask by --extend-px
 (every voxel within that distance) and adds a raised-cosine edge of
 --soft-edge-px.  Writes a float32 MRC with the map's voxel size; --json prints
-{mask_path, threshold, volume_fraction, pixel_size_a, seconds}.  Exit status 2 when
-the map is missing, 1 when it cannot be used.
+{mask_path, threshold, volume_fraction, pixel_size_a, seconds}.  Exit status 2, with
+one line naming the file, when the map is missing or unusable.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from livestream.cli.console import INPUT_ERROR_STATUS, print_json, require_file
 from pipelines.errors import StageInputError
 from pipelines.reconstruct.mask import auto_threshold, create_mask, lowpass_map
 from pipelines.reconstruct.outputs import write_map
@@ -49,10 +49,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    require_file(args.map, "map")
     start = time.perf_counter()
-    if not args.map.is_file():
-        print(f"{PROG}: no such file: {args.map}", file=sys.stderr)
-        return 2
     try:
         volume, header_px = load_map(args.map)
         px = args.pixel_size_a or header_px
@@ -79,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except StageInputError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return INPUT_ERROR_STATUS
     path = write_map(args.out, mask, pixel_size_a=px)
     summary = {
         "mask_path": str(path),
@@ -89,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 3),
     }
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary, sort_keys=True)
     else:
         print(
             f"mask {path}: threshold {threshold:.4g}, "

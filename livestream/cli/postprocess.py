@@ -17,14 +17,13 @@ Writes to --out (default: HALF1's folder) postprocess.mrc, postprocess_masked.mr
 postprocess_fsc.star (data_fsc with the corrected, unmasked, masked and
 phase-randomised curves; data_guinier) and postprocess_fsc.png.  Prints the
 resolution and B-factor; --json prints one object: resolution_a, bfactor_a2,
-map_path, masked_map_path, fsc_path, randomise_from_shell, seconds.  Exit status 2
-when an input is missing, 1 when it cannot be used.
+map_path, masked_map_path, fsc_path, randomise_from_shell, seconds.  Exit status 2,
+with one line naming the file, when an input is missing or unusable.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from livestream.cli.console import INPUT_ERROR_STATUS, print_json, require_file
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import write_star
 from pipelines.reconstruct.outputs import fsc_table, write_fsc_png, write_map
@@ -81,11 +81,12 @@ def _fsc_blocks(result: PostprocessResult) -> dict[str, pd.DataFrame]:
 
 
 def main(args: argparse.Namespace) -> int:
+    require_file(args.half1, "half map 1")
+    require_file(args.half2, "half map 2")
+    require_file(args.mask, "mask")
+    if args.mtf is not None:
+        require_file(args.mtf, "MTF STAR")
     start = time.perf_counter()
-    for path in (args.half1, args.half2, args.mask, args.mtf):
-        if path is not None and not path.is_file():
-            print(f"{PROG}: no such file: {path}", file=sys.stderr)
-            return 2
     try:
         half1, header_px = load_map(args.half1)
         half2, _ = load_map(args.half2)
@@ -108,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except StageInputError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return INPUT_ERROR_STATUS
     out: Path = args.out if args.out is not None else args.half1.parent
     sharpened = write_map(out / "postprocess.mrc", result.sharpened, pixel_size_a=px)
     masked = write_map(
@@ -135,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 3),
     }
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary, sort_keys=True)
     else:
         print(
             f"resolution {result.resolution_a:.2f} Å (FSC 0.143, corrected), "

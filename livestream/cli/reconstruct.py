@@ -18,18 +18,23 @@ run_class001.mrc (float32, voxel size in the header), run_fsc.star (data_fsc:
 rlnSpectralIndex, rlnResolution, rlnAngstromResolution, rlnFourierShellCorrelation),
 run_fsc.png and run_central_slices.png.  With --json prints one object: map_path,
 half1_path, half2_path, fsc_path, fsc_resolution_a (half-map FSC 0.143), n_particles,
-symmetry, box_px, pixel_size_a, seconds.  Exit status 2 when an input is missing,
-1 when it cannot be used.
+symmetry, box_px, pixel_size_a, seconds.  A progress bar shows on a terminal.  Exit
+status 2, with one line naming the file, when an input is missing or unusable.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from livestream.cli.console import (
+    INPUT_ERROR_STATUS,
+    Progress,
+    print_json,
+    require_file,
+)
 from pipelines.errors import StageInputError
 from pipelines.reconstruct import read_posed_particles, reconstruct_halves
 from pipelines.reconstruct.outputs import (
@@ -65,24 +70,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    require_file(args.particles, "particles STAR")
     start = time.perf_counter()
-    if not args.particles.is_file():
-        print(f"{PROG}: no such file: {args.particles}", file=sys.stderr)
-        return 2
     try:
         particles = read_posed_particles(args.particles)
         if args.box_px is not None:
             particles = particles.windowed(args.box_px)
-        result = reconstruct_halves(
-            particles,
-            symmetry=args.sym,
-            padding=args.padding,
-            ctf_correct=not args.no_ctf,
-            ssnr=args.ssnr,
-        )
-    except StageInputError as exc:
+        with Progress(
+            particles.n_particles,
+            label="reconstruct",
+            unit="particle",
+            json_output=args.json,
+        ) as progress:
+            result = reconstruct_halves(
+                particles,
+                symmetry=args.sym,
+                padding=args.padding,
+                ctf_correct=not args.no_ctf,
+                ssnr=args.ssnr,
+                on_progress=progress.update,
+            )
+    except StageInputError as exc:  # e.g. a stack the STAR names is missing
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return INPUT_ERROR_STATUS
     px = result.pixel_size_a
     out: Path = args.out
     half1 = write_map(
@@ -113,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
     }
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary, sort_keys=True)
     else:
         print(
             f"{particles.n_particles} particles, {result.symmetry}: "

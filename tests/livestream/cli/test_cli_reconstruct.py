@@ -146,7 +146,7 @@ def test_box_and_symmetry_options(
     assert summary["symmetry"] == "C1"
     with mrcfile.open(summary["map_path"]) as mrc:
         assert mrc.data.shape == (24, 24, 24)
-    assert main([*args, "--sym", "X3"]) == 1
+    assert main([*args, "--sym", "X3"]) == 2
     assert "symmetry" in capsys.readouterr().err
 
 
