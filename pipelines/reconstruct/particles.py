@@ -10,9 +10,8 @@ Conventions (RELION 3.1+):
   its origin to recentre it.
 - The CTF of each particle comes from its row (``rlnDefocusU/V``, ``rlnDefocusAngle``,
   ``rlnPhaseShift``, ``rlnCtfBfactor`` when present) and its optics group
-  (``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
-  ``rlnCtfDataAreCtfPremultiplied``); a missing optics column takes
-  :class:`~pipelines.ctf.model.CtfParams`'s default.
+  (``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``, which
+  RELION requires, and ``rlnCtfDataAreCtfPremultiplied``, 0 when absent).
 - Half sets: ``rlnRandomSubset`` (1 or 2) when present, else by row parity (rows
   1, 3, 5 ... are half 1).
 """
@@ -34,6 +33,13 @@ from pipelines.simulate.projection import euler_to_matrix
 __all__ = ["PosedParticles", "ctf_batch", "read_posed_particles"]
 
 _DEFAULT_CTF = CtfParams(defocus_u_a=0.0, defocus_v_a=0.0)
+_REQUIRED_OPTICS = (
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,9 +188,14 @@ def read_posed_particles(star_path: str | Path) -> PosedParticles:
     for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"):
         if column not in table.columns:
             raise StageInputError(path, column, None, "column missing: need poses")
+    for key in _REQUIRED_OPTICS:
+        if key not in optics.columns:
+            raise StageInputError(
+                path, key, None, "missing from data_optics (RELION requires it)"
+            )
     for key in ("rlnImagePixelSize", "rlnImageSize"):
-        values = optics[key].to_numpy(dtype=np.float64) if key in optics else None
-        if values is None or not np.allclose(values, values[0]):
+        values = optics[key].to_numpy(dtype=np.float64)
+        if not np.allclose(values, values[0]):
             raise StageInputError(
                 path, key, values, "optics groups must share pixel size and box"
             )
@@ -208,7 +219,7 @@ def read_posed_particles(star_path: str | Path) -> PosedParticles:
             return np.asarray(table[name].to_numpy(dtype=np.float64))
         return np.full(len(table), default)
 
-    def group(name: str, default: float) -> np.ndarray:
+    def group(name: str, default: float | None = None) -> np.ndarray:
         if name in optics.columns:
             return np.asarray(optics[name].to_numpy(dtype=np.float64))[rows]
         return np.full(len(table), default)
@@ -239,11 +250,9 @@ def read_posed_particles(star_path: str | Path) -> PosedParticles:
         astigmatism_angle_deg=particle("rlnDefocusAngle", 0.0),
         phase_shift_deg=particle("rlnPhaseShift", _DEFAULT_CTF.phase_shift_deg),
         bfactor_a2=particle("rlnCtfBfactor", _DEFAULT_CTF.bfactor_a2),
-        voltage_kv=group("rlnVoltage", _DEFAULT_CTF.voltage_kv),
-        cs_mm=group("rlnSphericalAberration", _DEFAULT_CTF.cs_mm),
-        amplitude_contrast=group(
-            "rlnAmplitudeContrast", _DEFAULT_CTF.amplitude_contrast
-        ),
+        voltage_kv=group("rlnVoltage"),
+        cs_mm=group("rlnSphericalAberration"),
+        amplitude_contrast=group("rlnAmplitudeContrast"),
         ctf_premultiplied=group("rlnCtfDataAreCtfPremultiplied", 0.0) > 0,
         subset=subset,
     )

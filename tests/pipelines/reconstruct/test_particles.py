@@ -89,6 +89,10 @@ def test_random_subset_and_errors(tmp_path: Path) -> None:
         read_posed_particles(
             _write(tmp_path, _table().drop(columns="rlnAngleTilt"), OPTICS)
         )
+    with pytest.raises(StageInputError, match="rlnVoltage"):
+        read_posed_particles(
+            _write(tmp_path, _table(), OPTICS.drop(columns="rlnVoltage"))
+        )
     other_box = OPTICS.assign(rlnImageSize=[8, 10])
     with pytest.raises(StageInputError, match="rlnImageSize"):
         read_posed_particles(_write(tmp_path, _table(), other_box))
