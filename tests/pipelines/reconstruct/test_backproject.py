@@ -8,6 +8,7 @@ import pytest
 from pipelines.errors import StageInputError
 from pipelines.reconstruct import (
     PosedParticles,
+    _kernels,
     backproject,
     fourier_shell_correlation,
     reconstruct_halves,
@@ -117,3 +118,42 @@ def test_inputs_are_checked() -> None:
             rotations=np.zeros((3, 3, 3)),
             subset=np.array([1, 2, 3]),
         )
+
+
+def test_slab_partition_does_not_change_the_sums(rng: np.random.Generator) -> None:
+    """One slab (every sample visited) against slabs of 2 and 5 planes (each visits
+    only the part of a row that can reach it), axis-aligned poses included."""
+    n, npad = 60, 48
+    rotations = random_rotations(n, rng)
+    rotations[:4] = [
+        np.eye(3),
+        [[0, -1, 0], [1, 0, 0], [0, 0, 1]],
+        [[1, 0, 0], [0, 0, -1], [0, 1, 0]],
+        [[0, 0, 1], [0, 1, 0], [-1, 0, 0]],
+    ]
+    shape = (n, npad, npad // 2 + 1)
+    fimages = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(
+        np.complex64
+    )
+    ctf2 = rng.uniform(0, 1, shape).astype(np.float32)
+    sums = []
+    for slab_px in (npad, 2, 5):
+        data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
+        weight = np.zeros(data.shape)
+        for parity in (0, 1):
+            _kernels.insert_slices(
+                data,
+                weight,
+                fimages,
+                ctf2,
+                np.arange(n),
+                rotations,
+                24.0,
+                slab_px,
+                parity,
+            )
+        sums.append((data, weight))
+    for data, weight in sums[1:]:
+        np.testing.assert_allclose(data, sums[0][0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(weight, sums[0][1], rtol=0, atol=1e-9)
+    assert np.count_nonzero(sums[0][1]) > 0.3 * sums[0][1].size
