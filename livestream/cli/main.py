@@ -8,7 +8,19 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from livestream import __version__
-from livestream.cli import class2d, ctf, curate, extract, motion, pick, run, status
+from livestream.cli import (
+    class2d,
+    ctf,
+    curate,
+    extract,
+    mask,
+    motion,
+    pick,
+    postprocess,
+    reconstruct,
+    run,
+    status,
+)
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
 from livestream.demo import command as demo_command
 
@@ -24,6 +36,9 @@ COMMANDS: dict[str, ModuleType] = {
     "extract": extract,
     "class2d": class2d,
     "curate": curate,
+    "reconstruct": reconstruct,
+    "mask": mask,
+    "postprocess": postprocess,
 }
 
 

@@ -11,7 +11,6 @@ normalise it with :func:`rescale_volume`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import scipy.ndimage
 from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
+from pipelines.reconstruct.symmetry import symmetry_matrices
 from pipelines.simulate import _projection_kernels
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "map_from_model",
     "phantom_volume",
     "rescale_volume",
-    "symmetry_matrices",
 ]
 
 RIBOSOME_70S_PIXEL_SIZE_A = 5.0
@@ -39,25 +38,6 @@ _HELIX_RISE_A = 1.5
 _HELIX_RADIUS_A = 2.3
 _HELIX_TURN_RAD = np.deg2rad(100.0)
 _RESIDUE_VOLUME_A3 = 136.0  # 110 Da at 0.81 Da/Å^3
-
-
-def symmetry_matrices(symmetry: str) -> np.ndarray:
-    """The rotations ``(n, 3, 3)`` of point group ``C<n>`` or ``D<n>`` (axis z; D adds x 2-fold)."""
-    match = re.fullmatch(r"([CD])(\d+)", symmetry.strip().upper())
-    if not match or int(match.group(2)) < 1:
-        raise StageInputError(
-            "<argument>", "symmetry", symmetry, "expected C<n> or D<n>"
-        )
-    order = int(match.group(2))
-    angles = 2.0 * np.pi * np.arange(order) / order
-    c, s = np.cos(angles), np.sin(angles)
-    cyclic = np.zeros((order, 3, 3))
-    cyclic[:, 0, 0], cyclic[:, 0, 1], cyclic[:, 1, 0], cyclic[:, 1, 1] = c, -s, s, c
-    cyclic[:, 2, 2] = 1.0
-    if match.group(1) == "C":
-        return cyclic
-    flip = np.diag([1.0, -1.0, -1.0])  # 2-fold about x
-    return np.concatenate([cyclic, cyclic @ flip])
 
 
 def _chain_coordinates(
@@ -120,8 +100,9 @@ def phantom_volume(
 
     Gaussian "atoms" (a backbone atom and three side-chain atoms per residue) along a
     compact random chain of helices, strands and loops.  The particle's diameter is
-    ``fill_fraction`` of the box; symmetric copies (``C<n>``/``D<n>``, axis z) of the
-    asymmetric unit are placed about the box centre.
+    ``fill_fraction`` of the box; symmetric copies (any group of
+    :func:`~pipelines.reconstruct.symmetry.symmetry_matrices`) of the asymmetric
+    unit are placed about the box centre.
     """
     if box_px < 8 or pixel_size_a <= 0:
         raise StageInputError(

@@ -106,6 +106,18 @@ FILE_CASES: dict[str, ArgvOf] = {
         "curate", "--project", _project(tmp), "--config", bad
     ],
     "run --config": lambda bad, tmp: ["run", "--config", bad],
+    "reconstruct": lambda bad, tmp: ["reconstruct", bad, "--out", str(tmp / "R")],
+    "mask": lambda bad, tmp: ["mask", bad, "--out", str(tmp / "m.mrc"), "--auto"],
+    "postprocess": lambda bad, tmp: [
+        "postprocess", bad, _good_file(tmp, "h2.mrc"), "--mask", _good_file(tmp, "m.mrc")
+    ],
+    "postprocess --mask": lambda bad, tmp: [
+        "postprocess", _good_file(tmp, "h1.mrc"), _good_file(tmp, "h2.mrc"), "--mask", bad
+    ],
+    "postprocess --mtf": lambda bad, tmp: [
+        "postprocess", _good_file(tmp, "h1.mrc"), _good_file(tmp, "h2.mrc"),
+        "--mask", _good_file(tmp, "m.mrc"), "--mtf", bad,
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from pipelines.errors import StageInputError
+from pipelines.reconstruct.symmetry import symmetry_matrices
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
@@ -16,7 +17,6 @@ from pipelines.simulate.volumes import (
     map_from_model,
     phantom_volume,
     rescale_volume,
-    symmetry_matrices,
 )
 
 
@@ -66,7 +66,7 @@ def test_symmetry_groups_have_the_right_order() -> None:
     assert ops.shape == (6, 3, 3)
     np.testing.assert_allclose(np.linalg.det(ops), 1.0)
     with pytest.raises(StageInputError, match="symmetry"):
-        symmetry_matrices("T")
+        symmetry_matrices("X5")
 
 
 def test_phantom_is_reproducible_with_the_same_seed() -> None:
