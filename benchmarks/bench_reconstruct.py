@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.outputs import write_mrc
-from pipelines.io.particles_star import write_particles_star
 from pipelines.reconstruct import PosedParticles, backproject, weights_to_map
 from pipelines.simulate.projection import matrix_to_euler, random_rotations
 

@@ -53,7 +53,7 @@ def _window(
 
 
 @njit(cache=True, parallel=True)
-def insert_slices(  # pragma: no cover
+def insert_slices(  # pragma: no cover  # noqa: C901, PLR0912, PLR0915 - one numba loop nest per slab (a split costs a pass over memory)
     data: NDArray[np.complex128],
     weight: NDArray[np.float64],
     fimages: NDArray[np.complex64],

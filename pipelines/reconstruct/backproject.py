@@ -28,11 +28,11 @@ import scipy.fft
 
 from pipelines.errors import StageInputError
 from pipelines.reconstruct import _kernels
-from pipelines.reconstruct.particles import PosedParticles, ctf_batch
-from pipelines.reconstruct.symmetry import symmetry_matrices
 
 # the projector's 1 / sinc^2 (trilinear taper on a grid padded to Np): one source
-from pipelines.simulate.projection import _gridding_correction
+from pipelines.reconstruct.geometry import gridding_correction
+from pipelines.reconstruct.particles import PosedParticles, ctf_batch
+from pipelines.reconstruct.symmetry import symmetry_matrices
 
 __all__ = ["FourierSums", "backproject", "ssnr_from_fsc", "weights_to_map"]
 
@@ -246,4 +246,4 @@ def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray
     volume = real[np.ix_(index, index, index)] * (
         sign[:, None, None] * sign[None, :, None]
     )
-    return np.asarray(volume * _gridding_correction(box, npad), dtype=np.float32)
+    return np.asarray(volume * gridding_correction(box, npad), dtype=np.float32)

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pipelines.class2d import read_particle_stack
 from pipelines.ctf.model import CtfParams, ctf_phase
 from pipelines.errors import StageInputError
-from pipelines.io.particles_star import read_particles_star
-from pipelines.simulate.projection import euler_to_matrix
+from pipelines.extraction.particles_star import read_particles_star
+from pipelines.reconstruct.geometry import euler_to_matrix
 
 __all__ = ["PosedParticles", "ctf_batch", "read_posed_particles"]
 
@@ -185,34 +186,10 @@ def read_posed_particles(star_path: str | Path) -> PosedParticles:
     if not path.is_file():
         raise StageInputError(path, "file", str(path), "no such particle STAR file")
     optics, table = read_particles_star(path)
-    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"):
-        if column not in table.columns:
-            raise StageInputError(path, column, None, "column missing: need poses")
-    for key in _REQUIRED_OPTICS:
-        if key not in optics.columns:
-            raise StageInputError(
-                path, key, None, "missing from data_optics (RELION requires it)"
-            )
-    for key in ("rlnImagePixelSize", "rlnImageSize"):
-        values = optics[key].to_numpy(dtype=np.float64)
-        if not np.allclose(values, values[0]):
-            raise StageInputError(
-                path, key, values, "optics groups must share pixel size and box"
-            )
+    _check_columns(path, optics, table)
     stack, _ = read_particle_stack(path)  # the images, in the rows' order
     pixel_size_a = float(optics["rlnImagePixelSize"].iloc[0])
-    group_of = {int(g): i for i, g in enumerate(optics["rlnOpticsGroup"])}
-    groups = (
-        table["rlnOpticsGroup"].to_numpy(dtype=np.int64)
-        if "rlnOpticsGroup" in table.columns
-        else np.full(len(table), int(optics["rlnOpticsGroup"].iloc[0]))
-    )
-    unknown = set(np.unique(groups).tolist()) - set(group_of)
-    if unknown:
-        raise StageInputError(
-            path, "rlnOpticsGroup", sorted(unknown), "not in data_optics"
-        )
-    rows = np.array([group_of[int(g)] for g in groups], dtype=np.int64)
+    rows = _optics_rows(path, optics, table)
 
     def particle(name: str, default: float) -> np.ndarray:
         if name in table.columns:
@@ -301,3 +278,37 @@ def ctf_batch(
             ctf = ctf * np.exp(-0.25 * column(particles.bfactor_a2) * k2[None])
         out[which.ravel() == index] = ctf
     return out
+
+
+def _check_columns(path: Path, optics: Any, table: Any) -> None:
+    """Poses and image names per particle; optics RELION requires, one box size."""
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"):
+        if column not in table.columns:
+            raise StageInputError(path, column, None, "column missing: need poses")
+    for key in _REQUIRED_OPTICS:
+        if key not in optics.columns:
+            raise StageInputError(
+                path, key, None, "missing from data_optics (RELION requires it)"
+            )
+    for key in ("rlnImagePixelSize", "rlnImageSize"):
+        values = optics[key].to_numpy(dtype=np.float64)
+        if not np.allclose(values, values[0]):
+            raise StageInputError(
+                path, key, values, "optics groups must share pixel size and box"
+            )
+
+
+def _optics_rows(path: Path, optics: Any, table: Any) -> NDArray[np.int64]:
+    """For each particle, the row of its optics group in ``data_optics``."""
+    group_of = {int(g): i for i, g in enumerate(optics["rlnOpticsGroup"])}
+    groups = (
+        table["rlnOpticsGroup"].to_numpy(dtype=np.int64)
+        if "rlnOpticsGroup" in table.columns
+        else np.full(len(table), int(optics["rlnOpticsGroup"].iloc[0]))
+    )
+    unknown = set(np.unique(groups).tolist()) - set(group_of)
+    if unknown:
+        raise StageInputError(
+            path, "rlnOpticsGroup", sorted(unknown), "not in data_optics"
+        )
+    return np.array([group_of[int(g)] for g in groups], dtype=np.int64)

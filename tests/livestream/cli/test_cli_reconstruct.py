@@ -15,8 +15,8 @@ import pytest
 import starfile
 
 from livestream.cli.main import main
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.outputs import write_mrc
-from pipelines.io.particles_star import write_particles_star
 from pipelines.reconstruct import fourier_shell_correlation
 from pipelines.simulate.projection import matrix_to_euler
 from pipelines.simulate.volumes import phantom_volume

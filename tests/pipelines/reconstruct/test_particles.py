@@ -12,8 +12,8 @@ import scipy.fft
 
 from pipelines.ctf.model import CtfParams, ctf_2d
 from pipelines.errors import StageInputError
+from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.outputs import write_mrc
-from pipelines.io.particles_star import write_particles_star
 from pipelines.reconstruct import (
     PosedParticles,
     backproject,
