@@ -25,13 +25,15 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import pandas as pd
 import scipy.fft
 
-from pipelines.extraction.particles_star import write_particles_star
-from pipelines.io.outputs import write_mrc
-from pipelines.reconstruct import PosedParticles, backproject, weights_to_map
-from pipelines.simulate.projection import matrix_to_euler, random_rotations
+from pipelines.reconstruct import (
+    PosedParticles,
+    backproject,
+    weights_to_map,
+    write_posed_particles,
+)
+from pipelines.simulate.projection import random_rotations
 
 PIXEL_SIZE_A = 1.5
 
@@ -63,40 +65,9 @@ def relion_seconds(particles: PosedParticles, sym: str) -> float | None:
     exe = shutil.which("relion_reconstruct")
     if exe is None:
         return None
-    n, box = particles.n_particles, particles.box_px
-    angles = matrix_to_euler(particles.rotations)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_mrc(
-            root / "p.mrcs", particles.images, pixel_size_a=PIXEL_SIZE_A, float16=False
-        )
-        optics = pd.DataFrame(
-            {
-                "rlnOpticsGroupName": ["opticsGroup1"],
-                "rlnOpticsGroup": [1],
-                "rlnVoltage": [300.0],
-                "rlnSphericalAberration": [2.7],
-                "rlnAmplitudeContrast": [0.1],
-                "rlnImagePixelSize": [PIXEL_SIZE_A],
-                "rlnImageSize": [box],
-                "rlnImageDimensionality": [2],
-            }
-        )
-        table = pd.DataFrame(
-            {
-                "rlnImageName": [f"{i:06d}@p.mrcs" for i in range(1, n + 1)],
-                "rlnAngleRot": angles[:, 0],
-                "rlnAngleTilt": angles[:, 1],
-                "rlnAnglePsi": angles[:, 2],
-                "rlnOriginXAngst": particles.origin_px[:, 0] * PIXEL_SIZE_A,
-                "rlnOriginYAngst": particles.origin_px[:, 1] * PIXEL_SIZE_A,
-                "rlnDefocusU": particles.defocus_u_a,
-                "rlnDefocusV": particles.defocus_v_a,
-                "rlnDefocusAngle": particles.astigmatism_angle_deg,
-                "rlnOpticsGroup": np.ones(n, dtype=int),
-            }
-        )
-        write_particles_star(root / "p.star", optics, table)
+        write_posed_particles(root / "p.star", particles, stack_name="p.mrcs")
         start = time.perf_counter()
         subprocess.run(
             [exe, "--i", "p.star", "--o", "relion.mrc", "--ctf", "--sym", sym],

@@ -24,7 +24,11 @@ from pipelines.reconstruct.backproject import (
 from pipelines.reconstruct.fsc import FscCurve, fourier_shell_correlation
 from pipelines.reconstruct.halves import Reconstruction, reconstruct_halves
 from pipelines.reconstruct.mask import create_mask, lowpass_map
-from pipelines.reconstruct.particles import PosedParticles, read_posed_particles
+from pipelines.reconstruct.particles import (
+    PosedParticles,
+    read_posed_particles,
+    write_posed_particles,
+)
 from pipelines.reconstruct.postprocess import (
     DetectorMtf,
     PostprocessResult,
@@ -51,4 +55,5 @@ __all__ = [
     "ssnr_from_fsc",
     "symmetry_matrices",
     "weights_to_map",
+    "write_posed_particles",
 ]

@@ -23,15 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from pipelines.class2d import read_particle_stack
 from pipelines.ctf.model import CtfParams, ctf_phase
 from pipelines.errors import StageInputError
-from pipelines.extraction.particles_star import read_particles_star
-from pipelines.reconstruct.geometry import euler_to_matrix
+from pipelines.extraction.particles_star import (
+    read_particles_star,
+    write_particles_star,
+)
+from pipelines.io.outputs import write_mrc
+from pipelines.reconstruct.geometry import euler_to_matrix, matrix_to_euler
 
-__all__ = ["PosedParticles", "ctf_batch", "read_posed_particles"]
+__all__ = [
+    "PosedParticles",
+    "ctf_batch",
+    "read_posed_particles",
+    "write_posed_particles",
+]
 
 _DEFAULT_CTF = CtfParams(defocus_u_a=0.0, defocus_v_a=0.0)
 _REQUIRED_OPTICS = (
@@ -312,3 +322,46 @@ def _optics_rows(path: Path, optics: Any, table: Any) -> NDArray[np.int64]:
             path, "rlnOpticsGroup", sorted(unknown), "not in data_optics"
         )
     return np.array([group_of[int(g)] for g in groups], dtype=np.int64)
+
+
+def write_posed_particles(
+    star_path: str | Path, particles: PosedParticles, *, stack_name: str
+) -> Path:
+    """Write ``particles`` as a RELION particle STAR (one optics group, from the
+    first particle's optics) and its image stack ``stack_name``, relative to the
+    STAR's folder: what :func:`read_posed_particles` reads back."""
+    star = Path(star_path)
+    n, box = particles.n_particles, particles.box_px
+    px = particles.pixel_size_a
+    write_mrc(
+        star.parent / stack_name, particles.images, pixel_size_a=px, float16=False
+    )
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnOpticsGroup": [1],
+            "rlnVoltage": [float(particles.voltage_kv[0])],
+            "rlnSphericalAberration": [float(particles.cs_mm[0])],
+            "rlnAmplitudeContrast": [float(particles.amplitude_contrast[0])],
+            "rlnImagePixelSize": [px],
+            "rlnImageSize": [box],
+            "rlnImageDimensionality": [2],
+        }
+    )
+    angles = matrix_to_euler(particles.rotations)
+    table = pd.DataFrame(
+        {
+            "rlnImageName": [f"{i:06d}@{stack_name}" for i in range(1, n + 1)],
+            "rlnAngleRot": angles[:, 0],
+            "rlnAngleTilt": angles[:, 1],
+            "rlnAnglePsi": angles[:, 2],
+            "rlnOriginXAngst": particles.origin_px[:, 0] * px,
+            "rlnOriginYAngst": particles.origin_px[:, 1] * px,
+            "rlnDefocusU": particles.defocus_u_a,
+            "rlnDefocusV": particles.defocus_v_a,
+            "rlnDefocusAngle": particles.astigmatism_angle_deg,
+            "rlnOpticsGroup": np.ones(n, dtype=int),
+            "rlnRandomSubset": particles.subset.astype(int),
+        }
+    )
+    return write_particles_star(star, optics, table)

@@ -6,19 +6,17 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import pytest
 import starfile
 
 from livestream.cli.main import main
-from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.outputs import write_mrc
-from pipelines.reconstruct import fourier_shell_correlation
-from pipelines.simulate.projection import matrix_to_euler
+from pipelines.reconstruct import fourier_shell_correlation, write_posed_particles
 from pipelines.simulate.volumes import phantom_volume
 from tests.pipelines.reconstruct.conftest import simulate_particles
 
@@ -36,41 +34,11 @@ def particles_star(truth: np.ndarray, tmp_path_factory: pytest.TempPathFactory) 
     data = simulate_particles(
         truth, 1200, pixel_size_a=PX, rng=np.random.default_rng(32), snr=1.0
     )
-    write_mrc(
-        folder / "Extract/particles.mrcs", data.images, pixel_size_a=PX, float16=False
+    (folder / "Extract").mkdir()
+    data = replace(data, subset=np.where(np.arange(data.n_particles) < 600, 1, 2))
+    return write_posed_particles(
+        folder / "particles.star", data, stack_name="Extract/particles.mrcs"
     )
-    n = data.n_particles
-    angles = matrix_to_euler(data.rotations)
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnOpticsGroup": [1],
-            "rlnVoltage": [300.0],
-            "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.1],
-            "rlnImagePixelSize": [PX],
-            "rlnImageSize": [32],
-            "rlnImageDimensionality": [2],
-        }
-    )
-    table = pd.DataFrame(
-        {
-            "rlnImageName": [
-                f"{i:06d}@Extract/particles.mrcs" for i in range(1, n + 1)
-            ],
-            "rlnAngleRot": angles[:, 0],
-            "rlnAngleTilt": angles[:, 1],
-            "rlnAnglePsi": angles[:, 2],
-            "rlnOriginXAngst": data.origin_px[:, 0] * PX,
-            "rlnOriginYAngst": data.origin_px[:, 1] * PX,
-            "rlnDefocusU": data.defocus_u_a,
-            "rlnDefocusV": data.defocus_v_a,
-            "rlnDefocusAngle": data.astigmatism_angle_deg,
-            "rlnOpticsGroup": np.ones(n, dtype=int),
-            "rlnRandomSubset": np.where(np.arange(n) < n // 2, 1, 2),
-        }
-    )
-    return write_particles_star(folder / "particles.star", optics, table)
 
 
 def test_reconstruct_mask_postprocess(
