@@ -217,11 +217,7 @@ def write_hostile(
     with_mdoc(
         f"abs_{index:03d}.mrc", "absolute SubFramePath", str(outside / "abs_movie.mrc")
     )
-    made.pop(f"abs_{index:03d}")
-    made["abs_movie"] = "absolute SubFramePath"
     with_mdoc(f"climb_{index:03d}.mrc", "climbing SubFramePath", "../outside/climb.mrc")
-    made.pop(f"climb_{index:03d}")
-    made["climb"] = "climbing SubFramePath"
     secret = session / f"passwd_{index:03d}.mrc"
     secret.symlink_to(outside / "secret.txt")
     with_mdoc(secret.name, "link to a non-movie outside")
