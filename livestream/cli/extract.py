@@ -34,7 +34,12 @@ from livestream.cli.console import (
     require_file,
     require_files,
 )
-from pipelines.ctf.model import CtfParams
+from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.ctf.model import (
+    DEFAULT_AMPLITUDE_CONTRAST,
+    DEFAULT_VOLTAGE_KV,
+    CtfParams,
+)
 from pipelines.errors import StageInputError
 from pipelines.extraction.extract import downscaled_box_px
 from pipelines.extraction.job import run_extract
@@ -60,9 +65,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameter-a", type=float, help="normalisation circle")
     parser.add_argument("--defocus-a", type=float, nargs=3, metavar=("U", "V", "ANGLE"))
     parser.add_argument("--ctf-star", type=Path, help="micrographs_ctf.star")
-    parser.add_argument("--voltage-kv", type=float, default=300.0)
-    parser.add_argument("--cs-mm", type=float, default=2.7)
-    parser.add_argument("--amplitude-contrast", type=float, default=0.1)
+    parser.add_argument("--voltage-kv", type=float, default=DEFAULT_VOLTAGE_KV)
+    parser.add_argument("--cs-mm", type=float, default=DEFAULT_CS_MM)
+    parser.add_argument(
+        "--amplitude-contrast", type=float, default=DEFAULT_AMPLITUDE_CONTRAST
+    )
     parser.add_argument("--no-invert", action="store_true", help="keep the contrast")
     parser.add_argument("--out", type=Path, required=True, help="Extract job folder")
     parser.add_argument("--project-dir", type=Path, default=Path())

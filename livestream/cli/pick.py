@@ -33,7 +33,12 @@ from livestream.cli.console import (
     require_file,
     require_files,
 )
-from pipelines.ctf.model import CtfParams
+from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.ctf.model import (
+    DEFAULT_AMPLITUDE_CONTRAST,
+    DEFAULT_VOLTAGE_KV,
+    CtfParams,
+)
 from pipelines.errors import StageInputError
 from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.blob import pick_blob
@@ -62,9 +67,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar=("U", "V", "ANGLE"),
         help="CTF of the micrographs (template picker); omit for no CTF",
     )
-    parser.add_argument("--voltage-kv", type=float, default=300.0)
-    parser.add_argument("--cs-mm", type=float, default=2.7)
-    parser.add_argument("--amplitude-contrast", type=float, default=0.1)
+    parser.add_argument("--voltage-kv", type=float, default=DEFAULT_VOLTAGE_KV)
+    parser.add_argument("--cs-mm", type=float, default=DEFAULT_CS_MM)
+    parser.add_argument(
+        "--amplitude-contrast", type=float, default=DEFAULT_AMPLITUDE_CONTRAST
+    )
     parser.add_argument("--threshold-sd", type=float)
     parser.add_argument("--min-ncc", type=float)
     parser.add_argument(

@@ -35,7 +35,7 @@ from pipelines.ctf.fit import (
     judge_fit,
     params_of,
 )
-from pipelines.ctf.model import ctf_2d
+from pipelines.ctf.model import DEFAULT_AMPLITUDE_CONTRAST, ctf_2d
 from pipelines.ctf.quality import equiphase_profile, weight_band_by_rings
 from pipelines.ctf.search import (
     defocus_step_a,
@@ -90,7 +90,7 @@ def estimate_ctf(
     pixel_size_a: float,
     voltage_kv: float,
     cs_mm: float,
-    amplitude_contrast: float = 0.1,
+    amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST,
     defocus_range_a: tuple[float, float] = (3000.0, 50000.0),
     resolution_range_a: tuple[float, float] = (30.0, 5.0),
     tile_px: int = 512,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.ctf.estimate import CtfFit, estimate_ctf
+from pipelines.ctf.model import DEFAULT_AMPLITUDE_CONTRAST
 from pipelines.ctf.outputs import write_ctf_record, write_diagnostic
 from pipelines.io.micrographs import read_micrograph
 
@@ -38,7 +39,7 @@ def run_ctf(
     pixel_size_a: float,
     voltage_kv: float,
     cs_mm: float,
-    amplitude_contrast: float = 0.1,
+    amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST,
     **options: Any,
 ) -> CtfOutputs:
     """Estimate the CTF of one MRC micrograph and write its files into ``out_dir``.

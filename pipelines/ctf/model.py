@@ -20,11 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from mdcatch.crosscheck import DEFAULT_CS_MM
+
 
 def electron_wavelength_a(voltage_kv: float) -> float:
     """Relativistic electron wavelength in Å (0.0197 Å at 300 kV)."""
     volts = voltage_kv * 1e3
     return float(12.2642598 / np.sqrt(volts * (1.0 + volts * 0.978475598e-6)))
+
+
+# Defaults where nothing better is known (a 300 kV instrument, RELION's amplitude
+# contrast for cryo samples); Cs has one source, mdcatch's crosscheck.
+DEFAULT_VOLTAGE_KV = 300.0
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,9 +42,9 @@ class CtfParams:
     defocus_u_a: float  # rlnDefocusU
     defocus_v_a: float  # rlnDefocusV
     astigmatism_angle_deg: float = 0.0  # rlnDefocusAngle
-    voltage_kv: float = 300.0  # rlnVoltage
-    cs_mm: float = 2.7  # rlnSphericalAberration
-    amplitude_contrast: float = 0.1  # rlnAmplitudeContrast
+    voltage_kv: float = DEFAULT_VOLTAGE_KV  # rlnVoltage
+    cs_mm: float = DEFAULT_CS_MM  # rlnSphericalAberration
+    amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST  # rlnAmplitudeContrast
     phase_shift_deg: float = 0.0  # rlnPhaseShift
     bfactor_a2: float = 0.0  # rlnCtfBfactor
 
