@@ -117,7 +117,9 @@ async def _run(
         scheduler.offer(exposure)
         scheduler.offer(exposure)  # offered twice: queued once
     task = asyncio.create_task(scheduler.run())
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(
+        90
+    ):  # a guard against a hang; pool restarts are slow on a loaded machine
         await finished.wait()
     scheduler.stop_taking_work()
     await task
