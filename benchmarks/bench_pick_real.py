@@ -16,6 +16,12 @@ picks / picks, pooled over the micrographs of a data set.  The template picker i
 fed projections of the 70S ribosome map of ``../shared/data/real`` (5 Å/px, the
 nearest real map we ship; the labelled particles are 80S ribosomes).
 
+The last column is each picker tuned on the labels: the score threshold (over all
+micrographs of the run, from the picks the default run returned) that maximises F1,
+as the issue quotes RELION's LoG at a tuned threshold.  It says what the scores can
+separate, not what a user gets.  ``blob-2sd`` (not a default) is the blob picker at
+its threshold floor, so that its tuned threshold can also be lower than the default.
+
 Time per micrograph, and its ratio to a lower bound measured in the same run: one
 forward real FFT of the micrograph (every picker must at least look at all of it).
 """
@@ -39,7 +45,7 @@ import scipy.fft
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from pipelines.picking.blob import pick_blob
+from pipelines.picking.blob import MIN_THRESHOLD_SD, pick_blob
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
@@ -67,7 +73,8 @@ class Score:
     seconds: float
 
 
-Picker = Callable[[Micrograph], np.ndarray]  # -> (n, 2) picks x_px, y_px
+# -> (n, 2) picks x_px, y_px, and their scores (None: the peer gives none we read)
+Picker = Callable[[Micrograph], tuple[np.ndarray, np.ndarray | None]]
 
 
 def load_micrographs(cache: Path) -> list[Micrograph]:
@@ -112,18 +119,29 @@ def count_matches(labels: np.ndarray, picks: np.ndarray, tolerance_px: float) ->
     return int(np.count_nonzero(d[rows, cols] <= tolerance_px))
 
 
-def blob_picker(mic: Micrograph) -> np.ndarray:
+def blob_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
     picks = pick_blob(
         mic.image, pixel_size_a=mic.pixel_size_a, diameter_range_a=mic.diameter_range_a
     )
-    return np.column_stack([picks.x_px, picks.y_px])
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
+
+
+def blob_picker_low(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """The blob picker at its threshold floor (2 SD): for the label-tuned column."""
+    picks = pick_blob(
+        mic.image,
+        pixel_size_a=mic.pixel_size_a,
+        diameter_range_a=mic.diameter_range_a,
+        threshold_sd=MIN_THRESHOLD_SD,
+    )
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
 
 def make_template_picker() -> Picker:
     volume, _ = load_map(RIBOSOME_MAP)
     views = np.asarray(project(volume, random_rotations(50, np.random.default_rng(0))))
 
-    def template_picker(mic: Micrograph) -> np.ndarray:
+    def template_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
         picks = pick_template(
             mic.image,
             views,
@@ -132,7 +150,7 @@ def make_template_picker() -> Picker:
             ctf=None,
             template_pixel_size_a=RIBOSOME_MAP_PIXEL_A,
         )
-        return np.column_stack([picks.x_px, picks.y_px])
+        return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
     return template_picker
 
@@ -143,7 +161,7 @@ def make_topaz_picker() -> Picker | None:
     if topaz is None:
         return None
 
-    def topaz_picker(mic: Micrograph) -> np.ndarray:
+    def topaz_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
         radius_px = round(mic.label_diameter_px / 2)
         with tempfile.TemporaryDirectory() as tmp:
             mrc_path = Path(tmp) / f"{mic.name}.mrc"
@@ -170,8 +188,9 @@ def make_topaz_picker() -> Picker | None:
                 check=True,
                 capture_output=True,
             )
-            table = np.genfromtxt(out, skip_header=1, usecols=(1, 2), ndmin=2)
-        return table.reshape(-1, 2).astype(np.float64)
+            table = np.genfromtxt(out, skip_header=1, usecols=(1, 2, 3), ndmin=2)
+        table = table.reshape(-1, 3).astype(np.float64)
+        return table[:, :2], table[:, 2]
 
     return topaz_picker
 
@@ -180,6 +199,29 @@ def make_relion_log_picker() -> Picker | None:
     if shutil.which("relion_autopick") is None:
         return None
     raise NotImplementedError("RELION is installed: add its LoG run here")
+
+
+def best_threshold(
+    found: list[tuple[Micrograph, np.ndarray, np.ndarray]],
+) -> tuple[float, float, float]:
+    """(threshold, recall, precision) at the score threshold that maximises F1 over
+    all micrographs: the picker tuned on the labels (not a default)."""
+    scores = np.concatenate([s for _, _, s in found])
+    best = (float("nan"), 0.0, 0.0)
+    best_f1 = -1.0
+    for threshold in np.unique(np.quantile(scores, np.linspace(0.0, 0.98, 50))):
+        n_labels = n_picks = matched = 0
+        for mic, picks, s in found:
+            kept = picks[s >= threshold]
+            n_labels += len(mic.labels_xy)
+            n_picks += len(kept)
+            tol = 0.5 * mic.label_diameter_px / 2.0
+            matched += count_matches(mic.labels_xy, kept, tol)
+        recall, precision = matched / max(n_labels, 1), matched / max(n_picks, 1)
+        f1 = 2 * recall * precision / max(recall + precision, 1e-12)
+        if f1 > best_f1:
+            best_f1, best = f1, (float(threshold), recall, precision)
+    return best
 
 
 def fft_bound_s(image: np.ndarray) -> float:
@@ -202,21 +244,26 @@ def main() -> None:
     micrographs = load_micrographs(args.cache)
     factories: dict[str, Callable[[], Picker | None]] = {
         "blob": lambda: blob_picker,
+        "blob-2sd": lambda: blob_picker_low,
         "template": make_template_picker,
         "topaz": make_topaz_picker,
         "relion-log": make_relion_log_picker,
     }
     bound = {m.name: fft_bound_s(m.image) for m in micrographs}
     rows: list[tuple[str, Micrograph, Score]] = []
+    tuned: dict[str, tuple[float, float, float]] = {}
     for name in args.pickers:
         picker = factories[name]()
         if picker is None:
             print(f"{name}: not found")
             continue
+        found: list[tuple[Micrograph, np.ndarray, np.ndarray]] = []
         for mic in micrographs:
             start = time.perf_counter()
-            picks = picker(mic)
+            picks, scores = picker(mic)
             seconds = time.perf_counter() - start
+            if scores is not None:
+                found.append((mic, picks, scores))
             tol = 0.5 * mic.label_diameter_px / 2.0
             score = Score(
                 n_labels=len(mic.labels_xy),
@@ -232,12 +279,14 @@ def main() -> None:
                     f"{score.n_matched / max(score.n_labels, 1):.2f} precision "
                     f"{score.n_matched / max(score.n_picks, 1):.2f} {seconds:.2f} s"
                 )
+        if found:
+            tuned[name] = best_threshold(found)
     print()
     print(
         "| data set | picker | micrographs | labels | picks | recall | precision "
-        "| s / micrograph | / FFT bound |"
+        "| s / micrograph | / FFT bound | label-tuned: threshold, recall, precision |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dataset in sorted({m.dataset for m in micrographs}):
         for name in args.pickers:
             mine = [(m, s) for n, m, s in rows if n == name and m.dataset == dataset]
@@ -251,8 +300,15 @@ def main() -> None:
             print(
                 f"| {dataset} | {name} | {len(mine)} | {n_labels} | {n_picks} "
                 f"| {matched / max(n_labels, 1):.2f} | {matched / max(n_picks, 1):.2f} "
-                f"| {seconds:.2f} | {ratio:.0f} |"
+                f"| {seconds:.2f} | {ratio:.0f} | {tuned_text(tuned.get(name))} |"
             )
+
+
+def tuned_text(tuned: tuple[float, float, float] | None) -> str:
+    if tuned is None:
+        return "-"
+    threshold, recall, precision = tuned
+    return f"{threshold:.3g}, {recall:.2f}, {precision:.2f}"
 
 
 if __name__ == "__main__":
