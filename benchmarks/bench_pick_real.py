@@ -45,12 +45,16 @@ import scipy.fft
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from pipelines.picking.blob import MIN_THRESHOLD_SD, pick_blob
+from pipelines.picking.blob import pick_blob
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
-RIBOSOME_MAP = Path("/work/shared/data/real/clean70SRibosome_vol_65p.mrc")
+MIN_THRESHOLD_SD = 2.0  # the lowest threshold worth reporting (label-tuned column)
+RIBOSOME_MAP = (
+    Path(__file__).resolve().parents[2]
+    / "shared/data/real/clean70SRibosome_vol_65p.mrc"
+)
 RIBOSOME_MAP_PIXEL_A = 5.0  # ASPIRE's RELION tutorial uses --angpix 5 for this map
 
 
