@@ -7,7 +7,8 @@ Example:
 Writes run_classes.mrcs (class averages), run_model.star (data_model_classes),
 run_data.star (every particle with rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst,
 rlnMaxValueProbDistribution), run_selected.star (particles of the classes the
-ranker selects: score >= --score-threshold, less the particles whose residual
+ranker selects: score >= --score-threshold and at least max(5, 0.1 n / K)
+particles, less the particles whose residual
 against their class average is an outlier: --particle-outlier-mad, 0 = off),
 run_montage.png (class averages best score first, with particle counts) and
 run_checkpoint.npz (resumable state).  Any box size: an odd box is classified at

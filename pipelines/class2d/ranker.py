@@ -35,7 +35,9 @@ classes of 60-290).  So, besides the minimum support, the mean maximum probabili
 enters the score shrunk towards the term's neutral centre ``c`` with a pseudo-count
 of ``n0 =`` :data:`SHRINK_PSEUDO_COUNT` particles, ``(n p + n0 c) / (n + n0)``: a
 class of a few particles gets a probability term near 0 and is judged on its
-image, a class of hundreds keeps its own value.  Both rules depend only on the class's own count
+image, a class of hundreds keeps its own value.  A class under the support scores
+``score * n / (2 support)``, under 0.5, so the montage (best score first) and the
+``class2d`` event do not show a handful of particles as a sure class.  Both rules depend only on the class's own count
 and the pool, so the selection changes smoothly as the pool grows
 (``tests/livestream/class2d/test_selection_stability.py`` measures the flip rate).
 
@@ -170,9 +172,11 @@ def min_class_support(n_particles: int, n_classes: int) -> int:
     return max(MIN_SUPPORT_PARTICLES, math.ceil(share))
 
 
-def score_classes(features: ClassFeatures) -> np.ndarray:
+def score_classes(features: ClassFeatures, *, min_support: int = 0) -> np.ndarray:
     """``(K,)`` scores in [0, 1] (0 for empty classes); the mean maximum
-    probability of a class of few particles is shrunk towards its centre."""
+    probability of a class of few particles is shrunk towards its centre, and a
+    class under ``min_support`` particles scores ``score * n / (2 min_support)``
+    (under 0.5: the montage and the event do not show it as a sure class)."""
     logit = np.zeros(features.values.shape[0])
     counts = features.counts.astype(np.float64)
     for name, centre, scale, weight in RANKER_TERMS:
@@ -184,7 +188,10 @@ def score_classes(features: ClassFeatures) -> np.ndarray:
         z = np.clip((value - centre) / scale, -_Z_LIMIT, _Z_LIMIT)
         logit += weight * z
     scores = 1.0 / (1.0 + np.exp(-np.clip(logit, -50.0, 50.0)))
-    return np.where(features.counts > 0, scores, 0.0)
+    counts = features.counts
+    scaled = scores * 0.5 * counts / max(min_support, 1)
+    scores = np.where(counts >= min_support, scores, scaled)
+    return np.where(counts > 0, scores, 0.0)
 
 
 def rank_classes(
@@ -209,8 +216,8 @@ def rank_classes(
             "<argument>", "particle_outlier_mad", particle_outlier_mad, "must be > 0"
         )
     features = compute_class_features(config, state, assignment)
-    scores = score_classes(features)
     support = min_class_support(assignment.class_index.size, config.n_classes)
+    scores = score_classes(features, min_support=support)
     selected = (scores >= threshold) & (features.counts >= support)
     outliers = None
     if particles is not None and particle_outlier_mad is not None:

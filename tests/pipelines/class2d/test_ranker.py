@@ -362,6 +362,8 @@ def test_particle_stage_off_keeps_whole_classes(junk_run: dict[str, object]) -> 
 
 def test_minimum_support_scales_with_the_pool(junk_run: dict[str, object]) -> None:
     """At least 5 particles and a tenth of an even share; the ranking applies it."""
+    import dataclasses
+
     assert min_class_support(100, 8) == 5
     assert min_class_support(10_000, 50) == 20
     assert min_class_support(449, 8) == 6
@@ -372,6 +374,15 @@ def test_minimum_support_scales_with_the_pool(junk_run: dict[str, object]) -> No
     )
     assert ranking.min_support == min_class_support(360, 8)
     assert np.all(ranking.counts[ranking.selected] >= ranking.min_support)
+    # under the support a class scores under 0.5, in proportion to its count
+    counts = np.array([1, 4, 0, 6, 7, 50, 100, 200])
+    features = dataclasses.replace(ranking.features, counts=counts)
+    full = score_classes(features)
+    few = score_classes(features, min_support=8)
+    np.testing.assert_array_equal(few[5:], full[5:])  # supported: unchanged
+    np.testing.assert_allclose(few[:2], full[:2] * counts[:2] / 16)
+    assert few[2] == 0.0
+    assert np.all(few[:5] < 0.5)
 
 
 def test_few_particles_do_not_make_a_sure_class(junk_run: dict[str, object]) -> None:
