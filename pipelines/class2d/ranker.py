@@ -41,9 +41,10 @@ of ``n0 =`` :data:`SHRINK_PSEUDO_COUNT` particles, ``(n p + n0 c) / (n + n0)``: 
 class of a few particles gets a probability term near 0 and is judged on its
 image, a class of hundreds keeps its own value.  A class under the support scores
 ``score * n / (2 support)``, under 0.5, so the montage (best score first) and the
-``class2d`` event do not show a handful of particles as a sure class.  Both rules depend only on the class's own count
-and the pool, so the selection changes smoothly as the pool grows
-(``tests/livestream/class2d/test_selection_stability.py`` measures the flip rate).
+``class2d`` event do not show a handful of particles as a sure class.  These
+rules depend only on the class's own count and the pool, so the selection changes
+smoothly as the pool grows (``tests/livestream/class2d/test_selection_stability.py``
+measures the flip rate).
 
 When :func:`rank_classes` is given the particle images, a particle-level stage
 follows (:mod:`pipelines.class2d.particle_selection`): inside each selected class,
