@@ -121,6 +121,13 @@ class Exposure:
     ``exposure_id`` is the file stem shared by the metadata and the movie
     (``FoilHole_1_Data_2_3_20200320_090200`` for EPU); it is the key of the ledger.
     ``movie_path`` is ``None`` until the movie has been found.
+
+    A *sub-exposure* is one part of a movie that holds several exposures (a
+    SerialEM frame-set tilt series: one tilt per frame range): ``frame_range`` is
+    its first and last frame, 0-based and inclusive, inside the movie of
+    ``n_frames`` frames; ``total_dose_e_per_a2`` is that part's dose and
+    ``prior_dose_e_per_a2`` the dose the area received before it.  ``frame_range``
+    is ``None`` for an exposure that is the whole movie.
     """
 
     exposure_id: str
@@ -149,6 +156,8 @@ class Exposure:
     defect_file_path: Path | None = None
     camera_index: int | None = None
     frame_doses: tuple[tuple[int, float], ...] = ()
+    frame_range: tuple[int, int] | None = None
+    prior_dose_e_per_a2: float | None = None
     extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     warnings: tuple[str, ...] = ()
 
@@ -156,9 +165,16 @@ class Exposure:
         _freeze_extra(self)
 
     @property
+    def n_exposure_frames(self) -> int:
+        """Frames of this exposure: the movie's, or its ``frame_range``'s."""
+        if self.frame_range is None:
+            return self.n_frames
+        return self.frame_range[1] - self.frame_range[0] + 1
+
+    @property
     def dose_per_frame_e_per_a2(self) -> float:
-        """Mean dose per movie frame (e/Å²)."""
-        return self.total_dose_e_per_a2 / self.n_frames
+        """Mean dose per frame of this exposure (e/Å²)."""
+        return self.total_dose_e_per_a2 / self.n_exposure_frames
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,11 @@ from pipelines.class2d import (
     initialise_state,
     vdam_step,
 )
+from pipelines.class2d.box import (
+    to_working_box,
+    working_box_px,
+    working_pixel_size_a,
+)
 from pipelines.class2d.montage import class2d_payload
 from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
@@ -131,10 +136,12 @@ class Class2dActor:
     def _sync_pool(self) -> None:
         """Make the config on the first particles; grow the seen mask."""
         if self.config is None and self.pool.size:
+            box_px = int(self.pool.images.shape[-1])  # odd: classified at box + 1
+            pixel_size_a = float(self.pool.optics.iloc[0]["rlnImagePixelSize"])
             self.config = Class2dConfig(
                 n_classes=self.settings.n_classes,
-                box_px=int(self.pool.images.shape[-1]),
-                pixel_size_a=float(self.pool.optics.iloc[0]["rlnImagePixelSize"]),
+                box_px=working_box_px(box_px),
+                pixel_size_a=working_pixel_size_a(pixel_size_a, box_px),
                 psi_step_deg=self.settings.psi_step_deg,
                 offset_range_px=self.settings.offset_range_px,
                 max_resolution_a=self.settings.max_resolution_a,
@@ -189,7 +196,9 @@ class Class2dActor:
         assert self.config is not None
         if self.state is None:
             self.state = initialise_state(
-                self.config, self.pool.stack(), np.random.default_rng(self.seed)
+                self.config,
+                to_working_box(self.pool.stack()),
+                np.random.default_rng(self.seed),
             )
         state = self.state
         rng = restore_rng(state)
@@ -214,7 +223,7 @@ class Class2dActor:
         batch_state = dataclasses.replace(
             state, seen=np.zeros(n, dtype=bool), rng_state=rng_state_of(rng)
         )
-        new = vdam_step(config, batch_state, self.pool.stack(order))
+        new = vdam_step(config, batch_state, to_working_box(self.pool.stack(order)))
         seen = state.seen.copy()
         seen[order] = True
         self.state = dataclasses.replace(new, seen=seen)
@@ -229,7 +238,7 @@ class Class2dActor:
         if self.state is None or self.config is None:
             raise StageInputError(self.folder, "state", None, "no mini-batch run yet")
         config, state = self.config, self.state
-        particles = self.pool.stack()
+        particles = to_working_box(self.pool.stack())
         assignment = assign_particles(config, state, particles)
         ranking = rank_classes(
             config,
@@ -248,6 +257,7 @@ class Class2dActor:
             self.pool.table,
             ranking=ranking,
             float16=False,
+            output_box_px=int(self.pool.images.shape[-1]),
         )
         self.minibatches_since_snapshot = 0
         payload = class2d_payload(

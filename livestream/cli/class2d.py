@@ -7,10 +7,12 @@ Example:
 Writes run_classes.mrcs (class averages), run_model.star (data_model_classes),
 run_data.star (every particle with rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst,
 rlnMaxValueProbDistribution), run_selected.star (particles of the classes the
-ranker selects: score >= --score-threshold, less the particles whose residual
+ranker selects: score >= --score-threshold and at least max(5, 0.1 n / K)
+particles, less the particles whose residual
 against their class average is an outlier: --particle-outlier-mad, 0 = off),
 run_montage.png (class averages best score first, with particle counts) and
-run_checkpoint.npz (resumable state).
+run_checkpoint.npz (resumable state).  Any box size: an odd box is classified at
+the next even size (Fourier padding) and the outputs are written at the input box.
 With --json prints one summary object (class_counts, class_scores, seconds,
 particles_per_second, classes_mrcs, selected_star, montage_png, ...).
 """
@@ -40,6 +42,7 @@ from pipelines.class2d import (
     run_minibatches,
     save_checkpoint,
 )
+from pipelines.class2d.box import to_working_box
 from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
@@ -88,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         particles, table = read_particle_stack(args.particles)
+        input_box_px = particles.box_px
+        particles = to_working_box(particles)  # an odd box is padded to even
         optics, _ = read_particles_star(args.particles)
         config = Class2dConfig(
             n_classes=args.classes,
@@ -130,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
             table,
             ranking=ranking,
             float16=args.float16,
+            output_box_px=input_box_px,
         )
         selected_star, montage = outputs.selected_star, outputs.montage_png
     except StageInputError as exc:  # e.g. a stack the STAR names is missing

@@ -88,6 +88,15 @@ def parse_exposure(
                 metadata_path, "FrameSet", None, "mdoc holds no exposure"
             )
         exposure = exposures[0]
+        if exposure.frame_range is not None:
+            raise MetadataError(
+                metadata_path,
+                "FrameTSStartEndFrames",
+                f"{len(exposures)} tilts in one movie",
+                "a frame-set tilt series: motion correction of a frame range is "
+                "not supported yet, so its sub-exposures are quarantined rather "
+                "than the whole movie processed as one exposure",
+            )
     exposure = replace(exposure, exposure_id=key, movie_path=movie_path)
     header = read_movie_header(movie_path)
     return reconcile(exposure, header, profiles)

@@ -12,7 +12,10 @@ Example::
 Frame-set mdocs (``[FrameSet = n]``, one per movie in single-particle work) give
 exposures of kind ``EXPOSURE``; stacks and tilt series (``[ZValue = n]``) give
 ``TILT``; montages (``Montage = 1`` with ``[ZValue]`` pieces, and
-``[MontSection = n]``) give ``MONTAGE``.  SerialEM writes local time without a
+``[MontSection = n]``) give ``MONTAGE``.  A frame-set tilt series (one
+``[FrameSet]`` movie, ``[ZValue]`` sections with ``FrameTSStartEndFrames``) gives
+one ``TILT`` sub-exposure per ZValue (:func:`inherit_frame_sets`), with its
+``frame_range`` in the movie and the ID ``<movie stem>_<ZValue:03d>``.  SerialEM writes local time without a
 zone: ``timezone`` says which zone the microscope PC was in (default UTC).
 The exposure ID is the movie's file stem (``SubFramePath``); without a movie it
 is the image file's stem plus the section index.  See ``docs/serialem.md``.
@@ -28,11 +31,11 @@ from types import MappingProxyType
 
 from mdcatch.errors import MetadataError
 from mdcatch.records import Exposure, ImageKind, MovieFormat, Session, Software
-from mdcatch.serialem.autodoc import parse_autodoc
+from mdcatch.serialem.autodoc import MdocSection, parse_autodoc
 from mdcatch.serialem.header import read_context
 from mdcatch.serialem.section import read_section
 
-__all__ = ["read_mdoc", "scan_serialem_session"]
+__all__ = ["inherit_frame_sets", "read_mdoc", "scan_serialem_session"]
 
 _FORMATS = {
     ".tif": MovieFormat.TIFF,
@@ -63,7 +66,8 @@ def read_mdoc(
     path = Path(path)
     doc = parse_autodoc(_read_text(path), path)
     context = read_context(doc, timezone)
-    n_framesets = sum(1 for section in doc.sections if section.kind == "FrameSet")
+    sections = inherit_frame_sets(doc.sections)
+    n_framesets = sum(1 for section in sections if section.kind == "FrameSet")
     exposures = [
         read_section(
             section,
@@ -74,7 +78,7 @@ def read_mdoc(
             n_framesets=n_framesets,
             folders=folders,
         )
-        for section in doc.sections
+        for section in sections
     ]
     first_movie = next((e.movie_path for e in exposures if e.movie_path), None)
     raw_movie = next(
@@ -93,6 +97,35 @@ def read_mdoc(
         extra=context.extra,
     )
     return session, exposures
+
+
+def inherit_frame_sets(sections: Sequence[MdocSection]) -> list[MdocSection]:
+    """The sections to read as exposures, a frame-set tilt series resolved.
+
+    SerialEM records a continuous tilt series as one movie: a ``[FrameSet = n]``
+    section with the optics, the movie and the frame doses, followed by
+    ``[ZValue = i]`` sections that hold only what changes per tilt (``TiltAngle``,
+    ``FrameTSStartEndFrames``, ``ExposureDose``, ``PriorRecordDose``).  Each such
+    ZValue section inherits every value of the frame set before it (its own values
+    win) and becomes one sub-exposure; the frame set is then the movie, not an
+    exposure of its own.  Other files pass through unchanged.
+    """
+    resolved: list[MdocSection] = []
+    parent: int | None = None  # position in ``resolved`` of the last frame set
+    movies: set[int] = set()  # frame sets that turned out to be tilt-series movies
+    for section in sections:
+        if section.kind == "FrameSet":
+            parent = len(resolved)
+        elif (
+            section.kind == "ZValue"
+            and parent is not None
+            and "FrameTSStartEndFrames" in section.values
+        ):
+            movies.add(parent)
+            inherited = {**resolved[parent].values, **section.values}
+            section = replace(section, values=MappingProxyType(inherited))
+        resolved.append(section)
+    return [s for i, s in enumerate(resolved) if i not in movies]
 
 
 def scan_serialem_session(

@@ -121,6 +121,9 @@ def read_section(
     camera_index = r.integer("CameraIndex", low=0)
     optics = _read_optics(r, section, context, camera_index, warnings)
     frame_doses, n_frames, dose = _read_frames_and_dose(r, warnings)
+    frame_range = _read_frame_range(r, n_frames)
+    if frame_range is not None:  # one tilt of a frame-set tilt series
+        exposure_id = f"{exposure_id}_{section.index:03d}"
     exposure_time = r.number("ExposureTime", low=0.0, strict=True)
     if exposure_time is None:
         raise MetadataError(
@@ -163,6 +166,8 @@ def read_section(
         defect_file_path=defects,
         camera_index=camera_index,
         frame_doses=frame_doses,
+        frame_range=frame_range,
+        prior_dose_e_per_a2=r.number("PriorRecordDose", low=0.0),
         extra=MappingProxyType(r.leftover()),
         warnings=tuple(warnings),
     )
@@ -260,6 +265,25 @@ def _read_frames_and_dose(
             "mdoc has no ExposureDose; total dose summed from FrameDosesAndNumber"
         )
     return frame_doses, n_frames, dose
+
+
+def _read_frame_range(r: _Reader, n_frames: int) -> tuple[int, int] | None:
+    """``FrameTSStartEndFrames``: the first and last frame (0-based, inclusive) of
+    one tilt inside the frame set's movie of ``n_frames`` frames."""
+    raw = r.raw("FrameTSStartEndFrames")
+    if raw is None:
+        return None
+    first, last = parse_floats(r.path, "FrameTSStartEndFrames", raw, 2)
+    if first != int(first) or last != int(last):
+        raise MetadataError(r.path, "FrameTSStartEndFrames", raw, "must be integers")
+    if not 0 <= first <= last < n_frames:
+        raise MetadataError(
+            r.path,
+            "FrameTSStartEndFrames",
+            raw,
+            f"need 0 <= first <= last < {n_frames} (the movie's frames)",
+        )
+    return int(first), int(last)
 
 
 def _read_defocus(r: _Reader, warnings: list[str]) -> tuple[float, float | None]:

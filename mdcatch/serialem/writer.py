@@ -10,7 +10,10 @@ Example::
 Exposures of kind ``EXPOSURE`` become ``[FrameSet = n]`` sections, ``TILT`` become
 ``[ZValue = n]``, ``MONTAGE`` pieces (with ``PieceCoordinates`` in ``extra``)
 become ``[ZValue = n]`` under ``Montage = 1`` and the other ``MONTAGE`` records
-``[MontSection = n]``.  Times are written in ``timezone`` (default UTC), to the
+``[MontSection = n]``.  Consecutive sub-exposures of one movie (``frame_range``
+set) become a frame-set tilt series: one ``[FrameSet]`` with what they share and
+a ``[ZValue]`` per tilt with ``TiltAngle``, ``FrameTSStartEndFrames``,
+``ExposureDose``, ``PriorRecordDose`` and whatever else differs.  Times are written in ``timezone`` (default UTC), to the
 second, as SerialEM does.  The detector names go into the first title
 (``Camera -> 0:name``), as SerialEM writes them.  Records that a SerialEM mdoc
 cannot hold (a super-resolution camera mode without ``binning < 1``, sub-second
@@ -46,6 +49,9 @@ _MONTHS = [
 ]
 _DOTTED_VERSION = re.compile(r"^\d+(?:\.\d+)+$")
 _D_NUMBER = re.compile(r"^D\d{3,5}$")
+_PER_TILT_KEYS = frozenset(
+    {"TiltAngle", "FrameTSStartEndFrames", "ExposureDose", "PriorRecordDose"}
+)
 
 
 def write_mdoc(
@@ -86,12 +92,17 @@ def write_mdoc(
     for title in _titles(session, exposures, timezone):
         lines += [f"[T = {title}]", ""]
     counters = {"FrameSet": 0, "ZValue": 0, "MontSection": 0}
-    for exposure in exposures:
-        kind = _section_kind(exposure)
-        lines.append(f"[{kind} = {counters[kind]}]")
-        counters[kind] += 1
-        lines += _section_lines(exposure, first, frames_prefix, timezone)
-        lines.append("")
+    for group in _sections(exposures):
+        if group[0].frame_range is not None:  # one movie, one section per tilt
+            sections = _frame_set_sections(group, first, frames_prefix, timezone)
+        else:
+            values = _section_values(group[0], first, frames_prefix, timezone)
+            sections = [(_section_kind(group[0]), values)]
+        for kind, values in sections:
+            lines.append(f"[{kind} = {counters[kind]}]")
+            counters[kind] += 1
+            lines += [f"{key} = {value}" for key, value in values.items()]
+            lines.append("")
     _write_atomically(path, "\n".join(lines))
     return path
 
@@ -135,9 +146,53 @@ def _titles(
     return [" ".join(words) + "    " + _time(start, timezone)]
 
 
-def _section_lines(
+def _sections(exposures: Sequence[Exposure]) -> list[list[Exposure]]:
+    """Exposures in file order, the consecutive sub-exposures of one movie
+    (``frame_range`` set, same ``movie_path``) grouped."""
+    groups: list[list[Exposure]] = []
+    for exposure in exposures:
+        last = groups[-1][-1] if groups else None
+        if (
+            last is not None
+            and exposure.frame_range is not None
+            and last.frame_range is not None
+            and exposure.movie_path == last.movie_path
+        ):
+            groups[-1].append(exposure)
+        else:
+            groups.append([exposure])
+    return groups
+
+
+def _frame_set_sections(
+    group: Sequence[Exposure],
+    first: Exposure,
+    frames_prefix: str | None,
+    timezone: tzinfo,
+) -> list[tuple[str, dict[str, str]]]:
+    """A frame-set tilt series: ``[FrameSet]`` with what the sub-exposures share,
+    then one ``[ZValue]`` per sub-exposure with its per-tilt values and whatever
+    else differs from the frame set (``read_mdoc`` merges them back)."""
+    every = [_section_values(e, first, frames_prefix, timezone) for e in group]
+    shared = {k: v for k, v in every[0].items() if k not in _PER_TILT_KEYS}
+    sections: list[tuple[str, dict[str, str]]] = [("FrameSet", shared)]
+    for exposure, values in zip(group, every, strict=True):
+        lost = sorted(set(shared) - set(values))
+        if lost:
+            raise ValueError(
+                f"{exposure.exposure_id}: has no {', '.join(lost)} but the first "
+                "tilt of its frame set has: they cannot share one [FrameSet]"
+            )
+        own = {
+            k: v for k, v in values.items() if k in _PER_TILT_KEYS or shared.get(k) != v
+        }
+        sections.append(("ZValue", own))
+    return sections
+
+
+def _section_values(
     e: Exposure, first: Exposure, frames_prefix: str | None, timezone: tzinfo
-) -> list[str]:
+) -> dict[str, str]:
     o = e.optics
     stage = e.stage_position_um
     shift = e.image_shift
@@ -174,11 +229,15 @@ def _section_lines(
         "DefectFile": _opt_str(e.defect_file_path),
         "PhasePlateInserted": "True" if o.phase_plate else None,
         "Cs": _opt(o.cs_mm),
+        "FrameTSStartEndFrames": None
+        if e.frame_range is None
+        else f"{e.frame_range[0]} {e.frame_range[1]}",
+        "PriorRecordDose": _opt(e.prior_dose_e_per_a2),
     }
     kept = {key: value for key, value in values.items() if value is not None}
     for key, value in e.extra.items():
         kept.setdefault(key, value)
-    return [f"{key} = {value}" for key, value in kept.items()]
+    return kept
 
 
 def _sub_frame_path(e: Exposure, frames_prefix: str | None) -> str | None:

@@ -3,8 +3,12 @@
 Every feature is scale-free, so it means the same at any box, pixel size or
 intensity scale.  From the run: the half-set FSC resolution (as a fraction of
 Nyquist), the class's share of the particles and the mean maximum posterior
-probability of its members (RELION's ``rlnMaxValueProbDistribution``: how sharply the
-particles' poses are determined — rotation and translation accuracy in one number).
+probability of its members *within their class* (RELION's
+``rlnMaxValueProbDistribution``, the joint maximum over class and pose, divided by
+the particle's posterior mass on its class: how sharply the pose is determined —
+rotation and translation accuracy in one number — without the class ambiguity,
+which near-duplicate classes of one good view share and which made their particles
+look like junk).
 From the class average (normalised to zero mean and unit sd inside the particle
 mask of radius R): the moments of density in three masks — *protein* (r < 0.6 R),
 *ring* (0.6 R <= r < 0.85 R) and *solvent* (0.85 R <= r < R) — the fraction of
@@ -130,9 +134,10 @@ def compute_class_features(
     resolution_fraction = np.where(
         np.isfinite(resolution), nyquist_a / np.maximum(resolution, nyquist_a), 0.0
     )
-    prob_sum = np.bincount(
-        assignment.class_index, weights=assignment.max_probability, minlength=k
-    )
+    rows = np.arange(assignment.class_index.size)
+    own = assignment.class_probability[rows, assignment.class_index]
+    within = assignment.max_probability / np.maximum(own, assignment.max_probability)
+    prob_sum = np.bincount(assignment.class_index, weights=within, minlength=k)
     mean_prob = prob_sum / np.maximum(counts, 1)
     image = _image_features(state.references, config.mask_radius_px)
     values = np.column_stack(

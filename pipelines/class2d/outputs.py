@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.class2d.assignment import Assignment
+from pipelines.class2d.box import resample_images
 from pipelines.class2d.montage import write_class_montage
 from pipelines.class2d.ranker import ClassRanking, select_particles
 from pipelines.class2d.state import Class2dConfig, Class2dState
@@ -50,6 +51,7 @@ def write_class2d_snapshot(
     ranking: ClassRanking,
     float16: bool = False,
     root: str = "run",
+    output_box_px: int | None = None,
 ) -> Class2dOutputs:
     """Write one snapshot of a classification into ``folder``, each file once.
 
@@ -59,14 +61,23 @@ def write_class2d_snapshot(
     particles ``ranking`` selects: its classes less the particle-level outliers,
     :func:`pipelines.class2d.ranker.select_particles`) and ``<root>_montage.png``
     (class averages best score first).  Returns their paths.
+
+    ``output_box_px``: the particles' own box when the run worked at another one
+    (an odd input box, :mod:`pipelines.class2d.box`); the averages, the image size
+    and the pixel size are written at it.  Origins are in Å either way.
     """
     import pandas as pd
 
     out = Path(folder)
+    box_px = config.box_px if output_box_px is None else output_box_px
+    pixel_size_a = config.pixel_size_a
+    if box_px != config.box_px:
+        pixel_size_a = config.pixel_size_a * config.box_px / box_px
+    averages = resample_images(state.references, box_px)
     classes_path = write_mrc(
         out / f"{root}_classes.mrcs",
-        state.references,
-        pixel_size_a=config.pixel_size_a,
+        averages,
+        pixel_size_a=pixel_size_a,
         float16=float16,
         is_stack=True,
     )
@@ -92,8 +103,8 @@ def write_class2d_snapshot(
     )
     general = {
         "rlnReferenceDimensionality": 2,
-        "rlnOriginalImageSize": config.box_px,
-        "rlnPixelSize": config.pixel_size_a,
+        "rlnOriginalImageSize": box_px,
+        "rlnPixelSize": pixel_size_a,
         "rlnNrClasses": k,
         "rlnCurrentIteration": state.minibatch_index,
     }
@@ -113,9 +124,7 @@ def write_class2d_snapshot(
         optics,
         particles_table,
     )
-    montage_path = write_class_montage(
-        out / f"{root}_montage.png", state.references, ranking
-    )
+    montage_path = write_class_montage(out / f"{root}_montage.png", averages, ranking)
     return Class2dOutputs(
         classes_mrcs=classes_path,
         model_star=model_path,

@@ -3,6 +3,7 @@ pausing without new data, snapshots and kill/resume equal to an uninterrupted ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -264,3 +265,45 @@ def test_sigkill_during_checkpoints_resumes_exactly(project: Path) -> None:
     np.testing.assert_array_equal(resumed.state.seen, straight.state.seen)
     leftovers = [p.name for p in (project / "Class2D/sigkill").iterdir()]
     print("\nkilled after", done, "mini-batches; files left:", leftovers)
+
+
+def test_actor_classifies_an_odd_box(tmp_path: Path) -> None:
+    """Particles of a 25-px box: classified at 26 px inside, snapshot written at
+    the input box and pixel size (the pool's optics say 25 px, 4 Å)."""
+    import mrcfile
+
+    rng = np.random.default_rng(4)
+    data = simulate_views(
+        phantom_volume(26, 4.0, rng),
+        n_views=2,
+        n_particles=120,
+        pixel_size_a=4.0,
+        snr=0.5,
+        rng=rng,
+    )
+    odd = np.ascontiguousarray(data.particles.images[:, 1:, 1:])
+    particles = dataclasses.replace(data.particles, images=odd)
+    optics, table = write_particle_set(
+        tmp_path,
+        "Extract/job005/particles.mrcs",
+        dataclasses.replace(data, particles=particles),
+        4.0,
+    )
+    star = tmp_path / "Extract/job005/particles.star"
+    starfile.write({"optics": optics, "particles": table}, star)
+    actor = Class2dActor(
+        tmp_path / "Class2D/job007", SETTINGS, seed=5, project=tmp_path
+    )
+    actor.feed(star)
+    assert actor.config is not None
+    assert actor.config.box_px == 26
+    assert actor.config.pixel_size_a == pytest.approx(4.0 * 25 / 26)
+    assert actor.step()
+    assert actor.step()
+    info = actor.snapshot()
+    with mrcfile.open(info.classes_mrcs) as mrc:
+        assert mrc.data.shape == (3, 25, 25)
+        assert float(mrc.voxel_size.x) == pytest.approx(4.0, rel=1e-5)
+    model = starfile.read(info.model_star, always_dict=True)["model_general"]
+    assert model["rlnOriginalImageSize"] == 25
+    assert sum(info.payload["class_counts"]) == 120

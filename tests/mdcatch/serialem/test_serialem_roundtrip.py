@@ -22,6 +22,7 @@ KNOWN_KEYS = {
     "ExposureTime", "Binning", "CameraIndex", "TargetDefocus", "SubFramePath",
     "NumSubFrames", "FrameDosesAndNumber", "DateTime", "FilterSlitAndLoss",
     "GainReference", "DefectFile", "PhasePlateInserted", "Cs", "T", "PieceCoordinates",
+    "FrameTSStartEndFrames", "PriorRecordDose",
 }  # fmt: skip
 DETECTORS = {None: "", 0: "", 1: "BioQuantum K3", 2: "Falcon 4i"}
 

@@ -28,6 +28,7 @@ from pipelines.class2d.montage import class2d_payload, write_class_montage
 from pipelines.class2d.outputs import write_class2d_snapshot
 from pipelines.class2d.ranker import (
     DEFAULT_PARTICLE_OUTLIER_MAD,
+    min_class_support,
     rank_classes,
     score_classes,
     select_particles,
@@ -191,8 +192,9 @@ def test_selection_rejects_junk_among_70s_particles(
     )
     # The classifier puts 55 % (seed 21) and 80 % (seed 22) of the 3D-random
     # ribosome aggregates into particle classes: class level alone gave FP 0.150
-    # and 0.212.  The particle-level stage removes them (measured FP 0.000 /
-    # FN 0.075 and 0.000 / 0.000).
+    # and 0.212 (0.188 and 0.212 with the probability taken within the class).
+    # The particle-level stage removes them (measured FP 0.000 / FN 0.075 and
+    # 0.000 / 0.000; within the class: 0.000 / 0.000 on both seeds).
     assert false_positive <= 0.1
     assert false_negative <= 0.1
 
@@ -357,3 +359,47 @@ def test_particle_stage_off_keeps_whole_classes(junk_run: dict[str, object]) -> 
         ranking.selected[assignment.class_index],  # type: ignore[attr-defined]
     )
     assert ranking.n_selected_particles == int(ranking.counts[ranking.selected].sum())
+
+
+def test_minimum_support_scales_with_the_pool(junk_run: dict[str, object]) -> None:
+    """At least 5 particles and a tenth of an even share; the ranking applies it."""
+    import dataclasses
+
+    assert min_class_support(100, 8) == 5
+    assert min_class_support(10_000, 50) == 20
+    assert min_class_support(449, 8) == 6
+    ranking = rank_classes(
+        junk_run["config"],  # type: ignore[arg-type]
+        junk_run["state"],  # type: ignore[arg-type]
+        junk_run["assignment"],  # type: ignore[arg-type]
+    )
+    assert ranking.min_support == min_class_support(360, 8)
+    assert np.all(ranking.counts[ranking.selected] >= ranking.min_support)
+    # under the support a class scores under 0.5, in proportion to its count
+    counts = np.array([1, 4, 0, 6, 7, 50, 100, 200])
+    features = dataclasses.replace(ranking.features, counts=counts)
+    full = score_classes(features)
+    few = score_classes(features, min_support=8)
+    np.testing.assert_array_equal(few[5:], full[5:])  # supported: unchanged
+    np.testing.assert_allclose(few[:2], full[:2] * counts[:2] / 16)
+    assert few[2] == 0.0
+    assert np.all(few[:5] < 0.5)
+
+
+def test_few_particles_do_not_make_a_sure_class(junk_run: dict[str, object]) -> None:
+    """The same class average and mean max probability score lower on a handful
+    of particles than on hundreds: the probability term is shrunk to neutral."""
+    import dataclasses
+
+    features = compute_class_features(
+        junk_run["config"],  # type: ignore[arg-type]
+        junk_run["state"],  # type: ignore[arg-type]
+        junk_run["assignment"],  # type: ignore[arg-type]
+    )
+    values = features.values.copy()
+    values[:, FEATURE_NAMES.index("mean_max_probability")] = 1.0
+    sure = dataclasses.replace(features, values=values)
+    many = score_classes(dataclasses.replace(sure, counts=np.full(8, 300)))
+    few = score_classes(dataclasses.replace(sure, counts=np.full(8, 1)))
+    assert np.all(few < many)
+    assert np.all(few[many > 0.5] < many[many > 0.5])
