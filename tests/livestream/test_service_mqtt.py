@@ -104,9 +104,6 @@ async def test_events_survive_a_broker_outage_during_a_live_session(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="#11: the MQTT outbox is in memory; a SIGKILL loses it"
-)
 async def test_events_held_during_an_outage_survive_a_sigkill_of_the_daemon(
     tmp_path: Path, persistent_mosquitto_broker: MosquittoBroker
 ) -> None:
