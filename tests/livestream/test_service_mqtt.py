@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,7 @@ async def test_events_held_during_an_outage_survive_a_sigkill_of_the_daemon(
         await stop(subscriber)
     ids = exposure_ids(sink)  # resends (same message_id) dropped
     assert len(ids) == len(set(ids)) == 6  # each exposure once, after a dedup
+    with sqlite3.connect(project / "livestream.sqlite") as db:
+        left = db.execute("SELECT count(*) FROM outbox").fetchone()
+    db.close()
+    assert left == (0,)  # every stored event was acknowledged, then deleted
