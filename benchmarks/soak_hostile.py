@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import shutil
@@ -105,14 +106,21 @@ class OpenWatch(FileSystemEventHandler):
 
 
 class Subscriber:
-    """Exposure events over MQTT, reconnecting through the outage."""
+    """Exposure events over MQTT, reconnecting through the outage.
+
+    A persistent session (fixed client id, no clean session) on a broker with
+    persistence: the broker keeps the subscription and queues QoS 1 messages while
+    the subscriber reconnects, so the count measures the service, not the subscriber.
+    """
 
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as mqtt  # deferred: only with a broker
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.ids: set[str] = set()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, "soak-subscriber")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, "soak-subscriber", clean_session=False
+        )
         self.client.on_connect = lambda c, *_: c.subscribe("livestream/#", qos=1)
         self.client.on_message = self._message
         self.client.reconnect_delay_set(1, 2)
@@ -129,15 +137,36 @@ class Subscriber:
         self.client.disconnect()
 
 
-def start_broker(port: int) -> subprocess.Popen[bytes] | None:
+def start_broker(port: int, folder: Path) -> subprocess.Popen[bytes] | None:
+    """mosquitto on ``port`` with persistence in ``folder`` (sessions and their
+    queued messages survive the outage's restart)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         return None
-    return subprocess.Popen(
-        [binary, "-p", str(port)],
+    folder.mkdir(exist_ok=True)
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {folder}/",
+    ]
+    if os.geteuid() == 0:
+        lines.append(f"user {getpass.getuser()}")  # do not drop to 'mosquitto'
+    config = folder / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    broker = subprocess.Popen(
+        [binary, "-c", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(100):  # listening before the subscriber and the daemon connect
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port)),
+        ):
+            break
+        time.sleep(0.05)
+    return broker
 
 
 def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -311,7 +340,7 @@ class Soak:
         self.broker.terminate()
         self.broker.wait()
         time.sleep(self.args.outage_s)
-        self.broker = start_broker(self.port)
+        self.broker = start_broker(self.port, self.root / "mosquitto")
         self.outage_done = True
 
     def kill(self, daemon: subprocess.Popen[bytes]) -> None:
@@ -378,7 +407,7 @@ def set_up(args: argparse.Namespace) -> Soak:
         shutil.copyfile(first.movie_path, outside / name)
     (outside / "secret.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
     port = free_port()
-    broker = start_broker(port)
+    broker = start_broker(port, root / "mosquitto")
     return Soak(
         args=args,
         root=root,

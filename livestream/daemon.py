@@ -145,6 +145,7 @@ async def run_service(
             config.mqtt,
             config.session.path.name or "session",
             metrics=None if recorder is None else recorder.metrics,
+            store=ledger,  # events survive a kill (only with an [mqtt] host)
         ) as publisher:
             events = Broadcaster(publisher, listeners=listeners)
             reporter = Reporter(events, metrics=recorder, notifier=notifier)

@@ -31,7 +31,9 @@ INTERRUPTED = "interrupted"
 # SET clause that gives an interrupted attempt back (it does not count towards
 # workers.max_attempts)
 REFUND_ATTEMPT = "attempts=max(attempts - 1, 0)"
-SCHEMA_VERSION = 1
+# 2: the outbox table (MQTT events kept until the broker acknowledged them).  An
+# older ledger gains the new tables when it opens (CREATE TABLE IF NOT EXISTS).
+SCHEMA_VERSION = 2
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,6 +73,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     started_unix_s REAL NOT NULL,
     finished_unix_s REAL,
     outcome TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    created_unix_s REAL NOT NULL
 );
 """
 

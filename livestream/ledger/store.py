@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from livestream.ledger.outbox import OutboxRows
 from livestream.ledger.queries import LedgerQueries
 from livestream.ledger.schema import (
     IMPORT_STAGE,
@@ -47,7 +48,7 @@ def _now() -> float:
     return time.time()
 
 
-class Ledger(LedgerQueries):
+class Ledger(LedgerQueries, OutboxRows):
     """One SQLite database per project, ``<project>/livestream.sqlite``."""
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
@@ -63,8 +64,10 @@ class Ledger(LedgerQueries):
             # the last commits, which reconciliation then redoes (never skips).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA_SQL)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+            self._db.execute(  # an older ledger now has the newer tables
+                "INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE"
+                " SET value=excluded.value"
+                " WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                 (str(SCHEMA_VERSION),),
             )
         self._db.execute("PRAGMA busy_timeout=5000")

@@ -24,6 +24,7 @@ from livestream.ledger.store import StageResult
 from livestream.telemetry.events import ServiceState, exposure_payload, status_payload
 from livestream.telemetry.metrics import ServiceMetrics
 from livestream.telemetry.mqtt import EventPublisher, MqttSettings
+from livestream.telemetry.outbox import MessageStore
 from mdcatch.records import Exposure
 
 __all__ = [
@@ -61,10 +62,15 @@ Listener = Callable[[ServiceEvent], None]
 
 
 def open_publisher(
-    config: MqttConfig, session_name: str, *, metrics: ServiceMetrics | None
+    config: MqttConfig,
+    session_name: str,
+    *,
+    metrics: ServiceMetrics | None,
+    store: MessageStore | None = None,
 ) -> EventPublisher:
     """The MQTT publisher of a session (an async context manager; inert when MQTT
-    is off); ``metrics`` counts its outbox and drops."""
+    is off); ``metrics`` counts its outbox and drops; ``store`` (the ledger) keeps
+    its events until the broker has them."""
     password = None
     if config.password_file is not None:
         password = config.password_file.read_text().strip()
@@ -78,7 +84,9 @@ def open_publisher(
         outbox_size=config.outbox_size,
         keepalive_s=config.keepalive_s,
     )
-    return EventPublisher(settings, _topic_safe(session_name), metrics=metrics)
+    return EventPublisher(
+        settings, _topic_safe(session_name), metrics=metrics, store=store
+    )
 
 
 class Broadcaster:

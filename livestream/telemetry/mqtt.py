@@ -12,6 +12,11 @@ Topics, for a session ``S``::
 drains the outbox and reconnects with jittered exponential backoff. A message leaves
 the outbox only after the broker's PUBACK. Overflow drops the oldest message and
 counts it in ``livestream_mqtt_dropped_messages_total``.
+
+Given a ``store`` (the project's ledger), exposure and class2d events are kept there
+until acknowledged and a new publisher sends what an earlier one left, oldest first
+(same ``message_id``, so subscribers can drop the rare resend); the retained status
+is not kept: the new run publishes its own.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from livestream.telemetry.events import (
     status_payload,
 )
 from livestream.telemetry.metrics import ServiceMetrics
-from livestream.telemetry.outbox import Outbox, OutgoingMessage
+from livestream.telemetry.outbox import MessageStore, Outbox, OutgoingMessage
 
 __all__ = ["EventPublisher", "MqttSettings", "topic_for"]
 
@@ -93,12 +98,16 @@ class EventPublisher:
         session_name: str,
         *,
         metrics: ServiceMetrics | None = None,
+        store: MessageStore | None = None,
     ) -> None:
         self.settings = settings
         self.session_name = session_name
         self.status_topic = topic_for(session_name, EventKind.STATUS)
         self._metrics = metrics
-        self._outbox = Outbox(settings.outbox_size)
+        # without a broker nothing is stored (nor restored)
+        self._outbox = Outbox(
+            settings.outbox_size, store=store if settings.host else None
+        )
         self._client_id = (
             settings.client_id or f"livestream-{session_name}-{uuid.uuid4().hex[:8]}"
         )
@@ -135,6 +144,12 @@ class EventPublisher:
                 self._tls_context = ssl.create_default_context(cafile=s.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"MQTT ca_file {s.ca_file!r}: {exc}") from exc
+        dropped = self._outbox.restore()
+        if len(self._outbox):
+            log.info("MQTT: %d event(s) of an earlier run to send", len(self._outbox))
+        if dropped:
+            self._count_dropped(dropped)
+        self._report_depth()
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._sender = self._group.create_task(
@@ -166,6 +181,11 @@ class EventPublisher:
             if self._sender is not None:
                 self._sender.cancel()
                 await asyncio.wait([self._sender])  # no raise: it is ours to cancel
+            kept = self._outbox.n_stored
+            if kept:
+                log.info(
+                    "MQTT: %d event(s) kept in the ledger for the next start", kept
+                )
             lost = self._outbox.discard_all()
             if lost:
                 log.warning("MQTT: %d message(s) not delivered at exit", lost)
@@ -214,8 +234,9 @@ class EventPublisher:
         data = encode_event(stamp_event(kind, self.session_name, payload))
         if not self.enabled:
             return
+        durable = kind is not EventKind.STATUS  # a new run publishes its own status
         dropped = self._outbox.put(
-            OutgoingMessage(topic=topic, payload=data, retain=retain)
+            OutgoingMessage(topic=topic, payload=data, retain=retain, durable=durable)
         )
         if dropped:
             self._count_dropped(dropped)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from livestream.ledger.reconcile import reconcile_ledger
-from livestream.ledger.schema import rejections_of
+from livestream.ledger.schema import SCHEMA_VERSION, rejections_of
 from livestream.ledger.store import (
     Curation,
     Ledger,
@@ -238,4 +238,50 @@ def test_done_results_are_in_acquisition_order(tmp_path: Path) -> None:
     done = ledger.done_results("motion")
     assert [eid for eid, _ in done] == ["early", "late"]
     assert done[0][1].figures == {"total_motion_a": 1e9}
+    ledger.close()
+
+
+def test_a_schema_1_ledger_keeps_opening_and_gains_the_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "livestream.sqlite"
+    ledger = Ledger(path)
+    _ready(ledger, "e1", tmp_path)
+    ledger.close()
+    with sqlite3.connect(path) as db:  # what a schema-1 ledger looks like
+        db.execute("DROP TABLE outbox")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.close()
+
+    ledger = Ledger(path)
+    assert [r.stage for r in ledger.rows_of("e1")] == ["import", *CHAIN]
+    assert ledger.stored_messages() == []
+    row_id = ledger.store_message("t/e1", b'{"message_id":"m1"}', retain=False)
+    version = ledger._db.execute("SELECT value FROM meta WHERE key='schema'")
+    assert version.fetchone() == (str(SCHEMA_VERSION),)
+    ledger.close()
+    # a newer ledger opened by this version keeps its number
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    db.close()
+    ledger = Ledger(path)
+    version = ledger._db.execute("SELECT value FROM meta WHERE key='schema'")
+    assert version.fetchone() == ("3",)
+    assert [m.row_id for m in ledger.stored_messages()] == [row_id]
+    ledger.close()
+
+
+def test_outbox_rows_come_back_oldest_first_until_deleted(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    ids = [
+        ledger.store_message(f"t/{i}", f"payload {i}".encode(), retain=i == 1)
+        for i in range(4)
+    ]
+    ledger.delete_messages([ids[0], ids[2]])
+    ledger.close()
+    ledger = Ledger(tmp_path / "livestream.sqlite", read_only=True)
+    stored = ledger.stored_messages()
+    assert [(m.row_id, m.topic, m.payload, m.retain) for m in stored] == [
+        (ids[1], "t/1", b"payload 1", True),
+        (ids[3], "t/3", b"payload 3", False),
+    ]
+    assert all(m.created_unix_s > 1.7e9 for m in stored)
     ledger.close()

@@ -22,7 +22,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from livestream.telemetry.events import ServiceState, exposure_payload, status_payload
+from livestream.ledger.store import Ledger
+from livestream.telemetry.events import (
+    ServiceState,
+    decode_event,
+    exposure_payload,
+    status_payload,
+)
 from livestream.telemetry.metrics import ServiceMetrics
 from livestream.telemetry.mqtt import EventPublisher, MqttSettings
 from tests.livestream.conftest import MosquittoBroker, free_port
@@ -298,8 +304,62 @@ async def test_outbox_overflow_is_counted_never_silent() -> None:
     assert metrics.registry.get_sample_value("livestream_mqtt_outbox_messages") == 0
 
 
-async def test_disabled_publisher_accepts_calls_and_still_checks_payloads() -> None:
-    async with EventPublisher(MqttSettings(), SESSION) as publisher:
+async def test_a_new_publisher_sends_what_a_killed_one_left_in_the_ledger(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    # the first run never reaches a broker (nothing listens on its port)
+    unreachable = dataclasses.replace(
+        FAST, host="127.0.0.1", port=free_port(), drain_timeout_s=0.2
+    )
+    async with EventPublisher(unreachable, SESSION, store=ledger) as publisher:
+        for i in range(5):
+            await publisher.publish_exposure(f"FoilHole_{i}_Data_1", exposure(i))
+        await publisher.publish_class2d({"iteration": 3})
+        await publisher.publish_status(status_payload(ServiceState.RUNNING))
+        assert publisher.outbox_depth == 7
+    left = [(m.topic, decode_event(m.payload)) for m in ledger.stored_messages()]
+    exposure_topic = f"livestream/{SESSION}/exposure/FoilHole_%d_Data_1"
+    assert [topic for topic, _ in left] == [
+        *(exposure_topic % i for i in range(5)),
+        f"livestream/{SESSION}/class2d",
+    ]  # the statuses are not kept: a new run publishes its own
+
+    sink: Received = []
+    ready = asyncio.Event()
+    sub = asyncio.create_task(
+        subscribe(mosquitto_broker, f"livestream/{SESSION}/#", sink, ready)
+    )
+    await ready.wait()
+    metrics = ServiceMetrics()
+    bounded = dataclasses.replace(settings_for(mosquitto_broker), outbox_size=4)
+    async with EventPublisher(
+        bounded, SESSION, metrics=metrics, store=ledger
+    ) as publisher:
+        assert await publisher.flush(5.0)
+        assert ledger.stored_messages() == []  # deleted on the PUBACK
+        await wait_for(lambda: len(exposure_ids(sink)) == 3)
+    await stop(sub)
+    # the two oldest were over the bound: dropped and counted, as at run time
+    assert (
+        metrics.registry.get_sample_value("livestream_mqtt_dropped_messages_total") == 2
+    )
+    received = {
+        str(payload["message_id"]): topic
+        for topic, payload, _ in sink
+        if not topic.endswith("/status")
+    }
+    assert received == {
+        str(payload["message_id"]): topic for topic, payload in left[2:]
+    }
+    ledger.close()
+
+
+async def test_disabled_publisher_accepts_calls_and_still_checks_payloads(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    async with EventPublisher(MqttSettings(), SESSION, store=ledger) as publisher:
         assert not publisher.enabled
         await publisher.publish_status(status_payload(ServiceState.RUNNING))
         await publisher.publish_exposure("E1", exposure(1))
@@ -312,6 +372,8 @@ async def test_disabled_publisher_accepts_calls_and_still_checks_payloads() -> N
             )
         with pytest.raises(ValueError, match="exposure id 'a/b'"):
             await publisher.publish_exposure("a/b", exposure(1))
+    assert ledger.stored_messages() == []  # without a broker nothing is stored
+    ledger.close()
 
 
 async def retained_status(broker: MosquittoBroker) -> dict[str, object]:

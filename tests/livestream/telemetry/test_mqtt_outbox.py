@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from livestream.ledger.store import Ledger
 from livestream.telemetry.events import (
     EventKind,
     ServiceState,
@@ -73,6 +74,63 @@ async def test_take_waits_for_a_message_and_wait_empty_for_the_ack() -> None:
         box.acknowledge(m)
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         Outbox(0)
+
+
+def durable(i: int) -> OutgoingMessage:
+    return OutgoingMessage(topic=f"t/{i}", payload=str(i).encode(), durable=True)
+
+
+def stored_topics(ledger: Ledger) -> list[str]:
+    return [m.topic for m in ledger.stored_messages()]
+
+
+async def test_durable_messages_stay_in_the_ledger_until_acknowledged(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    box = Outbox(3, store=ledger)
+    box.put(message(0))  # not durable (a status): memory only
+    assert [box.put(durable(i)) for i in (1, 2, 3)] == [0, 0, 1]  # 0 dropped
+    assert stored_topics(ledger) == ["t/1", "t/2", "t/3"]
+    first = await box.take()
+    box.acknowledge(first)
+    assert stored_topics(ledger) == ["t/2", "t/3"]
+    in_flight = await box.take()
+    assert [box.put(durable(i)) for i in (4, 5)] == [0, 0]
+    assert box.put(durable(6)) == 1  # t/3 dropped: out of the ledger too
+    assert stored_topics(ledger) == ["t/2", "t/4", "t/5", "t/6"]
+    # a kill here: the ledger holds the in-flight message and the queue
+    assert box.discard_all() == 0  # at a clean exit they are kept, not lost
+    assert stored_topics(ledger) == ["t/2", "t/4", "t/5", "t/6"]
+    del in_flight
+
+    # the next run: oldest first, ahead of new messages, within the capacity
+    box = Outbox(3, store=ledger)
+    box.put(durable(7))
+    assert box.restore() == 2  # t/2 and t/4 are over the bound
+    assert stored_topics(ledger) == ["t/5", "t/6", "t/7"]
+    order = []
+    while len(box):
+        m = await box.take()
+        assert m.row_id is not None
+        assert m.durable
+        box.acknowledge(m)
+        order.append((m.topic, m.payload))
+    assert order == [(f"t/{i}", str(i).encode()) for i in (5, 6, 7)]
+    assert stored_topics(ledger) == []
+    ledger.close()
+
+
+async def test_a_failing_store_keeps_the_message_in_memory(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "livestream.sqlite")
+    box = Outbox(3, store=ledger)
+    ledger.close()  # every write now raises sqlite3.ProgrammingError
+    assert box.put(durable(1)) == 0
+    m = await box.take()
+    assert (m.topic, m.row_id) == ("t/1", None)
+    box.acknowledge(m)
+    assert box.restore() == 0
+    assert len(box) == 0
 
 
 def test_backoff_grows_exponentially_is_jittered_and_capped() -> None:
