@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import starfile
 
 from livestream.cli.console import (
     InputError,
@@ -34,10 +35,8 @@ from livestream.cli.console import (
     require_file,
     require_files,
 )
-from mdcatch.crosscheck import DEFAULT_CS_MM
+from livestream.cli.optics import add_ctf_args, ctf_from_args, ctf_of
 from pipelines.ctf.model import (
-    DEFAULT_AMPLITUDE_CONTRAST,
-    DEFAULT_VOLTAGE_KV,
     CtfParams,
 )
 from pipelines.errors import StageInputError
@@ -63,13 +62,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="downscale to RELION-it's box (pixel finer than 3.75 Å)",
     )
     parser.add_argument("--diameter-a", type=float, help="normalisation circle")
-    parser.add_argument("--defocus-a", type=float, nargs=3, metavar=("U", "V", "ANGLE"))
+    add_ctf_args(parser, defocus_help="one CTF for every micrograph (no --ctf-star)")
     parser.add_argument("--ctf-star", type=Path, help="micrographs_ctf.star")
-    parser.add_argument("--voltage-kv", type=float, default=DEFAULT_VOLTAGE_KV)
-    parser.add_argument("--cs-mm", type=float, default=DEFAULT_CS_MM)
-    parser.add_argument(
-        "--amplitude-contrast", type=float, default=DEFAULT_AMPLITUDE_CONTRAST
-    )
     parser.add_argument("--no-invert", action="store_true", help="keep the contrast")
     parser.add_argument("--out", type=Path, required=True, help="Extract job folder")
     parser.add_argument("--project-dir", type=Path, default=Path())
@@ -131,38 +125,28 @@ def _ctf_for(
     micrograph: Path, args: argparse.Namespace
 ) -> tuple[CtfParams, float, float]:
     """The CTF, fit resolution and figure of merit of one micrograph."""
-    common: dict[str, Any] = {
-        "voltage_kv": args.voltage_kv,
-        "cs_mm": args.cs_mm,
-        "amplitude_contrast": args.amplitude_contrast,
-    }
     if args.ctf_star is not None:
-        import starfile
-
         blocks = starfile.read(args.ctf_star, always_dict=True)
         table = blocks.get("micrographs", next(iter(blocks.values())))
         stems = [Path(str(n)).stem for n in table["rlnMicrographName"]]
         if micrograph.stem in stems:
             row = table.iloc[stems.index(micrograph.stem)]
-            ctf = CtfParams(
-                defocus_u_a=float(row["rlnDefocusU"]),
-                defocus_v_a=float(row["rlnDefocusV"]),
-                astigmatism_angle_deg=float(row["rlnDefocusAngle"]),
+            ctf = ctf_of(
+                args,
+                (row["rlnDefocusU"], row["rlnDefocusV"], row["rlnDefocusAngle"]),
                 phase_shift_deg=float(row.get("rlnPhaseShift", 0.0)),
-                **common,
             )
             return (
                 ctf,
                 float(row.get("rlnCtfMaxResolution", np.nan)),
                 float(row.get("rlnCtfFigureOfMerit", np.nan)),
             )
-    if args.defocus_a is None:
+    given = ctf_from_args(args)
+    if given is None:
         raise StageInputError(
             micrograph, "defocus", None, "no --ctf-star row, no --defocus-a"
         )
-    u, v, angle = args.defocus_a
-    ctf = CtfParams(defocus_u_a=u, defocus_v_a=v, astigmatism_angle_deg=angle, **common)
-    return ctf, float("nan"), float("nan")
+    return given, float("nan"), float("nan")
 
 
 def main(args: argparse.Namespace) -> int:

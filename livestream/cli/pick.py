@@ -33,10 +33,8 @@ from livestream.cli.console import (
     require_file,
     require_files,
 )
-from mdcatch.crosscheck import DEFAULT_CS_MM
+from livestream.cli.optics import add_ctf_args, ctf_from_args
 from pipelines.ctf.model import (
-    DEFAULT_AMPLITUDE_CONTRAST,
-    DEFAULT_VOLTAGE_KV,
     CtfParams,
 )
 from pipelines.errors import StageInputError
@@ -60,17 +58,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-views", type=int, default=100, help="projections of the map (100)"
     )
-    parser.add_argument(
-        "--defocus-a",
-        type=float,
-        nargs=3,
-        metavar=("U", "V", "ANGLE"),
-        help="CTF of the micrographs (template picker); omit for no CTF",
-    )
-    parser.add_argument("--voltage-kv", type=float, default=DEFAULT_VOLTAGE_KV)
-    parser.add_argument("--cs-mm", type=float, default=DEFAULT_CS_MM)
-    parser.add_argument(
-        "--amplitude-contrast", type=float, default=DEFAULT_AMPLITUDE_CONTRAST
+    add_ctf_args(
+        parser, defocus_help="CTF of the micrographs (template picker); omit for no CTF"
     )
     parser.add_argument("--threshold-sd", type=float)
     parser.add_argument("--min-ncc", type=float)
@@ -159,17 +148,7 @@ def main(args: argparse.Namespace) -> int:
         if path is not None:
             require_file(path, what)
     templates, template_px = _templates(args)
-    ctf = None
-    if args.defocus_a is not None:
-        u, v, angle = args.defocus_a
-        ctf = CtfParams(
-            defocus_u_a=u,
-            defocus_v_a=v,
-            astigmatism_angle_deg=angle,
-            voltage_kv=args.voltage_kv,
-            cs_mm=args.cs_mm,
-            amplitude_contrast=args.amplitude_contrast,
-        )
+    ctf = ctf_from_args(args)
     items: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     with Progress(

@@ -17,7 +17,8 @@ The one plugin point: a ``kind`` of the form ``"package.module:function"`` names
 stage from elsewhere, imported when the chain is built (and again in each worker);
 the function's ``params_model`` attribute (default :class:`StageParams`) checks its
 table, and ``index = "extract"`` (or motion, ctf, curate) says which job index
-its results feed.
+its results feed.  It loads code from outside ``livestream``, ``pipelines`` and
+``mdcatch`` only: a kind naming one of those packages is refused.
 """
 
 from __future__ import annotations
@@ -131,13 +132,23 @@ def default_job_of(role: IndexRole) -> RelionJob:
     raise ValueError(f"no stage kind feeds the {role.value!r} index")
 
 
+# our own packages: never loaded by name (see :func:`resolve_kind`)
+FIRST_PARTY = frozenset({"livestream", "pipelines", "mdcatch"})
+
+
 def resolve_kind(kind: str) -> StageKind:
     """The registered kind ``kind``, or the plugin ``"package.module:function"``."""
     if kind in STAGE_KINDS:
         return STAGE_KINDS[kind]
     if ":" in kind:
         module_name, _, attr = kind.partition(":")
-        # the one plugin point: a stage from outside this package
+        if module_name.split(".")[0] in FIRST_PARTY:
+            raise ValueError(
+                f"stage kind {kind!r} names a module of livestream itself: a built-in"
+                f" stage is registered in STAGE_KINDS; known: {sorted(STAGE_KINDS)}"
+            )
+        # the one plugin point, for code outside livestream's packages only (ours
+        # is imported at module level, so the import graph shows all of it)
         run = getattr(importlib.import_module(module_name), attr)
         model = getattr(run, "params_model", StageParams)
         return StageKind(name=kind, params_model=model, run=run)

@@ -59,6 +59,15 @@ def test_unknown_kinds_are_refused_naming_the_known_ones() -> None:
         resolve_kind("nope")
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["livestream.stages.noop:run_noop", "pipelines.motion.job:run_motion", "mdcatch:x"],
+)
+def test_a_plugin_kind_may_not_load_our_own_modules_by_name(kind: str) -> None:
+    with pytest.raises(ValueError, match="names a module of livestream itself"):
+        resolve_kind(kind)
+
+
 def test_a_plugin_is_checked_by_its_own_model_when_the_chain_is_built() -> None:
     table = {"kind": PLUGIN, "index": "extract", "word": "live"}
     chain = build_chain(
