@@ -138,15 +138,57 @@ class ProjectConfig(_Section):
     disk_check_interval_s: float = Field(default=5.0, gt=0.0)
 
 
+class SlurmConfig(_Section):
+    """``[workers.slurm]``: stages on Slurm batch jobs through dask-jobqueue.
+
+    Each batch job runs ``processes`` Dask worker processes with one thread each
+    (the stages use their own threads through FFTW/BLAS workers); ``jobs`` of them
+    are kept running.  ``python`` is the interpreter of the same livestream install
+    on the compute nodes (default: this one, for a shared file system).
+    """
+
+    queue: str = ""  # #SBATCH -p
+    account: str = ""  # #SBATCH -A
+    jobs: int = Field(default=2, ge=1)
+    cores: int = Field(default=8, ge=1)  # per job
+    processes: int = Field(default=4, ge=1)  # worker processes per job
+    memory: str = Field(default="32GiB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    walltime: str = Field(default="24:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+    job_extra_directives: tuple[str, ...] = ()  # e.g. ["--gres=gpu:1"]
+    job_script_prologue: tuple[str, ...] = ()  # e.g. ["module load cuda"]
+    local_directory: str = ""  # scratch on the node ("" = dask-jobqueue's default)
+    interface: str = ""  # network interface of the workers ("" = default route)
+    python: str = ""  # "" = sys.executable
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> SlurmConfig:
+        if self.processes > self.cores:
+            raise ValueError(
+                f"processes={self.processes} exceeds cores={self.cores}: each worker "
+                "process needs at least one core"
+            )
+        return self
+
+
 class WorkersConfig(_Section):
     n_processes: int = Field(default=2, ge=1)
     start_method: str = Field(default="forkserver", pattern="^(spawn|forkserver)$")
     dask_scheduler_address: str = ""
+    slurm: SlurmConfig | None = None  # a [workers.slurm] table: Dask on Slurm
     max_in_flight: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=5.0, ge=0.0)
     newest_share: float = Field(default=0.25, ge=0.0, le=1.0)
     drain_timeout_s: float = Field(default=60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> WorkersConfig:
+        if self.slurm is not None and self.dask_scheduler_address:
+            raise ValueError(
+                "dask_scheduler_address and a [workers.slurm] table both name a "
+                "cluster: keep one"
+            )
+        return self
 
 
 class MetricsConfig(_Section):

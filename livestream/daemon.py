@@ -140,6 +140,7 @@ async def run_service(
             config.workers.n_processes,
             config.workers.start_method,
             config.workers.dask_scheduler_address,
+            config.workers.slurm,
         )
         async with open_publisher(
             config.mqtt,

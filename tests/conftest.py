@@ -9,10 +9,14 @@ reason; in CI (``CI=true``) it is a failure, because CI always has it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
+
+from tests import cupy_standin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +36,20 @@ def shared_data() -> Path:
             pytest.fail(f"{message}; CI must have it")
         pytest.skip(message)
     return folder
+
+
+@pytest.fixture(params=["standin", pytest.param("cupy", marks=pytest.mark.gpu)])
+def cupy(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
+    """CuPy for the GPU branches of the ``xp`` seam: the strict CPU stand-in
+    (:mod:`tests.cupy_standin`, in CI) and, where a GPU is, the real CuPy."""
+    if request.param == "cupy":
+        yield pytest.importorskip("cupy")
+        return
+    module = cupy_standin.install()
+    try:
+        yield module
+    finally:
+        cupy_standin.uninstall()
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import io
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -22,12 +24,18 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
+from livestream.config import SlurmConfig
+from livestream.scheduling.clusters import start_slurm_cluster
+
 __all__ = [
     "PARENT_WATCH_THREAD",
     "DaskExecutor",
     "Executor",
     "LocalExecutor",
     "WorkerCrashed",
+    "check_payload",
     "create_executor",
     "exit_with_parent",
 ]
@@ -160,27 +168,45 @@ class LocalExecutor:
 
 
 class DaskExecutor:
-    """Stages on a Dask distributed scheduler (for Slurm/PBS see dask-jobqueue)."""
+    """Stages on a Dask distributed scheduler: one given by address, or a Slurm
+    cluster the service starts and stops (:mod:`livestream.scheduling.clusters`).
 
-    def __init__(self, client: Any) -> None:
+    A worker that dies while running a stage is replaced by the scheduler, which runs
+    the stage again on another worker (``distributed.scheduler.allowed-failures``
+    times); the ledger sees one attempt.  When Dask gives up (``KilledWorker``) the
+    failure goes back to the scheduler as :class:`WorkerCrashed`, a transient error.
+    """
+
+    def __init__(self, client: Any, cluster: Any = None) -> None:
         self._client = client
+        self._cluster = cluster  # owned: closed with the executor
         self._closed = False
 
     @classmethod
     async def connect(cls, address: str) -> DaskExecutor:
-        try:
-            from distributed import Client
-        except ModuleNotFoundError as exc:
-            raise RuntimeError(
-                "workers.dask_scheduler_address is set but dask.distributed is not "
-                "installed: pip install 'livestream[dask]'"
-            ) from exc
-        client = await Client(address, asynchronous=True)  # type: ignore[no-untyped-call]
+        client = await _dask_client(address)
         return cls(client)
 
+    @classmethod
+    async def on_slurm(cls, config: SlurmConfig) -> DaskExecutor:
+        cluster = await start_slurm_cluster(config)
+        try:
+            client = await _dask_client(cluster)
+        except BaseException:
+            await cluster.close()
+            raise
+        return cls(client, cluster)
+
     async def run(self, fn: Callable[[A], T], arg: A) -> T:
+        check_payload(arg, "stage task")
         future = self._client.submit(fn, arg, pure=False)
-        result: T = await future
+        try:
+            result: T = await future
+        except Exception as exc:
+            if type(exc).__name__ == "KilledWorker":  # distributed.KilledWorker
+                raise WorkerCrashed(f"Dask gave up on the stage: {exc}") from exc
+            raise
+        check_payload(result, "stage result")
         return result
 
     def n_workers(self) -> int:
@@ -191,11 +217,63 @@ class DaskExecutor:
         if not self._closed:
             self._closed = True
             await self._client.close()
+            if self._cluster is not None:
+                await self._cluster.close()
+
+
+# what a task or a result may carry through the scheduler: paths, parameters and
+# figures (a real task is 2-4 kB, a result under 1 kB); an array would mean images
+# travelling through the scheduler instead of the shared file system
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+class _PayloadPickler(pickle.Pickler):
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, np.ndarray) and obj.nbytes > 1024:
+            raise TypeError(f"an array of {obj.nbytes} bytes {obj.shape}")
+        return NotImplemented
+
+
+def check_payload(obj: object, what: str) -> int:
+    """The pickled size of ``obj``; raises if it carries an array or is too big.
+
+    Stages read and write images on the shared file system: what goes to a worker
+    and back is paths and numbers.  A programming error that put images in a task
+    or a result would ship them through the Dask scheduler on every call.
+    """
+    buffer = io.BytesIO()
+    try:
+        _PayloadPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except TypeError as exc:
+        raise TypeError(f"{what} {type(obj).__name__} carries {exc}") from None
+    size = buffer.tell()
+    if size > MAX_PAYLOAD_BYTES:
+        raise TypeError(
+            f"{what} {type(obj).__name__} is {size} bytes pickled (at most "
+            f"{MAX_PAYLOAD_BYTES}): stages exchange paths, not data"
+        )
+    return size
+
+
+async def _dask_client(address_or_cluster: Any) -> Any:
+    try:
+        from distributed import Client
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "a Dask cluster is configured but dask.distributed is not installed: "
+            "pip install 'livestream[dask]'"
+        ) from exc
+    return await Client(address_or_cluster, asynchronous=True)  # type: ignore[no-untyped-call]
 
 
 async def create_executor(
-    n_processes: int, start_method: str, dask_address: str
+    n_processes: int,
+    start_method: str,
+    dask_address: str,
+    slurm: SlurmConfig | None = None,
 ) -> LocalExecutor | DaskExecutor:
+    if slurm is not None:
+        return await DaskExecutor.on_slurm(slurm)
     if dask_address:
         return await DaskExecutor.connect(dask_address)
     return LocalExecutor(n_processes, start_method)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -233,9 +234,9 @@ def test_config_names_bad_search_and_old_files_resume_exhaustive() -> None:
     assert Class2dConfig.from_json(json.dumps(old)).pose_search is PoseSearch.EXHAUSTIVE
 
 
-@pytest.mark.gpu
-def test_cupy_likelihood_matches_numpy(rng: np.random.Generator) -> None:
-    cupy = pytest.importorskip("cupy")
+def test_cupy_likelihood_matches_numpy(
+    rng: np.random.Generator, cupy: ModuleType
+) -> None:
     sampling, x, refs, ctf, inv_sigma2 = _random_problem(rng)
     cpu = score_poses(x, ctf, inv_sigma2, refs, sampling)
     gpu = score_poses(x, ctf, inv_sigma2, refs, sampling, xp=cupy)

@@ -1,0 +1,84 @@
+"""Dask clusters the service can own: Slurm batch jobs through dask-jobqueue.
+
+The stages go to the workers as a :class:`~livestream.stages.task.StageTask` (paths
+and parameters, a few kB) and come back as a ``StageResult`` (paths and figures):
+movies, micrographs and particle stacks are read and written by the workers on the
+shared file system and never travel through the scheduler.
+
+``slurm_job_kwargs`` is the one translation from ``[workers.slurm]`` to
+dask-jobqueue's arguments; the service (:func:`start_slurm_cluster`) and
+``livestream slurm-script`` (:func:`slurm_job_script`) both use it, so the script a
+facility reviews is the one the service submits.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from livestream.config import SlurmConfig
+
+__all__ = ["slurm_job_kwargs", "slurm_job_script", "start_slurm_cluster"]
+
+# dask-jobqueue starts each worker with this many threads; the stages run one at a
+# time per worker process and parallelise inside (FFT workers, numba).
+THREADS_PER_WORKER = 1
+
+
+def _jobqueue() -> Any:
+    try:
+        import dask_jobqueue
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "a [workers.slurm] table is set but dask-jobqueue is not installed: "
+            "pip install 'livestream[dask]'"
+        ) from exc
+    return dask_jobqueue
+
+
+def slurm_job_kwargs(config: SlurmConfig) -> dict[str, Any]:
+    """dask-jobqueue's ``SLURMCluster``/``SLURMJob`` arguments for ``config``."""
+    kwargs: dict[str, Any] = {
+        # dask-jobqueue gives each worker cores // processes threads (concurrent
+        # stages); one stage at a time per worker process, which parallelises
+        # inside with the job's other cores: cores = processes, --cpus-per-task
+        # from job_cpu
+        "cores": config.processes * THREADS_PER_WORKER,
+        "job_cpu": config.cores,
+        "processes": config.processes,
+        "memory": config.memory,
+        "walltime": config.walltime,
+        "python": config.python or sys.executable,
+        "job_extra_directives": list(config.job_extra_directives),
+        "job_script_prologue": list(config.job_script_prologue),
+        "job_name": "livestream-worker",
+    }
+    if config.queue:
+        kwargs["queue"] = config.queue
+    if config.account:
+        kwargs["account"] = config.account
+    if config.local_directory:
+        kwargs["local_directory"] = config.local_directory
+    if config.interface:
+        kwargs["interface"] = config.interface
+    return kwargs
+
+
+def slurm_job_script(config: SlurmConfig, scheduler_address: str) -> str:
+    """The batch script one worker job runs (what ``sbatch`` is given)."""
+    job = _jobqueue().slurm.SLURMJob(
+        scheduler=scheduler_address,
+        name="livestream-worker",
+        **slurm_job_kwargs(config),
+    )
+    script: str = job.job_script()
+    return script
+
+
+async def start_slurm_cluster(config: SlurmConfig) -> Any:
+    """A running ``SLURMCluster`` (asynchronous) scaled to ``config.jobs`` jobs."""
+    cluster = await _jobqueue().SLURMCluster(
+        asynchronous=True, **slurm_job_kwargs(config)
+    )
+    cluster.scale(jobs=config.jobs)
+    return cluster
