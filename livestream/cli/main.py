@@ -12,11 +12,14 @@ from livestream.cli import (
     class2d,
     ctf,
     curate,
+    export_cryosparc,
     extract,
+    import_cryosparc,
     mask,
     motion,
     pick,
     postprocess,
+    rebalance,
     reconstruct,
     run,
     status,
@@ -39,6 +42,9 @@ COMMANDS: dict[str, ModuleType] = {
     "reconstruct": reconstruct,
     "mask": mask,
     "postprocess": postprocess,
+    "rebalance": rebalance,
+    "export-cryosparc": export_cryosparc,
+    "import-cryosparc": import_cryosparc,
 }
 
 
