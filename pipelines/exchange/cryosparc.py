@@ -386,7 +386,10 @@ def _poses_from_dataset(dataset: Dataset, fields: list[str]) -> dict[str, Any]:
             out["rlnAnglePsi"] = np.rad2deg(pose.reshape(-1))
         if f"{prefix}/shift" in fields:
             shift = np.asarray(dataset[f"{prefix}/shift"], np.float64)
-            psize = np.asarray(dataset[f"{prefix}/psize_A"], np.float64)
+            psize_field = f"{prefix}/psize_A"
+            if psize_field not in fields:
+                psize_field = "blob/psize_A"  # shifts at the image's pixel size
+            psize = np.asarray(dataset[psize_field], np.float64)
             out["rlnOriginXAngst"] = shift[:, 0] * psize
             out["rlnOriginYAngst"] = shift[:, 1] * psize
         if f"{prefix}/class" in fields:
