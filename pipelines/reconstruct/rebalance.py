@@ -5,7 +5,9 @@ Definition (the one the tests check):
 1. ``n_bins`` bin centres from a Fibonacci spiral on the unit sphere
    (:func:`fibonacci_sphere`, nearly equal areas).
 2. Each particle goes to the bin whose centre is nearest its viewing direction
-   (largest dot product; :func:`assign_bins`, a blocked matrix product and argmax).
+   (largest dot product; :func:`assign_bins`, a parallel numba loop that sums each
+   particle's products in a fixed order, so its bin never depends on the rest of
+   the set).
 3. ``threshold_count`` is the ``percentile``-th percentile of the counts of the
    populated bins, taken as one of those counts (``method="lower"``).
 4. A bin holding ``c > threshold_count`` particles loses its ``c - threshold_count``
@@ -25,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
+from pipelines.reconstruct._rebalance_kernels import nearest_centres
 
 __all__ = [
     "CRITERIA",
@@ -41,7 +44,6 @@ __all__ = [
 DEFAULT_BINS = 300
 DEFAULT_PERCENTILE = 90.0
 DEFAULT_CRITERION = "random"
-_BLOCK_ELEMENTS = 1 << 22  # particles x bins per block of the dot products
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,12 +109,11 @@ def assign_bins(directions: np.ndarray, centres: np.ndarray) -> NDArray[np.int64
     d = np.asarray(directions, dtype=np.float64)
     if d.ndim != 2 or d.shape[1] != 3:
         raise StageInputError("<array>", "directions", d.shape, "must be (n, 3)")
-    c = np.ascontiguousarray(np.asarray(centres, dtype=np.float64).T)
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 3 or not len(c):
+        raise StageInputError("<array>", "centres", c.shape, "must be (m >= 1, 3)")
     out = np.empty(len(d), dtype=np.int64)
-    block = max(1, _BLOCK_ELEMENTS // c.shape[1])
-    for start in range(0, len(d), block):
-        stop = start + block
-        out[start:stop] = np.argmax(d[start:stop] @ c, axis=1)
+    nearest_centres(np.ascontiguousarray(d), c, out)
     return out
 
 
@@ -157,10 +158,12 @@ def rebalance_orientations(
     counts = np.bincount(bins, minlength=n_bins).astype(np.int64)
     threshold = _threshold(counts, percentile)
     excess = np.clip(counts - threshold, 0, None)
-    order = np.lexsort((-order_key, bins))  # by bin, worst first, then row order
-    sorted_bins = bins[order]
-    starts = np.cumsum(counts) - counts
-    rank = np.arange(n) - starts[sorted_bins]
+    crowded = np.flatnonzero(excess[bins] > 0)  # only these rows need an order
+    order = crowded[np.lexsort((-order_key[crowded], bins[crowded]))]
+    sorted_bins = bins[order]  # by bin, worst first, then row order
+    crowded_counts = np.where(excess > 0, counts, 0)
+    starts = np.cumsum(crowded_counts) - crowded_counts
+    rank = np.arange(len(order)) - starts[sorted_bins]
     keep = np.ones(n, dtype=bool)
     keep[order[rank < excess[sorted_bins]]] = False
     after = np.bincount(bins[keep], minlength=n_bins).astype(np.int64)
