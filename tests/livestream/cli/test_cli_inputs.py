@@ -118,6 +118,10 @@ FILE_CASES: dict[str, ArgvOf] = {
         "postprocess", _good_file(tmp, "h1.mrc"), _good_file(tmp, "h2.mrc"),
         "--mask", _good_file(tmp, "m.mrc"), "--mtf", bad,
     ],
+    "rebalance": lambda bad, tmp: ["rebalance", bad, "--out", str(tmp / "Rb")],
+    "import-cryosparc": lambda bad, tmp: [
+        "import-cryosparc", bad, "--out", str(tmp / "p.star")
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
@@ -131,6 +135,9 @@ FOLDER_CASES: dict[str, ArgvOf] = {
         "curate", "--project", bad, "--config", _good_file(tmp, "live.toml")
     ],
     "run --session": lambda bad, tmp: ["run", "--session", bad],
+    "export-cryosparc": lambda bad, tmp: [
+        "export-cryosparc", bad, "--out", str(tmp / "cs")
+    ],
 }  # fmt: skip
 
 

@@ -1,0 +1,111 @@
+"""The plots of Rebalance Orientations (matplotlib, Agg canvas; no pyplot state).
+
+- viewing-direction heatmaps before and after (azimuth x elevation histograms),
+- bin locations coloured by their counts before and after,
+- the rebalancing plot: bins in increasing count, the kept part blue up to the
+  threshold and the removed part red above it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipelines.io.outputs import write_bytes_atomic
+from pipelines.reconstruct.rebalance import RebalanceResult
+
+__all__ = ["write_rebalance_plots"]
+
+_DPI = 100
+
+
+def _azimuth_elevation(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    azimuth = np.rad2deg(np.arctan2(v[:, 1], v[:, 0]))
+    elevation = np.rad2deg(np.arcsin(np.clip(v[:, 2], -1.0, 1.0)))
+    return azimuth, elevation
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _heatmaps(path: Path, directions: np.ndarray, keep: np.ndarray) -> Path:
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    edges = (np.linspace(-180, 180, 73), np.linspace(-90, 90, 37))
+    for ax, rows, title in zip(
+        axes, (np.ones_like(keep), keep), ("before", "after"), strict=True
+    ):
+        az, el = _azimuth_elevation(directions[rows])
+        hist, _, _ = np.histogram2d(az, el, bins=edges)
+        image = ax.imshow(
+            hist.T,
+            origin="lower",
+            extent=(-180, 180, -90, 90),
+            aspect="auto",
+            cmap="viridis",
+        )
+        ax.set_title(f"viewing directions {title} ({int(rows.sum())})")
+        ax.set_xlabel("azimuth (deg)")
+        figure.colorbar(image, ax=ax, label="particles")
+    axes[0].set_ylabel("elevation (deg)")
+    return _save(figure, path)
+
+
+def _bins(path: Path, result: RebalanceResult) -> Path:
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    az, el = _azimuth_elevation(result.centres)
+    top = max(int(result.counts_before.max(initial=0)), 1)
+    for ax, counts, title in zip(
+        axes,
+        (result.counts_before, result.counts_after),
+        ("before", "after"),
+        strict=True,
+    ):
+        points = ax.scatter(az, el, c=counts, s=12, cmap="magma", vmin=0, vmax=top)
+        ax.set_title(f"bin counts {title} ({len(counts)} bins)")
+        ax.set_xlabel("azimuth (deg)")
+        figure.colorbar(points, ax=ax, label="particles")
+    axes[0].set_ylabel("elevation (deg)")
+    return _save(figure, path)
+
+
+def _rebalancing(path: Path, result: RebalanceResult) -> Path:
+    order = np.argsort(result.counts_before, kind="stable")
+    before = result.counts_before[order]
+    after = result.counts_after[order]
+    x = np.arange(len(before))
+    figure = Figure(figsize=(8, 4), layout="constrained")
+    ax = figure.subplots()
+    ax.bar(x, after, width=1.0, color="tab:blue", label="kept")
+    ax.bar(x, before - after, bottom=after, width=1.0, color="tab:red", label="removed")
+    ax.axhline(result.threshold_count, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("bin (increasing count)")
+    ax.set_ylabel("particles")
+    ax.set_title(
+        f"threshold {result.threshold_count}: {result.n_excluded} particles removed"
+    )
+    ax.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def write_rebalance_plots(
+    folder: str | Path, directions: np.ndarray, result: RebalanceResult
+) -> dict[str, Path]:
+    """Write the three PNGs into ``folder``; returns name -> path."""
+    out = Path(folder)
+    return {
+        "viewing_directions": _heatmaps(
+            out / "viewing_directions.png", directions, result.keep
+        ),
+        "bin_counts": _bins(out / "bin_counts.png", result),
+        "rebalancing": _rebalancing(out / "rebalancing.png", result),
+    }
