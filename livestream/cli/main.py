@@ -19,6 +19,7 @@ from livestream.cli import (
     postprocess,
     reconstruct,
     run,
+    star,
     status,
 )
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
@@ -39,6 +40,7 @@ COMMANDS: dict[str, ModuleType] = {
     "reconstruct": reconstruct,
     "mask": mask,
     "postprocess": postprocess,
+    "star": star,
 }
 
 
