@@ -16,7 +16,9 @@ from-dynamo: a Dynamo .tbl -> a RELION STAR of 3D particles: rlnCoordinateX/Y/Z
 (columns 24-26), rlnOriginX/Y/ZAngst = -(dx, dy, dz) × --pixel-size-a, Euler angles
 from Dynamo's ZXZ (tdrot, tilt, narot) to RELION's ZYZ (rot = narot - 90, tilt,
 psi = tdrot + 90: the same rotation), rlnClassNumber, rlnParticleNumber (the tag),
-rlnMicrographName from --vll (else the tomogram number).
+rlnMicrographName from --vll (else the tomogram number); the optics group gets
+--voltage-kv, --cs-mm and --amplitude-contrast (a Dynamo table has none; RELION
+needs them).
 subset: --n rows drawn at random (seeded; the order kept); split-halves: sets
 rlnRandomSubset 1/2 at random, halves equal to one row.  Both keep every other
 block and value as written.
@@ -36,6 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from livestream.cli.console import INPUT_ERROR_STATUS, print_json, require_file
+from pipelines.ctf.model import (
+    DEFAULT_AMPLITUDE_CONTRAST,
+    DEFAULT_CS_MM,
+    DEFAULT_VOLTAGE_KV,
+)
 from pipelines.errors import StageInputError
 from pipelines.particlesets import (
     downgrade_to_relion30,
@@ -66,6 +73,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     dynamo = action("from-dynamo", "Dynamo .tbl -> RELION STAR", "TBL")
     dynamo.add_argument("--pixel-size-a", type=float, required=True, help="Å/px")
     dynamo.add_argument("--vll", type=Path, help="Dynamo volume list (tomograms)")
+    dynamo.add_argument(
+        "--voltage-kv", type=float, default=DEFAULT_VOLTAGE_KV, help="(%(default)s)"
+    )
+    dynamo.add_argument(
+        "--cs-mm", type=float, default=DEFAULT_CS_MM, help="(%(default)s)"
+    )
+    dynamo.add_argument(
+        "--amplitude-contrast",
+        type=float,
+        default=DEFAULT_AMPLITUDE_CONTRAST,
+        help="(%(default)s)",
+    )
     subset = action("subset", "a reproducible random subset", "IN.star")
     subset.add_argument("--n", type=int, required=True, help="rows to keep")
     subset.add_argument("--seed", type=int, default=0, help="(0)")
@@ -119,7 +138,13 @@ def _from_dynamo(args: argparse.Namespace) -> dict[str, Any]:
     if args.vll is not None:
         names = read_dynamo_volume_list(require_file(args.vll, "volume list"))
     optics, particles = dynamo_table_to_star(
-        table, pixel_size_a=args.pixel_size_a, tomogram_names=names, source=args.input
+        table,
+        pixel_size_a=args.pixel_size_a,
+        tomogram_names=names,
+        voltage_kv=args.voltage_kv,
+        cs_mm=args.cs_mm,
+        amplitude_contrast=args.amplitude_contrast,
+        source=args.input,
     )
     write_star_tables(args.out, {"optics": optics, "particles": particles})
     return {"n_in": len(table), "n_out": len(particles)}

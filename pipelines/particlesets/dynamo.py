@@ -37,6 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.ctf.model import (
+    DEFAULT_AMPLITUDE_CONTRAST,
+    DEFAULT_CS_MM,
+    DEFAULT_VOLTAGE_KV,
+)
 from pipelines.errors import StageInputError
 
 __all__ = [
@@ -150,12 +155,18 @@ def dynamo_table_to_star(
     *,
     pixel_size_a: float,
     tomogram_names: Sequence[str] | None = None,
+    voltage_kv: float = DEFAULT_VOLTAGE_KV,
+    cs_mm: float = DEFAULT_CS_MM,
+    amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST,
     source: Path = Path("<table>"),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(optics, particles)`` DataFrames of a RELION 3.1+ STAR for 3D particles.
 
     ``tomogram_names[k - 1]`` names tomogram ``k`` (a ``.vll``); without them the
-    tomogram number is written as the micrograph name."""
+    tomogram number is written as the micrograph name.  A Dynamo table holds no
+    optics; RELION refuses an optics group without voltage, Cs and amplitude
+    contrast, so they are written from the arguments (the project's defaults when
+    not given)."""
     if pixel_size_a <= 0 or not np.isfinite(pixel_size_a):
         raise StageInputError(source, "pixel_size_a", pixel_size_a, "must be > 0")
     angles = dynamo_to_relion_angles(
@@ -178,6 +189,9 @@ def dynamo_table_to_star(
         {
             "rlnOpticsGroupName": ["opticsGroup1"],
             "rlnOpticsGroup": [1],
+            "rlnVoltage": [float(voltage_kv)],
+            "rlnSphericalAberration": [float(cs_mm)],
+            "rlnAmplitudeContrast": [float(amplitude_contrast)],
             "rlnImagePixelSize": [float(pixel_size_a)],
             "rlnImageDimensionality": [3],
         }

@@ -82,12 +82,24 @@ def test_from_dynamo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     vll = tmp_path / "t.vll"
     vll.write_text("tomo_a.mrc\ntomo_b.mrc\n")
     out = tmp_path / "p.star"
-    main_args = ["from-dynamo", str(tbl), "--pixel-size-a", "2.5", "--vll", str(vll)]
+    main_args = [
+        "from-dynamo",
+        str(tbl),
+        "--pixel-size-a",
+        "2.5",
+        "--vll",
+        str(vll),
+        "--voltage-kv",
+        "200",
+    ]
     summary = _run(capsys, *main_args, "--out", str(out))
     assert summary["n_out"] == 4
     star = starfile.read(out)
     particles = star["particles"]
     assert star["optics"]["rlnImagePixelSize"].tolist() == [2.5]
+    # RELION refuses an optics group without these; the table has none
+    assert star["optics"]["rlnVoltage"].tolist() == [200.0]
+    assert star["optics"]["rlnSphericalAberration"].tolist() == [2.7]
     assert particles["rlnMicrographName"].tolist() == [
         "tomo_a.mrc",
         "tomo_b.mrc",
