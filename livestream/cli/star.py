@@ -38,11 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from livestream.cli.console import INPUT_ERROR_STATUS, print_json, require_file
-from pipelines.ctf.model import (
-    DEFAULT_AMPLITUDE_CONTRAST,
-    DEFAULT_CS_MM,
-    DEFAULT_VOLTAGE_KV,
-)
+from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.ctf.model import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_VOLTAGE_KV
 from pipelines.errors import StageInputError
 from pipelines.particlesets import (
     downgrade_to_relion30,

@@ -37,11 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.ctf.model import (
-    DEFAULT_AMPLITUDE_CONTRAST,
-    DEFAULT_CS_MM,
-    DEFAULT_VOLTAGE_KV,
-)
+from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.ctf.model import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_VOLTAGE_KV
 from pipelines.errors import StageInputError
 
 __all__ = [
