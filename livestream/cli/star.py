@@ -20,7 +20,7 @@ rlnMicrographName from --vll (else the tomogram number); the optics group gets
 --voltage-kv, --cs-mm and --amplitude-contrast (a Dynamo table has none; RELION
 needs them).
 subset: --n rows drawn at random (seeded; the order kept); split-halves: sets
-rlnRandomSubset 1/2 at random, halves equal to one row.  Both keep every other
+rlnRandomSubset 1/2 at random, halves equal to within one row.  Both keep every other
 block and value as written.
 
 Every input is read strictly: a row with the wrong number of values, a label RELION

@@ -40,6 +40,7 @@ import pandas as pd
 from mdcatch.crosscheck import DEFAULT_CS_MM
 from pipelines.ctf.model import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_VOLTAGE_KV
 from pipelines.errors import StageInputError
+from pipelines.particlesets.table import split_rows
 
 __all__ = [
     "DYNAMO_MIN_COLUMNS",
@@ -64,21 +65,20 @@ def read_dynamo_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         text = tbl.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StageInputError(tbl, "file", str(tbl), f"cannot be read: {exc}") from None
-    region = np.array(text.split("\n"), dtype=object)
-    stripped = np.char.strip(region.astype(str))
-    keep = (stripped != "") & ~np.char.startswith(stripped, "%")
-    lines = 1 + np.flatnonzero(keep)
-    if not keep.any():
+    # leading blank or comment lines too
+    lead = len(text) - len(text.lstrip())
+    body, lines = split_rows(text[lead:], 1 + text.count("\n", 0, lead), "%")
+    if not len(lines):
         raise StageInputError(tbl, "rows", 0, "the table is empty")
-    width = len(str(stripped[keep][0]).split())
+    width = len(body[: body.find("\n") if "\n" in body else len(body)].split())
     if width < DYNAMO_MIN_COLUMNS:
         raise StageInputError(
             tbl,
             f"line {lines[0]}",
             width,
-            f"columns: a Dynamo table has at least {DYNAMO_MIN_COLUMNS} (x, y, z are 24-26)",
+            f"columns: a Dynamo table has at least {DYNAMO_MIN_COLUMNS} "
+            "(x, y, z are 24-26)",
         )
-    body = "\n".join(stripped[keep].tolist())
     try:
         frame = pd.read_csv(
             io.StringIO(body),
@@ -99,7 +99,7 @@ def read_dynamo_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     bad = np.flatnonzero(extra | short)
     if len(bad):
         row = int(bad[0])
-        _wrong_width(tbl, lines[row], len(str(stripped[keep][row]).split()), width)
+        _wrong_width(tbl, lines[row], len(body.split("\n")[row].split()), width)
     table = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad_at = np.argwhere(~np.isfinite(table))
     if len(bad_at):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import write_star
@@ -35,11 +37,15 @@ __all__ = [
     "read_star_tables",
     "relion30_labels",
     "relion_label_types",
+    "split_rows",
     "write_star_tables",
 ]
 
 # a line that starts a block, a loop or a label / key
 _HEADER = re.compile(r"^[ \t]*(?:data_|loop_|_)", re.M)
+# the same, found from the newline before it: a literal first character lets the
+# regex engine skip through long loops quickly
+_NEXT_HEADER = re.compile(r"\n[ \t]*(?:data_|loop_|_)")
 # a line with something other than blanks or a comment
 _CONTENT = re.compile(r"^[ \t]*[^\s#]", re.M)
 _NUMERIC_TYPES = frozenset({"double", "int", "bool"})
@@ -127,6 +133,26 @@ def main_table_name(path: Path, tables: Mapping[str, StarTable]) -> str:
     return loops[0]
 
 
+def split_rows(region: str, first_line: int, comment: str) -> tuple[str, np.ndarray]:
+    """The data rows of ``region`` (text starting at file line ``first_line``)
+    without blank and comment lines, and each row's file line.
+
+    Blank or comment lines among rows are rare; only then are lines visited one by
+    one in Python."""
+    body = region.rstrip()
+    if not body:
+        return "", np.zeros(0, dtype=np.int64)
+    if re.search(rf"\n[ \t]*(?:{re.escape(comment)}|\n)", "\n" + body) is None:
+        return body, first_line + np.arange(body.count("\n") + 1)
+    raw = body.split("\n")
+    kept = [
+        i
+        for i, line in enumerate(raw)
+        if line.strip() and not line.lstrip().startswith(comment)
+    ]
+    return "\n".join(raw[i] for i in kept), first_line + np.asarray(kept, dtype=int)
+
+
 class _Parser:
     """The block / loop / label structure is walked header line by header line;
     the rows between are handed to pandas in one piece per loop."""
@@ -206,8 +232,8 @@ class _Parser:
             pos = after
         if not labels:
             self.fail(pos, "loop_", block, "loop without labels")
-        nxt = _HEADER.search(self.text, pos)
-        end = len(self.text) if nxt is None else nxt.start()
+        nxt = _NEXT_HEADER.search(self.text, pos - 1)
+        end = len(self.text) if nxt is None else nxt.start() + 1
         frame, lines = self.rows(labels, pos, end)
         return StarTable(name=block, frame=frame, lines=lines), end
 
@@ -242,17 +268,13 @@ class _Parser:
     def rows(
         self, labels: list[str], start: int, end: int
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        region = np.array(self.text[start:end].split("\n"), dtype=object)
-        stripped = np.char.strip(region.astype(str))
-        keep = (stripped != "") & ~np.char.startswith(stripped, "#")
-        first_line = self.line_of(start)
-        lines = first_line + np.flatnonzero(keep)
+        body, lines = split_rows(self.text[start:end], self.line_of(start), "#")
         n = len(labels)
-        if not keep.any():
+        if not len(lines):
             return pd.DataFrame({k: pd.Series(dtype=str) for k in labels}), lines
         try:
             frame = pd.read_csv(
-                io.StringIO("\n".join(region[keep].tolist())),
+                io.StringIO(body),
                 sep=r"\s+",
                 header=None,
                 names=[*labels, "\0extra"],
@@ -266,43 +288,43 @@ class _Parser:
             found = re.search(r"line (\d+), saw (\d+)", str(exc))
             if found is None:
                 raise StageInputError(
-                    self.path, f"data_ loop at line {first_line}", None, str(exc)
+                    self.path, f"data_ loop at line {lines[0]}", None, str(exc)
                 ) from None
-            row = int(found.group(1)) - 1
-            raise StageInputError(
-                self.path,
-                f"line {lines[row]}, column {int(found.group(2))}",
-                found.group(2),
-                f"values, the loop has {n} labels",
-            ) from None
+            self.wrong_width(lines[int(found.group(1)) - 1], int(found.group(2)), n)
         extra = frame.pop("\0extra").to_numpy() != ""
         short = frame[labels[-1]].to_numpy() == ""
         bad = np.flatnonzero(extra | short)
         if len(bad):
             row = int(bad[0])
-            count = len(str(region[keep][row]).split())
-            raise StageInputError(
-                self.path,
-                f"line {lines[row]}, column {min(count, n) + 1}",
-                count,
-                f"values, the loop has {n} labels",
-            )
+            self.wrong_width(lines[row], len(body.split("\n")[row].split()), n)
         self.check_numbers(frame, lines)
         return frame, lines
+
+    def wrong_width(self, line: int, count: int, n: int) -> None:
+        raise StageInputError(
+            self.path,
+            f"line {line}, column {min(count, n) + 1}",
+            count,
+            f"values, the loop has {n} labels",
+        )
 
     def check_numbers(self, frame: pd.DataFrame, lines: np.ndarray) -> None:
         for column, label in enumerate(frame.columns, start=1):
             if self.types[label] not in _NUMERIC_TYPES:
                 continue
-            values = pd.to_numeric(frame[label], errors="coerce").to_numpy(
-                dtype=np.float64
-            )
+            text = frame[label].to_numpy()
+            try:  # arrow's C++ parser; fails on a token that is not a number
+                values = pc.cast(pa.array(frame[label]), pa.float64()).to_numpy()
+            except pa.ArrowInvalid:
+                values = pd.to_numeric(frame[label], errors="coerce").to_numpy(
+                    dtype=np.float64
+                )
             bad = np.flatnonzero(~np.isfinite(values))
             if len(bad):
                 row = int(bad[0])
                 raise StageInputError(
                     self.path,
                     f"line {lines[row]}, column {column} ({label})",
-                    str(frame[label].iloc[row]),
+                    str(text[row]),
                     "not a finite number",
                 )
