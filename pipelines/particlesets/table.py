@@ -119,16 +119,19 @@ def write_star_tables(
 
 
 def main_table_name(path: Path, tables: Mapping[str, StarTable]) -> str:
-    """The particle table: ``data_particles``, else the one loop there is."""
+    """The particle table: ``data_particles``, else the one loop there is besides
+    ``data_optics`` (``data_micrographs``, a RELION 3.0 ``data_`` ...)."""
     if "particles" in tables:
         return "particles"
-    loops = [name for name, table in tables.items() if table.is_loop]
+    loops = [
+        name for name, table in tables.items() if table.is_loop and name != "optics"
+    ]
     if len(loops) != 1:
         raise StageInputError(
             path,
             "data blocks",
             [f"data_{name}" for name in tables],
-            "need data_particles or exactly one loop",
+            "need data_particles or exactly one loop besides data_optics",
         )
     return loops[0]
 

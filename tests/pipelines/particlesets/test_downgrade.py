@@ -10,6 +10,7 @@ import pytest
 from pipelines.errors import StageInputError
 from pipelines.particlesets import (
     downgrade_to_relion30,
+    main_table_name,
     read_star_tables,
     relion30_labels,
 )
@@ -79,3 +80,17 @@ def test_real_relion31_file(shared_data: Path) -> None:
     np.testing.assert_allclose(out["rlnOriginX"], origin_a / 2.806)
     assert set(out.columns) <= relion30_labels()
     assert (out["rlnDetectorPixelSize"] == 2.806).all()
+
+
+def test_micrographs_star(tmp_path: Path) -> None:
+    path = tmp_path / "micrographs.star"
+    path.write_text(
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnMicrographPixelSize\n1 0.8\n\n"
+        "data_micrographs\nloop_\n_rlnMicrographName\n_rlnOpticsGroup\na.mrc 1\n"
+    )
+    tables = read_star_tables(path)
+    name = main_table_name(path, tables)
+    assert name == "micrographs"
+    out = downgrade_to_relion30(path, tables["optics"], tables[name]).table
+    assert out["rlnDetectorPixelSize"].tolist() == [0.8]
+    assert out["rlnMicrographName"].tolist() == ["a.mrc"]
