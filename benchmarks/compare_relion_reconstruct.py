@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,22 +373,34 @@ def main() -> None:
     print(f"\n{'post-processing':<34} {'livestream':>20} {'relion_postprocess':>22}")
     post_exe = programs["relion_postprocess"]
     for side in sides:
-        ours = postprocess_ours(side, mask_path, work / f"post_ours_{side.name}")
-        theirs = (
-            postprocess_relion(
-                post_exe, side, mask_path, work / f"post_relion_{side.name}", px
+        left = attempt(
+            lambda side=side: postprocess_ours(
+                side, mask_path, work / f"post_ours_{side.name}"
             )
-            if post_exe is not None
-            else None
         )
         right = (
             "not available"
-            if theirs is None
-            else f"{theirs[0]:.2f} Å, B {theirs[1]:.0f}"
+            if post_exe is None
+            else attempt(
+                lambda side=side, exe=post_exe: postprocess_relion(
+                    exe, side, mask_path, work / f"post_relion_{side.name}", px
+                )
+            )
         )
-        print(
-            f"halves of {side.name:<24} {ours[0]:9.2f} Å, B {ours[1]:5.0f} {right:>22}"
-        )
+        print(f"halves of {side.name:<24} {left:>20} {right:>22}")
+
+
+def attempt(run: Callable[[], tuple[float, float]]) -> str:
+    """``resolution, B`` as text, or the last line the program said when it failed
+    (a map whose Nyquist is 10 Å leaves no Guinier range, for one)."""
+    try:
+        resolution_a, bfactor_a2 = run()
+    except subprocess.CalledProcessError as exc:
+        err = exc.stderr or b""
+        text = err if isinstance(err, str) else err.decode(errors="replace")
+        said = text.strip().splitlines()
+        return f"failed: {said[-1][-60:] if said else exc.returncode}"
+    return f"{resolution_a:.2f} Å, B {bfactor_a2:.0f}"
 
 
 if __name__ == "__main__":
