@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.errors import StageInputError
 from pipelines.particlesets import read_star_tables, relion30_labels
+from pipelines.reconstruct import PosedParticles, write_posed_particles
+from pipelines.simulate.projection import random_rotations
 
 GOOD = """\
 # version 30001
@@ -104,3 +107,23 @@ def test_real_relion31_file(shared_data: Path) -> None:
     tables = read_star_tables(shared_data / "real" / "relion31.star")
     assert len(tables["particles"].frame) == 5
     assert tables["optics"].numbers("rlnImagePixelSize").tolist() == [2.806]
+
+
+def test_our_particle_writer_passes_the_strict_reader(tmp_path: Path) -> None:
+    # what livestream reconstruct reads (and relion_reconstruct read unchanged)
+    rng = np.random.default_rng(4)
+    particles = PosedParticles.from_arrays(
+        rng.standard_normal((6, 16, 16)).astype(np.float32),
+        pixel_size_a=2.0,
+        rotations=random_rotations(6, rng),
+        origin_px=rng.uniform(-2, 2, (6, 2)),
+        defocus_u_a=15000.0,
+    )
+    star = write_posed_particles(tmp_path / "p.star", particles, stack_name="p.mrcs")
+    tables = read_star_tables(star)
+    assert len(tables["particles"].frame) == 6
+    np.testing.assert_allclose(
+        tables["particles"].numbers("rlnOriginXAngst"),
+        particles.origin_px[:, 0] * 2,
+        atol=1e-6,  # written with 6 decimals
+    )
