@@ -33,6 +33,7 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -113,7 +114,7 @@ def read_dynamo_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table, lines
 
 
-def _wrong_width(path: Path, line: int, count: int, width: int) -> None:
+def _wrong_width(path: Path, line: int, count: int, width: int) -> NoReturn:
     raise StageInputError(
         path,
         f"line {line}, column {min(count, width) + 1}",

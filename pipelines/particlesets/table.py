@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -174,7 +175,7 @@ class _Parser:
         end = len(self.text) if end < 0 else end
         return self.text[offset:end].strip(), end + 1
 
-    def fail(self, offset: int, field: str, value: object, reason: str) -> None:
+    def fail(self, offset: int, field: str, value: object, reason: str) -> NoReturn:
         raise StageInputError(
             self.path, f"line {self.line_of(offset)}, {field}", value, reason
         )
@@ -192,7 +193,6 @@ class _Parser:
                 continue
             if block is None:
                 self.fail(match.start(), "column 1", line[:40], "outside a data_ block")
-            assert block is not None
             if block in tables:
                 self.fail(match.start(), "column 1", line[:40], "second table in block")
             if line.startswith("loop_"):
@@ -303,7 +303,7 @@ class _Parser:
         self.check_numbers(frame, lines)
         return frame, lines
 
-    def wrong_width(self, line: int, count: int, n: int) -> None:
+    def wrong_width(self, line: int, count: int, n: int) -> NoReturn:
         raise StageInputError(
             self.path,
             f"line {line}, column {min(count, n) + 1}",
