@@ -23,6 +23,7 @@ from livestream.cli import (
     reconstruct,
     run,
     slurm_script,
+    star,
     status,
 )
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
@@ -47,6 +48,7 @@ COMMANDS: dict[str, ModuleType] = {
     "export-cryosparc": export_cryosparc,
     "import-cryosparc": import_cryosparc,
     "slurm-script": slurm_script,
+    "star": star,
 }
 
 
