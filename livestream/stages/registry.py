@@ -113,7 +113,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             index=IndexRole.CURATE,
             decides_curation=True,
         ),
-        _kind(PickParams, run_pick, relion_job=AUTO_PICK),
+        _kind(PickParams, run_pick, relion_job=AUTO_PICK, index=IndexRole.PICK),
         _kind(
             ExtractParams,
             run_extract_stage,
