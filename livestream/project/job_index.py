@@ -193,6 +193,18 @@ class JobIndex:
             return False
         return True
 
+    def write_pipeline(self) -> bool:
+        """Rewrite the RELION pipeline alone (a new Class2D snapshot), logging a
+        failure instead of raising it."""
+        if self.pipeline is None:
+            return False
+        try:
+            self.pipeline.write(finished=False)
+        except (OSError, ValueError):
+            log.exception("cannot rewrite default_pipeline.star")
+            return False
+        return True
+
     def finish(self) -> bool:
         """At shutdown: rebuild, and mark every job of the pipeline finished."""
         if not self.write_logged():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,11 +99,16 @@ class RelionPipeline:
         self.project = project
         self.jobs = tuple(jobs)
         self.n_writes = 0
+        self._lock = threading.Lock()  # the job index and Class2D write from threads
 
     def write(self, *, finished: bool = False) -> Path:
         """Rewrite ``default_pipeline.star`` and every listed job's files; a
         ``finished`` job is ``Succeeded`` with ``RELION_JOB_EXIT_SUCCESS``, else
         ``Running`` (and an earlier exit file is removed: the job grows again)."""
+        with self._lock:
+            return self._write(finished=finished)
+
+    def _write(self, *, finished: bool) -> Path:
         listed = [job for job in self.jobs if (self.project / job.folder).is_dir()]
         outputs = {job.folder: self._outputs(job) for job in listed}
         produced = {node.name: node for nodes in outputs.values() for node in nodes}
