@@ -100,6 +100,8 @@ class RelionPipeline:
         self.jobs = tuple(jobs)
         self.n_writes = 0
         self._lock = threading.Lock()  # the job index and Class2D write from threads
+        # the other jobs of the file as last written (parsed again when it changed)
+        self._foreign: tuple[tuple[int, int, int] | None, _Foreign] | None = None
 
     def write(self, *, finished: bool = False) -> Path:
         """Rewrite ``default_pipeline.star`` and every listed job's files; a
@@ -134,7 +136,10 @@ class RelionPipeline:
             elif not finished:
                 exit_file.unlink(missing_ok=True)
         path = self.project / "default_pipeline.star"
-        other = _Foreign.read(path, {job.name for job in self.jobs})
+        if self._foreign is not None and self._foreign[0] == _signature(path):
+            other = self._foreign[1]
+        else:
+            other = _Foreign.read(path, {job.name for job in self.jobs})
         ours = {node.name for node in produced.values()}
         _write_if_changed(
             path,
@@ -159,6 +164,7 @@ class RelionPipeline:
                 + other.output_edges,
             ),
         )
+        self._foreign = (_signature(path), other)
         self.n_writes += 1
         return path
 
@@ -174,6 +180,14 @@ class RelionPipeline:
             for name, label in pairs
             if (folder / name).is_file()
         ]
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def _process_row(job: PipelineJob, status: str) -> tuple[str, str, str, str]:
