@@ -25,9 +25,13 @@ MOVIES_LINK = "Movies"
 
 def link_movies(project: Path, session: Path) -> Path | None:
     """Make ``<project>/Movies`` point at ``session``; return the link, or
-    ``None`` when ``Movies`` exists and is something else (left as it is)."""
+    ``None`` when ``Movies`` exists and is something else (left as it is) or the
+    project is inside the session (a link would make a loop)."""
     link = project / MOVIES_LINK
     target = session.absolute()
+    if project.absolute().is_relative_to(target):
+        log.warning("the project %s is inside the session: no Movies link", project)
+        return None
     if link.is_symlink():
         if Path(os.readlink(link)) == target:
             return link

@@ -230,6 +230,8 @@ def test_movies_are_named_through_the_link(tmp_path: Path) -> None:
     assert movie_name(project, outside) == str(outside)
     assert link_movies(project, tmp_path / "other") is None  # left as it is
     assert os.readlink(project / "Movies") == str(session.absolute())
+    assert link_movies(session / "project", session) is None  # would be a loop
+    assert not (session / "project").exists()
 
 
 _REWRITER = """
