@@ -4,9 +4,9 @@ RELION names every input relative to the project folder, and a project made by
 RELION's Import job reaches the microscope's files through a link inside it.  The
 service does the same: ``<project>/Movies`` is a symbolic link to the session
 folder (made at start-up, never replaced when it points elsewhere; the service
-never writes into the session folder), and a movie inside the session is named
-``Movies/<path inside the session>`` in ``Import/job001/movies.star`` and in the
-per-movie motion STAR files.  A movie outside the session (a ``movie_roots``
+never writes into the session folder), and a movie (or gain reference) inside the
+session is named ``Movies/<path inside the session>`` in
+``Import/job001/movies.star`` and in the per-movie motion STAR files.  A movie outside the session (a ``movie_roots``
 folder) keeps its absolute path.
 """
 
