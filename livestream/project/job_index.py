@@ -37,7 +37,7 @@ after each rebuild by :meth:`JobIndex.run` it calls the ``on_written`` callbacks
 Which stage feeds which index is a fact of its kind
 (:data:`livestream.stages.registry.STAGE_KINDS`); a plugin stage
 (``"package.module:function"``) feeds one when its table says so: ``index =
-"extract"`` (or motion, ctf, curate), with the outputs and figures that index
+"extract"`` (or motion, ctf, curate, pick), with the outputs and figures that index
 reads.
 """
 
