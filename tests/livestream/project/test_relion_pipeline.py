@@ -256,6 +256,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # three interpreters that import the package: ~10-30 s
 def test_a_kill_during_rewrites_leaves_a_valid_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
