@@ -16,7 +16,9 @@ that made it) and, once finished, ``RELION_JOB_EXIT_SUCCESS``.
 once more at shutdown with ``finished=True`` (jobs ``Succeeded``).  A job is listed
 once its folder exists, and a node once its file exists, so every listed node is
 on disk.  Each file is written atomically (temporary name, fsync, rename) and
-only when its text changed.  The jobs and what feeds what come from the chain
+only when its text changed.  Jobs of the file that are not ours (run in RELION
+on the project) are kept with their nodes and edges, and the job counter never
+goes down.  The jobs and what feeds what come from the chain
 (:func:`pipeline_jobs`); their type labels and output nodes from
 :mod:`livestream.project.jobs`.
 """
