@@ -19,14 +19,13 @@ on disk.  Each file is written atomically (temporary name, fsync, rename) and
 only when its text changed.  Jobs of the file that are not ours (run in RELION
 on the project) are kept with their nodes and edges, and the job counter never
 goes down.  The jobs and what feeds what come from the chain
-(:func:`pipeline_jobs`); their type labels and output nodes from
+(:func:`livestream.project.pipeline_jobs.pipeline_jobs`); their type labels and output nodes from
 :mod:`livestream.project.jobs`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,15 +35,17 @@ from typing import Any
 
 import starfile
 
-from livestream.project.jobs import AUTO_PICK, IMPORT, RelionJob
+from livestream.project.jobs import AUTO_PICK, IMPORT
 from pipelines.class2d.outputs import latest_iteration
 from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
     "EXIT_SUCCESS",
+    "IMPORT_MOVIES",
     "PipelineJob",
     "RelionPipeline",
     "job_options",
+    "pick_process_type",
     "star_value",
 ]
 
@@ -386,14 +387,9 @@ def job_options(values: Mapping[str, Any]) -> dict[str, str]:
     return options
 
 
-def relion_job_of(job: RelionJob, folder: str | None = None) -> str:
-    """The job folder: ``folder`` when configured, else the job's own."""
-    return job.folder if folder is None else os.path.normpath(folder)
-
-
-# the picker's process type: templates are RELION's 2D-reference autopick
 def pick_process_type(picker: str) -> str:
+    """The picker's process type: templates are RELION's 2D-reference autopick."""
     return "relion.autopick.ref2d" if picker == "template" else AUTO_PICK.process_type
 
 
-IMPORT_MOVIES = f"{IMPORT.folder}/movies.star"
+IMPORT_MOVIES = f"{IMPORT.folder}/movies.star"  # the Import job's node
