@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import LedgerSummary, summarize_ledger
 from livestream.project.job_index import JobIndex, index_targets
+from livestream.project.movies import link_movies
+from livestream.project.pipeline_jobs import pipeline_for
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, create_executor
 from livestream.scheduling.pause import PauseGate, watch_project_disk
 from livestream.scheduling.scheduler import Scheduler, SchedulerSettings
@@ -227,11 +230,14 @@ async def _serve(
         gate, config.project, None if recorder is None else recorder.metrics
     )
     reporter.set_workers(executor.n_workers())
+    # the project reaches the movies as RELION's does: through a link inside it
+    await asyncio.to_thread(link_movies, config.project.path, config.session.path)
     index = JobIndex(
         ledger.path,
         config.project.path,
         index_targets(chain),
         min_interval_s=config.project.index_interval_s,
+        pipeline=pipeline_for(config, chain, sys.argv),
     )
     await asyncio.to_thread(index.write_logged)  # right after a restart, too
     telemetry.events.add_listener(index.on_event)
@@ -283,7 +289,7 @@ async def _serve(
         await _drain_stages(scheduling, scheduler, executor, workers.drain_timeout_s)
         if classifying is not None:
             await drain_class2d(classifying, drain_deadline)
-        await asyncio.to_thread(index.write_logged)  # always, at shutdown
+        await asyncio.to_thread(index.finish)  # always, at shutdown: jobs Succeeded
         summaries.publish("stopped")
         await telemetry.events.flush()
         for task in background:

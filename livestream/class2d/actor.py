@@ -61,6 +61,7 @@ from pipelines.io.outputs import atomic_path
 __all__ = ["ActorSettings", "Class2dActor", "SnapshotInfo"]
 
 CHECKPOINT_NAME = "actor_checkpoint.npz"
+KEEP_ITERATIONS = 3  # snapshots of older iterations are deleted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,7 +234,8 @@ class Class2dActor:
     # -- outputs ---------------------------------------------------------------
     def snapshot(self) -> SnapshotInfo:
         """Assign every pool particle (a full E-step), rank the classes and write
-        ``run_classes.mrcs``, ``run_model.star``, ``run_data.star``,
+        ``run_itNNN_{classes.mrcs,model,data,optimiser}.star`` (RELION's names,
+        the newest three iterations kept, ``run_*`` links to the newest),
         ``run_selected.star`` (ranked selection) and ``run_montage.png``."""
         if self.state is None or self.config is None:
             raise StageInputError(self.folder, "state", None, "no mini-batch run yet")
@@ -258,6 +260,7 @@ class Class2dActor:
             ranking=ranking,
             float16=False,
             output_box_px=int(self.pool.images.shape[-1]),
+            keep_iterations=KEEP_ITERATIONS,
         )
         self.minibatches_since_snapshot = 0
         payload = class2d_payload(

@@ -17,7 +17,9 @@ the event loop never blocks and a stop request is honoured within one mini-batch
 Every ``snapshot_every`` mini-batches it writes a snapshot into the job folder
 (class averages, STAR files, montage; ``run_class2d.json`` holds the event body for
 ``livestream status``), publishes the ``class2d`` event and metrics through the
-:class:`~livestream.telemetry.reporting.Reporter`, and checkpoints.
+:class:`~livestream.telemetry.reporting.Reporter`, has the job index rewrite
+``default_pipeline.star`` (which names the newest iteration's files), and
+checkpoints.
 
 A classifier error (a bad particle STAR, a missing stack, a checkpoint that
 is not one) is logged with its file, field and value and counted in
@@ -90,7 +92,13 @@ def class2d_for(
     particles_star = index.particles_star
     if not config.class2d.enabled or particles_star is None:
         return None
-    live = Class2dLive(config.class2d, config.project.path, particles_star, reporter)
+    live = Class2dLive(
+        config.class2d,
+        config.project.path,
+        particles_star,
+        reporter,
+        on_snapshot=index.write_pipeline,
+    )
     index.add_written_listener(live.notify)
     return live
 
@@ -114,8 +122,12 @@ class Class2dLive:
         project: Path,
         particles_star: Path,
         reporter: Reporter,
+        *,
+        on_snapshot: Callable[[], object] | None = None,
     ) -> None:
         self.section = section
+        # after each snapshot (the RELION pipeline names the newest iteration)
+        self.on_snapshot = on_snapshot
         self.project = project
         self.folder = project / section.job
         self.particles_star = particles_star
@@ -252,6 +264,8 @@ class Class2dLive:
             return
         self.n_snapshots += 1
         self.reporter.class2d_snapshot(payload)
+        if self.on_snapshot is not None:
+            await asyncio.to_thread(self.on_snapshot)
         await self._guarded("checkpoint", self._checkpoint)
 
     def _checkpoint(self) -> Path:

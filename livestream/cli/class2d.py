@@ -4,9 +4,12 @@ Example:
     livestream class2d Extract/job005/particles.star --classes 50 \\
         --out Class2D/job006 --mini-batches 200 --seed 1 --json
 
-Writes run_classes.mrcs (class averages), run_model.star (data_model_classes),
-run_data.star (every particle with rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst,
-rlnMaxValueProbDistribution), run_selected.star (particles of the classes the
+Writes RELION's run_itNNN_classes.mrcs (class averages), run_itNNN_model.star
+(data_model_classes), run_itNNN_data.star (every particle with rlnClassNumber,
+rlnAnglePsi, rlnOriginX/YAngst, rlnMaxValueProbDistribution) and
+run_itNNN_optimiser.star, NNN the number of mini-batches, with run_classes.mrcs,
+run_model.star, run_data.star and run_optimiser.star linked to them;
+run_selected.star (particles of the classes the
 ranker selects: score >= --score-threshold and at least max(5, 0.1 n / K)
 particles, less the particles whose residual
 against their class average is an outlier: --particle-outlier-mad, 0 = off),

@@ -7,7 +7,7 @@ Example::
 Every exposure that was curated is decided again from the figures in the ledger
 (no reprocessing) with the ``[stages.<curate>]`` thresholds of ``--config``.  The
 decisions go into the ledger (curate rows' figures, the ``curation_thresholds``
-table), the decision files, ``Select/job004/micrographs_selected.star`` and the
+table), the decision files, ``Select/job004/micrographs.star`` and the
 particle pool.  Newly accepted exposures, whose picking was skipped, get pending
 pick/extract rows: the next ``livestream run`` processes them.  Do not run it on a
 project while its service runs; send the service SIGHUP (``systemctl reload``)

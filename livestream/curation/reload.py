@@ -9,7 +9,7 @@ again; :class:`CurationReload` applies changed ``[stages.<curate>]`` thresholds:
    ledger transaction that also puts the skipped pick/extract rows of newly
    accepted exposures back to pending;
 3. the decision files of changed exposures, the selection
-   ``Select/job004/micrographs_selected.star`` and the particle pool are rewritten
+   ``Select/job004/micrographs.star`` and the particle pool are rewritten
    (newly rejected exposures keep their particle files but leave the pool);
 4. newly accepted exposures are offered to the scheduler, which picks and
    extracts them;

@@ -89,6 +89,13 @@ class LedgerQueries:
         )
         return [(str(e), str(s), int(a), o) for e, s, a, o in cursor]
 
+    def movie_paths(self) -> dict[str, str]:
+        """``{exposure_id: movie path}`` of every exposure whose movie is known."""
+        cursor = self._db.execute(
+            "SELECT exposure_id, movie_path FROM exposures WHERE movie_path IS NOT NULL"
+        )
+        return {str(e): str(m) for e, m in cursor}
+
     def done_results(self, stage: str) -> list[tuple[str, StageResult]]:
         """``(exposure_id, result)`` of every done row of ``stage``, in order of
         acquisition (the order of the job index files)."""

@@ -12,8 +12,19 @@ RELION reads a job's results from one index file per job; the service keeps them
   per-micrograph particle STAR files of the extraction stage, concatenated, of
   the exposures that curation currently accepts (a rejected exposure keeps its
   own particle file but leaves the pool),
-- ``Select/job004/micrographs_selected.star``: the rows of
-  ``micrographs_ctf.star`` that curation currently accepts.
+- ``Select/job004/micrographs.star``: the rows of
+  ``micrographs_ctf.star`` that curation currently accepts,
+- ``AutoPick/job005/autopick.star``: RELION's coordinate index
+  (``data_coordinate_files``: rlnMicrographName, rlnMicrographCoordinates) of
+  the micrographs the picker ran on,
+- ``Import/job001/movies.star`` (``data_optics`` + ``data_movies``): the movies
+  whose motion correction is done (their optics are recorded then), named through
+  the project's ``Movies`` link (:mod:`livestream.project.movies`), in the same
+  optics groups as ``corrected_micrographs.star``.
+
+After each rebuild the RELION pipeline files are rewritten
+(:class:`~livestream.project.pipeline.RelionPipeline`, when the service gives one:
+jobs ``Running``); :meth:`JobIndex.finish` rebuilds and marks them ``Succeeded``.
 
 Every file is rebuilt from the ``done`` rows of the ledger (outputs and figures,
 never in-memory state) and written atomically, so after a kill and restart the
@@ -26,7 +37,7 @@ after each rebuild by :meth:`JobIndex.run` it calls the ``on_written`` callbacks
 Which stage feeds which index is a fact of its kind
 (:data:`livestream.stages.registry.STAGE_KINDS`); a plugin stage
 (``"package.module:function"``) feeds one when its table says so: ``index =
-"extract"`` (or motion, ctf, curate), with the outputs and figures that index
+"extract"`` (or motion, ctf, curate, pick), with the outputs and figures that index
 reads.
 """
 
@@ -44,15 +55,28 @@ import pandas as pd
 
 from livestream.ledger.schema import Curation, StageResult, curation_of
 from livestream.ledger.store import Ledger
-from livestream.project.job_tables import corrected_micrographs, micrographs_ctf
-from livestream.project.jobs import CTF_FIND, EXTRACT, MOTION_CORR, SELECT
+from livestream.project.job_tables import (
+    corrected_micrographs,
+    micrographs_ctf,
+    movies_table,
+)
+from livestream.project.jobs import (
+    AUTO_PICK,
+    CTF_FIND,
+    EXTRACT,
+    IMPORT,
+    MOTION_CORR,
+    SELECT,
+)
+from livestream.project.movies import movie_name
+from livestream.project.pipeline import RelionPipeline
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import EventType, ServiceEvent
 from pipelines.extraction.particles_star import (
     read_particles_star,
     write_particles_star,
 )
-from pipelines.io.outputs import write_text_atomic
+from pipelines.io.outputs import write_star, write_text_atomic
 
 __all__ = ["IndexTargets", "JobIndex", "index_targets"]
 
@@ -69,6 +93,8 @@ class IndexTargets:
     ctf_job: str = CTF_FIND.folder
     curate_stage: str | None = None
     curate_job: str = SELECT.folder
+    pick_stage: str | None = None
+    pick_job: str = AUTO_PICK.folder
     extract_stage: str | None = None
     extract_job: str = EXTRACT.folder
 
@@ -78,6 +104,7 @@ class IndexTargets:
             self.motion_stage,
             self.ctf_stage,
             self.curate_stage,
+            self.pick_stage,
             self.extract_stage,
         )
         return frozenset(n for n in names if n is not None)
@@ -110,11 +137,13 @@ class JobIndex:
         targets: IndexTargets,
         *,
         min_interval_s: float = 3.0,
+        pipeline: RelionPipeline | None = None,
     ) -> None:
         self.ledger_path = ledger_path
         self.project = project
         self.targets = targets
         self.min_interval_s = min_interval_s
+        self.pipeline = pipeline
         self.n_writes = 0
         self._dirty = asyncio.Event() if _has_loop() else None
         self._particle_cache: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -164,6 +193,30 @@ class JobIndex:
             return False
         return True
 
+    def write_pipeline(self) -> bool:
+        """Rewrite the RELION pipeline alone (a new Class2D snapshot), logging a
+        failure instead of raising it."""
+        if self.pipeline is None:
+            return False
+        try:
+            self.pipeline.write(finished=False)
+        except (OSError, ValueError):
+            log.exception("cannot rewrite default_pipeline.star")
+            return False
+        return True
+
+    def finish(self) -> bool:
+        """At shutdown: rebuild, and mark every job of the pipeline finished."""
+        if not self.write_logged():
+            return False
+        if self.pipeline is not None:
+            try:
+                self.pipeline.write(finished=True)
+            except OSError:
+                log.exception("cannot mark the RELION jobs finished")
+                return False
+        return True
+
     # -- what to write ----------------------------------------------------------
     def write_all(self) -> dict[str, int]:
         """Rebuild every index file; return the number of rows of each."""
@@ -176,6 +229,7 @@ class JobIndex:
             )
             if t.motion_stage is not None:
                 counts["motion"] = self._write_motion(motion)
+                counts["movies"] = self._write_movies(motion, ledger.movie_paths())
             decisions = (
                 {}
                 if t.curate_stage is None
@@ -205,10 +259,47 @@ class JobIndex:
                         if decisions.get(r[0]) is not Curation.REJECTED
                     ]
                 )
+            if t.pick_stage is not None:
+                counts["picks"] = self._write_autopick(
+                    ledger.done_results(t.pick_stage), motion
+                )
         finally:
             ledger.close()
+        if self.pipeline is not None:
+            self.pipeline.write(finished=False)
         self.n_writes += 1
         return counts
+
+    def _write_movies(self, motion: list[Done], movies: dict[str, str]) -> int:
+        rows = [
+            (movie_name(self.project, Path(movies[eid])), r.figures)
+            for eid, r in motion
+            if eid in movies and "micrograph" in r.outputs
+        ]
+        if rows:
+            movies_table(self.project / IMPORT.folder / "movies.star", rows)
+        return len(rows)
+
+    def _write_autopick(self, picks: list[Done], motion: list[Done]) -> int:
+        micrographs = {
+            eid: r.outputs["micrograph"]
+            for eid, r in motion
+            if "micrograph" in r.outputs
+        }
+        rows = [
+            (micrographs[eid], r.outputs["coordinates"])
+            for eid, r in picks
+            if eid in micrographs and "coordinates" in r.outputs
+        ]
+        if rows:
+            table = pd.DataFrame(
+                rows, columns=["rlnMicrographName", "rlnMicrographCoordinates"]
+            )
+            write_star(
+                self.project / self.targets.pick_job / "autopick.star",
+                {"coordinate_files": table},
+            )
+        return len(rows)
 
     def _write_motion(self, rows: list[Done]) -> int:
         results = [r for _, r in rows if "micrograph" in r.outputs]
@@ -231,7 +322,7 @@ class JobIndex:
             if eid in by_id and "ctf_image" in r.outputs
         ]
         if selection:  # written even when empty: nothing is selected now
-            path = self.project / self.targets.curate_job / "micrographs_selected.star"
+            path = self.project / self.targets.curate_job / "micrographs.star"
             _write_selection(path, items)
         elif items:
             micrographs_ctf(

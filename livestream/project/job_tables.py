@@ -28,7 +28,7 @@ from pipelines.motion.outputs import (
     write_corrected_micrographs_star,
 )
 
-__all__ = ["corrected_micrographs", "micrographs_ctf"]
+__all__ = ["corrected_micrographs", "micrographs_ctf", "movies_table"]
 
 Row = tuple[Mapping[str, str], Mapping[str, float]]
 
@@ -120,6 +120,33 @@ def corrected_micrographs(path: Path, rows: Sequence[Row]) -> Path:
         for (outputs, figures), group in zip(rows, groups.numbers, strict=True)
     ]
     return write_corrected_micrographs_star(path, micrographs, optics)
+
+
+def movies_table(path: Path, rows: Sequence[tuple[str, Mapping[str, float]]]) -> Path:
+    """``movies.star`` from ``(movie name, motion figures)``: the labels of
+    :func:`mdcatch.star.movies_star_blocks`, the groups of
+    :func:`corrected_micrographs` (the same rule on the same rows)."""
+    groups = _Groups(path, [f for _, f in rows])
+    optics = pd.DataFrame(
+        [
+            {
+                "rlnOpticsGroupName": f"opticsGroup{group}",
+                "rlnOpticsGroup": group,
+                "rlnMicrographOriginalPixelSize": o.original_pixel_size_a,
+                "rlnVoltage": o.voltage_kv,
+                "rlnSphericalAberration": o.cs_mm,
+                "rlnAmplitudeContrast": o.amplitude_contrast,
+            }
+            for group, o in groups.optics.values()
+        ]
+    )
+    movies = pd.DataFrame(
+        {
+            "rlnMicrographMovieName": [name for name, _ in rows],
+            "rlnOpticsGroup": groups.numbers,
+        }
+    )
+    return write_star(path, {"optics": optics, "movies": movies})
 
 
 def micrographs_ctf(

@@ -8,6 +8,15 @@ same jobs for every session, so their folders are fixed::
 
 Stage parameters (``job = ...``), the job index files and the online classifier
 take their defaults from here; a site may still configure other folders.
+
+Each job also carries what RELION's ``default_pipeline.star`` says about it
+(:mod:`livestream.project.pipeline`): its process type label (RELION 5 and the
+CCP-EM pipeliner use the same vocabulary, e.g. ``relion.motioncorr.own``) and its
+output nodes, each a file name in the job folder with its node type label
+(``MicrographGroupMetadata.star.relion.motioncorr``).  Our curation is a
+``relion.select.onvalue`` job (RELION's own job that keeps micrographs by a value
+of their CTF fit); our picker writes ``relion.autopick.log`` (blob) or
+``relion.autopick.ref2d`` (templates).
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ class RelionJob:
 
     job_type: str
     number: int
+    process_type: str = ""  # RELION's process type label
+    # (file name in the job folder, node type label); Class2D's are per iteration
+    outputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def folder(self) -> str:
@@ -40,12 +52,47 @@ class RelionJob:
         return f"{self.job_type}/job{self.number:03d}"
 
 
-IMPORT = RelionJob(job_type="Import", number=1)
-MOTION_CORR = RelionJob(job_type="MotionCorr", number=2)
-CTF_FIND = RelionJob(job_type="CtfFind", number=3)
-SELECT = RelionJob(job_type="Select", number=4)
-AUTO_PICK = RelionJob(job_type="AutoPick", number=5)
-EXTRACT = RelionJob(job_type="Extract", number=6)
-CLASS2D = RelionJob(job_type="Class2D", number=7)
+IMPORT = RelionJob(
+    job_type="Import",
+    number=1,
+    process_type="relion.import.movies",
+    outputs=(("movies.star", "MicrographMovieGroupMetadata.star.relion"),),
+)
+MOTION_CORR = RelionJob(
+    job_type="MotionCorr",
+    number=2,
+    process_type="relion.motioncorr.own",
+    outputs=(
+        (
+            "corrected_micrographs.star",
+            "MicrographGroupMetadata.star.relion.motioncorr",
+        ),
+    ),
+)
+CTF_FIND = RelionJob(
+    job_type="CtfFind",
+    number=3,
+    process_type="relion.ctffind.ctffind4",
+    outputs=(("micrographs_ctf.star", "MicrographGroupMetadata.star.relion.ctf"),),
+)
+SELECT = RelionJob(
+    job_type="Select",
+    number=4,
+    process_type="relion.select.onvalue",
+    outputs=(("micrographs.star", "MicrographGroupMetadata.star.relion"),),
+)
+AUTO_PICK = RelionJob(
+    job_type="AutoPick",
+    number=5,
+    process_type="relion.autopick.log",
+    outputs=(("autopick.star", "MicrographCoordsGroup.star.relion.autopick"),),
+)
+EXTRACT = RelionJob(
+    job_type="Extract",
+    number=6,
+    process_type="relion.extract",
+    outputs=(("particles.star", "ParticleGroupMetadata.star.relion"),),
+)
+CLASS2D = RelionJob(job_type="Class2D", number=7, process_type="relion.class2d.vdam")
 
 JOBS = (IMPORT, MOTION_CORR, CTF_FIND, SELECT, AUTO_PICK, EXTRACT, CLASS2D)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.ledger.schema import StageResult
+from livestream.project.movies import movie_name
 from livestream.stages.params import CtfParams, MotionParams
 from livestream.stages.task import StageTask
 from mdcatch.crosscheck import DEFAULT_CS_MM
@@ -85,6 +86,11 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         bfactor_px2=params.bfactor_px2,
         float32=params.float32,
         workers=params.fft_workers,
+        # RELION's names: through the project's Movies link when it leads there
+        movie_name=movie_name(task.project_path, exposure.movie_path),
+        gain_name=None
+        if exposure.gain_reference_path is None
+        else movie_name(task.project_path, exposure.gain_reference_path),
     )
     motion_result = _from_pipeline(
         task,

@@ -46,7 +46,8 @@ class IndexRole(enum.Enum):
 
     MOTION = "motion"  # MotionCorr/.../corrected_micrographs.star
     CTF = "ctf"  # CtfFind/.../micrographs_ctf.star
-    CURATE = "curate"  # Select/.../micrographs_selected.star
+    CURATE = "curate"  # Select/.../micrographs.star
+    PICK = "pick"  # AutoPick/.../autopick.star (the coordinate files)
     EXTRACT = "extract"  # Extract/.../particles.star (the particle pool)
 
 

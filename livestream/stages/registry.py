@@ -16,7 +16,7 @@ is a curation decision.  It is filled when this module is imported.
 The one plugin point: a ``kind`` of the form ``"package.module:function"`` names a
 stage from elsewhere, imported when the chain is built (and again in each worker);
 the function's ``params_model`` attribute (default :class:`StageParams`) checks its
-table, and ``index = "extract"`` (or motion, ctf, curate) says which job index
+table, and ``index = "extract"`` (or motion, ctf, curate, pick) says which job index
 its results feed.  It loads code from outside ``livestream``, ``pipelines`` and
 ``mdcatch`` only: a kind naming one of those packages is refused.
 """
@@ -113,7 +113,7 @@ STAGE_KINDS: dict[str, StageKind] = {
             index=IndexRole.CURATE,
             decides_curation=True,
         ),
-        _kind(PickParams, run_pick, relion_job=AUTO_PICK),
+        _kind(PickParams, run_pick, relion_job=AUTO_PICK, index=IndexRole.PICK),
         _kind(
             ExtractParams,
             run_extract_stage,

@@ -82,6 +82,7 @@ def run_motion(
     local_bfactor_px2: float = 150.0,
     float32: bool = False,
     movie_name: str | None = None,
+    gain_name: str | None = None,
     workers: int | None = None,
 ) -> MotionOutputs:
     """Motion-correct the movie at ``movie_path`` into ``out_dir``.
@@ -91,7 +92,8 @@ def run_motion(
     frames are grouped to ``eer_group_dose_e_per_a2``, default 1 e/Å²).
     ``gain_rotation_deg``/``gain_flip`` orient the gain (see
     :func:`pipelines.motion.defects.orient_gain`).  ``movie_name`` is the movie
-    path written into the STAR file (default: ``movie_path`` as given).
+    path written into the STAR file (default: ``movie_path`` as given), and
+    ``gain_name`` the gain reference's (default: ``gain_path`` as given).
     """
     movie = Path(movie_path)
     out = Path(out_dir)
@@ -177,7 +179,9 @@ def run_motion(
         result,
         movie_name=movie_name if movie_name is not None else str(movie),
         image_size=(nx, ny, n_frames),
-        gain_name="" if gain_path is None else str(gain_path),
+        gain_name=gain_name
+        if gain_name is not None
+        else ("" if gain_path is None else str(gain_path)),
         extra_general={"rlnEERGrouping": group, "rlnEERUpsampling": eer_upsampling}
         if is_eer
         else None,

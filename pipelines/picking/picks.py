@@ -187,8 +187,20 @@ def picks_to_dicts(picks: Picks) -> list[dict[str, float]]:
     return [dict(zip(keys, row, strict=True)) for row in columns]
 
 
+# our columns in coordinate STAR files (read back under the old names too, which
+# files written before used: rlnLivestreamPower, rlnLivestreamDiameterA)
+POWER_LABEL = "livestreamPower"
+DIAMETER_LABEL = "livestreamDiameterA"
+_OLD_POWER_LABEL = "rlnLivestreamPower"
+_OLD_DIAMETER_LABEL = "rlnLivestreamDiameterA"
+
+
 def write_picks_star(path: str | Path, picks: Picks) -> Path:
-    """RELION coordinate STAR (``data_`` block) for one micrograph, atomically."""
+    """RELION coordinate STAR (``data_`` block) for one micrograph, atomically.
+
+    Our two extra columns carry a non-RELION prefix (``_livestreamPower``,
+    ``_livestreamDiameterA``): RELION skips labels it does not know, and no label
+    of ours sits in its ``rln`` namespace."""
     import pandas as pd
 
     frame = pd.DataFrame(
@@ -198,8 +210,8 @@ def write_picks_star(path: str | Path, picks: Picks) -> Path:
             "rlnAutopickFigureOfMerit": picks.score.astype(np.float64),
             "rlnClassNumber": np.zeros(len(picks), dtype=np.int64),
             "rlnAnglePsi": np.full(len(picks), -999.0),
-            "rlnLivestreamPower": picks.power.astype(np.float64),
-            "rlnLivestreamDiameterA": picks.diameter_a.astype(np.float64),
+            POWER_LABEL: picks.power.astype(np.float64),
+            DIAMETER_LABEL: picks.diameter_a.astype(np.float64),
         }
     )
     return write_star(path, {"": frame})
@@ -218,18 +230,18 @@ def read_picks_star(
     frame = frames[0]
     n = len(frame)
 
-    def column(name: str, default: float) -> NDArray[np.float64]:
+    def column(name: str, default: float | NDArray[np.float64]) -> NDArray[np.float64]:
         if name in frame:
             values: NDArray[np.float64] = frame[name].to_numpy(dtype=np.float64)
             return values
-        return np.full(n, default)
+        return np.broadcast_to(np.asarray(default, dtype=np.float64), (n,)).copy()
 
     return Picks(
         x_px=column("rlnCoordinateX", 0.0),
         y_px=column("rlnCoordinateY", 0.0),
         score=column("rlnAutopickFigureOfMerit", 0.0),
-        power=column("rlnLivestreamPower", 1.0),
-        diameter_a=column("rlnLivestreamDiameterA", np.nan),
+        power=column(POWER_LABEL, column(_OLD_POWER_LABEL, 1.0)),
+        diameter_a=column(DIAMETER_LABEL, column(_OLD_DIAMETER_LABEL, np.nan)),
         pixel_size_a=pixel_size_a,
         shape=shape,
     )

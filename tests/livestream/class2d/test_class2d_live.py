@@ -215,7 +215,12 @@ async def test_live_classifier_publishes_snapshots_files_and_metrics(
     assert sum(payload["class_counts"]) == 3 * PER_EXPOSURE  # every pool particle
     assert 0 < payload["particles_seen"] <= 3 * PER_EXPOSURE
     job = tmp_path / "project" / JOB
-    assert Path(payload["classes_mrcs"]) == job / "run_classes.mrcs"
+    stem = f"run_it{payload['iteration']:03d}"  # RELION's name of the iteration
+    assert Path(payload["classes_mrcs"]) == job / f"{stem}_classes.mrcs"
+    assert (job / "run_classes.mrcs").readlink() == Path(f"{stem}_classes.mrcs")
+    kept = sorted(job.glob("run_it*_optimiser.star"))  # the newest three
+    assert 1 <= len(kept) <= 3
+    assert kept[-1].name == f"{stem}_optimiser.star"
     assert Path(payload["montage_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (job / "run_classes.mrcs").stat().st_size > 3 * 24 * 24 * 4
     assert (

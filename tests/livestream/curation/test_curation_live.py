@@ -178,7 +178,7 @@ async def test_threshold_change_reevaluates_without_reprocessing(  # noqa: PLR09
             30,
             "second re-evaluation",
         )
-        selected = project / "Select/job004/micrographs_selected.star"
+        selected = project / "Select/job004/micrographs.star"
         await _until(
             lambda: len(_star(project, str(selected), "micrographs")) == 1,
             20,

@@ -115,8 +115,22 @@ def test_index_lists_done_rows_once_and_a_rebuild_is_identical(tmp_path: Path) -
         _exposure(ledger, project, index, n, finished=3)
     _exposure(ledger, project, 3, 4, finished=1)  # motion done, CTF still running
     index = JobIndex(ledger.path, project, TARGETS)
-    assert index.write_all() == {"motion": 4, "ctf": 3, "particles": sum(counts)}
+    assert index.write_all() == {
+        "motion": 4,
+        "movies": 4,
+        "ctf": 3,
+        "particles": sum(counts),
+    }
     first = _tables(project)
+    # the movies of the done motion rows (no Movies link here: absolute paths),
+    # in the optics groups of corrected_micrographs.star
+    movies = starfile.read(project / "Import/job001/movies.star", always_dict=True)
+    assert list(movies["movies"]["rlnMicrographMovieName"]) == [
+        str(project / "movies" / f"exp{i:03d}.mrc") for i in range(4)
+    ]
+    assert list(movies["movies"]["rlnOpticsGroup"]) == list(
+        first["motion"]["rlnOpticsGroup"]
+    )
     names = first["motion"]["rlnMicrographName"]
     assert names.is_unique
     assert len(names) == 4
@@ -205,9 +219,15 @@ def test_selection_holds_the_accepted_and_the_pool_drops_the_rejected(
         extract_stage="extract",
     )
     counts = JobIndex(ledger.path, project, targets).write_all()
-    assert counts == {"motion": 3, "ctf": 3, "selected": 1, "particles": 2 + 4}
+    assert counts == {
+        "motion": 3,
+        "movies": 3,
+        "ctf": 3,
+        "selected": 1,
+        "particles": 2 + 4,
+    }
     selected = starfile.read(
-        project / "Select/job004/micrographs_selected.star", always_dict=True
+        project / "Select/job004/micrographs.star", always_dict=True
     )["micrographs"]
     assert list(selected["rlnMicrographName"]) == ["MotionCorr/job002/exp000.mrc"]
     ledger.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,7 +77,16 @@ def test_class2d_command_writes_relion_outputs(
     model = starfile.read(out / "run_model.star", always_dict=True)
     classes = model["model_classes"]
     assert classes["rlnClassDistribution"].sum() == pytest.approx(1.0)
-    assert classes["rlnReferenceImage"].iloc[0] == "000001@run_classes.mrcs"
+    # relative to the project: the folder two levels above the job folder
+    stem = f"run_it{summary['mini_batches']:03d}"
+    classes_name = os.path.relpath(out / f"{stem}_classes.mrcs", out.parent.parent)
+    assert classes["rlnReferenceImage"].iloc[0] == f"000001@{classes_name}"
+    assert (out / "run_model.star").readlink() == Path(f"{stem}_model.star")
+    optimiser = starfile.read(out / "run_optimiser.star")
+    assert optimiser["rlnModelStarFile"] == os.path.relpath(
+        out / f"{stem}_model.star", out.parent.parent
+    )
+    assert optimiser["rlnCurrentIteration"] == summary["mini_batches"]
     data = starfile.read(out / "run_data.star", always_dict=True)["particles"]
     assert len(data) == 240
     assert set(data["rlnClassNumber"]) <= {1, 2, 3}

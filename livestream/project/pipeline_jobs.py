@@ -1,0 +1,149 @@
+"""The processes of a service's RELION pipeline, from its configuration.
+
+``Import/job001`` (the movies), then one process per chain stage that has a RELION
+job (motion, CTF, curation as ``relion.select.onvalue``, picking, extraction), then
+the online ``Class2D`` job.  Each process's inputs are the nodes of the stages
+that feed it; its ``job.star`` options are the stage's validated parameters (or
+the ``[session]`` / ``[class2d]`` table) and its ``note.txt`` the command line and
+that table.  A plugin stage whose kind has no RELION job is not listed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from livestream.config import ServiceConfig
+from livestream.project.job_index import IndexTargets, index_targets
+from livestream.project.jobs import IMPORT, RelionJob
+from livestream.project.pipeline import (
+    IMPORT_MOVIES,
+    PipelineJob,
+    RelionPipeline,
+    job_options,
+    pick_process_type,
+)
+from livestream.stages.params import IndexRole, PickParams
+from livestream.stages.registry import Chain, ChainLink
+
+__all__ = ["pipeline_for", "pipeline_jobs"]
+
+
+def pipeline_for(
+    config: ServiceConfig, chain: Chain, command: Sequence[str]
+) -> RelionPipeline:
+    """The pipeline of a service running ``chain`` (``command``: its argv)."""
+    return RelionPipeline(config.project.path, pipeline_jobs(config, chain, command))
+
+
+def pipeline_jobs(
+    config: ServiceConfig, chain: Chain, command: Sequence[str]
+) -> list[PipelineJob]:
+    """Every process the service may create, in job-number order."""
+    targets = index_targets(chain)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    head = f"++++ livestream, started {when}, with the following command:\n"
+    head += " ".join(command) + "\n++++ and this configuration:\n"
+    session = config.session.model_dump(mode="json")
+    jobs = [
+        PipelineJob(
+            folder=IMPORT.folder,
+            process_type=IMPORT.process_type,
+            outputs=IMPORT.outputs,
+            options={
+                **job_options(session),
+                "fn_in_raw": "Movies/*",  # RELION's: the movies, via the link
+                "is_multiframe": "Yes",
+            },
+            note=head + _table("session", session),
+        )
+    ]
+    micrographs = _micrographs_node(targets)
+    for link in chain.links:
+        job = _job_of(link)
+        if job is None or link.job is None:
+            continue
+        params = link.params.model_dump(mode="json")
+        inputs = _inputs(link, targets, micrographs)
+        jobs.append(
+            PipelineJob(
+                folder=link.job,
+                process_type=_process_type(link, job),
+                outputs=job.outputs,
+                inputs=tuple(node for _, node in inputs),
+                options=job_options(params) | dict(inputs),
+                note=head + _table(f"stages.{link.name}", params),
+            )
+        )
+    if config.class2d.enabled and targets.extract_stage is not None:
+        class2d = config.class2d.model_dump(mode="json")
+        jobs.append(
+            PipelineJob(
+                folder=config.class2d.job,
+                process_type="relion.class2d.vdam",
+                inputs=(f"{targets.extract_job}/particles.star",),
+                options=job_options(class2d)
+                | {  # RELION's names of the input and the run's size
+                    "fn_img": f"{targets.extract_job}/particles.star",
+                    "nr_classes": str(config.class2d.n_classes),
+                    "nr_iter_grad": str(config.class2d.n_minibatches),
+                    "do_grad": "Yes",
+                },
+                note=head + _table("class2d", class2d),
+                iterative=True,
+            )
+        )
+    return sorted(jobs, key=lambda j: j.number)
+
+
+def _job_of(link: ChainLink) -> RelionJob | None:
+    return link.kind.relion_job
+
+
+def _process_type(link: ChainLink, job: RelionJob) -> str:
+    if isinstance(link.params, PickParams):
+        return pick_process_type(link.params.picker)
+    return job.process_type
+
+
+def _micrographs_node(targets: IndexTargets) -> str | None:
+    """The micrographs that picking and extraction read: the selection when
+    curation runs, else the CTF table."""
+    if targets.curate_stage is not None:
+        return f"{targets.curate_job}/micrographs.star"
+    if targets.ctf_stage is not None:
+        return f"{targets.ctf_job}/micrographs_ctf.star"
+    return None
+
+
+def _inputs(
+    link: ChainLink, targets: IndexTargets, micrographs: str | None
+) -> tuple[tuple[str, str], ...]:
+    """(RELION's job option for the input, the input node) of a chain stage."""
+    role = link.index
+    mics = () if micrographs is None else (micrographs,)
+    if role is IndexRole.MOTION:
+        return (("input_star_mics", IMPORT_MOVIES),)
+    if role is IndexRole.CTF:
+        return (
+            ("input_star_mics", f"{targets.motion_job}/corrected_micrographs.star"),
+        )
+    if role is IndexRole.CURATE:
+        return (("fn_mic", f"{targets.ctf_job}/micrographs_ctf.star"),)
+    if role is IndexRole.PICK:
+        return tuple(("fn_input_autopick", m) for m in mics)
+    if role is IndexRole.EXTRACT:
+        coords = (
+            ()
+            if targets.pick_stage is None
+            else (("coords_suffix", f"{targets.pick_job}/autopick.star"),)
+        )
+        return coords + tuple(("star_mics", m) for m in mics)
+    return ()
+
+
+def _table(name: str, values: Mapping[str, Any]) -> str:
+    lines = [f"[{name}]"]
+    lines += [f"{key} = {value!r}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
