@@ -11,7 +11,9 @@ without running this stage again (:mod:`livestream.curation.live`).
 
 ``pick`` runs the blob (LoG) or the template picker on the motion-corrected
 micrograph and writes ``AutoPick/job005/<stem>_autopick.star`` and a pick-overlay
-thumbnail ``<stem>_picks.png``; the figure ``n_picks`` counts the picks.
+thumbnail ``<stem>_picks.png``; the figure ``n_picks`` counts the picks.  With a
+live template set (:mod:`livestream.templates`) the figure ``template_set`` is its
+version.
 """
 
 from __future__ import annotations
@@ -183,12 +185,21 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     return StageResult(
         stage=task.stage,
         outputs={"coordinates": str(star), "thumbnail": str(thumbnail)},
-        figures={
-            "n_picks": float(len(picks)),
-            "pixel_size_a": pixel_size_a,
-            "diameter_max_a": params.diameter_max_a,
-        },
+        figures=_pick_figures(params, len(picks), pixel_size_a),
     )
+
+
+def _pick_figures(
+    params: PickParams, n_picks: int, pixel_size_a: float
+) -> dict[str, float]:
+    figures = {
+        "n_picks": float(n_picks),
+        "pixel_size_a": pixel_size_a,
+        "diameter_max_a": params.diameter_max_a,
+    }
+    if params.picker == "template" and params.template_set is not None:
+        figures["template_set"] = float(params.template_set)
+    return figures
 
 
 def _pick_with_templates(
