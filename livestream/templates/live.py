@@ -194,12 +194,12 @@ class TemplateFeed:
             n_particles,
         )
 
-    def _apply(self, templates: TemplateSet) -> None:
-        """The scheduler's pick stage picks with ``templates`` from now on."""
+    def pick_params(self, templates: TemplateSet) -> PickParams:
+        """The pick stage's parameters for picking with ``templates``."""
         name = self.section.pick_stage
         link = self._chain.links[self._chain.names.index(name)]
         assert isinstance(link.params, PickParams)
-        params = PickParams.model_validate(
+        return PickParams.model_validate(
             {
                 **link.params.model_dump(),
                 "picker": "template",
@@ -208,7 +208,11 @@ class TemplateFeed:
                 "threshold_sd": self.section.threshold_sd,
             }
         )
-        self._scheduler.update_params(name, params)
+
+    def _apply(self, templates: TemplateSet) -> None:
+        """The scheduler's pick stage picks with ``templates`` from now on."""
+        params = self.pick_params(templates)
+        self._scheduler.update_params(self.section.pick_stage, params)
         self._reporter.templates_version(templates.version)
 
     # -- re-picking -----------------------------------------------------------------
