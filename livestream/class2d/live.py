@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -259,12 +260,7 @@ class Class2dLive:
         actor = self.actor
         assert actor is not None
 
-        def write() -> dict[str, object]:
-            payload = actor.snapshot().payload
-            write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload))
-            return payload
-
-        payload = await self._guarded("snapshot", write)
+        payload = await self._guarded("snapshot", lambda: actor.snapshot().payload)
         if payload is None:
             actor.minibatches_since_snapshot = 0  # try again after snapshot_every
             return
@@ -272,8 +268,12 @@ class Class2dLive:
         if self.after_snapshot is not None:
             try:
                 payload["templates"] = await self.after_snapshot(payload)
-            except _EXPECTED as error:  # the template set waits for the next one
+            except (*_EXPECTED, sqlite3.Error) as error:  # waits for the next one
                 self.reporter.class2d_error("snapshot", error)
+        await self._guarded(
+            "snapshot",
+            lambda: write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload)),
+        )
         self.reporter.class2d_snapshot(payload)
         await self._guarded("checkpoint", self._checkpoint)
 

@@ -190,10 +190,11 @@ class _DemoProgress:
 
 def selection_flip_rate(
     selections: list[tuple[list[int], list[int]]],
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Between successive snapshots: the fraction of classes (populated in both)
-    whose selected state changed, and the same weighted by their particles."""
-    flips = total = flipped_particles = particles = 0
+    whose selected state changed, the same weighted by their particles, and the
+    fraction that was selected and then rejected (a drop)."""
+    flips = drops = total = flipped_particles = particles = 0
     for (before, counts_before), (after, counts) in itertools.pairwise(selections):
         both = [
             c
@@ -202,6 +203,7 @@ def selection_flip_rate(
         ]
         changed = [c for c in both if (c in before) != (c in after)]
         flips += len(changed)
+        drops += sum(c in before for c in changed)
         total += len(both)
         flipped_particles += sum(counts[c - 1] for c in changed)
         particles += sum(counts[c - 1] for c in both)
@@ -209,6 +211,7 @@ def selection_flip_rate(
     return (
         flips / total if total else nan,
         flipped_particles / particles if particles else nan,
+        drops / total if total else nan,
     )
 
 
@@ -221,11 +224,12 @@ def _report_loop(
 ) -> None:
     """The template loop's summary: flip rate, template-picked exposures, and
     both pickers scored on the simulator's coordinates."""
-    by_class, by_particle = selection_flip_rate(progress.selections)
+    by_class, by_particle, drops = selection_flip_rate(progress.selections)
     if len(progress.selections) > 1:
         print(
             f"class selection flips between {len(progress.selections)} snapshots: "
-            f"{by_class:.0%} of classes ({by_particle:.0%} of their particles)"
+            f"{by_class:.0%} of classes ({by_particle:.0%} of their particles); "
+            f"selected, then rejected: {drops:.0%}"
         )
     current = None if handle is None else handle.templates.current
     if current is None or handle is None:
