@@ -313,6 +313,9 @@ class TemplatesSection(_Section):
     min_selected_classes: int = Field(default=2, ge=1)
     min_particles: int = Field(default=200, ge=1)
     max_templates: int = Field(default=8, ge=1)
+    # a set that replaces the current one waits until the same classes were chosen
+    # in this many successive snapshots (the first set is made at once)
+    stable_snapshots: int = Field(default=2, ge=1)
     # None: the template picker's own threshold (target-decoy counting)
     threshold_sd: float | None = Field(default=None, gt=0.0)
     repick_earlier: bool = False

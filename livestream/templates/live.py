@@ -10,8 +10,9 @@ The daemon wires it like this::
 After every 2D snapshot, :meth:`TemplateFeed.after_snapshot` looks at the
 ranker's selection.  Once at least ``min_selected_classes`` classes with at least
 ``min_particles`` particles behind them are selected, and the chosen classes (the
-``max_templates`` most populated selected ones) differ from the current set's, the
-averages become template set ``N+1`` (:mod:`livestream.templates.store`), the
+``max_templates`` most populated selected ones) differ from the current set's (for
+a replacement: in ``stable_snapshots`` successive snapshots), the averages become
+template set ``N+1`` (:mod:`livestream.templates.store`), the
 scheduler runs the pick stage from then on with ``picker = "template"`` and the
 set's stack as ``templates_path`` (the task carries the path; a worker process
 reads the stack from disk), the ``class2d`` event carries the set under
@@ -106,6 +107,8 @@ class TemplateFeed:
         self.current: TemplateSet | None = None
         self.n_repicked = 0
         self._lock = asyncio.Lock()  # one new set or re-pick at a time
+        self._candidate: frozenset[int] | None = None  # classes of a new set
+        self._streak = 0  # successive snapshots that chose them
 
     @property
     def pick_stage(self) -> str | None:
@@ -149,9 +152,8 @@ class TemplateFeed:
         stage = self.pick_stage
         chosen = None if stage is None else choose_classes(payload, self.section)
         published = False
-        if chosen is not None and (
-            self.current is None or set(chosen[0]) != set(self.current.classes)
-        ):
+        if self._due(chosen):
+            assert chosen is not None
             async with self._lock:
                 await self._publish(payload, *chosen)
             published = True
@@ -160,6 +162,20 @@ class TemplateFeed:
         if self.current is None:
             return None
         return {**self.current.as_json(), "published": published}
+
+    def _due(self, chosen: tuple[tuple[int, ...], int] | None) -> bool:
+        """Whether ``chosen`` makes a new set: the first one at once; one that
+        replaces the current set only once the same classes were chosen in
+        ``stable_snapshots`` successive snapshots (a flip does not re-pick)."""
+        if chosen is None or (
+            self.current is not None and set(chosen[0]) == set(self.current.classes)
+        ):
+            self._candidate, self._streak = None, 0
+            return False
+        key = frozenset(chosen[0])
+        self._streak = self._streak + 1 if key == self._candidate else 1
+        self._candidate = key
+        return self.current is None or self._streak >= self.section.stable_snapshots
 
     async def _publish(
         self, payload: Mapping[str, Any], classes: tuple[int, ...], n_particles: int

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sqlite3
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from prometheus_client.parser import text_string_to_metric_families
 
 from livestream.class2d.pool import ParticlePool
 from livestream.config import ServiceConfig
@@ -38,11 +40,12 @@ pytestmark = pytest.mark.slow
 POOL_STAR = "Extract/job006/particles.star"
 
 
-def _config(root: Path, **templates: Any) -> ServiceConfig:
+def _config(root: Path, *, metrics: bool = False, **templates: Any) -> ServiceConfig:
     return service_config(
         root / "session",
         root / "movies",
         root / "project",
+        metrics={"enabled": metrics, "port": 0},
         workers={"n_processes": 1, "max_in_flight": 2, "max_attempts": 1},
         stages={
             "chain": ["motion", "ctf", "curate", "pick", "extract"],
@@ -105,6 +108,19 @@ async def _serve(
     finally:
         stop.set()
         assert await service == 0
+
+
+def _templates_gauge(handle: ServiceHandle) -> float:
+    """``livestream_templates_version`` from a real scrape of ``/metrics``."""
+    assert handle.metrics_address is not None
+    host, port = handle.metrics_address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "livestream_templates_version":
+                return float(sample.value)
+    raise AssertionError("livestream_templates_version not exported")
 
 
 def _class_averages(project: Path, target: Path) -> dict[str, Any]:
@@ -189,12 +205,21 @@ async def test_template_loop_picks_new_and_repicks_earlier_exactly_once(  # noqa
             assert field["version"] == 1
             assert field["published"]
             assert field["classes"] == [1, 2]
+            assert _templates_gauge(handle) == 1.0
             again = await handle.templates.after_snapshot(body)
             assert again is not None
             assert not again["published"]  # the same classes: no new set
+            other = {**body, "selected_classes": [2]}  # one snapshot of a flip
+            flipped = await handle.templates.after_snapshot(
+                {**other, "class_counts": [0, body["selected_particles"]]}
+            )
+            assert flipped is not None
+            assert (flipped["version"], flipped["published"]) == (1, False)
             await asyncio.to_thread(microscope.acquire, 3)
 
-        await _serve(_config(tmp_path), lambda: _n_done(project) == 4, publish)
+        await _serve(
+            _config(tmp_path, metrics=True), lambda: _n_done(project) == 4, publish
+        )
         picks = _picks(project)
         template_picked = [e for e, f in picks.items() if f.get("template_set") == 1]
         assert len(template_picked) == 1  # the new one; earlier ones not re-picked
