@@ -168,6 +168,10 @@ class _DemoProgress:
             self.template_picked[event.exposure_id] = int(event.figures["template_set"])
         if event.type not in (EventType.EXPOSURE_DONE, EventType.IMPORT_QUARANTINED):
             return
+        if event.exposure_id in self.finished:  # re-picked with a template set
+            line = _describe(event, len(self.finished), self.n_exposures)
+            print(line.replace(": done", ": re-picked", 1), flush=True)
+            return
         self.finished.add(event.exposure_id)
         print(_describe(event, len(self.finished), self.n_exposures), flush=True)
         if len(self.finished) >= self.n_exposures:
