@@ -1,7 +1,8 @@
 """The blob -> 2D -> template loop in a real service on a small simulated session:
 a template set made from a class2d event body, new exposures picked with it, the
-earlier ones re-picked (a real service process SIGKILLed during the re-pick, then
-restarted), and particles.star and the particle pool exactly once throughout."""
+earlier ones re-picked on SIGHUP (a real service process, SIGKILLed during the
+re-pick, then restarted), and particles.star and the particle pool exactly once
+throughout."""
 
 from __future__ import annotations
 
@@ -228,17 +229,24 @@ async def test_template_loop_picks_new_and_repicks_earlier_exactly_once(  # noqa
         with mrcfile.open(project / stored[0][2]) as mrc:
             assert mrc.data.shape[0] == 2
 
-        # 3. a real service process re-picks the earlier three; SIGKILL mid-way
-        config = _config(tmp_path, repick_earlier=True)
-        config_file = write_config_file(tmp_path / "live.toml", config)
-        process = start_service(config_file, tmp_path / "service.log")
+        # 3. a real service process; repick_earlier set in its file and SIGHUP
+        # re-pick the earlier three; SIGKILL mid-way
+        config_file = write_config_file(tmp_path / "live.toml", _config(tmp_path))
+        log = tmp_path / "service.log"
+        process = start_service(config_file, log)
 
-        def repick_started() -> bool:
+        def n_pick_attempts() -> int:
             rows = _sql(project, "SELECT count(*) FROM attempts WHERE stage = 'pick'")
-            return int(rows[0][0]) > 4
+            return int(rows[0][0])
 
         try:
-            wait_for(repick_started, 120, "a re-pick attempt")
+            wait_for(lambda: "service ready" in log.read_text(), 120, "the service")
+            await asyncio.sleep(2.0)
+            assert n_pick_attempts() == 4  # without repick_earlier: nothing re-picked
+            config = _config(tmp_path, repick_earlier=True)
+            write_config_file(config_file, config)
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: n_pick_attempts() > 4, 120, "a re-pick attempt")
             os.killpg(process.pid, signal.SIGKILL)
         finally:
             process.wait()
