@@ -28,6 +28,10 @@ Example (all sections optional)::
     [class2d]
     n_classes = 50
     min_pool = 1000
+
+    [templates]
+    template_feed = true
+    repick_earlier = false
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ __all__ = [
     "SoftwareChoice",
     "StageTable",
     "StagesConfig",
+    "TemplatesSection",
     "WorkersConfig",
     "load_config",
     "reload_config",
@@ -335,6 +340,29 @@ class Class2dSection(_Section):
     seed: int = Field(default=0, ge=0)
 
 
+class TemplatesSection(_Section):
+    """The blob -> 2D -> template loop (:mod:`livestream.templates`);
+    docs/picking.md.  Once the online 2D classes select at least
+    ``min_selected_classes`` classes with at least ``min_particles`` particles
+    behind them, the averages of the ``max_templates`` most populated ones become
+    template set N and the ``pick_stage`` picks new exposures with them.
+    ``repick_earlier``: also re-pick (and re-extract) the exposures picked before
+    the current set, at start, on SIGHUP and when a new set is made (motion and
+    CTF are not redone)."""
+
+    template_feed: bool = True
+    pick_stage: str = Field(default="pick", min_length=1)
+    min_selected_classes: int = Field(default=2, ge=1)
+    min_particles: int = Field(default=200, ge=1)
+    max_templates: int = Field(default=8, ge=1)
+    # a set that replaces the current one waits until the same classes were chosen
+    # in this many successive snapshots (the first set is made at once)
+    stable_snapshots: int = Field(default=2, ge=1)
+    # None: the template picker's own threshold (target-decoy counting)
+    threshold_sd: float | None = Field(default=None, gt=0.0)
+    repick_earlier: bool = False
+
+
 class ServiceConfig(_Section):
     session: SessionConfig = SessionConfig()
     project: ProjectConfig = ProjectConfig()
@@ -343,6 +371,7 @@ class ServiceConfig(_Section):
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
     class2d: Class2dSection = Class2dSection()
+    templates: TemplatesSection = TemplatesSection()
     # where it came from, so that SIGHUP can read the file again (reload_config)
     _source: Path | None = PrivateAttr(default=None)
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -12,7 +12,9 @@ mini-batch and checkpoints, and the function returns 0.  A second signal exits a
 once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
 SIGHUP sets the ``reload`` event: the config file is read again and changed
 curation thresholds re-evaluate every past exposure
-(:mod:`livestream.curation.reload`).
+(:mod:`livestream.curation.reload`), and ``[templates]`` applies at once (with
+``repick_earlier``, earlier exposures are re-picked with the current template set,
+:mod:`livestream.templates.live`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from livestream.telemetry.broadcast import Broadcaster, Listener, open_publisher
 from livestream.telemetry.recorder import MetricsRecorder
 from livestream.telemetry.reporting import Reporter
 from livestream.telemetry.systemd_notify import Notifier
+from livestream.templates.live import TemplateFeed
 
 __all__ = ["EXIT_FORCED", "ServiceHandle", "run_service"]
 
@@ -65,6 +68,7 @@ class ServiceHandle:
     watcher: SessionWatcher
     index: JobIndex
     curation: CurationReload
+    templates: TemplateFeed
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
     metrics_address: tuple[str, int] | None = None  # None: metrics off
 
@@ -244,7 +248,13 @@ async def _serve(
     curation = CurationReload(config, ledger, chain, scheduler, reporter, index)
     curation.publish_counts()
     telemetry.events.add_listener(curation.on_event)
-    class2d = class2d_for(config, index, reporter)
+    templates = TemplateFeed(
+        config, ledger, chain, scheduler, reporter, index, curation.reread
+    )
+    await templates.start()  # the stored set picks again after a restart
+    class2d = class2d_for(
+        config, index, reporter, after_snapshot=templates.after_snapshot
+    )
     handle = ServiceHandle(
         reporter,
         report,
@@ -252,6 +262,7 @@ async def _serve(
         watcher,
         index,
         curation,
+        templates,
         class2d,
         metrics_address=recorder.address if recorder is not None else None,
     )
@@ -259,6 +270,7 @@ async def _serve(
         on_started(handle)
 
     summaries = _Summaries(ledger, scheduler, gate, reporter, config.project.path)
+    reloads = (asyncio.Event(), asyncio.Event())  # curation, templates
 
     async with asyncio.TaskGroup() as group:
         scheduling = group.create_task(scheduler.run(), name="scheduler")
@@ -267,7 +279,9 @@ async def _serve(
             group.create_task(telemetry.events.run(), name="events"),
             group.create_task(summaries.run(notifier), name="summary"),
             group.create_task(index.run(), name="job-index"),
-            group.create_task(curation.run(reload), name="curation-reload"),
+            group.create_task(curation.run(reloads[0]), name="curation-reload"),
+            group.create_task(templates.run(reloads[1]), name="templates-reload"),
+            group.create_task(_fan_out(reload, reloads), name="reload"),
             group.create_task(disk_watch.run(), name="disk-watch"),
         ]
         classifying = (
@@ -296,6 +310,15 @@ async def _serve(
             task.cancel()
     with contextlib.suppress(ValueError):
         reporter.set_queue(0, 0)
+
+
+async def _fan_out(source: asyncio.Event, targets: tuple[asyncio.Event, ...]) -> None:
+    """Set every one of ``targets`` each time ``source`` is set (SIGHUP)."""
+    while True:
+        await source.wait()
+        source.clear()
+        for target in targets:
+            target.set()
 
 
 class _Summaries:

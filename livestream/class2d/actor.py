@@ -126,7 +126,8 @@ class Class2dActor:
 
     @property
     def pool_size(self) -> int:
-        return self.pool.size
+        """Particles the classifier learns from (the pool's rows not retired)."""
+        return self.pool.n_active
 
     def feed(self, particles_star: str | Path) -> int:
         """Add the rows of ``particles_star`` not in the pool yet; return how many."""
@@ -165,13 +166,14 @@ class Class2dActor:
         return self.state.particles_processed < budget
 
     def _draw_batch(self, rng: np.random.Generator) -> np.ndarray:
-        """Pool indices, interleaved even/odd so stack parity = pool parity."""
+        """Pool indices, interleaved even/odd so stack parity = pool parity
+        (retired rows are never drawn)."""
         assert self.config is not None
         assert self.state is not None
         size = minibatch_size(
             self.state.minibatch_index, self.pool_size, self.config.schedule
         )
-        index = np.arange(self.pool_size)
+        index = self.pool.active_rows()
         halves = []
         per_half = max(1, min(size // 2, (self.pool_size) // 2))
         for parity in (0, 1):
@@ -198,7 +200,7 @@ class Class2dActor:
         if self.state is None:
             self.state = initialise_state(
                 self.config,
-                to_working_box(self.pool.stack()),
+                to_working_box(self.pool.stack(self.pool.active_rows())),
                 np.random.default_rng(self.seed),
             )
         state = self.state
@@ -240,7 +242,8 @@ class Class2dActor:
         if self.state is None or self.config is None:
             raise StageInputError(self.folder, "state", None, "no mini-batch run yet")
         config, state = self.config, self.state
-        particles = to_working_box(self.pool.stack())
+        rows = self.pool.active_rows()  # retired rows are not written
+        particles = to_working_box(self.pool.stack(rows))
         assignment = assign_particles(config, state, particles)
         ranking = rank_classes(
             config,
@@ -256,7 +259,7 @@ class Class2dActor:
             state,
             assignment,
             self.pool.optics,
-            self.pool.table,
+            self.pool.table.iloc[rows].reset_index(drop=True),
             ranking=ranking,
             float16=False,
             output_box_px=int(self.pool.images.shape[-1]),

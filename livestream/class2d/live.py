@@ -16,7 +16,9 @@ its mtime changed), and runs one mini-batch per :func:`asyncio.to_thread` call, 
 the event loop never blocks and a stop request is honoured within one mini-batch.
 Every ``snapshot_every`` mini-batches it writes a snapshot into the job folder
 (class averages, STAR files, montage; ``run_class2d.json`` holds the event body for
-``livestream status``), publishes the ``class2d`` event and metrics through the
+``livestream status``), hands the body to ``after_snapshot`` (the template loop,
+:mod:`livestream.templates.live`, which adds ``templates``), publishes the
+``class2d`` event and metrics through the
 :class:`~livestream.telemetry.reporting.Reporter`, has the job index rewrite
 ``default_pipeline.star`` (which names the newest iteration's files), and
 checkpoints.
@@ -35,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from livestream.class2d.actor import CHECKPOINT_NAME, ActorSettings, Class2dActor
 from livestream.config import Class2dSection, ServiceConfig
@@ -64,6 +67,9 @@ SUMMARY_NAME = "run_class2d.json"  # the latest snapshot's event body
 _EXPECTED = (OSError, ValueError, KeyError, IndexError)
 
 T = TypeVar("T")
+# called with each snapshot's event body before it is published; what it returns
+# goes in the body under "templates" (livestream.templates.live.TemplateFeed)
+AfterSnapshot = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 def actor_settings(section: Class2dSection) -> ActorSettings:
@@ -85,7 +91,11 @@ def actor_settings(section: Class2dSection) -> ActorSettings:
 
 
 def class2d_for(
-    config: ServiceConfig, index: JobIndex, reporter: Reporter
+    config: ServiceConfig,
+    index: JobIndex,
+    reporter: Reporter,
+    *,
+    after_snapshot: AfterSnapshot | None = None,
 ) -> Class2dLive | None:
     """The service's classifier, fed on every rebuild of ``index``'s particle
     pool STAR; ``None`` when ``[class2d]`` is off or the chain extracts nothing."""
@@ -98,6 +108,7 @@ def class2d_for(
         particles_star,
         reporter,
         on_snapshot=index.write_pipeline,
+        after_snapshot=after_snapshot,
     )
     index.add_written_listener(live.notify)
     return live
@@ -124,10 +135,12 @@ class Class2dLive:
         reporter: Reporter,
         *,
         on_snapshot: Callable[[], object] | None = None,
+        after_snapshot: AfterSnapshot | None = None,
     ) -> None:
         self.section = section
         # after each snapshot (the RELION pipeline names the newest iteration)
         self.on_snapshot = on_snapshot
+        self.after_snapshot = after_snapshot
         self.project = project
         self.folder = project / section.job
         self.particles_star = particles_star
@@ -231,7 +244,7 @@ class Class2dLive:
             if str(problem) not in self._reported:  # once each, not every feed
                 self._reported.add(str(problem))
                 self.reporter.class2d_error("feed", problem)
-        if added:
+        if added or actor.pool.n_retired_last:
             self._dirty = True
             self._step_failed = False
             self._report_progress(actor, None)
@@ -253,16 +266,20 @@ class Class2dLive:
         actor = self.actor
         assert actor is not None
 
-        def write() -> dict[str, object]:
-            payload = actor.snapshot().payload
-            write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload))
-            return payload
-
-        payload = await self._guarded("snapshot", write)
+        payload = await self._guarded("snapshot", lambda: actor.snapshot().payload)
         if payload is None:
             actor.minibatches_since_snapshot = 0  # try again after snapshot_every
             return
         self.n_snapshots += 1
+        if self.after_snapshot is not None:
+            try:
+                payload["templates"] = await self.after_snapshot(payload)
+            except (*_EXPECTED, sqlite3.Error) as error:  # waits for the next one
+                self.reporter.class2d_error("snapshot", error)
+        await self._guarded(
+            "snapshot",
+            lambda: write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload)),
+        )
         self.reporter.class2d_snapshot(payload)
         if self.on_snapshot is not None:
             await asyncio.to_thread(self.on_snapshot)

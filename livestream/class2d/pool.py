@@ -4,6 +4,12 @@ arrival order, with its STAR row and image (held in memory as float32).
 Rows are identified by ``n@absolute-stack-path``, so feeding a growing
 ``particles.star`` again adds only its new rows.  Stack names are looked up
 relative to the STAR's folder, then the project folder (RELION's convention).
+
+The pool follows the STAR exactly once: a row that is no longer in the fed STAR
+(its exposure was re-picked into a new stack, or curation now rejects it) is
+*retired*: it keeps its index (the half-set of every row is its index parity, so
+indices never move) but is no longer drawn, assigned or written; its image is
+freed.  A retired row that comes back in a later STAR is added again as a new row.
 """
 
 from __future__ import annotations
@@ -136,12 +142,34 @@ class ParticlePool:
         self.table: Any = None
         self.stacks = np.zeros(0, dtype=str)  # absolute stack file of each row
         self.images = np.zeros((0, 0, 0), dtype=np.float32)
+        self.keys = np.zeros(0, dtype=str)  # n@absolute-stack of each row
+        self.active = np.zeros(0, dtype=bool)  # False: retired (see module doc)
         self._known: set[str] = set()
         self.problems: list[StageInputError] = []  # of the latest feed
+        self.n_retired_last = 0  # rows the latest feed retired
 
     @property
     def size(self) -> int:
+        """Rows ever added (the index space; retired rows included)."""
         return int(self.images.shape[0])
+
+    @property
+    def n_active(self) -> int:
+        """Rows drawn, assigned and written (not retired)."""
+        return int(np.count_nonzero(self.active))
+
+    def active_rows(self) -> np.ndarray:
+        """Indices of the rows that are not retired, in arrival order."""
+        return np.flatnonzero(self.active)
+
+    def retire(self, rows: np.ndarray) -> int:
+        """Retire ``rows`` (indices); return how many were active."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[self.active[rows]]
+        self.active[rows] = False
+        self.images[rows] = 0.0  # freed in content; the index stays
+        self._known.difference_update(self.keys[rows].tolist())
+        return int(rows.size)
 
     def feed(self, particles_star: str | Path) -> int:
         """Add the rows of ``particles_star`` not in the pool yet; return how many.
@@ -154,6 +182,8 @@ class ParticlePool:
             raise StageInputError(path, "rlnImageName", None, "column missing")
         stacks, self.problems = _stack_paths(table, [path.parent, self.project])
         keys = _row_keys(table, stacks)
+        gone = self.active & ~np.isin(self.keys, keys.to_numpy(dtype=str))
+        self.n_retired_last = self.retire(np.flatnonzero(gone))
         fresh = ~keys.isin(self._known).to_numpy() & (stacks != "")
         if not fresh.any():
             return 0
@@ -184,7 +214,10 @@ class ParticlePool:
             else pd.concat([self.table, rows], ignore_index=True)
         )
         self.stacks = np.concatenate([self.stacks, stacks])
-        self._known.update(_row_keys(rows, stacks))
+        keys = _row_keys(rows, stacks).to_numpy(dtype=str)
+        self.keys = np.concatenate([self.keys, keys])
+        self.active = np.concatenate([self.active, np.ones(len(keys), dtype=bool)])
+        self._known.update(keys.tolist())
 
     def stack(self, order: np.ndarray | None = None) -> ParticleStack:
         """The classifier's input for the rows ``order`` (default: all)."""
@@ -203,6 +236,7 @@ class ParticlePool:
             "pool_stacks": np.array(self.stacks, dtype=str),
             "pool_table": np.array(as_json(self.table)),
             "pool_optics": np.array(as_json(self.optics)),
+            "pool_active": self.active.copy(),
         }
 
     @classmethod
@@ -215,5 +249,35 @@ class ParticlePool:
         if table_json:
             table = pd.read_json(io.StringIO(table_json), orient="split")
             optics = pd.read_json(io.StringIO(str(data["pool_optics"])), orient="split")
-            pool.append(table, np.asarray(data["pool_stacks"], dtype=str), optics)
+            stacks = np.asarray(data["pool_stacks"], dtype=str)
+            active = (
+                np.asarray(data["pool_active"], dtype=bool)
+                if "pool_active" in data
+                else np.ones(len(stacks), dtype=bool)
+            )
+            pool.append_retired(table, stacks, optics, active)
         return pool
+
+    def append_retired(
+        self, rows: Any, stacks: np.ndarray, optics: Any, active: np.ndarray
+    ) -> None:
+        """:meth:`append` for a resumed pool: only the ``active`` rows' images are
+        read (a retired row's stack may have been replaced since)."""
+        import pandas as pd
+
+        if active.all():
+            self.append(rows, stacks, optics)
+            return
+        images = np.zeros((len(stacks), 0, 0), dtype=np.float32)
+        keep = np.flatnonzero(active)
+        if keep.size:
+            loaded = _load_rows(rows.iloc[keep].reset_index(drop=True), stacks[keep])
+            images = np.zeros((len(stacks), *loaded.shape[1:]), dtype=np.float32)
+            images[keep] = loaded
+        self.optics = optics if self.optics is None else self.optics
+        self.images = images
+        self.table = pd.DataFrame(rows).reset_index(drop=True)
+        self.stacks = np.asarray(stacks, dtype=str)
+        self.keys = _row_keys(self.table, self.stacks).to_numpy(dtype=str)
+        self.active = np.asarray(active, dtype=bool).copy()
+        self._known = set(self.keys[self.active].tolist())

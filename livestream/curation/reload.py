@@ -119,11 +119,14 @@ class CurationReload:
         """Apply ``config``'s curation thresholds; return the exposures re-offered."""
         self.n_reloads += 1
         if (
-            config.model_dump(exclude={"stages"})
-            != self.config.model_dump(exclude={"stages"})
+            config.model_dump(exclude={"stages", "templates"})
+            != self.config.model_dump(exclude={"stages", "templates"})
             or config.stages.chain != self.config.stages.chain
         ):
-            log.warning("reload: only curation thresholds apply without a restart")
+            log.warning(
+                "reload: only curation thresholds and [templates] apply without a "
+                "restart"
+            )
         self.config = config
         n_offered = 0
         for stage, params in self._params.items():
@@ -155,13 +158,18 @@ class CurationReload:
         )
         await asyncio.to_thread(self._index.write_logged)
         for eid in reopened:
-            paths = self._paths_of(eid)
-            if paths is None:
-                continue
-            exposure = await asyncio.to_thread(self._exposure_of, eid, *paths)
+            exposure = await self.reread(eid)
             if exposure is not None:
                 self._scheduler.offer(exposure)
         return len(reopened)
+
+    async def reread(self, exposure_id: str) -> Exposure | None:
+        """The exposure record of ``exposure_id``, parsed again from the files the
+        ledger names (``None``: not readable now, logged)."""
+        paths = self._paths_of(exposure_id)
+        if paths is None:
+            return None
+        return await asyncio.to_thread(self._exposure_of, exposure_id, *paths)
 
     def recurate(self, exposure_id: str, stage: str) -> StageResult | None:
         """Decide ``exposure_id`` again with the current thresholds (its curate
@@ -207,8 +215,7 @@ class CurationReload:
             )
         except (MetadataError, OSError) as exc:
             log.warning(
-                "%s was accepted by new thresholds but cannot be read again (%s); "
-                "its picking waits for the next start",
+                "%s cannot be read again (%s); its picking waits for the next start",
                 exposure_id,
                 exc,
             )

@@ -11,9 +11,15 @@ while the service processes it (motion correction, CTF estimation, curation,
 picking, extraction and online 2D classification; local workers, metrics on
 127.0.0.1, MQTT only with --mqtt-host).  The 2D classifier starts at 100 particles
 (about five exposures) with 8 classes and writes a snapshot (class averages and a
-montage PNG in ``Class2D/job007/``, a ``class2d`` event) every 3 mini-batches.  It
-stops after the last exposure is processed or on Ctrl-C, and leaves a project folder
-that ``livestream status --project DIR`` reads.
+montage PNG in ``Class2D/job007/``, a ``class2d`` event) every 3 mini-batches.
+Once the ranker selects classes with 200 particles behind them, their averages
+become a template set and the exposures that arrive after it are picked with the
+templates (the blob -> 2D -> template loop, docs/picking.md; ``--repick`` also
+re-picks the earlier ones).  It stops after the last exposure is processed or on
+Ctrl-C, prints how often the class selection flipped between snapshots and the
+recall and precision of the blob and the template picker on the simulator's
+particle coordinates, and leaves a project folder that ``livestream status
+--project DIR`` reads.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import shutil
 import sys
@@ -32,11 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from livestream.class2d.live import SUMMARY_NAME
 from livestream.config import ConfigError, ServiceConfig, load_config
 from livestream.daemon import ServiceHandle, run_service
+from livestream.demo.accuracy import PickScore, score_pickers
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.stages.params import PickParams
 from livestream.telemetry.reporting import EventType, ServiceEvent
-from mdcatch.records import Software
+from mdcatch.records import Exposure, Software
 
 __all__ = ["add_args", "demo_config", "main"]
 
@@ -57,6 +68,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-host", default="", help="MQTT broker (default: off)")
     parser.add_argument("--session", type=Path, help="write the session here")
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument(
+        "--repick",
+        action="store_true",
+        help="re-pick earlier exposures with each new template set",
+    )
 
 
 def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> ServiceConfig:
@@ -93,6 +109,7 @@ def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> Servic
             "offset_range_px": 3.0,
             "seed": args.seed,
         },
+        "templates": {"repick_earlier": args.repick},
     }
     return load_config(None, overrides)
 
@@ -127,26 +144,126 @@ def _describe(event: ServiceEvent, index: int, total: int) -> str:
 
 
 class _DemoProgress:
-    """The demo's listener: a line per finished exposure and per class snapshot;
-    sets ``stop`` once every exposure has finished."""
+    """The demo's listener: a line per finished exposure, per class snapshot and
+    per new template set; sets ``stop`` once every exposure has finished."""
 
-    def __init__(self, n_exposures: int, stop: asyncio.Event) -> None:
+    def __init__(self, n_exposures: int, stop: asyncio.Event, class2d: Path) -> None:
         self.n_exposures = n_exposures
         self.stop = stop
+        self.class2d = class2d  # the Class2D job folder
         self.finished: set[str] = set()
         self.montages: list[str] = []
+        self.selections: list[tuple[list[int], list[int]]] = []  # selected, counts
+        self.template_picked: dict[str, int] = {}  # exposure -> template set
 
     def __call__(self, event: ServiceEvent) -> None:
         if event.type is EventType.CLASS2D_SNAPSHOT:
-            self.montages.append(event.detail)
-            print(_describe_classes(event), flush=True)
+            self._snapshot(event)
             return
+        if (
+            event.type is EventType.STAGE_FINISHED
+            and event.state == "done"
+            and "template_set" in event.figures
+        ):
+            self.template_picked[event.exposure_id] = int(event.figures["template_set"])
         if event.type not in (EventType.EXPOSURE_DONE, EventType.IMPORT_QUARANTINED):
+            return
+        if event.exposure_id in self.finished:  # re-picked with a template set
+            line = _describe(event, len(self.finished), self.n_exposures)
+            print(line.replace(": done", ": re-picked", 1), flush=True)
             return
         self.finished.add(event.exposure_id)
         print(_describe(event, len(self.finished), self.n_exposures), flush=True)
         if len(self.finished) >= self.n_exposures:
             self.stop.set()
+
+    def _snapshot(self, event: ServiceEvent) -> None:
+        self.montages.append(event.detail)
+        print(_describe_classes(event), flush=True)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            body = json.loads((self.class2d / SUMMARY_NAME).read_text())
+            self.selections.append((body["selected_classes"], body["class_counts"]))
+        if event.figures.get("templates_published") == 1.0:
+            print(
+                f"template set {int(event.figures['templates_version'])} made from "
+                f"2D mini-batch {int(event.figures['iteration'])}: new exposures "
+                "are picked with the selected class averages",
+                flush=True,
+            )
+
+
+def selection_flip_rate(
+    selections: list[tuple[list[int], list[int]]],
+) -> tuple[float, float, float]:
+    """Between successive snapshots: the fraction of classes (populated in both)
+    whose selected state changed, the same weighted by their particles, and the
+    fraction that was selected and then rejected (a drop)."""
+    flips = drops = total = flipped_particles = particles = 0
+    for (before, counts_before), (after, counts) in itertools.pairwise(selections):
+        both = [
+            c
+            for c in range(1, len(counts) + 1)
+            if counts[c - 1] > 0 and c <= len(counts_before) and counts_before[c - 1]
+        ]
+        changed = [c for c in both if (c in before) != (c in after)]
+        flips += len(changed)
+        drops += sum(c in before for c in changed)
+        total += len(both)
+        flipped_particles += sum(counts[c - 1] for c in changed)
+        particles += sum(counts[c - 1] for c in both)
+    nan = float("nan")
+    return (
+        flips / total if total else nan,
+        flipped_particles / particles if particles else nan,
+        drops / total if total else nan,
+    )
+
+
+def _report_loop(
+    progress: _DemoProgress,
+    handle: ServiceHandle | None,
+    config: ServiceConfig,
+    acquired: dict[str, Exposure],
+    truth: dict[str, np.ndarray],
+) -> None:
+    """The template loop's summary: flip rate, template-picked exposures, and
+    both pickers scored on the simulator's coordinates."""
+    by_class, by_particle, drops = selection_flip_rate(progress.selections)
+    if len(progress.selections) > 1:
+        print(
+            f"class selection flips between {len(progress.selections)} snapshots: "
+            f"{by_class:.0%} of classes ({by_particle:.0%} of their particles); "
+            f"selected, then rejected: {drops:.0%}"
+        )
+    current = None if handle is None else handle.templates.current
+    if current is None or handle is None:
+        print("no template set yet (too few selected classes or particles)")
+        return
+    print(
+        f"template set {current.version}: classes {list(current.classes)}; "
+        f"{len(progress.template_picked)} exposures picked with templates"
+    )
+    blob = config.stages.table_of(config.templates.pick_stage)
+    if not isinstance(blob, PickParams):
+        return
+    scores = score_pickers(
+        config.ledger_path,
+        config.project.path,
+        acquired,
+        truth,
+        {"blob": blob, "templates": handle.templates.pick_params(current)},
+        pick_stage=config.templates.pick_stage,
+    )
+    for name, score in scores.items():
+        print(_describe_score(name, score))
+
+
+def _describe_score(name: str, score: PickScore) -> str:
+    return (
+        f"{name:>9} picker on the simulated truth: recall {score.recall:.2f}, "
+        f"precision {score.precision:.2f} ({score.n_matched} of {score.n_true} "
+        f"particles, {score.n_picks} picks)"
+    )
 
 
 def _microscope(
@@ -203,14 +320,24 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"livestream demo: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
-    progress = _DemoProgress(args.exposures, stop)
+    progress = _DemoProgress(
+        args.exposures, stop, config.project.path / config.class2d.job
+    )
     started = time.monotonic()
+    acquired: dict[str, Exposure] = {}
+    handles: list[ServiceHandle] = []
+    announce = _announcer(args, session, movies)
+
+    def on_started(handle: ServiceHandle) -> None:
+        handles.append(handle)
+        announce(handle)
 
     async def acquire() -> None:
         for index in range(args.exposures):
             if stop.is_set():
                 return
-            await asyncio.to_thread(microscope.acquire, index)
+            exposure = await asyncio.to_thread(microscope.acquire, index)
+            acquired[exposure.exposure_id] = exposure
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.interval_s):
                     await stop.wait()
@@ -222,10 +349,17 @@ async def _demo(args: argparse.Namespace) -> int:
                 config,
                 stop=stop,
                 listeners=(progress,),
-                on_started=_announcer(args, session, movies),
+                on_started=on_started,
                 any_port_if_busy=True,
             )
             writer.cancel()
+        _report_loop(
+            progress,
+            handles[0] if handles else None,
+            config,
+            acquired,
+            microscope.truth,
+        )
     finally:
         microscope.close()
         if own_session:

@@ -113,6 +113,9 @@ class SimulatedMicroscope:
         self._rng = rng
         self._start = start_utc or datetime.now(UTC).replace(microsecond=0)
         self._staging = Path(tempfile.mkdtemp(prefix="livestream-microscope-"))
+        # exposure id -> (n, 2) particle centres [x, y] in px where frame 0 shows
+        # them (motion correction aligns every frame to the first)
+        self.truth: dict[str, np.ndarray] = {}
         self.session.mkdir(parents=True, exist_ok=True)
         self.movies.mkdir(parents=True, exist_ok=True)
         if settings.software is Software.EPU:
@@ -208,7 +211,8 @@ class SimulatedMicroscope:
                 dose_per_frame_e_per_a2=s.dose_per_frame_e_per_a2,
                 gain_sd=0.0,
             )
-            frames, _ = simulate_movie(params, self._rng, workers=1)
+            frames, truth = simulate_movie(params, self._rng, workers=1)
+            self.truth[exposure.exposure_id] = truth.micrograph.coordinates_px
         staged = self._staging / f"{exposure.exposure_id}.mrc"
         import mrcfile
 

@@ -7,6 +7,11 @@ session's particle pool ``Extract/job006/particles.star`` is not touched here (t
 workers appending at once would race): :mod:`livestream.project.job_index` rebuilds it in
 the daemon from the ledger's done rows.  Figures: ``n_particles`` (extracted) and
 ``n_skipped_edge``.
+
+Picks made with template set ``N`` (the pick result's ``template_set`` figure,
+:mod:`livestream.templates`) are extracted into ``<stem>_tplN.mrcs`` and
+``<stem>_tplN_particles.star``: a re-picked exposure gets new files, and the
+particle pool retires the rows of its old stack (:mod:`livestream.class2d.pool`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from pipelines.extraction.particles_star import write_particles_star
 from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.picks import read_picks_star
 
-__all__ = ["run_extract_stage"]
+__all__ = ["run_extract_stage", "template_suffix"]
+
+
+def template_suffix(template_set: float | None) -> str:
+    """``_tplN`` for picks made with template set ``N``; ``""`` otherwise."""
+    return "" if template_set is None else f"_tpl{int(template_set)}"
 
 
 def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
@@ -72,6 +82,7 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     if downscale is None and params.relion_it_downscale:
         downscale = downscaled_box_px(box_px, pixel_size_a)
     ctf_figures = task.previous[params.ctf_stage].figures
+    suffix = template_suffix(pick.figures.get("template_set"))
     result = run_extract(
         path,
         picks,
@@ -85,6 +96,7 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
         ctf_max_resolution_a=ctf_figures.get("fit_resolution_a", float("nan")),
         ctf_figure_of_merit=ctf_figures.get("figure_of_merit", float("nan")),
         invert_contrast=params.invert_contrast,
+        stack_suffix=suffix,
     )
     figures = {
         "n_particles": float(result.n_extracted),
@@ -94,7 +106,7 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
     if result.n_extracted == 0:
         return StageResult(stage=task.stage, figures=figures)
     rel = path.resolve().relative_to(task.project_path.resolve())
-    star = Path(params.job) / job_subfolder(rel) / f"{path.stem}_particles.star"
+    star = Path(params.job) / job_subfolder(rel) / f"{path.stem}{suffix}_particles.star"
     write_particles_star(task.project_path / star, result.optics, result.particles)
     stack = result.stack_path.resolve().relative_to(task.project_path.resolve())
     return StageResult(

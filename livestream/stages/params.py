@@ -122,6 +122,9 @@ class PickParams(StageParams):
     # None: the template picker's own default; the blob picker needs one
     threshold_sd: float | None = Field(default=DEFAULT_THRESHOLD_SD, gt=0)
     templates_path: Path | None = None  # MRC stack (n, box, box), template picker
+    # the version of a live template set (livestream.templates) the templates are;
+    # recorded as the pick's figure ``template_set``
+    template_set: int | None = Field(default=None, ge=1)
     template_pixel_size_a: float | None = Field(default=None, gt=0)
     edge_px: int = Field(default=32, ge=0)
     downscale_to_a: float | None = Field(default=None, gt=0)

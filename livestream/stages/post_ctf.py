@@ -11,7 +11,9 @@ without running this stage again (:mod:`livestream.curation.live`).
 
 ``pick`` runs the blob (LoG) or the template picker on the motion-corrected
 micrograph and writes ``AutoPick/job005/<stem>_autopick.star`` and a pick-overlay
-thumbnail ``<stem>_picks.png``; the figure ``n_picks`` counts the picks.
+thumbnail ``<stem>_picks.png``; the figure ``n_picks`` counts the picks.  With a
+live template set (:mod:`livestream.templates`) the figure ``template_set`` is its
+version.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "is_rejected",
     "job_subfolder",
     "micrograph_of",
+    "pick_particles",
     "run_curate",
     "run_pick",
 ]
@@ -137,10 +140,12 @@ def ctf_params_of(task: StageTask, ctf_stage: str) -> CtfParams | None:
     )
 
 
-def run_pick(task: StageTask, params: PickParams) -> StageResult:
-    """Pick particles; write the coordinate STAR and the overlay thumbnail."""
-    if is_rejected(task, params.curate_stage):
-        return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
+def pick_particles(
+    task: StageTask, params: PickParams
+) -> tuple[Picks, np.ndarray, Path, float]:
+    """The picks on the task's motion-corrected micrograph, the micrograph, its
+    path and its pixel size in Å (what :func:`run_pick` writes; the demo scores
+    the blob and template pickers with it)."""
     path, pixel_size_a = micrograph_of(task, params.motion_stage)
     image, _ = read_micrograph(path)
     ctf = ctf_params_of(task, params.ctf_stage)
@@ -164,6 +169,14 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
             ctf=ctf,
             workers=params.fft_workers,
         )
+    return picks, image, path, pixel_size_a
+
+
+def run_pick(task: StageTask, params: PickParams) -> StageResult:
+    """Pick particles; write the coordinate STAR and the overlay thumbnail."""
+    if is_rejected(task, params.curate_stage):
+        return StageResult(stage=task.stage, figures={"n_picks": 0.0}, skipped=True)
+    picks, image, path, pixel_size_a = pick_particles(task, params)
     rel = path.resolve().relative_to(task.project_path.resolve())
     folder = Path(params.job) / job_subfolder(rel)
     star = folder / f"{path.stem}_autopick.star"
@@ -183,12 +196,21 @@ def run_pick(task: StageTask, params: PickParams) -> StageResult:
     return StageResult(
         stage=task.stage,
         outputs={"coordinates": str(star), "thumbnail": str(thumbnail)},
-        figures={
-            "n_picks": float(len(picks)),
-            "pixel_size_a": pixel_size_a,
-            "diameter_max_a": params.diameter_max_a,
-        },
+        figures=_pick_figures(params, len(picks), pixel_size_a),
     )
+
+
+def _pick_figures(
+    params: PickParams, n_picks: int, pixel_size_a: float
+) -> dict[str, float]:
+    figures = {
+        "n_picks": float(n_picks),
+        "pixel_size_a": pixel_size_a,
+        "diameter_max_a": params.diameter_max_a,
+    }
+    if params.picker == "template" and params.template_set is not None:
+        figures["template_set"] = float(params.template_set)
+    return figures
 
 
 def _pick_with_templates(

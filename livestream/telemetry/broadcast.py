@@ -239,6 +239,10 @@ class Broadcaster:
         figures["selected_classes"] = float(len(payload["selected_classes"]))
         if payload.get("resolution_a") is not None:
             figures["resolution_a"] = float(payload["resolution_a"])
+        templates = payload.get("templates")
+        if isinstance(templates, Mapping):  # livestream.templates.live
+            figures["templates_version"] = float(templates["version"])
+            figures["templates_published"] = float(bool(templates["published"]))
         self._emit(
             ServiceEvent(
                 type=EventType.CLASS2D_SNAPSHOT,

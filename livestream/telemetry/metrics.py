@@ -193,6 +193,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.class2d = Class2dMetrics(r)  # livestream_class2d_*
+        self._templates_version = Gauge(
+            "livestream_templates_version",
+            "Version of the template set the pick stage uses (0: blob picking, no "
+            "set from the 2D classes yet).",
+            registry=r,
+        )
 
     # -- exposures and stages ------------------------------------------------------
     def exposure_discovered(self) -> None:
@@ -224,6 +230,9 @@ class ServiceMetrics:
             )
         self._stage.labels(stage=stage, state=state).inc()
         self._duration.labels(stage=stage).observe(seconds)
+
+    def set_templates_version(self, version: int) -> None:
+        self._templates_version.set(version)
 
     def set_queue(self, depth: int, in_flight: int) -> None:
         self._queued.set(depth)

@@ -118,6 +118,9 @@ class MetricsRecorder:
     def class2d_error(self, operation: str) -> None:
         self.metrics.class2d.error(operation)
 
+    def templates_version(self, version: int) -> None:
+        self.metrics.set_templates_version(version)
+
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
         self.metrics.set_queue(depth, in_flight)

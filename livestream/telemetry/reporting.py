@@ -149,6 +149,12 @@ class Reporter:
         if self._metrics is not None:
             self._metrics.class2d_error(operation)
 
+    # -- templates from the 2D classes -------------------------------------------
+    def templates_version(self, version: int) -> None:
+        """The pick stage uses template set ``version`` from now on."""
+        if self._metrics is not None:
+            self._metrics.templates_version(version)
+
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
         if self._metrics is not None:

@@ -39,14 +39,16 @@ class ExtractJobResult:
     n_skipped_edge: int
 
 
-def stack_path_for(micrograph: Path, project_dir: Path, job_dir: str | Path) -> Path:
-    """``<job>/<sub>/<stem>.mrcs`` relative to the project folder."""
+def stack_path_for(
+    micrograph: Path, project_dir: Path, job_dir: str | Path, suffix: str = ""
+) -> Path:
+    """``<job>/<sub>/<stem><suffix>.mrcs`` relative to the project folder."""
     try:
         rel = micrograph.resolve().relative_to(project_dir.resolve())
         sub = Path(*rel.parts[2:-1]) if len(rel.parts) > 3 else Path()
     except ValueError:
         sub = Path()
-    return Path(job_dir) / sub / f"{micrograph.stem}.mrcs"
+    return Path(job_dir) / sub / f"{micrograph.stem}{suffix}.mrcs"
 
 
 def run_extract(
@@ -65,8 +67,13 @@ def run_extract(
     optics_group_name: str = "opticsGroup1",
     append_to: str | Path | None = None,
     invert_contrast: bool = True,
+    stack_suffix: str = "",
 ) -> ExtractJobResult:
-    """Extract one micrograph's particles into the job folder (see module doc)."""
+    """Extract one micrograph's particles into the job folder (see module doc).
+
+    ``stack_suffix`` goes between the stem and ``.mrcs``: a second extraction of
+    the same micrograph from other picks writes a new stack, so readers of the
+    first one never see its file change under them."""
     project = Path(project_dir)
     micrograph = Path(micrograph_path)
     image, _ = read_micrograph(micrograph)
@@ -81,7 +88,7 @@ def run_extract(
     )
     if not np.all(np.isfinite(extracted.images)):
         raise StageInputError(micrograph, "pixels", "non-finite", "stack has NaN/inf")
-    stack_rel = stack_path_for(micrograph, project, job_dir)
+    stack_rel = stack_path_for(micrograph, project, job_dir, stack_suffix)
     stack_path = project / stack_rel
     if len(extracted.x_px):
         write_mrc(

@@ -96,6 +96,7 @@ def _follow_selection(folder: Path, seed: int) -> dict[str, float]:
     actor = Class2dActor(folder / "Class2D/job007", SETTINGS, seed=1, project=folder)
     names = np.arange(1, len(table) + 1)  # image numbers in the one stack
     snapshots: list[tuple[int, np.ndarray]] = []  # (pool size, selected per row)
+    classes: list[tuple[set[int], np.ndarray]] = []  # selected classes, counts
     small_selected = 0
     for star in stars:
         actor.feed(star)
@@ -110,6 +111,7 @@ def _follow_selection(folder: Path, seed: int) -> dict[str, float]:
         snapshots.append((actor.pool_size, np.isin(names, picked)))
         counts = np.asarray(info.payload["class_counts"])
         selected = np.asarray(info.payload["selected_classes"], dtype=int) - 1
+        classes.append((set(selected.tolist()), counts))
         support = min_class_support(actor.pool_size, SETTINGS.n_classes)
         small_selected += int(np.sum(counts[selected] < support))
     # flip: a particle already in the earlier snapshot's pool changed state
@@ -117,6 +119,12 @@ def _follow_selection(folder: Path, seed: int) -> dict[str, float]:
     flips = [float(np.mean(a[:m] != b[:m])) for (m, a), (_, b) in pairs]
     # a drop: selected, then rejected while the pool grew
     drops = [float(np.mean(a[:m] & ~b[:m])) for (m, a), (_, b) in pairs]
+    # a class populated in both snapshots whose selected state changed
+    class_flips = [
+        float(np.mean([(c in sa) != (c in sb) for c in both]))
+        for (sa, ca), (sb, cb) in itertools.pairwise(classes)
+        if (both := np.flatnonzero((ca > 0) & (cb > 0))).size
+    ]
     kept = snapshots[-1][1]
     is_good = table["label"].to_numpy() == 0
     return {
@@ -124,6 +132,7 @@ def _follow_selection(folder: Path, seed: int) -> dict[str, float]:
         "flip_rate": float(np.mean(flips)),
         "max_flip_rate": float(np.max(flips)),
         "drop_rate": float(np.mean(drops)),
+        "class_flip_rate": float(np.mean(class_flips)) if class_flips else 0.0,
         "small_selected": small_selected,
         "junk_kept": float(np.mean(kept[~is_good])),
         "particles_lost": float(np.mean(~kept[is_good])),

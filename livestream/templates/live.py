@@ -1,0 +1,259 @@
+"""The template loop in the service: one :class:`TemplateFeed` per service.
+
+The daemon wires it like this::
+
+    feed = TemplateFeed(config, ledger, chain, scheduler, reporter, index, reread)
+    await feed.start()                  # the stored set, if any, picks again
+    live = class2d_for(config, index, reporter, after_snapshot=feed.after_snapshot)
+    group.create_task(feed.run(reload)) # SIGHUP: [templates] read again
+
+After every 2D snapshot, :meth:`TemplateFeed.after_snapshot` looks at the
+ranker's selection.  Once at least ``min_selected_classes`` classes with at least
+``min_particles`` particles behind them are selected, and the chosen classes (the
+``max_templates`` most populated selected ones) differ from the current set's (for
+a replacement: in ``stable_snapshots`` successive snapshots), the averages become
+template set ``N+1`` (:mod:`livestream.templates.store`), the
+scheduler runs the pick stage from then on with ``picker = "template"`` and the
+set's stack as ``templates_path`` (the task carries the path; a worker process
+reads the stack from disk), the ``class2d`` event carries the set under
+``templates`` and ``livestream_templates_version`` is set.
+
+With ``repick_earlier`` the exposures picked before the current set are picked
+and extracted again (:meth:`TemplateFeed.repick`; at start, on SIGHUP and after a
+new set): their pick and later rows go back to pending in one transaction, the
+particle pool loses their particles at the next index rewrite, and the scheduler
+runs them from the pick stage (motion and CTF stay done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from livestream.config import (
+    ConfigError,
+    ServiceConfig,
+    TemplatesSection,
+    reload_config,
+)
+from livestream.ledger.store import Ledger
+from livestream.project.job_index import JobIndex
+from livestream.scheduling.scheduler import Scheduler
+from livestream.stages.params import PickParams
+from livestream.stages.registry import Chain
+from livestream.telemetry.reporting import Reporter
+from livestream.templates.store import (
+    TemplateSet,
+    latest_template_set,
+    next_template_version,
+    record_template_set,
+    reopen_for_repick,
+    template_stack_path,
+    write_template_stack,
+)
+from mdcatch.records import Exposure
+
+__all__ = ["TemplateFeed", "choose_classes"]
+
+log = logging.getLogger(__name__)
+
+Reread = Callable[[str], Awaitable[Exposure | None]]
+
+
+def choose_classes(
+    payload: Mapping[str, Any], section: TemplatesSection
+) -> tuple[tuple[int, ...], int] | None:
+    """The classes (1-based, most populated first) and the particles behind the
+    selection of a ``class2d`` event body, or ``None`` while too few are selected."""
+    selected = [int(c) for c in payload.get("selected_classes", [])]
+    counts = [int(c) for c in payload.get("class_counts", [])]
+    behind = payload.get("selected_particles")
+    n_particles = (
+        int(behind) if behind is not None else sum(counts[c - 1] for c in selected)
+    )
+    if (
+        len(selected) < section.min_selected_classes
+        or n_particles < section.min_particles
+    ):
+        return None
+    ordered = sorted(selected, key=lambda c: (-counts[c - 1], c))
+    return tuple(ordered[: section.max_templates]), n_particles
+
+
+class TemplateFeed:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        ledger: Ledger,
+        chain: Chain,
+        scheduler: Scheduler,
+        reporter: Reporter,
+        index: JobIndex,
+        reread: Reread,
+    ) -> None:
+        self.section = config.templates
+        self.config = config
+        self.project = config.project.path
+        self._ledger = ledger
+        self._chain = chain
+        self._scheduler = scheduler
+        self._reporter = reporter
+        self._index = index
+        self._reread = reread
+        self.current: TemplateSet | None = None
+        self.n_repicked = 0
+        self._lock = asyncio.Lock()  # one new set or re-pick at a time
+        self._candidate: frozenset[int] | None = None  # classes of a new set
+        self._streak = 0  # successive snapshots that chose them
+
+    @property
+    def pick_stage(self) -> str | None:
+        """The pick stage the sets feed (``None``: off, or not a pick stage)."""
+        name = self.section.pick_stage
+        if not self.section.template_feed or name not in self._chain.names:
+            return None
+        link = self._chain.links[self._chain.names.index(name)]
+        return name if isinstance(link.params, PickParams) else None
+
+    # -- start, reload ------------------------------------------------------------
+    async def start(self) -> None:
+        """Pick with the newest stored set (a restart keeps the set it had)."""
+        with self._ledger.transaction() as db:
+            self.current = latest_template_set(db)
+        if self.current is not None and self.pick_stage is not None:
+            self._apply(self.current)
+            if self.section.repick_earlier:
+                await self.repick()
+
+    async def run(self, reload: asyncio.Event) -> None:
+        """Read ``[templates]`` again each time ``reload`` is set (SIGHUP)."""
+        while True:
+            await reload.wait()
+            reload.clear()
+            try:
+                config = reload_config(self.config)
+            except ConfigError as exc:
+                log.error("templates: reload refused: %s", exc)
+                continue
+            self.config, self.section = config, config.templates
+            if self.current is not None and self.pick_stage is not None:
+                self._apply(self.current)  # a changed threshold applies now
+                if self.section.repick_earlier:
+                    await self.repick()
+
+    # -- after a snapshot -----------------------------------------------------------
+    async def after_snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Make a new set from the snapshot's selection when due; return the
+        ``templates`` field of the ``class2d`` event (``None``: no set yet)."""
+        stage = self.pick_stage
+        chosen = None if stage is None else choose_classes(payload, self.section)
+        published = False
+        if self._due(chosen):
+            assert chosen is not None
+            async with self._lock:
+                await self._publish(payload, *chosen)
+            published = True
+            if self.section.repick_earlier:
+                await self.repick()
+        if self.current is None:
+            return None
+        return {**self.current.as_json(), "published": published}
+
+    def _due(self, chosen: tuple[tuple[int, ...], int] | None) -> bool:
+        """Whether ``chosen`` makes a new set: the first one at once; one that
+        replaces the current set only once the same classes were chosen in
+        ``stable_snapshots`` successive snapshots (a flip does not re-pick)."""
+        if chosen is None or (
+            self.current is not None and set(chosen[0]) == set(self.current.classes)
+        ):
+            self._candidate, self._streak = None, 0
+            return False
+        key = frozenset(chosen[0])
+        self._streak = self._streak + 1 if key == self._candidate else 1
+        self._candidate = key
+        return self.current is None or self._streak >= self.section.stable_snapshots
+
+    async def _publish(
+        self, payload: Mapping[str, Any], classes: tuple[int, ...], n_particles: int
+    ) -> None:
+        pick = self.section.pick_stage
+        link = self._chain.links[self._chain.names.index(pick)]
+        assert isinstance(link.params, PickParams)
+        with self._ledger.transaction() as db:
+            version = next_template_version(db)
+        relative = template_stack_path(link.params.job, version)
+        await asyncio.to_thread(
+            write_template_stack,
+            payload["classes_mrcs"],
+            classes,
+            self.project / relative,
+        )
+        with self._ledger.transaction() as db:
+            self.current = record_template_set(
+                db,
+                version=version,
+                iteration=int(payload["iteration"]),
+                classes=classes,
+                n_particles=n_particles,
+                path=relative,
+            )
+        self._apply(self.current)
+        log.info(
+            "template set %d from 2D iteration %d: classes %s (%d particles)",
+            version,
+            self.current.iteration,
+            list(classes),
+            n_particles,
+        )
+
+    def pick_params(self, templates: TemplateSet) -> PickParams:
+        """The pick stage's parameters for picking with ``templates``."""
+        name = self.section.pick_stage
+        link = self._chain.links[self._chain.names.index(name)]
+        assert isinstance(link.params, PickParams)
+        return PickParams.model_validate(
+            {
+                **link.params.model_dump(),
+                "picker": "template",
+                "templates_path": self.project / templates.path,
+                "template_set": templates.version,
+                "threshold_sd": self.section.threshold_sd,
+            }
+        )
+
+    def _apply(self, templates: TemplateSet) -> None:
+        """The scheduler's pick stage picks with ``templates`` from now on."""
+        params = self.pick_params(templates)
+        self._scheduler.update_params(self.section.pick_stage, params)
+        self._reporter.templates_version(templates.version)
+
+    # -- re-picking -----------------------------------------------------------------
+    async def repick(self) -> int:
+        """Pick the finished exposures again with the current set; return how
+        many were put back (see the module docstring)."""
+        stage = self.pick_stage
+        if self.current is None or stage is None:
+            return 0
+        async with self._lock:
+            names = self._chain.names
+            stages = names[names.index(stage) :]
+            with self._ledger.transaction() as db:
+                reopened = reopen_for_repick(db, self.current.version, stages)
+            if not reopened:
+                return 0
+            self.n_repicked += len(reopened)
+            log.info(
+                "re-picking %d exposures with template set %d",
+                len(reopened),
+                self.current.version,
+            )
+            await asyncio.to_thread(self._index.write_logged)  # their old particles go
+            for eid in reopened:
+                exposure = await self._reread(eid)
+                if exposure is not None:
+                    self._scheduler.offer(exposure)
+            return len(reopened)
