@@ -28,6 +28,9 @@ Example (all sections optional)::
     [class2d]
     n_classes = 50
     min_pool = 1000
+
+    [dashboard]
+    port = 8790
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from livestream.stages.params import (
 __all__ = [
     "Class2dSection",
     "ConfigError",
+    "DashboardConfig",
     "MetricsConfig",
     "MqttConfig",
     "Polling",
@@ -153,6 +157,17 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
+
+
+class DashboardConfig(_Section):
+    """The operator's web page (:mod:`livestream.dashboard`); docs/dashboard.md.
+
+    Read-only; bound to the loopback interface unless ``host`` says otherwise
+    (put a reverse proxy in front to show it elsewhere)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8790, ge=0, le=65535)  # 0: any free port
 
 
 class MqttConfig(_Section):
@@ -298,6 +313,7 @@ class ServiceConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     workers: WorkersConfig = WorkersConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
     class2d: Class2dSection = Class2dSection()
