@@ -177,7 +177,11 @@ def session_document(
         "catch_up_s": catch_up_s,
         "problems": problems,
         "curation": {
-            stage: params.model_dump(mode="json", exclude={"kind"})
+            stage: {
+                key: value
+                for key, value in params.model_dump(mode="json").items()
+                if key.startswith(("min_", "max_"))
+            }
             for stage, params in view.thresholds.items()
         },
     }
