@@ -196,7 +196,7 @@ def _exposure_entry(
     accepted: bool | None = None
     rejected: dict[str, float | None] = {}
     images: dict[str, str] = {}
-    url = f"/api/v1/exposures/{quote(eid, safe='')}"
+    url = f"api/v1/exposures/{quote(eid, safe='')}"
     for stage, state, outputs, figures_json in rows:
         states[stage] = state
         if state != StageState.DONE.value:
@@ -327,7 +327,7 @@ def class2d_document(view: ProjectView) -> dict[str, Any]:
     snapshot["n_selected_classes"] = len(selected)
     snapshot["classes"] = classes
     snapshot["montage"] = (
-        f"/api/v1/class2d/montage.png?v={payload.get('iteration', 0)}"
+        f"api/v1/class2d/montage.png?v={payload.get('iteration', 0)}"
         if _project_relative(view, payload.get("montage_png"))
         else None
     )

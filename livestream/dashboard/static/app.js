@@ -236,7 +236,7 @@ async function refresh() {
   refreshing = true;
   try {
     const [session, exposures, class2d] = await Promise.all([
-      getJson("/api/v1/session"), getJson("/api/v1/exposures"), getJson("/api/v1/class2d"),
+      getJson("api/v1/session"), getJson("api/v1/exposures"), getJson("api/v1/class2d"),
     ]);
     state.session = session; state.exposures = exposures.items; state.class2d = class2d;
     renderSession(session);
@@ -259,7 +259,7 @@ function scheduleRefresh() {
 }
 
 function connect() {
-  const source = new EventSource("/api/v1/events");
+  const source = new EventSource("api/v1/events");
   const live = $("live");
   source.onopen = () => { live.textContent = "live"; live.className = "badge on"; };
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge off"; };
