@@ -51,7 +51,8 @@ function drawPlot(canvas, series, thresholds) {
     return;
   }
   const xs = points.map((p) => p.x), ys = points.map((p) => p.y).concat(thresholds || []);
-  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const first = Math.min(...xs), last = Math.max(...xs);
+  let x0 = first, x1 = last, y0 = Math.min(...ys), y1 = Math.max(...ys);
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   if (y1 === y0) { y0 -= 1; y1 += 1; }
   const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad;
@@ -62,8 +63,8 @@ function drawPlot(canvas, series, thresholds) {
   for (const y of [y0 + pad, (y0 + y1) / 2, y1 - pad]) {
     ctx.fillText(Math.abs(y) >= 100 ? y.toFixed(0) : y.toPrecision(3), 2, sy(y) + 4);
   }
-  ctx.fillText(`#${Math.round(x0 + (x1 - x0 > 2 ? 1 : 0))}`, left, h - 6);
-  ctx.fillText(`#${Math.round(x1 - (x1 - x0 > 2 ? 1 : 0))}`, w - right - 30, h - 6);
+  ctx.fillText(`#${first}`, left, h - 6);
+  if (last !== first) ctx.fillText(`#${last}`, w - right - 30, h - 6);
   ctx.setLineDash([5, 4]);
   ctx.strokeStyle = "#d29922";
   for (const t of thresholds || []) {
