@@ -3,7 +3,9 @@
 Start-up opens the ledger, reconciles it with the project folder, starts metrics,
 MQTT and the executor, and tells systemd READY.  The main loop is a named
 :class:`asyncio.TaskGroup` of the watcher, the scheduler, the MQTT feed of
-events and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
+events and the periodic summary (systemd STATUS and WATCHDOG); the web page
+(:mod:`livestream.dashboard`, ``[dashboard]``) is served in the same loop and closed
+after the drain.  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,

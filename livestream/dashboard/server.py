@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ _KEEPALIVE_S = 15.0
 _SUBSCRIBER_QUEUE = 256
 _RENDER_CACHE = 64  # on-demand pick overlays kept in memory
 _THUMBNAIL_PX = 256
+_FRESH_S = 1.0  # a document this young is served again, events or not
+_STALE_S = 5.0  # without events, rebuilt after this long (ages and rates move)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +167,10 @@ class DashboardServer:
         self._hub = _EventHub()
         self._project = config.project.path.resolve()
         self._rendered: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # built documents: key -> (monotonic time built, event generation, JSON)
+        self._documents: dict[str, tuple[float, int, bytes]] = {}
+        self._building: dict[str, asyncio.Lock] = {}
+        self._generation = 0  # service events so far
         self.address: tuple[str, int] = ("", 0)
 
     # -- life cycle -----------------------------------------------------------------
@@ -218,6 +225,7 @@ class DashboardServer:
 
     def on_event(self, event: ServiceEvent) -> None:
         """A broadcaster listener: push the event to every open page."""
+        self._generation += 1
         self._hub.publish(event)
 
     async def close(self) -> None:
@@ -248,12 +256,26 @@ class DashboardServer:
             thresholds=dict(self._sources.thresholds()),
         )
 
-    async def _json(self, build: Callable[[], dict[str, Any]]) -> web.Response:
-        document = await asyncio.to_thread(build)
-        return web.json_response(
-            document,
-            headers={"Cache-Control": _NO_STORE},
-            dumps=lambda obj: json.dumps(obj, allow_nan=False),
+    async def _json(
+        self, key: str, build: Callable[[], dict[str, Any]]
+    ) -> web.Response:
+        """A document, built off the loop and shared by every page asking for it
+        within :data:`_FRESH_S` (or until the next service event, at most
+        :data:`_STALE_S`): more pages add no work for the ledger."""
+        async with self._building.setdefault(key, asyncio.Lock()):
+            cached = self._documents.get(key)
+            now = time.monotonic()
+            if cached is None or not _still_good(cached, now, self._generation):
+                generation = self._generation
+                body = await asyncio.to_thread(_encode, build)
+                cached = (now, generation, body)
+                self._documents[key] = cached
+        return web.Response(
+            body=cached[2],
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Cache-Control": _NO_STORE,
+            },
         )
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -282,9 +304,10 @@ class DashboardServer:
         in_flight, queued = self._sources.queue()
         state = "draining" if self._sources.stopping() else "running"
         return await self._json(
+            f"session:{state}",
             lambda: session_document(
                 view, state=state, in_flight=in_flight, queued=queued
-            )
+            ),
         )
 
     async def _exposures(self, request: web.Request) -> web.Response:
@@ -293,11 +316,13 @@ class DashboardServer:
         except ValueError:
             raise web.HTTPBadRequest(text="limit: not an integer") from None
         view = self._view()
-        return await self._json(lambda: exposures_document(view, limit=limit))
+        return await self._json(
+            f"exposures:{limit}", lambda: exposures_document(view, limit=limit)
+        )
 
     async def _class2d(self, request: web.Request) -> web.Response:
         view = self._view()
-        return await self._json(lambda: class2d_document(view))
+        return await self._json("class2d", lambda: class2d_document(view))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -405,6 +430,16 @@ class DashboardServer:
             body=body,
             headers={"Content-Type": "image/png", "Cache-Control": _REVALIDATE},
         )
+
+
+def _still_good(cached: tuple[float, int, bytes], now: float, generation: int) -> bool:
+    built, built_generation, _ = cached
+    age = now - built
+    return age < _FRESH_S or (built_generation == generation and age < _STALE_S)
+
+
+def _encode(build: Callable[[], dict[str, Any]]) -> bytes:
+    return json.dumps(build(), allow_nan=False).encode()
 
 
 def _render_micrograph(path: Path) -> bytes:

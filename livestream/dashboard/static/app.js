@@ -4,6 +4,7 @@
 
 const PAGE_SIZE = 8;
 const POLL_MS = 10000; // a fallback when the event stream is down
+const REFRESH_MS = 1000; // at most one refresh a second, however many events
 const state = { exposures: [], session: null, class2d: null, page: 0, shownKey: "" };
 
 function $(id) { return document.getElementById(id); }
@@ -256,7 +257,7 @@ async function refresh() {
 
 function scheduleRefresh() {
   if (timer !== null) return;
-  timer = setTimeout(() => { timer = null; refresh(); }, 300);
+  timer = setTimeout(() => { timer = null; refresh(); }, REFRESH_MS);
 }
 
 function connect() {

@@ -27,7 +27,7 @@ from tests.livestream.conftest import in_ci
 
 pytestmark = pytest.mark.slow
 
-N_EXPOSURES = 6
+N_EXPOSURES = 5
 PLOTS = ("defocus", "resolution", "motion", "astigmatism")
 
 
@@ -82,7 +82,7 @@ def _start_demo(project: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]
         demo = subprocess.Popen(
             [
                 sys.executable, "-m", "livestream.cli.main", "demo",
-                "--exposures", str(N_EXPOSURES), "--interval-s", "4",
+                "--exposures", str(N_EXPOSURES), "--interval-s", "3",
                 "--size-px", "512", "--workers", "1", "--metrics-port", "0",
                 "--dashboard-port", "0", "--project", str(project),
             ],
@@ -125,13 +125,13 @@ def test_the_page_follows_the_demo_live(
         browser.get(url)
         browser.execute_script("window.__noReload = 'still the same page';")
         _wait(lambda: _count(browser) >= 1, 120, "a first exposure on the page")
+        first = _count(browser)
+        _wait(lambda: _count(browser) > first, 120, "a new exposure without reload")
         _wait(
             lambda: browser.find_elements("css selector", "#thumbnails img"),
             120,
             "a first micrograph thumbnail",
         )
-        first = _count(browser)
-        _wait(lambda: _count(browser) > first, 120, "a new exposure without reload")
         assert browser.execute_script("return window.__noReload") == (
             "still the same page"
         )
