@@ -49,6 +49,7 @@ from livestream.dashboard.api import (
 from livestream.stages.params import CurateParams
 from livestream.stages.thumbnails import render_pick_overlay
 from livestream.telemetry.broadcast import ServiceEvent
+from mdcatch.errors import InputFieldError
 from pipelines.io.micrographs import read_micrograph
 
 __all__ = ["DashboardServer", "DashboardSources"]
@@ -420,7 +421,10 @@ class DashboardServer:
         key = (str(resolved), resolved.stat().st_mtime_ns)
         body = self._rendered.get(key)
         if body is None:
-            body = await asyncio.to_thread(_render_micrograph, resolved)
+            try:
+                body = await asyncio.to_thread(_render_micrograph, resolved)
+            except InputFieldError as exc:  # unreadable: no picture, said why
+                raise web.HTTPNotFound(text=str(exc)) from None
             self._rendered[key] = body
             while len(self._rendered) > _RENDER_CACHE:
                 self._rendered.popitem(last=False)
