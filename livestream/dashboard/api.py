@@ -15,11 +15,13 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from livestream.intake.pairing import parse_exposure
+from livestream.intake.settle import FileKind
 from livestream.ledger.schema import (
     Curation,
     StageResult,
@@ -31,6 +33,8 @@ from livestream.ledger.schema import (
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import summarize_ledger
 from livestream.stages.params import CurateParams
+from mdcatch.errors import MetadataError
+from mdcatch.profiles.detectors import load_profiles
 
 __all__ = [
     "DASHBOARD_SCHEMA",
@@ -73,6 +77,7 @@ class ProjectView:
     software: str
     class2d_job: str  # the Class2D job folder, relative to the project
     thresholds: Mapping[str, CurateParams]  # curate stage -> thresholds in force
+    path_map: Mapping[str, Path] = field(default_factory=dict)  # session.path_map
 
     @property
     def ledger_path(self) -> Path:
@@ -129,6 +134,39 @@ def _problems(db: sqlite3.Connection) -> list[dict[str, Any]]:
     ]
 
 
+def _microscope(view: ProjectView, db: sqlite3.Connection) -> dict[str, Any] | None:
+    """The instrument of the newest imported exposure, read from its metadata
+    (``None`` before the first, or when it cannot be read again)."""
+    row = db.execute(
+        "SELECT exposure_id, metadata_path, movie_path FROM exposures"
+        " WHERE ready_unix_s IS NOT NULL ORDER BY ready_unix_s DESC LIMIT 1"
+    ).fetchone()
+    if row is None or row[1] is None or row[2] is None:
+        return None
+    metadata = Path(row[1])
+    kind = FileKind.MDOC if metadata.suffix == ".mdoc" else FileKind.EPU_XML
+    try:
+        exposure = parse_exposure(
+            str(row[0]),
+            metadata,
+            kind,
+            Path(row[2]),
+            load_profiles(),
+            view.path_map or None,
+        )
+    except (MetadataError, OSError):
+        return None
+    optics = exposure.optics
+    return {
+        "instrument_id": optics.instrument_id,
+        "detector": optics.detector,
+        "camera_mode": optics.camera_mode.value,
+        "voltage_kv": _finite(optics.voltage_kv),
+        "pixel_size_a": _finite(optics.pixel_size_a),
+        "software_version": exposure.software_version,
+    }
+
+
 def session_document(
     view: ProjectView, *, state: str, in_flight: int, queued: int
 ) -> dict[str, Any]:
@@ -153,6 +191,7 @@ def session_document(
         ]
         backlog = _backlog(db)
         problems = _problems(db)
+        microscope = _microscope(view, db)
     acquisition = _rate_per_hour(discovered, now)
     throughput = summary.exposures_per_hour
     gain = throughput - acquisition
@@ -166,6 +205,7 @@ def session_document(
             "path": str(view.session),
             "software": view.software,
         },
+        "microscope": microscope,
         "project": str(view.project),
         "state": state,
         "now_unix_s": now,

@@ -255,6 +255,7 @@ class DashboardServer:
             software=self._config.session.software.value,
             class2d_job=self._config.class2d.job,
             thresholds=dict(self._sources.thresholds()),
+            path_map=self._config.session.path_map,
         )
 
     async def _json(

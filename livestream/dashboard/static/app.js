@@ -125,6 +125,10 @@ function drawPlots() {
 function renderSession(s) {
   $("session-name").textContent = s.session.name;
   $("software").textContent = s.session.software;
+  const m = s.microscope;
+  $("microscope").textContent = m === null ? "not known yet" :
+    [m.instrument_id || "unnamed instrument", m.detector, m.camera_mode.replace("_", " "),
+      `${fmt(m.voltage_kv)} kV`, `${fmt(m.pixel_size_a, 3)} Å/px`, m.software_version].filter(Boolean).join(" · ");
   $("project").textContent = s.project;
   $("state").textContent = s.state;
   $("n-exposures").textContent = String(s.n_exposures);

@@ -107,6 +107,10 @@ async def test_documents_match_the_ledger_and_carry_the_schema(running: Any) -> 
     assert session["exposures"] == summary["exposures"]
     assert session["backlog"] == 0
     assert session["state"] == "running"
+    microscope = session["microscope"]  # read from the newest exposure's XML
+    assert microscope["detector"]
+    assert microscope["voltage_kv"] == 300.0
+    assert microscope["pixel_size_a"] > 0
     status, _, body = await _get(base, "/api/v1/exposures")
     exposures = json.loads(body)
     assert [e["index"] for e in exposures["items"]] == [1, 2]
