@@ -33,7 +33,7 @@ from livestream.ledger.schema import (
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import summarize_ledger
 from livestream.stages.params import CurateParams
-from mdcatch.errors import MetadataError
+from mdcatch.errors import InputFieldError
 from mdcatch.profiles.detectors import load_profiles
 
 __all__ = [
@@ -154,7 +154,7 @@ def _microscope(view: ProjectView, db: sqlite3.Connection) -> dict[str, Any] | N
             load_profiles(),
             view.path_map or None,
         )
-    except (MetadataError, OSError):
+    except (InputFieldError, OSError, ValueError):  # moved, rewritten, unreadable
         return None
     optics = exposure.optics
     return {

@@ -250,6 +250,7 @@ async function refresh() {
     renderThumbnails();
     renderClass2d(class2d);
     document.body.dataset.updated = String(Date.now());
+    showStream(); // a refresh that failed before said so; this one worked
   } catch (error) {
     $("live").textContent = `error: ${error.message}`;
     $("live").className = "badge off";
@@ -264,11 +265,19 @@ function scheduleRefresh() {
   timer = setTimeout(() => { timer = null; refresh(); }, REFRESH_MS);
 }
 
-function connect() {
-  const source = new EventSource("api/v1/events");
+let source = null;
+
+function showStream() {
   const live = $("live");
-  source.onopen = () => { live.textContent = "live"; live.className = "badge on"; };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge off"; };
+  const open = source !== null && source.readyState === EventSource.OPEN;
+  live.textContent = open ? "live" : "reconnecting";
+  live.className = open ? "badge on" : "badge off";
+}
+
+function connect() {
+  source = new EventSource("api/v1/events");
+  source.onopen = showStream;
+  source.onerror = showStream;
   for (const type of ["hello", "discovered", "ready", "import_quarantined", "stage_finished", "exposure_done", "class2d_snapshot"]) {
     source.addEventListener(type, scheduleRefresh);
   }

@@ -119,8 +119,19 @@ def _images_loaded(driver: Any) -> bool:
 def test_the_page_follows_the_demo_live(
     tmp_path: Path, browser: Any, artefacts: Path
 ) -> None:
+    log = tmp_path / "demo.log"
+    try:
+        _follow_the_demo(tmp_path, log, browser, artefacts)
+    except AssertionError:
+        browser.save_screenshot(str(artefacts / "dashboard-failure.png"))
+        print("page:", browser.find_element("id", "live").text)
+        print("demo output:", log.read_text()[-4000:])
+        raise
+
+
+def _follow_the_demo(tmp_path: Path, log: Path, browser: Any, artefacts: Path) -> None:
     project = tmp_path / "project"
-    demo, url = _start_demo(project, tmp_path / "demo.log")
+    demo, url = _start_demo(project, log)
     try:
         browser.get(url)
         browser.execute_script("window.__noReload = 'still the same page';")
@@ -135,8 +146,11 @@ def test_the_page_follows_the_demo_live(
         assert browser.execute_script("return window.__noReload") == (
             "still the same page"
         )
-        live = browser.find_element("id", "live").text
-        assert live == "live"
+        _wait(
+            lambda: browser.find_element("id", "live").text == "live",
+            15,
+            "the event stream's badge to say live",
+        )
         _wait(lambda: _images_loaded(browser), 60, "every image to load")
         widths = browser.execute_script(
             "return [...document.querySelectorAll('#thumbnails img')]"
