@@ -85,6 +85,8 @@ retry_backoff_s = 0.2
 drain_timeout_s = 20.0
 [metrics]
 enabled = false
+[dashboard]
+enabled = false
 [class2d]
 enabled = false
 {mqtt}[stages]

@@ -32,6 +32,9 @@ Example (all sections optional)::
     [templates]
     template_feed = true
     repick_earlier = false
+
+    [dashboard]
+    port = 8790
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from livestream.stages.params import (
 __all__ = [
     "Class2dSection",
     "ConfigError",
+    "DashboardConfig",
     "MetricsConfig",
     "MqttConfig",
     "Polling",
@@ -200,6 +204,17 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)
+
+
+class DashboardConfig(_Section):
+    """The operator's web page (:mod:`livestream.dashboard`); docs/dashboard.md.
+
+    Read-only; bound to the loopback interface unless ``host`` says otherwise
+    (put a reverse proxy in front to show it elsewhere)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8790, ge=0, le=65535)  # 0: any free port
 
 
 class MqttConfig(_Section):
@@ -368,6 +383,7 @@ class ServiceConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     workers: WorkersConfig = WorkersConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
     class2d: Class2dSection = Class2dSection()

@@ -3,7 +3,9 @@
 Start-up opens the ledger, reconciles it with the project folder, starts metrics,
 MQTT and the executor, and tells systemd READY.  The main loop is a named
 :class:`asyncio.TaskGroup` of the watcher, the scheduler, the MQTT feed of
-events and the periodic summary (systemd STATUS and WATCHDOG).  SIGTERM or SIGINT set
+events and the periodic summary (systemd STATUS and WATCHDOG); the web page
+(:mod:`livestream.dashboard`, ``[dashboard]``) is served in the same loop and closed
+after the drain.  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,
@@ -32,6 +34,7 @@ from pathlib import Path
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
+from livestream.dashboard.server import DashboardServer, DashboardSources
 from livestream.intake.pairing import Intake, session_folders
 from livestream.intake.watcher import SessionWatcher
 from livestream.ledger.reconcile import ReconcileReport, reconcile_ledger
@@ -71,6 +74,7 @@ class ServiceHandle:
     templates: TemplateFeed
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
     metrics_address: tuple[str, int] | None = None  # None: metrics off
+    dashboard_url: str | None = None  # None: dashboard off
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +153,15 @@ async def run_service(
             config.workers.dask_scheduler_address,
             config.workers.slurm,
         )
-        async with open_publisher(
-            config.mqtt,
-            config.session.path.name or "session",
-            metrics=None if recorder is None else recorder.metrics,
-            store=ledger,  # events survive a kill (only with an [mqtt] host)
-        ) as publisher:
+        async with (
+            open_publisher(
+                config.mqtt,
+                config.session.path.name or "session",
+                metrics=None if recorder is None else recorder.metrics,
+                store=ledger,  # events survive a kill (only with an [mqtt] host)
+            ) as publisher,
+            contextlib.AsyncExitStack() as servers,  # the dashboard, when on
+        ):
             events = Broadcaster(publisher, listeners=listeners)
             reporter = Reporter(events, metrics=recorder, notifier=notifier)
             await _serve(
@@ -166,6 +173,7 @@ async def run_service(
                 report,
                 (stop, reload),
                 on_started,
+                (servers, any_port_if_busy),
             )
     finally:
         if install_signal_handlers:
@@ -188,6 +196,7 @@ async def _serve(
     report: ReconcileReport,
     events: tuple[asyncio.Event, asyncio.Event],
     on_started: Callable[[ServiceHandle], None] | None,
+    servers: tuple[contextlib.AsyncExitStack, bool],
 ) -> None:
     stop, reload = events
     reporter, notifier = telemetry.reporter, telemetry.notifier
@@ -255,6 +264,9 @@ async def _serve(
     class2d = class2d_for(
         config, index, reporter, after_snapshot=templates.after_snapshot
     )
+    dashboard = await _start_dashboard(
+        config, telemetry, scheduler, curation, stop, servers
+    )
     handle = ServiceHandle(
         reporter,
         report,
@@ -265,6 +277,7 @@ async def _serve(
         templates,
         class2d,
         metrics_address=recorder.address if recorder is not None else None,
+        dashboard_url=None if dashboard is None else dashboard.url,
     )
     if on_started is not None:
         on_started(handle)
@@ -319,6 +332,33 @@ async def _fan_out(source: asyncio.Event, targets: tuple[asyncio.Event, ...]) ->
         source.clear()
         for target in targets:
             target.set()
+
+
+async def _start_dashboard(
+    config: ServiceConfig,
+    telemetry: _Telemetry,
+    scheduler: Scheduler,
+    curation: CurationReload,
+    stop: asyncio.Event,
+    servers: tuple[contextlib.AsyncExitStack, bool],
+) -> DashboardServer | None:
+    """The web page (docs/dashboard.md), closed by ``servers`` after the drain."""
+    if not config.dashboard.enabled:
+        return None
+    stack, any_port_if_busy = servers
+    dashboard = await DashboardServer.start(
+        config,
+        DashboardSources(
+            thresholds=lambda: curation.thresholds,
+            queue=lambda: (scheduler.in_flight, scheduler.depth),
+            stopping=stop.is_set,
+        ),
+        any_port_if_busy=any_port_if_busy,
+    )
+    stack.push_async_callback(dashboard.close)
+    telemetry.events.add_listener(dashboard.on_event)
+    log.info("dashboard: %s", dashboard.url)
+    return dashboard
 
 
 class _Summaries:

@@ -43,6 +43,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="workers.n_processes")
     parser.add_argument("--dask", metavar="ADDRESS", help="Dask scheduler address")
     parser.add_argument("--metrics-port", type=int, help="metrics.port (0: any)")
+    parser.add_argument(
+        "--dashboard-port", type=int, help="dashboard.port (0: any free port)"
+    )
     parser.add_argument("--mqtt-host", help="MQTT broker host (empty: off)")
     parser.add_argument(
         "--retry-quarantined",
@@ -68,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     put("workers", "n_processes", args.workers)
     put("workers", "dask_scheduler_address", args.dask)
     put("metrics", "port", args.metrics_port)
+    put("dashboard", "port", args.dashboard_port)
     put("mqtt", "host", args.mqtt_host)
     return load_config(args.config, overrides)
 

@@ -28,6 +28,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from livestream.config import ConfigError, ServiceConfig, reload_config
 from livestream.curation.live import (
@@ -79,6 +80,11 @@ class CurationReload:
     @property
     def stages(self) -> tuple[str, ...]:
         return tuple(self._params)
+
+    @property
+    def thresholds(self) -> Mapping[str, CurateParams]:
+        """Curate stage -> the thresholds in force (changed by a reload)."""
+        return MappingProxyType(self._params)
 
     # -- gauges ---------------------------------------------------------------------
     def publish_counts(self) -> None:

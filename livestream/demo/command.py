@@ -9,7 +9,8 @@ Example::
 A simulated microscope writes an EPU (or SerialEM) session into a temporary folder
 while the service processes it (motion correction, CTF estimation, curation,
 picking, extraction and online 2D classification; local workers, metrics on
-127.0.0.1, MQTT only with --mqtt-host).  The 2D classifier starts at 100 particles
+127.0.0.1, the web page on http://127.0.0.1:8790/ (printed as ``dashboard:``),
+MQTT only with --mqtt-host).  The 2D classifier starts at 100 particles
 (about five exposures) with 8 classes and writes a snapshot (class averages and a
 montage PNG in ``Class2D/job007/``, a ``class2d`` event) every 3 mini-batches.
 Once the ranker selects classes with 200 particles behind them, their averages
@@ -65,6 +66,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-px", type=int, help="movie size (default 1024)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--metrics-port", type=int, default=9108)
+    parser.add_argument(
+        "--dashboard-port", type=int, default=8790, help="the web page (0: any free)"
+    )
     parser.add_argument("--mqtt-host", default="", help="MQTT broker (default: off)")
     parser.add_argument("--session", type=Path, help="write the session here")
     parser.add_argument("--seed", type=int, default=20261122)
@@ -90,6 +94,7 @@ def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> Servic
         "project": {"path": args.project},
         "workers": {"n_processes": args.workers, "max_in_flight": args.workers},
         "metrics": {"port": args.metrics_port},
+        "dashboard": {"port": args.dashboard_port},
         "mqtt": {"host": args.mqtt_host},
         "stages": {
             "chain": ["motion", "ctf", "curate", "pick", "extract"],
@@ -299,6 +304,8 @@ def _announcer(
             print(
                 f"metrics:                        http://{address[0]}:{address[1]}/metrics"
             )
+        if handle.dashboard_url is not None:
+            print(f"dashboard: {handle.dashboard_url}")
         print(
             f"{args.exposures} exposures, one every {args.interval_s:g} s; Ctrl-C stops"
         )

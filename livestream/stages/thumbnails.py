@@ -1,4 +1,5 @@
-"""Small PNG previews for the dashboard: a micrograph with its picks circled.
+"""Small PNG previews for the dashboard: a micrograph with its picks circled
+(written by the pick stage, or rendered on demand by :mod:`livestream.dashboard`).
 
 The micrograph is block-averaged to at most ``max_px`` on its long side, clipped
 to mean ± 3 σ and drawn in grey; each pick is a circle of its diameter (or the
@@ -14,7 +15,7 @@ import numpy as np
 
 from pipelines.io.outputs import write_bytes_atomic
 
-__all__ = ["write_pick_overlay"]
+__all__ = ["render_pick_overlay", "write_pick_overlay"]
 
 
 def _bin_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -26,20 +27,19 @@ def _bin_image(image: np.ndarray, factor: int) -> np.ndarray:
     return binned
 
 
-def write_pick_overlay(
-    path: Path,
+def render_pick_overlay(
     micrograph: np.ndarray,
     x_px: np.ndarray,
     y_px: np.ndarray,
     diameter_px: np.ndarray,
     *,
     max_px: int = 256,
-) -> Path:
-    """Write ``micrograph`` ``(ny, nx)`` with circles at ``(x_px, y_px)`` as PNG."""
+) -> bytes:
+    """PNG bytes of ``micrograph`` ``(ny, nx)`` with circles at ``(x_px, y_px)``."""
     from PIL import Image, ImageDraw
 
     if micrograph.ndim != 2:
-        raise ValueError(f"{path}: micrograph must be 2D, got shape {micrograph.shape}")
+        raise ValueError(f"micrograph must be 2D, got shape {micrograph.shape}")
     factor = max(1, int(np.ceil(max(micrograph.shape) / max_px)))
     small = _bin_image(micrograph, factor)
     mean, sd = float(small.mean()), float(small.std()) or 1.0
@@ -54,4 +54,20 @@ def write_pick_overlay(
         )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    return write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_pick_overlay(
+    path: Path,
+    micrograph: np.ndarray,
+    x_px: np.ndarray,
+    y_px: np.ndarray,
+    diameter_px: np.ndarray,
+    *,
+    max_px: int = 256,
+) -> Path:
+    """Write :func:`render_pick_overlay` as PNG to ``path``, atomically."""
+    if micrograph.ndim != 2:
+        raise ValueError(f"{path}: micrograph must be 2D, got shape {micrograph.shape}")
+    png = render_pick_overlay(micrograph, x_px, y_px, diameter_px, max_px=max_px)
+    return write_bytes_atomic(path, png)

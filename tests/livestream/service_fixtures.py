@@ -50,6 +50,7 @@ def service_config(
             "drain_timeout_s": 10.0,
         },
         "metrics": {"enabled": False},
+        "dashboard": {"enabled": False},
         "stages": NOOP_CHAIN,
     }
     for name, values in sections.items():
