@@ -97,6 +97,7 @@ def run_extract_stage(task: StageTask, params: ExtractParams) -> StageResult:
         ctf_figure_of_merit=ctf_figures.get("figure_of_merit", float("nan")),
         invert_contrast=params.invert_contrast,
         stack_suffix=suffix,
+        float16=params.float16,
     )
     figures = {
         "n_particles": float(result.n_extracted),

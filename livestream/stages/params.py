@@ -154,6 +154,9 @@ class ExtractParams(StageParams):
     downscale_box_px: int | None = Field(default=None, ge=8)  # None: RELION-it's
     relion_it_downscale: bool = True
     invert_contrast: bool = True
+    # MRC mode 12 halves the stacks (RELION 4's "Write output in float16?"); RELION
+    # 3.1 and older cannot read it: false writes float32 (mode 2)
+    float16: bool = True
 
 
 class PluginParams(StageParams):

@@ -68,12 +68,14 @@ def run_extract(
     append_to: str | Path | None = None,
     invert_contrast: bool = True,
     stack_suffix: str = "",
+    float16: bool = True,
 ) -> ExtractJobResult:
     """Extract one micrograph's particles into the job folder (see module doc).
 
     ``stack_suffix`` goes between the stem and ``.mrcs``: a second extraction of
     the same micrograph from other picks writes a new stack, so readers of the
-    first one never see its file change under them."""
+    first one never see its file change under them.  ``float16`` writes MRC mode 12
+    (RELION 4 and later read it), else float32 (mode 2, for RELION 3.1 and older)."""
     project = Path(project_dir)
     micrograph = Path(micrograph_path)
     image, _ = read_micrograph(micrograph)
@@ -95,7 +97,7 @@ def run_extract(
             stack_path,
             extracted.images,
             pixel_size_a=extracted.pixel_size_a,
-            float16=True,
+            float16=float16,
             is_stack=True,
         )
     try:

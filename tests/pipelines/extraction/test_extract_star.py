@@ -135,3 +135,12 @@ def test_cryosparc_tools_reads_the_star(
     assert blocks["optics"]["rlnImageSize"][0] == 64
     names = [str(n) for n in blocks["particles"]["rlnImageName"]]
     assert names[0] == "000001@Extract/job005/Movies/mic_001.mrcs"
+
+
+def test_float32_stacks_for_relion_3(tmp_path: Path, rng: np.random.Generator) -> None:
+    micrograph, picks = _project(tmp_path, rng, "mic_001")
+    half = _extract(tmp_path / "half", micrograph, picks)
+    full = _extract(tmp_path, micrograph, picks, float16=False)
+    with mrcfile.open(full.stack_path) as mrc, mrcfile.open(half.stack_path) as ref:
+        assert mrc.header.mode == 2  # float32: RELION 3.1 cannot read mode 12
+        np.testing.assert_allclose(mrc.data, ref.data, atol=1e-2)
