@@ -122,6 +122,17 @@ FILE_CASES: dict[str, ArgvOf] = {
     "import-cryosparc": lambda bad, tmp: [
         "import-cryosparc", bad, "--out", str(tmp / "p.star")
     ],
+    "star downgrade": lambda bad, tmp: ["star", "downgrade", bad, "--out", str(tmp / "o.star")],
+    "star from-dynamo": lambda bad, tmp: [
+        "star", "from-dynamo", bad, "--pixel-size-a", "1", "--out", str(tmp / "o.star")
+    ],
+    "star subset": lambda bad, tmp: [
+        "star", "subset", bad, "--n", "2", "--out", str(tmp / "o.star")
+    ],
+    "star split-halves": lambda bad, tmp: [
+        "star", "split-halves", bad, "--out", str(tmp / "o.star")
+    ],
+    "slurm-script --config": lambda bad, tmp: ["slurm-script", "--config", bad],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
