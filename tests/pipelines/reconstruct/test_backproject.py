@@ -26,11 +26,12 @@ def test_noise_free_particles_give_back_the_volume(
     result = reconstruct_halves(clean_particles_32)
     fsc = fourier_shell_correlation(result.full, phantom_32, 3.0).fsc
     # every shell up to 0.9 Nyquist: the CTFs (8000-25000 Å, astigmatic), the
-    # shifts and the poses are all undone (the simulation applies each CTF on the
-    # unpadded 32-px grid, where its fastest rings alias: hence 0.98 near Nyquist)
-    assert fsc[1:9].min() > 0.995, np.round(fsc, 3)
-    assert fsc[1:15].min() > 0.98, np.round(fsc, 3)
-    assert np.corrcoef(result.full.ravel(), phantom_32.ravel())[0, 1] > 0.99
+    # shifts and the poses are all undone (measured: > 0.9993 to shell 14, 0.987 at
+    # shell 15; the simulation applies each CTF on the unpadded 32-px grid, where
+    # its fastest rings alias near Nyquist)
+    assert fsc[1:15].min() > 0.998, np.round(fsc, 4)
+    assert fsc[1:16].min() > 0.98, np.round(fsc, 4)
+    assert np.corrcoef(result.full.ravel(), phantom_32.ravel())[0, 1] > 0.999
     assert result.n_half1 == result.n_half2 == 1000
     assert result.fsc.crossing_a(0.143) == pytest.approx(6.0, rel=0.05)  # Nyquist
 
