@@ -24,8 +24,9 @@ thread (its FFTW plans are single-threaded here; OMP_NUM_THREADS is set to
 ``--threads`` anyway).  Quality: FSC of each full map with the truth, the 0.5
 crossing in Å and in shells (the criterion of issue #14: ours within one shell of
 RELION's), over the whole box and inside a sphere of the box's radius (5 px edge):
-relion_reconstruct zeroes its map's corners (``softMaskOutsideMap``), ours keeps
-them, so the sphere is the like-for-like figure.  Post-processing: ``relion_postprocess --auto_bfac --autob_lowres 10``
+both programs set their maps' corners to the background (RELION's
+``softMaskOutsideMap``, which ours applies too), so the two figures now differ
+only by the sphere's 5 px edge.  Post-processing: ``relion_postprocess --auto_bfac --autob_lowres 10``
 and ``livestream postprocess`` on the same half maps (each program's halves in
 turn) with one soft mask made from the truth (threshold, +2 px, +4 px soft edge):
 resolution at the corrected FSC 0.143 and the B-factor.
@@ -203,8 +204,8 @@ def run_relion(exe: Path, star: Path, out: Path, threads: int) -> Side:
 
 def sphere_mask(box: int, edge_px: float = 5.0) -> np.ndarray:
     """1 inside radius box/2 - edge, a linear edge to 0 at box/2: both maps are
-    compared inside it too, since relion_reconstruct masks its corners
-    (``softMaskOutsideMap``) and ours does not."""
+    compared inside it too (both mask their corners with ``softMaskOutsideMap``'s
+    3 px edge beyond box/2; this mask also tapers the last 5 px inside)."""
     z, y, x = np.mgrid[:box, :box, :box] - box // 2
     radius = np.sqrt(x * x + y * y + z * z)
     return np.clip((box // 2 - radius) / edge_px, 0.0, 1.0)

@@ -7,9 +7,11 @@ Example:
 Reads a RELION 3.1+ particle STAR with poses (rlnAngleRot/Tilt/Psi, ZYZ),
 origins (rlnOriginX/YAngst) and CTF (per particle, with its optics group's voltage,
 Cs and amplitude contrast); half sets from rlnRandomSubset, else by row parity.
-Each image is padded twice (--padding), CTF-weighted and inserted in Fourier space
-once per operator of --sym (C<n>, D<n>, T, O, I, I1-I4, RELION's axes); the half
-maps and the full map are regularised by the SSNR from the FSC of the halves.
+Each image's transform is CTF-weighted and inserted in Fourier space, its
+coordinates scaled by --padding (2) into the finer grid as RELION does, once per
+operator of --sym (C<n>, D<n>, T, O, I, I1-I4, RELION's axes); the half maps and
+the full map are regularised by the SSNR from the FSC of the halves and, like
+RELION's, set to the background outside the box's sphere (3 px soft edge).
 --box-px crops (or pads) the images about their centre first: a smaller, faster map
 at the same pixel size.
 
@@ -17,8 +19,8 @@ Writes to --out: run_half1_class001_unfil.mrc, run_half2_class001_unfil.mrc,
 run_class001.mrc (float32, voxel size in the header), run_fsc.star (data_fsc:
 rlnSpectralIndex, rlnResolution, rlnAngstromResolution, rlnFourierShellCorrelation),
 run_fsc.png and run_central_slices.png.  With --json prints one object: map_path,
-half1_path, half2_path, fsc_path, fsc_resolution_a (half-map FSC 0.143), n_particles,
-symmetry, box_px, pixel_size_a, seconds.  A progress bar shows on a terminal.  Exit
+half1_path, half2_path, fsc_path, fsc_resolution_a (FSC 0.143 of those half maps),
+n_particles, symmetry, box_px, pixel_size_a, seconds.  A progress bar shows on a terminal.  Exit
 status 2, with one line naming the file, when an input is missing or unusable.
 """
 
@@ -127,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(
             f"{particles.n_particles} particles, {result.symmetry}: "
-            f"{result.resolution_a:.2f} Å at FSC 0.143 (half maps, unmasked), "
+            f"{result.resolution_a:.2f} Å at FSC 0.143 (half maps, no solvent mask), "
             f"{seconds:.1f} s; map {full}"
         )
     return 0

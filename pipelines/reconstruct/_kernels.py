@@ -1,10 +1,12 @@
 """numba kernels of the reconstruction (private: use :mod:`.backproject`).
 
-- :func:`insert_slices`: trilinear insertion of 2D Fourier slices into a 3D half
-  transform, without atomics: the z axis is cut into slabs; even slabs are filled
+- :func:`insert_slices_scaled`: trilinear insertion of 2D Fourier slices, their
+  coordinates scaled by the padding factor (RELION's), into a 3D half transform, without atomics: the z axis is cut into slabs; even slabs are filled
   in parallel, then odd ones, and each slab is written by one thread only (a sample
   whose floor z lies in slab ``s`` touches planes ``z`` and ``z + 1``, i.e. slab
   ``s`` and the first plane of ``s + 1``, which the same phase never writes).
+- :func:`insert_slices`: the same with slices as large as the grid (scale 1: the
+  transforms of padded images).
 """
 
 from __future__ import annotations
@@ -52,8 +54,7 @@ def _window(
     return max(lo, int(np.floor(k1)) - 1), min(hi, int(np.ceil(k2)) + 1)
 
 
-@njit(cache=True, parallel=True)
-def insert_slices(  # pragma: no cover  # noqa: C901, PLR0912, PLR0915 - one numba loop nest per slab (a split costs a pass over memory)
+def insert_slices(
     data: NDArray[np.complex128],
     weight: NDArray[np.float64],
     fimages: NDArray[np.complex64],
@@ -66,18 +67,60 @@ def insert_slices(  # pragma: no cover  # noqa: C901, PLR0912, PLR0915 - one num
 ) -> None:
     """Add slices into ``data`` (Np, Np, Np//2+1) complex and ``weight`` (same) real.
 
-    ``fimages`` (n_img, Np, Np//2+1) holds CTF-weighted image transforms in FFT
-    order (row ``ky mod Np``); ``ctf2`` their squared CTF.  ``rotations``
-    (n_rot, 3, 3) with ``image_index`` (n_rot,) naming the image of each: image
-    frequency k = (kx, ky, 0) goes to volume frequency R^T k (half-grid: negative
-    x frequencies are stored as the conjugate at -q).  Only slabs of ``parity``
-    (0 even, 1 odd) of ``slab_px`` planes are written by this call; in each slab
-    only the part of each row whose z can fall in it is visited (the z of a sample
-    is linear in kx on each side of the row's Hermitian split).
+    ``fimages`` (n_img, Np, Np//2+1) holds CTF-weighted transforms of the padded
+    images in FFT order (row ``ky mod Np``); ``ctf2`` their squared CTF.
+    ``rotations`` (n_rot, 3, 3) with ``image_index`` (n_rot,) naming the image of
+    each: image frequency k = (kx, ky, 0) goes to volume frequency R^T k (half-grid:
+    negative x frequencies are stored as the conjugate at -q).  Only slabs of
+    ``parity`` (0 even, 1 odd) of ``slab_px`` planes are written by this call.
+    This is :func:`insert_slices_scaled` with scale 1 (slices as large as the grid).
+    """
+    insert_slices_scaled(
+        data,
+        weight,
+        fimages,
+        ctf2,
+        image_index,
+        rotations,
+        1.0,
+        radius_px,
+        slab_px,
+        parity,
+    )
+
+
+@njit(cache=True, parallel=True)
+def insert_slices_scaled(  # pragma: no cover  # noqa: C901, PLR0912, PLR0915 - one numba loop nest per slab (a split costs a pass over memory)
+    data: NDArray[np.complex128],
+    weight: NDArray[np.float64],
+    fimages: NDArray[np.complex64],
+    ctf2: NDArray[np.float32],
+    image_index: NDArray[np.int64],
+    rotations: NDArray[np.float64],
+    scale: float,
+    radius_px: float,
+    slab_px: int,
+    parity: int,
+) -> None:
+    """Add slices of any size into ``data`` (Np, Np, Np//2+1) complex and ``weight``.
+
+    ``fimages`` (n_img, n, n//2+1) holds CTF-weighted image transforms in FFT
+    order (row ``ky mod n``); ``ctf2`` their squared CTF.  Image frequency
+    k = (kx, ky, 0) with ``|k| <= radius_px`` (in the image's own Fourier pixels)
+    goes to volume frequency ``scale R^T k`` (half-grid: negative x frequencies
+    are stored as the conjugate at -q).  RELION's insertion is ``n = N`` (the
+    unpadded image) and ``scale = Np / N`` (the padding factor): the padded grid
+    is finer, and the slice's samples land ``scale`` voxels apart.  Only slabs of
+    ``parity`` (0 even, 1 odd) of ``slab_px`` planes are written by this call; in
+    each slab only the part of each row whose z can fall in it is visited (the z
+    of a sample is linear in kx on each side of the row's Hermitian split).
     """
     npad = data.shape[0]
     half = npad // 2
     nxh = data.shape[2]
+    n_rows = fimages.shape[1]
+    row_half = n_rows // 2
+    n_cols = fimages.shape[2]
     n_slabs = (npad + slab_px - 1) // slab_px
     n_tasks = (n_slabs - parity + 1) // 2
     r2max = radius_px * radius_px
@@ -87,21 +130,21 @@ def insert_slices(  # pragma: no cover  # noqa: C901, PLR0912, PLR0915 - one num
         zhi = min(zlo + slab_px, npad)
         for j in range(rotations.shape[0]):
             i = image_index[j]
-            r00 = rotations[j, 0, 0]
-            r01 = rotations[j, 0, 1]
-            r02 = rotations[j, 0, 2]
-            r10 = rotations[j, 1, 0]
-            r11 = rotations[j, 1, 1]
-            r12 = rotations[j, 1, 2]
-            for iy in range(npad):
-                ky = iy if iy < half else iy - npad
+            r00 = scale * rotations[j, 0, 0]
+            r01 = scale * rotations[j, 0, 1]
+            r02 = scale * rotations[j, 0, 2]
+            r10 = scale * rotations[j, 1, 0]
+            r11 = scale * rotations[j, 1, 1]
+            r12 = scale * rotations[j, 1, 2]
+            for iy in range(n_rows):
+                ky = iy if iy < row_half else iy - n_rows
                 rest = r2max - ky * ky
                 if rest < 0.0:
                     continue
                 kx_max = int(np.sqrt(rest))
                 while (kx_max + 1) * (kx_max + 1) <= rest:
                     kx_max += 1
-                kx_max = min(kx_max, nxh - 1)
+                kx_max = min(kx_max, n_cols - 1)
                 # the row splits where qx = r00 kx + r10 ky changes sign: samples with
                 # qx >= 0 go to +q (segment 0), the others to -q (segment 1)
                 lo0, hi0, lo1, hi1 = _split_row(r00, r10 * ky, kx_max)

@@ -2,15 +2,25 @@
 
 What ``relion_reconstruct`` does, on the CPU:
 
-1. each image is zero-padded ``padding`` times (2 by default), Fourier
-   transformed, recentred by its origin (a phase ramp) and multiplied by its CTF;
-2. it is inserted as a central slice at ``R^T k`` (trilinearly, for every operator
-   ``S`` of the symmetry group at the pose ``R S``) into ``data = sum CTF * F`` and
-   ``weight = sum CTF^2`` on a ``(Np, Np, Np // 2 + 1)`` grid (:mod:`._kernels`);
+1. each image (``N x N``, not padded) is Fourier transformed, recentred by its
+   origin (a phase ramp) and multiplied by its CTF;
+2. it is inserted as a central slice at ``padding R^T k`` (trilinearly, for every
+   operator ``S`` of the symmetry group at the pose ``R S``) into
+   ``data = sum CTF * F`` and ``weight = sum CTF^2`` on a ``(Np, Np, Np // 2 + 1)``
+   grid, ``Np = padding N`` (:mod:`._kernels`): RELION's ``backproject2Dto3D``
+   scales the slice's coordinates by the padding factor, so the volume's grid is
+   finer than the slice's and the image itself is never padded;
 3. the map is ``data / (weight + 1 / tau^2)``, where ``1 / tau^2`` is the shell's
    average weight divided by the spectral SNR (RELION's ``tau2`` from the FSC:
-   ``SSNR = FSC / (1 - FSC)``), inverse transformed, cropped to the box and divided
-   by the ``sinc^2`` taper of trilinear interpolation (gridding correction).
+   ``SSNR = FSC / (1 - FSC)``), inverse transformed, cropped to the box, set to its
+   background outside a sphere of radius ``N / 2`` with a raised-cosine edge of 3
+   pixels (RELION's ``softMaskOutsideMap`` in ``windowToOridimRealSpace``) and
+   divided by the ``sinc^2`` taper of trilinear interpolation (gridding correction).
+
+``insertion="padded"`` keeps the earlier scheme (each image zero-padded to
+``Np`` before its transform, every sample of that transform inserted at
+``R^T k``): 4 times the insertion work, and a map 3–4 shells behind at low SNR
+(``docs/reconstruct.md``); for comparison only.
 
 Unlike ``relion_reconstruct`` there are no iterative gridding (Pipe-Menon) weights:
 the division is per voxel.
@@ -21,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -31,12 +42,22 @@ from pipelines.reconstruct import _kernels
 
 # the projector's 1 / sinc^2 (trilinear taper on a grid padded to Np): one source
 from pipelines.reconstruct.geometry import gridding_correction
+from pipelines.reconstruct.mask import soft_mask_outside_sphere
 from pipelines.reconstruct.particles import PosedParticles, ctf_batch
 from pipelines.reconstruct.symmetry import symmetry_matrices
 
-__all__ = ["FourierSums", "backproject", "ssnr_from_fsc", "weights_to_map"]
+__all__ = [
+    "OUTSIDE_SPHERE_EDGE_PX",
+    "FourierSums",
+    "backproject",
+    "ssnr_from_fsc",
+    "weights_to_map",
+]
 
 DEFAULT_PADDING = 2
+OUTSIDE_SPHERE_EDGE_PX = 3.0
+"""Raised-cosine edge of the mask outside the box's sphere (RELION's default)."""
+Insertion = Literal["scaled", "padded"]
 _BATCH_BYTES = 2**27
 
 
@@ -68,14 +89,18 @@ class FourierSums:
 def _prepare_batch(
     particles: PosedParticles, rows: np.ndarray, npad: int, ctf_correct: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CTF-weighted, recentred transforms and CTF^2, ``(b, Np, Np // 2 + 1)``.
+    """CTF-weighted, recentred transforms and CTF^2, ``(b, Np, Np // 2 + 1)``, of
+    the images zero-padded to ``Np`` (``Np`` = the box: not padded).
 
     Rows are in FFT order (row ``ky mod Np``); float32 / complex64.
     """
     box = particles.box_px
-    padded = np.zeros((len(rows), npad, npad), dtype=np.float32)
-    o = npad // 2 - box // 2
-    padded[:, o : o + box, o : o + box] = particles.images[rows]
+    if npad == box:
+        padded = np.asarray(particles.images[rows], dtype=np.float32)
+    else:
+        padded = np.zeros((len(rows), npad, npad), dtype=np.float32)
+        o = npad // 2 - box // 2
+        padded[:, o : o + box, o : o + box] = particles.images[rows]
     ft = scipy.fft.rfft2(padded, workers=1)
     ky = np.fft.fftfreq(npad, 1.0 / npad).astype(np.float32)[:, None]
     kx = np.arange(npad // 2 + 1, dtype=np.float32)[None, :]
@@ -121,8 +146,13 @@ def backproject(
     ctf_correct: bool = True,
     batch_size: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    insertion: Insertion = "scaled",
 ) -> FourierSums:
     """Insert particles ``rows`` (default: all) once per symmetry operator.
+
+    ``insertion="scaled"`` (RELION's): the transform of the unpadded image, its
+    samples at ``padding R^T k``; ``"padded"``: the transform of the image
+    zero-padded ``padding`` times, at ``R^T k`` (see the module docstring).
 
     ``ctf_correct=False`` inserts the images as they are with weight 1 (no CTF
     correction: for comparison only).  Batches of ``batch_size`` particles (default:
@@ -132,30 +162,37 @@ def backproject(
     """
     if padding < 1:
         raise StageInputError("<argument>", "padding", padding, "must be >= 1")
+    if insertion not in ("scaled", "padded"):
+        raise StageInputError(
+            "<argument>", "insertion", insertion, "must be 'scaled' or 'padded'"
+        )
     box = particles.box_px
     npad = padding * box
+    # the size of the images' transforms and the scale of their coordinates
+    nft, scale = (box, float(padding)) if insertion == "scaled" else (npad, 1.0)
     ops = symmetry_matrices(symmetry)
     chosen = np.arange(particles.n_particles) if rows is None else np.asarray(rows)
-    per_particle = npad * (npad // 2 + 1) * 12  # complex64 transform + float32 CTF^2
+    per_particle = nft * (nft // 2 + 1) * 12  # complex64 transform + float32 CTF^2
     size = batch_size or max(1, _BATCH_BYTES // per_particle)
     data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
     weight = np.zeros(data.shape, dtype=np.float64)
-    radius_px = float(padding * (box // 2))
+    radius_px = float(nft // 2)  # in the transform's own Fourier pixels
     slab_px = max(2, npad // (4 * numba.get_num_threads()))
     for start in range(0, len(chosen), size):
         batch = chosen[start : start + size]
-        fimages, ctf2 = _prepare_parallel(particles, batch, npad, ctf_correct)
+        fimages, ctf2 = _prepare_parallel(particles, batch, nft, ctf_correct)
         rotations = np.einsum("bij,sjk->bsik", particles.rotations[batch], ops)
         rotations = np.ascontiguousarray(rotations.reshape(-1, 3, 3))
         image_index = np.repeat(np.arange(len(batch)), len(ops))
         for parity in (0, 1):
-            _kernels.insert_slices(
+            _kernels.insert_slices_scaled(
                 data,
                 weight,
                 fimages,
                 ctf2,
                 image_index,
                 rotations,
+                scale,
                 radius_px,
                 slab_px,
                 parity,
@@ -199,11 +236,19 @@ def _radius_grid(npad: int) -> np.ndarray:
     return np.asarray(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx**2))
 
 
-def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray:
+def weights_to_map(
+    sums: FourierSums,
+    *,
+    ssnr: np.ndarray | float,
+    outside_sphere_edge_px: float | None = OUTSIDE_SPHERE_EDGE_PX,
+) -> np.ndarray:
     """The map ``(N, N, N)`` float32 of ``sums`` regularised with ``ssnr``.
 
     ``ssnr`` is one number or one per shell ``(N // 2 + 1,)`` of the unpadded box
-    (interpolated onto the padded grid; 0 beyond the last shell).
+    (interpolated onto the padded grid; 0 beyond the last shell).  Outside the
+    sphere of radius ``N / 2`` the map is set to its background with a raised-cosine
+    edge of ``outside_sphere_edge_px`` (RELION's; ``None``: no mask), before the
+    gridding correction, as RELION orders them.
     """
     box, npad = sums.box_px, sums.box_px * sums.padding
     radius = _radius_grid(npad)
@@ -246,4 +291,6 @@ def weights_to_map(sums: FourierSums, *, ssnr: np.ndarray | float) -> np.ndarray
     volume = real[np.ix_(index, index, index)] * (
         sign[:, None, None] * sign[None, :, None]
     )
+    if outside_sphere_edge_px is not None:
+        volume = soft_mask_outside_sphere(volume, edge_px=outside_sphere_edge_px)
     return np.asarray(volume * gridding_correction(box, npad), dtype=np.float32)

@@ -27,6 +27,7 @@ __all__ = [
     "create_mask",
     "lowpass_map",
     "raised_cosine_filter",
+    "soft_mask_outside_sphere",
 ]
 
 AUTO_BACKGROUND_SIGMAS = 5.0
@@ -129,6 +130,39 @@ def create_mask(
         edge = (d > 0) & (d < soft_edge_px)
         mask[edge] = 0.5 + 0.5 * np.cos(np.pi * d[edge] / soft_edge_px)
     return mask.astype(np.float32)
+
+
+def soft_mask_outside_sphere(
+    volume: np.ndarray, *, radius_px: float | None = None, edge_px: float = 3.0
+) -> np.ndarray:
+    """The map with everything outside a sphere set to the background value, as
+    RELION's ``softMaskOutsideMap`` does to every reconstruction.
+
+    Centre at voxel ``N // 2``; ``radius_px`` defaults to ``N / 2``.  At distance
+    ``r`` from the centre, with ``c = 0.5 + 0.5 cos(pi (radius + edge - r) / edge)``
+    for ``radius <= r <= radius + edge`` and ``c = 1`` beyond: the value becomes
+    ``(1 - c) v + c b``, where ``b`` is the ``c``-weighted mean of the map where
+    ``r >= radius``.  Inside the sphere nothing changes.  Returns float64.
+    """
+    vol = _cube(volume)
+    n = vol.shape[0]
+    radius = n / 2.0 if radius_px is None else float(radius_px)
+    if radius <= 0 or edge_px < 0:
+        raise StageInputError(
+            "<argument>", "radius_px/edge_px", (radius, edge_px), "must be > 0 / >= 0"
+        )
+    x = (np.arange(n) - n // 2) ** 2
+    r = np.sqrt(x[:, None, None] + x[None, :, None] + x[None, None, :])
+    outer = radius + edge_px
+    c = np.where(r > outer, 1.0, 0.0)
+    edge = (r >= radius) & (r <= outer)
+    if edge_px > 0:
+        c[edge] = 0.5 + 0.5 * np.cos(np.pi * (outer - r[edge]) / edge_px)
+    total = float(c.sum())
+    if total == 0.0:  # the sphere holds the whole box
+        return vol
+    background = float((c * vol).sum()) / total
+    return np.asarray((1.0 - c) * vol + c * background)
 
 
 def _distance_to(inside: np.ndarray) -> np.ndarray:

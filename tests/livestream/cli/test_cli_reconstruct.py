@@ -17,6 +17,7 @@ import starfile
 from livestream.cli.main import main
 from pipelines.io.outputs import write_mrc
 from pipelines.reconstruct import fourier_shell_correlation, write_posed_particles
+from pipelines.reconstruct.geometry import gridding_correction
 from pipelines.simulate.volumes import phantom_volume
 from tests.pipelines.reconstruct.conftest import simulate_particles
 
@@ -70,6 +71,18 @@ def test_reconstruct_mask_postprocess(
         "rlnFourierShellCorrelation",
     ]
     assert len(fsc) == 17
+    # the FSC written is that of the half maps written, which carry RELION's mask
+    # outside the box's sphere: beyond radius 16 + 3 px one background value (times
+    # the gridding correction, applied after the mask as RELION does)
+    halves = [mrcfile.read(summary[k]) for k in ("half1_path", "half2_path")]
+    np.testing.assert_allclose(
+        fsc["rlnFourierShellCorrelation"],
+        fourier_shell_correlation(*halves, PX).fsc,
+        atol=1e-3,
+    )
+    for half in halves:
+        corner = (half / gridding_correction(32, 64))[:3, :3, :3]
+        assert np.ptp(corner) < 1e-5 * np.abs(half).max()
     for png in ("run_fsc.png", "run_central_slices.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -26,11 +26,12 @@ def test_noise_free_particles_give_back_the_volume(
     result = reconstruct_halves(clean_particles_32)
     fsc = fourier_shell_correlation(result.full, phantom_32, 3.0).fsc
     # every shell up to 0.9 Nyquist: the CTFs (8000-25000 Å, astigmatic), the
-    # shifts and the poses are all undone (the simulation applies each CTF on the
-    # unpadded 32-px grid, where its fastest rings alias: hence 0.98 near Nyquist)
-    assert fsc[1:9].min() > 0.995, np.round(fsc, 3)
-    assert fsc[1:15].min() > 0.98, np.round(fsc, 3)
-    assert np.corrcoef(result.full.ravel(), phantom_32.ravel())[0, 1] > 0.99
+    # shifts and the poses are all undone (measured: > 0.9993 to shell 14, 0.987 at
+    # shell 15; the simulation applies each CTF on the unpadded 32-px grid, where
+    # its fastest rings alias near Nyquist)
+    assert fsc[1:15].min() > 0.998, np.round(fsc, 4)
+    assert fsc[1:16].min() > 0.98, np.round(fsc, 4)
+    assert np.corrcoef(result.full.ravel(), phantom_32.ravel())[0, 1] > 0.999
     assert result.n_half1 == result.n_half2 == 1000
     assert result.fsc.crossing_a(0.143) == pytest.approx(6.0, rel=0.05)  # Nyquist
 
@@ -157,3 +158,125 @@ def test_slab_partition_does_not_change_the_sums(rng: np.random.Generator) -> No
         np.testing.assert_allclose(data, sums[0][0], rtol=0, atol=1e-9)
         np.testing.assert_allclose(weight, sums[0][1], rtol=0, atol=1e-9)
     assert np.count_nonzero(sums[0][1]) > 0.3 * sums[0][1].size
+
+
+def _scatter_by_definition(
+    npad: int,
+    fimages: np.ndarray,
+    ctf2: np.ndarray,
+    rotations: np.ndarray,
+    scale: float,
+    radius: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample of every slice at ``scale R^T k``, trilinearly, by ``np.add.at``
+    (no row windows, no slabs): the definition the kernel must match."""
+    n = fimages.shape[1]
+    ky, kx = np.meshgrid(
+        np.fft.fftfreq(n, 1.0 / n), np.arange(n // 2 + 1), indexing="ij"
+    )
+    keep = ky**2 + kx**2 <= radius**2
+    k = np.stack([kx[keep], ky[keep], np.zeros(keep.sum())], axis=1)
+    data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
+    weight = np.zeros(data.shape)
+    for i, rot in enumerate(rotations):
+        q = scale * k @ rot  # R^T k for each row k
+        value = fimages[i][keep].astype(np.complex128)
+        w = ctf2[i][keep].astype(np.float64)
+        flip = q[:, 0] < 0
+        q[flip] *= -1
+        value[flip] = np.conj(value[flip])
+        base = np.floor(q).astype(int)
+        frac = q - base
+        z0, y0, x0 = base[:, 2] + npad // 2, base[:, 1] + npad // 2, base[:, 0]
+        ok = (z0 >= 0) & (z0 + 1 < npad) & (y0 >= 0) & (y0 + 1 < npad)
+        ok &= x0 + 1 < npad // 2 + 1
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    t = (
+                        (frac[:, 2] if dz else 1 - frac[:, 2])
+                        * (frac[:, 1] if dy else 1 - frac[:, 1])
+                        * (frac[:, 0] if dx else 1 - frac[:, 0])
+                    )
+                    index = (z0[ok] + dz, y0[ok] + dy, x0[ok] + dx)
+                    np.add.at(data, index, (t * value)[ok])
+                    np.add.at(weight, index, (t * w)[ok])
+    return data, weight
+
+
+def test_scaled_insertion_matches_its_definition(rng: np.random.Generator) -> None:
+    """RELION's insertion (image 24 px, coordinates scaled 2x into a 48 grid)
+    against a plain scatter of every sample, for one slab and slabs of 3 planes."""
+    n_img, box, padding = 30, 24, 2
+    npad = padding * box
+    rotations = random_rotations(n_img, rng)
+    rotations[0] = np.eye(3)
+    rotations[1] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
+    shape = (n_img, box, box // 2 + 1)
+    fimages = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(
+        np.complex64
+    )
+    ctf2 = rng.uniform(0, 1, shape).astype(np.float32)
+    expected = _scatter_by_definition(
+        npad, fimages, ctf2, rotations, float(padding), box / 2
+    )
+    for slab_px in (npad, 3):
+        data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
+        weight = np.zeros(data.shape)
+        for parity in (0, 1):
+            _kernels.insert_slices_scaled(
+                data,
+                weight,
+                fimages,
+                ctf2,
+                np.arange(n_img),
+                rotations,
+                float(padding),
+                box / 2,
+                slab_px,
+                parity,
+            )
+        np.testing.assert_allclose(data, expected[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(weight, expected[1], rtol=0, atol=1e-9)
+    assert np.count_nonzero(expected[1]) > 0.05 * expected[1].size
+    # inside the grid every sample hands out its whole weight (trilinear weights sum
+    # to 1): the total is the CTF^2 of the samples within the radius
+    weight = np.zeros((npad, npad, npad // 2 + 1))
+    for parity in (0, 1):
+        _kernels.insert_slices_scaled(
+            np.zeros(weight.shape, dtype=np.complex128),
+            weight,
+            fimages,
+            ctf2,
+            np.arange(n_img),
+            rotations,
+            float(padding),
+            box / 2 - 1,
+            4,
+            parity,
+        )
+    ky = np.fft.fftfreq(box, 1.0 / box)[:, None]
+    inside = ky**2 + np.arange(box // 2 + 1) ** 2 <= (box / 2 - 1) ** 2
+    assert weight.sum() == pytest.approx(ctf2[:, inside].sum(dtype=np.float64))
+
+
+def test_scaled_insertion_recovers_clean_particles_better_than_padded(
+    rng: np.random.Generator,
+) -> None:
+    """400 noise-free particles, box 24: RELION's insertion gives back the volume
+    to FSC > 0.995 up to shell 10 of 12 (measured 0.999); the padded images' does
+    worse from shell 6 on (0.95 at shell 9, 0.87 at 10)."""
+    truth = phantom_volume(24, 3.0, rng)
+    particles = simulate_particles(truth, 400, pixel_size_a=3.0, rng=rng)
+    scaled, padded = (
+        fourier_shell_correlation(
+            weights_to_map(backproject(particles, insertion=how), ssnr=1000.0),
+            truth,
+            3.0,
+        ).fsc
+        for how in ("scaled", "padded")
+    )
+    assert scaled[1:11].min() > 0.995, np.round(scaled, 3)
+    assert scaled[7:12].mean() > padded[7:12].mean() + 0.03, np.round(padded, 3)
+    with pytest.raises(StageInputError, match="insertion"):
+        backproject(particles, insertion="nearest")  # type: ignore[arg-type]

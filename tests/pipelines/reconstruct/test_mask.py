@@ -7,7 +7,12 @@ import pytest
 from scipy.spatial import cKDTree
 
 from pipelines.errors import StageInputError
-from pipelines.reconstruct.mask import auto_threshold, create_mask, lowpass_map
+from pipelines.reconstruct.mask import (
+    auto_threshold,
+    create_mask,
+    lowpass_map,
+    soft_mask_outside_sphere,
+)
 
 BOX = 28
 
@@ -103,3 +108,29 @@ def test_a_threshold_above_the_map_is_refused() -> None:
         create_mask(
             np.zeros((8, 8, 8)), pixel_size_a=1.0, lowpass_a=None, threshold=1.0
         )
+
+
+def test_outside_sphere_mask_matches_relions_definition() -> None:
+    """softMaskOutsideMap: unchanged inside N/2, the background beyond N/2 + 3,
+    the raised-cosine blend between; the background is the blend-weighted mean."""
+    rng = np.random.default_rng(3)
+    volume = rng.standard_normal((BOX, BOX, BOX)) + 2.0
+    out = soft_mask_outside_sphere(volume)
+    r = np.linalg.norm(_coords(), axis=-1)
+    radius, outer = BOX / 2, BOX / 2 + 3
+    blend = np.where(r > outer, 1.0, 0.5 + 0.5 * np.cos(np.pi * (outer - r) / 3.0)) * (
+        r >= radius
+    )
+    background = (blend * volume).sum() / blend.sum()
+    assert background == pytest.approx(2.0, abs=0.05)
+    np.testing.assert_array_equal(out[r < radius], volume[r < radius])
+    np.testing.assert_allclose(out[r > outer], background, rtol=1e-12)
+    edge = (r >= radius) & (r <= outer)
+    assert edge.sum() > 1000
+    np.testing.assert_allclose(
+        out[edge], (1 - blend[edge]) * volume[edge] + blend[edge] * background
+    )
+    # a sphere that holds the whole box changes nothing
+    np.testing.assert_array_equal(
+        soft_mask_outside_sphere(volume, radius_px=BOX), volume
+    )
