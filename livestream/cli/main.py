@@ -13,6 +13,7 @@ from livestream.cli import (
     ctf,
     curate,
     extract,
+    initial_model,
     mask,
     motion,
     pick,
@@ -37,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "class2d": class2d,
     "curate": curate,
     "reconstruct": reconstruct,
+    "initial-model": initial_model,
     "mask": mask,
     "postprocess": postprocess,
 }

@@ -66,7 +66,9 @@ def gather_pixels(  # pragma: no cover
             v00 = fvol[z0, y0, x0] * (1 - fx) + fvol[z0, y0, x0 + 1] * fx
             v01 = fvol[z0, y0 + 1, x0] * (1 - fx) + fvol[z0, y0 + 1, x0 + 1] * fx
             v10 = fvol[z0 + 1, y0, x0] * (1 - fx) + fvol[z0 + 1, y0, x0 + 1] * fx
-            v11 = fvol[z0 + 1, y0 + 1, x0] * (1 - fx) + fvol[z0 + 1, y0 + 1, x0 + 1] * fx
+            v11 = (
+                fvol[z0 + 1, y0 + 1, x0] * (1 - fx) + fvol[z0 + 1, y0 + 1, x0 + 1] * fx
+            )
             v0 = v00 * (1 - fy) + v01 * fy
             v1 = v10 * (1 - fy) + v11 * fy
             value = v0 * (1 - fz) + v1 * fz

@@ -24,7 +24,13 @@ from pipelines.reconstruct.geometry import euler_to_matrix
 from pipelines.reconstruct.symmetry import symmetry_matrices
 from pipelines.simulate.projection import prepare_volume_transform
 
-__all__ = ["MapAlignment", "align_maps", "align_symmetry", "rotate_map", "symmetrise_map"]
+__all__ = [
+    "MapAlignment",
+    "align_maps",
+    "align_symmetry",
+    "rotate_map",
+    "symmetrise_map",
+]
 
 _PADDING = 2
 
@@ -45,7 +51,9 @@ class MapAlignment:
 def _cube(volume: np.ndarray, name: str) -> np.ndarray:
     v = np.asarray(volume, dtype=np.float32)
     if v.ndim != 3 or len(set(v.shape)) != 1 or v.shape[0] % 2:
-        raise StageInputError("<array>", name, v.shape, "must be an even cube (N, N, N)")
+        raise StageInputError(
+            "<array>", name, v.shape, "must be an even cube (N, N, N)"
+        )
     return v
 
 
@@ -55,11 +63,17 @@ def _ball(radius_px: float) -> np.ndarray:
     k = np.arange(-n, n + 1, dtype=np.float64)
     z, y, x = np.meshgrid(k, k, np.arange(n + 1, dtype=np.float64), indexing="ij")
     r = np.sqrt(x * x + y * y + z * z)
-    keep = (r >= 1) & (r <= radius_px) & ((x > 0) | ((x == 0) & (y > 0)) | ((x == 0) & (y == 0) & (z > 0)))
+    keep = (
+        (r >= 1)
+        & (r <= radius_px)
+        & ((x > 0) | ((x == 0) & (y > 0)) | ((x == 0) & (y == 0) & (z > 0)))
+    )
     return np.stack([x[keep], y[keep], z[keep]], axis=1)
 
 
-def _samples(transform: np.ndarray, rotations: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _samples(
+    transform: np.ndarray, rotations: np.ndarray, points: np.ndarray
+) -> np.ndarray:
     """``(R, M)`` values of ``transform`` at ``R^T p`` (points in unpadded units)."""
     out = np.empty((len(rotations), len(points)), dtype=np.complex64)
     p = np.ascontiguousarray(points * _PADDING)
@@ -76,8 +90,10 @@ def _samples(transform: np.ndarray, rotations: np.ndarray, points: np.ndarray) -
 
 def _shell_normalised(values: np.ndarray, shells: np.ndarray) -> np.ndarray:
     """Values divided by their rms per shell (so that every shell counts alike)."""
-    power = np.bincount(shells, np.abs(values) ** 2) / np.maximum(np.bincount(shells), 1)
-    return values / np.sqrt(np.maximum(power[shells], 1e-30))
+    power = np.bincount(shells, np.abs(values) ** 2) / np.maximum(
+        np.bincount(shells), 1
+    )
+    return np.asarray(values / np.sqrt(np.maximum(power[shells], 1e-30)))
 
 
 def _local_rotations(centre: np.ndarray, step_deg: float, n: int = 2) -> np.ndarray:
@@ -96,7 +112,9 @@ def _local_rotations(centre: np.ndarray, step_deg: float, n: int = 2) -> np.ndar
     return np.asarray(centre[None] @ small)
 
 
-def rotate_map(volume: np.ndarray, rotation: np.ndarray, shift_px: np.ndarray | None = None) -> np.ndarray:
+def rotate_map(
+    volume: np.ndarray, rotation: np.ndarray, shift_px: np.ndarray | None = None
+) -> np.ndarray:
     """``out(x) = volume(R^T (x - shift))`` about the centre voxel ``N // 2``
     (trilinear; ``shift_px`` [x, y, z]); its transform at ``k`` is the input's
     at ``R^T k``."""
@@ -116,7 +134,9 @@ def _mirror(volume: np.ndarray) -> np.ndarray:
     return np.roll(volume[::-1, ::-1, ::-1], 1, axis=(0, 1, 2))
 
 
-def _best_shift(moving: np.ndarray, reference: np.ndarray, max_shift_px: float) -> tuple[np.ndarray, float]:
+def _best_shift(
+    moving: np.ndarray, reference: np.ndarray, max_shift_px: float
+) -> tuple[np.ndarray, float]:
     """Integer shift [x, y, z] maximising the cross-correlation, and the
     correlation coefficient there."""
     n = moving.shape[0]
@@ -128,7 +148,10 @@ def _best_shift(moving: np.ndarray, reference: np.ndarray, max_shift_px: float) 
     cc = np.where(np.sqrt(x * x + y * y + z * z) <= max_shift_px, cc, -np.inf)
     idx = np.unravel_index(int(np.argmax(cc)), cc.shape)
     shift = np.array([k[idx[2]], k[idx[1]], k[idx[0]]])
-    norm = np.sqrt(((moving - moving.mean()) ** 2).sum() * ((reference - reference.mean()) ** 2).sum())
+    norm = np.sqrt(
+        ((moving - moving.mean()) ** 2).sum()
+        * ((reference - reference.mean()) ** 2).sum()
+    )
     return shift, float(cc[idx] / max(norm, 1e-30))
 
 
@@ -155,12 +178,18 @@ def align_maps(
     if mov.shape != ref.shape:
         raise StageInputError("<array>", "moving", mov.shape, f"must match {ref.shape}")
     n = ref.shape[0]
-    radius = n / 4.0 if resolution_a is None else min(n / 2 - 1, n * pixel_size_a / resolution_a)
+    radius = (
+        n / 4.0
+        if resolution_a is None
+        else min(n / 2 - 1, n * pixel_size_a / resolution_a)
+    )
     points = _ball(radius)
     shells = np.rint(np.linalg.norm(points, axis=1)).astype(np.int64)
     ft_ref = prepare_volume_transform(ref, oversampling=_PADDING)
     ft_mov = prepare_volume_transform(mov, oversampling=_PADDING)
-    target = _shell_normalised(np.abs(_samples(ft_ref, np.eye(3)[None], points)[0]), shells)
+    target = _shell_normalised(
+        np.abs(_samples(ft_ref, np.eye(3)[None], points)[0]), shells
+    )
     target -= target.mean()
 
     def scores(rotations: np.ndarray) -> np.ndarray:
@@ -204,7 +233,7 @@ def symmetrise_map(volume: np.ndarray, symmetry: str) -> np.ndarray:
     """The average of ``volume`` over the operators of ``symmetry``."""
     v = _cube(volume, "volume")
     ops = symmetry_matrices(symmetry)
-    return np.mean([rotate_map(v, op) for op in ops], axis=0).astype(np.float32)
+    return np.asarray(np.mean([rotate_map(v, op) for op in ops], axis=0), np.float32)
 
 
 def align_symmetry(
@@ -224,7 +253,11 @@ def align_symmetry(
     if len(ops) == 1:
         return np.eye(3), v
     n = v.shape[0]
-    radius = n / 4.0 if resolution_a is None else min(n / 2 - 1, n * pixel_size_a / resolution_a)
+    radius = (
+        n / 4.0
+        if resolution_a is None
+        else min(n / 2 - 1, n * pixel_size_a / resolution_a)
+    )
     points = _ball(radius)
     ft = prepare_volume_transform(v, oversampling=_PADDING)
 
@@ -236,7 +269,9 @@ def align_symmetry(
         for g in ops[1:]:  # a loop over the group's operators
             moved = _samples(ft, rotations, points @ g.T)
             num = (np.conj(base) * moved).real.sum(axis=1)
-            den = np.sqrt((np.abs(base) ** 2).sum(axis=1) * (np.abs(moved) ** 2).sum(axis=1))
+            den = np.sqrt(
+                (np.abs(base) ** 2).sum(axis=1) * (np.abs(moved) ** 2).sum(axis=1)
+            )
             total += num / np.maximum(den, 1e-30)
         return total / (len(ops) - 1)
 

@@ -82,7 +82,7 @@ def shift_phases(shifts_px: np.ndarray, pixels: PixelSet) -> np.ndarray:
     """``exp(-2 pi i k . t / N)`` ``(T, M)`` complex64: multiplying a transform by
     row ``t`` shifts the image by the origin ``t``."""
     arg = shifts_px[:, :1] * pixels.kx[None, :] + shifts_px[:, 1:] * pixels.ky[None, :]
-    return np.exp(-2j * np.pi * arg / pixels.box_px).astype(np.complex64)
+    return np.asarray(np.exp(-2j * np.pi * arg / pixels.box_px), dtype=np.complex64)
 
 
 def _coarse_candidates(
@@ -170,9 +170,7 @@ def search_poses(
     pose = np.where(valid, flat % n_pose, -1)
     shift = np.where(valid, flat // n_pose, 0)
     fine = np.empty(flat.shape, dtype=np.float64)
-    _kernels.score_candidates(
-        x, ctf_w, ctf2_w, projections, phases, pose, shift, fine
-    )
+    _kernels.score_candidates(x, ctf_w, ctf2_w, projections, phases, pose, shift, fine)
     fine = np.where(valid, fine + log_prior[np.maximum(pose, 0)], -np.inf)
     best_score = fine.max(axis=1)
     posterior = np.exp(fine - best_score[:, None])

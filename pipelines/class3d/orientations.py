@@ -38,7 +38,7 @@ def directions_for_step(step_deg: float) -> int:
     divided by the area of one cell)."""
     if not 0.5 <= step_deg <= 90.0:
         raise StageInputError("<argument>", "step_deg", step_deg, "must be 0.5..90")
-    return max(12, round(4.0 * np.pi / np.deg2rad(step_deg) ** 2))
+    return max(12, round(float(4.0 * np.pi / np.deg2rad(step_deg) ** 2)))
 
 
 def pose_grid(step_deg: float, *, half_sphere: bool = False) -> PoseGrid:

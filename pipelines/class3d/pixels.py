@@ -93,7 +93,9 @@ def prepare_particles(
     ft = scipy.fft.rfft2(np.fft.ifftshift(images, axes=(1, 2)), workers=-1)
     values = ft[:, pixels.row, pixels.col].astype(np.complex64)
     step = 1.0 / (pixels.box_px * particles.pixel_size_a)
-    ctf = ctf_batch(particles, rows, pixels.ky[None, :] * step, pixels.kx[None, :] * step)
+    ctf = ctf_batch(
+        particles, rows, pixels.ky[None, :] * step, pixels.kx[None, :] * step
+    )
     return values, np.ascontiguousarray(ctf[:, 0, :], dtype=np.float32)
 
 

@@ -81,11 +81,14 @@ class InitialModelConfig:
     tau2_fudge: float = 4.0
     padding: int = 2
     inactive_fraction: float = 0.2
+    positive: bool = True
     schedule: Schedule = DEFAULT_SCHEDULE
 
     def __post_init__(self) -> None:
         if self.n_classes < 1:
-            raise StageInputError("<argument>", "classes", self.n_classes, "must be >= 1")
+            raise StageInputError(
+                "<argument>", "classes", self.n_classes, "must be >= 1"
+            )
         if self.box_px < 16 or self.box_px % 2:
             raise StageInputError(
                 "<argument>", "box_px", self.box_px, "must be even and >= 16"
@@ -102,7 +105,13 @@ class InitialModelConfig:
         return min(diameter_a / (2.0 * self.pixel_size_a), self.box_px / 2.0 - 2.0)
 
     def shell_of(self, resolution_a: float) -> int:
-        return int(np.clip(round(self.box_px * self.pixel_size_a / resolution_a), 2, self.box_px // 2 - 1))
+        return int(
+            np.clip(
+                round(self.box_px * self.pixel_size_a / resolution_a),
+                2,
+                self.box_px // 2 - 1,
+            )
+        )
 
     @property
     def initial_radius_px(self) -> int:

@@ -80,10 +80,12 @@ def _ball_mask(config: InitialModelConfig) -> np.ndarray:
     z, y, x = np.indices((n, n, n)) - n // 2
     r = np.sqrt(x * x + y * y + z * z)
     t = np.clip((r - config.mask_radius_px) / 3.0, 0.0, 1.0)
-    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+    return np.asarray(0.5 + 0.5 * np.cos(np.pi * t), dtype=np.float32)
 
 
-def _half_fsc(data: np.ndarray, weight: np.ndarray, box_px: int, padding: int) -> np.ndarray:
+def _half_fsc(
+    data: np.ndarray, weight: np.ndarray, box_px: int, padding: int
+) -> np.ndarray:
     """FSC ``(N // 2 + 1,)`` of the two halves' ``D / W`` per shell (padded grid,
     sampled at every ``padding``-th shell)."""
     npad = data.shape[-3]
@@ -125,7 +127,10 @@ def _class_maps(
             padding=config.padding,
             n_particles=0,
         )
-        maps[k] = weights_to_map(sums, ssnr=ssnr) * mask
+        volume = weights_to_map(sums, ssnr=ssnr)
+        if config.positive:
+            volume = np.maximum(volume, 0.0)
+        maps[k] = volume * mask
         fscs[k] = fsc
     return maps, fscs
 
@@ -142,21 +147,27 @@ def _insert(
     particles: PosedParticles,
     rows: np.ndarray,
     entries: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    shifts_px: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-class, per-half sums of weighted poses.
 
     ``entries`` = (particle position in ``rows``, class, rotation ``(E, 3, 3)``,
-    origin ``(E, 2)`` px, weight), sorted by particle position.
+    index into the origins ``shifts_px`` ``(T, 2)``, weight).
     """
     n, pad = config.box_px, config.padding
     npad = n * pad
     k_classes = config.n_classes
     data = np.zeros((k_classes, 2, npad, npad, npad // 2 + 1), dtype=np.complex128)
     weight = np.zeros(data.shape, dtype=np.float64)
-    position, klass, rotation, origin, w = entries
+    position, klass, rotation, shift_index, w = entries
     mask = soft_circle(n, config.mask_radius_px)
     ky = np.fft.fftfreq(npad, 1.0 / npad)[:, None]
     kx = np.arange(npad // 2 + 1)[None, :]
+    # one phase ramp per origin of the grid (exp(-2 pi i k . t / Np))
+    phases = np.exp(
+        (-2j * np.pi / npad)
+        * (shifts_px[:, 0, None, None] * kx + shifts_px[:, 1, None, None] * ky)
+    ).astype(np.complex64)
     per_particle = npad * (npad // 2 + 1) * 12 * (1 + config.max_inserted_poses)
     block = max(1, _ENTRY_BYTES // per_particle)
     half = (rows % 2).astype(np.int64)  # particles split by index parity
@@ -165,13 +176,8 @@ def _insert(
         fimages, ctf2 = padded_transforms(particles, rows[start:stop], mask, pad)
         chosen = (position >= start) & (position < stop)
         local = position[chosen] - start
-        o = origin[chosen]
-        phase = np.exp(
-            (-2j * np.pi / npad)
-            * (o[:, 0, None, None] * kx + o[:, 1, None, None] * ky)
-        ).astype(np.complex64)
         ww = w[chosen].astype(np.float32)[:, None, None]
-        slices = fimages[local] * phase * ww
+        slices = fimages[local] * phases[shift_index[chosen]] * ww
         weights2 = ctf2[local] * ww
         group = klass[chosen] * 2 + half[position[chosen]]
         for g in np.unique(group):  # a loop over (class, half) groups
@@ -202,7 +208,7 @@ def initialise_state(
         raise StageInputError(
             "<array>", "images", particles.images.shape, f"box must be {config.box_px}"
         )
-    grid, _ = _grids(config)
+    grid, shifts = _grids(config)
     size = minibatch_size(0, particles.n_particles, config.schedule)
     rows = _sample_rows(particles.n_particles, max(size, 2 * config.n_classes), rng)
     n = len(rows)
@@ -210,10 +216,10 @@ def initialise_state(
         np.arange(n),
         rng.integers(0, config.n_classes, n),
         grid.rotations[rng.integers(0, grid.n_rotations, n)],
-        np.zeros((n, 2)),
+        np.full(n, int(np.argmin(np.hypot(shifts[:, 0], shifts[:, 1])))),
         np.ones(n),
     )
-    data, weight = _insert(config, particles, rows, entries)
+    data, weight = _insert(config, particles, rows, entries, shifts)
     radius = config.initial_radius_px
     maps, fsc = _class_maps(config, data, weight, radius)
     pixels = pixel_set(config.box_px, config.box_px // 2)
@@ -249,7 +255,9 @@ def _image_power(
     return np.asarray(out)
 
 
-def _radius_for(config: InitialModelConfig, state: InitialModelState, index: int) -> int:
+def _radius_for(
+    config: InitialModelConfig, state: InitialModelState, index: int
+) -> int:
     """The resolution limit of mini-batch ``index``: the schedule's (linear from
     the initial to the final limit over the first 80 % of the run), held to 3
     shells beyond the largest class's half-set FSC = 0.143."""
@@ -267,7 +275,6 @@ def _entries(
     config: InitialModelConfig,
     result: PoseSearchResult,
     grid: PoseGrid,
-    shifts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``max_inserted_poses`` most probable poses of each particle with
     posterior >= 1e-3, renormalised: what :func:`_insert` back-projects."""
@@ -281,7 +288,7 @@ def _entries(
     klass = np.take_along_axis(result.candidate_class, order, axis=1)[keep]
     rot = np.take_along_axis(result.candidate_rotation, order, axis=1)[keep]
     shift = np.take_along_axis(result.candidate_shift, order, axis=1)[keep]
-    return position, klass, grid.rotations[rot], shifts[shift], post[keep]
+    return position, klass, grid.rotations[rot], shift, post[keep]
 
 
 def _search(
@@ -347,7 +354,7 @@ def vdam_step(
     radius = _radius_for(config, state, index)
     result, grid, shifts = _search(config, state, particles, rows, radius)
     data_b, weight_b = _insert(
-        config, particles, rows, _entries(config, result, grid, shifts)
+        config, particles, rows, _entries(config, result, grid), shifts
     )
     eta = step_size(index, schedule)
     data = (1.0 - eta) * state.data + eta * data_b
@@ -394,7 +401,11 @@ def run_minibatches(
 ) -> InitialModelState:
     """Step until the schedule ends (or ``n_minibatches`` more steps)."""
     total = config.schedule.n_minibatches
-    stop = total if n_minibatches is None else min(total, state.minibatch_index + n_minibatches)
+    stop = (
+        total
+        if n_minibatches is None
+        else min(total, state.minibatch_index + n_minibatches)
+    )
     while state.minibatch_index < stop:  # a loop over mini-batches
         state = vdam_step(config, state, particles)
         if on_progress is not None:
