@@ -133,6 +133,8 @@ def search_poses(
     *,
     transforms: np.ndarray,
     grid: PoseGrid,
+    fine_grid: PoseGrid,
+    children: np.ndarray,
     shifts_px: np.ndarray,
     particles: PosedParticles,
     rows: np.ndarray,
@@ -145,32 +147,51 @@ def search_poses(
     adaptive_fraction: float = 0.999,
     max_candidates: int = 128,
 ) -> PoseSearchResult:
-    """Score the poses of particles ``rows`` (see the module docstring)."""
+    """Score the poses of particles ``rows`` (see the module docstring): the coarse
+    pass on ``grid``, the kept coarse rotations refined into their ``children``
+    ``(Rc, W)`` on ``fine_grid``; candidate rotations index ``fine_grid``."""
     x, ctf = prepare_particles(particles, rows, pixels, mask)
     s2 = np.maximum(noise_power[pixels.shell], 1e-30).astype(np.float32)
     ctf_w = ctf / s2
     ctf2_w = ctf * ctf / s2
-    projections = project_pixels(transforms, grid.rotations, pixels, padding)
-    phases = shift_phases(shifts_px, pixels)
-    n_rot = grid.n_rotations
-    log_prior = np.repeat(log_class_prior, n_rot).astype(np.float32)
     mc = max(1, n_coarse_pixels)
+    coarse_pixels = PixelSet(
+        box_px=pixels.box_px,
+        kx=pixels.kx[:mc],
+        ky=pixels.ky[:mc],
+        shell=pixels.shell[:mc],
+        row=pixels.row[:mc],
+        col=pixels.col[:mc],
+    )
+    phases = shift_phases(shifts_px, pixels)
+    n_classes = transforms.shape[0]
+    n_coarse, n_fine = grid.n_rotations, fine_grid.n_rotations
     flat = _coarse_candidates(
         x[:, :mc],
         ctf_w[:, :mc],
         ctf2_w[:, :mc],
-        projections[:, :mc],
+        project_pixels(transforms, grid.rotations, coarse_pixels, padding),
         phases[:, :mc],
-        log_prior,
+        np.repeat(log_class_prior, n_coarse).astype(np.float32),
         adaptive_fraction,
         max_candidates,
     )
-    n_pose = projections.shape[0]
-    valid = flat >= 0
-    pose = np.where(valid, flat % n_pose, -1)
-    shift = np.where(valid, flat // n_pose, 0)
-    fine = np.empty(flat.shape, dtype=np.float64)
+    valid_coarse = flat >= 0
+    coarse_pose = np.where(valid_coarse, flat % (n_classes * n_coarse), 0)
+    klass = coarse_pose // n_coarse
+    kids = children[coarse_pose % n_coarse]  # (B, C, W)
+    valid = valid_coarse[:, :, None] & (kids >= 0)
+    pose = np.where(valid, klass[:, :, None] * n_fine + kids, -1).reshape(len(x), -1)
+    shift = np.broadcast_to(
+        np.where(valid_coarse, flat // (n_classes * n_coarse), 0)[:, :, None],
+        valid.shape,
+    ).reshape(len(x), -1)
+    valid = valid.reshape(len(x), -1)
+    projections = project_pixels(transforms, fine_grid.rotations, pixels, padding)
+    fine = np.empty(pose.shape, dtype=np.float64)
+    shift = np.ascontiguousarray(shift)
     _kernels.score_candidates(x, ctf_w, ctf2_w, projections, phases, pose, shift, fine)
+    log_prior = np.repeat(log_class_prior, n_fine)
     fine = np.where(valid, fine + log_prior[np.maximum(pose, 0)], -np.inf)
     best_score = fine.max(axis=1)
     posterior = np.exp(fine - best_score[:, None])
@@ -184,8 +205,8 @@ def search_poses(
     power = np.bincount(shell, np.abs(residual.ravel()) ** 2, minlength=n_shells)
     counts = np.bincount(shell, minlength=n_shells).astype(np.float64)
     return PoseSearchResult(
-        candidate_class=np.where(valid, pose // n_rot, -1),
-        candidate_rotation=np.where(valid, pose % n_rot, -1),
+        candidate_class=np.where(valid, pose // n_fine, -1),
+        candidate_rotation=np.where(valid, pose % n_fine, -1),
         candidate_shift=np.where(valid, shift, -1),
         posterior=posterior,
         log_likelihood=best_score,

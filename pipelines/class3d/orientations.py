@@ -16,7 +16,13 @@ import numpy as np
 from pipelines.errors import StageInputError
 from pipelines.reconstruct.geometry import euler_to_matrix
 
-__all__ = ["PoseGrid", "directions_for_step", "pose_grid", "shift_grid"]
+__all__ = [
+    "PoseGrid",
+    "children_of",
+    "directions_for_step",
+    "pose_grid",
+    "shift_grid",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,3 +89,24 @@ def shift_grid(range_px: float, step_px: float) -> np.ndarray:
     grid = np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1).reshape(-1, 2)
     inside = np.hypot(grid[:, 0], grid[:, 1]) <= range_px + 1e-9
     return np.ascontiguousarray(grid[inside], dtype=np.float64)
+
+
+def children_of(coarse: PoseGrid, fine: PoseGrid) -> np.ndarray:
+    """For each coarse rotation, the fine rotations nearest to it ``(Rc, W)``
+    (padded with -1): the fine poses a kept coarse pose is refined into
+    (RELION's oversampling, with two independent grids)."""
+    # nearest coarse rotation of each fine one: the largest trace of Rc Rf^T
+    nearest = np.empty(fine.n_rotations, dtype=np.int64)
+    block = 512
+    for start in range(0, fine.n_rotations, block):  # a loop over blocks of rotations
+        rf = fine.rotations[start : start + block]
+        trace = np.einsum("cij,fij->fc", coarse.rotations, rf)
+        nearest[start : start + block] = np.argmax(trace, axis=1)
+    counts = np.bincount(nearest, minlength=coarse.n_rotations)
+    width = max(1, int(counts.max()))
+    order = np.argsort(nearest, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(fine.n_rotations) - starts[nearest[order]]
+    out = np.full((coarse.n_rotations, width), -1, dtype=np.int64)
+    out[nearest[order], rank] = order
+    return out

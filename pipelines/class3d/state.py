@@ -57,10 +57,14 @@ class InitialModelConfig:
     The resolution limit grows from ``initial_resolution_a`` to
     ``final_resolution_a`` (default: 2.5 pixels) along the schedule, held back to
     3 shells beyond where the half-set FSC falls below 0.143.  The pose search
-    scores every orientation of a ``angular_step_deg`` grid and every shift on
-    pixels within ``coarse_radius_fraction`` of the limit, then rescores the poses
-    holding ``adaptive_fraction`` of that posterior (at most ``max_candidates``) on
-    every pixel within the limit.  ``tau2_fudge`` is RELION's T (4 for initial
+    scores every orientation of a grid at ``oversampling`` times
+    ``angular_step_deg`` and every shift on pixels within
+    ``coarse_radius_fraction`` of the limit (at least the initial limit), then
+    rescores the poses holding ``adaptive_fraction`` of that posterior (at most
+    ``max_candidates``), each refined into the nearest rotations of the
+    ``angular_step_deg`` grid, on every pixel within the limit.  With
+    ``oversampling = 2`` (30° coarse) the search is 8 times cheaper but found
+    52 % instead of 78 % of poses within 15° in our test: 1 is the default.  ``tau2_fudge`` is RELION's T (4 for initial
     models).
     """
 
@@ -75,6 +79,7 @@ class InitialModelConfig:
     initial_resolution_a: float | None = None
     final_resolution_a: float | None = None
     coarse_radius_fraction: float = 0.6
+    oversampling: int = 1
     adaptive_fraction: float = 0.999
     max_candidates: int = 128
     max_inserted_poses: int = 8

@@ -15,13 +15,19 @@ the largest one.  The run starts from random poses (a blob per class).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
 from pipelines.class2d.schedule import in_middle_phase, minibatch_size, step_size
 from pipelines.class3d.expectation import PoseSearchResult, search_poses
-from pipelines.class3d.orientations import PoseGrid, pose_grid, shift_grid
+from pipelines.class3d.orientations import (
+    PoseGrid,
+    children_of,
+    pose_grid,
+    shift_grid,
+)
 from pipelines.class3d.pixels import (
     PixelSet,
     padded_transforms,
@@ -68,9 +74,23 @@ class Assignment:
     max_posterior: np.ndarray
 
 
+@functools.lru_cache(maxsize=4)
+def _pose_grids(
+    step_deg: float, oversampling: int
+) -> tuple[PoseGrid, PoseGrid, np.ndarray]:
+    """The coarse grid (``oversampling`` times the step), the fine grid and the
+    coarse -> fine map (the identity without oversampling)."""
+    fine = pose_grid(step_deg)
+    if oversampling <= 1:
+        return fine, fine, np.arange(fine.n_rotations)[:, None]
+    coarse = pose_grid(oversampling * step_deg)
+    return coarse, fine, children_of(coarse, fine)
+
+
 def _grids(config: InitialModelConfig) -> tuple[PoseGrid, np.ndarray]:
+    """The fine pose grid and the origins."""
     return (
-        pose_grid(config.angular_step_deg),
+        _pose_grids(config.angular_step_deg, config.oversampling)[1],
         shift_grid(config.offset_range_px, config.offset_step_px),
     )
 
@@ -298,13 +318,18 @@ def _search(
     rows: np.ndarray,
     radius_px: int,
 ) -> tuple[PoseSearchResult, PoseGrid, np.ndarray]:
-    grid, shifts = _grids(config)
+    coarse_grid, grid, children = _pose_grids(
+        config.angular_step_deg, config.oversampling
+    )
+    shifts = shift_grid(config.offset_range_px, config.offset_step_px)
     pixels = pixel_set(config.box_px, radius_px)
     coarse = max(config.initial_radius_px, config.coarse_radius_fraction * radius_px)
     prior = np.log(np.maximum(state.class_fractions, 1e-6))
     result = search_poses(
         transforms=reference_transforms(config, state.maps),
-        grid=grid,
+        grid=coarse_grid,
+        fine_grid=grid,
+        children=children,
         shifts_px=shifts,
         particles=particles,
         rows=rows,
