@@ -20,7 +20,6 @@ import scipy.ndimage
 from pipelines.class3d import _kernels
 from pipelines.class3d.orientations import pose_grid
 from pipelines.errors import StageInputError
-from pipelines.reconstruct.geometry import euler_to_matrix
 from pipelines.reconstruct.symmetry import symmetry_matrices
 from pipelines.simulate.projection import prepare_volume_transform
 
@@ -28,6 +27,7 @@ __all__ = [
     "MapAlignment",
     "align_maps",
     "align_symmetry",
+    "mirror_map",
     "rotate_map",
     "symmetrise_map",
 ]
@@ -129,7 +129,7 @@ def rotate_map(
     return np.asarray(out, dtype=np.float32)
 
 
-def _mirror(volume: np.ndarray) -> np.ndarray:
+def mirror_map(volume: np.ndarray) -> np.ndarray:
     """``volume(-x)`` about the centre voxel."""
     return np.roll(volume[::-1, ::-1, ::-1], 1, axis=(0, 1, 2))
 
@@ -213,7 +213,7 @@ def align_maps(
     limit = n / 4.0 if max_shift_px is None else max_shift_px
     best_result: MapAlignment | None = None
     for mirrored in (False, True):
-        source = _mirror(mov) if mirrored else mov
+        source = mirror_map(mov) if mirrored else mov
         for rotation in keep:  # a loop over a few peaks
             rotated = rotate_map(source, rotation)
             shift, cc = _best_shift(rotated, ref, limit)
@@ -283,7 +283,3 @@ def align_symmetry(
     aligned = symmetrise_map(rotate_map(v, best), symmetry)
     return best, aligned
 
-
-def euler_rotation(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
-    """RELION's rotation matrix of one set of Euler angles (for callers' tests)."""
-    return np.asarray(euler_to_matrix(rot_deg, tilt_deg, psi_deg))
