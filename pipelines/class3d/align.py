@@ -282,4 +282,3 @@ def align_symmetry(
         best = local[int(np.argmax(scores(local)))]
     aligned = symmetrise_map(rotate_map(v, best), symmetry)
     return best, aligned
-

@@ -295,20 +295,28 @@ def _entries(
     config: InitialModelConfig,
     result: PoseSearchResult,
     grid: PoseGrid,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The ``max_inserted_poses`` most probable poses of each particle with
-    posterior >= 1e-3, renormalised: what :func:`_insert` back-projects."""
-    m = min(config.max_inserted_poses, result.posterior.shape[1])
-    order = np.argsort(-result.posterior, axis=1)[:, :m]
-    post = np.take_along_axis(result.posterior, order, axis=1)
-    keep = post >= 1e-3 * post[:, :1]
-    post = np.where(keep, post, 0.0)
-    post /= post.sum(axis=1, keepdims=True)
-    position = np.broadcast_to(np.arange(len(post))[:, None], post.shape)[keep]
-    klass = np.take_along_axis(result.candidate_class, order, axis=1)[keep]
-    rot = np.take_along_axis(result.candidate_rotation, order, axis=1)[keep]
-    shift = np.take_along_axis(result.candidate_shift, order, axis=1)[keep]
-    return position, klass, grid.rotations[rot], shift, post[keep]
+    """``max_inserted_poses`` draws per particle from its posterior, each weighing
+    ``1 / draws`` (repeated draws of a pose add up): an unbiased estimate of the
+    posterior-weighted insertion at a bounded cost, where keeping the top few
+    poses would favour noise peaks of broad posteriors.  What :func:`_insert`
+    back-projects."""
+    m = config.max_inserted_poses
+    b, c = result.posterior.shape
+    cumulative = np.cumsum(result.posterior, axis=1)
+    draws = rng.random((b, m)) * cumulative[:, -1:]
+    picked = np.minimum(
+        (cumulative[:, None, :] <= draws[:, :, None]).sum(axis=2), c - 1
+    )  # (b, m) candidate index of each draw
+    counts = np.zeros((b, c))
+    np.add.at(counts, (np.repeat(np.arange(b), m), picked.ravel()), 1.0 / m)
+    keep = counts > 0
+    position = np.broadcast_to(np.arange(b)[:, None], (b, c))[keep]
+    klass = result.candidate_class[keep]
+    rot = result.candidate_rotation[keep]
+    shift = result.candidate_shift[keep]
+    return position, klass, grid.rotations[rot], shift, counts[keep]
 
 
 def _search(
@@ -379,7 +387,7 @@ def vdam_step(
     radius = _radius_for(config, state, index)
     result, grid, shifts = _search(config, state, particles, rows, radius)
     data_b, weight_b = _insert(
-        config, particles, rows, _entries(config, result, grid), shifts
+        config, particles, rows, _entries(config, result, grid, rng), shifts
     )
     eta = step_size(index, schedule)
     data = (1.0 - eta) * state.data + eta * data_b

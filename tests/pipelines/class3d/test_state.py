@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.class3d import (
     InitialModelConfig,
+    InitialModelState,
     initialise_state,
     load_checkpoint,
     run_minibatches,
@@ -45,15 +46,15 @@ def config() -> InitialModelConfig:
 def test_same_seed_same_run_and_a_checkpoint_resumes_exactly(
     particles: PosedParticles, config: InitialModelConfig, tmp_path: Path
 ) -> None:
-    def start() -> object:
+    def start() -> InitialModelState:
         return initialise_state(config, particles, np.random.default_rng(11))
 
-    whole = run_minibatches(config, start(), particles)  # type: ignore[arg-type]
+    whole = run_minibatches(config, start(), particles)
     assert whole.minibatch_index == 4
     assert whole.particles_processed > 0
     assert np.isclose(whole.class_fractions.sum(), 1.0)
 
-    half = run_minibatches(config, start(), particles, n_minibatches=2)  # type: ignore[arg-type]
+    half = run_minibatches(config, start(), particles, n_minibatches=2)
     path = save_checkpoint(tmp_path / "state.npz", config, half)
     loaded_config, loaded = load_checkpoint(path)
     assert loaded_config == config
@@ -69,7 +70,7 @@ def test_same_seed_same_run_and_a_checkpoint_resumes_exactly(
             config,
             start(),
             particles,
-            n_minibatches=1,  # type: ignore[arg-type]
+            n_minibatches=1,
         ).maps,
     )
 
@@ -77,7 +78,7 @@ def test_same_seed_same_run_and_a_checkpoint_resumes_exactly(
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
     path = tmp_path / "state.npz"
     np.savez(path, nothing=np.zeros(1))
-    with pytest.raises(StageInputError, match="state.npz"):
+    with pytest.raises(StageInputError, match=r"state\.npz"):
         load_checkpoint(path)
 
 
