@@ -1,10 +1,11 @@
 """VDAM initial model: success over seeds, and pose-search speed against BLAS.
 
-    .venv/bin/python benchmarks/bench_initial_model.py [--seeds 3] [--particles 3000]
-        [--snr 0.1] [--mini-batches 40] [--speed-only] [--accuracy-only]
+    .venv/bin/python benchmarks/bench_initial_model.py [--seeds 3] [--particles 1500]
+        [--snr 1.0] [--mini-batches 20] [--batch 150] [--final-batch 300]
+        [--speed-only] [--accuracy-only]
 
 Accuracy: for each seed, particles are simulated from the real 70S ribosome map
-(``../shared/data/real``, whole map in a box of 32, 10.2 Å/px) at random poses
+(``$LIVESTREAM_SHARED_DATA/real`` or ``../shared/data/real``, whole map in a box of 32, 10.2 Å/px) at random poses
 and shifts (±2 px), each with its own CTF (defocus 0.8-2.5 µm) and white noise at
 ``--snr``; the initial model runs from random poses; its map is aligned to the
 truth (rotation search, both hands) and its FSC = 0.5 resolution compared with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -45,7 +47,11 @@ from pipelines.simulate.volumes import (
     rescale_volume,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+DATA = (
+    Path(os.environ.get("LIVESTREAM_SHARED_DATA", "")) / "real"
+    if os.environ.get("LIVESTREAM_SHARED_DATA")
+    else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+)
 RELION = Path("/work/relion-build/bin/relion_refine")
 
 
@@ -154,9 +160,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--particles", type=int, default=3000)
-    parser.add_argument("--snr", type=float, default=0.1)
-    parser.add_argument("--mini-batches", type=int, default=40)
+    parser.add_argument("--particles", type=int, default=1500)
+    parser.add_argument("--snr", type=float, default=1.0)
+    parser.add_argument("--mini-batches", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=150)
+    parser.add_argument("--final-batch", type=int, default=300)
     parser.add_argument("--speed-particles", type=int, default=200)
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
