@@ -168,8 +168,8 @@ def align_maps(
     """The rotation, shift and hand that superpose ``moving`` on ``reference``.
 
     The rotation search correlates shell-normalised Fourier amplitudes within
-    ``resolution_a`` (default 4 pixels' worth below Nyquist... at most N / 4
-    shells) over a ``step_deg`` grid; the ``n_best`` peaks are refined twice on
+    ``resolution_a`` (default: N / 4 shells)
+    over a ``step_deg`` grid; the ``n_best`` peaks are refined twice on
     local grids, and for each of them and for both hands the real-space
     correlation at the best shift decides.
     """
@@ -253,8 +253,9 @@ def align_symmetry(
     if len(ops) == 1:
         return np.eye(3), v
     n = v.shape[0]
+    # low resolution finds the axes; at most 8 shells keeps large groups cheap
     radius = (
-        n / 4.0
+        min(n / 4.0, 8.0)
         if resolution_a is None
         else min(n / 2 - 1, n * pixel_size_a / resolution_a)
     )

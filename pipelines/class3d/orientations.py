@@ -47,19 +47,12 @@ def directions_for_step(step_deg: float) -> int:
     return max(12, round(float(4.0 * np.pi / np.deg2rad(step_deg) ** 2)))
 
 
-def pose_grid(step_deg: float, *, half_sphere: bool = False) -> PoseGrid:
-    """Fibonacci directions at about ``step_deg`` times psi every ``step_deg``.
-
-    ``half_sphere`` keeps tilt <= 90 only (enough for a map with an inversion
-    centre; unused for C1).
-    """
+def pose_grid(step_deg: float) -> PoseGrid:
+    """Fibonacci directions at about ``step_deg`` times psi every ``step_deg``."""
     n = directions_for_step(step_deg)
     i = np.arange(n) + 0.5
     tilt = np.rad2deg(np.arccos(1.0 - 2.0 * i / n))
     rot = np.mod(np.rad2deg(np.pi * (1.0 + np.sqrt(5.0)) * i), 360.0)
-    if half_sphere:
-        keep = tilt <= 90.0
-        rot, tilt = rot[keep], tilt[keep]
     n_psi = max(4, round(360.0 / step_deg))
     psi = np.arange(n_psi) * (360.0 / n_psi)
     angles = np.stack(
