@@ -65,7 +65,9 @@ class InitialModelConfig:
     ``angular_step_deg`` grid, on every pixel within the limit.  With
     ``oversampling = 2`` (30° coarse) the search is 8 times cheaper but found
     52 % instead of 78 % of poses within 15° in our test: 1 is the default.  ``tau2_fudge`` is RELION's T (4 for initial
-    models).
+    models).  ``noise_fudge_initial`` multiplies the noise power the search uses
+    (broader early posteriors), halving its excess every ``noise_fudge_halflife``
+    mini-batches (RELION-3's SGD ``--sgd_sigma2fudge_initial``; 1: off).
     """
 
     n_classes: int
@@ -87,6 +89,8 @@ class InitialModelConfig:
     padding: int = 2
     inactive_fraction: float = 0.2
     positive: bool = True
+    noise_fudge_initial: float = 1.0
+    noise_fudge_halflife: float = 5.0
     schedule: Schedule = DEFAULT_SCHEDULE
 
     def __post_init__(self) -> None:

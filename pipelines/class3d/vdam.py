@@ -333,6 +333,10 @@ def _search(
     pixels = pixel_set(config.box_px, radius_px)
     coarse = max(config.initial_radius_px, config.coarse_radius_fraction * radius_px)
     prior = np.log(np.maximum(state.class_fractions, 1e-6))
+    excess = config.noise_fudge_initial - 1.0
+    fudge = 1.0 + excess * 0.5 ** (
+        state.minibatch_index / max(config.noise_fudge_halflife, 1e-9)
+    )
     result = search_poses(
         transforms=reference_transforms(config, state.maps),
         grid=coarse_grid,
@@ -343,7 +347,7 @@ def _search(
         rows=rows,
         pixels=pixels,
         n_coarse_pixels=pixels.within(min(coarse, radius_px)),
-        noise_power=state.noise_power,
+        noise_power=state.noise_power * fudge,
         log_class_prior=prior,
         mask=soft_circle(config.box_px, config.mask_radius_px),
         padding=config.padding,
