@@ -94,8 +94,6 @@ def accuracy_row(
         n_classes=1,
         box_px=truth.shape[0],
         pixel_size_a=px,
-        initial_resolution_a=40.0,
-        positive=False,
         schedule=schedule,
     )
     start = time.perf_counter()

@@ -64,7 +64,7 @@ class InitialModelConfig:
     ``max_candidates``), each refined into the nearest rotations of the
     ``angular_step_deg`` grid, on every pixel within the limit.  With
     ``oversampling = 2`` (30° coarse) the search is 8 times cheaper but found
-    52 % instead of 78 % of poses within 15° in our test: 1 is the default.  ``tau2_fudge`` is RELION's T (4 for initial
+    52 % instead of 78 % of poses within 15° in our test (coarse pass on 11 shells): 1 is the default.  ``tau2_fudge`` is RELION's T (4 for initial
     models).  ``noise_fudge_initial`` multiplies the noise power the search uses
     (broader early posteriors), halving its excess every ``noise_fudge_halflife``
     mini-batches (RELION-3's SGD ``--sgd_sigma2fudge_initial``; 1: off).
@@ -88,7 +88,7 @@ class InitialModelConfig:
     tau2_fudge: float = 4.0
     padding: int = 2
     inactive_fraction: float = 0.2
-    positive: bool = True
+    positive: bool = False
     noise_fudge_initial: float = 1.0
     noise_fudge_halflife: float = 5.0
     schedule: Schedule = DEFAULT_SCHEDULE
@@ -124,8 +124,8 @@ class InitialModelConfig:
 
     @property
     def initial_radius_px(self) -> int:
-        """The first resolution limit (default 30 Å or 4 shells, whichever is more)."""
-        limit_a = self.initial_resolution_a or 30.0
+        """The first resolution limit (default 40 Å or 4 shells, whichever is more)."""
+        limit_a = self.initial_resolution_a or 40.0
         return max(4, self.shell_of(limit_a))
 
     @property

@@ -4,8 +4,8 @@ start, the map aligned to the truth (rotation search, both hands).
 1500 particles (box 32, 10.2 Å/px) at random poses and ±2 px shifts, each with its
 own CTF, white noise at SNR 1; 20 mini-batches of 150 -> 300 particles from 40 Å.
 Measured on the seeds below: FSC(map, truth) = 0.5 at 24.5 Å against 21.1 Å from
-the true poses (ratio 1.16; the issue asks <= 1.5).  At SNR 0.1 the run does not
-converge yet in the mini-batches a test can afford (docs/class3d.md).
+the true poses (ratio 1.16; the issue asks <= 1.5).  At SNR 0.1 it takes 60
+mini-batches (ratio 1.23 on one seed, docs/class3d.md): too slow for the suite.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ def test_initial_model_matches_the_truth_within_1_5_times_the_true_poses(
         n_classes=1,
         box_px=BOX,
         pixel_size_a=PX,
-        initial_resolution_a=40.0,
-        positive=False,
         schedule=schedule,
     )
     state = initialise_state(config, particles, np.random.default_rng(102))
