@@ -11,7 +11,8 @@ import pytest
 import starfile
 
 from livestream.cli.main import main
-from pipelines.reconstruct import write_posed_particles
+from pipelines.class3d.align import rotate_map
+from pipelines.reconstruct import symmetry_matrices, write_posed_particles
 from pipelines.simulate.volumes import phantom_volume
 from tests.pipelines.reconstruct.conftest import simulate_particles
 
@@ -83,3 +84,21 @@ def test_a_missing_input_and_a_bad_group_exit_2(
     bad = ["initial-model", str(particles_star), "--out", str(out), "--sym", "Q7"]
     assert main(bad) == 2
     assert "Q7" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one mini-batch, the axis search and a pass: ~20 s loaded
+def test_a_symmetry_is_found_and_applied_after_c1(
+    particles_star: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "InitialModel"
+    args = ["initial-model", str(particles_star), "--out", str(out), "--sym", "C2"]
+    assert main([*args, "--mini-batches", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["symmetry"] == "C2"
+    with mrcfile.open(summary["maps"][0]) as mrc:
+        volume = np.asarray(mrc.data)
+    (turn,) = [op for op in symmetry_matrices("C2") if not np.allclose(op, np.eye(3))]
+    turned = rotate_map(volume, turn)
+    assert np.corrcoef(volume.ravel(), turned.ravel())[0, 1] > 0.95
+    model = starfile.read(out / "run_it001_model.star", always_dict=True)
+    assert model["model_general"]["rlnSymmetryGroup"] == "C2"
