@@ -5,7 +5,7 @@ Public API:
 - :func:`symmetry_matrices`: point-group operators in RELION's conventions
 - :class:`PosedParticles`, :func:`read_posed_particles`: images with poses and CTF
 - :func:`backproject`, :func:`weights_to_map`, :class:`FourierSums`: insertion and
-  the regularised division
+  the regularised division; :func:`insert_transforms` for prepared, weighted slices
 - :func:`reconstruct_halves`, :class:`Reconstruction`: gold-standard half maps
 - :func:`fourier_shell_correlation`, :class:`FscCurve`: FSC and its crossings
 - :func:`create_mask`, :func:`lowpass_map`: relion_mask_create's soft masks
@@ -18,6 +18,7 @@ from __future__ import annotations
 from pipelines.reconstruct.backproject import (
     FourierSums,
     backproject,
+    insert_transforms,
     ssnr_from_fsc,
     weights_to_map,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "backproject",
     "create_mask",
     "fourier_shell_correlation",
+    "insert_transforms",
     "lowpass_map",
     "postprocess",
     "read_mtf_star",

@@ -50,6 +50,7 @@ __all__ = [
     "OUTSIDE_SPHERE_EDGE_PX",
     "FourierSums",
     "backproject",
+    "insert_transforms",
     "ssnr_from_fsc",
     "weights_to_map",
 ]
@@ -206,6 +207,57 @@ def backproject(
         box_px=box,
         padding=padding,
         n_particles=len(chosen),
+    )
+
+
+def insert_transforms(
+    fimages: np.ndarray,
+    ctf2: np.ndarray,
+    image_index: np.ndarray,
+    rotations: np.ndarray,
+    *,
+    box_px: int,
+    padding: int = DEFAULT_PADDING,
+    radius_px: float | None = None,
+) -> FourierSums:
+    """Sums of prepared slices: ``fimages`` ``(b, Np, Np // 2 + 1)`` complex64
+    (CTF-weighted, recentred, FFT row order, as :func:`backproject` prepares them;
+    any per-pose weight already applied) and ``ctf2`` (same shape, float32),
+    inserted at ``rotations`` ``(n, 3, 3)`` for images ``image_index`` ``(n,)``.
+
+    ``radius_px`` (unpadded pixels, default ``box_px // 2``) limits the frequencies
+    inserted.  For callers with their own poses and weights (the 3D pose search).
+    """
+    npad = padding * box_px
+    if fimages.shape[1:] != (npad, npad // 2 + 1) or ctf2.shape != fimages.shape:
+        raise StageInputError(
+            "<array>", "fimages", fimages.shape, f"must be (b, {npad}, {npad // 2 + 1})"
+        )
+    data = np.zeros((npad, npad, npad // 2 + 1), dtype=np.complex128)
+    weight = np.zeros(data.shape, dtype=np.float64)
+    radius = float(padding * (box_px // 2 if radius_px is None else radius_px))
+    slab_px = max(2, npad // (4 * numba.get_num_threads()))
+    rots = np.ascontiguousarray(rotations, dtype=np.float64)
+    index = np.ascontiguousarray(image_index, dtype=np.int64)
+    for parity in (0, 1):
+        _kernels.insert_slices(
+            data,
+            weight,
+            np.ascontiguousarray(fimages, dtype=np.complex64),
+            np.ascontiguousarray(ctf2, dtype=np.float32),
+            index,
+            rots,
+            radius,
+            slab_px,
+            parity,
+        )
+    _make_x0_plane_hermitian(data, weight)
+    return FourierSums(
+        data=data,
+        weight=weight,
+        box_px=box_px,
+        padding=padding,
+        n_particles=len(fimages),
     )
 
 

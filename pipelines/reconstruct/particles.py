@@ -190,13 +190,19 @@ class PosedParticles:
         )
 
 
-def read_posed_particles(star_path: str | Path) -> PosedParticles:
-    """Read a RELION particle STAR with poses and its image stacks."""
+def read_posed_particles(
+    star_path: str | Path, *, require_poses: bool = True
+) -> PosedParticles:
+    """Read a RELION particle STAR with poses and its image stacks.
+
+    ``require_poses=False`` accepts a STAR without angles (an initial model's
+    input): missing angles and origins read as 0.
+    """
     path = Path(star_path)
     if not path.is_file():
         raise StageInputError(path, "file", str(path), "no such particle STAR file")
     optics, table = read_particles_star(path)
-    _check_columns(path, optics, table)
+    _check_columns(path, optics, table, require_poses=require_poses)
     stack, _ = read_particle_stack(path)  # the images, in the rows' order
     pixel_size_a = float(optics["rlnImagePixelSize"].iloc[0])
     rows = _optics_rows(path, optics, table)
@@ -290,9 +296,12 @@ def ctf_batch(
     return out
 
 
-def _check_columns(path: Path, optics: Any, table: Any) -> None:
+def _check_columns(
+    path: Path, optics: Any, table: Any, *, require_poses: bool = True
+) -> None:
     """Poses and image names per particle; optics RELION requires, one box size."""
-    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"):
+    angles = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if require_poses else ()
+    for column in (*angles, "rlnImageName"):
         if column not in table.columns:
             raise StageInputError(path, column, None, "column missing: need poses")
     for key in _REQUIRED_OPTICS:
