@@ -133,6 +133,9 @@ FILE_CASES: dict[str, ArgvOf] = {
         "star", "split-halves", bad, "--out", str(tmp / "o.star")
     ],
     "slurm-script --config": lambda bad, tmp: ["slurm-script", "--config", bad],
+    "initial-model": lambda bad, tmp: [
+        "initial-model", bad, "--classes", "1", "--out", str(tmp / "IM")
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
