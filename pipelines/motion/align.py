@@ -186,13 +186,15 @@ def _group_sums(spectra: Any, half_width: int, xp: ModuleType) -> tuple[Any, Any
 
     The triangle is the sum of the nested windows ``|d| <= k``, ``k = 0 .. h``, each
     a difference of one cumulative sum: ``h + 2`` passes over the stack instead of
-    ``2 (2 h + 1)``."""
+    ``2 (2 h + 1)``.  The weighted sum is built in ``spectra``'s memory (which is
+    overwritten: pass a copy to keep it)."""
     if half_width <= 0:
         return spectra, spectra
     h = half_width
     csum = xp.cumsum(spectra, axis=-3)
     plain = _window_sum(csum, h, xp)
-    weighted = plain + spectra  # the windows k = h and k = 0
+    weighted = spectra  # built in place: the windows k = 0 (the frames) and k = h
+    weighted += plain
     for k in range(1, h):
         weighted += _window_sum(csum, k, xp)
     del csum

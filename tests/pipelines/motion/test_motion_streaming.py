@@ -37,7 +37,7 @@ def test_group_sums_from_cumulative_sums_match_the_definition(rng):
     spectra = rng.standard_normal((2, 9, 4, 3)).astype(np.complex64)
     n = spectra.shape[-3]
     for h in (1, 2, 4, 12):
-        weighted, plain = _group_sums(spectra, h, np)
+        weighted, plain = _group_sums(spectra.copy(), h, np)
         for i in range(n):
             js = [j for j in range(i - h, i + h + 1) if 0 <= j < n]
             w = [(h + 1 - abs(j - i)) / (h + 1) for j in js]
