@@ -1,11 +1,14 @@
-"""Benchmark motion correction: time per step and the ratio to a lower bound.
+"""Benchmark motion correction at real size: the whole stage against its bound.
 
-Per movie (4096 x 4096 x 40 frames, and a small 1024 x 1024 x 20 one; ``--small``
-runs only the small one) it times: read, gain + defects, global alignment, local
-alignment, dose weighting + sum, write; and, in the same run on the same arrays,
-the work any method must do: reading the file's bytes, one forward FFT per frame
-and the two inverse FFTs of the sums at full size (plus the binned FFTs the
-alignment works on).  Ratios near 1 mean the step costs what its FFTs cost.
+A 4096 x 4096 x 40-frame counting movie (int8 MRC) of a drifting texture at ~1.2
+e/px/frame, and the same counts as LZW TIFF (uint8) and EER (each frame split into
+``--eer-readouts`` 0/1 readouts, decoded and grouped back to 40 fractions).  Per
+format, each in a fresh process (so its peak memory is its own): the time of
+:func:`pipelines.motion.job.run_motion` (read, gain + defects, global and 5 x 5
+local alignment, dose-weighted sum, power spectrum, writing; what ``livestream
+motion`` runs), its peak RSS and drift error against the integer truth; and, in
+the same run, the lower bound any method must pay: reading the movie (EER decoded
+and grouped) and one float32 rfft2 per frame.  ``--small`` uses 1024 x 1024 x 20.
 
     .venv/bin/python benchmarks/bench_motion.py [--small] [--workers N]
     .venv/bin/python benchmarks/bench_motion.py --accuracy [--small] [--seed N]
@@ -17,7 +20,9 @@ alignment works on).  Ratios near 1 mean the step costs what its FFTs cost.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +31,10 @@ import mrcfile
 import numpy as np
 import scipy.fft
 
+from mdcatch.records import MovieFormat
 from pipelines.io.movies import read_movie
-from pipelines.io.outputs import write_mrc
-from pipelines.motion.correct import DAMAGE_BFACTOR_PX2, align_global, prepare_frames
-from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
-from pipelines.motion.local import align_patches
-from pipelines.motion.summing import power_spectrum, sum_frames
+from pipelines.motion.job import run_motion
+from pipelines.simulate.writers import write_movie
 
 
 def make_movie_file(
@@ -68,132 +71,114 @@ def timed(fn, *args, **kwargs):
     return value, time.perf_counter() - start
 
 
+def write_formats(
+    mrc_path: Path, eer_raw_per_fraction: int, rng: np.random.Generator
+) -> dict[str, tuple[Path, int]]:
+    """The same counts as LZW TIFF (uint8) and EER (each fraction split into
+    ``eer_raw_per_fraction`` 0/1 readouts; counts above that are clipped):
+    ``{format: (path, raw frames per fraction)}``."""
+    with mrcfile.mmap(mrc_path, mode="r") as mrc:
+        counts = np.clip(np.asarray(mrc.data), 0, None).astype(np.uint8)
+    tiff = mrc_path.with_suffix(".tif")
+    write_movie(counts, tiff, fmt=MovieFormat.TIFF, pixel_size_a=1.0)
+    eer = mrc_path.with_suffix(".eer")
+    k = eer_raw_per_fraction
+    write_movie(
+        np.minimum(counts, k),
+        eer,
+        fmt=MovieFormat.EER,
+        pixel_size_a=1.0,
+        rng=rng,
+        eer_subframes_per_frame=k,
+    )
+    return {"MRC int8": (mrc_path, 1), "TIFF LZW": (tiff, 1), "EER": (eer, k)}
+
+
+def _bound(path: Path, group: int, workers: int) -> dict[str, float]:
+    """Read the movie (integers, EER decoded and grouped) and take one float32
+    rfft2 per frame: the work any motion correction must do."""
+    start = time.perf_counter()
+    frames = read_movie(path, eer_frames_per_group=group, native=True)
+    t_read = time.perf_counter() - start
+    buffer = np.empty(frames.shape[1:], np.float32)
+    start = time.perf_counter()
+    for frame in frames:
+        buffer[...] = frame
+        scipy.fft.rfft2(buffer, workers=workers)
+    t_fft = time.perf_counter() - start
+    return {"read": t_read, "fft": t_fft}
+
+
+def _method(path: Path, group: int, workers: int, out: str) -> dict[str, object]:
+    """``livestream motion``'s whole stage: read, gain, align, local, sum, write."""
+    start = time.perf_counter()
+    result = run_motion(
+        path,
+        out,
+        pixel_size_a=1.0,
+        dose_per_frame_e_per_a2=1.0 / group,
+        voltage_kv=300.0,
+        eer_group_dose_e_per_a2=1.0,
+        workers=workers,
+    )
+    return {
+        "time": time.perf_counter() - start,
+        "shifts": result.shifts_px,
+        "local": result.local_rms_residual_px,
+    }
+
+
+def _child(queue, fn, *args):
+    value = fn(*args)
+    value["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    queue.put(value)
+
+
+def in_process(fn, *args) -> dict:
+    """Run ``fn(*args)`` in a fresh process: its own peak memory (ru_maxrss)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, fn, *args))
+    process.start()
+    value = queue.get()
+    process.join()
+    return value
+
+
 def bench(
-    size: int, n_frames: int, workers: int, folder: Path, rng: np.random.Generator
+    size: int,
+    n_frames: int,
+    workers: int,
+    folder: Path,
+    rng: np.random.Generator,
+    eer_raw_per_fraction: int,
 ) -> None:
     path = folder / f"movie_{size}.mrc"
     truth, t_make = timed(make_movie_file, path, size, n_frames, rng)
+    movies, t_formats = timed(write_formats, path, eer_raw_per_fraction, rng)
     print(
-        f"\n== {size} x {size} x {n_frames} frames (movie made in {t_make:.1f} s, {workers} workers)"
+        f"\n== {size} x {size} x {n_frames} frames, {workers} workers "
+        f"(movie made in {t_make:.0f} s, TIFF/EER written in {t_formats:.0f} s; "
+        f"EER: {eer_raw_per_fraction} readouts per fraction, "
+        f"{eer_raw_per_fraction * n_frames} in all)"
     )
-    gain = (1.0 + 0.05 * rng.standard_normal((size, size))).astype(np.float32)
-
-    # the method
-    frames, t_read = timed(read_movie, path)
-    (work, _, n_hot), t_prep = timed(
-        prepare_frames, frames, gain=gain, overwrite_input=True
+    print(
+        f"{'format':9s} {'file MB':>8s} {'motion s':>9s} {'peak GB':>8s} "
+        f"{'read s':>7s} {'FFT s':>6s} {'bound s':>8s} {'ratio':>6s} {'drift RMS px':>13s}"
     )
-    exposures = frame_exposures_e_per_a2(n_frames, 1.0)
-    # correct_motion's defaults at 1 e/Å²/frame: damage-matched filters, B 20 px²,
-    # coarse pass on 5-frame groups, trajectory smoothing
-    damage = DamageModel(pixel_size_a=1.0, exposures_e_per_a2=exposures, voltage_kv=300)
-    (shifts, aligned, factor), t_global = timed(
-        align_global,
-        work,
-        bfactor_px2=DAMAGE_BFACTOR_PX2,
-        group_half_width=2,
-        damage=damage,
-        smooth=True,
-        workers=workers,
-    )
-    local, t_local = timed(
-        align_patches,
-        aligned,
-        factor,
-        (size, size),
-        patches=(5, 5),
-        bfactor_px2=150.0,
-        group_half_width=2,
-        damage=damage,
-        workers=workers,
-    )
-    (dw, no_dw, spectrum), t_sum = timed(
-        sum_frames,
-        work,
-        shifts,
-        pixel_size_a=1.0,
-        exposures_e_per_a2=exposures,
-        voltage_kv=300,
-        local_coefficients=local.coefficients,
-        workers=workers,
-    )
-    _, t_sum_global = timed(
-        sum_frames,
-        work,
-        shifts,
-        pixel_size_a=1.0,
-        exposures_e_per_a2=exposures,
-        voltage_kv=300,
-        local_coefficients=None,
-        workers=workers,
-    )
-    ps, t_ps = timed(power_spectrum, spectrum, (size, size))
-
-    def write_all() -> None:
-        write_mrc(folder / "dw.mrc", dw, pixel_size_a=1.0)
-        write_mrc(folder / "nodw.mrc", no_dw, pixel_size_a=1.0)
-        write_mrc(folder / "ps.mrc", ps, pixel_size_a=1.0, float16=False)
-
-    _, t_write = timed(write_all)
-
-    # lower bounds on the same arrays
-    _, lb_read = timed(lambda: np.fromfile(path, dtype=np.uint8).sum(dtype=np.uint64))
-    _, lb_prep = timed(lambda: np.multiply(work, gain, out=work))
-    binned_shape = aligned.shape[1:]
-
-    def binned_ffts() -> None:
-        spectra = scipy.fft.rfft2(aligned, workers=workers)
-        scipy.fft.irfft2(spectra, s=binned_shape, workers=workers)
-
-    _, lb_global = timed(binned_ffts)
-
-    def full_ffts() -> None:
-        acc = np.zeros((size, size // 2 + 1), np.complex64)
-        for i in range(n_frames):
-            acc += scipy.fft.rfft2(work[i], workers=workers)
-        scipy.fft.irfft2(acc, s=(size, size), workers=workers)
-        scipy.fft.irfft2(acc, s=(size, size), workers=workers)
-
-    _, lb_sum = timed(full_ffts)
-    _, lb_write = timed(
-        lambda: (
-            dw.astype(np.float16).tofile(folder / "raw1"),
-            no_dw.astype(np.float16).tofile(folder / "raw2"),
+    for name, (movie, group) in movies.items():
+        bound = in_process(_bound, movie, group, workers)
+        out = tempfile.mkdtemp(dir=folder)
+        method = in_process(_method, movie, group, workers, out)
+        shifts = np.asarray(method["shifts"])
+        error = np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1)))
+        lower = bound["read"] + bound["fft"]
+        print(
+            f"{name:9s} {movie.stat().st_size / 1e6:8.0f} {method['time']:9.1f} "
+            f"{method['peak_gb']:8.2f} {bound['read']:7.1f} {bound['fft']:6.1f} "
+            f"{lower:8.1f} {method['time'] / lower:6.2f} {error:13.4f}",
+            flush=True,
         )
-    )
-
-    error = np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1)))
-    rows = [
-        ("read", t_read, lb_read, "raw bytes read"),
-        ("gain + defects", t_prep, lb_prep, "one multiply pass"),
-        (
-            "global align",
-            t_global,
-            lb_global,
-            f"fwd+inv FFT of binned frames (bin {factor})",
-        ),
-        ("local align", t_local, None, ""),
-        ("DW sum, local warp", t_sum + t_ps, lb_sum, "n fwd + 2 inv full FFTs"),
-        ("DW sum, global only", t_sum_global + t_ps, lb_sum, "n fwd + 2 inv full FFTs"),
-        ("write", t_write, lb_write, "raw float16 bytes"),
-    ]
-    print(f"{'step':22s} {'time s':>8s} {'bound s':>8s} {'ratio':>6s}  bound")
-    for name, t, bound, what in rows:
-        if bound:
-            print(f"{name:22s} {t:8.2f} {bound:8.2f} {t / bound:6.1f}  {what}")
-        else:
-            print(f"{name:22s} {t:8.2f} {'':>8s} {'':>6s}")
-    total = t_read + t_prep + t_global + t_local + t_sum + t_ps + t_write
-    bound = lb_read + lb_sum
-    print(
-        f"{'total':22s} {total:8.2f} {bound:8.2f} {total / bound:6.1f}  read + n fwd + 2 inv full FFTs"
-    )
-    print(
-        f"throughput {n_frames * size * size / total / 1e6:.1f} Mpx/s; {3600 / total:.0f} movies/h"
-    )
-    print(
-        f"global shift RMS error vs integer truth {error:.3f} px; hot pixels {n_hot}; local fit RMS {local.rms_residual_px:.3f} px"
-    )
 
 
 def main() -> None:
@@ -206,6 +191,12 @@ def main() -> None:
         help="errors vs the truth on a realistic simulated 4096² movie (--small: 1024²)",
     )
     parser.add_argument("--seed", type=int, default=1, help="simulation seed")
+    parser.add_argument(
+        "--eer-readouts",
+        type=int,
+        default=10,
+        help="EER readouts per 1 e/Å² fraction (Falcon 4: ~25; writing them is slow)",
+    )
     args = parser.parse_args()
     if args.accuracy:
         from bench_motion_accuracy import measure_accuracy
@@ -213,10 +204,10 @@ def main() -> None:
         measure_accuracy(1024 if args.small else 4096, args.seed, args.workers)
         return
     rng = np.random.default_rng(7)
-    sizes = [(1024, 20)] if args.small else [(1024, 20), (4096, 40)]
+    sizes = [(1024, 20)] if args.small else [(4096, 40)]
     with tempfile.TemporaryDirectory() as tmp:
         for size, n in sizes:
-            bench(size, n, args.workers, Path(tmp), rng)
+            bench(size, n, args.workers, Path(tmp), rng, args.eer_readouts)
 
 
 if __name__ == "__main__":

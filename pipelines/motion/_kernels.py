@@ -104,3 +104,41 @@ def warp_polynomial(
                         row += wx[i] * frame[yy, xx]
                     acc += wy[j] * row
             out[y, x] = acc
+
+
+@njit(cache=True, parallel=True)
+def block_sum(frame: np.ndarray, block: int, out: np.ndarray) -> None:
+    """``out[y, x]`` = sum of the ``block × block`` pixels of ``frame`` (float32)
+    starting at ``(block y, block x)``; ``out`` is ``(ny // block, nx // block)``."""
+    my, mx = out.shape
+    for y in prange(my):
+        for x in range(mx):
+            out[y, x] = 0.0
+        for j in range(block):
+            row = y * block + j
+            for x in range(mx):
+                total = np.float32(0.0)
+                for i in range(block):
+                    total += frame[row, x * block + i]
+                out[y, x] += total
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def accumulate_shifted(
+    spectrum: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    weight: np.ndarray,
+    plain: np.ndarray,
+    weighted: np.ndarray,
+) -> None:
+    """``plain += s``, ``weighted += weight * s`` with ``s = spectrum * ramp_y[y] *
+    ramp_x[x]`` (a frame's rfft2 shifted by an outer-product phase ramp): one pass
+    over the full-size spectrum per frame instead of five array operations."""
+    ny, nxh = spectrum.shape
+    for y in prange(ny):
+        ey = ramp_y[y]
+        for x in range(nxh):
+            value = spectrum[y, x] * (ey * ramp_x[x])
+            plain[y, x] += value
+            weighted[y, x] += value * weight[y, x]

@@ -25,6 +25,7 @@ correction applied to frame ``i``, relative to the first frame (row 0 is
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 
 from pipelines.motion.align import align_stack, fft_kwargs, shift_spectra
 from pipelines.motion.defects import (
+    PreparedFrames,
     apply_gain,
     detect_dead_pixels,
     detect_hot_pixels,
@@ -40,7 +42,7 @@ from pipelines.motion.defects import (
 )
 from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
 from pipelines.motion.local import LocalMotion, align_patches
-from pipelines.motion.spectra import binned_spectra
+from pipelines.motion.spectra import band_spectra
 from pipelines.motion.summing import power_spectrum, sum_frames
 from pipelines.motion.trajectory import smooth_trajectory
 from pipelines.motion.weighting import refine_at_finer_bin, spectral_snr_weights
@@ -144,6 +146,7 @@ def align_global(
     damage: DamageModel | None = None,
     smooth: bool = False,
     snr_weighting: bool = True,
+    prepare: Callable[[int], Any] | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[np.ndarray, Any, int]:
@@ -161,11 +164,22 @@ def align_global(
     is weighted by its expected signal ``exp(-N_f / (2 Ne(k)))`` (a matched filter:
     early frames keep their high-resolution signal, late ones only low).  With
     ``smooth`` the trajectory is smoothed in time (GCV-chosen Whittaker smoother,
-    :mod:`pipelines.motion.trajectory`) before the frames are aligned by it."""
+    :mod:`pipelines.motion.trajectory`) before the frames are aligned by it.
+
+    All binned spectra come from one pass over the frames with one FFT each
+    (:func:`pipelines.motion.spectra.band_spectra`); ``prepare(i)`` gives frame
+    ``i`` as gain-corrected float32 when ``frames`` are the file's raw integers."""
     fft = fft_module(xp)
     _, ny, nx = frames.shape
     factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
-    spectra, shape = binned_spectra(frames, factor, workers=workers, xp=xp)
+    spectra, shape, fine, fine_shape = band_spectra(
+        frames,
+        factor,
+        fine=snr_weighting and factor > 1,
+        prepare=prepare,
+        workers=workers,
+        xp=xp,
+    )
     amplitudes = None if damage is None else damage.filters(shape, factor, xp=xp)
     weighted = spectra if amplitudes is None else spectra * amplitudes
     # coarse pass: a strong B-factor (broad peak, low-resolution signal) finds the
@@ -189,12 +203,14 @@ def align_global(
         workers=workers,
         xp=xp,
     )
+    del weighted
     if snr_weighting:
         # final pass: frequencies weighted by the movie's measured spectral SNR
         weights = spectral_snr_weights(spectra, shape, shifts, amplitudes, xp=xp)
         if weights is not None:
             shifts = align_stack(
-                weighted * xp.sqrt(weights),
+                (spectra if amplitudes is None else spectra * amplitudes)
+                * xp.sqrt(weights),
                 shape,
                 bfactor_px2=0.0,
                 max_shift_px=max_shift_px / factor,
@@ -202,10 +218,17 @@ def align_global(
                 workers=workers,
                 xp=xp,
             )
-        if factor > 1:
-            shifts = refine_at_finer_bin(
-                frames, shifts, factor, damage, workers=workers, xp=xp
+        del amplitudes
+        if fine is not None:
+            scale = (fine_shape[1] / shape[1], fine_shape[0] / shape[0])
+            fine_bin = factor * shape[0] / fine_shape[0]
+            fine_amplitudes = (
+                None if damage is None else damage.filters(fine_shape, fine_bin, xp=xp)
             )
+            shifts = refine_at_finer_bin(
+                fine, shifts, fine_shape, scale, fine_amplitudes, workers=workers, xp=xp
+            )
+            del fine, fine_amplitudes
     if smooth:
         smoothed, _ = smooth_trajectory(to_numpy(shifts))
         shifts = xp.asarray(smoothed)
@@ -240,7 +263,6 @@ def correct_motion(
     max_shift_px: float = 80.0,
     hot_pixel_sigma: float | None = 10.0,
     power_spectrum_size: int = 512,
-    overwrite_input: bool = False,
     workers: int | None = None,
     xp: ModuleType = np,
 ) -> MotionResult:
@@ -251,8 +273,11 @@ def correct_motion(
     unbinned px² (``bfactor_px2`` None: ``DAMAGE_BFACTOR_PX2`` when the dose is
     known, as the frames are then weighted by their expected damaged signal, else
     ``PLAIN_BFACTOR_PX2``).  With ``smooth`` the global trajectory is smoothed in
-    time (:func:`pipelines.motion.trajectory.smooth_trajectory`).  ``workers`` threads for the FFTs (default: all CPUs).  With
-    ``overwrite_input`` a float32 C-contiguous ``frames`` is corrected in place.
+    time (:func:`pipelines.motion.trajectory.smooth_trajectory`).  ``workers`` threads for the FFTs (default: all CPUs).
+    ``frames`` may stay in the file's integer type (one byte per pixel for
+    counting detectors): gain and defects are applied one frame at a time
+    (:class:`pipelines.motion.defects.PreparedFrames`) and ``frames`` is never
+    modified.
     """
     if pixel_size_a <= 0 or not np.isfinite(pixel_size_a):
         raise ValueError(f"pixel_size_a must be positive, got {pixel_size_a!r}")
@@ -261,14 +286,16 @@ def correct_motion(
             f"dose_per_frame_e_per_a2 must be >= 0, got {dose_per_frame_e_per_a2!r}"
         )
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
-    work, n_defects, n_hot = prepare_frames(
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n_frames, ny, nx), got shape {frames.shape}")
+    prepared = PreparedFrames(
         frames,
         gain=gain,
         defect_mask=defect_mask,
         hot_pixel_sigma=hot_pixel_sigma,
-        overwrite_input=overwrite_input,
     )
-    n_frames, ny, nx = work.shape
+    n_defects, n_hot = prepared.n_defects, prepared.n_hot
+    n_frames, ny, nx = frames.shape
     group = 0
     if 0 < dose_per_frame_e_per_a2 < COARSE_GROUP_DOSE_E_PER_A2:
         group = int(
@@ -288,12 +315,13 @@ def correct_motion(
         bfactor_px2 = PLAIN_BFACTOR_PX2 if damage is None else DAMAGE_BFACTOR_PX2
     if n_frames > 1:
         shifts, aligned, factor = align_global(
-            work,
+            frames,
             group_half_width=min(group, (n_frames - 1) // 2),
             bfactor_px2=bfactor_px2,
             max_shift_px=max_shift_px,
             damage=damage,
             smooth=smooth,
+            prepare=prepared,
             workers=n_workers,
             xp=xp,
         )
@@ -315,12 +343,13 @@ def correct_motion(
         if not local.significant:  # noise would explain the patches as well
             local = None
     dw, no_dw, spectrum = sum_frames(
-        xp.asarray(work),
+        frames,
         shifts,
         pixel_size_a=pixel_size_a,
         exposures_e_per_a2=exposures,
         voltage_kv=voltage_kv,
         local_coefficients=None if local is None else local.coefficients,
+        prepare=prepared,
         workers=n_workers,
         xp=xp,
     )

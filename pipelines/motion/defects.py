@@ -19,6 +19,7 @@ from pipelines.errors import StageInputError
 from pipelines.motion import _kernels as _motion_kernels
 
 __all__ = [
+    "PreparedFrames",
     "apply_gain",
     "detect_dead_pixels",
     "detect_hot_pixels",
@@ -120,3 +121,82 @@ def mask_defects(frames: np.ndarray, defects: np.ndarray, *, radius: int = 2) ->
             frames, ys.astype(np.int64), xs.astype(np.int64), ~defects, int(radius)
         )
     return int(ys.size)
+
+
+class PreparedFrames:
+    """Gain-corrected, defect-free float32 frames made one at a time from the
+    movie's own (integer) frames, so a movie is held at one byte per pixel and
+    only one full-size float32 frame exists at a time.
+
+    The defect map is built once (gain defects, ``defect_mask``, hot and dead
+    pixels of the gain-corrected frame sum, as :func:`detect_hot_pixels` and
+    :func:`detect_dead_pixels`); ``prepared(i)`` returns frame ``i`` in a buffer
+    that the next call overwrites.  ``frames`` ``(n, ny, nx)`` is never modified.
+    """
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        *,
+        gain: np.ndarray | None = None,
+        defect_mask: np.ndarray | None = None,
+        hot_pixel_sigma: float | None = 10.0,
+        radius: int = 2,
+    ) -> None:
+        if frames.ndim != 3:
+            raise ValueError(
+                f"frames must be (n_frames, ny, nx), got shape {frames.shape}"
+            )
+        self.frames = frames
+        shape = frames.shape[1:]
+        defects = np.zeros(shape, dtype=bool)
+        self.gain: np.ndarray | None = None
+        if gain is not None:
+            gain32 = np.asarray(gain, dtype=np.float32)
+            if gain32.shape != shape:
+                raise StageInputError(
+                    "<movie>",
+                    "gain.shape",
+                    gain32.shape,
+                    f"does not match the frame shape {shape} (check the rotation)",
+                )
+            bad = ~np.isfinite(gain32) | (gain32 <= 0)
+            defects |= bad
+            self.gain = np.where(bad, 0.0, gain32).astype(np.float32)
+        if defect_mask is not None:
+            mask = np.asarray(defect_mask, dtype=bool)
+            if mask.shape != shape:
+                raise ValueError(f"defect_mask {mask.shape} vs frames {shape}")
+            defects |= mask
+        self.n_hot = 0
+        if hot_pixel_sigma is not None:
+            frame_sum = np.zeros(shape, dtype=np.float32)
+            for frame in frames:
+                np.add(frame_sum, frame, out=frame_sum)
+            if self.gain is not None:
+                frame_sum *= self.gain
+            hot = detect_hot_pixels(frame_sum, n_sigma=hot_pixel_sigma)
+            hot &= ~defects
+            self.n_hot = int(hot.sum())
+            defects |= hot | detect_dead_pixels(frame_sum)
+        ys, xs = np.nonzero(defects)
+        self.ys = ys.astype(np.int64)
+        self.xs = xs.astype(np.int64)
+        self.good = ~defects
+        self.radius = int(radius)
+        self.n_defects = int(ys.size)
+        self._buffer = np.empty((1, *shape), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def __call__(self, index: int) -> np.ndarray:
+        out = self._buffer
+        if self.gain is not None:
+            np.multiply(self.frames[index], self.gain, out=out[0])
+        else:
+            out[0] = self.frames[index]
+        if self.n_defects:
+            _motion_kernels.fill_defects(out, self.ys, self.xs, self.good, self.radius)
+        frame: np.ndarray = out[0]
+        return frame

@@ -84,7 +84,7 @@ class DamageModel:
     voltage_kv: float
 
     def filters(
-        self, shape: tuple[int, int], bin_factor: int, *, xp: ModuleType = np
+        self, shape: tuple[int, int], bin_factor: float, *, xp: ModuleType = np
     ) -> Any:
         """``exp(-N_f / (2 Ne(k)))`` ``(n_frames, ny, nx // 2 + 1)`` float32 on the
         rfft2 grid of frames binned by ``bin_factor`` (not normalised: the expected

@@ -113,13 +113,16 @@ def run_motion(
             eer_group_dose_e_per_a2 or DEFAULT_EER_GROUP_DOSE_E_PER_A2,
         )
         frames = read_movie(
-            movie, eer_frames_per_group=group, eer_upsampling=eer_upsampling
+            movie,
+            eer_frames_per_group=group,
+            eer_upsampling=eer_upsampling,
+            native=True,
         )
         dose = dose_per_frame_e_per_a2 * group
         pixel = pixel_size_a / eer_upsampling
     else:
         group = 1
-        frames = read_movie(movie)
+        frames = read_movie(movie, native=True)
     n_frames, ny, nx = frames.shape
     gain = None
     if gain_path is not None:
@@ -153,7 +156,6 @@ def run_motion(
         patches=patches,
         bfactor_px2=bfactor_px2,
         local_bfactor_px2=local_bfactor_px2,
-        overwrite_input=True,
         workers=workers,
     )
     del frames

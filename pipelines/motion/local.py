@@ -175,15 +175,16 @@ def align_patches(
     stack = xp.stack(
         [aligned[:, y0 : y0 + box_y, x0 : x0 + box_x] for y0, x0 in starts]
     )
-    stack = stack - stack.mean(axis=(-3, -2, -1), keepdims=True)
+    stack -= stack.mean(axis=(-3, -2, -1), keepdims=True)
     taper_y = xp.asarray(np.hanning(box_y + 2)[1:-1] ** 0.5, dtype=xp.float32)
     taper_x = xp.asarray(np.hanning(box_x + 2)[1:-1] ** 0.5, dtype=xp.float32)
-    stack = stack * (taper_y[:, None] * taper_x[None, :])
+    stack *= taper_y[:, None] * taper_x[None, :]
     spectra = fft.rfft2(
-        stack.astype(xp.float32), axes=(-2, -1), **fft_kwargs(xp, workers)
+        stack.astype(xp.float32, copy=False), axes=(-2, -1), **fft_kwargs(xp, workers)
     )
+    del stack
     if damage is not None:
-        spectra = spectra * damage.filters((box_y, box_x), bin_factor, xp=xp)[None]
+        spectra *= damage.filters((box_y, box_x), bin_factor, xp=xp)[None]
     start = xp.zeros((len(starts), n_frames, 2))
     if group_half_width > 0:
         start = align_stack(

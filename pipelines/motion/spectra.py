@@ -17,15 +17,23 @@ have no partner on the cropped grid) and so is the DC term (the mean).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from pipelines.motion import _kernels as _motion_kernels
 from pipelines.motion.align import bin_frames, fft_kwargs
 from pipelines.xp import fft_module
 
-__all__ = ["binned_spectra", "crop_spectrum_to"]
+__all__ = [
+    "band_spectra",
+    "binned_spectra",
+    "crop_spectrum_to",
+    "fine_band",
+    "frame_bands",
+]
 
 
 def crop_spectrum_to(
@@ -80,3 +88,75 @@ def binned_spectra(
         spectrum = fft.rfft2(small, s=grid, **fft_kwargs(xp, workers))
         out[i] = crop_spectrum_to(spectrum, (my, mx), xp=xp)
     return out, (my, mx)
+
+
+def frame_bands(shape: tuple[int, int], factor: int) -> tuple[int, tuple[int, int]]:
+    """The block size and the real-space grid ``(gy, gx)`` of the block sums that
+    :func:`band_spectra` transforms for a search bin ``factor``: blocks of
+    ``factor // 2`` (1 for odd factors) over a whole number of binned pixels."""
+    ny, nx = shape
+    my, mx = 2 * (ny // (2 * factor)), 2 * (nx // (2 * factor))
+    if my < 2 or mx < 2:
+        raise ValueError(f"frames {ny}x{nx} are too small to bin by {factor}")
+    block = factor // 2 if factor % 2 == 0 else 1
+    return block, (my * factor // block, mx * factor // block)
+
+
+def fine_band(grid: tuple[int, int], block: int) -> tuple[int, int]:
+    """The refinement band ``(fy, fx)`` (even) on the block-sum grid ``grid``: all
+    of it when the frames were not block-summed (no aliasing), else its lower
+    three quarters, where a ``block``-sum folds in only frequencies above 0.31
+    cycles per original pixel (about 3.2 Å at 1 Å/px: no signal in one frame)."""
+    gy, gx = grid
+    if block == 1:
+        return 2 * (gy // 2), 2 * (gx // 2)
+    return 2 * ((3 * gy) // 8), 2 * ((3 * gx) // 8)
+
+
+def band_spectra(
+    frames: Any,
+    factor: int,
+    *,
+    fine: bool = True,
+    prepare: Callable[[int], Any] | None = None,
+    workers: int = -1,
+    xp: ModuleType = np,
+) -> tuple[Any, tuple[int, int], Any, tuple[int, int]]:
+    """One pass over the frames, one FFT each: the search-band spectra of
+    :func:`binned_spectra` (bin ``factor``) and, with ``fine``, the refinement-band
+    spectra (:func:`fine_band`) cut from the same transform.
+
+    Returns ``(search, (my, mx), refine, (fy, fx))``, ``refine`` None without
+    ``fine``.  ``prepare(i)`` gives frame ``i`` as float32 ``(ny, nx)`` (gain and
+    defects applied; it may reuse one buffer) so that ``frames`` can stay in the
+    file's integer type; without it ``frames[i]`` is used as it is.  Only the
+    cropped stacks are kept: ``n × (my × mx + fy × fx) / 2`` complex values.
+    """
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n_frames, ny, nx), got shape {frames.shape}")
+    if factor < 1:
+        raise ValueError(f"bin factor must be >= 1, got {factor}")
+    fft = fft_module(xp)
+    n, ny, nx = frames.shape
+    block, grid = frame_bands((ny, nx), factor)
+    my, mx = grid[0] * block // factor, grid[1] * block // factor
+    fy, fx = fine_band(grid, block)
+    search = xp.empty((n, my, mx // 2 + 1), dtype=xp.complex64)
+    refine = xp.empty((n, fy, fx // 2 + 1), dtype=xp.complex64) if fine else None
+    region_y, region_x = grid[0] * block, grid[1] * block
+    binned = np.empty(grid, dtype=np.float32)
+    for i in range(n):
+        frame = prepare(i) if prepare is not None else frames[i]
+        if xp is np and block > 1:
+            source = np.asarray(frame[:region_y, :region_x], dtype=np.float32)
+            _motion_kernels.block_sum(source, block, binned)
+            small: Any = binned
+        else:
+            small = bin_frames(
+                xp.asarray(frame[:region_y, :region_x], dtype=xp.float32), block, xp=xp
+            )
+        spectrum = fft.rfft2(small, **fft_kwargs(xp, workers))
+        search[i] = crop_spectrum_to(spectrum, (my, mx), xp=xp)
+        if refine is not None:
+            refine[i] = crop_spectrum_to(spectrum, (fy, fx), xp=xp)
+    return search, (my, mx), refine, (fy, fx)

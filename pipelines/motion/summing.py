@@ -8,7 +8,7 @@ transforms finish the job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -39,6 +39,7 @@ def sum_frames(
     exposures_e_per_a2: np.ndarray,
     voltage_kv: float,
     local_coefficients: np.ndarray | None = None,
+    prepare: Callable[[int], Any] | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[Any, Any, Any]:
@@ -47,7 +48,10 @@ def sum_frames(
 
     ``frames`` ``(n, ny, nx)`` float32; ``shifts_px`` ``(n, 2)`` global correction
     shifts; ``exposures_e_per_a2`` ``(n,)`` accumulated exposure at each frame's end;
-    ``local_coefficients`` ``(2, 18)`` RELION polynomial or None.
+    ``local_coefficients`` ``(2, 18)`` RELION polynomial or None; ``prepare(i)``
+    gives frame ``i`` as float32 when ``frames`` are the file's raw integers
+    (:class:`pipelines.motion.defects.PreparedFrames`).  One full-size rfft2 per
+    frame, one fused shift-and-accumulate pass (numba) and two inverse FFTs.
     """
     fft = fft_module(xp)
     n, ny, nx = frames.shape
@@ -76,18 +80,31 @@ def sum_frames(
     norm = xp.zeros_like(inv_ne)
     for weight in weights():
         norm += weight * weight
-    inv_norm = 1.0 / xp.sqrt(norm / n)
+    inv_norm = (1.0 / xp.sqrt(norm / n)).astype(xp.float32)
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
     warped = np.empty((ny, nx), dtype=np.float32)
+    ky_ramp = np.fft.fftfreq(ny)
+    kx_ramp = np.fft.rfftfreq(nx)
     for t, raw_weight in enumerate(weights()):
-        frame = frames[t]
+        frame = prepare(t) if prepare is not None else frames[t]
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))
             source = np.ascontiguousarray(to_numpy(frame), dtype=np.float32)
             _motion_kernels.warp_polynomial(source, warped, cx, cy)
             frame = xp.asarray(warped)
-        spectrum = fft.rfft2(frame, **fft_kwargs(xp, workers))
+        spectrum = fft.rfft2(xp.asarray(frame), **fft_kwargs(xp, workers))
+        if xp is np:
+            sx, sy = (float(v) for v in shifts_px[t])
+            _motion_kernels.accumulate_shifted(
+                spectrum,
+                np.exp(-2j * np.pi * ky_ramp * sy).astype(np.complex64),
+                np.exp(-2j * np.pi * kx_ramp * sx).astype(np.complex64),
+                (raw_weight * inv_norm).astype(np.float32, copy=False),
+                plain,
+                weighted,
+            )
+            continue
         spectrum *= phase_ramp((ny, nx), shifts_px[t], xp=xp)
         plain += spectrum
         weighted += spectrum * (raw_weight * inv_norm)

@@ -30,8 +30,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.motion.align import align_stack, phase_ramp
-from pipelines.motion.dose import DamageModel
-from pipelines.motion.spectra import binned_spectra
 from pipelines.xp import to_numpy
 
 __all__ = [
@@ -116,24 +114,26 @@ def spectral_snr_weights(
 
 
 def refine_at_finer_bin(
-    frames: Any,
+    spectra: Any,
     shifts: Any,
-    factor: int,
-    damage: DamageModel | None,
+    shape: tuple[int, int],
+    scale: tuple[float, float],
+    amplitudes: Any,
     *,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> Any:
-    """Shifts ``(n, 2)`` in pixels binned by ``factor``, refined at half the bin factor: the SNR-weighted pass again on
-    spectra with twice the frequency range, within ±2 px of ``shifts``.
+    """Shifts ``(n, 2)`` in search-binned pixels, refined on the finer band: the
+    SNR-weighted pass again on ``spectra`` ``(n, fy, fx // 2 + 1)`` (the
+    refinement band of :func:`pipelines.motion.spectra.band_spectra`, real grid
+    ``shape``), within ±2 fine pixels of ``shifts``; ``scale`` ``(sx, sy)`` is fine
+    pixels per search pixel, ``amplitudes`` the damage filters on that grid or None.
 
-    At 4096² (bin 4 for the search) this halves the raw error of the simulator's
-    realistic movies (0.106 -> 0.062 px) for ~20 % more time; the search itself
-    stays at the coarser bin, where it is cheap and robust."""
-    finer = max(1, factor // 2)
-    spectra, shape = binned_spectra(frames, finer, workers=workers, xp=xp)
-    amplitudes = None if damage is None else damage.filters(shape, finer, xp=xp)
-    start = shifts * (factor / finer)
+    At 4096² (bin 4 for the search) refining at twice the frequency range halved the
+    raw error of the simulator's realistic movies (0.106 -> 0.062 px); the search
+    itself stays at the coarser bin, where it is cheap and robust."""
+    factor = xp.asarray(np.asarray(scale, dtype=np.float64))
+    start = shifts * factor
     weights = spectral_snr_weights(spectra, shape, start, amplitudes, xp=xp)
     if weights is None:
         return shifts
@@ -149,4 +149,4 @@ def refine_at_finer_bin(
         workers=workers,
         xp=xp,
     )
-    return refined * (finer / factor)
+    return refined / factor

@@ -1,0 +1,138 @@
+"""The streaming motion path: integer movies prepared one frame at a time, one FFT
+per frame for both alignment bands, windowed cross-correlation, cumulative group
+sums, the fused shift-and-accumulate sum -- each against the direct computation."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import scipy.fft
+
+from pipelines.io.movies import read_movie
+from pipelines.motion.align import _group_sums, window_cc
+from pipelines.motion.correct import correct_motion, prepare_frames
+from pipelines.motion.defects import PreparedFrames
+from pipelines.motion.spectra import band_spectra, binned_spectra, crop_spectrum_to
+from pipelines.motion.summing import sum_frames
+from tests.pipelines.motion_movies import make_movie, random_eer_events, write_eer
+
+
+def test_window_cc_is_the_irfft2_window(rng):
+    for shape, half in (((64, 48), 4), ((33, 40), 7)):
+        ny, nx = shape
+        product = (
+            rng.standard_normal((3, ny, nx // 2 + 1))
+            + 1j * rng.standard_normal((3, ny, nx // 2 + 1))
+        ).astype(np.complex64)
+        full = scipy.fft.irfft2(product, s=shape) * (ny * nx)
+        rows = np.arange(-half, half + 1) % ny
+        cols = np.arange(-half, half + 1) % nx
+        expected = full[:, rows[:, None], cols[None, :]]
+        got = window_cc(product, shape, half, np)
+        assert got.shape == (3, 2 * half + 1, 2 * half + 1)
+        assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_group_sums_from_cumulative_sums_match_the_definition(rng):
+    spectra = rng.standard_normal((2, 9, 4, 3)).astype(np.complex64)
+    n = spectra.shape[-3]
+    for h in (1, 2, 4, 12):
+        weighted, plain = _group_sums(spectra.copy(), h, np)
+        for i in range(n):
+            js = [j for j in range(i - h, i + h + 1) if 0 <= j < n]
+            w = [(h + 1 - abs(j - i)) / (h + 1) for j in js]
+            ref_plain = spectra[:, js].sum(axis=1)
+            ref_weighted = np.tensordot(spectra[:, js], np.array(w), axes=([1], [0]))
+            assert np.allclose(plain[:, i], ref_plain, atol=1e-5)
+            assert np.allclose(weighted[:, i], ref_weighted, atol=1e-5)
+
+
+def test_int8_frames_prepared_one_at_a_time_equal_the_float32_stack(rng):
+    frames = rng.poisson(2.0, (6, 64, 80)).astype(np.int8)
+    frames[:, 10, 20] = 90  # a hot pixel
+    gain = (1.0 + 0.05 * rng.standard_normal((64, 80))).astype(np.float32)
+    gain[3, 4] = 0.0  # a gain defect
+    mask = np.zeros((64, 80), bool)
+    mask[30, 30] = True
+    expected, n_defects, n_hot = prepare_frames(frames, gain=gain, defect_mask=mask)
+    prepared = PreparedFrames(frames, gain=gain, defect_mask=mask)
+    assert (prepared.n_defects, prepared.n_hot) == (n_defects, n_hot) == (3, 1)
+    assert len(prepared) == 6
+    for i in range(6):
+        assert np.array_equal(prepared(i), expected[i])
+    assert frames[0, 10, 20] == 90  # the movie itself is never modified
+
+
+def test_one_fft_gives_the_search_band_and_the_refinement_band(rng):
+    frames = rng.standard_normal((3, 256, 192)).astype(np.float32)
+    search, shape, fine, fine_shape = band_spectra(frames, 4, workers=1)
+    expected, expected_shape = binned_spectra(frames, 4, workers=1)
+    assert shape == expected_shape == (64, 48)
+    assert np.allclose(search, expected, atol=1e-3)
+    # refinement band: the lower three quarters of the 2 x 2 block-sum grid
+    assert fine_shape == (96, 72)
+    blocks = frames.reshape(3, 128, 2, 96, 2).sum(axis=(2, 4))
+    direct = crop_spectrum_to(np.fft.rfft2(blocks).astype(np.complex64), fine_shape)
+    assert fine is not None
+    assert np.allclose(fine, direct, atol=1e-3)
+    _, _, none, _ = band_spectra(frames, 4, fine=False, workers=1)
+    assert none is None
+
+
+def test_sum_from_prepared_integer_frames_equals_the_float_path(rng):
+    frames = rng.poisson(1.5, (5, 96, 128)).astype(np.uint8)
+    gain = (1.0 + 0.05 * rng.standard_normal((96, 128))).astype(np.float32)
+    shifts = rng.normal(0, 2, (5, 2))
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "exposures_e_per_a2": np.arange(1, 6.0),
+        "voltage_kv": 300,
+    }
+    work, _, _ = prepare_frames(frames, gain=gain)
+    prepared = PreparedFrames(frames, gain=gain)
+    dw, no_dw, _ = sum_frames(frames, shifts, prepare=prepared, workers=1, **kwargs)
+    # the reference: the frames shifted one by one with numpy's own FFT
+    ky = np.fft.fftfreq(96)[:, None]
+    kx = np.fft.rfftfreq(128)[None, :]
+    plain = sum(
+        np.fft.rfft2(work[t]) * np.exp(-2j * np.pi * (kx * sx + ky * sy))
+        for t, (sx, sy) in enumerate(shifts)
+    )
+    assert np.allclose(no_dw, np.fft.irfft2(plain, s=(96, 128)), atol=1e-3)
+    dw_float, no_dw_float, _ = sum_frames(work, shifts, workers=1, **kwargs)
+    assert np.allclose(dw, dw_float, atol=1e-4)
+    assert np.allclose(no_dw, no_dw_float, atol=1e-4)
+
+
+def test_correct_motion_on_the_raw_integers_equals_on_float32(rng):
+    movie = make_movie(rng, n_frames=12, size=256, dose_per_frame_e_per_a2=2.0)
+    counts = np.clip(np.round(movie.frames), 0, 127).astype(np.int8)
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "dose_per_frame_e_per_a2": 2.0,
+        "voltage_kv": 300.0,
+        "patches": None,
+    }
+    raw = correct_motion(counts, workers=1, **kwargs)
+    as_float = correct_motion(counts.astype(np.float32), workers=1, **kwargs)
+    assert np.allclose(raw.shifts_px, as_float.shifts_px, atol=1e-6)
+    assert np.allclose(raw.micrograph, as_float.micrograph, atol=1e-4)
+    truth = -(movie.drift_px - movie.drift_px[0])
+    assert np.sqrt(np.mean(np.sum((raw.shifts_px - truth) ** 2, axis=1))) < 0.2
+
+
+def test_native_reading_keeps_one_byte_per_pixel(tmp_path, rng):
+    data = rng.integers(0, 5, (4, 40, 56)).astype(np.int8)
+    path = tmp_path / "movie.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data)
+    native = read_movie(path, native=True)
+    assert native.dtype == np.int8
+    assert np.array_equal(native, data)
+    shape = (32, 40)
+    events = random_eer_events(rng, 6, shape, rate=0.2)
+    eer = tmp_path / "movie.eer"
+    write_eer(str(eer), events, shape)
+    grouped = read_movie(eer, eer_frames_per_group=3, native=True)
+    assert grouped.dtype == np.uint8
+    assert np.array_equal(grouped, read_movie(eer, eer_frames_per_group=3))
