@@ -63,10 +63,11 @@ CRYOPPP_10947 = {
 # one measured in these pixels, converted at this nominal size.
 CRYOPPP_10947_PIXEL_A = 5.4
 # Measured, not taken from the masks: the label-centred average of the 2156 labels
-# has a dark core about 18 px across (``bench_pick_real.py --check-labels``), and
-# the labels' nearest-neighbour spacing (5th percentile 32 px, median 45 px) bounds
-# the diameter from above; 24 px (130 Å at the nominal pixel) is taken as the
-# particle, 100-170 Å (18.5-31.5 px) as the picking range.  The masks' discs (60 px)
+# has a dark core about 18 px across (``bench_pick_real.py --check-labels``); the
+# labels lie almost on a lattice (nearest-neighbour spacing 5th percentile 32 px,
+# median 46 px), so the whole particle is at most about 45 px; 24 px (130 Å at the
+# nominal pixel) is taken as the particle, 100-170 Å (18.5-31.5 px) as the picking
+# range (at 170-250 Å the blob picker's label-tuned F1 is no better).  The masks' discs (60 px)
 # are a drawing radius three times the particle: they overlap where the particles
 # do not, so they are no particle size (the first version of this benchmark used
 # them and asked the pickers for 250-350 Å objects, which are not there).
