@@ -10,11 +10,22 @@ the peers where installed: topaz's pretrained model (``topaz-em``, CPU, its defa
 extraction threshold) and RELION's LoG picker (``relion_autopick --LoG``, at its
 default threshold; "not found" when RELION is not on the PATH).
 
-A pick matches a label when their centres are within half the label radius, one to
-one (an optimal assignment); recall = matched labels / labels, precision = matched
-picks / picks, pooled over the micrographs of a data set.  The template picker is
-fed projections of the 70S ribosome map of ``../shared/data/real`` (5 Å/px, the
-nearest real map we ship; the labelled particles are 80S ribosomes).
+A pick matches a label when their centres are within half the particle's radius
+(the particle's diameter is measured per data set, see ``--check-labels`` and
+``benchmarks/data/fetch_picking_data.py``), one to one (an optimal assignment);
+recall = matched labels / labels, precision = matched picks / picks, pooled over the
+micrographs of a data set.  The template picker is fed projections of the 70S
+ribosome map of ``../shared/data/real`` (5 Å/px, the nearest real map we ship).
+
+``--check-labels`` verifies the labels before anything is scored: the average of
+the boxes centred on the labels must show a particle that the same labels swapped
+in x/y, flipped in y or moved by a diameter do not, and its radial profile gives the
+particle's size.  ``--overlays DIR`` writes pictures of labels and picks.
+
+``label-average`` is not a picker but the data's ceiling for any picker that scores
+a patch by its likeness to a particle: the template is the label-centred average of
+the other micrographs (leave one out), correlated with the high-passed micrograph;
+only its label-tuned column is meaningful.
 
 The last column is each picker tuned on the labels: the score threshold (over all
 micrographs of the run, from the picks the default run returned) that maximises F1,
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,8 +54,10 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import scipy.fft
-from PIL import Image
+from PIL import Image, ImageDraw
+from scipy import ndimage, signal
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.template import pick_template
@@ -51,10 +65,14 @@ from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
 MIN_THRESHOLD_SD = 2.0  # the lowest threshold worth reporting (label-tuned column)
-RIBOSOME_MAP = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/real/clean70SRibosome_vol_65p.mrc"
+# the shared real data (as tests/conftest.py: LIVESTREAM_SHARED_DATA, else beside
+# the checkout)
+SHARED_DATA = Path(
+    os.environ.get(
+        "LIVESTREAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"
+    )
 )
+RIBOSOME_MAP = SHARED_DATA / "real/clean70SRibosome_vol_65p.mrc"
 RIBOSOME_MAP_PIXEL_A = 5.0  # ASPIRE's RELION tutorial uses --angpix 5 for this map
 
 
@@ -66,7 +84,7 @@ class Micrograph:
     labels_xy: np.ndarray  # (n, 2) x_px, y_px
     pixel_size_a: float
     diameter_range_a: tuple[float, float]
-    label_diameter_px: float
+    particle_diameter_px: float  # measured (see fetch_picking_data.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,10 +123,151 @@ def load_micrographs(cache: Path) -> list[Micrograph]:
                 labels_xy=labels.reshape(-1, 2),
                 pixel_size_a=float(entry["pixel_size_a"]),
                 diameter_range_a=(float(low), float(high)),
-                label_diameter_px=float(entry["label_diameter_px"]),
+                particle_diameter_px=float(entry["particle_diameter_px"]),
             )
         )
     return out
+
+
+def match_tolerance_px(mic: Micrograph) -> float:
+    """A pick matches a label within half the particle's radius."""
+    return 0.25 * mic.particle_diameter_px
+
+
+def _high_passed(image: np.ndarray, diameter_px: float) -> np.ndarray:
+    """The micrograph minus its background (Gaussian of two diameters), in robust
+    SDs: what the label check and the label-average template work on."""
+    flat = image - ndimage.gaussian_filter(image, 2.0 * diameter_px)
+    centred = flat - np.median(flat)
+    return np.asarray(centred / (1.4826 * np.median(np.abs(centred))))
+
+
+def label_average(
+    micrographs: list[Micrograph],
+    half_box_px: int,
+    transform: Callable[[np.ndarray, tuple[int, int]], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Mean of the boxes centred on the labels (optionally moved by ``transform``
+    first), each micrograph high-passed and in robust SDs: ``(2h, 2h)``."""
+    total = np.zeros((2 * half_box_px, 2 * half_box_px))
+    count = 0
+    for mic in micrographs:
+        flat = _high_passed(mic.image, mic.particle_diameter_px)
+        xy = (
+            mic.labels_xy if transform is None else transform(mic.labels_xy, flat.shape)
+        )
+        cols, rows = np.rint(xy).astype(int).T
+        h = half_box_px
+        inside = (
+            (rows >= h)
+            & (rows < flat.shape[0] - h)
+            & (cols >= h)
+            & (cols < flat.shape[1] - h)
+        )
+        offsets = np.arange(-h, h)
+        boxes = flat[
+            rows[inside, None, None] + offsets[None, :, None],
+            cols[inside, None, None] + offsets[None, None, :],
+        ]
+        total += boxes.sum(axis=0)
+        count += int(inside.sum())
+    return total / max(count, 1)
+
+
+def radial_profile(average: np.ndarray) -> np.ndarray:
+    """Mean of ``average`` in 1-px rings about its centre, less the mean of the
+    three outermost rings (the local background)."""
+    h = average.shape[0] // 2
+    yy, xx = np.mgrid[-h:h, -h:h]
+    ring = np.hypot(yy, xx).astype(int).ravel()
+    sums = np.bincount(ring, weights=average.ravel())
+    profile = np.asarray(sums / np.maximum(np.bincount(ring), 1))[:h]
+    return profile - profile[-3:].mean()
+
+
+def check_labels(micrographs: list[Micrograph]) -> None:
+    """Are the labels in the micrographs' pixel frame, and how large is the
+    particle?  The label-centred average must show a particle at its centre that
+    the same labels transposed, flipped in y or moved by a particle diameter do not;
+    its edge (where the core's contrast has fallen to a tenth) is the particle's
+    radius, and the labels' nearest-neighbour spacing bounds the diameter."""
+    for dataset in sorted({m.dataset for m in micrographs}):
+        mics = [m for m in micrographs if m.dataset == dataset]
+        d = mics[0].particle_diameter_px
+        h = round(1.5 * d)
+        controls: dict[
+            str, Callable[[np.ndarray, tuple[int, int]], np.ndarray] | None
+        ] = {
+            "as given": None,
+            "x and y swapped": lambda xy, shape: xy[:, ::-1],
+            "y flipped": lambda xy, shape: np.column_stack(
+                [xy[:, 0], shape[0] - 1 - xy[:, 1]]
+            ),
+            "moved by one diameter": lambda xy, shape, d=d: xy + d,
+        }
+        print(f"{dataset}: label-centred average, contrast within 3 px of the centre")
+        for name, transform in controls.items():
+            profile = radial_profile(label_average(mics, h, transform))
+            print(f"  {name:22s} {profile[:3].mean():+.3f} robust SD")
+        profile = radial_profile(label_average(mics, h))
+        core = profile[:3].mean()
+        edge = int(np.argmax(np.abs(profile) < 0.1 * abs(core)))  # first such ring
+        spacing = np.concatenate(
+            [cKDTree(m.labels_xy).query(m.labels_xy, k=2)[0][:, 1] for m in mics]
+        )
+        print(
+            f"  core edge at {edge} px (diameter about {2 * edge} px); label spacing "
+            f"5th / 50th percentile {np.percentile(spacing, 5):.0f} / "
+            f"{np.median(spacing):.0f} px; particle diameter used "
+            f"{d:.0f} px (tolerance {match_tolerance_px(mics[0]):.0f} px)"
+        )
+        print("  profile:", " ".join(f"{v:+.3f}" for v in profile[: 2 * edge + 2]))
+
+
+def make_label_average_picker(micrographs: list[Micrograph]) -> Picker:
+    """Not a picker: the data's ceiling.  The template is the label-centred average
+    of the OTHER micrographs of the data set (leave one out); the score is its
+    correlation with the high-passed micrograph, peaks at least 0.75 diameter
+    apart.  Only its label-tuned column means anything (it has no threshold)."""
+    h_of = {m.name: round(0.75 * m.particle_diameter_px) for m in micrographs}
+
+    def picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+        others = [
+            m for m in micrographs if m.dataset == mic.dataset and m.name != mic.name
+        ]
+        template = label_average(others, h_of[mic.name])
+        template -= template.mean()
+        flat = _high_passed(mic.image, mic.particle_diameter_px)
+        score = signal.fftconvolve(flat, template[::-1, ::-1], mode="same")
+        window = max(3, int(0.75 * mic.particle_diameter_px) | 1)
+        peak = score >= ndimage.maximum_filter(score, size=window)
+        rows, cols = np.nonzero(peak)
+        return np.column_stack([cols, rows]).astype(np.float64), score[rows, cols]
+
+    return picker
+
+
+def write_overlay(path: Path, mic: Micrograph, picks: dict[str, np.ndarray]) -> None:
+    """PNG: the micrograph low-passed at a fifth of the particle, the labels as green
+    circles of the particle's diameter, each picker's picks as coloured dots."""
+    smooth = ndimage.gaussian_filter(mic.image, 0.1 * mic.particle_diameter_px)
+    smooth -= ndimage.gaussian_filter(smooth, 2.0 * mic.particle_diameter_px)
+    low, high = np.percentile(smooth, [1, 99])
+    grey = np.clip((smooth - low) / (high - low) * 255, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(grey).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    r = mic.particle_diameter_px / 2
+    for x, y in mic.labels_xy:
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=(0, 255, 0))
+    colours = [(255, 60, 60), (60, 140, 255), (255, 200, 0), (255, 0, 255)]
+    for row, ((name, xy), colour) in enumerate(
+        zip(sorted(picks.items()), colours, strict=False)
+    ):
+        draw.text((4, 4 + 12 * row), name, fill=colour)
+        for x, y in xy:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
 
 
 def count_matches(labels: np.ndarray, picks: np.ndarray, tolerance_px: float) -> int:
@@ -166,7 +325,7 @@ def make_topaz_picker() -> Picker | None:
         return None
 
     def topaz_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
-        radius_px = round(mic.label_diameter_px / 2)
+        radius_px = round(mic.particle_diameter_px / 2)
         with tempfile.TemporaryDirectory() as tmp:
             mrc_path = Path(tmp) / f"{mic.name}.mrc"
             with mrcfile.new(mrc_path) as mrc:
@@ -219,7 +378,7 @@ def best_threshold(
             kept = picks[s >= threshold]
             n_labels += len(mic.labels_xy)
             n_picks += len(kept)
-            tol = 0.5 * mic.label_diameter_px / 2.0
+            tol = match_tolerance_px(mic)
             matched += count_matches(mic.labels_xy, kept, tol)
         recall, precision = matched / max(n_labels, 1), matched / max(n_picks, 1)
         f1 = 2 * recall * precision / max(recall + precision, 1e-12)
@@ -235,6 +394,38 @@ def fft_bound_s(image: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
+def run_picker(
+    name: str,
+    picker: Picker,
+    micrographs: list[Micrograph],
+    rows: list[tuple[str, Micrograph, Score]],
+    per_micrograph: bool,
+) -> list[tuple[Micrograph, np.ndarray, np.ndarray | None]]:
+    """Run ``picker`` on every micrograph, append the scores to ``rows``; the picks
+    with their scores (for the label-tuned column and the overlays)."""
+    found: list[tuple[Micrograph, np.ndarray, np.ndarray | None]] = []
+    for mic in micrographs:
+        start = time.perf_counter()
+        picks, scores = picker(mic)
+        seconds = time.perf_counter() - start
+        found.append((mic, picks, scores))
+        score = Score(
+            n_labels=len(mic.labels_xy),
+            n_picks=len(picks),
+            n_matched=count_matches(mic.labels_xy, picks, match_tolerance_px(mic)),
+            seconds=seconds,
+        )
+        rows.append((name, mic, score))
+        if per_micrograph:
+            print(
+                f"{name:10s} {mic.name[:40]:40s} labels {score.n_labels:4d} "
+                f"picks {score.n_picks:4d} recall "
+                f"{score.n_matched / max(score.n_labels, 1):.2f} precision "
+                f"{score.n_matched / max(score.n_picks, 1):.2f} {seconds:.2f} s"
+            )
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -242,17 +433,34 @@ def main() -> None:
     )
     parser.add_argument("--per-micrograph", action="store_true")
     parser.add_argument(
-        "--pickers", nargs="*", default=["blob", "template", "topaz", "relion-log"]
+        "--pickers",
+        nargs="*",
+        default=["blob", "template", "topaz", "relion-log", "label-average"],
+    )
+    parser.add_argument(
+        "--check-labels",
+        action="store_true",
+        help="print the label-frame and particle-size check, then exit",
+    )
+    parser.add_argument(
+        "--overlays",
+        type=Path,
+        help="write PNGs of labels and picks of the first 3 micrographs here",
     )
     args = parser.parse_args()
     micrographs = load_micrographs(args.cache)
+    if args.check_labels:
+        check_labels(micrographs)
+        return
     factories: dict[str, Callable[[], Picker | None]] = {
         "blob": lambda: blob_picker,
         "blob-2sd": lambda: blob_picker_low,
         "template": make_template_picker,
         "topaz": make_topaz_picker,
         "relion-log": make_relion_log_picker,
+        "label-average": lambda: make_label_average_picker(micrographs),
     }
+    overlay_picks: dict[str, dict[str, np.ndarray]] = {}
     bound = {m.name: fft_bound_s(m.image) for m in micrographs}
     rows: list[tuple[str, Micrograph, Score]] = []
     tuned: dict[str, tuple[float, float, float]] = {}
@@ -261,30 +469,18 @@ def main() -> None:
         if picker is None:
             print(f"{name}: not found")
             continue
-        found: list[tuple[Micrograph, np.ndarray, np.ndarray]] = []
-        for mic in micrographs:
-            start = time.perf_counter()
-            picks, scores = picker(mic)
-            seconds = time.perf_counter() - start
-            if scores is not None:
-                found.append((mic, picks, scores))
-            tol = 0.5 * mic.label_diameter_px / 2.0
-            score = Score(
-                n_labels=len(mic.labels_xy),
-                n_picks=len(picks),
-                n_matched=count_matches(mic.labels_xy, picks, tol),
-                seconds=seconds,
+        found = run_picker(name, picker, micrographs, rows, args.per_micrograph)
+        if args.overlays and name != "label-average":
+            for mic, picks, _ in found[:3]:
+                overlay_picks.setdefault(mic.name, {})[name] = picks
+        scored = [(m, p, s) for m, p, s in found if s is not None]
+        if scored:
+            tuned[name] = best_threshold(scored)
+    if args.overlays:
+        for mic in micrographs[:3]:
+            write_overlay(
+                args.overlays / f"{mic.name}.png", mic, overlay_picks.get(mic.name, {})
             )
-            rows.append((name, mic, score))
-            if args.per_micrograph:
-                print(
-                    f"{name:10s} {mic.name[:40]:40s} labels {score.n_labels:4d} "
-                    f"picks {score.n_picks:4d} recall "
-                    f"{score.n_matched / max(score.n_labels, 1):.2f} precision "
-                    f"{score.n_matched / max(score.n_picks, 1):.2f} {seconds:.2f} s"
-                )
-        if found:
-            tuned[name] = best_threshold(found)
     print()
     print(
         "| data set | picker | micrographs | labels | picks | recall | precision "
