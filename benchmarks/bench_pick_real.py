@@ -54,6 +54,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import scipy.fft
+import starfile
 from PIL import Image, ImageDraw
 from scipy import ndimage, signal
 from scipy.optimize import linear_sum_assignment
@@ -359,9 +360,46 @@ def make_topaz_picker() -> Picker | None:
 
 
 def make_relion_log_picker() -> Picker | None:
-    if shutil.which("relion_autopick") is None:
+    """RELION's LoG picker (``relion_autopick --LoG``) at the GUI's defaults (low-pass
+    20 Å, threshold adjustment 0, upper threshold 999) over the same diameter range."""
+    executable = shutil.which("relion_autopick")
+    if executable is None:
         return None
-    raise NotImplementedError("RELION is installed: add its LoG run here")
+
+    def relion_log_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+        with tempfile.TemporaryDirectory(prefix="relion_log_") as tmp:
+            folder = Path(tmp)
+            (folder / "Micrographs").mkdir()
+            with mrcfile.new(folder / "Micrographs" / f"{mic.name}.mrc") as mrc:
+                mrc.set_data(mic.image.astype(np.float32))
+                mrc.voxel_size = mic.pixel_size_a
+            (folder / "micrographs.star").write_text(
+                "data_optics\nloop_\n_rlnOpticsGroupName\n_rlnOpticsGroup\n"
+                "_rlnMicrographPixelSize\n_rlnVoltage\n_rlnSphericalAberration\n"
+                f"_rlnAmplitudeContrast\nopticsGroup1 1 {mic.pixel_size_a} 300 2.7 0.1\n\n"
+                "data_micrographs\nloop_\n_rlnMicrographName\n_rlnOpticsGroup\n"
+                f"Micrographs/{mic.name}.mrc 1\n"
+            )
+            low, high = mic.diameter_range_a
+            subprocess.run(
+                [
+                    executable, "--i", "micrographs.star", "--odir", "AutoPick/",
+                    "--pickname", "autopick", "--LoG", "--LoG_diam_min", str(low),
+                    "--LoG_diam_max", str(high), "--angpix", str(mic.pixel_size_a),
+                    "--shrink", "0", "--lowpass", "20", "--LoG_adjust_threshold", "0",
+                    "--LoG_upper_threshold", "999",
+                ],
+                cwd=folder, check=True, capture_output=True, timeout=600,
+            )  # fmt: skip
+            out = folder / "AutoPick" / "Micrographs" / f"{mic.name}_autopick.star"
+            table = starfile.read(out)
+            if isinstance(table, dict):
+                table = next(iter(table.values()))
+        xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
+        score = table["rlnAutopickFigureOfMerit"].to_numpy(dtype=np.float64)
+        return xy, score
+
+    return relion_log_picker
 
 
 def best_threshold(
