@@ -106,15 +106,59 @@ def start_star(path: Path, box: int, first_rows: list[str]) -> None:
     write_star(path, {"optics": optics, "particles": table})
 
 
-def main() -> None:
+def lower_bounds(
+    actor: Class2dActor,
+    args: argparse.Namespace,
+    star: Path,
+    exposure: int,
+    schedule: Schedule,
+    last_snapshot_n: int,
+) -> tuple[float, float, float]:
+    """Seconds of: reading a feed's new bytes; ``vdam_step`` on a batch in memory;
+    ``assign_particles`` of the snapshot's sample in memory."""
+    project = actor.pool.project
+    # lower bounds, same run
+    new_bytes = args.exposures_per_feed * args.per_exposure
+    t0 = time.perf_counter()
+    with open(star, "rb") as fh:
+        fh.seek(-min(star.stat().st_size, new_bytes * 80), os.SEEK_END)
+        fh.read()
+    for index in range(exposure - args.exposures_per_feed, exposure):
+        (project / f"Extract/job006/Movies/exp{index:06d}.mrcs").read_bytes()
+    feed_lb = time.perf_counter() - t0
+    assert actor.config is not None
+    assert actor.state is not None
+    order = np.arange(BATCH)
+    particles = to_working_box(actor.pool.stack(order))
+    config = dataclasses.replace(actor.config, schedule=schedule)
+    state = dataclasses.replace(actor.state, seen=np.zeros(BATCH, dtype=bool))
+    t0 = time.perf_counter()
+    vdam_step(config, state, particles)
+    batch_lb = time.perf_counter() - t0
+    sample = to_working_box(
+        actor.pool.stack(np.arange(min(last_snapshot_n, actor.pool_size)))
+    )
+    t0 = time.perf_counter()
+    assign_particles(actor.config, actor.state, sample)
+    snap_lb = time.perf_counter() - t0
+    return feed_lb, batch_lb, snap_lb
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=1_000_000)
     parser.add_argument("--per-exposure", type=int, default=100)
     parser.add_argument("--exposures-per-feed", type=int, default=10)
     parser.add_argument("--box", type=int, default=32)
     parser.add_argument("--snapshot-every", type=int, default=100, help="feeds")
+    parser.add_argument("--step-every", type=int, default=1, help="feeds a batch")
+    parser.add_argument("--snapshot-sample", type=int, default=20_000)
     parser.add_argument("--folder", default=None, help="default: a temporary one")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
     rng = np.random.default_rng(0)
     schedule = Schedule(
         n_minibatches=50,
@@ -129,13 +173,16 @@ def main() -> None:
         psi_step_deg=15.0,
         offset_range_px=2.0,
         max_passes=1e9,
+        snapshot_sample=args.snapshot_sample,
         schedule=schedule,
     )
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         project = Path(tmp)
         (project / "Extract/job006/Movies").mkdir(parents=True)
         star = project / "Extract/job006/particles.star"
-        actor = Class2dActor(project / "Class2D/job008", settings, seed=0, project=project)
+        actor = Class2dActor(
+            project / "Class2D/job008", settings, seed=0, project=project
+        )
         n_exposures = args.particles // args.per_exposure
         n_feeds = n_exposures // args.exposures_per_feed
         print(
@@ -166,7 +213,7 @@ def main() -> None:
             t0 = time.perf_counter()
             actor.feed(star)
             t1 = time.perf_counter()
-            ran = actor.step()
+            ran = feed % args.step_every == 0 and actor.step()
             t2 = time.perf_counter()
             feed_s.append(t1 - t0)
             if ran:
@@ -177,7 +224,7 @@ def main() -> None:
                 t4 = time.perf_counter()
                 actor.checkpoint()
                 t5 = time.perf_counter()
-                last_snapshot_n = int(info.payload.get("n_particles_assigned", 0)) or (
+                last_snapshot_n = int(info.payload.get("particles_assigned", 0)) or (
                     actor.pool_size
                 )
                 ckpt_mb = (actor.folder / CHECKPOINT_NAME).stat().st_size / 1e6
@@ -201,29 +248,13 @@ def main() -> None:
                     flush=True,
                 )
         wall = time.perf_counter() - started
-        # lower bounds, same run
-        new_bytes = args.exposures_per_feed * args.per_exposure
-        t0 = time.perf_counter()
-        with open(star, "rb") as fh:
-            fh.seek(-min(star.stat().st_size, new_bytes * 80), os.SEEK_END)
-            fh.read()
-        for index in range(exposure - args.exposures_per_feed, exposure):
-            (project / f"Extract/job006/Movies/exp{index:06d}.mrcs").read_bytes()
-        feed_lb = time.perf_counter() - t0
-        assert actor.config is not None and actor.state is not None
-        order = np.arange(BATCH)
-        particles = to_working_box(actor.pool.stack(order))
-        config = dataclasses.replace(actor.config, schedule=schedule)
-        state = dataclasses.replace(actor.state, seen=np.zeros(BATCH, dtype=bool))
-        t0 = time.perf_counter()
-        vdam_step(config, state, particles)
-        batch_lb = time.perf_counter() - t0
-        sample = to_working_box(actor.pool.stack(np.arange(min(last_snapshot_n, actor.pool_size))))
-        t0 = time.perf_counter()
-        assign_particles(actor.config, actor.state, sample)
-        snap_lb = time.perf_counter() - t0
+        feed_lb, batch_lb, snap_lb = lower_bounds(
+            actor, args, star, exposure, schedule, last_snapshot_n
+        )
         first, last = rows_out[0], rows_out[-1]
-        print(f"wall {wall:.0f} s ({actor.pool_size / wall:.0f} particles/s end to end)")
+        print(
+            f"wall {wall:.0f} s ({actor.pool_size / wall:.0f} particles/s end to end)"
+        )
         print(
             f"growth last/first: feed {last[3] / first[3]:.2f}, mini-batch "
             f"{last[4] / first[4]:.2f}, snapshot {last[5] / first[5]:.2f}, "
