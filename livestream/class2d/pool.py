@@ -224,6 +224,7 @@ class ParticlePool:
 
         if self._table is None and self._chunks:
             self._table = pd.concat(self._chunks, ignore_index=True)
+            self._chunks, self._chunk_starts = [self._table], [0]  # held once
         return self._table
 
     def rows_table(self, rows: np.ndarray) -> Any:
