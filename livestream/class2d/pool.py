@@ -517,6 +517,8 @@ class ParticlePool:
         import pandas as pd
 
         pool = cls(str(data["pool_project"]) if project is None else project)
+        if "pool_table" in data:  # a checkpoint of the pool before the index
+            return cls._from_table_json(pool, data)
         if "pool_columns" not in data:
             return pool
         ids = np.asarray(data["pool_stack_id"], dtype=np.int64)
@@ -549,6 +551,42 @@ class ParticlePool:
             io.StringIO(str(data["pool_optics"])), orient="split"
         )
         pool._add(pd.DataFrame(columns), ids, numbers)
+        pool._active.view[:] = active
+        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
+        return pool
+
+    @staticmethod
+    def _from_table_json(pool: ParticlePool, data: Any) -> ParticlePool:
+        """A checkpoint written before the pool index (the STAR rows as JSON and
+        each row's absolute stack): rebuilt into the same rows and active mask."""
+        import pandas as pd
+
+        table_json = str(data["pool_table"])
+        if not table_json:
+            return pool
+        table = pd.read_json(io.StringIO(table_json), orient="split")
+        stacks = np.asarray(data["pool_stacks"], dtype=str)
+        active = (
+            np.asarray(data["pool_active"], dtype=bool)
+            if "pool_active" in data
+            else np.ones(len(stacks), dtype=bool)
+        )
+        numbers, names = _split_names(table)
+        unique, first = np.unique(stacks, return_index=True)
+        live = set(stacks[active].tolist())
+        headers = {s: _read_header(s) for s in unique if s in live}
+        box = next(iter(headers.values())).shape if headers else (0, 0)
+        for path, k in zip(unique, first, strict=True):
+            pool._stack_index[str(path)] = len(pool._stacks)
+            pool._stack_names.append(str(names[k]))
+            pool._stacks.append(
+                headers.get(path, _Stack(str(path), np.float32, 0, 0, box))
+            )
+        ids = np.asarray([pool._stack_index[s] for s in stacks], dtype=np.int64)
+        pool.optics = pd.read_json(
+            io.StringIO(str(data["pool_optics"])), orient="split"
+        )
+        pool._add(table, ids, numbers.astype(np.int64))
         pool._active.view[:] = active
         pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
         return pool

@@ -146,3 +146,32 @@ def test_sampled_snapshot_and_checkpoint_without_images(tmp_path: Path) -> None:
         resumed.pool.read_images(np.arange(40)), actor.pool.read_images(np.arange(40))
     )
     assert resumed.feed(star) == 0
+
+
+def test_checkpoint_of_the_pool_before_the_index_still_resumes(tmp_path: Path) -> None:
+    """The earlier checkpoint layout (STAR rows as JSON, absolute stack per row)."""
+    star = tmp_path / "particles.star"
+    for k in range(3):
+        append_particles_star(star, _optics(), _exposure(tmp_path, f"e{k}.mrcs", 5, k))
+    _, table = starfile.read(star, always_dict=True).values()
+    stacks = [str((tmp_path / n.split("@")[1]).resolve()) for n in table.rlnImageName]
+    active = np.ones(15, dtype=bool)
+    active[5:10] = False  # e1 retired
+    (tmp_path / "e1.mrcs").unlink()  # and gone
+    data = {
+        "pool_project": np.array(str(tmp_path)),
+        "pool_stacks": np.array(stacks),
+        "pool_table": np.array(table.to_json(orient="split", double_precision=15)),
+        "pool_optics": np.array(_optics().to_json(orient="split")),
+        "pool_active": active,
+    }
+    pool = ParticlePool.from_arrays(data)
+    assert pool.size == 15
+    np.testing.assert_array_equal(pool.active, active)
+    np.testing.assert_array_equal(
+        pool.read_images(pool.active_rows()),
+        _expected(tmp_path, ["e0.mrcs", "e2.mrcs"]),
+    )
+    assert list(pool.table.rlnImageName) == list(table.rlnImageName)
+    assert pool.feed(star) == 0  # e1's rows: their stack is gone, reported
+    assert {p.field for p in pool.problems} == {"rlnImageName"}
