@@ -341,6 +341,8 @@ class Class2dSection(_Section):
     n_classes: int = Field(default=50, ge=1)
     min_pool: int = Field(default=1000, ge=2)  # particles before the first update
     snapshot_every: int = Field(default=20, ge=1)  # mini-batches between snapshots
+    # particles a snapshot assigns (a random sample of the pool); None: all
+    snapshot_sample: int | None = Field(default=20_000, ge=1)
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # ranker selection
     # particles of selected classes further than this many robust sd from their
     # class median are dropped (aggregates, empty boxes); None keeps them all

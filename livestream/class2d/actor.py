@@ -73,6 +73,7 @@ class ActorSettings:
     new_fraction: float = 0.5
     max_passes: float = 3.0
     snapshot_every: int = 20
+    snapshot_sample: int | None = 20_000  # particles a snapshot assigns; None: all
     score_threshold: float = DEFAULT_THRESHOLD
     particle_outlier_mad: float | None = DEFAULT_PARTICLE_OUTLIER_MAD
     psi_step_deg: float = 6.0
@@ -138,7 +139,7 @@ class Class2dActor:
     def _sync_pool(self) -> None:
         """Make the config on the first particles; grow the seen mask."""
         if self.config is None and self.pool.size:
-            box_px = int(self.pool.images.shape[-1])  # odd: classified at box + 1
+            box_px = int(self.pool.box[-1])  # odd: classified at box + 1
             pixel_size_a = float(self.pool.optics.iloc[0]["rlnImagePixelSize"])
             self.config = Class2dConfig(
                 n_classes=self.settings.n_classes,
@@ -234,15 +235,25 @@ class Class2dActor:
         return True
 
     # -- outputs ---------------------------------------------------------------
-    def snapshot(self) -> SnapshotInfo:
-        """Assign every pool particle (a full E-step), rank the classes and write
+    def snapshot(self, *, full: bool = False) -> SnapshotInfo:
+        """Assign pool particles (an E-step), rank the classes and write
         ``run_itNNN_{classes.mrcs,model,data,optimiser}.star`` (RELION's names,
         the newest three iterations kept, ``run_*`` links to the newest),
-        ``run_selected.star`` (ranked selection) and ``run_montage.png``."""
+        ``run_selected.star`` (ranked selection) and ``run_montage.png``.
+
+        The particles assigned are a random sample of at most
+        ``settings.snapshot_sample`` active rows (drawn from the seed and the
+        mini-batch index, so the run's own random state is untouched; in pool
+        order), or every active row with ``full`` or when the pool is no larger;
+        ``run_data.star`` and ``run_selected.star`` hold the assigned rows."""
         if self.state is None or self.config is None:
             raise StageInputError(self.folder, "state", None, "no mini-batch run yet")
         config, state = self.config, self.state
         rows = self.pool.active_rows()  # retired rows are not written
+        limit = self.settings.snapshot_sample
+        if not full and limit is not None and rows.size > limit:
+            draw = np.random.default_rng([self.seed, state.minibatch_index, 2])
+            rows = np.sort(draw.choice(rows, limit, replace=False))
         particles = to_working_box(self.pool.stack(rows))
         assignment = assign_particles(config, state, particles)
         ranking = rank_classes(
@@ -259,10 +270,10 @@ class Class2dActor:
             state,
             assignment,
             self.pool.optics,
-            self.pool.table.iloc[rows].reset_index(drop=True),
+            self.pool.rows_table(rows),
             ranking=ranking,
             float16=False,
-            output_box_px=int(self.pool.images.shape[-1]),
+            output_box_px=int(self.pool.box[-1]),
             keep_iterations=KEEP_ITERATIONS,
         )
         self.minibatches_since_snapshot = 0
@@ -273,6 +284,8 @@ class Class2dActor:
             montage_png=outputs.montage_png,
             selected_star=outputs.selected_star,
         )
+        payload["particles_assigned"] = int(rows.size)
+        payload["pool_particles"] = self.pool_size
         return SnapshotInfo(
             classes_mrcs=outputs.classes_mrcs,
             model_star=outputs.model_star,

@@ -80,6 +80,7 @@ def actor_settings(section: Class2dSection) -> ActorSettings:
         new_fraction=section.new_fraction,
         max_passes=section.max_passes,
         snapshot_every=section.snapshot_every,
+        snapshot_sample=section.snapshot_sample,
         score_threshold=section.score_threshold,
         particle_outlier_mad=section.particle_outlier_mad,
         psi_step_deg=section.psi_step_deg,

@@ -1,20 +1,37 @@
 """The particle pool of the online 2D classifier: every particle fed so far, in
-arrival order, with its STAR row and image (held in memory as float32).
+arrival order, with its STAR row; images stay on disk and are read on demand.
 
-Rows are identified by ``n@absolute-stack-path``, so feeding a growing
+Sized for sessions of a million particles (docs/class2d.md, "Large sessions"):
+
+* **Feed reads the tail.**  ``particles.star`` only grows between Extract batches
+  (the writer rewrites it atomically with the same prefix), so a feed reads only
+  the bytes after the previous feed's end once the file's header (everything up to
+  the first particle row) and the last bytes already read are unchanged; anything
+  else (a shorter file, a new optics group, edited rows) falls back to a full read,
+  which also retires rows (below).
+* **Images are memory-mapped.**  A row is (stack, image number); a mini-batch's
+  images are gathered from the ``.mrcs`` stacks through a bounded LRU of
+  ``numpy.memmap`` views (``MAX_OPEN_STACKS``), so the resident memory does not
+  grow with the pool.
+* **Rows are compact.**  Per row: stack id, image number, active flag, the CTF
+  columns; the STAR rows are kept as the DataFrames of each feed.
+
+Rows are identified by (absolute stack path, image number), so feeding a growing
 ``particles.star`` again adds only its new rows.  Stack names are looked up
 relative to the STAR's folder, then the project folder (RELION's convention).
 
 The pool follows the STAR exactly once: a row that is no longer in the fed STAR
 (its exposure was re-picked into a new stack, or curation now rejects it) is
 *retired*: it keeps its index (the half-set of every row is its index parity, so
-indices never move) but is no longer drawn, assigned or written; its image is
-freed.  A retired row that comes back in a later STAR is added again as a new row.
+indices never move) but is no longer drawn, assigned or written.  A retired row
+that comes back in a later STAR is added again as a new row.
 """
 
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +42,12 @@ from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 
-__all__ = ["ParticlePool"]
+__all__ = ["MAX_OPEN_STACKS", "ParticlePool"]
+
+MAX_OPEN_STACKS = 256  # memory maps kept open (least recently used closed first)
+_TAIL_CHECK = 256  # bytes before the previous end that must be unchanged
+_MRC_DTYPES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
+_CTF = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift")
 
 
 def _split_names(table: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -42,11 +64,10 @@ def _split_names(table: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stack_paths(
-    table: Any, roots: list[Path]
+    names: np.ndarray, roots: list[Path]
 ) -> tuple[np.ndarray, list[StageInputError]]:
     """Absolute stack path of each row (the first root holding its stack; ``""``
     and a problem for a stack found in no root)."""
-    _, names = _split_names(table)
     unique, inverse = np.unique(names, return_inverse=True)
     resolved, problems = [], []
     for name in unique:  # one lookup per stack file
@@ -56,81 +77,91 @@ def _stack_paths(
                 StageInputError(roots[0], "rlnImageName", name, "stack not found")
             )
         resolved.append(str(found[0].resolve()) if found else "")
-    return np.asarray(resolved, dtype=str)[inverse], problems
+    return np.asarray(resolved, dtype=object)[inverse], problems
 
 
-def _check_stacks(
-    table: Any, stacks: np.ndarray, box: tuple[int, ...] | None
-) -> tuple[np.ndarray, list[StageInputError]]:
-    """Rows whose stack holds their image number at the pool's box (one header
-    read per stack file), and a problem for each stack that does not."""
+@dataclass(frozen=True, slots=True)
+class _Stack:
+    """Where a stack's images are: data type, byte offset, count and box."""
+
+    path: str
+    dtype: Any
+    offset: int
+    n: int
+    shape: tuple[int, int]
+
+
+def _read_header(path: str) -> _Stack:
+    """The MRC header's mode, extended header size and dimensions."""
     import mrcfile
 
-    numbers, _ = _split_names(table)
-    usable = np.ones(len(stacks), dtype=bool)
-    problems = []
-    unique, inverse = np.unique(stacks, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    groups = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-    for stack, rows in zip(unique, groups, strict=True):  # one header per stack
-        try:
-            with mrcfile.open(stack, mode="r", header_only=True, permissive=True) as m:
-                n = int(m.header.nz)
-                shape = (int(m.header.ny), int(m.header.nx))
-        except (OSError, ValueError) as error:
-            problems.append(StageInputError(stack, "header", None, str(error)))
-            usable[rows] = False
-            continue
-        box = shape if box is None else box
-        if shape != box:
-            problems.append(StageInputError(stack, "box", shape, f"pool has {box}"))
-            usable[rows] = False
-        elif numbers[rows].min() < 0 or numbers[rows].max() >= n:
-            problems.append(
-                StageInputError(
-                    stack,
-                    "rlnImageName",
-                    int(numbers[rows].max()) + 1,
-                    f"stack holds {n} images",
-                )
-            )
-            usable[rows] = False
-    return usable, problems
+    with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+        header = mrc.header
+        mode = int(header.mode)
+        if mode not in _MRC_DTYPES:
+            raise ValueError(f"MRC mode {mode} is not an image mode")
+        dtype = np.dtype(_MRC_DTYPES[mode]).newbyteorder(header.mode.dtype.byteorder)
+        return _Stack(
+            path=path,
+            dtype=dtype,
+            offset=1024 + int(header.nsymbt),
+            n=int(header.nz),
+            shape=(int(header.ny), int(header.nx)),
+        )
 
 
-def _load_rows(table: Any, stacks: np.ndarray) -> np.ndarray:
-    """Images ``(n, N, N)`` float32 of the rows (one read per stack file)."""
-    import mrcfile
+class _Grow:
+    """A 1-D array that grows by doubling (amortised O(1) append)."""
 
-    numbers, _ = _split_names(table)
-    unique, inverse = np.unique(stacks, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    groups = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-    images: np.ndarray | None = None
-    for stack, rows in zip(unique, groups, strict=True):  # one read per stack
-        with mrcfile.mmap(stack, mode="r", permissive=True) as mrc:
-            data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-            if numbers[rows].min() < 0 or numbers[rows].max() >= data.shape[0]:
-                raise StageInputError(
-                    stack,
-                    "rlnImageName",
-                    int(numbers[rows].max()) + 1,
-                    f"stack holds {data.shape[0]} images",
-                )
-            if images is None:
-                images = np.empty((len(stacks), *data.shape[1:]), dtype=np.float32)
-            images[rows] = data[numbers[rows]]
-    if images is None:
-        raise StageInputError("<feed>", "rows", 0, "nothing to load")
-    return images
+    def __init__(self, dtype: Any) -> None:
+        self.data = np.zeros(1024, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > self.data.size:
+            grown = np.zeros(max(need, 2 * self.data.size), dtype=self.data.dtype)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n : need] = values
+        self.n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.data[: self.n]
 
 
-def _row_keys(table: Any, stacks: np.ndarray) -> Any:
-    """``n@absolute-stack`` per row (a pandas Series)."""
-    import pandas as pd
+def _particles_start(raw: bytes) -> int:
+    """Byte offset of the first row of ``data_particles`` (after its labels)."""
+    block = raw.find(b"data_particles")
+    if block < 0:
+        raise ValueError("no data_particles block")
+    loop = raw.find(b"loop_", block)
+    if loop < 0:
+        raise ValueError("data_particles is not a loop")
+    position = raw.index(b"\n", loop) + 1
+    while position < len(raw):
+        end = raw.find(b"\n", position)
+        end = len(raw) if end < 0 else end + 1
+        line = raw[position:end].strip()
+        if line and not line.startswith(b"_"):
+            return position
+        position = end
+    return position
 
-    numbers, _ = _split_names(table)
-    return pd.Series(numbers.astype(str)) + "@" + pd.Series(stacks)
+
+def _header(raw: bytes) -> list[bytes]:
+    """The header's lines without comments (a writer's time stamp)."""
+    return [line for line in raw.splitlines() if not line.startswith(b"#")]
+
+
+def _rows_end(raw: bytes) -> int:
+    """Where the complete rows of ``raw`` end: after the last non-blank complete
+    line (a half-written row waits for its newline; trailing blank lines, which
+    the next rows may replace, are not consumed)."""
+    complete = raw[: raw.rfind(b"\n") + 1]
+    body = complete.rstrip()
+    return len(body) + 1 if body else 0
 
 
 class ParticlePool:
@@ -139,145 +170,423 @@ class ParticlePool:
     def __init__(self, project: str | Path) -> None:
         self.project = Path(project)
         self.optics: Any = None
-        self.table: Any = None
-        self.stacks = np.zeros(0, dtype=str)  # absolute stack file of each row
-        self.images = np.zeros((0, 0, 0), dtype=np.float32)
-        self.keys = np.zeros(0, dtype=str)  # n@absolute-stack of each row
-        self.active = np.zeros(0, dtype=bool)  # False: retired (see module doc)
-        self._known: set[str] = set()
+        self._chunks: list[Any] = []  # the STAR rows of each feed, in order
+        self._chunk_starts: list[int] = []
+        self._table: Any = None  # cache of the concatenated chunks
+        self._stack_id = _Grow(np.int32)  # index into _stacks per row
+        self._number = _Grow(np.int32)  # 0-based image number per row
+        self._active = _Grow(np.bool_)  # False: retired (see module doc)
+        self._ctf = {name: _Grow(np.float64) for name in _CTF}
+        self._stacks: list[_Stack] = []
+        self._stack_index: dict[str, int] = {}
+        self._stack_names: list[str] = []  # the stack name as the STAR spells it
+        self._known: set[int] = set()  # keys (stack id << 32 | number) of active rows
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._tail: tuple[str, int, bytes, bytes, list[str], Any] | None = None
         self.problems: list[StageInputError] = []  # of the latest feed
         self.n_retired_last = 0  # rows the latest feed retired
+        self.last_feed_read = "none"  # "tail" or "full": how the latest feed read
 
+    # -- rows -----------------------------------------------------------------
     @property
     def size(self) -> int:
         """Rows ever added (the index space; retired rows included)."""
-        return int(self.images.shape[0])
+        return self._number.n
+
+    @property
+    def active(self) -> np.ndarray:
+        """Per row: False when retired."""
+        return self._active.view
 
     @property
     def n_active(self) -> int:
         """Rows drawn, assigned and written (not retired)."""
         return int(np.count_nonzero(self.active))
 
+    @property
+    def box(self) -> tuple[int, int]:
+        """Image shape of the pool's particles (from the first stack)."""
+        if not self._stacks:
+            raise StageInputError(self.project, "pool", 0, "no particles yet")
+        return self._stacks[0].shape
+
+    @property
+    def stacks(self) -> np.ndarray:
+        """Absolute stack file of each row."""
+        paths = np.asarray([s.path for s in self._stacks] or [""], dtype=str)
+        chosen: np.ndarray = paths[self._stack_id.view]
+        return chosen
+
+    @property
+    def table(self) -> Any:
+        """Every row's STAR columns (concatenated on first use after a feed)."""
+        import pandas as pd
+
+        if self._table is None and self._chunks:
+            self._table = pd.concat(self._chunks, ignore_index=True)
+            self._chunks, self._chunk_starts = [self._table], [0]  # held once
+        return self._table
+
+    def rows_table(self, rows: np.ndarray) -> Any:
+        """The STAR rows of pool indices ``rows`` (gathered from the feeds' chunks,
+        without concatenating the whole pool)."""
+        import pandas as pd
+
+        rows = np.asarray(rows, dtype=np.int64)
+        chunk = np.searchsorted(np.asarray(self._chunk_starts), rows, side="right") - 1
+        parts = []
+        order = np.argsort(chunk, kind="stable")
+        for c in np.unique(chunk):
+            members = rows[chunk == c] - self._chunk_starts[c]
+            parts.append(self._chunks[c].iloc[members])
+        gathered = pd.concat(parts, ignore_index=True)
+        back = np.empty_like(order)
+        back[order] = np.arange(order.size)
+        return gathered.iloc[back].reset_index(drop=True)
+
     def active_rows(self) -> np.ndarray:
         """Indices of the rows that are not retired, in arrival order."""
         return np.flatnonzero(self.active)
+
+    def _keys(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        sid = self._stack_id.view[rows].astype(np.int64)
+        return (sid << 32) | self._number.view[rows].astype(np.int64)
 
     def retire(self, rows: np.ndarray) -> int:
         """Retire ``rows`` (indices); return how many were active."""
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[self.active[rows]]
         self.active[rows] = False
-        self.images[rows] = 0.0  # freed in content; the index stays
-        self._known.difference_update(self.keys[rows].tolist())
+        self._known.difference_update(self._keys(rows).tolist())
         return int(rows.size)
+
+    # -- images ---------------------------------------------------------------
+    def _map(self, stack_id: int) -> np.ndarray:
+        mapped = self._maps.get(stack_id)
+        if mapped is None:
+            s = self._stacks[stack_id]
+            mapped = np.memmap(
+                s.path, dtype=s.dtype, mode="r", offset=s.offset, shape=(s.n, *s.shape)
+            )
+            self._maps[stack_id] = mapped
+            while len(self._maps) > MAX_OPEN_STACKS:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(stack_id)
+        return mapped
+
+    def read_images(self, rows: np.ndarray) -> np.ndarray:
+        """Images ``(len(rows), N, N)`` float32 of pool indices ``rows``, read from
+        their stacks (one memory map per stack, at most ``MAX_OPEN_STACKS`` open)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, *self.box), dtype=np.float32)
+        ids = self._stack_id.view[rows]
+        numbers = self._number.view[rows]
+        order = np.argsort(ids, kind="stable")
+        bounds = np.flatnonzero(np.diff(ids[order])) + 1
+        for group in np.split(order, bounds):  # one gather per stack
+            if group.size:
+                out[group] = self._map(int(ids[group[0]]))[numbers[group]]
+        return out
+
+    def stack(self, order: np.ndarray | None = None) -> ParticleStack:
+        """The classifier's input for the rows ``order`` (default: all)."""
+        rows = np.arange(self.size) if order is None else np.asarray(order)
+        frame = {name: self._ctf[name].view[rows] for name in _CTF}
+        import pandas as pd
+
+        return stack_from_tables(
+            self.read_images(rows), self.optics, pd.DataFrame(frame), None
+        )
+
+    # -- feeding --------------------------------------------------------------
+    def _read_tail(self, path: Path) -> tuple[Any, Any] | None:
+        """``(optics, new rows)`` when ``path`` only grew since the last feed,
+        else None (read it all)."""
+        import pandas as pd
+
+        if self._tail is None or self._tail[0] != str(path.resolve()):
+            return None
+        _, end, head, before, columns, dtypes = self._tail
+        size = path.stat().st_size
+        if size < end:
+            return None
+        with open(path, "rb") as fh:
+            start = fh.read(len(head) + 4096)
+            try:
+                if start[: _particles_start(start)] != head and _header(
+                    start[: _particles_start(start)]
+                ) != _header(head):
+                    return None
+            except ValueError:
+                return None
+            if _particles_start(start) != len(head):
+                return None
+            fh.seek(end - len(before))
+            if fh.read(len(before)) != before:
+                return None
+            new = fh.read(size - end)
+        cut = _rows_end(new)
+        new = new[:cut]
+        if b"data_" in new or b"loop_" in new:
+            return None
+        if not new.strip():
+            table = pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in columns})
+        else:
+            try:
+                table = pd.read_csv(
+                    io.BytesIO(new),
+                    sep=r"\s+",
+                    header=None,
+                    names=columns,
+                    dtype=dtypes,
+                    comment="#",
+                )
+            except (ValueError, pd.errors.ParserError):
+                return None
+        self._remember(path, end + cut, head, columns, dtypes)
+        return self.optics, table
+
+    def _remember(
+        self, path: Path, end: int, head: bytes, columns: list[str], dtypes: Any
+    ) -> None:
+        with open(path, "rb") as fh:
+            fh.seek(max(len(head), end - _TAIL_CHECK))
+            before = fh.read(end - max(len(head), end - _TAIL_CHECK))
+        self._tail = (str(path.resolve()), end, head, before, columns, dtypes)
+
+    def _read_full(self, path: Path) -> tuple[Any, Any]:
+        optics, table = read_particles_star(path)
+        raw = path.read_bytes()
+        self._tail = None
+        try:
+            start = _particles_start(raw)
+        except ValueError:
+            return optics, table
+        end = _rows_end(raw)
+        if end >= start:
+            dtypes = {c: table[c].dtype for c in table.columns}
+            self._remember(path, end, raw[:start], list(table.columns), dtypes)
+        return optics, table
 
     def feed(self, particles_star: str | Path) -> int:
         """Add the rows of ``particles_star`` not in the pool yet; return how many.
 
         Rows whose stack is missing, too short or of another box are left out and
-        described in :attr:`problems` (they are tried again on the next feed)."""
+        described in :attr:`problems` (they are tried again on the next full
+        read: a rewritten STAR, or the next start)."""
         path = Path(particles_star)
-        optics, table = read_particles_star(path)
+        tail = self._read_tail(path)
+        self.last_feed_read = "tail" if tail is not None else "full"
+        optics, table = tail if tail is not None else self._read_full(path)
         if "rlnImageName" not in table.columns:
             raise StageInputError(path, "rlnImageName", None, "column missing")
-        stacks, self.problems = _stack_paths(table, [path.parent, self.project])
-        keys = _row_keys(table, stacks)
-        gone = self.active & ~np.isin(self.keys, keys.to_numpy(dtype=str))
-        self.n_retired_last = self.retire(np.flatnonzero(gone))
-        fresh = ~keys.isin(self._known).to_numpy() & (stacks != "")
+        self.n_retired_last = 0
+        self.problems = []
+        if not len(table):
+            return 0
+        numbers, names = _split_names(table)
+        stacks, self.problems = _stack_paths(names, [path.parent, self.project])
+        if self.problems:
+            self._tail = None  # rows left out: the next feed reads all, retries them
+        ids = np.asarray([self._stack_index.get(s, -1) for s in stacks], np.int64)
+        keys = np.where(ids >= 0, (ids << 32) | numbers, -1)
+        if tail is None and self.size:  # the whole STAR: retire rows not in it
+            gone = self.active & ~np.isin(self._keys(), keys)
+            self.n_retired_last = self.retire(np.flatnonzero(gone))
+        known = self._known
+        old = np.fromiter((k in known for k in keys.tolist()), bool, len(keys))
+        fresh = (stacks != "") & ~old
         if not fresh.any():
             return 0
-        box = tuple(self.images.shape[1:]) if self.size else None
-        usable, problems = _check_stacks(table[fresh], stacks[fresh], box)
-        self.problems += problems
-        fresh[np.flatnonzero(fresh)[~usable]] = False
+        usable = self._register_stacks(numbers, names, stacks, fresh)
+        if self.problems or not usable.all():
+            self._tail = None  # rows left out: the next feed reads all, retries them
+        fresh &= usable
         if not fresh.any():
             return 0
-        new = table[fresh].reset_index(drop=True)
-        self.append(new, stacks[fresh], optics)
-        return int(fresh.sum())
-
-    def append(self, rows: Any, stacks: np.ndarray, optics: Any) -> None:
-        import pandas as pd
-
-        images = _load_rows(rows, stacks)
-        if self.size and images.shape[1:] != self.images.shape[1:]:
-            raise StageInputError(
-                stacks[0], "box", images.shape[1:], f"pool has {self.images.shape[1:]}"
-            )
         if self.optics is None:
             self.optics = optics
-        self.images = images if not self.size else np.concatenate([self.images, images])
-        self.table = (
-            rows
-            if self.table is None
-            else pd.concat([self.table, rows], ignore_index=True)
-        )
-        self.stacks = np.concatenate([self.stacks, stacks])
-        keys = _row_keys(rows, stacks).to_numpy(dtype=str)
-        self.keys = np.concatenate([self.keys, keys])
-        self.active = np.concatenate([self.active, np.ones(len(keys), dtype=bool)])
-        self._known.update(keys.tolist())
+        rows = table[fresh].reset_index(drop=True)
+        ids = np.asarray([self._stack_index[s] for s in stacks[fresh]], np.int64)
+        self._add(rows, ids, numbers[fresh])
+        return int(fresh.sum())
 
-    def stack(self, order: np.ndarray | None = None) -> ParticleStack:
-        """The classifier's input for the rows ``order`` (default: all)."""
-        return stack_from_tables(self.images, self.optics, self.table, order)
+    def _register_stacks(
+        self, numbers: np.ndarray, names: np.ndarray, stacks: np.ndarray, rows: Any
+    ) -> np.ndarray:
+        """Read the header of each new stack; whether each row's image is there at
+        the pool's box (a problem per stack that is not)."""
+        usable = np.ones(len(stacks), dtype=bool)
+        chosen = np.flatnonzero(rows)
+        unique, inverse = np.unique(stacks[chosen], return_inverse=True)
+        for k, stack in enumerate(unique):
+            members = chosen[inverse == k]
+            known = self._stack_index.get(stack)
+            try:
+                info = self._stacks[known] if known is not None else _read_header(stack)
+            except (OSError, ValueError) as error:
+                self.problems.append(StageInputError(stack, "header", None, str(error)))
+                usable[members] = False
+                continue
+            box = self._stacks[0].shape if self._stacks else info.shape
+            if info.shape != box:
+                self.problems.append(
+                    StageInputError(stack, "box", info.shape, f"pool has {box}")
+                )
+                usable[members] = False
+                continue
+            if numbers[members].min() < 0 or numbers[members].max() >= info.n:
+                if known is not None:  # the stack grew since: read it again
+                    info = _read_header(stack)
+                    self._stacks[known] = info
+                    self._maps.pop(known, None)
+                if numbers[members].min() < 0 or numbers[members].max() >= info.n:
+                    self.problems.append(
+                        StageInputError(
+                            stack,
+                            "rlnImageName",
+                            int(numbers[members].max()) + 1,
+                            f"stack holds {info.n} images",
+                        )
+                    )
+                    usable[members] = False
+                    continue
+            if known is None:
+                self._stack_index[stack] = len(self._stacks)
+                self._stacks.append(info)
+                self._stack_names.append(str(names[members[0]]))
+        return usable
 
+    def _add(self, rows: Any, ids: np.ndarray, numbers: np.ndarray) -> None:
+        self._chunk_starts.append(self.size)
+        self._chunks.append(rows)
+        self._table = None
+        self._stack_id.extend(ids)
+        self._number.extend(numbers)
+        self._active.extend(np.ones(len(ids), dtype=bool))
+        for name in _CTF:
+            values = (
+                rows[name].to_numpy(dtype=np.float64)
+                if name in rows.columns
+                else np.zeros(len(rows))
+            )
+            self._ctf[name].extend(values)
+        self._known.update(((ids << 32) | numbers).tolist())
+
+    # -- checkpoint -----------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """What a checkpoint needs to rebuild the pool (rows, not images)."""
-
-        def as_json(frame: Any) -> str:
-            if frame is None:
-                return ""
-            return str(frame.to_json(orient="split", double_precision=15))
-
-        return {
+        """What a checkpoint needs to rebuild the pool: per row the stack id, image
+        number, active flag and STAR columns (strings as codes into their distinct
+        values; ``rlnImageName`` rebuilt from stack and number); no images."""
+        arrays: dict[str, np.ndarray] = {
             "pool_project": np.array(str(self.project.resolve())),
-            "pool_stacks": np.array(self.stacks, dtype=str),
-            "pool_table": np.array(as_json(self.table)),
-            "pool_optics": np.array(as_json(self.optics)),
+            "pool_stack_paths": np.array([s.path for s in self._stacks], dtype=str),
+            "pool_stack_names": np.array(self._stack_names, dtype=str),
+            "pool_stack_id": self._stack_id.view.copy(),
+            "pool_number": self._number.view.copy(),
             "pool_active": self.active.copy(),
+            "pool_optics": np.array(
+                ""
+                if self.optics is None
+                else str(self.optics.to_json(orient="split", double_precision=15))
+            ),
         }
+        import pandas as pd
+
+        table = self.table
+        if table is None:
+            return arrays
+        arrays["pool_columns"] = np.array(list(table.columns), dtype=str)
+        for k, name in enumerate(table.columns):
+            if name == "rlnImageName":
+                continue
+            column = table[name]
+            if not pd.api.types.is_numeric_dtype(column.dtype):
+                values, codes = np.unique(column.astype(str), return_inverse=True)
+                arrays[f"pool_col{k}_values"] = values.astype(str)
+                arrays[f"pool_col{k}_codes"] = codes.astype(np.int32)
+            else:
+                arrays[f"pool_col{k}"] = column.to_numpy()
+        return arrays
 
     @classmethod
     def from_arrays(cls, data: Any, project: str | Path | None = None) -> ParticlePool:
-        """Rebuild (re-reading the images) what :meth:`to_arrays` saved."""
+        """Rebuild what :meth:`to_arrays` saved (the active rows' stack headers are
+        read again; a retired row's stack may be gone)."""
         import pandas as pd
 
         pool = cls(str(data["pool_project"]) if project is None else project)
-        table_json = str(data["pool_table"])
-        if table_json:
-            table = pd.read_json(io.StringIO(table_json), orient="split")
-            optics = pd.read_json(io.StringIO(str(data["pool_optics"])), orient="split")
-            stacks = np.asarray(data["pool_stacks"], dtype=str)
-            active = (
-                np.asarray(data["pool_active"], dtype=bool)
-                if "pool_active" in data
-                else np.ones(len(stacks), dtype=bool)
-            )
-            pool.append_retired(table, stacks, optics, active)
+        if "pool_table" in data:  # a checkpoint of the pool before the index
+            return cls._from_table_json(pool, data)
+        if "pool_columns" not in data:
+            return pool
+        ids = np.asarray(data["pool_stack_id"], dtype=np.int64)
+        numbers = np.asarray(data["pool_number"], dtype=np.int64)
+        active = np.asarray(data["pool_active"], dtype=bool)
+        paths = [str(p) for p in np.atleast_1d(data["pool_stack_paths"])]
+        names = [str(p) for p in np.atleast_1d(data["pool_stack_names"])]
+        live = set(np.unique(ids[active]).tolist())
+        headers = {k: _read_header(paths[k]) for k in sorted(live)}
+        box = headers[min(live)].shape if live else (0, 0)
+        for k, path in enumerate(paths):
+            pool._stack_index[path] = k
+            pool._stack_names.append(names[k])
+            # a stack of retired rows only is never read again (it may be gone)
+            pool._stacks.append(headers.get(k, _Stack(path, np.float32, 0, 0, box)))
+        columns: dict[str, Any] = {}
+        for k, name in enumerate(str(c) for c in data["pool_columns"]):
+            if name == "rlnImageName":
+                stack_names = np.asarray(names, dtype=object)[ids]
+                columns[name] = [
+                    f"{n + 1:06d}@{s}"
+                    for n, s in zip(numbers, stack_names, strict=True)
+                ]
+            elif f"pool_col{k}_codes" in data:
+                values = np.asarray(data[f"pool_col{k}_values"], dtype=object)
+                columns[name] = values[np.asarray(data[f"pool_col{k}_codes"])]
+            else:
+                columns[name] = np.asarray(data[f"pool_col{k}"])
+        pool.optics = pd.read_json(
+            io.StringIO(str(data["pool_optics"])), orient="split"
+        )
+        pool._add(pd.DataFrame(columns), ids, numbers)
+        pool._active.view[:] = active
+        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
         return pool
 
-    def append_retired(
-        self, rows: Any, stacks: np.ndarray, optics: Any, active: np.ndarray
-    ) -> None:
-        """:meth:`append` for a resumed pool: only the ``active`` rows' images are
-        read (a retired row's stack may have been replaced since)."""
+    @staticmethod
+    def _from_table_json(pool: ParticlePool, data: Any) -> ParticlePool:
+        """A checkpoint written before the pool index (the STAR rows as JSON and
+        each row's absolute stack): rebuilt into the same rows and active mask."""
         import pandas as pd
 
-        if active.all():
-            self.append(rows, stacks, optics)
-            return
-        images = np.zeros((len(stacks), 0, 0), dtype=np.float32)
-        keep = np.flatnonzero(active)
-        if keep.size:
-            loaded = _load_rows(rows.iloc[keep].reset_index(drop=True), stacks[keep])
-            images = np.zeros((len(stacks), *loaded.shape[1:]), dtype=np.float32)
-            images[keep] = loaded
-        self.optics = optics if self.optics is None else self.optics
-        self.images = images
-        self.table = pd.DataFrame(rows).reset_index(drop=True)
-        self.stacks = np.asarray(stacks, dtype=str)
-        self.keys = _row_keys(self.table, self.stacks).to_numpy(dtype=str)
-        self.active = np.asarray(active, dtype=bool).copy()
-        self._known = set(self.keys[self.active].tolist())
+        table_json = str(data["pool_table"])
+        if not table_json:
+            return pool
+        table = pd.read_json(io.StringIO(table_json), orient="split")
+        stacks = np.asarray(data["pool_stacks"], dtype=str)
+        active = (
+            np.asarray(data["pool_active"], dtype=bool)
+            if "pool_active" in data
+            else np.ones(len(stacks), dtype=bool)
+        )
+        numbers, names = _split_names(table)
+        unique, first = np.unique(stacks, return_index=True)
+        live = set(stacks[active].tolist())
+        headers = {s: _read_header(s) for s in unique if s in live}
+        box = next(iter(headers.values())).shape if headers else (0, 0)
+        for path, k in zip(unique, first, strict=True):
+            pool._stack_index[str(path)] = len(pool._stacks)
+            pool._stack_names.append(str(names[k]))
+            pool._stacks.append(
+                headers.get(path, _Stack(str(path), np.float32, 0, 0, box))
+            )
+        ids = np.asarray([pool._stack_index[s] for s in stacks], dtype=np.int64)
+        pool.optics = pd.read_json(
+            io.StringIO(str(data["pool_optics"])), orient="split"
+        )
+        pool._add(table, ids, numbers.astype(np.int64))
+        pool._active.view[:] = active
+        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
+        return pool
