@@ -23,7 +23,7 @@ its results feed.  It loads code from outside ``livestream``, ``pipelines`` and
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -149,7 +149,14 @@ def resolve_kind(kind: str) -> StageKind:
             )
         # the one plugin point, for code outside livestream's packages only (ours
         # is imported at module level, so the import graph shows all of it)
-        run = getattr(importlib.import_module(module_name), attr)
+        run = pkgutil.resolve_name(kind)
+        defined_in = str(getattr(run, "__module__", "") or "")
+        if defined_in.split(".")[0] in FIRST_PARTY:  # re-exported through a plugin
+            raise ValueError(
+                f"stage kind {kind!r} resolves to {defined_in}.{attr}, a function of"
+                " livestream itself: a built-in stage is registered in STAGE_KINDS;"
+                f" known: {sorted(STAGE_KINDS)}"
+            )
         model = getattr(run, "params_model", StageParams)
         return StageKind(name=kind, params_model=model, run=run)
     raise ValueError(f"unknown stage kind {kind!r}; known: {sorted(STAGE_KINDS)}")

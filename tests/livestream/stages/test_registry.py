@@ -68,6 +68,12 @@ def test_a_plugin_kind_may_not_load_our_own_modules_by_name(kind: str) -> None:
         resolve_kind(kind)
 
 
+def test_a_plugin_may_not_reach_our_own_code_through_a_re_export() -> None:
+    kind = "tests.livestream.stages.reexport_plugin:run_noop"
+    with pytest.raises(ValueError, match=r"resolves to livestream\.stages\.noop"):
+        resolve_kind(kind)
+
+
 def test_a_plugin_is_checked_by_its_own_model_when_the_chain_is_built() -> None:
     table = {"kind": PLUGIN, "index": "extract", "word": "live"}
     chain = build_chain(
