@@ -54,8 +54,9 @@ from pipelines.class2d.ranker import (
     rank_classes,
 )
 from pipelines.class2d.schedule import minibatch_size
-from pipelines.class2d.state import restore_rng, rng_state_of
+from pipelines.class2d.state import restore_rng
 from pipelines.errors import StageInputError
+from pipelines.io.checkpoint import rng_state_of
 from pipelines.io.outputs import atomic_path
 
 __all__ = ["ActorSettings", "Class2dActor", "SnapshotInfo"]

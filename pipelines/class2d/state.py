@@ -19,7 +19,11 @@ import numpy as np
 
 from pipelines.class2d.schedule import Schedule
 from pipelines.errors import StageInputError
-from pipelines.io.outputs import atomic_path
+from pipelines.io.checkpoint import (
+    load_state_npz,
+    save_state_npz,
+)
+from pipelines.io.checkpoint import restore_rng as restore_rng_state
 
 __all__ = [
     "Class2dConfig",
@@ -146,14 +150,7 @@ class Class2dState:
 
 def restore_rng(state: Class2dState) -> np.random.Generator:
     """A generator continuing exactly where the state's left off."""
-    data = json.loads(state.rng_state)
-    bit_generator = getattr(np.random, data["bit_generator"])()
-    bit_generator.state = data
-    return np.random.Generator(bit_generator)
-
-
-def rng_state_of(rng: np.random.Generator) -> str:
-    return json.dumps(rng.bit_generator.state, default=int)
+    return restore_rng_state(state.rng_state)
 
 
 _ARRAYS = (
@@ -171,25 +168,19 @@ def save_checkpoint(
     path: str | Path, config: Class2dConfig, state: Class2dState
 ) -> Path:
     """Write config and state to ``path`` (``.npz``) atomically."""
-    arrays: dict[str, Any] = {name: getattr(state, name) for name in _ARRAYS}
-    arrays |= {name: np.int64(getattr(state, name)) for name in _SCALARS}
-    arrays["rng_state"] = np.array(state.rng_state)
-    arrays["config"] = np.array(config.to_json())
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return Path(path)
+    return save_state_npz(
+        path, config.to_json(), state, arrays=_ARRAYS, scalars=_SCALARS
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[Class2dConfig, Class2dState]:
     """Read what :func:`save_checkpoint` wrote."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            config = Class2dConfig.from_json(str(data["config"]))
-            fields: dict[str, Any] = {name: np.array(data[name]) for name in _ARRAYS}
-            fields |= {name: int(data[name]) for name in _SCALARS}
-            state = Class2dState(**fields, rng_state=str(data["rng_state"]))
-    except (OSError, KeyError, ValueError) as error:
-        raise StageInputError(
-            path, "checkpoint", None, f"not a class2d checkpoint: {error}"
-        ) from error
-    return config, state
+
+    def build(
+        config_json: str, fields: dict[str, Any]
+    ) -> tuple[Class2dConfig, Class2dState]:
+        return Class2dConfig.from_json(config_json), Class2dState(**fields)
+
+    return load_state_npz(
+        path, arrays=_ARRAYS, scalars=_SCALARS, what="class2d", build=build
+    )

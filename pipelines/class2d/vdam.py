@@ -36,9 +36,9 @@ from pipelines.class2d.state import (
     Class2dConfig,
     Class2dState,
     restore_rng,
-    rng_state_of,
 )
 from pipelines.errors import StageInputError
+from pipelines.io.checkpoint import rng_state_of
 
 __all__ = [
     "class_resolution_a",

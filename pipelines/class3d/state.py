@@ -20,14 +20,17 @@ import numpy as np
 
 from pipelines.class2d.schedule import Schedule
 from pipelines.errors import StageInputError
-from pipelines.io.outputs import atomic_path
+from pipelines.io.checkpoint import (
+    load_state_npz,
+    save_state_npz,
+)
+from pipelines.io.checkpoint import restore_rng as restore_rng_state
 
 __all__ = [
     "InitialModelConfig",
     "InitialModelState",
     "load_checkpoint",
     "restore_rng",
-    "rng_state_of",
     "save_checkpoint",
 ]
 
@@ -171,14 +174,7 @@ class InitialModelState:
 
 def restore_rng(state: InitialModelState) -> np.random.Generator:
     """A generator continuing exactly where the state's left off."""
-    data = json.loads(state.rng_state)
-    bit_generator = getattr(np.random, data["bit_generator"])()
-    bit_generator.state = data
-    return np.random.Generator(bit_generator)
-
-
-def rng_state_of(rng: np.random.Generator) -> str:
-    return json.dumps(rng.bit_generator.state, default=int)
+    return restore_rng_state(state.rng_state)
 
 
 _ARRAYS = ("data", "weight", "maps", "class_fractions", "noise_power", "half_fsc")
@@ -189,25 +185,19 @@ def save_checkpoint(
     path: str | Path, config: InitialModelConfig, state: InitialModelState
 ) -> Path:
     """Write config and state to ``path`` (``.npz``) atomically."""
-    arrays: dict[str, Any] = {name: getattr(state, name) for name in _ARRAYS}
-    arrays |= {name: np.int64(getattr(state, name)) for name in _SCALARS}
-    arrays["rng_state"] = np.array(state.rng_state)
-    arrays["config"] = np.array(config.to_json())
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return Path(path)
+    return save_state_npz(
+        path, config.to_json(), state, arrays=_ARRAYS, scalars=_SCALARS
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[InitialModelConfig, InitialModelState]:
     """Read what :func:`save_checkpoint` wrote."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            config = InitialModelConfig.from_json(str(data["config"]))
-            fields: dict[str, Any] = {name: np.array(data[name]) for name in _ARRAYS}
-            fields |= {name: int(data[name]) for name in _SCALARS}
-            state = InitialModelState(**fields, rng_state=str(data["rng_state"]))
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise StageInputError(
-            path, "checkpoint", None, f"not an initial-model checkpoint: {error}"
-        ) from error
-    return config, state
+
+    def build(
+        config_json: str, fields: dict[str, Any]
+    ) -> tuple[InitialModelConfig, InitialModelState]:
+        return InitialModelConfig.from_json(config_json), InitialModelState(**fields)
+
+    return load_state_npz(
+        path, arrays=_ARRAYS, scalars=_SCALARS, what="initial-model", build=build
+    )

@@ -39,9 +39,9 @@ from pipelines.class3d.state import (
     InitialModelConfig,
     InitialModelState,
     restore_rng,
-    rng_state_of,
 )
 from pipelines.errors import StageInputError
+from pipelines.io.checkpoint import rng_state_of
 from pipelines.reconstruct.backproject import (
     FourierSums,
     insert_transforms,
