@@ -39,9 +39,11 @@ Example (all sections optional)::
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import tomllib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,6 +74,8 @@ from livestream.stages.params import (
     StageParams,
     kind_of_model,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Class2dSection",
@@ -470,3 +474,22 @@ def reload_config(config: ServiceConfig) -> ServiceConfig:
     """Read ``config``'s file again with the same overrides (command-line flags);
     raise :class:`ConfigError` if it is no longer valid."""
     return load_config(config.source_path, config._overrides)
+
+
+async def reloads(
+    reload: asyncio.Event, current: Callable[[], ServiceConfig], who: str
+) -> AsyncIterator[ServiceConfig]:
+    """The config file read again each time ``reload`` is set (SIGHUP), for as long
+    as the caller iterates; a file that is no longer valid is logged, naming
+    ``who`` keeps its running configuration, and skipped."""
+    while True:
+        await reload.wait()
+        reload.clear()
+        try:
+            config = reload_config(current())
+        except ConfigError as exc:
+            log.error(
+                "%s: reload refused, keeping the running configuration: %s", who, exc
+            )
+            continue
+        yield config

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from livestream.config import ConfigError, ServiceConfig, reload_config
+from livestream.config import ServiceConfig, reloads
 from livestream.curation.live import (
     curation_counts,
     reevaluate_curation,
@@ -107,14 +107,7 @@ class CurationReload:
     # -- reload ---------------------------------------------------------------------
     async def run(self, reload: asyncio.Event) -> None:
         """Apply the config file each time ``reload`` is set, until cancelled."""
-        while True:
-            await reload.wait()
-            reload.clear()
-            try:
-                config = reload_config(self.config)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the running configuration: %s", exc)
-                continue
+        async for config in reloads(reload, lambda: self.config, "curation"):
             try:
                 await self.apply(config)
             except (OSError, ValueError, KeyError, sqlite3.Error):

@@ -32,12 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from livestream.config import (
-    ConfigError,
-    ServiceConfig,
-    TemplatesSection,
-    reload_config,
-)
+from livestream.config import ServiceConfig, TemplatesSection, reloads
 from livestream.ledger.store import Ledger
 from livestream.project.job_index import JobIndex
 from livestream.scheduling.scheduler import Scheduler
@@ -131,14 +126,7 @@ class TemplateFeed:
 
     async def run(self, reload: asyncio.Event) -> None:
         """Read ``[templates]`` again each time ``reload`` is set (SIGHUP)."""
-        while True:
-            await reload.wait()
-            reload.clear()
-            try:
-                config = reload_config(self.config)
-            except ConfigError as exc:
-                log.error("templates: reload refused: %s", exc)
-                continue
+        async for config in reloads(reload, lambda: self.config, "templates"):
             self.config, self.section = config, config.templates
             if self.current is not None and self.pick_stage is not None:
                 self._apply(self.current)  # a changed threshold applies now
