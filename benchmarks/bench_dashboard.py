@@ -38,16 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_service import SETTLE_S, make_config, microscope  # the same noop service
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from livestream.config import ServiceConfig, load_config
+from livestream.config import ServiceConfig
 from livestream.daemon import ServiceHandle, run_service
 from livestream.demo.command import add_args, demo_config
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
 from livestream.telemetry.reporting import EventType, ServiceEvent
-
-SETTLE_S = 0.05
 
 
 def browser() -> Any:
@@ -65,43 +64,14 @@ def browser() -> Any:
 
 
 def noop_config(root: Path, *, dashboard: bool) -> ServiceConfig:
-    return load_config(
-        None,
-        {
-            "session": {
-                "path": root / "session",
-                "movie_roots": [root / "movies"],
-                "settle_time_s": SETTLE_S,
-                "rescan_interval_s": 3600.0,
-                "polling": "false",
-            },
-            "project": {"path": root / "project"},
-            "workers": {"n_processes": 2, "max_in_flight": 16},
-            "metrics": {"enabled": False},
-            "dashboard": {"enabled": dashboard, "port": 0},
-            "stages": {
-                "chain": ["a", "b"],
-                "a": {"kind": "noop", "payload_bytes": 16},
-                "b": {"kind": "noop", "payload_bytes": 16},
-            },
-        },
-    )
-
-
-def tiny_microscope(root: Path) -> SimulatedMicroscope:
-    settings = MicroscopeSettings(
-        size_px=8, n_frames=2, noise_only=True, write_chunks=1, chunk_pause_s=0.0
-    )
-    return SimulatedMicroscope(
-        root / "session", root / "movies", settings, np.random.default_rng(1)
-    )
+    return make_config(root, root / "project", dashboard=dashboard)
 
 
 async def one_run(
     root: Path, n: int, *, dashboard: bool, pages: int
 ) -> tuple[float, list[float], float]:
     """(exposures/s, latencies in s, CPU s of this process per exposure)."""
-    scope = tiny_microscope(root)
+    scope = microscope(root)
     (root / "session").mkdir(parents=True, exist_ok=True)
     (root / "movies").mkdir(parents=True, exist_ok=True)
     config = noop_config(root, dashboard=dashboard)

@@ -47,7 +47,8 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def make_config(root: Path, project: Path) -> ServiceConfig:
+def make_config(root: Path, project: Path, *, dashboard: bool = False) -> ServiceConfig:
+    """A 2-stage noop chain on ``root``'s session (also bench_dashboard.py's)."""
     return load_config(
         None,
         {
@@ -61,6 +62,7 @@ def make_config(root: Path, project: Path) -> ServiceConfig:
             "project": {"path": project},
             "workers": {"n_processes": 2, "max_in_flight": 16},
             "metrics": {"enabled": False},
+            "dashboard": {"enabled": dashboard, "port": 0},
             "stages": {
                 "chain": ["a", "b"],
                 "a": {"kind": "noop", "payload_bytes": 16},
