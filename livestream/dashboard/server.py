@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -81,6 +81,9 @@ _NO_STORE = "no-store"
 _REVALIDATE = "no-cache"  # may be kept, but asked again (ETag) before each use
 _KEEPALIVE_S = 15.0
 _SUBSCRIBER_QUEUE = 256
+# at shutdown, how long the pages that were watching may take to read the final state
+_LINGER_S = 3.0
+_PAGE_DOCUMENTS = ("session", "exposures", "class2d")  # what a page's refresh reads
 _RENDER_CACHE = 64  # on-demand pick overlays kept in memory
 _THUMBNAIL_PX = 256
 _FRESH_S = 1.0  # a document this young is served again, events or not
@@ -131,9 +134,12 @@ class _EventHub:
                 queue.put_nowait(message)
 
     def close(self) -> None:
+        """Tell every page the service stopped (after the events it has not
+        read yet), then end its stream."""
         for queue in self._queues:
-            while not queue.empty():
-                queue.get_nowait()
+            while queue.qsize() > _SUBSCRIBER_QUEUE - 2:
+                queue.get_nowait()  # room for the last two messages
+            queue.put_nowait(b"event: ended\ndata: {}\n\n")
             queue.put_nowait(None)
 
 
@@ -172,6 +178,10 @@ class DashboardServer:
         self._documents: dict[str, tuple[float, int, bytes]] = {}
         self._building: dict[str, asyncio.Lock] = {}
         self._generation = 0  # service events so far
+        self._closing = False
+        self._pages_at_close = 0  # pages watching when the service stopped
+        self._final_reads: Counter[str] = Counter()  # their reads since, by document
+        self._all_read = asyncio.Event()
         self.address: tuple[str, int] = ("", 0)
 
     # -- life cycle -----------------------------------------------------------------
@@ -230,8 +240,15 @@ class DashboardServer:
         self._hub.publish(event)
 
     async def close(self) -> None:
-        """End the event streams, then stop serving."""
+        """Send every open page an ``ended`` event, serve the final state to the
+        pages that come for it (at most ``_LINGER_S``), then stop serving."""
+        self._closing = True
+        self._pages_at_close = self._hub.n_subscribers
         self._hub.close()
+        if self._pages_at_close:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LINGER_S):
+                    await self._all_read.wait()
         await self._runner.cleanup()
 
     # -- routes ---------------------------------------------------------------------
@@ -304,13 +321,18 @@ class DashboardServer:
     async def _session(self, request: web.Request) -> web.Response:
         view = self._view()
         in_flight, queued = self._sources.queue()
-        state = "draining" if self._sources.stopping() else "running"
-        return await self._json(
+        if self._closing:
+            state = "stopped"
+        else:
+            state = "draining" if self._sources.stopping() else "running"
+        response = await self._json(
             f"session:{state}",
             lambda: session_document(
                 view, state=state, in_flight=in_flight, queued=queued
             ),
         )
+        self._read_after_close("session")
+        return response
 
     async def _exposures(self, request: web.Request) -> web.Response:
         try:
@@ -318,13 +340,28 @@ class DashboardServer:
         except ValueError:
             raise web.HTTPBadRequest(text="limit: not an integer") from None
         view = self._view()
-        return await self._json(
+        response = await self._json(
             f"exposures:{limit}", lambda: exposures_document(view, limit=limit)
         )
+        self._read_after_close("exposures")
+        return response
 
     async def _class2d(self, request: web.Request) -> web.Response:
         view = self._view()
-        return await self._json("class2d", lambda: class2d_document(view))
+        response = await self._json("class2d", lambda: class2d_document(view))
+        self._read_after_close("class2d")
+        return response
+
+    def _read_after_close(self, document: str) -> None:
+        """Count a page's read of ``document`` once the service stopped: when
+        every page that was watching has read all three, ``close`` may go on."""
+        if not self._closing:
+            return
+        self._final_reads[document] += 1
+        if all(
+            self._final_reads[name] >= self._pages_at_close for name in _PAGE_DOCUMENTS
+        ):
+            self._all_read.set()
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

@@ -250,8 +250,10 @@ async function refresh() {
     renderThumbnails();
     renderClass2d(class2d);
     document.body.dataset.updated = String(Date.now());
+    if (ended && session.state !== "stopped") connect(); // the service is back
     showStream(); // a refresh that failed before said so; this one worked
   } catch (error) {
+    if (ended) { showStream(); return; } // the service stopped serving, as it said
     $("live").textContent = `error: ${error.message}`;
     $("live").className = "badge off";
   } finally {
@@ -266,18 +268,34 @@ function scheduleRefresh() {
 }
 
 let source = null;
+let ended = false; // the service said it stopped: the page keeps its last state
 
 function showStream() {
   const live = $("live");
   const open = source !== null && source.readyState === EventSource.OPEN;
+  if (ended) {
+    live.textContent = "stopped";
+    live.className = "badge off";
+    return;
+  }
   live.textContent = open ? "live" : "reconnecting";
   live.className = open ? "badge on" : "badge off";
 }
 
+function onEnded() {
+  // the service's last word: read the final state now, before it stops serving,
+  // and stop reconnecting; the slow poll notices when it serves again
+  ended = true;
+  source.close();
+  refresh();
+}
+
 function connect() {
+  ended = false;
   source = new EventSource("api/v1/events");
   source.onopen = showStream;
   source.onerror = showStream;
+  source.addEventListener("ended", onEnded);
   for (const type of ["hello", "discovered", "ready", "import_quarantined", "stage_finished", "exposure_done", "class2d_snapshot"]) {
     source.addEventListener(type, scheduleRefresh);
   }

@@ -234,3 +234,46 @@ async def test_a_busy_port_is_a_config_error_naming_the_key(
     )
     with pytest.raises(OSError, match=r"key 'dashboard\.port'"):
         await run_service(config, stop=asyncio.Event(), install_signal_handlers=False)
+
+
+async def test_a_stopping_service_tells_its_pages_and_serves_their_last_read(
+    tmp_path: Path,
+) -> None:
+    """At shutdown an open page gets an ``ended`` event and can still read the
+    final state (``state: stopped``); the service then stops serving."""
+    session, movies, _ = write_session(tmp_path, 1)
+    config = service_config(
+        session, movies, tmp_path / "project", dashboard={"enabled": True, "port": 0}
+    )
+    state = _Running()
+    task = asyncio.create_task(
+        run_service(
+            config,
+            stop=state.stop,
+            listeners=(state.events.append,),
+            on_started=state.handles.append,
+            install_signal_handlers=False,
+        )
+    )
+    await _until(lambda: state.done() >= 1, 60)
+    base = state.handles[0].dashboard_url
+    assert base is not None
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"event: hello"), 5)
+    state.stop.set()
+    await asyncio.wait_for(reader.readuntil(b"event: ended"), 30)
+    assert not task.done()  # still serving: the page has not read the final state
+    reads = {
+        name: json.loads((await _get(base, f"/api/v1/{name}"))[2])
+        for name in ("session", "exposures", "class2d")
+    }
+    assert reads["session"]["state"] == "stopped"
+    assert reads["session"]["n_exposures"] == 1
+    assert [e["index"] for e in reads["exposures"]["items"]] == [1]
+    assert await asyncio.wait_for(task, 2.0) == 0  # no need to wait out the linger
+    writer.close()
+    with pytest.raises((ConnectionRefusedError, OSError)):
+        await _get(base, "/api/v1/session")

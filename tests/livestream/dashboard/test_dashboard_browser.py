@@ -184,8 +184,10 @@ def _follow_the_demo(tmp_path: Path, log: Path, browser: Any, artefacts: Path) -
         ).stdout
     )  # fmt: skip
     assert status["n_exposures"] == N_EXPOSURES
-    # the last event may still be on its way to the page when the demo exits
+    # at shutdown the service told the page, which read the final state
     _wait(lambda: _count(browser) == N_EXPOSURES, 15, "the page's final count")
+    assert browser.find_element("id", "live").text == "stopped"
+    assert browser.find_element("id", "state").text == "stopped"
     for name in PLOTS:
         points = browser.find_element("id", f"plot-{name}").get_attribute("data-points")
         assert int(points or 0) > 0, name
