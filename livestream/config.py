@@ -29,6 +29,10 @@ Example (all sections optional)::
     n_classes = 50
     min_pool = 1000
 
+    [class3d]
+    start_particles = 5000
+    symmetry = "C1"
+
     [templates]
     template_feed = true
     repick_earlier = false
@@ -61,7 +65,7 @@ from pydantic import (
     model_validator,
 )
 
-from livestream.project.jobs import CLASS2D
+from livestream.project.jobs import CLASS2D, INITIAL_MODEL
 from livestream.stages.params import (
     BUILTIN_PARAMS,
     CtfParams,
@@ -74,6 +78,7 @@ from livestream.stages.params import (
     StageParams,
     kind_of_model,
 )
+from pipelines.reconstruct.symmetry import symmetry_matrices
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +366,43 @@ class Class2dSection(_Section):
     seed: int = Field(default=0, ge=0)
 
 
+class Class3dSection(_Section):
+    """The online 3D initial model (:mod:`livestream.class3d.live`), fed the
+    particles of the selected 2D classes; docs/class3d.md.  Runs only when
+    ``[class2d]`` runs too."""
+
+    enabled: bool = True
+    job: str = Field(default=INITIAL_MODEL.folder, min_length=1)
+    # selected particles before the first mini-batch (RELION-4's initial models
+    # are made from a few thousand)
+    start_particles: int = Field(default=5000, ge=2)
+    symmetry: str = "C1"  # a point group (C1, Cn, Dn, T, O, I), applied to the maps
+    classes: int = Field(default=1, ge=1)
+    # particles per mini-batch once the schedule has grown (it starts at a fifth)
+    mini_batch: int = Field(default=500, ge=2)
+    n_minibatches: int = Field(default=60, ge=1)  # length of the VDAM schedule
+    snapshot_every: int = Field(default=10, ge=1)  # mini-batches between snapshots
+    snapshot_sample: int = Field(default=5000, ge=2)  # particles a snapshot assigns
+    box_px: int = Field(default=64, ge=16)  # working box (Fourier-cropped to it)
+    angular_step_deg: float = Field(default=15.0, ge=3.0, le=45.0)
+    particle_diameter_a: float | None = Field(default=None, gt=0.0)  # mask
+    max_passes: float = Field(default=3.0, gt=0.0)  # then it waits for particles
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known_group(cls, value: str) -> str:
+        symmetry_matrices(value)  # a StageInputError (a ValueError) names it
+        return value.upper()
+
+    @field_validator("box_px")
+    @classmethod
+    def _even_box(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"must be even (got {value})")
+        return value
+
+
 class TemplatesSection(_Section):
     """The blob -> 2D -> template loop (:mod:`livestream.templates`);
     docs/picking.md.  Once the online 2D classes select at least
@@ -393,6 +435,7 @@ class ServiceConfig(_Section):
     mqtt: MqttConfig = MqttConfig()
     stages: StagesConfig = StagesConfig()
     class2d: Class2dSection = Class2dSection()
+    class3d: Class3dSection = Class3dSection()
     templates: TemplatesSection = TemplatesSection()
     # where it came from, so that SIGHUP can read the file again (reload_config)
     _source: Path | None = PrivateAttr(default=None)

@@ -4,7 +4,7 @@ RELION numbers jobs in the order a pipeline creates them; the service creates th
 same jobs for every session, so their folders are fixed::
 
     Import/job001  MotionCorr/job002  CtfFind/job003  Select/job004
-    AutoPick/job005  Extract/job006  Class2D/job007
+    AutoPick/job005  Extract/job006  Class2D/job007  InitialModel/job008
 
 Stage parameters (``job = ...``), the job index files and the online classifier
 take their defaults from here; a site may still configure other folders.
@@ -29,6 +29,7 @@ __all__ = [
     "CTF_FIND",
     "EXTRACT",
     "IMPORT",
+    "INITIAL_MODEL",
     "JOBS",
     "MOTION_CORR",
     "SELECT",
@@ -94,5 +95,21 @@ EXTRACT = RelionJob(
     outputs=(("particles.star", "ParticleGroupMetadata.star.relion"),),
 )
 CLASS2D = RelionJob(job_type="Class2D", number=7, process_type="relion.class2d.vdam")
+# the online 3D initial model (livestream.class3d); its data STAR is per iteration
+INITIAL_MODEL = RelionJob(
+    job_type="InitialModel",
+    number=8,
+    process_type="relion.initialmodel",
+    outputs=(("initial_model.mrc", "DensityMap.mrc.relion.initialmodel"),),
+)
 
-JOBS = (IMPORT, MOTION_CORR, CTF_FIND, SELECT, AUTO_PICK, EXTRACT, CLASS2D)
+JOBS = (
+    IMPORT,
+    MOTION_CORR,
+    CTF_FIND,
+    SELECT,
+    AUTO_PICK,
+    EXTRACT,
+    CLASS2D,
+    INITIAL_MODEL,
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 from pipelines.io.outputs import write_bytes_atomic
 from pipelines.reconstruct.rebalance import RebalanceResult
 
-__all__ = ["write_rebalance_plots"]
+__all__ = ["write_direction_heatmap", "write_rebalance_plots"]
 
 _DPI = 100
 
@@ -36,27 +37,51 @@ def _save(figure: Figure, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
+_EDGES = (np.linspace(-180, 180, 73), np.linspace(-90, 90, 37))  # 5° bins
+
+
+def _heatmap(figure: Figure, ax: Any, directions: np.ndarray, title: str) -> None:
+    """One azimuth x elevation histogram of unit ``directions`` ``(n, 3)``."""
+    az, el = _azimuth_elevation(directions)
+    hist, _, _ = np.histogram2d(az, el, bins=_EDGES)
+    image = ax.imshow(
+        hist.T,
+        origin="lower",
+        extent=(-180, 180, -90, 90),
+        aspect="auto",
+        cmap="viridis",
+    )
+    ax.set_title(title)
+    ax.set_xlabel("azimuth (deg)")
+    figure.colorbar(image, ax=ax, label="particles")
+
+
 def _heatmaps(path: Path, directions: np.ndarray, keep: np.ndarray) -> Path:
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
-    edges = (np.linspace(-180, 180, 73), np.linspace(-90, 90, 37))
     for ax, rows, title in zip(
         axes, (np.ones_like(keep), keep), ("before", "after"), strict=True
     ):
-        az, el = _azimuth_elevation(directions[rows])
-        hist, _, _ = np.histogram2d(az, el, bins=edges)
-        image = ax.imshow(
-            hist.T,
-            origin="lower",
-            extent=(-180, 180, -90, 90),
-            aspect="auto",
-            cmap="viridis",
+        _heatmap(
+            figure,
+            ax,
+            directions[rows],
+            f"viewing directions {title} ({int(rows.sum())})",
         )
-        ax.set_title(f"viewing directions {title} ({int(rows.sum())})")
-        ax.set_xlabel("azimuth (deg)")
-        figure.colorbar(image, ax=ax, label="particles")
     axes[0].set_ylabel("elevation (deg)")
     return _save(figure, path)
+
+
+def write_direction_heatmap(
+    path: str | Path, directions: np.ndarray, *, title: str
+) -> Path:
+    """The viewing-direction heatmap (azimuth x elevation, 5° bins) of unit
+    ``directions`` ``(n, 3)`` as one PNG, atomically."""
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    ax = figure.subplots()
+    _heatmap(figure, ax, np.asarray(directions, dtype=np.float64), title)
+    ax.set_ylabel("elevation (deg)")
+    return _save(figure, Path(path))
 
 
 def _bins(path: Path, result: RebalanceResult) -> Path:
