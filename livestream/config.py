@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -78,7 +79,6 @@ from livestream.stages.params import (
     StageParams,
     kind_of_model,
 )
-from pipelines.reconstruct.symmetry import symmetry_matrices
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,10 @@ class Class3dSection(_Section):
     @field_validator("symmetry")
     @classmethod
     def _known_group(cls, value: str) -> str:
-        symmetry_matrices(value)  # a StageInputError (a ValueError) names it
+        # the groups pipelines.reconstruct.symmetry_matrices builds (the config
+        # imports no pipelines code)
+        if not re.fullmatch(r"[CD][1-9]\d*|T|O|I[1-4]?", value.upper()):
+            raise ValueError(f"expected C<n>, D<n>, T, O, I or I1-I4 (got {value!r})")
         return value.upper()
 
     @field_validator("box_px")
