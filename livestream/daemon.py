@@ -9,8 +9,9 @@ after the drain.  SIGTERM or SIGINT set
 the ``stop`` event: the watcher stops taking work, in-flight stages get
 ``workers.drain_timeout_s`` to finish, the rest are cancelled and put back to
 ``pending`` (checkpoint), the online 2D classifier (:mod:`livestream.class2d.live`,
-when ``[class2d]`` is enabled and the chain extracts particles) finishes its
-mini-batch and checkpoints, and the function returns 0.  A second signal exits at
+when ``[class2d]`` is enabled and the chain extracts particles) and the online 3D
+initial model (:mod:`livestream.class3d.live`, ``[class3d]``, fed the 2D selection)
+finish their mini-batch and checkpoint, and the function returns 0.  A second signal exits at
 once with :data:`EXIT_FORCED` (reconciliation cleans up on the next start).
 SIGHUP sets the ``reload`` event: the config file is read again and changed
 curation thresholds re-evaluate every past exposure
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
+from livestream.class3d.live import Class3dLive, class3d_for, drain_class3d
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
 from livestream.dashboard.server import DashboardServer, DashboardSources
@@ -73,6 +75,7 @@ class ServiceHandle:
     curation: CurationReload
     templates: TemplateFeed
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
+    class3d: Class3dLive | None = None  # None: disabled, or no 2D classes
     metrics_address: tuple[str, int] | None = None  # None: metrics off
     dashboard_url: str | None = None  # None: dashboard off
 
@@ -264,6 +267,11 @@ async def _serve(
     class2d = class2d_for(
         config, index, reporter, after_snapshot=templates.after_snapshot
     )
+    class3d = class3d_for(config, index, reporter)
+    if class3d is not None:
+        telemetry.events.add_listener(class3d.on_event)  # each 2D snapshot
+        if recorder is not None:
+            recorder.metrics.class3d.start_particles(config.class3d.start_particles)
     dashboard = await _start_dashboard(
         config, telemetry, scheduler, curation, stop, servers
     )
@@ -276,6 +284,7 @@ async def _serve(
         curation,
         templates,
         class2d,
+        class3d,
         metrics_address=recorder.address if recorder is not None else None,
         dashboard_url=None if dashboard is None else dashboard.url,
     )
@@ -302,6 +311,11 @@ async def _serve(
             if class2d is None
             else group.create_task(class2d.run(), name="class2d")
         )
+        modelling = (
+            None
+            if class3d is None
+            else group.create_task(class3d.run(), name="class3d")
+        )
         notifier.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
         await stop.wait()
@@ -310,12 +324,16 @@ async def _serve(
         notifier.stopping()
         if class2d is not None:
             class2d.request_stop()  # its mini-batch ends while stages drain
+        if class3d is not None:
+            class3d.request_stop()
         background[0].cancel()
         summaries.publish("draining")
         scheduler.stop_taking_work()
         await _drain_stages(scheduling, scheduler, executor, workers.drain_timeout_s)
         if classifying is not None:
             await drain_class2d(classifying, drain_deadline)
+        if modelling is not None:
+            await drain_class3d(modelling, drain_deadline)
         await asyncio.to_thread(index.finish)  # always, at shutdown: jobs Succeeded
         summaries.publish("stopped")
         await telemetry.events.flush()

@@ -67,7 +67,10 @@ class PipelineJob:
     ``outputs``: (file name in the job folder, node type label); ``inputs``: node
     names relative to the project; ``options``: the ``joboptions_values`` rows;
     ``note``: the text of ``note.txt``.  A Class2D job (``iterative=True``) has
-    as outputs the optimiser and data STAR of its newest iteration.
+    as outputs the optimiser and data STAR of its newest iteration; a job with
+    ``iteration_outputs`` ((suffix, node type label) of ``run_itNNN_<suffix>``,
+    the InitialModel job) has those of the newest iteration whose first suffix
+    is on disk.
     """
 
     folder: str
@@ -77,6 +80,7 @@ class PipelineJob:
     options: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
     iterative: bool = False
+    iteration_outputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -178,11 +182,28 @@ class RelionPipeline:
             iteration = latest_iteration(folder)
             if iteration is not None:
                 pairs += [(f"run_it{iteration:03d}_{s}", t) for s, t in _CLASS2D_NODES]
+        elif job.iteration_outputs:
+            newest = _newest_iteration(folder, job.iteration_outputs[0][0])
+            if newest is not None:
+                pairs += [
+                    (f"run_it{newest:03d}_{s}", t) for s, t in job.iteration_outputs
+                ]
         return [
             _Node(f"{job.folder}/{name}", label)
             for name, label in pairs
             if (folder / name).is_file()
         ]
+
+
+def _newest_iteration(folder: Path, suffix: str) -> int | None:
+    """The largest NNN of a ``run_itNNN_<suffix>`` file in ``folder``."""
+    pattern = re.compile(rf"run_it(\d+)_{re.escape(suffix)}")
+    found = [
+        int(m.group(1))
+        for p in folder.glob(f"run_it*_{suffix}")
+        if (m := pattern.fullmatch(p.name)) is not None
+    ]
+    return max(found) if found else None
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

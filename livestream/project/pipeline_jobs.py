@@ -2,7 +2,7 @@
 
 ``Import/job001`` (the movies), then one process per chain stage that has a RELION
 job (motion, CTF, curation as ``relion.select.onvalue``, picking, extraction), then
-the online ``Class2D`` job.  Each process's inputs are the nodes of the stages
+the online ``Class2D`` job and the online ``InitialModel`` job fed its selection.  Each process's inputs are the nodes of the stages
 that feed it; its ``job.star`` options are the stage's validated parameters (or
 the ``[session]`` / ``[class2d]`` table) and its ``note.txt`` the command line and
 that table.  A plugin stage whose kind has no RELION job is not listed.
@@ -16,7 +16,7 @@ from typing import Any
 
 from livestream.config import ServiceConfig
 from livestream.project.job_index import IndexTargets, index_targets
-from livestream.project.jobs import IMPORT, RelionJob
+from livestream.project.jobs import IMPORT, INITIAL_MODEL, RelionJob
 from livestream.project.pipeline import (
     IMPORT_MOVIES,
     PipelineJob,
@@ -82,6 +82,8 @@ def pipeline_jobs(
             PipelineJob(
                 folder=config.class2d.job,
                 process_type="relion.class2d.vdam",
+                # the ranker's selection, which the InitialModel job reads
+                outputs=(("run_selected.star", "ParticleGroupMetadata.star.relion"),),
                 inputs=(f"{targets.extract_job}/particles.star",),
                 options=job_options(class2d)
                 | {  # RELION's names of the input and the run's size
@@ -94,7 +96,39 @@ def pipeline_jobs(
                 iterative=True,
             )
         )
+        if config.class3d.enabled:
+            jobs.append(_initial_model_job(config, head))
     return sorted(jobs, key=lambda j: j.number)
+
+
+def _initial_model_job(config: ServiceConfig, head: str) -> PipelineJob:
+    """The online initial model, fed the 2D selection (``run_selected.star``;
+    RELION would have a Select job between them)."""
+    class3d = config.class3d.model_dump(mode="json")
+    selected = f"{config.class2d.job}/run_selected.star"
+    label = "DensityMap.mrc.relion.initialmodel"
+    return PipelineJob(
+        folder=config.class3d.job,
+        process_type=INITIAL_MODEL.process_type,
+        outputs=INITIAL_MODEL.outputs,
+        inputs=(selected,),
+        options=job_options(class3d)
+        | {  # RELION's names of the input and the run
+            "fn_img": selected,
+            "nr_classes": str(config.class3d.classes),
+            "nr_iter": str(config.class3d.n_minibatches),
+            "sym_name": config.class3d.symmetry,
+            "do_run_C1": "Yes",
+        },
+        note=head + _table("class3d", class3d),
+        iteration_outputs=(
+            ("data.star", "ParticleGroupMetadata.star.relion.initialmodel"),
+            *(
+                (f"class{k:03d}.mrc", label)
+                for k in range(1, config.class3d.classes + 1)
+            ),
+        ),
+    )
 
 
 def _job_of(link: ChainLink) -> RelionJob | None:

@@ -44,6 +44,7 @@ class EventType(enum.Enum):
     STAGE_FINISHED = "stage_finished"
     EXPOSURE_DONE = "exposure_done"
     CLASS2D_SNAPSHOT = "class2d_snapshot"
+    CLASS3D_SNAPSHOT = "class3d_snapshot"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,6 +255,35 @@ class Broadcaster:
             )
         )
 
+    # -- online 3D initial model ----------------------------------------------------
+    def class3d_snapshot(self, payload: Mapping[str, Any]) -> None:
+        """The MQTT ``class3d`` event and, for listeners, ``detail`` = the central
+        slices PNG of the largest class, ``figures`` = the payload's numbers."""
+        if self._publishing:
+            self._outgoing.put_nowait(("class3d", "", dict(payload)))
+        figures = {
+            name: float(payload[name])
+            for name in (
+                "iteration",
+                "particles_seen",
+                "pool_particles",
+                "resolution_a",
+                "orientation_coverage",
+            )
+        }
+        slices = payload.get("slices_png") or [""]
+        largest = int(payload.get("largest_class", 1))
+        self._emit(
+            ServiceEvent(
+                type=EventType.CLASS3D_SNAPSHOT,
+                exposure_id="",
+                stage="class3d",
+                state="snapshot",
+                detail=str(slices[min(largest, len(slices)) - 1]),
+                figures=MappingProxyType(figures),
+            )
+        )
+
     # -- service state -------------------------------------------------------------
     def status(
         self,
@@ -292,6 +322,8 @@ class Broadcaster:
             await self._publisher.publish_status(payload)
         elif kind == "class2d":
             await self._publisher.publish_class2d(payload)
+        elif kind == "class3d":
+            await self._publisher.publish_class3d(payload)
         else:
             await self._publisher.publish_exposure(_topic_safe(exposure_id), payload)
 

@@ -40,6 +40,7 @@ class EventKind(enum.StrEnum):
     STATUS = "status"
     EXPOSURE = "exposure"
     CLASS2D = "class2d"
+    CLASS3D = "class3d"
 
 
 class ServiceState(enum.StrEnum):

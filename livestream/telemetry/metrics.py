@@ -27,6 +27,7 @@ from prometheus_client import (
 
 from livestream import __version__
 from livestream.class2d.metrics import Class2dMetrics
+from livestream.class3d.metrics import Class3dMetrics
 from livestream.scheduling.pause import PauseReason
 
 __all__ = ["PAUSE_REASONS", "STAGE_DURATION_BUCKETS_S", "ServiceMetrics"]
@@ -193,6 +194,7 @@ class ServiceMetrics:
             registry=r,
         )
         self.class2d = Class2dMetrics(r)  # livestream_class2d_*
+        self.class3d = Class3dMetrics(r)  # livestream_class3d_*
         self._templates_version = Gauge(
             "livestream_templates_version",
             "Version of the template set the pick stage uses (0: blob picking, no "

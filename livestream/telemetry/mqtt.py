@@ -5,6 +5,7 @@ Topics, for a session ``S``::
     livestream/S/status          retained; the broker's last will sets it to "offline"
     livestream/S/exposure/<id>   one message per processed exposure
     livestream/S/class2d         one message per 2D classification snapshot
+    livestream/S/class3d         one message per 3D initial-model snapshot
 
 ``publish_*`` never block on the network: they stamp the payload
 (:func:`livestream.telemetry.events.stamp_event`) and queue it in a bounded
@@ -227,6 +228,11 @@ class EventPublisher:
         """One 2D classification snapshot."""
         topic = topic_for(self.session_name, EventKind.CLASS2D)
         self._enqueue(EventKind.CLASS2D, topic, payload, retain=False)
+
+    async def publish_class3d(self, payload: Mapping[str, Any]) -> None:
+        """One 3D initial-model snapshot."""
+        topic = topic_for(self.session_name, EventKind.CLASS3D)
+        self._enqueue(EventKind.CLASS3D, topic, payload, retain=False)
 
     def _enqueue(
         self, kind: EventKind, topic: str, payload: Mapping[str, Any], *, retain: bool

@@ -118,6 +118,22 @@ class MetricsRecorder:
     def class2d_error(self, operation: str) -> None:
         self.metrics.class2d.error(operation)
 
+    # -- online 3D initial model ---------------------------------------------------
+    def class3d_progress(
+        self, iteration: int, particles_seen: int, pool: int, seconds: float | None
+    ) -> None:
+        self.metrics.class3d.progress(
+            iteration=iteration, particles_seen=particles_seen, pool_particles=pool
+        )
+        if seconds is not None:
+            self.metrics.class3d.minibatch(seconds)
+
+    def class3d_snapshot(self, payload: Mapping[str, Any]) -> None:
+        self.metrics.class3d.snapshot(payload)
+
+    def class3d_error(self, operation: str) -> None:
+        self.metrics.class3d.error(operation)
+
     def templates_version(self, version: int) -> None:
         self.metrics.set_templates_version(version)
 

@@ -149,6 +149,26 @@ class Reporter:
         if self._metrics is not None:
             self._metrics.class2d_error(operation)
 
+    # -- online 3D initial model ---------------------------------------------------
+    def class3d_progress(
+        self, iteration: int, particles_seen: int, pool: int, seconds: float | None
+    ) -> None:
+        """After a mini-batch (``seconds`` its wall time) or a feed (``None``)."""
+        if self._metrics is not None:
+            self._metrics.class3d_progress(iteration, particles_seen, pool, seconds)
+
+    def class3d_snapshot(self, payload: Mapping[str, Any]) -> None:
+        """A snapshot was written: metrics, the MQTT ``class3d`` event, listeners."""
+        if self._metrics is not None:
+            self._metrics.class3d_snapshot(payload)
+        self._events.class3d_snapshot(payload)
+
+    def class3d_error(self, operation: str, error: Exception) -> None:
+        """An initial-model failure; the service goes on."""
+        log.error("class3d %s failed: %s", operation, error)
+        if self._metrics is not None:
+            self._metrics.class3d_error(operation)
+
     # -- templates from the 2D classes -------------------------------------------
     def templates_version(self, version: int) -> None:
         """The pick stage uses template set ``version`` from now on."""

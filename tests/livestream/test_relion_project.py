@@ -37,6 +37,7 @@ PROCESSES = {
     "AutoPick/job005/": "relion.autopick.log",
     "Extract/job006/": "relion.extract",
     "Class2D/job007/": "relion.class2d.vdam",
+    "InitialModel/job008/": "relion.initialmodel",
 }
 NODES_SELECT = "Select/job004/micrographs.star"
 NODES = {
@@ -72,15 +73,27 @@ def _config(root: Path) -> ServiceConfig:
             "psi_step_deg": 30.0,
             "offset_range_px": 1.0,
             "n_minibatches": 3,
+            "score_threshold": 0.0,  # every class selected: the 3D pool
+            "particle_outlier_mad": None,
+        },
+        class3d={  # starts on the first selection, at a 16 px box
+            "start_particles": 4,
+            "mini_batch": 8,
+            "snapshot_every": 1,
+            "n_minibatches": 2,
+            "box_px": 16,
+            "angular_step_deg": 30.0,
         },
     )
 
 
 async def _run(config: ServiceConfig, n: int, timeout_s: float) -> None:
-    """Run the service until ``n`` exposures are done and Class2D has a snapshot."""
+    """Run the service until ``n`` exposures are done and Class2D and the
+    initial model have a snapshot."""
     done: set[str] = set()
     stop = asyncio.Event()
     job = config.project.path / config.class2d.job
+    initial_model = config.project.path / config.class3d.job
 
     def listen(event: ServiceEvent) -> None:
         if event.type is EventType.EXPOSURE_DONE:
@@ -93,7 +106,11 @@ async def _run(config: ServiceConfig, n: int, timeout_s: float) -> None:
     )
     try:
         async with asyncio.timeout(timeout_s):
-            while len(done) < n or not list(job.glob("run_it*_optimiser.star")):
+            while (
+                len(done) < n
+                or not list(job.glob("run_it*_optimiser.star"))
+                or not list(initial_model.glob("run_it*_data.star"))
+            ):
                 await asyncio.sleep(0.2)
                 if service.done():
                     break
@@ -108,7 +125,7 @@ async def test_the_pipeliner_opens_the_live_project(
     microscope = SimulatedMicroscope(
         tmp_path / "session",
         tmp_path / "session",
-        MicroscopeSettings(size_px=512, n_frames=12, n_particles=8, write_chunks=1),
+        MicroscopeSettings(size_px=512, n_frames=12, n_particles=20, write_chunks=1),
         np.random.default_rng(11),
     )
     for index in range(2):
@@ -121,15 +138,28 @@ async def test_the_pipeliner_opens_the_live_project(
     with ProjectGraph(pipeline_dir=".", read_only=True) as graph:
         procs = {p.name: (p.type, p.status) for p in graph.process_list}
         assert procs == {name: (t, "Succeeded") for name, t in PROCESSES.items()}
-        assert graph.job_counter == 8
+        assert graph.job_counter == 9
         nodes = {n.name: n.type for n in graph.node_list}
         for name, label in NODES.items():
             assert nodes[name] == label
         class2d = [n for n in nodes if n.startswith("Class2D/")]
         assert sorted(nodes[n] for n in class2d) == [
             "OptimiserData.star.relion.class2d",
+            "ParticleGroupMetadata.star.relion",  # run_selected.star
             "ParticleGroupMetadata.star.relion.class2d",
         ]
+        initial = sorted(n for n in nodes if n.startswith("InitialModel/"))
+        assert [nodes[n] for n in initial] == [
+            "DensityMap.mrc.relion.initialmodel",  # initial_model.mrc
+            "DensityMap.mrc.relion.initialmodel",  # run_itNNN_class001.mrc
+            "ParticleGroupMetadata.star.relion.initialmodel",
+        ]
+        model = graph.find_process("InitialModel/job008/")
+        assert [n.name for n in model.input_nodes] == [
+            "Class2D/job007/run_selected.star"
+        ]
+        # drained at shutdown: the initial model's state is checkpointed
+        assert Path("InitialModel/job008/actor_checkpoint.npz").is_file()
         assert all(Path(name).is_file() for name in nodes)
         extract = graph.find_process("Extract/job006/")
         assert sorted(n.name for n in extract.input_nodes) == [
@@ -139,7 +169,7 @@ async def test_the_pipeliner_opens_the_live_project(
         report, n_jobs = get_metadata_chain(
             graph, graph.find_process("Class2D/job007/")
         )
-    assert n_jobs == len(PROCESSES)
+    assert n_jobs == len(PROCESSES) - 1  # Class2D and its ancestors
     jobs_md = report["Jobs metadata"]
     results = {job: md.get("results") for job, md in jobs_md.items()}
     assert results["Class2D/job007/"]["Classes"] == 2
