@@ -205,6 +205,7 @@ def test_the_service_jobs_follow_the_chain(tmp_path: Path) -> None:
         "AutoPick/job005",
         "Extract/job006",
         "Class2D/job007",
+        "InitialModel/job008",
     ]
     assert by_folder["AutoPick/job005"].process_type == "relion.autopick.ref2d"
     assert by_folder["Select/job004"].process_type == "relion.select.onvalue"
@@ -213,6 +214,11 @@ def test_the_service_jobs_follow_the_chain(tmp_path: Path) -> None:
         "Select/job004/micrographs.star",
     )
     assert by_folder["Class2D/job007"].inputs == ("Extract/job006/particles.star",)
+    initial_model = by_folder["InitialModel/job008"]
+    assert initial_model.process_type == "relion.initialmodel"
+    assert initial_model.inputs == ("Class2D/job007/run_selected.star",)
+    assert initial_model.options["sym_name"] == "C1"
+    assert initial_model.options["start_particles"] == "5000"
     assert by_folder["MotionCorr/job002"].options["patches_x"] == str(
         config.stages.table_of("motion").model_dump()["patches_x"]
     )
