@@ -9,7 +9,9 @@ Reads the ledger ``<project>/livestream.sqlite`` without writing to it; works wh
 the service runs.  With a curation stage it also shows how many exposures are
 accepted and rejected and the most frequent rejection reasons; with the online 2D
 classifier, its latest snapshot (mini-batches, particles seen, active and selected
-classes, best resolution, montage).
+classes, best resolution, montage); with the online 3D initial model, its latest
+snapshot (mini-batches, particles seen of the selected pool, resolution from the
+half-set FSC, orientation coverage, central slices PNG).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.class2d.live import SUMMARY_NAME
+from livestream.class3d.live import SUMMARY_NAME as CLASS3D_SUMMARY_NAME
 from livestream.cli.console import InputError, require_file, require_folder
 from livestream.curation.live import curation_counts
 from livestream.ledger.store import Ledger
@@ -43,6 +46,7 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
         status["project"] = str(project)
         status["curation"] = _curation(ledger.path)
         status["class2d"] = _class2d(project)
+        status["class3d"] = _class3d(project)
         status["failures"] = [
             {
                 "exposure_id": row.exposure_id,
@@ -92,6 +96,44 @@ def _class2d(project: Path) -> dict[str, Any] | None:
     return summary
 
 
+def _class3d(project: Path) -> dict[str, Any] | None:
+    """The newest ``InitialModel/job*/run_class3d.json`` without the per-class
+    lists and paths but the largest class's slices PNG; ``None`` before the
+    first snapshot."""
+    found = sorted(
+        project.glob(f"InitialModel/job*/{CLASS3D_SUMMARY_NAME}"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not found:
+        return None
+    payload = json.loads(found[-1].read_text())
+    keys = (
+        "iteration",
+        "particles_seen",
+        "pool_particles",
+        "classes",
+        "symmetry",
+        "resolution_a",
+        "orientation_coverage",
+        "initial_model",
+    )
+    summary = {key: payload.get(key) for key in keys}
+    slices = payload.get("slices_png") or [None]
+    largest = int(payload.get("largest_class", 1))
+    summary["slices_png"] = slices[min(largest, len(slices)) - 1]
+    return summary
+
+
+def _class3d_line(model: dict[str, Any]) -> str:
+    coverage = model["orientation_coverage"]
+    return (
+        f"class3d: mini-batch {model['iteration']}, {model['particles_seen']} of "
+        f"{model['pool_particles']} selected particles seen, {model['classes']} "
+        f"class(es) {model['symmetry']}, {model['resolution_a']:.1f} Å (half-set "
+        f"FSC), {coverage:.0%} of directions; slices {model['slices_png']}"
+    )
+
+
 def _table(status: dict[str, Any]) -> str:
     states = ["pending", "running", "done", "failed", "quarantined"]
     lines = [f"project {status['project']}"]
@@ -126,6 +168,9 @@ def _table(status: dict[str, Any]) -> str:
             + ("" if resolution is None else f", best {resolution:.1f} Å")
             + f"; montage {classes['montage_png']}"
         )
+    model = status.get("class3d")
+    if model is not None:
+        lines.append(_class3d_line(model))
     if status["failures"]:
         lines.append("failures:")
         for failure in status["failures"]:

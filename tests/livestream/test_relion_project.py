@@ -7,6 +7,7 @@ Class2D job."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pandas as pd
 import pytest
 import starfile
 
+from livestream.cli.status import main as status_main
+from livestream.cli.status import read_status
 from livestream.config import ServiceConfig
 from livestream.daemon import run_service
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
@@ -120,7 +123,9 @@ async def _run(config: ServiceConfig, n: int, timeout_s: float) -> None:
 
 
 async def test_the_pipeliner_opens_the_live_project(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     microscope = SimulatedMicroscope(
         tmp_path / "session",
@@ -213,3 +218,12 @@ async def test_the_pipeliner_opens_the_live_project(
         assert not any(
             c.startswith("rlnLivestream") for c in starfile.read(coordinates).columns
         )
+
+    # livestream status shows the initial model
+    model_status = read_status(project)["class3d"]
+    assert model_status["iteration"] >= 1
+    assert Path(model_status["slices_png"]).is_file()
+    assert Path(model_status["initial_model"]).is_file()
+    status_args = argparse.Namespace(project=project, json=False, failures=5)
+    assert status_main(status_args) == 0
+    assert "class3d: mini-batch" in capsys.readouterr().out
