@@ -60,6 +60,7 @@ class Class3dMetrics:
             ["class_number"],
             registry=r,
         )
+        self._fractions.labels(class_number="1")  # 0 until the first snapshot
         self._coverage = Gauge(
             "livestream_class3d_orientation_coverage_ratio",
             "Fraction of 100 evenly spread viewing directions with an assigned "
