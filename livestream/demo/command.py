@@ -16,7 +16,10 @@ montage PNG in ``Class2D/job007/``, a ``class2d`` event) every 3 mini-batches.
 Once the ranker selects classes with 200 particles behind them, their averages
 become a template set and the exposures that arrive after it are picked with the
 templates (the blob -> 2D -> template loop, docs/picking.md; ``--repick`` also
-re-picks the earlier ones).  It stops after the last exposure is processed or on
+re-picks the earlier ones).  The particles of the selected classes feed the online
+3D initial model (``InitialModel/job008/``), which starts at 300 of them with one
+class in C1 at a 32 px box and prints a line (resolution, orientation coverage,
+the central slices PNG) per snapshot.  It stops after the last exposure is processed or on
 Ctrl-C, prints how often the class selection flipped between snapshots and the
 recall and precision of the blob and the template picker on the simulator's
 particle coordinates, and leaves a project folder that ``livestream status
@@ -114,6 +117,16 @@ def demo_config(args: argparse.Namespace, session: Path, movies: Path) -> Servic
             "offset_range_px": 3.0,
             "seed": args.seed,
         },
+        # the first 3D map within a 20-exposure demo: a small start and box
+        "class3d": {
+            "start_particles": 300,
+            "mini_batch": 200,
+            "n_minibatches": 30,
+            "snapshot_every": 5,
+            "snapshot_sample": 1000,
+            "box_px": 32,
+            "seed": args.seed,
+        },
         "templates": {"repick_earlier": args.repick},
     }
     return load_config(None, overrides)
@@ -129,6 +142,16 @@ def _describe_classes(event: ServiceEvent) -> str:
         f"{int(f['selected_classes'])} selected"
         + ("" if resolution is None else f", best {resolution:.1f} Å")
         + f"; montage: {event.detail}"
+    )
+
+
+def _describe_model(event: ServiceEvent) -> str:
+    f = event.figures
+    return (
+        f"3D initial model: mini-batch {int(f['iteration'])}, "
+        f"{int(f['particles_seen'])} of {int(f['pool_particles'])} selected "
+        f"particles seen, {f['resolution_a']:.1f} Å (half-set FSC), "
+        f"{f['orientation_coverage']:.0%} of directions; slices: {event.detail}"
     )
 
 
@@ -160,10 +183,19 @@ class _DemoProgress:
         self.montages: list[str] = []
         self.selections: list[tuple[list[int], list[int]]] = []  # selected, counts
         self.template_picked: dict[str, int] = {}  # exposure -> template set
+        self.models: list[str] = []  # the slices PNG of each 3D snapshot
+        self.started = time.monotonic()
+        self.first_model_s: float | None = None  # after the start
 
     def __call__(self, event: ServiceEvent) -> None:
         if event.type is EventType.CLASS2D_SNAPSHOT:
             self._snapshot(event)
+            return
+        if event.type is EventType.CLASS3D_SNAPSHOT:
+            if self.first_model_s is None:
+                self.first_model_s = time.monotonic() - self.started
+            self.models.append(event.detail)
+            print(_describe_model(event), flush=True)
             return
         if (
             event.type is EventType.STAGE_FINISHED
@@ -380,6 +412,16 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"latest 2D class montage: {progress.montages[-1]}")
     else:
         print("no 2D class snapshot yet (too few particles or mini-batches)")
+    if progress.models and progress.first_model_s is not None:
+        print(
+            f"first 3D map after {progress.first_model_s:.0f} s; latest 3D map "
+            f"slices: {progress.models[-1]}"
+        )
+    else:
+        print(
+            f"no 3D map yet (it starts at {config.class3d.start_particles} "
+            "particles of the selected 2D classes)"
+        )
     return code
 
 
