@@ -137,8 +137,8 @@ class Class3dActor:
 
     @property
     def particles_seen(self) -> int:
-        """Distinct pool rows used in at least one mini-batch."""
-        return int(np.count_nonzero(self.seen))
+        """Distinct active pool rows (still selected) used in a mini-batch."""
+        return int(np.count_nonzero(self.seen & self.pool.active))
 
     def feed(self, particles_star: str | Path) -> int:
         """Follow ``particles_star`` (the 2D selection): add its new rows, retire

@@ -32,15 +32,19 @@ from livestream.ledger.schema import (
 )
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import summarize_ledger
+from livestream.project.jobs import INITIAL_MODEL
 from livestream.stages.params import CurateParams
 from mdcatch.errors import InputFieldError
 from mdcatch.profiles.detectors import load_profiles
 
 __all__ = [
+    "CLASS3D_IMAGES",
     "DASHBOARD_SCHEMA",
     "PLOT_FIGURES",
     "ProjectView",
     "class2d_document",
+    "class3d_document",
+    "class3d_image_path",
     "exposures_document",
     "find_exposure_outputs",
     "is_registered_output",
@@ -66,6 +70,8 @@ _MIN_SPAN_S = 60.0
 _MAX_EXPOSURES = 5000  # the most exposures one document lists (newest)
 _MAX_PROBLEMS = 50
 CLASS2D_SUMMARY = "run_class2d.json"  # written by livestream.class2d.live
+CLASS3D_SUMMARY = "run_class3d.json"  # written by livestream.class3d.live
+CLASS3D_IMAGES = ("slices", "fsc", "directions")  # /api/v1/class3d/<name>.png
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +84,7 @@ class ProjectView:
     class2d_job: str  # the Class2D job folder, relative to the project
     thresholds: Mapping[str, CurateParams]  # curate stage -> thresholds in force
     path_map: Mapping[str, Path] = field(default_factory=dict)  # session.path_map
+    class3d_job: str = INITIAL_MODEL.folder  # the InitialModel job folder
 
     @property
     def ledger_path(self) -> Path:
@@ -371,6 +378,57 @@ def class2d_document(view: ProjectView) -> dict[str, Any]:
         if _project_relative(view, payload.get("montage_png"))
         else None
     )
+    return {"schema": DASHBOARD_SCHEMA, "snapshot": snapshot}
+
+
+def _class3d_payload(view: ProjectView) -> dict[str, Any] | None:
+    path = view.project / view.class3d_job / CLASS3D_SUMMARY
+    try:
+        payload: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return payload
+
+
+def class3d_image_path(view: ProjectView, name: str) -> str | None:
+    """The latest 3D snapshot's ``name`` PNG (one of :data:`CLASS3D_IMAGES`; the
+    slices of the largest class), relative to the project."""
+    payload = _class3d_payload(view)
+    if payload is None or name not in CLASS3D_IMAGES:
+        return None
+    if name == "slices":
+        slices = list(payload.get("slices_png") or [None])
+        largest = int(payload.get("largest_class", 1))
+        value = slices[max(1, min(largest, len(slices))) - 1]
+    else:
+        value = payload.get(f"{name}_png")
+    return _project_relative(view, value)
+
+
+def class3d_document(view: ProjectView) -> dict[str, Any]:
+    """The latest 3D initial-model snapshot: progress figures and its pictures."""
+    payload = _class3d_payload(view)
+    if payload is None:
+        return {"schema": DASHBOARD_SCHEMA, "snapshot": None}
+    keys = (
+        "iteration",
+        "particles_seen",
+        "pool_particles",
+        "classes",
+        "symmetry",
+        "resolution_a",
+        "class_fractions",
+        "orientation_coverage",
+        "largest_class",
+    )
+    snapshot: dict[str, Any] = {key: payload.get(key) for key in keys}
+    version = payload.get("iteration", 0)
+    for name in CLASS3D_IMAGES:
+        snapshot[f"{name}_png"] = (
+            f"api/v1/class3d/{name}.png?v={version}"
+            if class3d_image_path(view, name)
+            else None
+        )
     return {"schema": DASHBOARD_SCHEMA, "snapshot": snapshot}
 
 

@@ -8,12 +8,13 @@ with a plain ``StreamResponse``, and it is one dependency instead of three.
 Routes (all ``GET``; anything else is 405, see docs/dashboard.md):
 
 * ``/`` and ``/static/<name>``: the page, its script and stylesheet (package data);
-* ``/api/v1/session``, ``/api/v1/exposures``, ``/api/v1/class2d``: JSON
-  (:mod:`livestream.dashboard.api`);
+* ``/api/v1/session``, ``/api/v1/exposures``, ``/api/v1/class2d``,
+  ``/api/v1/class3d``: JSON (:mod:`livestream.dashboard.api`);
 * ``/api/v1/events``: server-sent events, one per service event, so the page
   updates without polling the ledger;
 * ``/api/v1/exposures/<id>/picks.png``, ``.../ctf.png``,
-  ``/api/v1/class2d/montage.png``: the pictures of the newest results; a pick
+  ``/api/v1/class2d/montage.png``, ``/api/v1/class3d/{slices,fsc,directions}.png``:
+  the pictures of the newest results; a pick
   overlay missing on disk (a rejected exposure is not picked) is rendered from
   the micrograph on demand, off the event loop, and cached;
 * ``/files/<path>``: any output the ledger or the latest 2D snapshot names,
@@ -40,6 +41,8 @@ from livestream.config import ServiceConfig
 from livestream.dashboard.api import (
     ProjectView,
     class2d_document,
+    class3d_document,
+    class3d_image_path,
     exposures_document,
     find_exposure_outputs,
     is_registered_output,
@@ -263,6 +266,8 @@ class DashboardServer:
         get("/api/v1/exposures/{exposure_id}/picks.png", self._picks_png)
         get("/api/v1/exposures/{exposure_id}/ctf.png", self._ctf_png)
         get("/api/v1/class2d/montage.png", self._montage_png)
+        get("/api/v1/class3d", self._class3d)
+        get("/api/v1/class3d/{name}.png", self._class3d_png)
         get("/files/{path:.*}", self._file)
 
     def _view(self) -> ProjectView:
@@ -271,6 +276,7 @@ class DashboardServer:
             session=self._config.session.path,
             software=self._config.session.software.value,
             class2d_job=self._config.class2d.job,
+            class3d_job=self._config.class3d.job,
             thresholds=dict(self._sources.thresholds()),
             path_map=self._config.session.path_map,
         )
@@ -351,6 +357,10 @@ class DashboardServer:
         response = await self._json("class2d", lambda: class2d_document(view))
         self._read_after_close("class2d")
         return response
+
+    async def _class3d(self, request: web.Request) -> web.Response:
+        view = self._view()
+        return await self._json("class3d", lambda: class3d_document(view))
 
     def _read_after_close(self, document: str) -> None:
         """Count a page's read of ``document`` once the service stopped: when
@@ -445,6 +455,13 @@ class DashboardServer:
 
     async def _montage_png(self, request: web.Request) -> web.Response:
         relative = await asyncio.to_thread(montage_path, self._view())
+        if relative is None:
+            raise web.HTTPNotFound()
+        return await self._serve_project_file(request, relative)
+
+    async def _class3d_png(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        relative = await asyncio.to_thread(class3d_image_path, self._view(), name)
         if relative is None:
             raise web.HTTPNotFound()
         return await self._serve_project_file(request, relative)

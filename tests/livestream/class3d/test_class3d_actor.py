@@ -90,6 +90,11 @@ def test_waits_for_start_particles_then_refines_as_particles_arrive(
     assert actor.step()
     assert actor.state.minibatch_index == before + 1
     assert actor.particles_seen > 120
+    # the selection shrinks: rows no longer selected are retired, not drawn
+    assert actor.feed(_selected(project, "first.star")) == 0
+    assert actor.pool_size == 120
+    assert actor.particles_seen <= 120
+    assert actor.state.minibatch_index == before + 1  # kept, never restarted
 
 
 def test_snapshot_writes_maps_halves_and_plots(project: Path) -> None:

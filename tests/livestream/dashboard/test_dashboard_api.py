@@ -119,6 +119,52 @@ async def test_documents_match_the_ledger_and_carry_the_schema(running: Any) -> 
     assert json.loads(body) == {"schema": DASHBOARD_SCHEMA, "snapshot": None}
 
 
+async def test_the_initial_model_document_and_its_pictures(running: Any) -> None:
+    base, project, _ = running
+    status, _, body = await _get(base, "/api/v1/class3d")
+    assert json.loads(body) == {"schema": DASHBOARD_SCHEMA, "snapshot": None}
+    status, _, _ = await _get(base, "/api/v1/class3d/slices.png")
+    assert status == 404  # no snapshot yet
+    job = project / "InitialModel" / "job008"  # what livestream.class3d.live writes
+    job.mkdir(parents=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+    for name in ("run_it010_class001_slices.png", "run_it010_fsc.png"):
+        (job / name).write_bytes(png)
+    (job / "run_class3d.json").write_text(
+        json.dumps(
+            {
+                "iteration": 10,
+                "particles_seen": 900,
+                "pool_particles": 1000,
+                "classes": 1,
+                "symmetry": "C1",
+                "resolution_a": 14.5,
+                "class_fractions": [1.0],
+                "orientation_coverage": 0.8,
+                "largest_class": 1,
+                "slices_png": [str(job / "run_it010_class001_slices.png")],
+                "fsc_png": str(job / "run_it010_fsc.png"),
+                "directions_png": "/elsewhere/run_it010_directions.png",
+            }
+        )
+    )
+    await asyncio.sleep(5.1)  # past the document cache (no service events now)
+    status, _, body = await _get(base, "/api/v1/class3d")
+    snapshot = json.loads(body)["snapshot"]
+    assert snapshot["iteration"] == 10
+    assert snapshot["resolution_a"] == 14.5
+    assert snapshot["slices_png"] == "api/v1/class3d/slices.png?v=10"
+    assert snapshot["directions_png"] is None  # outside the project: not served
+    status, headers, body = await _get(base, "/" + snapshot["slices_png"])
+    assert status == 200
+    assert headers["Content-Type"] == "image/png"
+    assert body == png
+    status, _, _ = await _get(base, "/api/v1/class3d/directions.png")
+    assert status == 404
+    status, _, _ = await _get(base, "/api/v1/class3d/model.png")
+    assert status == 404
+
+
 async def test_the_page_and_its_static_files_are_served_with_their_types(
     running: Any,
 ) -> None:
