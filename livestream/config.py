@@ -61,6 +61,7 @@ from pydantic import (
     SerializationInfo,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -397,6 +398,16 @@ class Class3dSection(_Section):
         if not re.fullmatch(r"[CD][1-9]\d*|T|O|I[1-4]?", value.upper()):
             raise ValueError(f"expected C<n>, D<n>, T, O, I or I1-I4 (got {value!r})")
         return value.upper()
+
+    @field_validator("classes")
+    @classmethod
+    def _two_per_class(cls, value: int, info: ValidationInfo) -> int:
+        start = info.data.get("start_particles")
+        if start is not None and start < 2 * value:
+            raise ValueError(
+                f"{value} classes need start_particles >= {2 * value} (got {start})"
+            )
+        return value
 
     @field_validator("box_px")
     @classmethod

@@ -70,6 +70,9 @@ def test_file_is_read_and_overrides_win(tmp_path: Path) -> None:
             "'stages.p.diameter_max_a'",
         ),
         ('[stages]\nchain = ["a"]\n[stages.b]\nkind = "nonsense"\n', "'stages.b.kind'"),
+        ('[class3d]\nsymmetry = "Q7"\n', "'class3d.symmetry'"),
+        ("[class3d]\nbox_px = 33\n", "'class3d.box_px'"),
+        ("[class3d]\nstart_particles = 4\nclasses = 3\n", "'class3d.classes'"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
