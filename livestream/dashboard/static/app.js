@@ -234,6 +234,31 @@ function renderClass2d(doc) {
   $("class2d-body").replaceChildren(...parts);
 }
 
+// -- 3D initial model ------------------------------------------------------------
+function renderClass3d(doc) {
+  const snap = doc.snapshot;
+  if (!snap) return;
+  const key = `${snap.iteration}`;
+  if ($("class3d-body").dataset.iteration === key) return;
+  $("class3d-body").dataset.iteration = key;
+  $("class3d-summary").textContent = `mini-batch ${snap.iteration}, ${snap.particles_seen} of ` +
+    `${snap.pool_particles} selected particles seen, ${snap.classes} class(es) ${snap.symmetry}, ` +
+    `${fmt(snap.resolution_a, 1)} Å (half-set FSC), ${fmt(100 * snap.orientation_coverage, 0)}% of directions`;
+  const parts = [];
+  const pictures = [["slices_png", "central slices of the largest class", "class3d-slices"],
+    ["fsc_png", "half-set FSC", "class3d-fsc"], ["directions_png", "viewing directions", "class3d-directions"]];
+  for (const [field, alt, id] of pictures) {
+    if (snap[field]) parts.push(el("img", { src: snap[field], alt, id }));
+  }
+  $("class3d-body").replaceChildren(...parts);
+}
+
+async function refreshClass3d() {
+  // apart from the three documents a stopping service waits for: a failure here
+  // leaves the card as it was
+  try { renderClass3d(await getJson("api/v1/class3d")); } catch (error) { /* kept */ }
+}
+
 // -- refresh -------------------------------------------------------------------
 let refreshing = false, again = false, timer = null;
 
@@ -249,6 +274,7 @@ async function refresh() {
     drawPlots();
     renderThumbnails();
     renderClass2d(class2d);
+    refreshClass3d();
     document.body.dataset.updated = String(Date.now());
     if (ended && session.state !== "stopped") connect(); // the service is back
     showStream(); // a refresh that failed before said so; this one worked
@@ -296,7 +322,7 @@ function connect() {
   source.onopen = showStream;
   source.onerror = showStream;
   source.addEventListener("ended", onEnded);
-  for (const type of ["hello", "discovered", "ready", "import_quarantined", "stage_finished", "exposure_done", "class2d_snapshot"]) {
+  for (const type of ["hello", "discovered", "ready", "import_quarantined", "stage_finished", "exposure_done", "class2d_snapshot", "class3d_snapshot"]) {
     source.addEventListener(type, scheduleRefresh);
   }
 }
