@@ -9,7 +9,8 @@ Example:
 
 Without --templates (or --templates-volume) the blob picker runs: a multi-scale
 Laplacian of Gaussian; its threshold is chosen per micrograph from the peak
-scores (two Gaussians fitted, 4.5 SD where they do not separate) unless
+scores (two Gaussians fitted, the score where a peak is as likely one as the
+other; at least 2 SD where the scores are not bimodal) unless
 --threshold-sd is given.
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps

@@ -28,8 +28,9 @@ Each response is put in robust standard deviations (median absolute deviation of
 the map).  The threshold is chosen per micrograph from its own peak scores
 (:func:`pipelines.picking.threshold.mixture_threshold`: two Gaussians fitted to the
 local maxima's scores, the threshold where a peak is as likely particle as noise,
-far outliers above the particle component dropped); where the scores are not
-bimodal, ``DEFAULT_THRESHOLD_SD``; a given ``threshold_sd`` overrides both.  Local
+far outliers above the particle component dropped; never below 2 SD where the
+scores are not bimodal; ``DEFAULT_THRESHOLD_SD`` with too few peaks to fit); a given
+``threshold_sd`` overrides it.  Local
 maxima above it are kept, then non-maximum suppression at ``min_distance_a`` and an
 edge margin.  Coordinates come back in the original micrograph's pixels.
 """
@@ -55,7 +56,7 @@ __all__ = [
     "subtract_background",
 ]
 
-DEFAULT_THRESHOLD_SD = 4.5  # where a micrograph's peak scores are not bimodal
+DEFAULT_THRESHOLD_SD = 4.5  # with too few peaks to fit a mixture
 FLATTEN_DIAMETERS = 2.0  # background low-pass: Gaussian sigma, in largest diameters
 FIT_OUTLIER_SD = 4.0  # blocks beyond this are left out of the background fit
 OUTLIER_PIXEL_SD = 1.0  # local mean this far from the ice, in pixel noise SDs

@@ -8,14 +8,17 @@ scores (expectation-maximisation, in one dimension) and puts the threshold where
 peak is as likely to belong to the upper component as to the lower.  It does so only
 when the two components make a bimodal mixture (their means at least
 ``MIN_SEPARATION`` pooled SDs apart: below 2 a mixture of two equal Gaussians has one
-mode) and the upper one holds at least ``MIN_UPPER_FRACTION`` of the peaks; otherwise
-the scores do not separate two populations and the caller's ``fallback`` (a fixed
-threshold) is returned.
+mode) and the upper one holds at least ``MIN_UPPER_FRACTION`` of the peaks.  Where
+they do not, the particles' and the noise's scores overlap (a crowded micrograph of
+small particles, or one with no particles at all): the same crossing is used, but
+never below ``UNIMODAL_FLOOR_SD``, and the result says it was not bimodal.  With
+fewer than ``_MIN_PEAKS`` peaks there is nothing to fit and the caller's
+``fallback`` is returned.
 
-The first fit leaves out the top ``START_TRIM`` of the scores; then scores above
-``OUTLIER_SD`` SDs of the upper component are left out, over a few rounds (contamination and carbon edges score far above any
-particle and would pull the upper component to them); the caller drops them with
-:data:`MixtureThreshold.upper`.
+The fit leaves out the top ``START_TRIM`` of the scores (contamination and carbon
+edges score far above any particle and would pull the upper component to them), and
+scores above ``OUTLIER_SD`` SDs of the upper component count as outliers: the caller
+drops them with :data:`MixtureThreshold.upper`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "MIN_UPPER_FRACTION",
     "OUTLIER_SD",
     "START_TRIM",
+    "UNIMODAL_FLOOR_SD",
     "MixtureThreshold",
     "mixture_threshold",
 ]
@@ -37,14 +41,15 @@ MIN_SEPARATION = 2.0  # component means this many pooled SDs apart: bimodal
 MIN_UPPER_FRACTION = 0.02  # the upper component must hold this share of the peaks
 OUTLIER_SD = 4.0  # scores beyond the upper component's mean + this many SDs
 START_TRIM = 0.02  # the first fit leaves out this top fraction of the scores
+UNIMODAL_FLOOR_SD = 2.0  # the lowest threshold where the scores are not bimodal
 _MIN_PEAKS = 20  # fewer peaks than this: no fit
 _EM_ROUNDS = 100
 
 
 @dataclass(frozen=True, slots=True)
 class MixtureThreshold:
-    """The threshold, the upper limit (``inf``: none), and whether the mixture was
-    bimodal (``False``: the fallback was used)."""
+    """The threshold, the upper limit (``inf``: none), whether the mixture was
+    bimodal, and its separation (mean difference over the pooled SD)."""
 
     lower: float
     upper: float
@@ -99,18 +104,15 @@ def mixture_threshold(scores: np.ndarray, *, fallback: float) -> MixtureThreshol
     x = x[np.isfinite(x)]
     if len(x) < _MIN_PEAKS:
         return MixtureThreshold(fallback, np.inf, False, 0.0)
-    # the first fit without the top ``START_TRIM`` (a handful of contamination
-    # peaks far above everything would take a component), then refits on the scores
-    # up to the upper component's mean + ``OUTLIER_SD`` SDs
-    kept = x[x <= np.quantile(x, 1.0 - START_TRIM)]
-    for _ in range(4):
-        w, mu, sd = _fit_two_gaussians(kept)
-        upper = float(mu[1] + OUTLIER_SD * sd[1])
-        inside = x <= upper
-        if inside.sum() == len(kept) or inside.sum() < _MIN_PEAKS:
-            break
-        kept = x[inside]
+    # one fit without the top ``START_TRIM`` (a handful of contamination peaks far
+    # above everything would take a component; refitting with them let the upper
+    # component drift into that tail on real micrographs)
+    w, mu, sd = _fit_two_gaussians(x[x <= np.quantile(x, 1.0 - START_TRIM)])
+    upper = float(mu[1] + OUTLIER_SD * sd[1])
     separation = float((mu[1] - mu[0]) / np.sqrt(0.5 * (sd[0] ** 2 + sd[1] ** 2)))
+    crossing = _crossing(w, mu, sd)
     if separation < MIN_SEPARATION or w[1] < MIN_UPPER_FRACTION:
-        return MixtureThreshold(fallback, np.inf, False, separation)
-    return MixtureThreshold(_crossing(w, mu, sd), upper, True, separation)
+        return MixtureThreshold(
+            max(crossing, UNIMODAL_FLOOR_SD), upper, False, separation
+        )
+    return MixtureThreshold(crossing, upper, True, separation)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
-from pipelines.picking.threshold import mixture_threshold
+from pipelines.picking.threshold import UNIMODAL_FLOOR_SD, mixture_threshold
 from tests.pipelines.pick_synthetic import match_picks
 
 REAL_STEM = "cryosegnet_10017_Falcon_2012_06_12-14_33_35_0"
@@ -33,11 +33,12 @@ def test_bimodal_scores_are_split_between_the_modes(
     assert kept_particles > 0.9
 
 
-def test_unimodal_scores_give_the_fallback(rng: np.random.Generator) -> None:
+def test_unimodal_scores_are_not_cut_below_the_floor(
+    rng: np.random.Generator,
+) -> None:
     chosen = mixture_threshold(rng.gumbel(1.2, 0.4, size=1000), fallback=4.5)
     assert not chosen.bimodal
-    assert chosen.lower == 4.5
-    assert chosen.upper == np.inf
+    assert chosen.lower >= UNIMODAL_FLOOR_SD
     assert mixture_threshold(np.array([1.0, 2.0, 3.0]), fallback=4.5).lower == 4.5
 
 
