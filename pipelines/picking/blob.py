@@ -170,8 +170,9 @@ def _fill_outliers(
     by, bx = ny // factor, nx // factor
     binned = flat[: by * factor, : bx * factor].reshape(by, factor, bx, factor)
     binned_px_a = pixel_size_a * factor
+    block_means = binned.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
     mask = outlier_mask(
-        binned.mean(axis=(1, 3), dtype=np.float64).astype(np.float32),
+        block_means,
         d_min_a / binned_px_a,
         d_max_a / binned_px_a,
         pixel_sd=robust_sd(flat[::4, ::4]),
@@ -181,7 +182,10 @@ def _fill_outliers(
     rows = np.minimum(np.arange(ny) // factor, by - 1)
     cols = np.minimum(np.arange(nx) // factor, bx - 1)
     full = mask[np.ix_(rows, cols)]
-    filled = np.where(full, np.float32(np.median(flat[~full])), flat)
+    # the fill level: the median of the unmasked block means (the median of the
+    # full-size pixels took half of a 4096² pick)
+    level = np.float32(np.median(block_means[~mask]))
+    filled = np.where(full, level, flat)
     small_rows = np.minimum(
         (np.arange(small_shape[0]) * ny / small_shape[0]).astype(int), ny - 1
     )
