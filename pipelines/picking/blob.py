@@ -62,6 +62,7 @@ FIT_OUTLIER_SD = 4.0  # blocks beyond this are left out of the background fit
 OUTLIER_PIXEL_SD = 1.0  # local mean this far from the ice, in pixel noise SDs
 OUTLIER_VARIANCE_RATIO = 4.0  # local variance this many times the median (or 1/x)
 OUTLIER_AREA_DISCS = 2.0  # ... where the region is larger than this many particles
+_SURFACE_BAND_ROWS = 256  # rows per band of the background subtraction
 
 
 def robust_sd(values: np.ndarray) -> float:
@@ -114,10 +115,14 @@ def subtract_background(image: np.ndarray) -> np.ndarray:
         keep = np.abs(residual - np.median(residual[keep])) <= FIT_OUTLIER_SD * spread
     row = (c[0] + c[1] * x + c[3] * x * x).astype(np.float32)
     column = (c[2] * y + c[5] * y * y).astype(np.float32)
-    flat = np.array(image, dtype=np.float32)
-    flat -= row[None, :]
-    flat -= column[:, None]
-    flat -= (c[4] * y).astype(np.float32)[:, None] * x.astype(np.float32)[None, :]
+    cross = (c[4] * y).astype(np.float32)
+    x32 = x.astype(np.float32)
+    flat = np.empty(image.shape, dtype=np.float32)
+    # one pass over the micrograph, in bands of rows (the surface of a band is small)
+    for r0 in range(0, ny, _SURFACE_BAND_ROWS):
+        r1 = min(ny, r0 + _SURFACE_BAND_ROWS)
+        surface = row[None, :] + column[r0:r1, None] + cross[r0:r1, None] * x32[None, :]
+        np.subtract(image[r0:r1], surface, out=flat[r0:r1], casting="unsafe")
     return flat
 
 
