@@ -65,6 +65,7 @@ from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
+TOPAZ_PARTICLE_PX = 24.0  # topaz downsamples (by an integer) to about this
 MIN_THRESHOLD_SD = 2.0  # the lowest threshold worth reporting (label-tuned column)
 # the shared real data (as tests/conftest.py: LIVESTREAM_SHARED_DATA, else beside
 # the checkout)
@@ -130,6 +131,20 @@ def load_micrographs(cache: Path) -> list[Micrograph]:
     return out
 
 
+def select(
+    micrographs: list[Micrograph], datasets: list[str] | None, limit: int | None
+) -> list[Micrograph]:
+    """The micrographs of the data sets named (by a part of the name), at most
+    ``limit`` of each, in the manifest's order."""
+    out: list[Micrograph] = []
+    for mic in micrographs:
+        if datasets and not any(d in mic.dataset for d in datasets):
+            continue
+        if limit is None or sum(m.dataset == mic.dataset for m in out) < limit:
+            out.append(mic)
+    return out
+
+
 def match_tolerance_px(mic: Micrograph) -> float:
     """A pick matches a label within half the particle's radius."""
     return 0.25 * mic.particle_diameter_px
@@ -166,12 +181,14 @@ def label_average(
             & (cols < flat.shape[1] - h)
         )
         offsets = np.arange(-h, h)
-        boxes = flat[
-            rows[inside, None, None] + offsets[None, :, None],
-            cols[inside, None, None] + offsets[None, None, :],
-        ]
-        total += boxes.sum(axis=0)
-        count += int(inside.sum())
+        rows, cols = rows[inside], cols[inside]
+        for start in range(0, len(rows), 64):  # 64 boxes at a time (memory)
+            boxes = flat[
+                rows[start : start + 64, None, None] + offsets[None, :, None],
+                cols[start : start + 64, None, None] + offsets[None, None, :],
+            ]
+            total += boxes.sum(axis=0)
+        count += len(rows)
     return total / max(count, 1)
 
 
@@ -326,16 +343,26 @@ def make_topaz_picker() -> Picker | None:
         return None
 
     def topaz_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
-        radius_px = round(mic.particle_diameter_px / 2)
+        # topaz's own preprocessing (normalisation, downsampling by an integer so
+        # that the particle is about 24 px: the pretrained models want particles of
+        # tens of pixels; 1 for EMPIAR-10947's 24-px particles)
+        scale = max(1, round(mic.particle_diameter_px / TOPAZ_PARTICLE_PX))
+        radius_px = round(mic.particle_diameter_px / 2 / scale)
         with tempfile.TemporaryDirectory() as tmp:
             mrc_path = Path(tmp) / f"{mic.name}.mrc"
             with mrcfile.new(mrc_path) as mrc:
                 mrc.set_data(mic.image.astype(np.float32))
             out = Path(tmp) / "picks.txt"
-            # topaz's own preprocessing (normalisation, no downsampling: the
-            # pretrained models want particles of tens of pixels, as here)
             subprocess.run(
-                [topaz, "preprocess", "-s", "1", "-o", f"{tmp}/pre", str(mrc_path)],
+                [
+                    topaz,
+                    "preprocess",
+                    "-s",
+                    str(scale),
+                    "-o",
+                    f"{tmp}/pre",
+                    str(mrc_path),
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -354,7 +381,7 @@ def make_topaz_picker() -> Picker | None:
             )
             table = np.genfromtxt(out, skip_header=1, usecols=(1, 2, 3), ndmin=2)
         table = table.reshape(-1, 3).astype(np.float64)
-        return table[:, :2], table[:, 2]
+        return table[:, :2] * scale, table[:, 2]
 
     return topaz_picker
 
@@ -464,7 +491,7 @@ def run_picker(
     return found
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--cache", type=Path, default=Path.home() / ".cache/livestream/picking"
@@ -476,6 +503,18 @@ def main() -> None:
         default=["blob", "template", "topaz", "relion-log", "label-average"],
     )
     parser.add_argument(
+        "--datasets", nargs="*", help="only data sets whose name contains one of these"
+    )
+    parser.add_argument(
+        "--max-micrographs", type=int, help="at most this many per data set"
+    )
+    parser.add_argument(
+        "--topaz-micrographs",
+        type=int,
+        default=3,
+        help="topaz (slow on a CPU) on at most this many per data set",
+    )
+    parser.add_argument(
         "--check-labels",
         action="store_true",
         help="print the label-frame and particle-size check, then exit",
@@ -483,10 +522,17 @@ def main() -> None:
     parser.add_argument(
         "--overlays",
         type=Path,
-        help="write PNGs of labels and picks of the first 3 micrographs here",
+        help="write PNGs of labels and picks of the first 3 micrographs of each "
+        "data set here",
     )
-    args = parser.parse_args()
-    micrographs = load_micrographs(args.cache)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    micrographs = select(
+        load_micrographs(args.cache), args.datasets, args.max_micrographs
+    )
     if args.check_labels:
         check_labels(micrographs)
         return
@@ -498,35 +544,52 @@ def main() -> None:
         "relion-log": make_relion_log_picker,
         "label-average": lambda: make_label_average_picker(micrographs),
     }
+    overlaid = {m.name for m in select(micrographs, None, 3)}
     overlay_picks: dict[str, dict[str, np.ndarray]] = {}
-    bound = {m.name: fft_bound_s(m.image) for m in micrographs}
     rows: list[tuple[str, Micrograph, Score]] = []
-    tuned: dict[str, tuple[float, float, float]] = {}
+    tuned: dict[tuple[str, str], tuple[float, float, float]] = {}
     for name in args.pickers:
         picker = factories[name]()
         if picker is None:
             print(f"{name}: not found")
             continue
-        found = run_picker(name, picker, micrographs, rows, args.per_micrograph)
-        if args.overlays and name != "label-average":
-            for mic, picks, _ in found[:3]:
+        limit = args.topaz_micrographs if name == "topaz" else None
+        found = run_picker(
+            name, picker, select(micrographs, None, limit), rows, args.per_micrograph
+        )
+        for mic, picks, _ in found:
+            if mic.name in overlaid and name != "label-average":
                 overlay_picks.setdefault(mic.name, {})[name] = picks
-        scored = [(m, p, s) for m, p, s in found if s is not None]
-        if scored:
-            tuned[name] = best_threshold(scored)
+        for dataset in dict.fromkeys(m.dataset for m, _, _ in found):
+            scored = [
+                (m, p, s) for m, p, s in found if m.dataset == dataset and s is not None
+            ]
+            if scored:
+                tuned[name, dataset] = best_threshold(scored)
     if args.overlays:
-        for mic in micrographs[:3]:
-            write_overlay(
-                args.overlays / f"{mic.name}.png", mic, overlay_picks.get(mic.name, {})
-            )
+        for mic in micrographs:
+            if mic.name in overlaid:
+                path = args.overlays / f"{mic.name}.png"
+                write_overlay(path, mic, overlay_picks.get(mic.name, {}))
+    bound = {m.name: fft_bound_s(m.image) for m in micrographs}
+    print_table(rows, args.pickers, tuned, bound)
+
+
+def print_table(
+    rows: list[tuple[str, Micrograph, Score]],
+    pickers: list[str],
+    tuned: dict[tuple[str, str], tuple[float, float, float]],
+    bound: dict[str, float],
+) -> None:
+    """The markdown table: one row per data set and picker, pooled."""
     print()
     print(
         "| data set | picker | micrographs | labels | picks | recall | precision "
         "| s / micrograph | / FFT bound | label-tuned: threshold, recall, precision |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for dataset in sorted({m.dataset for m in micrographs}):
-        for name in args.pickers:
+    for dataset in sorted({m.dataset for _, m, _ in rows}):
+        for name in pickers:
             mine = [(m, s) for n, m, s in rows if n == name and m.dataset == dataset]
             if not mine:
                 continue
@@ -538,7 +601,8 @@ def main() -> None:
             print(
                 f"| {dataset} | {name} | {len(mine)} | {n_labels} | {n_picks} "
                 f"| {matched / max(n_labels, 1):.2f} | {matched / max(n_picks, 1):.2f} "
-                f"| {seconds:.2f} | {ratio:.0f} | {tuned_text(tuned.get(name))} |"
+                f"| {seconds:.2f} | {ratio:.0f} "
+                f"| {tuned_text(tuned.get((name, dataset)))} |"
             )
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from pipelines.ctf.model import CtfParams
-from pipelines.picking.blob import pick_blob
+from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
 from pipelines.picking.picks import Picks
 from pipelines.picking.snr import noise_sd_for_snr
 from pipelines.picking.template import pick_template
@@ -135,8 +135,12 @@ def run_ours(
     name: str, image: np.ndarray, templates: np.ndarray, ctf: CtfParams
 ) -> Picks:
     if name == "blob":
-        return pick_blob(
-            image, pixel_size_a=PIXEL_A, diameter_range_a=(200.0, 300.0), ctf=ctf
+        return pick_blob(  # the live pick stage's fixed threshold (its default)
+            image,
+            pixel_size_a=PIXEL_A,
+            diameter_range_a=(200.0, 300.0),
+            ctf=ctf,
+            threshold_sd=DEFAULT_THRESHOLD_SD,
         )
     return pick_template(
         image, templates, pixel_size_a=PIXEL_A, diameter_a=DIAMETER_A, ctf=ctf

@@ -16,6 +16,15 @@ the same copy are kept for independent checks and are never fetched.  Files come
 ``raw.githubusercontent.com`` or, with ``--mirror``, from a local git mirror of the
 repository (``git show``).
 
+CryoSegNet's EMPIAR-10017 fine-tuning set (``jianlin-cheng/CryoSegNet`` at commit
+``b83260c8``): 20 micrographs of beta-galactosidase (Falcon II, 4096 x 4096,
+1.77 Å/px), as 8-bit JPEGs that CryoSegNet had already denoised (Gaussian blur,
+non-local means, Wiener filter, CLAHE, guided filter), with 4096 x 4096 JPEG masks
+(one disc of 108 px per particle) and, for one micrograph, the coordinates themselves
+(``csv_files/Falcon_2012_06_12-14_33_35_0.csv``, 629 particles).  That micrograph's
+labels are the CSV; the other 19 are recovered from their masks (binned 8x, the same
+disc cover).  Every file is checked against ``cryosegnet_10017.sha256``.
+
 Masks to coordinates: the discs of touching particles merge, so the centres are
 recovered by a greedy disc cover.  A candidate centre is a pixel whose disc (radius
 ``LABEL_RADIUS_PX`` in the mask's pixels) lies at least 90 % inside the mask; the
@@ -30,6 +39,7 @@ pixels (mask pixel ``i`` covers micrograph pixels ``4i .. 4i + 3``) to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import urllib.request
@@ -77,14 +87,39 @@ LABEL_RADIUS_PX = 7.5  # the masks' disc radius, in mask pixels (60 px at 1024)
 MASK_BIN = 4  # 1024-px micrograph / 256-px mask
 
 
-def _read_source(path: str, mirror: Path | None) -> bytes:
-    if mirror is not None:
-        return subprocess.run(
-            ["git", "-C", str(mirror), "show", f"{CRYOPPP_COMMIT}:{path}"],
-            check=True,
+# CryoSegNet (Gyawali et al. 2024), MIT licence; EMPIAR-10017 (beta-galactosidase,
+# Falcon II, 1.77 Å/px; the micrographs' names are the archive's).
+CRYOSEGNET_REPO = "jianlin-cheng/CryoSegNet"
+CRYOSEGNET_COMMIT = "b83260c81ebda2da8d3ac1d28df02097f7ea377a"
+CRYOSEGNET_10017_PIXEL_A = 1.77
+CRYOSEGNET_10017_PARTICLE_PX = 108.0  # the masks' and the CSV's diameter
+# what a user would ask for beta-galactosidase (about 180 Å across at its widest)
+CRYOSEGNET_10017_DIAMETER_RANGE_A = (140.0, 200.0)
+CRYOSEGNET_10017_WITH_CSV = "Falcon_2012_06_12-14_33_35_0"
+CRYOSEGNET_MASK_BIN = 8
+CHECKSUMS = Path(__file__).with_name("cryosegnet_10017.sha256")
+
+
+def _read_source(
+    path: str,
+    mirrors: list[Path],
+    repo: str = CRYOPPP_REPO,
+    commit: str = CRYOPPP_COMMIT,
+) -> bytes:
+    """``path`` at ``commit`` from the first local git mirror that has the commit,
+    else from ``raw.githubusercontent.com``."""
+    for mirror in mirrors:
+        has = subprocess.run(
+            ["git", "-C", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"],
             capture_output=True,
-        ).stdout
-    url = f"https://raw.githubusercontent.com/{CRYOPPP_REPO}/{CRYOPPP_COMMIT}/{path}"
+        )
+        if has.returncode == 0:
+            return subprocess.run(
+                ["git", "-C", str(mirror), "show", f"{commit}:{path}"],
+                check=True,
+                capture_output=True,
+            ).stdout
+    url = f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
     with urllib.request.urlopen(url, timeout=60) as response:
         data: bytes = response.read()
     return data
@@ -118,7 +153,7 @@ def mask_centres(mask: np.ndarray, radius_px: float) -> np.ndarray:
     return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
-def fetch_cryoppp_10947(cache: Path, mirror: Path | None) -> list[dict[str, object]]:
+def fetch_cryoppp_10947(cache: Path, mirrors: list[Path]) -> list[dict[str, object]]:
     root = cache / "cryoppp_10947"
     entries: list[dict[str, object]] = []
     for split, stems in CRYOPPP_10947.items():
@@ -129,7 +164,7 @@ def fetch_cryoppp_10947(cache: Path, mirror: Path | None) -> list[dict[str, obje
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     source = f"dataset/10947/{split}/{kind}/{stem}.png"
-                    target.write_bytes(_read_source(source, mirror))
+                    target.write_bytes(_read_source(source, mirrors))
                 files[kind] = target
             mask = np.asarray(Image.open(files["labels"]).convert("L")) > 127
             centres = mask_centres(mask, LABEL_RADIUS_PX)
@@ -151,17 +186,78 @@ def fetch_cryoppp_10947(cache: Path, mirror: Path | None) -> list[dict[str, obje
     return entries
 
 
+def fetch_cryosegnet_10017(cache: Path, mirrors: list[Path]) -> list[dict[str, object]]:
+    root = cache / "cryosegnet_10017"
+    sums = dict(
+        reversed(line.split()) for line in CHECKSUMS.read_text().splitlines() if line
+    )
+    stems = sorted(
+        Path(p).name[: -len(".jpg")]
+        for p in sums
+        if p.startswith("finetune_dataset/images/")
+    )
+    entries: list[dict[str, object]] = []
+    for stem in stems:
+        sources = {
+            "image": f"finetune_dataset/images/{stem}.jpg",
+            "mask": f"finetune_dataset/masks/{stem}_mask.jpg",
+        }
+        if stem == CRYOSEGNET_10017_WITH_CSV:
+            sources["csv"] = f"finetune_dataset/csv_files/{stem}.csv"
+        files = {}
+        for kind, source in sources.items():
+            target = root / source.removeprefix("finetune_dataset/")
+            if not target.exists():
+                data = _read_source(source, mirrors, CRYOSEGNET_REPO, CRYOSEGNET_COMMIT)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != sums[source]:
+                    raise SystemExit(f"{source}: sha256 {digest} != {sums[source]}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            files[kind] = target
+        coords = root / "coordinates" / f"{stem}.csv"
+        if "csv" in files:
+            table = np.loadtxt(files["csv"], delimiter=",", skiprows=1, ndmin=2)
+            centres = table[:, :2]
+        else:
+            mask = np.asarray(Image.open(files["mask"]).convert("L"), np.float32)
+            b = CRYOSEGNET_MASK_BIN
+            ny, nx = (s // b for s in mask.shape)
+            binned = mask[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3))
+            radius = CRYOSEGNET_10017_PARTICLE_PX / 2 / b
+            centres = mask_centres(binned > 127.5, radius) * b + (b - 1) / 2.0
+        coords.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(coords, centres, fmt="%.1f", delimiter=",", header="x_px,y_px")
+        entries.append(
+            {
+                "dataset": "CryoSegNet EMPIAR-10017",
+                "micrograph": str(files["image"].relative_to(cache)),
+                "coordinates": str(coords.relative_to(cache)),
+                "pixel_size_a": CRYOSEGNET_10017_PIXEL_A,
+                "diameter_range_a": list(CRYOSEGNET_10017_DIAMETER_RANGE_A),
+                "particle_diameter_px": CRYOSEGNET_10017_PARTICLE_PX,
+            }
+        )
+        print(f"{stem}: {len(centres)} labelled particles")
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--cache", type=Path, default=Path.home() / ".cache/livestream/picking"
     )
     parser.add_argument(
-        "--mirror", type=Path, help="local git mirror of the CryoPPP copy"
+        "--mirror",
+        type=Path,
+        action="append",
+        default=[],
+        help="local git mirror of a source repository (repeatable)",
     )
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     entries = fetch_cryoppp_10947(args.cache, args.mirror)
+    entries += fetch_cryosegnet_10017(args.cache, args.mirror)
     manifest = args.cache / "manifest.json"
     manifest.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"{len(entries)} micrographs, manifest {manifest}")

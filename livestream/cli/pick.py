@@ -8,7 +8,10 @@ Example:
         --out AutoPick/job006
 
 Without --templates (or --templates-volume) the blob picker runs: a multi-scale
-Laplacian of Gaussian with a threshold in standard deviations (--threshold-sd).
+Laplacian of Gaussian; its threshold is chosen per micrograph from the peak
+scores (two Gaussians fitted, the score where a peak is as likely one as the
+other; at least 2 SD where the scores are not bimodal) unless
+--threshold-sd is given.
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
 peaks by target-decoy counting (--max-false-rate) unless --min-ncc or
@@ -121,7 +124,7 @@ def _pick_one(
             image,
             pixel_size_a=args.pixel_size_a,
             diameter_range_a=(d_min, d_max),
-            threshold_sd=4.5 if args.threshold_sd is None else args.threshold_sd,
+            threshold_sd=args.threshold_sd,  # None: from the peak scores
             edge_px=args.edge_px,
             ctf=ctf,  # with a CTF the blob picker works on CTF-weighted local energy
         )
