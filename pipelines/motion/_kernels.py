@@ -129,12 +129,16 @@ def accumulate_shifted(
     ramp_y: np.ndarray,
     ramp_x: np.ndarray,
     weight: np.ndarray,
+    step: np.ndarray,
+    advance: bool,
     plain: np.ndarray,
     weighted: np.ndarray,
 ) -> None:
     """``plain += s``, ``weighted += weight * s`` with ``s = spectrum * ramp_y[y] *
     ramp_x[x]`` (a frame's rfft2 shifted by an outer-product phase ramp): one pass
-    over the full-size spectrum per frame instead of five array operations."""
+    over the full-size spectrum per frame instead of five array operations.  With
+    ``advance`` the weight becomes the next frame's, ``weight *= step``, in the same
+    pass (uniform dose: the damage weights form a geometric sequence)."""
     ny, nxh = spectrum.shape
     for y in prange(ny):
         ey = ramp_y[y]
@@ -142,6 +146,8 @@ def accumulate_shifted(
             value = spectrum[y, x] * (ey * ramp_x[x])
             plain[y, x] += value
             weighted[y, x] += value * weight[y, x]
+            if advance:
+                weight[y, x] *= step[y, x]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
