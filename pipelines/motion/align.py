@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.motion import _kernels as _motion_kernels
 from pipelines.xp import fft_module
 
 __all__ = [
@@ -202,6 +203,43 @@ def _group_sums(spectra: Any, half_width: int, xp: ModuleType) -> tuple[Any, Any
     return weighted, plain
 
 
+def _phase_ramps_1d(shape: tuple[int, int], shifts_px: Any) -> tuple[Any, Any]:
+    """The factors of :func:`phase_ramp`: ``exp(-2πi ky sy)`` ``(..., ny)`` and
+    ``exp(-2πi kx sx)`` ``(..., nx // 2 + 1)`` complex64 (NumPy)."""
+    ny, nx = shape
+    s = np.asarray(shifts_px, dtype=np.float64)
+    ey = np.exp(-2j * np.pi * np.fft.fftfreq(ny) * s[..., 1:2]).astype(np.complex64)
+    ex = np.exp(-2j * np.pi * np.fft.rfftfreq(nx) * s[..., 0:1]).astype(np.complex64)
+    return ey, ex
+
+
+def _correlation_products(
+    spectra: Any,
+    shape: tuple[int, int],
+    shifts: Any,
+    filt: Any,
+    group_half_width: int,
+    xp: ModuleType,
+) -> Any:
+    """Array version of :func:`pipelines.motion._kernels.correlation_products`
+    (for CuPy): ``conj(G_i) (T - P_i) filt`` per frame."""
+    # in place where possible: at most three stack-sized arrays at a time
+    shifted = phase_ramp(shape, shifts, xp=xp)
+    shifted *= spectra
+    total = shifted.sum(axis=-3, keepdims=True)
+    if group_half_width > 0:
+        product, reference = _group_sums(shifted, group_half_width, xp)
+        del shifted
+    else:
+        product, reference = shifted, shifted.copy()
+    xp.subtract(total, reference, out=reference)  # sum of the other frames
+    xp.conjugate(product, out=product)
+    product *= reference
+    del reference
+    product *= filt
+    return product
+
+
 def align_stack(
     spectra: Any,
     shape: tuple[int, int],
@@ -241,26 +279,30 @@ def align_stack(
         start = start - start.mean(axis=-2, keepdims=True)
         shifts += start
     half = int(max(2, min(np.ceil(max_shift_px) + 1, ny // 2 - 2, nx // 2 - 2)))
+    fused = xp is np and spectra.ndim >= 3
+    if fused:  # one numba pass per iteration, into one reused stack-sized array
+        stacks = np.ascontiguousarray(spectra, dtype=np.complex64).reshape(
+            -1, *spectra.shape[-3:]
+        )
+        buffer = np.empty_like(stacks)
     for iteration in range(n_iterations):
         w = (
             half
             if iteration == 0 and initial_shifts_px is None
             else min(half, REFINE_WINDOW_PX)
         )
-        # in place where possible: at most three stack-sized arrays at a time
-        shifted = phase_ramp(shape, shifts, xp=xp)
-        shifted *= spectra
-        total = shifted.sum(axis=-3, keepdims=True)
-        if group_half_width > 0:
-            product, reference = _group_sums(shifted, group_half_width, xp)
-            del shifted
+        if fused:
+            ramp_y, ramp_x = _phase_ramps_1d(
+                shape, shifts.reshape(-1, *shifts.shape[-2:])
+            )
+            _motion_kernels.correlation_products(
+                stacks, ramp_y, ramp_x, filt, int(group_half_width), buffer
+            )
+            product = buffer.reshape(spectra.shape)
         else:
-            product, reference = shifted, shifted.copy()
-        xp.subtract(total, reference, out=reference)  # sum of the other frames
-        xp.conjugate(product, out=product)
-        product *= reference
-        del reference
-        product *= filt
+            product = _correlation_products(
+                spectra, shape, shifts, filt, group_half_width, xp
+            )
         if 2 * w + 1 <= MAX_DFT_WINDOW:
             window = window_cc(product, shape, w, xp)
         else:  # a wide search: the full inverse FFT is cheaper

@@ -226,7 +226,14 @@ def align_global(
                 None if damage is None else damage.filters(fine_shape, fine_bin, xp=xp)
             )
             shifts = refine_at_finer_bin(
-                fine, shifts, fine_shape, scale, fine_amplitudes, workers=workers, xp=xp
+                fine,
+                shifts,
+                fine_shape,
+                scale,
+                fine_amplitudes,
+                overwrite=True,
+                workers=workers,
+                xp=xp,
             )
             del fine, fine_amplitudes
     if smooth:

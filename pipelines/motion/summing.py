@@ -31,6 +31,14 @@ def _local_coefficients_at(
     return np.ascontiguousarray(spatial[0]), np.ascontiguousarray(spatial[1])
 
 
+def _each(weights: Iterator[Any], n: int, skip: bool) -> Iterator[Any]:
+    """``weights``, or ``n`` Nones when the kernel advances the weight itself."""
+    if skip:
+        yield from (None for _ in range(n))
+    else:
+        yield from weights
+
+
 def sum_frames(
     frames: Any,
     shifts_px: np.ndarray,
@@ -77,16 +85,30 @@ def sum_frames(
                 )
             yield current
 
-    norm = xp.zeros_like(inv_ne)
-    for weight in weights():
-        norm += weight * weight
+    if uniform:  # sum of w_t² = w_0² q^t, q = step²: a geometric series
+        rate = float(steps[0]) * inv_ne.astype(xp.float64)  # -log q
+        series = xp.where(
+            rate > 1e-12, xp.expm1(-n * rate) / xp.expm1(-xp.maximum(rate, 1e-12)), n
+        )
+        norm = xp.exp(-float(exposures[0]) * inv_ne.astype(xp.float64)) * series
+        del rate, series
+    else:
+        norm = xp.zeros_like(inv_ne)
+        for weight in weights():
+            norm += weight * weight
     inv_norm = (1.0 / xp.sqrt(norm / n)).astype(xp.float32)
+    del norm
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
     warped = np.empty((ny, nx), dtype=np.float32)
     ky_ramp = np.fft.fftfreq(ny)
     kx_ramp = np.fft.rfftfreq(nx)
-    for t, raw_weight in enumerate(weights()):
+    if xp is np:  # the kernel advances the weight in place (uniform dose)
+        weight = (np.exp(-0.5 * float(exposures[0]) * inv_ne) * inv_norm).astype(
+            np.float32
+        )
+        advance = step.astype(np.float32) if step is not None else inv_norm
+    for t, raw_weight in enumerate(_each(weights(), n, step is not None and xp is np)):
         frame = prepare(t) if prepare is not None else frames[t]
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))
@@ -96,11 +118,15 @@ def sum_frames(
         spectrum = fft.rfft2(xp.asarray(frame), **fft_kwargs(xp, workers))
         if xp is np:
             sx, sy = (float(v) for v in shifts_px[t])
+            if raw_weight is not None:  # not uniform: this frame's own weight
+                np.multiply(raw_weight, inv_norm, out=weight)
             _motion_kernels.accumulate_shifted(
                 spectrum,
                 np.exp(-2j * np.pi * ky_ramp * sy).astype(np.complex64),
                 np.exp(-2j * np.pi * kx_ramp * sx).astype(np.complex64),
-                (raw_weight * inv_norm).astype(np.float32, copy=False),
+                weight,
+                advance,
+                step is not None,
                 plain,
                 weighted,
             )

@@ -9,7 +9,14 @@ import numpy as np
 import scipy.fft
 
 from pipelines.io.movies import read_movie
-from pipelines.motion.align import _group_sums, window_cc
+from pipelines.motion import _kernels as motion_kernels
+from pipelines.motion.align import (
+    _bfactor_filter,
+    _correlation_products,
+    _group_sums,
+    _phase_ramps_1d,
+    window_cc,
+)
 from pipelines.motion.correct import correct_motion, prepare_frames
 from pipelines.motion.defects import PreparedFrames
 from pipelines.motion.spectra import band_spectra, binned_spectra, crop_spectrum_to
@@ -45,6 +52,42 @@ def test_group_sums_from_cumulative_sums_match_the_definition(rng):
             ref_weighted = np.tensordot(spectra[:, js], np.array(w), axes=([1], [0]))
             assert np.allclose(plain[:, i], ref_plain, atol=1e-5)
             assert np.allclose(weighted[:, i], ref_weighted, atol=1e-5)
+
+
+def test_fused_correlation_kernel_equals_the_array_path(rng):
+    """The numba pass (phase ramps, total, triangle group sums, product) equals the
+    array version, stacks of patches and single stacks, with and without groups."""
+    shape = (24, 30)
+    for lead, h in (((3,), 2), ((), 0), ((), 4)):
+        n = 9
+        spectra = (
+            rng.standard_normal((*lead, n, 24, 16))
+            + 1j * rng.standard_normal((*lead, n, 24, 16))
+        ).astype(np.complex64)
+        shifts = rng.normal(0.0, 3.0, (*lead, n, 2))
+        filt = _bfactor_filter(shape, 5.0, np)
+        expected = _correlation_products(spectra, shape, shifts, filt, h, np)
+        stacks = spectra.reshape(-1, n, 24, 16)
+        ramp_y, ramp_x = _phase_ramps_1d(shape, shifts.reshape(-1, n, 2))
+        got = np.empty_like(stacks)
+        motion_kernels.correlation_products(stacks, ramp_y, ramp_x, filt, h, got)
+        scale = np.abs(expected).max()
+        assert np.abs(got.reshape(expected.shape) - expected).max() < 1e-5 * scale
+
+
+def test_uniform_dose_weights_in_the_kernel_equal_per_frame_weights(rng):
+    """A uniform dose takes the closed-form normalisation and the in-kernel weight
+    update; a dose that is not uniform the per-frame weights: the same sums."""
+    frames = rng.poisson(1.2, (10, 64, 80)).astype(np.float32)
+    shifts = rng.normal(0.0, 2.0, (10, 2))
+    exposures = np.arange(1.0, 11.0)
+    uneven = exposures.copy()
+    uneven[4] += 1e-5
+    kwargs = {"pixel_size_a": 1.0, "voltage_kv": 300.0, "workers": 1}
+    a = sum_frames(frames, shifts, exposures_e_per_a2=exposures, **kwargs)
+    b = sum_frames(frames, shifts, exposures_e_per_a2=uneven, **kwargs)
+    for got, expected in zip(a, b, strict=True):
+        assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
 
 
 def test_int8_frames_prepared_one_at_a_time_equal_the_float32_stack(rng):

@@ -1,0 +1,315 @@
+"""Motion correction side by side: ``livestream motion`` and RELION's own
+(``relion_run_motioncorr --use_own``) on the same simulated movie.
+
+One realistic movie from :mod:`pipelines.simulate` (the default specimen, 1 Å/px,
+1 e/Å² per frame, 8 px drift with jitter, 1 px local motion, gain and defects;
+the same movie as ``bench_motion.py --accuracy``) is written as an int8 MRC movie
+with its gain reference (``1 / gain``, multiplicative, stored unrotated) and a
+RELION movies STAR (``data_optics`` + ``data_movies``).  Both programs then
+correct it with 5 x 5 patches, dose weighting and the same number of threads, each
+in its own process under ``/usr/bin/time -v``: wall seconds, CPU seconds (user +
+system) and peak RSS.  In the same run the lower bound any method pays is
+measured: reading the movie (integers) and one float32 rfft2 per frame, in wall
+and in CPU seconds (on a shared machine the CPU ratio is the steadier one: wall
+time stretches with the other jobs' load, CPU time much less).
+
+Drift error: RMS over frames of the 2D error of the global shifts against the
+simulator's truth, relative to frame 0 (raw, the target) and with the mean error
+removed (centred).  RELION's shifts are read from its per-movie
+``<movie>.star`` (``data_global_shift``: ``rlnMicrographFrameNumber`` from 1,
+``rlnMicrographShiftX/Y`` in unbinned pixels, the correction applied to each
+frame, relative to the first); ours from ``livestream motion --json`` (the same
+convention).  The script checks the sign: it prints the error with RELION's shifts
+negated too.
+
+    .venv/bin/python benchmarks/compare_relion_motioncorr.py [--size 4096]
+        [--frames 40] [--threads 2] [--seed 1] [--relion-bin /usr/bin/relion_run_motioncorr]
+        [--workdir DIR [--reuse]]   # keep (reuse) the movie and the outputs there
+        [--no-relion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+from bench_motion import _bound, in_process
+from bench_motion_accuracy import PARTICLES_PER_PX2
+
+from pipelines.simulate.micrograph import MicrographParams
+from pipelines.simulate.movie import MovieParams, simulate_movie
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    wall_s: float
+    cpu_s: float
+    peak_gb: float
+    shifts_px: np.ndarray  # (n_frames, 2) correction, relative to frame 0
+
+
+def make_movie(
+    folder: Path, size: int, n_frames: int, seed: int, threads: int
+) -> tuple[Path, Path, Path, np.ndarray]:
+    """Simulate, write ``Movies/movie.mrc`` (int8), ``gain.mrc`` and
+    ``movies.star``; return their paths and the true drift (frame 0 = 0)."""
+    rng = np.random.default_rng(seed)
+    params = MovieParams(
+        micrograph=MicrographParams(
+            shape_px=(size, size),
+            pixel_size_a=1.0,
+            n_particles=max(1, round(PARTICLES_PER_PX2 * size * size)),
+        ),
+        n_frames=n_frames,
+        dose_per_frame_e_per_a2=1.0,
+    )
+    start = time.perf_counter()
+    frames, truth = simulate_movie(params, rng, workers=threads)
+    movies = folder / "Movies"
+    movies.mkdir(parents=True, exist_ok=True)
+    movie = movies / "movie.mrc"
+    if frames.max() > 127:
+        raise ValueError(f"counts up to {frames.max()} do not fit int8")
+    with mrcfile.new(movie, overwrite=True) as mrc:
+        mrc.set_data(np.asarray(frames, dtype=np.int8))
+        mrc.voxel_size = 1.0
+    del frames
+    gain = folder / "gain.mrc"
+    with mrcfile.new(gain, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(truth.gain_reference, dtype=np.float32))
+        mrc.voxel_size = 1.0
+    star = folder / "movies.star"
+    starfile.write(
+        {
+            "optics": pd.DataFrame(
+                [
+                    {
+                        "rlnOpticsGroupName": "opticsGroup1",
+                        "rlnOpticsGroup": 1,
+                        "rlnMicrographOriginalPixelSize": 1.0,
+                        "rlnVoltage": 300.0,
+                        "rlnSphericalAberration": 2.7,
+                        "rlnAmplitudeContrast": 0.1,
+                    }
+                ]
+            ),
+            "movies": pd.DataFrame(
+                [{"rlnMicrographMovieName": "Movies/movie.mrc", "rlnOpticsGroup": 1}]
+            ),
+        },
+        star,
+        overwrite=True,
+    )
+    print(
+        f"simulated {size}² x {n_frames} frames (seed {seed}, "
+        f"{params.micrograph.n_particles} particles) in "
+        f"{time.perf_counter() - start:.0f} s; movie {movie.stat().st_size / 1e6:.0f} MB",
+        flush=True,
+    )
+    return movie, gain, star, truth.shifts_px - truth.shifts_px[0]
+
+
+def timed_run(
+    command: list[str], cwd: Path, threads: int
+) -> tuple[str, float, float, float]:
+    """Run ``command`` under ``/usr/bin/time -v``: stdout, wall s, CPU s, peak GB."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "NUMBA_NUM_THREADS": str(threads),
+        "PYTHONPATH": str(REPO),
+    }
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", *command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise subprocess.CalledProcessError(done.returncode, command)
+
+    def field(name: str) -> float:
+        match = re.search(rf"{re.escape(name)}: ([0-9.]+)", done.stderr)
+        if match is None:
+            raise ValueError(f"/usr/bin/time -v printed no '{name}'")
+        return float(match.group(1))
+
+    cpu = field("User time (seconds)") + field("System time (seconds)")
+    peak = field("Maximum resident set size (kbytes)") * 1024 / 1e9
+    return done.stdout, wall, cpu, peak
+
+
+def run_ours(folder: Path, movie: Path, gain: Path, threads: int) -> Side:
+    stdout, wall, cpu, peak = timed_run(
+        [
+            sys.executable,
+            "-m",
+            "livestream.cli.main",
+            "motion",
+            str(movie),
+            "--out",
+            str(folder / "ours"),
+            "--gain",
+            str(gain),
+            "--pixel-size-a",
+            "1.0",
+            "--dose-per-frame",
+            "1.0",
+            "--voltage-kv",
+            "300",
+            "--patches",
+            "5",
+            "5",
+            "--json",
+        ],
+        folder,
+        threads,
+    )
+    item = json.loads(stdout)["items"][0]
+    return Side("livestream motion", wall, cpu, peak, np.asarray(item["shifts_px"]))
+
+
+def run_relion(exe: str, folder: Path, star: Path, gain: Path, threads: int) -> Side:
+    _, wall, cpu, peak = timed_run(
+        [
+            exe,
+            "--i",
+            star.name,
+            "--o",
+            "relion/",
+            "--use_own",
+            "--j",
+            str(threads),
+            "--patch_x",
+            "5",
+            "--patch_y",
+            "5",
+            "--bin_factor",
+            "1",
+            "--bfactor",
+            "150",
+            "--dose_weighting",
+            "--angpix",
+            "1.0",
+            "--voltage",
+            "300",
+            "--dose_per_frame",
+            "1.0",
+            "--gainref",
+            gain.name,
+            "--save_noDW",
+        ],
+        folder,
+        threads,
+    )
+    shifts = starfile.read(folder / "relion" / "Movies" / "movie.star")["global_shift"]
+    shifts = shifts.sort_values("rlnMicrographFrameNumber")
+    xy = shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float)
+    return Side("relion --use_own", wall, cpu, peak, xy - xy[0])
+
+
+def rms(error: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--relion-bin", default="/usr/bin/relion_run_motioncorr")
+    parser.add_argument("--workdir", type=Path, help="keep the movie and outputs here")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the movie already in --workdir"
+    )
+    parser.add_argument("--no-relion", action="store_true", help="ours only")
+    args = parser.parse_args()
+    relion = shutil.which(args.relion_bin)
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="motion_vs_relion_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        saved = folder / "truth_shifts_px.npy"
+        if args.reuse and saved.is_file():
+            movie, gain, star = (
+                folder / "Movies" / "movie.mrc",
+                folder / "gain.mrc",
+                folder / "movies.star",
+            )
+            truth = np.load(saved)
+            print(f"reusing the movie in {folder}")
+        else:
+            movie, gain, star, truth = make_movie(
+                folder, args.size, args.frames, args.seed, args.threads
+            )
+            np.save(saved, truth)
+        with open("/proc/loadavg") as handle:
+            load = handle.read().split()[:3]
+        print(f"load average before the runs: {' '.join(load)}", flush=True)
+        bound = in_process(_bound, movie, 1, args.threads)
+        lower = bound["read"] + bound["fft"]
+        sides = [run_ours(folder, movie, gain, args.threads)]
+        if args.no_relion:
+            pass
+        elif relion is None:
+            print(f"{args.relion_bin} not installed: no side-by-side")
+        else:
+            sides.append(run_relion(relion, folder, star, gain, args.threads))
+        with open("/proc/loadavg") as handle:
+            load = handle.read().split()[:3]
+        print(f"load average after the runs: {' '.join(load)}")
+        print(
+            f"\n{args.size}² x {args.frames} frames, int8 MRC, {args.threads} threads; "
+            f"bound = read {bound['read']:.1f} s + {args.frames} rfft2 "
+            f"{bound['fft']:.1f} s = {lower:.1f} s"
+        )
+        print(
+            f"{'program':18s} {'wall s':>7s} {'CPU s':>7s} {'peak GB':>8s} "
+            f"{'x bound':>8s} {'CPU x bound':>12s} {'drift RMS raw px':>17s} "
+            f"{'centred px':>11s}"
+        )
+        print(
+            f"{'bound':18s} {lower:7.1f} {bound['cpu']:7.1f} {'':8s} {1.0:8.2f} "
+            f"{1.0:12.2f}"
+        )
+        for side in sides:
+            error = side.shifts_px + truth
+            print(
+                f"{side.name:18s} {side.wall_s:7.1f} {side.cpu_s:7.1f} "
+                f"{side.peak_gb:8.2f} {side.wall_s / lower:8.2f} "
+                f"{side.cpu_s / bound['cpu']:12.2f} "
+                f"{rms(error):17.3f} {rms(error - error.mean(axis=0)):11.3f}"
+            )
+        for side in sides[1:]:
+            flipped = -side.shifts_px + truth
+            print(
+                f"({side.name} with its shifts negated: {rms(flipped):.3f} px raw; "
+                "the smaller one says the sign convention)"
+            )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
