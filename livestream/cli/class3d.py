@@ -10,9 +10,9 @@ optics group's voltage, Cs and amplitude contrast) and one map per class, or one
 map for all --classes (each particle then goes to a random class in the first
 iteration, as RELION splits).  The maps must have the particles' box and pixel
 size; they are brought to the particles' greyscale, low-passed to --ini-high and
-masked.  Each EM iteration searches every particle's pose (15° grid, origins
-within 3 px) in every class (from the second iteration on, in the other half
-set's maps), back-projects its posterior into its classes and remakes the
+masked.  Each EM iteration searches every particle's pose in every class (a 15°
+grid, the best poses refined at 7.5°; origins on a 1 px grid within 3 px: RELION's
+Class3D sampling), back-projects its posterior into its classes and remakes the
 maps; a class that empties in the first half of the run is replaced by a copy of
 the largest.  --max-particles-per-class caps a class: it keeps its most probable
 members, the others go to their next class.
@@ -49,6 +49,7 @@ from pipelines.class3d import (
     classify_particles,
     save_checkpoint,
 )
+from pipelines.class3d.classify import classification_config
 from pipelines.class3d.outputs import class_resolution_a, write_initial_model
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
@@ -83,7 +84,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="low-pass of the references and first limit, Å (60)",
     )
     parser.add_argument(
-        "--angular-step", type=float, default=15.0, help="pose grid step, deg (15)"
+        "--angular-step",
+        type=float,
+        default=7.5,
+        help="pose grid step, deg (7.5; searched at twice the step, then refined)",
     )
     parser.add_argument(
         "--max-particles-per-class", type=int, default=None, help="class-size cap"
@@ -140,8 +144,8 @@ def _setup(
         max_particles_per_class=args.max_particles_per_class,
     )
     particles = read_posed_particles(args.particles, require_poses=False)
-    config = InitialModelConfig(
-        n_classes=n_classes,
+    config = classification_config(
+        n_classes,
         box_px=particles.box_px,
         pixel_size_a=particles.pixel_size_a,
         particle_diameter_a=args.particle_diameter_a,
