@@ -101,9 +101,10 @@ def classification_config(
     **overrides: Any,
 ) -> InitialModelConfig:
     """The pose search and maps of a classification: RELION's Class3D defaults
-    (``--healpix_order 2``: 7.5°, ``--offset_step 1``, ``--ini_high 60``, T = 4),
-    the rotations searched at twice the step, then refined into the kept ones'
-    neighbours at the step (``oversampling = 2``).  On our two-conformation test
+    (its GUI's "7.5 degrees": ``--healpix_order 2 --oversampling 1``, 15° then
+    7.5°; origins every 1 px; ``--ini_high 60``; T = 4): the rotations searched
+    at twice the step, the kept ones refined into their neighbours at the step
+    (``oversampling = 2``).  On our two-conformation test
     (SNR 0.3, true references) a 15° grid put 94 % of particles in the right
     class, 7.5° through 15° 97 %; 30° 85 % at SNR 1."""
     fields: dict[str, Any] = {
