@@ -81,6 +81,7 @@ __all__ = [
     "Classification",
     "ClassificationOptions",
     "classification_config",
+    "classify_initial_model",
     "classify_particles",
     "em_iteration",
     "initial_classification_state",
@@ -507,4 +508,36 @@ def classify_particles(
         assignment=assignment,
         class_probability=probability,
         changed_fraction=changed,
+    )
+
+
+def classify_initial_model(
+    config: InitialModelConfig,
+    state: InitialModelState,
+    particles: PosedParticles,
+    *,
+    rng: np.random.Generator,
+    options: ClassificationOptions | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Classification:
+    """A K-class initial model finished by classification: the VDAM run's class
+    maps (``state``) are the references of :func:`classify_particles`, with the
+    classification's sampling, from the limit the VDAM run reached.  (The VDAM
+    classes themselves are not measured for separation; this is the step that
+    assigns every particle with a posterior over the K maps.)"""
+    limit_a = config.box_px * config.pixel_size_a / max(state.radius_px, 1)
+    class_config = classification_config(
+        state.n_classes,
+        box_px=config.box_px,
+        pixel_size_a=config.pixel_size_a,
+        particle_diameter_a=config.particle_diameter_a,
+        initial_resolution_a=limit_a,
+    )
+    return classify_particles(
+        class_config,
+        state.maps,
+        particles,
+        rng=rng,
+        options=options,
+        on_progress=on_progress,
     )

@@ -10,6 +10,8 @@ SNR 0.3.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,9 +19,11 @@ from pipelines.class3d import (
     ClassificationOptions,
     InitialModelConfig,
     classify_particles,
+    initialise_state,
 )
 from pipelines.class3d.classify import (
     classification_config,
+    classify_initial_model,
     em_iteration,
     initial_classification_state,
 )
@@ -132,6 +136,35 @@ def test_the_cap_and_the_substitution_of_an_empty_class(
     assert substituted.substitutions == 1
     assert substituted.class_fractions == pytest.approx([0.5, 0.5])
     assert np.abs(substituted.maps[1]).max() > 0
+
+
+@pytest.mark.slow  # one iteration at 7.5° over 120 particles: ~40 s loaded
+def test_a_two_class_initial_model_is_finished_by_classification(
+    conformations: np.ndarray,
+) -> None:
+    """The VDAM state's class maps are the references (here set to the two
+    conformations, as if VDAM had found them; VDAM's own separation is not
+    tested), at the limit VDAM reached."""
+    particles, truth = simulate_mixture(
+        list(conformations),
+        [60, 60],
+        pixel_size_a=PX,
+        snr=1.0,
+        rng=np.random.default_rng(9),
+    )
+    config = InitialModelConfig(n_classes=2, box_px=BOX, pixel_size_a=PX)
+    state = initialise_state(config, particles, np.random.default_rng(4))
+    state = dataclasses.replace(state, maps=conformations.astype(np.float32))
+    result = classify_initial_model(
+        config,
+        state,
+        particles,
+        rng=np.random.default_rng(5),
+        options=ClassificationOptions(n_iterations=1),
+    )
+    assert result.iterations == 1
+    assert accuracy(result.assignment.class_index, truth) >= 0.95
+    assert result.class_probability.shape == (120, 2)
 
 
 def test_references_of_another_box_are_refused(conformations: np.ndarray) -> None:
