@@ -156,7 +156,7 @@ class ClassificationOptions:
 class Classification:
     """The final ``state`` (maps, fractions, half-set FSCs, limit), each particle's
     best ``assignment``, ``class_probability`` ``(n, K)`` (the posterior summed per
-    class, after the cap), and per iteration the fraction of particles that
+    class, before any cap), and per iteration the fraction of particles that
     changed class (``changed_fraction``, the first is 1)."""
 
     state: InitialModelState
