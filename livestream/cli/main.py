@@ -10,6 +10,7 @@ from types import ModuleType
 from livestream import __version__
 from livestream.cli import (
     class2d,
+    class3d,
     ctf,
     curate,
     export_cryosparc,
@@ -44,6 +45,7 @@ COMMANDS: dict[str, ModuleType] = {
     "curate": curate,
     "reconstruct": reconstruct,
     "initial-model": initial_model,
+    "class3d": class3d,
     "mask": mask,
     "postprocess": postprocess,
     "rebalance": rebalance,

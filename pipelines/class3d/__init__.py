@@ -10,8 +10,15 @@ Typical use::
 The state is resumable (:func:`save_checkpoint` / :func:`load_checkpoint`) and
 deterministic for a seed.  :func:`align_maps` superposes a map on another
 (rotation search, both hands); :func:`align_symmetry` finds a map's symmetry axes.
+:func:`classify_particles` is 3D classification (K references, EM over all
+particles; :mod:`.classify`).
 """
 
+from pipelines.class3d.classify import (
+    Classification,
+    ClassificationOptions,
+    classify_particles,
+)
 from pipelines.class3d.orientations import PoseGrid, pose_grid, shift_grid
 from pipelines.class3d.state import (
     InitialModelConfig,
@@ -29,10 +36,13 @@ from pipelines.class3d.vdam import (
 
 __all__ = [
     "Assignment",
+    "Classification",
+    "ClassificationOptions",
     "InitialModelConfig",
     "InitialModelState",
     "PoseGrid",
     "assign_particles",
+    "classify_particles",
     "initialise_state",
     "load_checkpoint",
     "pose_grid",

@@ -136,6 +136,12 @@ FILE_CASES: dict[str, ArgvOf] = {
     "initial-model": lambda bad, tmp: [
         "initial-model", bad, "--classes", "1", "--out", str(tmp / "IM")
     ],
+    "class3d": lambda bad, tmp: [
+        "class3d", bad, "--refs", _good_file(tmp, "ref.mrc"), "--out", str(tmp / "C3")
+    ],
+    "class3d --refs": lambda bad, tmp: [
+        "class3d", _good_file(tmp, "p.star"), "--refs", bad, "--out", str(tmp / "C3")
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
