@@ -26,9 +26,10 @@ Per iteration and half:
    each half map is Wiener-filtered with the SSNR from the FSC of the two
    halves.  Below ``join_halves_below_a`` (40 Å) the next iteration's references
    both take the mean of the two maps, so that they keep one orientation
-   (RELION's ``--low_resol_join_halves``); the FSC is of the maps apart.
+   (RELION's ``--low_resol_join_halves``; 0: never); the FSC is of the maps
+   apart.
 3. **Sampling.**  An iteration gains resolution when the half-map FSC crosses
-   0.143 at a higher shell than before; hidden variables change little when the
+   0.143 in a higher (whole) shell than before; hidden variables change little when the
    mean change of the best rotation is within one step or stopped shrinking.
    After an iteration with neither a gain nor large changes the angular step (and
    the offset step) halves, unless the step is already as fine as the resolution
@@ -641,7 +642,7 @@ def refine(
         ),
     )
     records: list[RefineIteration] = []
-    best_shell, smallest_change = -1.0, np.inf
+    best_shell, smallest_change = -1, np.inf
     final = False
     reconstruction: Reconstruction | None = None
     for iteration in range(1, config.max_iterations + 1):  # a loop over iterations
@@ -674,10 +675,9 @@ def refine(
             symmetry=config.symmetry,
             tau2_fudge=config.tau2_fudge,
         )
-        maps = _joined_below(
-            np.stack([reconstruction.half1, reconstruction.half2]),
-            config.shell_of(config.join_halves_below_a),
-        )
+        maps = np.stack([reconstruction.half1, reconstruction.half2])
+        if config.join_halves_below_a > 0:
+            maps = _joined_below(maps, config.shell_of(config.join_halves_below_a))
         change = float(np.mean(_angle_deg(poses.rotations, previous[0], ops)))
         offset_change = float(np.mean(np.hypot(*(poses.origin_px - previous[1]).T)))
         resolution = reconstruction.resolution_a
@@ -699,8 +699,8 @@ def refine(
             on_iteration(record, reconstruction)
         if final:
             break
-        shell = reconstruction.fsc.crossing_index(0.143)
-        gained = shell > best_shell + 1e-6
+        shell = int(reconstruction.fsc.crossing_index(0.143))  # whole shells
+        gained = shell > best_shell
         best_shell = max(best_shell, shell)
         settled = iteration > 1 and (
             change <= sampling.step_deg or change >= 0.9 * smallest_change

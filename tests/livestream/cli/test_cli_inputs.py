@@ -136,6 +136,12 @@ FILE_CASES: dict[str, ArgvOf] = {
     "initial-model": lambda bad, tmp: [
         "initial-model", bad, "--classes", "1", "--out", str(tmp / "IM")
     ],
+    "refine3d": lambda bad, tmp: [
+        "refine3d", bad, "--ref", _good_file(tmp, "ref.mrc"), "--out", str(tmp / "R")
+    ],
+    "refine3d --ref": lambda bad, tmp: [
+        "refine3d", _good_file(tmp, "p.star"), "--ref", bad, "--out", str(tmp / "R")
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
