@@ -647,7 +647,9 @@ def refine(
     reconstruction: Reconstruction | None = None
     for iteration in range(1, config.max_iterations + 1):  # a loop over iterations
         start = time.perf_counter()
-        final = final or iteration == config.max_iterations
+        if iteration == config.max_iterations and not final:  # the last: all data
+            final = True
+            sampling = dataclasses.replace(sampling, radius_px=config.box_px // 2)
         previous = poses.rotations.copy(), poses.origin_px.copy()
         sums = []
         n_entries = 0
