@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.errors import StageInputError
 from pipelines.reconstruct.backproject import (
     DEFAULT_PADDING,
+    FourierSums,
     backproject,
     ssnr_from_fsc,
     weights_to_map,
@@ -24,7 +25,12 @@ from pipelines.reconstruct.backproject import (
 from pipelines.reconstruct.fsc import FscCurve, fourier_shell_correlation
 from pipelines.reconstruct.particles import PosedParticles
 
-__all__ = ["FIRST_PASS_SSNR", "Reconstruction", "reconstruct_halves"]
+__all__ = [
+    "FIRST_PASS_SSNR",
+    "Reconstruction",
+    "maps_from_sums",
+    "reconstruct_halves",
+]
 
 FIRST_PASS_SSNR = 1000.0
 """Spectral SNR of the first, nearly unregularised pass (before the FSC is known)."""
@@ -91,8 +97,24 @@ def reconstruct_halves(
         )
         for rows, offset in ((rows1, 0), (rows2, len(rows1)))
     )
+    return maps_from_sums(
+        sums1, sums2, pixel_size_a=particles.pixel_size_a, symmetry=symmetry, ssnr=ssnr
+    )
+
+
+def maps_from_sums(
+    sums1: FourierSums,
+    sums2: FourierSums,
+    *,
+    pixel_size_a: float,
+    symmetry: str = "C1",
+    ssnr: float | None = None,
+    tau2_fudge: float = 1.0,
+) -> Reconstruction:
+    """Half maps, full map and FSC from the two halves' Fourier sums (see the
+    module docstring); ``tau2_fudge`` multiplies the SSNR (RELION's ``T``)."""
     both = sums1 + sums2
-    px = particles.pixel_size_a
+    px = pixel_size_a
     if ssnr is not None:
         half1 = weights_to_map(sums1, ssnr=ssnr)
         half2 = weights_to_map(sums2, ssnr=ssnr)
@@ -103,10 +125,11 @@ def reconstruct_halves(
             weights_to_map(sums2, ssnr=FIRST_PASS_SSNR),
             px,
         )
-        half_ssnr = ssnr_from_fsc(first.fsc)
+        half_ssnr = tau2_fudge * ssnr_from_fsc(first.fsc)
+        whole_ssnr = tau2_fudge * ssnr_from_fsc(first.fsc, whole_map=True)
         half1 = weights_to_map(sums1, ssnr=half_ssnr)
         half2 = weights_to_map(sums2, ssnr=half_ssnr)
-        full = weights_to_map(both, ssnr=ssnr_from_fsc(first.fsc, whole_map=True))
+        full = weights_to_map(both, ssnr=whole_ssnr)
     return Reconstruction(
         half1=half1,
         half2=half2,
@@ -114,6 +137,6 @@ def reconstruct_halves(
         fsc=fourier_shell_correlation(half1, half2, px),
         pixel_size_a=px,
         symmetry=symmetry.strip().upper(),
-        n_half1=len(rows1),
-        n_half2=len(rows2),
+        n_half1=sums1.n_particles,
+        n_half2=sums2.n_particles,
     )

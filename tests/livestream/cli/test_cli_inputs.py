@@ -142,6 +142,12 @@ FILE_CASES: dict[str, ArgvOf] = {
     "class3d --refs": lambda bad, tmp: [
         "class3d", _good_file(tmp, "p.star"), "--refs", bad, "--out", str(tmp / "C3")
     ],
+    "refine3d": lambda bad, tmp: [
+        "refine3d", bad, "--ref", _good_file(tmp, "ref.mrc"), "--out", str(tmp / "R")
+    ],
+    "refine3d --ref": lambda bad, tmp: [
+        "refine3d", _good_file(tmp, "p.star"), "--ref", bad, "--out", str(tmp / "R")
+    ],
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
