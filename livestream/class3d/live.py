@@ -21,7 +21,8 @@ viewing-direction PNGs, STAR files, ``initial_model.mrc``; ``run_class3d.json``
 holds the event body for ``livestream status``), publishes the ``class3d`` event
 and metrics, has the job index rewrite ``default_pipeline.star`` and checkpoints.
 
-An error (a bad STAR, a missing stack, a checkpoint that is not one) is logged with
+The loop is :class:`livestream.actors.ActorTask`'s.  An error (a bad STAR, a
+missing stack, a checkpoint that is not one) is logged with
 its file, field and value and counted in ``livestream_class3d_errors_total``; the
 service goes on and a failed step is tried again when the selection changes.
 """
@@ -29,19 +30,15 @@ service goes on and a failed step is tried again when the selection changes.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
+from livestream.actors.task import ActorTask, drain_actor
 from livestream.class3d.actor import CHECKPOINT_NAME, Class3dActor, Class3dSettings
 from livestream.config import Class3dSection, ServiceConfig
 from livestream.project.job_index import JobIndex
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
-from pipelines.errors import StageInputError
-from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
     "SELECTED_NAME",
@@ -52,15 +49,9 @@ __all__ = [
     "drain_class3d",
 ]
 
-log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "run_class3d.json"  # the latest snapshot's event body
 SELECTED_NAME = "run_selected.star"  # the 2D snapshot's selected particles
-# what a bad input, a full disk or a malformed table raises (StageInputError is
-# a ValueError); anything else is a bug and stops the model
-_EXPECTED = (OSError, ValueError, KeyError, IndexError)
-
-T = TypeVar("T")
 
 
 def class3d_settings(section: Class3dSection) -> Class3dSettings:
@@ -102,15 +93,15 @@ def class3d_for(
 async def drain_class3d(task: asyncio.Task[None], deadline: float) -> None:
     """Wait for the model's last mini-batch and checkpoint until ``deadline``
     (event-loop time), then cancel it (its previous checkpoint stands)."""
-    timeout = max(deadline - asyncio.get_running_loop().time(), 1.0)
-    done, _ = await asyncio.wait([task], timeout=timeout)
-    if not done:
-        log.warning("class3d: no checkpoint within the drain time limit; cancelled")
-        task.cancel()
+    await drain_actor(task, deadline, "class3d")
 
 
-class Class3dLive:
+class Class3dLive(ActorTask[Class3dActor]):
     """The initial-model task of one service (see the module docstring)."""
+
+    name = "class3d"
+    checkpoint_name = CHECKPOINT_NAME
+    summary_name = SUMMARY_NAME
 
     def __init__(
         self,
@@ -121,160 +112,36 @@ class Class3dLive:
         *,
         on_snapshot: Callable[[], object] | None = None,
     ) -> None:
+        super().__init__(
+            project / section.job,
+            project,
+            selected_star,
+            snapshot_every=section.snapshot_every,
+            on_snapshot=on_snapshot,
+        )
         self.section = section
-        self.on_snapshot = on_snapshot  # the RELION pipeline names the new files
-        self.project = project
-        self.folder = project / section.job
         self.selected_star = selected_star
         self.reporter = reporter
-        self.actor: Class3dActor | None = None
-        self.n_snapshots = 0
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._star_mtime_ns: int | None = None
-        self._dirty = False  # changed since the last checkpoint
-        self._step_failed = False  # wait for a new selection before trying again
-        self._reported: set[str] = set()  # pool problems already logged
 
-    # -- called by the daemon (in the event loop) -------------------------------
     def on_event(self, event: ServiceEvent) -> None:
         """A listener: each ``class2d`` snapshot may have a new selection."""
         if event.type is EventType.CLASS2D_SNAPSHOT:
-            self._wake.set()
+            self.wake()
 
-    def request_stop(self) -> None:
-        """Finish the current mini-batch, checkpoint and return from :meth:`run`."""
-        self._stopping = True
-        self._wake.set()
+    # -- the domain's part ---------------------------------------------------------
+    def _resume(self) -> Class3dActor | None:
+        return Class3dActor.resume(self.folder, project=self.project)
 
-    async def run(self) -> None:
-        """Resume, then feed, step and snapshot until :meth:`request_stop`."""
-        try:
-            self.actor = await self._start()
-            if self.actor is None:
-                return
-            while not self._stopping:
-                self._wake.clear()
-                await self._feed()
-                while not self._stopping and self._can_step():
-                    await self._step()
-                    due = self.actor.minibatches_since_snapshot >= (
-                        self.section.snapshot_every
-                    )
-                    if due and not self._stopping:  # else: next start, resumed
-                        await self._snapshot()
-                    if self._wake.is_set():
-                        break  # a new selection first
-                if not self._stopping and not self._wake.is_set():
-                    await self._wake.wait()
-            if self._dirty:
-                await self._guarded("checkpoint", self._checkpoint)
-        except Exception:
-            log.exception("class3d: the online initial model stopped")
-            self.reporter.class3d_error("step", RuntimeError("initial model stopped"))
-
-    # -- the steps ---------------------------------------------------------------
-    async def _start(self) -> Class3dActor | None:
-        """The resumed actor, a new one (no checkpoint, or a file that is not
-        one: kept as ``.unreadable``), or ``None`` when a valid checkpoint cannot
-        be resumed now (its stacks are not readable): the model stays off for this
-        run and the checkpoint is left for the next start."""
-        settings = class3d_settings(self.section)
-        path = self.folder / CHECKPOINT_NAME
-        try:
-            actor = await asyncio.to_thread(
-                Class3dActor.resume, self.folder, project=self.project
-            )
-        except _EXPECTED as error:
-            self.reporter.class3d_error("resume", error)
-            if not (isinstance(error, StageInputError) and error.path == path):
-                log.error("class3d: off until the next start; %s is kept", path)
-                return None
-            path.replace(path.with_name(f"{CHECKPOINT_NAME}.unreadable"))
-            actor = None
-        if actor is None:
-            return Class3dActor(
-                self.folder, settings, seed=self.section.seed, project=self.project
-            )
-        if actor.settings != settings:
-            log.warning(
-                "class3d: %s keeps the settings it was started with (%s); move it "
-                "away to start over with the config's",
-                path,
-                actor.settings,
-            )
-        log.info(
-            "class3d: resumed at mini-batch %d with %d particles",
-            0 if actor.state is None else actor.state.minibatch_index,
-            actor.pool_size,
+    def _new(self) -> Class3dActor:
+        return Class3dActor(
+            self.folder, self._settings(), seed=self.section.seed, project=self.project
         )
-        self._report_progress(actor, None)
-        return actor
 
-    async def _feed(self) -> None:
-        assert self.actor is not None
-        try:
-            mtime_ns = self.selected_star.stat().st_mtime_ns
-        except FileNotFoundError:
-            return  # no 2D snapshot yet
-        if mtime_ns == self._star_mtime_ns:
-            return
-        actor = self.actor
-        added = await self._guarded("feed", lambda: actor.feed(self.selected_star))
-        self._star_mtime_ns = mtime_ns
-        for problem in actor.pool.problems:
-            if str(problem) not in self._reported:  # once each, not every feed
-                self._reported.add(str(problem))
-                self.reporter.class3d_error("feed", problem)
-        if added or actor.pool.n_retired_last:
-            self._dirty = actor.state is not None
-            self._step_failed = False
-            self._report_progress(actor, None)
+    def _settings(self) -> Class3dSettings:
+        return class3d_settings(self.section)
 
-    def _can_step(self) -> bool:
-        return self.actor is not None and not self._step_failed and self.actor.ready()
-
-    async def _step(self) -> None:
-        assert self.actor is not None
-        started = time.perf_counter()
-        ran = await self._guarded("step", self.actor.step)
-        if not ran:
-            self._step_failed = True
-            return
-        self._dirty = True
-        self._report_progress(self.actor, time.perf_counter() - started)
-
-    async def _snapshot(self) -> None:
-        actor = self.actor
-        assert actor is not None
-        payload = await self._guarded("snapshot", lambda: actor.snapshot().payload)
-        if payload is None:
-            actor.minibatches_since_snapshot = 0  # try again after snapshot_every
-            return
-        self.n_snapshots += 1
-        await self._guarded(
-            "snapshot",
-            lambda: write_text_atomic(self.folder / SUMMARY_NAME, json.dumps(payload)),
-        )
-        self.reporter.class3d_snapshot(payload)
-        if self.on_snapshot is not None:
-            await asyncio.to_thread(self.on_snapshot)
-        await self._guarded("checkpoint", self._checkpoint)
-
-    def _checkpoint(self) -> Path:
-        assert self.actor is not None
-        path = self.actor.checkpoint()
-        self._dirty = False
-        return path
-
-    async def _guarded(self, operation: str, call: Callable[[], T]) -> T | None:
-        """``call()`` in a worker thread; an expected error is logged and counted
-        and gives ``None``."""
-        try:
-            return await asyncio.to_thread(call)
-        except _EXPECTED as error:
-            self.reporter.class3d_error(operation, error)
-            return None
+    def _report_error(self, operation: str, error: Exception) -> None:
+        self.reporter.class3d_error(operation, error)
 
     def _report_progress(self, actor: Class3dActor, seconds: float | None) -> None:
         state = actor.state
@@ -284,3 +151,10 @@ class Class3dLive:
             actor.pool_size,
             seconds,
         )
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        self.reporter.class3d_snapshot(payload)
+
+    def _feed_changes_state(self, actor: Class3dActor) -> bool:
+        """Before the model starts, a checkpoint would hold only the pool."""
+        return actor.state is not None
