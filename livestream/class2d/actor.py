@@ -25,13 +25,18 @@ actor continues exactly where the checkpoint left off.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livestream.actors.checkpoint import (
+    CHECKPOINT_NAME,
+    read_actor_checkpoint,
+    state_fields,
+    write_actor_checkpoint,
+)
 from livestream.class2d.pool import ParticlePool
 from pipelines.class2d import (
     Class2dConfig,
@@ -57,11 +62,9 @@ from pipelines.class2d.schedule import minibatch_size
 from pipelines.class2d.state import restore_rng
 from pipelines.errors import StageInputError
 from pipelines.io.checkpoint import rng_state_of
-from pipelines.io.outputs import atomic_path
 
-__all__ = ["ActorSettings", "Class2dActor", "SnapshotInfo"]
+__all__ = ["CHECKPOINT_NAME", "ActorSettings", "Class2dActor", "SnapshotInfo"]
 
-CHECKPOINT_NAME = "actor_checkpoint.npz"
 KEEP_ITERATIONS = 3  # snapshots of older iterations are deleted
 
 
@@ -300,26 +303,14 @@ class Class2dActor:
     def checkpoint(self) -> Path:
         """Write settings, seed, classifier state and the pool rows to
         ``<folder>/actor_checkpoint.npz`` atomically."""
-        settings = json.dumps(dataclasses.asdict(self.settings), sort_keys=True)
-        arrays: dict[str, Any] = {
-            "settings": np.array(settings),
-            "seed": np.int64(self.seed),
-            "since_snapshot": np.int64(self.minibatches_since_snapshot),
-            **self.pool.to_arrays(),
-        }
-        if self.state is not None:
-            for f in dataclasses.fields(Class2dState):
-                value = getattr(self.state, f.name)
-                arrays[f"state_{f.name}"] = (
-                    np.array(value)
-                    if isinstance(value, str | np.ndarray)
-                    else np.int64(value)
-                )
-        path = self.folder / CHECKPOINT_NAME
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        return path
+        return write_actor_checkpoint(
+            self.folder,
+            settings=self.settings,
+            seed=self.seed,
+            since_snapshot=self.minibatches_since_snapshot,
+            pool=self.pool,
+            state=self.state,
+        )
 
     @classmethod
     def resume(
@@ -328,38 +319,22 @@ class Class2dActor:
         """The actor saved in ``folder``, or None when there is no checkpoint
         (``project``: where relative stack names are looked up for new rows;
         default the one saved).  The pool's images are read again."""
-        path = Path(folder) / CHECKPOINT_NAME
-        if not path.exists():
+        saved = read_actor_checkpoint(folder, "class2d")
+        if saved is None:
             return None
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {name: npz[name] for name in npz.files}
-            raw = json.loads(str(data["settings"]))
+            raw = dict(saved.settings)
             raw["schedule"] = Schedule(**raw["schedule"])
             settings = ActorSettings(**raw)
-            seed, since = int(data["seed"]), int(data["since_snapshot"])
-        except (OSError, KeyError, ValueError, TypeError) as error:
-            raise StageInputError(
-                path, "checkpoint", None, f"not a class2d actor checkpoint: {error}"
-            ) from error
-        pool = ParticlePool.from_arrays(data, project)
-        actor = cls(folder, settings, seed=seed, pool=pool)
-        if "state_references" in data:
-            v = {
-                f.name: data[f"state_{f.name}"]
-                for f in dataclasses.fields(Class2dState)
-            }
-            actor.state = Class2dState(
-                references=v["references"],
-                first_moments=v["first_moments"],
-                second_moment=v["second_moment"],
-                noise_sigma2=v["noise_sigma2"],
-                class_fractions=v["class_fractions"],
-                seen=v["seen"],
-                minibatch_index=int(v["minibatch_index"]),
-                particles_processed=int(v["particles_processed"]),
-                substitutions=int(v["substitutions"]),
-                rng_state=str(v["rng_state"]),
+            state = (
+                Class2dState(**state_fields(saved.data, Class2dState))
+                if "state_references" in saved.data
+                else None
             )
-        actor.minibatches_since_snapshot = since
+        except (KeyError, ValueError, TypeError) as error:
+            raise saved.not_one(error, "class2d") from error
+        pool = ParticlePool.from_arrays(saved.data, project)
+        actor = cls(folder, settings, seed=saved.seed, pool=pool)
+        actor.state = state
+        actor.minibatches_since_snapshot = saved.since_snapshot
         return actor

@@ -30,13 +30,18 @@ actor continues exactly where it left off.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livestream.actors.checkpoint import (
+    CHECKPOINT_NAME,
+    read_actor_checkpoint,
+    state_fields,
+    write_actor_checkpoint,
+)
 from livestream.class2d.pool import ParticlePool
 from pipelines.class2d.box import resample_images, working_box_px
 from pipelines.class2d.schedule import minibatch_size
@@ -51,12 +56,10 @@ from pipelines.class3d.snapshot import write_initial_model_snapshot
 from pipelines.class3d.state import DEFAULT_SCHEDULE, restore_rng
 from pipelines.errors import StageInputError
 from pipelines.io.checkpoint import rng_state_of
-from pipelines.io.outputs import atomic_path
 from pipelines.reconstruct import PosedParticles
 
 __all__ = ["CHECKPOINT_NAME", "Class3dActor", "Class3dSettings", "Class3dSnapshot"]
 
-CHECKPOINT_NAME = "actor_checkpoint.npz"
 SCHEMA = "livestream.class3d/1"
 KEEP_ITERATIONS = 3  # snapshots of older iterations are deleted
 NEW_FRACTION = 0.5  # share of a mini-batch drawn from particles never used
@@ -331,28 +334,20 @@ class Class3dActor:
     def checkpoint(self) -> Path:
         """Write settings, seed, the model's config and state, the seen mask and
         the pool rows to ``<folder>/actor_checkpoint.npz`` atomically."""
-        settings = json.dumps(dataclasses.asdict(self.settings), sort_keys=True)
-        arrays: dict[str, Any] = {
-            "settings": np.array(settings),
-            "seed": np.int64(self.seed),
-            "since_snapshot": np.int64(self.minibatches_since_snapshot),
-            "seen": self.seen,
-            **self.pool.to_arrays(),
-        }
-        if self.config is not None and self.state is not None:
-            arrays["model_config"] = np.array(self.config.to_json())
-            for f in dataclasses.fields(InitialModelState):
-                value = getattr(self.state, f.name)
-                arrays[f"state_{f.name}"] = (
-                    np.array(value)
-                    if isinstance(value, str | np.ndarray)
-                    else np.int64(value)
-                )
-        path = self.folder / CHECKPOINT_NAME
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        return path
+        started = self.config is not None and self.state is not None
+        extra: dict[str, Any] = {"seen": self.seen}
+        if started:
+            assert self.config is not None
+            extra["model_config"] = np.array(self.config.to_json())
+        return write_actor_checkpoint(
+            self.folder,
+            settings=self.settings,
+            seed=self.seed,
+            since_snapshot=self.minibatches_since_snapshot,
+            pool=self.pool,
+            state=self.state if started else None,
+            extra=extra,
+        )
 
     @classmethod
     def resume(
@@ -361,43 +356,30 @@ class Class3dActor:
         """The actor saved in ``folder``, or None when there is no checkpoint
         (``project``: where relative stack names are looked up; default the one
         saved).  The pool's images are read again."""
-        path = Path(folder) / CHECKPOINT_NAME
-        if not path.exists():
+        saved = read_actor_checkpoint(folder, "class3d")
+        if saved is None:
             return None
+        data = saved.data
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {name: npz[name] for name in npz.files}
-            settings = Class3dSettings(**json.loads(str(data["settings"])))
-            seed, since = int(data["seed"]), int(data["since_snapshot"])
+            settings = Class3dSettings(**saved.settings)
             seen = np.asarray(data["seen"], dtype=bool)
             config = (
                 InitialModelConfig.from_json(str(data["model_config"]))
                 if "model_config" in data
                 else None
             )
-            state = None if config is None else _state_of(data)
-        except (OSError, KeyError, ValueError, TypeError) as error:
-            raise StageInputError(
-                path, "checkpoint", None, f"not a class3d actor checkpoint: {error}"
-            ) from error
+            state = (
+                None
+                if config is None
+                else InitialModelState(**state_fields(data, InitialModelState))
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise saved.not_one(error, "class3d") from error
         pool = ParticlePool.from_arrays(data, project)
-        actor = cls(folder, settings, seed=seed, pool=pool)
+        actor = cls(folder, settings, seed=saved.seed, pool=pool)
         if config is not None:
             actor.config, actor.state = config, state
         actor.seen = seen
         actor._sync_pool()
-        actor.minibatches_since_snapshot = since
+        actor.minibatches_since_snapshot = saved.since_snapshot
         return actor
-
-
-def _state_of(data: dict[str, Any]) -> InitialModelState:
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(InitialModelState):
-        value = data[f"state_{f.name}"]
-        if f.name == "rng_state":
-            fields[f.name] = str(value)
-        elif np.ndim(value) == 0:
-            fields[f.name] = int(value)
-        else:
-            fields[f.name] = np.asarray(value)
-    return InitialModelState(**fields)
