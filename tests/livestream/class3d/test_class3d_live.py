@@ -169,9 +169,10 @@ async def test_drain_checkpoints_and_a_restart_continues_the_model(
         await wait_for(lambda: len(_models(second)) >= 1, 90)
         live = second.handles[0].class3d
         assert live is not None
+        # the selection grows snapshot by snapshot: wait for all of it
         await wait_for(
-            lambda: live.actor is not None and live.actor.pool_size > saved.pool_size,
-            60,
+            lambda: live.actor is not None and live.actor.pool_size == 3 * PER_EXPOSURE,
+            90,
         )
     finally:
         await second.finish()
