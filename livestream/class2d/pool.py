@@ -163,6 +163,15 @@ def _header(raw: bytes) -> list[bytes]:
     return [line for line in raw.splitlines() if not line.startswith(b"#")]
 
 
+def _row_lines(raw: bytes) -> np.ndarray:
+    """The lines of ``raw`` that ``pandas.read_csv(sep=r"\\s+", comment="#")``
+    reads as rows (blank and comment lines left out), as ``bytes`` objects."""
+    lines = np.asarray(raw.split(b"\n"), dtype=object)
+    kept = np.asarray([line.lstrip()[:1] not in b"#" for line in lines], dtype=bool)
+    chosen: np.ndarray = lines[kept]
+    return chosen
+
+
 def _rows_end(raw: bytes) -> int:
     """Where the complete rows of ``raw`` end: after the last non-blank complete
     line (a half-written row waits for its newline; trailing blank lines, which
@@ -249,7 +258,7 @@ class ParticlePool:
 
     def rows_table(self, rows: np.ndarray) -> Any:
         """The STAR rows of pool indices ``rows``, in that order, read from the
-        pool's ``rows.tsv`` (only those rows' bytes)."""
+        pool's ``rows.txt`` (only those rows' bytes)."""
         import pandas as pd
 
         rows = np.asarray(rows, dtype=np.int64)
@@ -271,9 +280,10 @@ class ParticlePool:
             parts.append(
                 pd.read_csv(
                     io.BytesIO(raw),
-                    sep="\t",
+                    sep=r"\s+",
                     header=None,
                     names=columns,
+                    comment="#",
                     dtype={
                         c: pd.api.types.pandas_dtype(d)
                         for c, d in zip(columns, dtypes, strict=True)
@@ -347,9 +357,9 @@ class ParticlePool:
         )
 
     # -- feeding --------------------------------------------------------------
-    def _read_tail(self, path: Path) -> tuple[Any, Any] | None:
-        """``(optics, new rows)`` when ``path`` only grew since the last feed,
-        else None (read it all)."""
+    def _read_tail(self, path: Path) -> tuple[Any, Any, Any] | None:
+        """``(optics, new rows, their lines)`` when ``path`` only grew since the
+        last feed, else None (read it all)."""
         import pandas as pd
 
         if self._tail is None or self._tail[0] != str(path.resolve()):
@@ -377,6 +387,7 @@ class ParticlePool:
         new = new[:cut]
         if b"data_" in new or b"loop_" in new:
             return None
+        lines = _row_lines(new)
         if not new.strip():
             table = pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in columns})
         else:
@@ -392,7 +403,7 @@ class ParticlePool:
             except (ValueError, pd.errors.ParserError):
                 return None
         self._remember(path, end + cut, head, columns, dtypes)
-        return self.optics, table
+        return self.optics, table, lines if len(lines) == len(table) else None
 
     def _remember(
         self, path: Path, end: int, head: bytes, columns: list[str], dtypes: Any
@@ -402,19 +413,19 @@ class ParticlePool:
             before = fh.read(end - max(len(head), end - _TAIL_CHECK))
         self._tail = (str(path.resolve()), end, head, before, columns, dtypes)
 
-    def _read_full(self, path: Path) -> tuple[Any, Any]:
+    def _read_full(self, path: Path) -> tuple[Any, Any, Any]:
         optics, table = read_particles_star(path)
         raw = path.read_bytes()
         self._tail = None
         try:
             start = _particles_start(raw)
         except ValueError:
-            return optics, table
+            return optics, table, None
         end = _rows_end(raw)
         if end >= start:
             dtypes = {c: table[c].dtype for c in table.columns}
             self._remember(path, end, raw[:start], list(table.columns), dtypes)
-        return optics, table
+        return optics, table, None
 
     def feed(self, particles_star: str | Path) -> int:
         """Add the rows of ``particles_star`` not in the pool yet; return how many.
@@ -425,7 +436,7 @@ class ParticlePool:
         path = Path(particles_star)
         tail = self._read_tail(path)
         self.last_feed_read = "tail" if tail is not None else "full"
-        optics, table = tail if tail is not None else self._read_full(path)
+        optics, table, lines = tail if tail is not None else self._read_full(path)
         if "rlnImageName" not in table.columns:
             raise StageInputError(path, "rlnImageName", None, "column missing")
         self.n_retired_last = 0
@@ -456,7 +467,8 @@ class ParticlePool:
             self.optics = optics
         rows = table[fresh].reset_index(drop=True)
         ids = np.asarray([self._stack_index[s] for s in stacks[fresh]], np.int64)
-        self._add(rows, ids, numbers[fresh])
+        text = None if lines is None else b"\n".join(lines[fresh]) + b"\n"
+        self._add(rows, ids, numbers[fresh], text)
         return int(fresh.sum())
 
     def _register_stacks(
@@ -505,9 +517,12 @@ class ParticlePool:
                 self._stack_names.append(str(names[members[0]]))
         return usable
 
-    def _add(self, rows: Any, ids: np.ndarray, numbers: np.ndarray) -> None:
-        """Append ``rows`` (their stacks' ids and image numbers) to the pool's
-        files and its arrays."""
+    def _add(
+        self, rows: Any, ids: np.ndarray, numbers: np.ndarray, text: bytes | None = None
+    ) -> None:
+        """Append ``rows`` (their stacks' ids and image numbers; ``text``: their
+        STAR lines as read, else they are formatted) to the pool's files and its
+        arrays."""
         columns = [str(c) for c in rows.columns]
         dtypes = [str(rows[c].dtype) for c in rows.columns]
         if not self._segments or self._segments[-1][1:] != (columns, dtypes):
@@ -517,7 +532,10 @@ class ParticlePool:
         for k, name in enumerate(_CTF):
             if name in rows.columns:
                 index["ctf"][:, k] = rows[name].to_numpy(dtype=np.float64)
-        text = rows.to_csv(sep="\t", header=False, index=False, lineterminator="\n")
+        if text is None:
+            text = rows.to_csv(
+                sep=" ", header=False, index=False, lineterminator="\n"
+            ).encode()
         new = zip(
             self._stacks[self._stacks_written :],
             self._stack_names[self._stacks_written :],
@@ -525,7 +543,7 @@ class ParticlePool:
         )
         self._files.append_stacks([(s.path, n) for s, n in new])
         self._stacks_written = len(self._stacks)
-        self._files.append_rows(text.encode(), index)
+        self._files.append_rows(text, index)
         self._extend(index)
 
     def _extend(self, index: np.ndarray) -> None:

@@ -5,9 +5,10 @@ Four files in the pool's folder (``<actor job>/pool/``), each only ever grown:
 
 * ``index.bin``: one fixed-width record per row (:data:`INDEX_DTYPE`: stack id,
   0-based image number, the byte offset of the row's STAR values in
-  ``rows.tsv``, the four CTF columns the classifier reads);
-* ``rows.tsv``: each row's STAR values, tab-separated, one line a row (the
-  columns and their types are the checkpoint's ``pool_segments``);
+  ``rows.txt``, the four CTF columns the classifier reads);
+* ``rows.txt``: each row's STAR values, one line a row (the line as the fed STAR
+  has it, or as pandas writes the row when the whole STAR was read; the columns
+  and their types are the checkpoint's ``pool_segments``);
 * ``stacks.jsonl``: one ``[absolute path, name as the STAR spells it]`` a stack;
 * ``retired.bin``: the indices of retired rows (``int64``), in retirement order.
 
@@ -45,7 +46,7 @@ INDEX_DTYPE = np.dtype(
 )
 _NAMES = {
     "index": "index.bin",
-    "text": "rows.tsv",
+    "text": "rows.txt",
     "stacks": "stacks.jsonl",
     "retired": "retired.bin",
 }
@@ -164,7 +165,7 @@ class PoolFiles:
         )
 
     def read_lines(self, starts: np.ndarray, ends: np.ndarray) -> bytes:
-        """The bytes ``[starts[i], ends[i])`` of ``rows.tsv`` joined, in order:
+        """The bytes ``[starts[i], ends[i])`` of ``rows.txt`` joined, in order:
         consecutive lines merged into runs, each run one slice of a memory map
         (a bounded sample is one vectorised gather per block of runs)."""
         if not starts.size:

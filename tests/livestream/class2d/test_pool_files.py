@@ -90,6 +90,9 @@ def test_checkpoint_size_does_not_grow_with_the_pool(tmp_path: Path, kind: str) 
     small = actor.checkpoint().stat().st_size
     _exposures(tmp_path, star, 4, 36)
     assert actor.feed(star) == 360  # the pool grows 10x
+    assert actor.pool.last_feed_read == "tail"  # its rows kept as the STAR has them
+    _, rows = starfile.read(star, always_dict=True).values()
+    pd.testing.assert_frame_equal(actor.pool.table, rows, check_dtype=False)
     actor.pool.retire(np.arange(0, 400, 7))  # and some rows leave it
     path = actor.checkpoint()
     # the rows, which the checkpoint once held (~70 bytes a row), are in pool/
@@ -178,7 +181,7 @@ def test_pool_files_shorter_than_the_checkpoint_are_an_error_naming_them(
     actor = Class2dActor(tmp_path / "Class2D", SETTINGS, seed=0, project=tmp_path)
     actor.feed(star)
     actor.checkpoint()
-    rows = tmp_path / "Class2D" / POOL_FOLDER / "rows.tsv"
+    rows = tmp_path / "Class2D" / POOL_FOLDER / "rows.txt"
     os.truncate(rows, 10)
     with pytest.raises(StageInputError) as caught:
         Class2dActor.resume(tmp_path / "Class2D", project=tmp_path)
