@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import StageInputError
+from pipelines.io.outputs import fsync_directory
 
 __all__ = ["INDEX_DTYPE", "POOL_FOLDER", "PoolFiles"]
 
@@ -63,6 +64,7 @@ class PoolFiles:
         self.folder = folder
         self.lengths = dict(lengths)
         self._unsynced: set[str] = set()
+        self._created = False  # the files' names not yet synced in the folder
 
     @classmethod
     def create(cls, folder: str | Path | None) -> PoolFiles:
@@ -76,6 +78,7 @@ class PoolFiles:
             path = Path(folder)
             path.mkdir(parents=True, exist_ok=True)
             files = cls(path, dict.fromkeys(_NAMES, 0))
+        files._created = True
         for name in _NAMES.values():
             with open(path / name, "wb"):
                 pass
@@ -145,6 +148,10 @@ class PoolFiles:
             with open(self.folder / _NAMES[key], "rb+") as fh:
                 os.fsync(fh.fileno())
         self._unsynced.clear()
+        if self._created:  # new files: their names too
+            fsync_directory(self.folder)
+            fsync_directory(self.folder.parent)
+            self._created = False
         return dict(self.lengths)
 
     # -- reading ----------------------------------------------------------------
