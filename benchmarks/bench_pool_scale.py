@@ -15,7 +15,8 @@ offsets ±2 px, a fixed mini-batch of 500 so the algorithm's own schedule does n
 hide the overheads) runs one mini-batch; every ``snapshot-every`` feeds it writes a
 snapshot and a checkpoint.  Printed against particles seen: resident memory (now
 and peak), seconds per feed, per mini-batch, per snapshot, per checkpoint and the
-checkpoint's size.  The lower bounds, measured in the same run at the end: a
+checkpoint's size (the pool's rows are in its append-only files, whose sizes are
+printed at the end).  The lower bounds, measured in the same run at the end: a
 feed = reading the new STAR bytes and the new stacks' bytes (no parsing); a
 mini-batch = ``vdam_step`` on 500 particles already in memory; a snapshot =
 ``assign_particles`` of as many particles as the snapshot assigned, in memory.
@@ -453,6 +454,13 @@ def main() -> None:
         summary_2d(rows_out, bounds)
         if stage3d:
             stage3d.summary(rows3)
+        for pool in [actor.pool] + ([stage3d.actor.pool] if stage3d else []):
+            files = sorted(pool.folder.iterdir())
+            print(
+                f"pool files {pool.folder.relative_to(project)} (append-only, not "
+                f"rewritten by a checkpoint): {pool.size} rows, "
+                + ", ".join(f"{f.name} {f.stat().st_size / 1e6:.1f} MB" for f in files)
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,17 @@
 """An online actor's checkpoint: one ``actor_checkpoint.npz`` in its job folder
-holding its settings (JSON), seed, mini-batches since the last snapshot, its
-particle pool's rows, its optimiser state (``state_<field>``) and whatever else
-the actor adds; written atomically, read back with an error naming the file."""
+holding its settings (JSON), seed, mini-batches since the last snapshot, the
+lengths of its particle pool's append-only files (``<job>/pool/``, fsynced before
+the checkpoint is written; :mod:`livestream.class2d.pool_files`), its optimiser
+state (``state_<field>``) and whatever else the actor adds; written atomically,
+read back with an error naming the file.
+
+Its size does not grow with the pool: the pool's rows are in the pool's files,
+and a per-particle flag (a 1-D bool array such as ``seen``) is stored as the
+indices of its set rows when that is smaller than one bit a row (the bits
+otherwise), so it grows with the rows a mini-batch has used, not with the pool.
+A checkpoint of the earlier layout (the pool's rows in the file) still resumes:
+its rows are written into new pool files, referred to from the next checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from livestream.class2d.pool import ParticlePool
+from livestream.class2d.pool_files import POOL_FOLDER
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import atomic_path
 
@@ -40,6 +51,8 @@ def write_actor_checkpoint(
 ) -> Path:
     """Write ``<folder>/actor_checkpoint.npz`` atomically (``settings`` and
     ``state`` are dataclasses; a state's fields are arrays, strings or ints)."""
+    if pool.folder != folder / POOL_FOLDER:
+        raise ValueError(f"the pool's files are in {pool.folder}, not {folder}")
     arrays: dict[str, Any] = {
         "settings": np.array(json.dumps(dataclasses.asdict(settings), sort_keys=True)),
         "seed": np.int64(seed),
@@ -58,8 +71,47 @@ def write_actor_checkpoint(
     path = folder / CHECKPOINT_NAME
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **_pack_flags(arrays))
     return path
+
+
+_SET, _BITS, _SIZE = "__set", "__bits", "__size"  # key suffixes of a packed flag
+
+
+def _pack_flags(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Each 1-D bool array as the indices of its set rows or as bits (the
+    smaller), with its length."""
+    packed: dict[str, Any] = {}
+    for name, value in arrays.items():
+        if not (isinstance(value, np.ndarray) and value.dtype == bool):
+            packed[name] = value
+            continue
+        if value.ndim != 1:
+            packed[name] = value
+            continue
+        rows = np.flatnonzero(value)
+        packed[name + _SIZE] = np.int64(value.size)
+        if rows.size * 4 < (value.size + 7) // 8:
+            packed[name + _SET] = rows.astype(np.uint32)
+        else:
+            packed[name + _BITS] = np.packbits(value)
+    return packed
+
+
+def _unpack_flags(data: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`_pack_flags` packed, as bool arrays again."""
+    out = {k: v for k, v in data.items() if not k.endswith((_SET, _BITS, _SIZE))}
+    for key in data:
+        if not key.endswith(_SIZE):
+            continue
+        name, size = key[: -len(_SIZE)], int(data[key])
+        if name + _SET in data:
+            flags = np.zeros(size, dtype=bool)
+            flags[np.asarray(data[name + _SET], dtype=np.int64)] = True
+        else:
+            flags = np.unpackbits(data[name + _BITS], count=size).astype(bool)
+        out[name] = flags
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +139,7 @@ def read_actor_checkpoint(folder: str | Path, what: str) -> SavedActor | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {name: npz[name] for name in npz.files}
+            data = _unpack_flags({name: npz[name] for name in npz.files})
         return SavedActor(
             path,
             data,

@@ -38,6 +38,7 @@ from livestream.actors.checkpoint import (
     write_actor_checkpoint,
 )
 from livestream.class2d.pool import ParticlePool
+from livestream.class2d.pool_files import POOL_FOLDER
 from pipelines.class2d import (
     Class2dConfig,
     Class2dState,
@@ -123,7 +124,9 @@ class Class2dActor:
         self.folder = Path(folder)
         self.settings = settings
         self.seed = seed
-        self.pool = pool or ParticlePool(Path.cwd() if project is None else project)
+        self.pool = pool or ParticlePool(
+            Path.cwd() if project is None else project, self.folder / POOL_FOLDER
+        )
         self.config: Class2dConfig | None = None
         self.state: Class2dState | None = None
         self.minibatches_since_snapshot = 0
@@ -333,7 +336,7 @@ class Class2dActor:
             )
         except (KeyError, ValueError, TypeError) as error:
             raise saved.not_one(error, "class2d") from error
-        pool = ParticlePool.from_arrays(saved.data, project)
+        pool = ParticlePool.from_arrays(saved.data, project, Path(folder) / POOL_FOLDER)
         actor = cls(folder, settings, seed=saved.seed, pool=pool)
         actor.state = state
         actor.minibatches_since_snapshot = saved.since_snapshot

@@ -13,8 +13,13 @@ Sized for sessions of a million particles (docs/class2d.md, "Large sessions"):
   images are gathered from the ``.mrcs`` stacks through a bounded LRU of
   ``numpy.memmap`` views (``MAX_OPEN_STACKS``), so the resident memory does not
   grow with the pool.
-* **Rows are compact.**  Per row: stack id, image number, active flag, the CTF
-  columns; the STAR rows are kept as the DataFrames of each feed.
+* **Rows are compact and on disk.**  In memory, per row: stack id, image number,
+  active flag, the CTF columns and where its STAR values are; the STAR values
+  themselves are appended to the pool's files (:mod:`livestream.class2d.pool_files`)
+  and read back only for the rows a snapshot writes.
+* **A checkpoint refers to the files by length.**  The files only grow, so a
+  checkpoint stores their lengths (after an fsync), not their rows; a resumed
+  pool cuts them back to those lengths.
 
 Rows are identified by (absolute stack path, image number), so feeding a growing
 ``particles.star`` again adds only its new rows.  Stack names are looked up
@@ -30,6 +35,7 @@ that comes back in a later STAR is added again as a new row.
 from __future__ import annotations
 
 import io
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +43,15 @@ from typing import Any
 
 import numpy as np
 
+from livestream.class2d.pool_files import INDEX_DTYPE, PoolFiles
 from pipelines.class2d import ParticleStack
 from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 
-__all__ = ["MAX_OPEN_STACKS", "ParticlePool"]
+__all__ = ["MAX_OPEN_STACKS", "POOL_FORMAT", "ParticlePool"]
 
+POOL_FORMAT = 2  # the checkpoint layout of to_arrays (1: rows in the checkpoint)
 MAX_OPEN_STACKS = 256  # memory maps kept open (least recently used closed first)
 _TAIL_CHECK = 256  # bytes before the previous end that must be unchanged
 _MRC_DTYPES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
@@ -155,6 +163,15 @@ def _header(raw: bytes) -> list[bytes]:
     return [line for line in raw.splitlines() if not line.startswith(b"#")]
 
 
+def _row_lines(raw: bytes) -> np.ndarray:
+    """The lines of ``raw`` that ``pandas.read_csv(sep=r"\\s+", comment="#")``
+    reads as rows (blank and comment lines left out), as ``bytes`` objects."""
+    lines = np.asarray(raw.split(b"\n"), dtype=object)
+    kept = np.asarray([line.lstrip()[:1] not in b"#" for line in lines], dtype=bool)
+    chosen: np.ndarray = lines[kept]
+    return chosen
+
+
 def _rows_end(raw: bytes) -> int:
     """Where the complete rows of ``raw`` end: after the last non-blank complete
     line (a half-written row waits for its newline; trailing blank lines, which
@@ -167,12 +184,23 @@ def _rows_end(raw: bytes) -> int:
 class ParticlePool:
     """Particles, their STAR rows (``table``) and one-row ``optics``."""
 
-    def __init__(self, project: str | Path) -> None:
+    def __init__(
+        self,
+        project: str | Path,
+        folder: str | Path | None = None,
+        *,
+        files: PoolFiles | None = None,
+    ) -> None:
+        """An empty pool whose files are in ``folder`` (emptied; ``None``: a
+        temporary folder, for a pool no checkpoint refers to); ``files``: files
+        already holding rows (:meth:`from_arrays`)."""
         self.project = Path(project)
         self.optics: Any = None
-        self._chunks: list[Any] = []  # the STAR rows of each feed, in order
-        self._chunk_starts: list[int] = []
-        self._table: Any = None  # cache of the concatenated chunks
+        self._files = files if files is not None else PoolFiles.create(folder)
+        # (first row, columns, dtypes) each time the fed columns change
+        self._segments: list[tuple[int, list[str], list[str]]] = []
+        self._offset = _Grow(np.int64)  # where each row's STAR values start
+        self._stacks_written = 0  # stacks in the files
         self._stack_id = _Grow(np.int32)  # index into _stacks per row
         self._number = _Grow(np.int32)  # 0-based image number per row
         self._active = _Grow(np.bool_)  # False: retired (see module doc)
@@ -218,31 +246,59 @@ class ParticlePool:
         return chosen
 
     @property
-    def table(self) -> Any:
-        """Every row's STAR columns (concatenated on first use after a feed)."""
-        import pandas as pd
+    def folder(self) -> Path:
+        """Where the pool's files are."""
+        return self._files.folder
 
-        if self._table is None and self._chunks:
-            self._table = pd.concat(self._chunks, ignore_index=True)
-            self._chunks, self._chunk_starts = [self._table], [0]  # held once
-        return self._table
+    @property
+    def table(self) -> Any:
+        """Every row's STAR columns, read from the pool's files (``None`` before
+        the first row); a snapshot reads only its rows (:meth:`rows_table`)."""
+        return self.rows_table(np.arange(self.size)) if self.size else None
 
     def rows_table(self, rows: np.ndarray) -> Any:
-        """The STAR rows of pool indices ``rows`` (gathered from the feeds' chunks,
-        without concatenating the whole pool)."""
+        """The STAR rows of pool indices ``rows``, in that order, read from the
+        pool's ``rows.txt`` (only those rows' bytes)."""
         import pandas as pd
 
         rows = np.asarray(rows, dtype=np.int64)
-        chunk = np.searchsorted(np.asarray(self._chunk_starts), rows, side="right") - 1
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        offsets = self._offset.view
+        after = np.minimum(ordered + 1, self.size - 1)
+        ends = np.where(
+            ordered + 1 < self.size, offsets[after], self._files.lengths["text"]
+        )
+        starts = offsets[ordered]
+        first_rows = np.asarray([seg[0] for seg in self._segments], dtype=np.int64)
+        segment = np.searchsorted(first_rows, ordered, side="right") - 1
         parts = []
-        order = np.argsort(chunk, kind="stable")
-        for c in np.unique(chunk):
-            members = rows[chunk == c] - self._chunk_starts[c]
-            parts.append(self._chunks[c].iloc[members])
-        gathered = pd.concat(parts, ignore_index=True)
-        back = np.empty_like(order)
-        back[order] = np.arange(order.size)
-        return gathered.iloc[back].reset_index(drop=True)
+        for k in np.unique(segment):
+            _, columns, dtypes = self._segments[k]
+            members = segment == k
+            raw = self._files.read_lines(starts[members], ends[members])
+            parts.append(
+                pd.read_csv(
+                    io.BytesIO(raw),
+                    sep=r"\s+",
+                    header=None,
+                    names=columns,
+                    comment="#",
+                    dtype={
+                        c: pd.api.types.pandas_dtype(d)
+                        for c, d in zip(columns, dtypes, strict=True)
+                    },
+                )
+            )
+        if not parts:
+            columns = self._segments[-1][1] if self._segments else ["rlnImageName"]
+            return pd.DataFrame(columns=columns)
+        gathered = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        if np.any(np.diff(rows) < 0):  # back to the order asked for
+            back = np.empty_like(order)
+            back[order] = np.arange(order.size)
+            gathered = gathered.iloc[back]
+        return gathered.reset_index(drop=True)
 
     def active_rows(self) -> np.ndarray:
         """Indices of the rows that are not retired, in arrival order."""
@@ -255,8 +311,9 @@ class ParticlePool:
     def retire(self, rows: np.ndarray) -> int:
         """Retire ``rows`` (indices); return how many were active."""
         rows = np.asarray(rows, dtype=np.int64)
-        rows = rows[self.active[rows]]
+        rows = np.unique(rows[self.active[rows]])
         self.active[rows] = False
+        self._files.append_retired(rows)
         self._known.difference_update(self._keys(rows).tolist())
         return int(rows.size)
 
@@ -300,9 +357,9 @@ class ParticlePool:
         )
 
     # -- feeding --------------------------------------------------------------
-    def _read_tail(self, path: Path) -> tuple[Any, Any] | None:
-        """``(optics, new rows)`` when ``path`` only grew since the last feed,
-        else None (read it all)."""
+    def _read_tail(self, path: Path) -> tuple[Any, Any, Any] | None:
+        """``(optics, new rows, their lines)`` when ``path`` only grew since the
+        last feed, else None (read it all)."""
         import pandas as pd
 
         if self._tail is None or self._tail[0] != str(path.resolve()):
@@ -330,6 +387,7 @@ class ParticlePool:
         new = new[:cut]
         if b"data_" in new or b"loop_" in new:
             return None
+        lines = _row_lines(new)
         if not new.strip():
             table = pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in columns})
         else:
@@ -345,7 +403,7 @@ class ParticlePool:
             except (ValueError, pd.errors.ParserError):
                 return None
         self._remember(path, end + cut, head, columns, dtypes)
-        return self.optics, table
+        return self.optics, table, lines if len(lines) == len(table) else None
 
     def _remember(
         self, path: Path, end: int, head: bytes, columns: list[str], dtypes: Any
@@ -355,19 +413,19 @@ class ParticlePool:
             before = fh.read(end - max(len(head), end - _TAIL_CHECK))
         self._tail = (str(path.resolve()), end, head, before, columns, dtypes)
 
-    def _read_full(self, path: Path) -> tuple[Any, Any]:
+    def _read_full(self, path: Path) -> tuple[Any, Any, Any]:
         optics, table = read_particles_star(path)
         raw = path.read_bytes()
         self._tail = None
         try:
             start = _particles_start(raw)
         except ValueError:
-            return optics, table
+            return optics, table, None
         end = _rows_end(raw)
         if end >= start:
             dtypes = {c: table[c].dtype for c in table.columns}
             self._remember(path, end, raw[:start], list(table.columns), dtypes)
-        return optics, table
+        return optics, table, None
 
     def feed(self, particles_star: str | Path) -> int:
         """Add the rows of ``particles_star`` not in the pool yet; return how many.
@@ -378,7 +436,7 @@ class ParticlePool:
         path = Path(particles_star)
         tail = self._read_tail(path)
         self.last_feed_read = "tail" if tail is not None else "full"
-        optics, table = tail if tail is not None else self._read_full(path)
+        optics, table, lines = tail if tail is not None else self._read_full(path)
         if "rlnImageName" not in table.columns:
             raise StageInputError(path, "rlnImageName", None, "column missing")
         self.n_retired_last = 0
@@ -409,7 +467,8 @@ class ParticlePool:
             self.optics = optics
         rows = table[fresh].reset_index(drop=True)
         ids = np.asarray([self._stack_index[s] for s in stacks[fresh]], np.int64)
-        self._add(rows, ids, numbers[fresh])
+        text = None if lines is None else b"\n".join(lines[fresh]) + b"\n"
+        self._add(rows, ids, numbers[fresh], text)
         return int(fresh.sum())
 
     def _register_stacks(
@@ -458,82 +517,146 @@ class ParticlePool:
                 self._stack_names.append(str(names[members[0]]))
         return usable
 
-    def _add(self, rows: Any, ids: np.ndarray, numbers: np.ndarray) -> None:
-        self._chunk_starts.append(self.size)
-        self._chunks.append(rows)
-        self._table = None
+    def _add(
+        self, rows: Any, ids: np.ndarray, numbers: np.ndarray, text: bytes | None = None
+    ) -> None:
+        """Append ``rows`` (their stacks' ids and image numbers; ``text``: their
+        STAR lines as read, else they are formatted) to the pool's files and its
+        arrays."""
+        columns = [str(c) for c in rows.columns]
+        dtypes = [str(rows[c].dtype) for c in rows.columns]
+        if not self._segments or self._segments[-1][1:] != (columns, dtypes):
+            self._segments.append((self.size, columns, dtypes))
+        index = np.zeros(len(ids), dtype=INDEX_DTYPE)
+        index["stack"], index["number"] = ids, numbers
+        for k, name in enumerate(_CTF):
+            if name in rows.columns:
+                index["ctf"][:, k] = rows[name].to_numpy(dtype=np.float64)
+        if text is None:
+            text = rows.to_csv(
+                sep=" ", header=False, index=False, lineterminator="\n"
+            ).encode()
+        new = zip(
+            self._stacks[self._stacks_written :],
+            self._stack_names[self._stacks_written :],
+            strict=True,
+        )
+        self._files.append_stacks([(s.path, n) for s, n in new])
+        self._stacks_written = len(self._stacks)
+        self._files.append_rows(text, index)
+        self._extend(index)
+
+    def _extend(self, index: np.ndarray) -> None:
+        """The in-memory arrays of rows ``index`` (:data:`INDEX_DTYPE`), active."""
+        ids = index["stack"].astype(np.int64)
+        numbers = index["number"].astype(np.int64)
+        self._offset.extend(index["offset"])
         self._stack_id.extend(ids)
         self._number.extend(numbers)
         self._active.extend(np.ones(len(ids), dtype=bool))
-        for name in _CTF:
-            values = (
-                rows[name].to_numpy(dtype=np.float64)
-                if name in rows.columns
-                else np.zeros(len(rows))
-            )
-            self._ctf[name].extend(values)
+        for k, name in enumerate(_CTF):
+            self._ctf[name].extend(index["ctf"][:, k])
         self._known.update(((ids << 32) | numbers).tolist())
 
     # -- checkpoint -----------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """What a checkpoint needs to rebuild the pool: per row the stack id, image
-        number, active flag and STAR columns (strings as codes into their distinct
-        values; ``rlnImageName`` rebuilt from stack and number); no images."""
+        """What a checkpoint needs to rebuild the pool: the lengths of its files
+        (fsynced first, so the checkpoint never refers to bytes not on disk), the
+        columns of each stretch of rows and the optics; no rows, no images."""
+        lengths = self._files.sync()
         arrays: dict[str, np.ndarray] = {
+            "pool_format": np.array(POOL_FORMAT, dtype=np.int64),
             "pool_project": np.array(str(self.project.resolve())),
-            "pool_stack_paths": np.array([s.path for s in self._stacks], dtype=str),
-            "pool_stack_names": np.array(self._stack_names, dtype=str),
-            "pool_stack_id": self._stack_id.view.copy(),
-            "pool_number": self._number.view.copy(),
-            "pool_active": self.active.copy(),
+            "pool_segments": np.array(json.dumps(self._segments)),
             "pool_optics": np.array(
                 ""
                 if self.optics is None
                 else str(self.optics.to_json(orient="split", double_precision=15))
             ),
         }
-        import pandas as pd
-
-        table = self.table
-        if table is None:
-            return arrays
-        arrays["pool_columns"] = np.array(list(table.columns), dtype=str)
-        for k, name in enumerate(table.columns):
-            if name == "rlnImageName":
-                continue
-            column = table[name]
-            if not pd.api.types.is_numeric_dtype(column.dtype):
-                values, codes = np.unique(column.astype(str), return_inverse=True)
-                arrays[f"pool_col{k}_values"] = values.astype(str)
-                arrays[f"pool_col{k}_codes"] = codes.astype(np.int32)
-            else:
-                arrays[f"pool_col{k}"] = column.to_numpy()
+        for key, value in lengths.items():
+            arrays[f"pool_length_{key}"] = np.array(value, dtype=np.int64)
         return arrays
 
     @classmethod
-    def from_arrays(cls, data: Any, project: str | Path | None = None) -> ParticlePool:
-        """Rebuild what :meth:`to_arrays` saved (the active rows' stack headers are
-        read again; a retired row's stack may be gone)."""
+    def from_arrays(
+        cls,
+        data: Any,
+        project: str | Path | None = None,
+        folder: str | Path | None = None,
+    ) -> ParticlePool:
+        """Rebuild what :meth:`to_arrays` saved from the files in ``folder`` (cut
+        back to the saved lengths; the active rows' stack headers are read again,
+        a retired row's stack may be gone).  A checkpoint of an earlier layout
+        (the rows in the checkpoint) is rebuilt into new files in ``folder``."""
+        project = str(data["pool_project"]) if project is None else project
+        if "pool_format" not in data:  # the rows are in the checkpoint
+            pool = cls(project, folder)
+            if "pool_table" in data:  # before the pool index
+                return cls._from_table_json(pool, data)
+            if "pool_columns" in data:
+                return cls._from_columns(pool, data)
+            return pool
+        if folder is None:
+            raise ValueError("a pool checkpoint needs the folder of its files")
+        lengths = {
+            str(k)[len("pool_length_") :]: int(data[k])
+            for k in data
+            if str(k).startswith("pool_length_")
+        }
+        files = PoolFiles.reopen(folder, lengths)
+        pool = cls(project, files=files)
+        pool._segments = [
+            (int(a), list(b), list(c))
+            for a, b, c in json.loads(str(data["pool_segments"]))
+        ]
+        if str(data["pool_optics"]):
+            import pandas as pd
+
+            pool.optics = pd.read_json(
+                io.StringIO(str(data["pool_optics"])), orient="split"
+            )
+        index = files.read_index()
+        stacks = files.read_stacks()
+        if index.size and int(index["stack"].max()) >= len(stacks):
+            raise StageInputError(
+                files.folder / "stacks.jsonl",
+                "stack",
+                int(index["stack"].max()),
+                f"only {len(stacks)} stacks",
+            )
+        active = np.ones(index.size, dtype=bool)
+        active[files.read_retired()] = False
+        pool._load_stacks(stacks, index["stack"][active])
+        pool._stacks_written = len(stacks)
+        pool._extend(index)
+        pool._active.view[:] = active
+        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
+        return pool
+
+    def _load_stacks(self, stacks: list[tuple[str, str]], live_ids: np.ndarray) -> None:
+        """Register ``(path, name)`` stacks in id order, reading the headers of
+        those in ``live_ids`` (a stack of retired rows only may be gone)."""
+        live = sorted(set(np.unique(live_ids).tolist()))
+        headers = {k: _read_header(stacks[k][0]) for k in live}
+        box = headers[live[0]].shape if live else (0, 0)
+        for k, (path, name) in enumerate(stacks):
+            self._stack_index[path] = k
+            self._stack_names.append(name)
+            self._stacks.append(headers.get(k, _Stack(path, np.float32, 0, 0, box)))
+
+    @staticmethod
+    def _from_columns(pool: ParticlePool, data: Any) -> ParticlePool:
+        """A checkpoint of the pool index in the checkpoint (before the pool's
+        files): per row stack id, number, active flag and STAR columns."""
         import pandas as pd
 
-        pool = cls(str(data["pool_project"]) if project is None else project)
-        if "pool_table" in data:  # a checkpoint of the pool before the index
-            return cls._from_table_json(pool, data)
-        if "pool_columns" not in data:
-            return pool
         ids = np.asarray(data["pool_stack_id"], dtype=np.int64)
         numbers = np.asarray(data["pool_number"], dtype=np.int64)
         active = np.asarray(data["pool_active"], dtype=bool)
         paths = [str(p) for p in np.atleast_1d(data["pool_stack_paths"])]
         names = [str(p) for p in np.atleast_1d(data["pool_stack_names"])]
-        live = set(np.unique(ids[active]).tolist())
-        headers = {k: _read_header(paths[k]) for k in sorted(live)}
-        box = headers[min(live)].shape if live else (0, 0)
-        for k, path in enumerate(paths):
-            pool._stack_index[path] = k
-            pool._stack_names.append(names[k])
-            # a stack of retired rows only is never read again (it may be gone)
-            pool._stacks.append(headers.get(k, _Stack(path, np.float32, 0, 0, box)))
+        pool._load_stacks(list(zip(paths, names, strict=True)), ids[active])
         columns: dict[str, Any] = {}
         for k, name in enumerate(str(c) for c in data["pool_columns"]):
             if name == "rlnImageName":
@@ -551,8 +674,7 @@ class ParticlePool:
             io.StringIO(str(data["pool_optics"])), orient="split"
         )
         pool._add(pd.DataFrame(columns), ids, numbers)
-        pool._active.view[:] = active
-        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
+        pool.retire(np.flatnonzero(~active))
         return pool
 
     @staticmethod
@@ -572,21 +694,16 @@ class ParticlePool:
             else np.ones(len(stacks), dtype=bool)
         )
         numbers, names = _split_names(table)
-        unique, first = np.unique(stacks, return_index=True)
-        live = set(stacks[active].tolist())
-        headers = {s: _read_header(s) for s in unique if s in live}
-        box = next(iter(headers.values())).shape if headers else (0, 0)
-        for path, k in zip(unique, first, strict=True):
-            pool._stack_index[str(path)] = len(pool._stacks)
-            pool._stack_names.append(str(names[k]))
-            pool._stacks.append(
-                headers.get(path, _Stack(str(path), np.float32, 0, 0, box))
-            )
-        ids = np.asarray([pool._stack_index[s] for s in stacks], dtype=np.int64)
+        unique, first, inverse = np.unique(
+            stacks, return_index=True, return_inverse=True
+        )
+        pool._load_stacks(
+            [(str(p), str(names[k])) for p, k in zip(unique, first, strict=True)],
+            inverse[active],
+        )
         pool.optics = pd.read_json(
             io.StringIO(str(data["pool_optics"])), orient="split"
         )
-        pool._add(table, ids, numbers.astype(np.int64))
-        pool._active.view[:] = active
-        pool._known = set(pool._keys(np.flatnonzero(active)).tolist())
+        pool._add(table, inverse.astype(np.int64), numbers.astype(np.int64))
+        pool.retire(np.flatnonzero(~active))
         return pool

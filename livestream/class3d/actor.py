@@ -43,6 +43,7 @@ from livestream.actors.checkpoint import (
     write_actor_checkpoint,
 )
 from livestream.class2d.pool import ParticlePool
+from livestream.class2d.pool_files import POOL_FOLDER
 from pipelines.class2d.box import resample_images, working_box_px
 from pipelines.class2d.schedule import minibatch_size
 from pipelines.class3d import (
@@ -126,7 +127,9 @@ class Class3dActor:
         self.folder = Path(folder)
         self.settings = settings
         self.seed = seed
-        self.pool = pool or ParticlePool(Path.cwd() if project is None else project)
+        self.pool = pool or ParticlePool(
+            Path.cwd() if project is None else project, self.folder / POOL_FOLDER
+        )
         self.config: InitialModelConfig | None = None
         self.state: InitialModelState | None = None
         self.seen = np.zeros(0, dtype=bool)  # per pool row: used in a mini-batch
@@ -375,7 +378,7 @@ class Class3dActor:
             )
         except (KeyError, ValueError, TypeError) as error:
             raise saved.not_one(error, "class3d") from error
-        pool = ParticlePool.from_arrays(data, project)
+        pool = ParticlePool.from_arrays(data, project, Path(folder) / POOL_FOLDER)
         actor = cls(folder, settings, seed=saved.seed, pool=pool)
         if config is not None:
             actor.config, actor.state = config, state

@@ -12,6 +12,7 @@ import pytest
 import starfile
 
 from livestream.class2d.actor import ActorSettings, Class2dActor
+from livestream.class2d.pool_files import POOL_FOLDER
 from livestream.telemetry.events import (
     EventKind,
     decode_event,
@@ -138,7 +139,8 @@ def test_kill_and_resume_equals_uninterrupted(project: Path) -> None:
     np.testing.assert_allclose(b.references, a.references, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b.class_fractions, a.class_fractions, rtol=1e-6)
     assert not np.allclose(half_refs, a.references)
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no partials
+    # no partials: the checkpoint and the pool's append-only files only
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, POOL_FOLDER]
     assert Class2dActor.resume(project / "Class2D/none") is None
 
 
