@@ -37,13 +37,23 @@ from __future__ import annotations
 import io
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from livestream.class2d.pool_files import INDEX_DTYPE, PoolFiles
+from livestream.class2d.pool_legacy import from_columns, from_table_json
+from livestream.class2d.pool_star import (
+    StackHeader,
+    header_lines,
+    particles_start,
+    read_stack_header,
+    row_lines,
+    rows_end,
+    split_image_names,
+    stack_paths,
+)
 from pipelines.class2d import ParticleStack
 from pipelines.class2d.particles import stack_from_tables
 from pipelines.errors import StageInputError
@@ -54,68 +64,7 @@ __all__ = ["MAX_OPEN_STACKS", "POOL_FORMAT", "ParticlePool"]
 POOL_FORMAT = 2  # the checkpoint layout of to_arrays (1: rows in the checkpoint)
 MAX_OPEN_STACKS = 256  # memory maps kept open (least recently used closed first)
 _TAIL_CHECK = 256  # bytes before the previous end that must be unchanged
-_MRC_DTYPES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 _CTF = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift")
-
-
-def _split_names(table: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``rlnImageName`` ``n@stack`` as 0-based numbers and stack names."""
-    parts = table["rlnImageName"].astype(str).str.split("@", n=1, expand=True)
-    if parts.shape[1] != 2 or parts[1].isna().any():
-        raise StageInputError(
-            "<particles>",
-            "rlnImageName",
-            str(table["rlnImageName"].iloc[0]),
-            "must be n@stack",
-        )
-    return parts[0].astype(int).to_numpy() - 1, parts[1].to_numpy(dtype=str)
-
-
-def _stack_paths(
-    names: np.ndarray, roots: list[Path]
-) -> tuple[np.ndarray, list[StageInputError]]:
-    """Absolute stack path of each row (the first root holding its stack; ``""``
-    and a problem for a stack found in no root)."""
-    unique, inverse = np.unique(names, return_inverse=True)
-    resolved, problems = [], []
-    for name in unique:  # one lookup per stack file
-        found = [root / name for root in roots if (root / name).exists()]
-        if not found:
-            problems.append(
-                StageInputError(roots[0], "rlnImageName", name, "stack not found")
-            )
-        resolved.append(str(found[0].resolve()) if found else "")
-    return np.asarray(resolved, dtype=object)[inverse], problems
-
-
-@dataclass(frozen=True, slots=True)
-class _Stack:
-    """Where a stack's images are: data type, byte offset, count and box."""
-
-    path: str
-    dtype: Any
-    offset: int
-    n: int
-    shape: tuple[int, int]
-
-
-def _read_header(path: str) -> _Stack:
-    """The MRC header's mode, extended header size and dimensions."""
-    import mrcfile
-
-    with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
-        header = mrc.header
-        mode = int(header.mode)
-        if mode not in _MRC_DTYPES:
-            raise ValueError(f"MRC mode {mode} is not an image mode")
-        dtype = np.dtype(_MRC_DTYPES[mode]).newbyteorder(header.mode.dtype.byteorder)
-        return _Stack(
-            path=path,
-            dtype=dtype,
-            offset=1024 + int(header.nsymbt),
-            n=int(header.nz),
-            shape=(int(header.ny), int(header.nx)),
-        )
 
 
 class _Grow:
@@ -137,48 +86,6 @@ class _Grow:
     @property
     def view(self) -> np.ndarray:
         return self.data[: self.n]
-
-
-def _particles_start(raw: bytes) -> int:
-    """Byte offset of the first row of ``data_particles`` (after its labels)."""
-    block = raw.find(b"data_particles")
-    if block < 0:
-        raise ValueError("no data_particles block")
-    loop = raw.find(b"loop_", block)
-    if loop < 0:
-        raise ValueError("data_particles is not a loop")
-    position = raw.index(b"\n", loop) + 1
-    while position < len(raw):
-        end = raw.find(b"\n", position)
-        end = len(raw) if end < 0 else end + 1
-        line = raw[position:end].strip()
-        if line and not line.startswith(b"_"):
-            return position
-        position = end
-    return position
-
-
-def _header(raw: bytes) -> list[bytes]:
-    """The header's lines without comments (a writer's time stamp)."""
-    return [line for line in raw.splitlines() if not line.startswith(b"#")]
-
-
-def _row_lines(raw: bytes) -> np.ndarray:
-    """The lines of ``raw`` that ``pandas.read_csv(sep=r"\\s+", comment="#")``
-    reads as rows (blank and comment lines left out), as ``bytes`` objects."""
-    lines = np.asarray(raw.split(b"\n"), dtype=object)
-    kept = np.asarray([line.lstrip()[:1] not in b"#" for line in lines], dtype=bool)
-    chosen: np.ndarray = lines[kept]
-    return chosen
-
-
-def _rows_end(raw: bytes) -> int:
-    """Where the complete rows of ``raw`` end: after the last non-blank complete
-    line (a half-written row waits for its newline; trailing blank lines, which
-    the next rows may replace, are not consumed)."""
-    complete = raw[: raw.rfind(b"\n") + 1]
-    body = complete.rstrip()
-    return len(body) + 1 if body else 0
 
 
 class ParticlePool:
@@ -205,7 +112,7 @@ class ParticlePool:
         self._number = _Grow(np.int32)  # 0-based image number per row
         self._active = _Grow(np.bool_)  # False: retired (see module doc)
         self._ctf = {name: _Grow(np.float64) for name in _CTF}
-        self._stacks: list[_Stack] = []
+        self._stacks: list[StackHeader] = []
         self._stack_index: dict[str, int] = {}
         self._stack_names: list[str] = []  # the stack name as the STAR spells it
         self._known: set[int] = set()  # keys (stack id << 32 | number) of active rows
@@ -371,23 +278,23 @@ class ParticlePool:
         with open(path, "rb") as fh:
             start = fh.read(len(head) + 4096)
             try:
-                if start[: _particles_start(start)] != head and _header(
-                    start[: _particles_start(start)]
-                ) != _header(head):
+                if start[: particles_start(start)] != head and header_lines(
+                    start[: particles_start(start)]
+                ) != header_lines(head):
                     return None
             except ValueError:
                 return None
-            if _particles_start(start) != len(head):
+            if particles_start(start) != len(head):
                 return None
             fh.seek(end - len(before))
             if fh.read(len(before)) != before:
                 return None
             new = fh.read(size - end)
-        cut = _rows_end(new)
+        cut = rows_end(new)
         new = new[:cut]
         if b"data_" in new or b"loop_" in new:
             return None
-        lines = _row_lines(new)
+        lines = row_lines(new)
         if not new.strip():
             table = pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in columns})
         else:
@@ -418,10 +325,10 @@ class ParticlePool:
         raw = path.read_bytes()
         self._tail = None
         try:
-            start = _particles_start(raw)
+            start = particles_start(raw)
         except ValueError:
             return optics, table, None
-        end = _rows_end(raw)
+        end = rows_end(raw)
         if end >= start:
             dtypes = {c: table[c].dtype for c in table.columns}
             self._remember(path, end, raw[:start], list(table.columns), dtypes)
@@ -443,8 +350,8 @@ class ParticlePool:
         self.problems = []
         if not len(table):
             return 0
-        numbers, names = _split_names(table)
-        stacks, self.problems = _stack_paths(names, [path.parent, self.project])
+        numbers, names = split_image_names(table)
+        stacks, self.problems = stack_paths(names, [path.parent, self.project])
         if self.problems:
             self._tail = None  # rows left out: the next feed reads all, retries them
         ids = np.asarray([self._stack_index.get(s, -1) for s in stacks], np.int64)
@@ -483,7 +390,11 @@ class ParticlePool:
             members = chosen[inverse == k]
             known = self._stack_index.get(stack)
             try:
-                info = self._stacks[known] if known is not None else _read_header(stack)
+                info = (
+                    self._stacks[known]
+                    if known is not None
+                    else read_stack_header(stack)
+                )
             except (OSError, ValueError) as error:
                 self.problems.append(StageInputError(stack, "header", None, str(error)))
                 usable[members] = False
@@ -497,7 +408,7 @@ class ParticlePool:
                 continue
             if numbers[members].min() < 0 or numbers[members].max() >= info.n:
                 if known is not None:  # the stack grew since: read it again
-                    info = _read_header(stack)
+                    info = read_stack_header(stack)
                     self._stacks[known] = info
                     self._maps.pop(known, None)
                 if numbers[members].min() < 0 or numbers[members].max() >= info.n:
@@ -593,9 +504,9 @@ class ParticlePool:
         if "pool_format" not in data:  # the rows are in the checkpoint
             pool = cls(project, folder)
             if "pool_table" in data:  # before the pool index
-                return cls._from_table_json(pool, data)
+                return from_table_json(pool, data)
             if "pool_columns" in data:
-                return cls._from_columns(pool, data)
+                return from_columns(pool, data)
             return pool
         if folder is None:
             raise ValueError("a pool checkpoint needs the folder of its files")
@@ -638,72 +549,11 @@ class ParticlePool:
         """Register ``(path, name)`` stacks in id order, reading the headers of
         those in ``live_ids`` (a stack of retired rows only may be gone)."""
         live = sorted(set(np.unique(live_ids).tolist()))
-        headers = {k: _read_header(stacks[k][0]) for k in live}
+        headers = {k: read_stack_header(stacks[k][0]) for k in live}
         box = headers[live[0]].shape if live else (0, 0)
         for k, (path, name) in enumerate(stacks):
             self._stack_index[path] = k
             self._stack_names.append(name)
-            self._stacks.append(headers.get(k, _Stack(path, np.float32, 0, 0, box)))
-
-    @staticmethod
-    def _from_columns(pool: ParticlePool, data: Any) -> ParticlePool:
-        """A checkpoint of the pool index in the checkpoint (before the pool's
-        files): per row stack id, number, active flag and STAR columns."""
-        import pandas as pd
-
-        ids = np.asarray(data["pool_stack_id"], dtype=np.int64)
-        numbers = np.asarray(data["pool_number"], dtype=np.int64)
-        active = np.asarray(data["pool_active"], dtype=bool)
-        paths = [str(p) for p in np.atleast_1d(data["pool_stack_paths"])]
-        names = [str(p) for p in np.atleast_1d(data["pool_stack_names"])]
-        pool._load_stacks(list(zip(paths, names, strict=True)), ids[active])
-        columns: dict[str, Any] = {}
-        for k, name in enumerate(str(c) for c in data["pool_columns"]):
-            if name == "rlnImageName":
-                stack_names = np.asarray(names, dtype=object)[ids]
-                columns[name] = [
-                    f"{n + 1:06d}@{s}"
-                    for n, s in zip(numbers, stack_names, strict=True)
-                ]
-            elif f"pool_col{k}_codes" in data:
-                values = np.asarray(data[f"pool_col{k}_values"], dtype=object)
-                columns[name] = values[np.asarray(data[f"pool_col{k}_codes"])]
-            else:
-                columns[name] = np.asarray(data[f"pool_col{k}"])
-        pool.optics = pd.read_json(
-            io.StringIO(str(data["pool_optics"])), orient="split"
-        )
-        pool._add(pd.DataFrame(columns), ids, numbers)
-        pool.retire(np.flatnonzero(~active))
-        return pool
-
-    @staticmethod
-    def _from_table_json(pool: ParticlePool, data: Any) -> ParticlePool:
-        """A checkpoint written before the pool index (the STAR rows as JSON and
-        each row's absolute stack): rebuilt into the same rows and active mask."""
-        import pandas as pd
-
-        table_json = str(data["pool_table"])
-        if not table_json:
-            return pool
-        table = pd.read_json(io.StringIO(table_json), orient="split")
-        stacks = np.asarray(data["pool_stacks"], dtype=str)
-        active = (
-            np.asarray(data["pool_active"], dtype=bool)
-            if "pool_active" in data
-            else np.ones(len(stacks), dtype=bool)
-        )
-        numbers, names = _split_names(table)
-        unique, first, inverse = np.unique(
-            stacks, return_index=True, return_inverse=True
-        )
-        pool._load_stacks(
-            [(str(p), str(names[k])) for p, k in zip(unique, first, strict=True)],
-            inverse[active],
-        )
-        pool.optics = pd.read_json(
-            io.StringIO(str(data["pool_optics"])), orient="split"
-        )
-        pool._add(table, inverse.astype(np.int64), numbers.astype(np.int64))
-        pool.retire(np.flatnonzero(~active))
-        return pool
+            self._stacks.append(
+                headers.get(k, StackHeader(path, np.float32, 0, 0, box))
+            )
