@@ -2,7 +2,9 @@
 
 ``Import/job001`` (the movies), then one process per chain stage that has a RELION
 job (motion, CTF, curation as ``relion.select.onvalue``, picking, extraction), then
-the online ``Class2D`` job and the online ``InitialModel`` job fed its selection.  Each process's inputs are the nodes of the stages
+the online ``Class2D`` job, the online ``InitialModel`` job fed its selection,
+the ``Refine3D`` job of its map and the ``External`` job that rebalances the
+refined orientations.  Each process's inputs are the nodes of the stages
 that feed it; its ``job.star`` options are the stage's validated parameters (or
 the ``[session]`` / ``[class2d]`` table) and its ``note.txt`` the command line and
 that table.  A plugin stage whose kind has no RELION job is not listed.
@@ -16,7 +18,13 @@ from typing import Any
 
 from livestream.config import ServiceConfig
 from livestream.project.job_index import IndexTargets, index_targets
-from livestream.project.jobs import IMPORT, INITIAL_MODEL, RelionJob
+from livestream.project.jobs import (
+    IMPORT,
+    INITIAL_MODEL,
+    REBALANCE,
+    REFINE3D,
+    RelionJob,
+)
 from livestream.project.pipeline import (
     IMPORT_MOVIES,
     PipelineJob,
@@ -98,6 +106,7 @@ def pipeline_jobs(
         )
         if config.class3d.enabled:
             jobs.append(_initial_model_job(config, head))
+            jobs += _refinement_jobs(config, head)
     return sorted(jobs, key=lambda j: j.number)
 
 
@@ -129,6 +138,41 @@ def _initial_model_job(config: ServiceConfig, head: str) -> PipelineJob:
             ),
         ),
     )
+
+
+def _refinement_jobs(config: ServiceConfig, head: str) -> list[PipelineJob]:
+    """The refinement of the live map (run on request and at drain) and the
+    Rebalance Orientations of its particles (listed once their folders exist)."""
+    section = config.class3d
+    selected = f"{config.class2d.job}/run_selected.star"
+    reference = f"{section.job}/initial_model.mrc"
+    refined = f"{section.refine_job}/run_data.star"
+    table = _table("class3d", section.model_dump(mode="json"))
+    return [
+        PipelineJob(
+            folder=section.refine_job,
+            process_type=REFINE3D.process_type,
+            outputs=REFINE3D.outputs,
+            inputs=(selected, reference),
+            options={  # RELION's names of the Refine3D job's options
+                "fn_img": selected,
+                "fn_ref": reference,
+                "ini_high": str(section.refine_lowpass_a),
+                "sym_name": section.symmetry,
+                "ref_correct_greyscale": "No",
+                "particle_diameter": str(section.particle_diameter_a or ""),
+            },
+            note=head + table,
+        ),
+        PipelineJob(
+            folder=section.rebalance_job,
+            process_type=REBALANCE.process_type,
+            outputs=REBALANCE.outputs,
+            inputs=(refined,),
+            options={"fn_exe": "livestream rebalance", "in_part": refined},
+            note=head + table,
+        ),
+    ]
 
 
 def _job_of(link: ChainLink) -> RelionJob | None:
