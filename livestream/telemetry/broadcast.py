@@ -286,8 +286,9 @@ class Broadcaster:
         )
 
     def refine3d(self, payload: Mapping[str, Any]) -> None:
-        """The MQTT ``refine3d`` event and, for listeners, ``state`` = the run's
-        status (done, abandoned, failed), ``detail`` = the map, ``figures`` = the
+        """The MQTT ``refine3d`` event and, for listeners, ``stage`` = ``refine3d``
+        or ``rebalance`` (the payload's ``step``), ``state`` = its status (done,
+        abandoned, failed), ``detail`` = the refined map, ``figures`` = the
         payload's numbers."""
         if self._publishing:
             self._outgoing.put_nowait(("refine3d", "", dict(payload)))
@@ -300,7 +301,7 @@ class Broadcaster:
             ServiceEvent(
                 type=EventType.REFINE3D,
                 exposure_id="",
-                stage="refine3d",
+                stage="rebalance" if payload.get("step") == "rebalance" else "refine3d",
                 state=str(payload.get("status", "")),
                 detail=str(payload.get("map_path") or ""),
                 figures=MappingProxyType(figures),
