@@ -334,8 +334,8 @@ class LiveRefinement:
         return True
 
     def _result_fields(self, outcome: dict[str, Any]) -> dict[str, Any]:
-        """The command's summary with paths moved from the working folder to the
-        job folder, relative to the project (as RELION names nodes)."""
+        """The command's summary with its paths moved from the working folder to
+        the job folder."""
         fields: dict[str, Any] = {
             name: outcome[name]
             for name in (
@@ -357,8 +357,8 @@ class LiveRefinement:
             "data_star",
             "model_star",
         ):
-            fields[name] = f"{self.section.refine_job}/{Path(outcome[name]).name}"
-        fields["fsc_png"] = f"{self.section.refine_job}/run_fsc.png"
+            fields[name] = str(self.folder / Path(outcome[name]).name)
+        fields["fsc_png"] = str(self.folder / "run_fsc.png")
         return fields
 
     def _current_key(self) -> str:
@@ -587,8 +587,12 @@ class LiveRefinement:
             "n_rebalanced": outcome["n_rebalanced"],
             "n_excluded": outcome["n_excluded"],
             "threshold_count": outcome["threshold_count"],
-            "rebalanced_path": f"{job}/{Path(outcome['rebalanced_path']).name}",
-            "excluded_path": f"{job}/{Path(outcome['excluded_path']).name}",
+            "rebalanced_path": str(
+                self.rebalance_folder / Path(outcome["rebalanced_path"]).name
+            ),
+            "excluded_path": str(
+                self.rebalance_folder / Path(outcome["excluded_path"]).name
+            ),
             "finished_utc": dt.datetime.now(dt.UTC).isoformat(),
             "seconds": round(seconds, 3),
         }

@@ -194,7 +194,7 @@ async def test_a_request_is_refined_once_and_the_pipeliner_reads_the_job(
     done = [e for e in events if e.type is EventType.REFINE3D]
     assert [e.state for e in done] == ["done"]
     assert done[0].figures["resolution_a"] == pytest.approx(marker["resolution_a"])
-    assert done[0].detail == f"{REFINE}/run_class001.mrc"
+    assert done[0].detail == str(folder / "run_class001.mrc")
 
     # the same request again (a restart before the request file was removed)
     (project / REQUEST_NAME).write_text(
