@@ -23,8 +23,9 @@ a frozen copy of the 2D selection (``Class2D/job007/run_selected.star``, the
 particles the 3D pool follows) and the newest initial model (``initial_model.mrc``,
 the largest class), resampled to the particles' box when the model's working box
 is smaller, which the command low-passes to ``refine_lowpass_a`` (40 Å, RELION's
-``--ini_high``).  It works in ``<Refine3D job>/.running/``; only a finished run
-moves its files into the job folder (replacing the previous run's) and then
+``--ini_high``).  It works in ``Refine3D/.job009.running/`` (beside the job
+folder, so that the pipeline lists no job before a run finished); only a finished
+run moves its files into the job folder (replacing the previous run's) and then
 writes ``run_refine3d.json``, the marker: the event body, the served
 ``request_id`` and the ``key`` of its inputs (the model's snapshot iteration and
 the selected particles' names).  So a crash or a kill leaves the previous result
@@ -56,7 +57,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,6 @@ REQUEST_NAME = "refine3d_request.json"  # in the project folder
 PID_NAME = "livestream.pid"  # in the project folder, while the daemon runs
 SUMMARY_NAME = "run_refine3d.json"  # the newest finished refinement (the marker)
 REBALANCE_SUMMARY_NAME = "run_rebalance.json"  # the newest finished rebalance
-WORK_NAME = ".running"  # a run's working folder inside its job folder
 INPUT_NAME = "run_input.star"  # the frozen selection a refinement read
 REFERENCE_NAME = "run_reference.mrc"  # its start map at the particles' box
 MODEL_MAP_NAME = "initial_model.mrc"  # the initial model's largest class
@@ -208,7 +208,7 @@ class LiveRefinement:
         """Serve requests until :meth:`drain`."""
         while not self._stopping:
             self._wake.clear()
-            await self._serve_request()
+            await self._guarded("a request", self._serve_request)
             if not self._stopping:
                 await self._wake.wait()
 
@@ -228,9 +228,17 @@ class LiveRefinement:
             task.cancel()
             await asyncio.wait([task])
         if self.section.refine_at_drain and loop.time() < deadline:
-            await self._refine_at_drain()
+            await self._guarded("the refinement at drain", self._refine_at_drain)
         if self.section.rebalance_at_drain and loop.time() < deadline:
-            await self._rebalance()
+            await self._guarded("the rebalance at drain", self._rebalance)
+
+    async def _guarded(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """``await work()``; an error (a full disk, a bug) is logged with its
+        traceback and the service goes on: never the service's task group."""
+        try:
+            await work()
+        except Exception:
+            log.exception("refine3d: %s stopped", what)
 
     # -- requests and drain --------------------------------------------------------
     async def _serve_request(self) -> None:
@@ -276,7 +284,7 @@ class LiveRefinement:
     async def _refine(self, trigger: str, request_id: str | None) -> bool:
         """One refinement; ``True`` when it ended (done or failed), ``False``
         when there was nothing to refine or it was abandoned."""
-        work = self.folder / WORK_NAME
+        work = _work_folder(self.folder)
         try:
             inputs = await asyncio.to_thread(self._prepare, work)
         except _NotReady as reason:
@@ -470,10 +478,13 @@ class LiveRefinement:
     def _finish(
         self, work: Path, folder: Path, marker: str, payload: dict[str, Any]
     ) -> None:
-        """Replace the previous run's files in ``folder`` by ``work``'s, then write
-        the marker (last: a crash before it leaves the run undone)."""
+        """Replace the previous run's files in ``folder`` (its marker first) by
+        ``work``'s, then write the marker (last: a crash before it leaves the run
+        undone)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / marker).unlink(missing_ok=True)
         for old in folder.iterdir():  # the previous run's, not RELION's bookkeeping
-            if old.is_file() and old.name not in {marker, *_BOOKKEEPING}:
+            if old.is_file() and old.name not in _BOOKKEEPING:
                 old.unlink()
         for new in work.iterdir():
             new.replace(folder / new.name)
@@ -493,11 +504,9 @@ class LiveRefinement:
             seconds,
             reason,
         )
-        _remove_work(work)
+        shutil.rmtree(work, ignore_errors=True)
         self.reporter.refine3d(
-            self._ending(
-                "refine", "abandoned", trigger, request_id, reason, seconds, work
-            )
+            self._ending("refine", "abandoned", trigger, request_id, reason, seconds)
         )
         return False
 
@@ -506,15 +515,7 @@ class LiveRefinement:
     ) -> bool:
         log.error("refine3d (%s) failed: %s", trigger, reason)
         self.reporter.refine3d(
-            self._ending(
-                "refine",
-                "failed",
-                trigger,
-                request_id,
-                reason,
-                seconds,
-                self.folder / WORK_NAME,
-            )
+            self._ending("refine", "failed", trigger, request_id, reason, seconds)
         )
         return True  # a request that fails is not tried again by itself
 
@@ -526,14 +527,17 @@ class LiveRefinement:
         request_id: str | None,
         reason: str,
         seconds: float,
-        work: Path,
     ) -> dict[str, Any]:
         return {
             "step": step,
             "status": status,
             "trigger": trigger,
             "request_id": request_id,
-            "job": str(work.parent.relative_to(self.project)),
+            "job": (
+                self.section.rebalance_job
+                if step == "rebalance"
+                else self.section.refine_job
+            ),
             "reason": reason,
             "seconds": round(seconds, 3),
         }
@@ -549,7 +553,7 @@ class LiveRefinement:
         if previous is not None and previous.get("refinement_utc") == run_of:
             log.info("rebalance at drain: this refinement was rebalanced already")
             return
-        work = self.rebalance_folder / WORK_NAME
+        work = _work_folder(self.rebalance_folder)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         data_star = str(refined["data_star"])
@@ -569,9 +573,9 @@ class LiveRefinement:
             status = "abandoned" if outcome is None else "failed"
             reason = outcome or "the drain time limit was reached"
             log.warning("rebalance at drain: %s: %s", status, reason)
-            _remove_work(work)
+            shutil.rmtree(work, ignore_errors=True)
             self.reporter.refine3d(
-                self._ending("rebalance", status, "drain", None, reason, seconds, work)
+                self._ending("rebalance", status, "drain", None, reason, seconds)
             )
             return
         job = self.section.rebalance_job
@@ -612,8 +616,6 @@ def _key(model_iteration: int, names: Any) -> str:
     return f"{model_iteration}:{len(names)}:{digest}"
 
 
-def _remove_work(work: Path) -> None:
-    """Remove a working folder, and its job folder when nothing else is in it."""
-    shutil.rmtree(work, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        work.parent.rmdir()  # only when empty: the job never finished
+def _work_folder(job_folder: Path) -> Path:
+    """Where a run of ``job_folder`` works: ``<type>/.jobNNN.running``."""
+    return job_folder.with_name(f".{job_folder.name}.running")

@@ -173,7 +173,7 @@ async def test_a_request_is_refined_once_and_the_pipeliner_reads_the_job(
     assert marker["n_particles"] == 80
     assert marker["model_iteration"] == 6
     assert 8.0 <= marker["resolution_a"] < 100.0
-    assert not (folder / ".running").exists()
+    assert not (project / "Refine3D/.job009.running").exists()
     for name in (
         "run_class001.mrc",
         "run_half1_class001_unfil.mrc",
@@ -240,6 +240,7 @@ async def test_a_refinement_past_the_drain_deadline_is_abandoned(
     ends = [e for e in events if e.type is EventType.REFINE3D]
     assert [e.state for e in ends] == ["abandoned"]
     assert not (project / REFINE).exists()  # nothing finished: no job listed
+    assert not (project / "Refine3D/.job009.running").exists()
     # at the next drain (a restart) it is done, once
     events.clear()
     live, _ = _refinement(config, events)
@@ -262,4 +263,4 @@ async def test_a_refinement_past_the_drain_deadline_is_abandoned(
     assert live.n_runs == 1
     assert json.loads((project / REFINE / SUMMARY_NAME).read_text()) == marker
     assert (project / REFINE / "run_class001.mrc").is_file()
-    assert not (project / REFINE / ".running").exists()
+    assert not (project / "Refine3D/.job009.running").exists()
