@@ -53,6 +53,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -67,6 +68,7 @@ from livestream.class3d.live import SUMMARY_NAME as MODEL_SUMMARY_NAME
 from livestream.config import Class3dSection, ServiceConfig
 from livestream.project.job_index import JobIndex
 from livestream.project.pipeline import EXIT_SUCCESS
+from livestream.scheduling.executors import DAEMON_PID_ENV
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
@@ -425,6 +427,7 @@ class LiveRefinement:
                 "-m",
                 *args,
                 cwd=self.project,
+                env={**os.environ, DAEMON_PID_ENV: str(os.getpid())},  # dies with us
                 stdout=out,
                 stderr=err,
                 stdin=asyncio.subprocess.DEVNULL,

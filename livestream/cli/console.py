@@ -25,6 +25,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from livestream.scheduling.executors import DAEMON_PID_ENV, exit_with_parent
+
 __all__ = [
     "INPUT_ERROR_STATUS",
     "InputError",
@@ -106,7 +108,12 @@ def run_alone(
     argv: Sequence[str] | None = None,
 ) -> int:
     """One command's ``main`` on ``argv``, with :func:`livestream.cli.main.main`'s
-    handling of an :class:`InputError` (one line, exit status 2)."""
+    handling of an :class:`InputError` (one line, exit status 2).  With
+    ``LIVESTREAM_DAEMON_PID`` set, the process exits when that daemon (its
+    parent) is gone."""
+    daemon_pid = os.environ.get(DAEMON_PID_ENV)
+    if daemon_pid:
+        exit_with_parent(int(daemon_pid))
     parser = argparse.ArgumentParser(
         prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
