@@ -28,6 +28,7 @@ from livestream.class3d.refinement import (
     SUMMARY_NAME,
     LiveRefinement,
     read_request,
+    write_request,
 )
 from livestream.cli.main import main as cli_main
 from livestream.cli.status import read_status
@@ -96,7 +97,17 @@ def _model(project: Path, volume: np.ndarray, iteration: int) -> None:
         resample_map(volume, 16),
         pixel_size_a=PIXEL_A * 24 / 16,
     )
-    (model / "run_class3d.json").write_text(json.dumps({"iteration": iteration}))
+    summary = {  # the fields `livestream status` shows of a snapshot
+        "iteration": iteration,
+        "particles_seen": 80,
+        "pool_particles": 80,
+        "classes": 1,
+        "symmetry": "C1",
+        "resolution_a": 20.0,
+        "orientation_coverage": 0.5,
+        "slices_png": [],
+    }
+    (model / "run_class3d.json").write_text(json.dumps(summary))
 
 
 def _refinement(
@@ -221,6 +232,10 @@ async def test_a_request_is_refined_once_and_the_pipeliner_reads_the_job(
     assert status["refine3d"]["resolution_a"] == marker["resolution_a"]
     assert status["refine3d"]["rebalance"]["n_excluded"] == rebalance["n_excluded"]
     assert status["refine3d"]["requested"] is None
+    assert cli_main(["status", "--project", str(project)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"refine3d: {REFINE} (request, ")
+    assert f"{rebalance['n_excluded']} excluded" in line
 
 
 async def test_a_refinement_past_the_drain_deadline_is_abandoned(
@@ -264,3 +279,26 @@ async def test_a_refinement_past_the_drain_deadline_is_abandoned(
     assert json.loads((project / REFINE / SUMMARY_NAME).read_text()) == marker
     assert (project / REFINE / "run_class001.mrc").is_file()
     assert not (project / "Refine3D/.job009.running").exists()
+
+
+async def test_a_refinement_of_bad_input_fails_with_the_file_and_field(
+    tmp_path: Path,
+) -> None:
+    project = _project(tmp_path)
+    selected = project / "Class2D/job007/run_selected.star"
+    blocks = starfile.read(selected)
+    blocks["particles"]["rlnImageName"] = blocks["particles"][
+        "rlnImageName"
+    ].str.replace("Particles/a.mrcs", "Particles/gone.mrcs")
+    starfile.write(blocks, selected)
+    events: list[ServiceEvent] = []
+    live, _ = _refinement(_config(project), events)
+    write_request(project)
+    task = asyncio.create_task(live.run())
+    await _until(lambda: not (project / REQUEST_NAME).exists(), 60)
+    [failed] = [e for e in events if e.type is EventType.REFINE3D]
+    assert failed.state == "failed"
+    reason = (project / "Refine3D/.job009.running/run.err").read_text()
+    assert "field 'rlnImageName' has value 'Particles/gone.mrcs'" in reason
+    assert not (project / REFINE).exists()  # no finished run: no job
+    await live.drain(task, asyncio.get_running_loop().time() + 10)
