@@ -229,6 +229,12 @@ class LiveRefinement:
         if not done:
             task.cancel()
             await asyncio.wait([task])
+        asked = self.section.refine_at_drain or self.section.rebalance_at_drain
+        if asked and loop.time() >= deadline:
+            log.warning(
+                "refine3d: the drain time limit was reached before the refinement "
+                "or rebalance at drain could start; done at the next drain"
+            )
         if self.section.refine_at_drain and loop.time() < deadline:
             await self._guarded("the refinement at drain", self._refine_at_drain)
         if self.section.rebalance_at_drain and loop.time() < deadline:
