@@ -16,8 +16,8 @@ written by ``livestream refine-now``, which then sends SIGUSR1 to the daemon nam
 in ``<project>/livestream.pid``.  The task serves it at start, on SIGUSR1 and after
 each 3D snapshot (a request made before the first map waits for it).
 
-**A refinement** runs ``livestream refine3d`` (``python -m
-livestream.cli.refine3d``) in a child process (killable, outside
+**A refinement** runs ``livestream refine3d`` in a child process
+(:mod:`livestream.class3d.children`: killable, outside
 the event loop and its interpreter lock) with the project as working folder, on
 a frozen copy of the 2D selection (``Class2D/job007/run_selected.star``, the
 particles the 3D pool follows) and the newest initial model (``initial_model.mrc``,
@@ -53,9 +53,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -63,12 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from livestream.class3d.children import ChildJobs, work_folder
 from livestream.class3d.live import SELECTED_NAME
 from livestream.class3d.live import SUMMARY_NAME as MODEL_SUMMARY_NAME
 from livestream.config import Class3dSection, ServiceConfig
 from livestream.project.job_index import JobIndex
-from livestream.project.pipeline import EXIT_SUCCESS
-from livestream.scheduling.executors import DAEMON_PID_ENV
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
@@ -190,11 +187,14 @@ class LiveRefinement:
         self.folder = project / section.refine_job
         self.rebalance_folder = project / section.rebalance_job
         self.model_folder = project / section.job
-        self.n_runs = 0  # children started (refinements and rebalances)
+        self.children = ChildJobs(project)  # refinements and rebalances
         self._wake = asyncio.Event()
         self._stopping = False
-        self._deadline: float | None = None  # event-loop time; None: none
-        self._deadline_set = asyncio.Event()
+
+    @property
+    def n_runs(self) -> int:
+        """Children started (refinements and rebalances)."""
+        return self.children.n_runs
 
     # -- called by the daemon (in the event loop) --------------------------------
     def wake(self) -> None:
@@ -219,8 +219,7 @@ class LiveRefinement:
         then refine and rebalance as ``[class3d]`` asks, within the same
         deadline (see the module docstring)."""
         self._stopping = True
-        self._deadline = deadline
-        self._deadline_set.set()
+        self.children.set_deadline(deadline)
         self._wake.set()
         loop = asyncio.get_running_loop()
         # its child is killed at the deadline; a second more lets it say so
@@ -292,7 +291,7 @@ class LiveRefinement:
     async def _refine(self, trigger: str, request_id: str | None) -> bool:
         """One refinement; ``True`` when it ended (done or failed), ``False``
         when there was nothing to refine or it was abandoned."""
-        work = _work_folder(self.folder)
+        work = work_folder(self.folder)
         try:
             inputs = await asyncio.to_thread(self._prepare, work)
         except _NotReady as reason:
@@ -325,7 +324,7 @@ class LiveRefinement:
             inputs.model_iteration,
         )
         started = time.perf_counter()
-        outcome = await self._child(args, work)
+        outcome = await self.children.run(args, work)
         seconds = time.perf_counter() - started
         if outcome is None:
             return self._abandoned(trigger, request_id, work, seconds)
@@ -417,89 +416,11 @@ class LiveRefinement:
             n_particles=len(table),
         )
 
-    # -- the child process -------------------------------------------------------------
-    async def _child(self, args: list[str], work: Path) -> dict[str, Any] | str | None:
-        """Run ``python -m <args>`` (one command's module, ``livestream.cli.*``:
-        it starts faster than the whole ``livestream``; stdout to ``run.out``,
-        stderr to ``run.err`` in ``work``): its JSON summary, the error it ended
-        with, or ``None`` when it was killed at the deadline."""
-        self.n_runs += 1
-        with (
-            open(work / "run.out", "wb") as out,
-            open(work / "run.err", "wb") as err,
-        ):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                *args,
-                cwd=self.project,
-                env={**os.environ, DAEMON_PID_ENV: str(os.getpid())},  # dies with us
-                stdout=out,
-                stderr=err,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        try:
-            finished = await self._wait(proc)
-        finally:
-            if proc.returncode is None:  # cancelled: never leave it running
-                proc.kill()
-                await proc.wait()
-        if not finished:
-            return None
-        if proc.returncode != 0:
-            lines = (work / "run.err").read_text(errors="replace").strip().splitlines()
-            return f"exit status {proc.returncode}: {lines[-1] if lines else ''}"
-        try:
-            summary = json.loads((work / "run.out").read_text())
-        except ValueError as error:
-            return f"no JSON summary in {work / 'run.out'}: {error}"
-        return summary if isinstance(summary, dict) else "summary is not an object"
-
-    async def _wait(self, proc: asyncio.subprocess.Process) -> bool:
-        """Wait for ``proc`` until the drain deadline (one may be set while it
-        runs); at the deadline kill it and return ``False``."""
-        loop = asyncio.get_running_loop()
-        exited = asyncio.ensure_future(proc.wait())
-        try:
-            while True:
-                timeout = (
-                    None if self._deadline is None else self._deadline - loop.time()
-                )
-                if timeout is not None and timeout <= 0:
-                    break
-                changed = asyncio.ensure_future(self._deadline_set.wait())
-                done, _ = await asyncio.wait(
-                    [exited, changed],
-                    timeout=timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                changed.cancel()
-                if exited in done:
-                    return True
-                self._deadline_set.clear()
-            proc.kill()
-            await exited
-            return False
-        finally:
-            exited.cancel()
-
-    # -- endings -------------------------------------------------------------------------
     def _finish(
         self, work: Path, folder: Path, marker: str, payload: dict[str, Any]
     ) -> None:
-        """Replace the previous run's files in ``folder`` (its marker first) by
-        ``work``'s, then write the marker (last: a crash before it leaves the run
-        undone)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / marker).unlink(missing_ok=True)
-        for old in folder.iterdir():  # the previous run's, not RELION's bookkeeping
-            if old.is_file() and old.name not in _BOOKKEEPING:
-                old.unlink()
-        for new in work.iterdir():
-            new.replace(folder / new.name)
-        work.rmdir()
-        write_text_atomic(folder / marker, json.dumps(payload))
-        if self.on_done is not None:
+        ChildJobs.finish(work, folder, marker, payload)
+        if self.on_done is not None:  # the pipeline lists the job with its files
             self.on_done()
 
     def _abandoned(
@@ -562,12 +483,12 @@ class LiveRefinement:
         if previous is not None and previous.get("refinement_utc") == run_of:
             log.info("rebalance at drain: this refinement was rebalanced already")
             return
-        work = _work_folder(self.rebalance_folder)
+        work = work_folder(self.rebalance_folder)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         data_star = str(refined["data_star"])
         started = time.perf_counter()
-        outcome = await self._child(
+        outcome = await self.children.run(
             [
                 "livestream.cli.rebalance",
                 data_star,
@@ -615,16 +536,7 @@ class LiveRefinement:
         self.reporter.refine3d(payload)
 
 
-# the pipeline's files in a job folder (livestream.project.pipeline)
-_BOOKKEEPING = ("job.star", "job_pipeline.star", "note.txt", EXIT_SUCCESS)
-
-
 def _key(model_iteration: int, names: Any) -> str:
     """The model's iteration and a digest of the particles' image names."""
     digest = hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:16]
     return f"{model_iteration}:{len(names)}:{digest}"
-
-
-def _work_folder(job_folder: Path) -> Path:
-    """Where a run of ``job_folder`` works: ``<type>/.jobNNN.running``."""
-    return job_folder.with_name(f".{job_folder.name}.running")
