@@ -67,7 +67,13 @@ from pydantic import (
     model_validator,
 )
 
-from livestream.project.jobs import CLASS2D, INITIAL_MODEL, REBALANCE, REFINE3D
+from livestream.project.jobs import (
+    CLASS2D,
+    CLASS3D,
+    INITIAL_MODEL,
+    REBALANCE,
+    REFINE3D,
+)
 from livestream.stages.params import (
     BUILTIN_PARAMS,
     CtfParams,
@@ -400,6 +406,12 @@ class Class3dSection(_Section):
     # refinement's run_data.star, at drain when on
     rebalance_job: str = Field(default=REBALANCE.folder, min_length=1)
     rebalance_at_drain: bool = False
+    # with classes > 1: once the VDAM schedule has run, classify the selection
+    # against the model's K maps (livestream.class3d.classification), again when
+    # it has grown by this fraction (0: once)
+    classify_job: str = Field(default=CLASS3D.folder, min_length=1)
+    classify_iterations: int = Field(default=15, ge=1)
+    reclassify_growth: float = Field(default=0.5, ge=0.0)
 
     @field_validator("symmetry")
     @classmethod

@@ -43,6 +43,10 @@ deadline, and an abandoned run is done at the next chance.  Each run ends in a
 ``refine3d`` event (schema ``livestream.refine3d/1``, docs/class3d.md) and the
 ``livestream_class3d_refine*`` metrics; a finished one has the job index rewrite
 ``default_pipeline.star``.
+
+After each request the task also runs the live 3D classification when it is due
+(:mod:`livestream.class3d.classification`, ``classes > 1``), under the same
+deadline.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.class3d.children import ChildJobs, work_folder
+from livestream.class3d.classification import LiveClassification
 from livestream.class3d.live import SELECTED_NAME
 from livestream.class3d.live import SUMMARY_NAME as MODEL_SUMMARY_NAME
 from livestream.config import Class3dSection, ServiceConfig
@@ -187,13 +192,17 @@ class LiveRefinement:
         self.folder = project / section.refine_job
         self.rebalance_folder = project / section.rebalance_job
         self.model_folder = project / section.job
-        self.children = ChildJobs(project)  # refinements and rebalances
+        self.children = ChildJobs(project)  # refinements, rebalances, classes
+        # the live 3D classification, checked after each snapshot (classes > 1)
+        self.classification = LiveClassification(
+            section, project, selected_star, reporter, self.children, on_done=on_done
+        )
         self._wake = asyncio.Event()
         self._stopping = False
 
     @property
     def n_runs(self) -> int:
-        """Children started (refinements and rebalances)."""
+        """Children started (refinements, rebalances, classifications)."""
         return self.children.n_runs
 
     # -- called by the daemon (in the event loop) --------------------------------
@@ -211,6 +220,10 @@ class LiveRefinement:
         while not self._stopping:
             self._wake.clear()
             await self._guarded("a request", self._serve_request)
+            if not self._stopping:
+                await self._guarded(
+                    "the classification", self.classification.run_if_due
+                )
             if not self._stopping:
                 await self._wake.wait()
 

@@ -5,7 +5,7 @@ same jobs for every session, so their folders are fixed::
 
     Import/job001  MotionCorr/job002  CtfFind/job003  Select/job004
     AutoPick/job005  Extract/job006  Class2D/job007  InitialModel/job008
-    Refine3D/job009  External/job010 (Rebalance Orientations)
+    Refine3D/job009  External/job010 (Rebalance Orientations)  Class3D/job011
 
 Stage parameters (``job = ...``), the job index files and the online classifier
 take their defaults from here; a site may still configure other folders.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 __all__ = [
     "AUTO_PICK",
     "CLASS2D",
+    "CLASS3D",
     "CTF_FIND",
     "EXTRACT",
     "IMPORT",
@@ -132,6 +133,10 @@ REBALANCE = RelionJob(
     ),
 )
 
+# the live 3D classification against the initial model's K maps
+# (livestream.class3d.classification); its outputs are per iteration
+CLASS3D = RelionJob(job_type="Class3D", number=11, process_type="relion.class3d")
+
 JOBS = (
     IMPORT,
     MOTION_CORR,
@@ -143,4 +148,5 @@ JOBS = (
     INITIAL_MODEL,
     REFINE3D,
     REBALANCE,
+    CLASS3D,
 )

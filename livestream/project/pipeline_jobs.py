@@ -19,6 +19,7 @@ from typing import Any
 from livestream.config import ServiceConfig
 from livestream.project.job_index import IndexTargets, index_targets
 from livestream.project.jobs import (
+    CLASS3D,
     IMPORT,
     INITIAL_MODEL,
     REBALANCE,
@@ -141,8 +142,9 @@ def _initial_model_job(config: ServiceConfig, head: str) -> PipelineJob:
 
 
 def _refinement_jobs(config: ServiceConfig, head: str) -> list[PipelineJob]:
-    """The refinement of the live map (run on request and at drain) and the
-    Rebalance Orientations of its particles (listed once their folders exist)."""
+    """The refinement of the live map (run on request and at drain), the
+    Rebalance Orientations of its particles and the live 3D classification
+    (listed once their folders exist)."""
     section = config.class3d
     selected = f"{config.class2d.job}/run_selected.star"
     reference = f"{section.job}/initial_model.mrc"
@@ -171,6 +173,27 @@ def _refinement_jobs(config: ServiceConfig, head: str) -> list[PipelineJob]:
             inputs=(refined,),
             options={"fn_exe": "livestream rebalance", "in_part": refined},
             note=head + table,
+        ),
+        PipelineJob(  # only with classes > 1 does its folder appear
+            folder=section.classify_job,
+            process_type=CLASS3D.process_type,
+            inputs=(selected,),
+            options={  # RELION's names of the Class3D job's options
+                "fn_img": selected,
+                "fn_ref": f"{section.job}/run_itNNN_classKKK.mrc",
+                "nr_classes": str(section.classes),
+                "nr_iter": str(section.classify_iterations),
+                "sym_name": section.symmetry,
+            },
+            note=head + table,
+            iteration_outputs=(
+                ("data.star", "ParticleGroupMetadata.star.relion.class3d"),
+                ("model.star", "DensityMapGroupMetadata.star.relion.class3d.model"),
+                *(
+                    (f"class{k:03d}.mrc", "DensityMap.mrc.relion.class3d")
+                    for k in range(1, section.classes + 1)
+                ),
+            ),
         ),
     ]
 

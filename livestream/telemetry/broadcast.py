@@ -37,6 +37,14 @@ __all__ = [
 ]
 
 
+# the ``stage`` of a refine3d event for listeners, by the payload's ``step``
+_REFINE3D_STAGES = {
+    "refine": "refine3d",
+    "rebalance": "rebalance",
+    "classify": "classify",
+}
+
+
 class EventType(enum.Enum):
     DISCOVERED = "discovered"
     READY = "ready"
@@ -286,8 +294,8 @@ class Broadcaster:
         )
 
     def refine3d(self, payload: Mapping[str, Any]) -> None:
-        """The MQTT ``refine3d`` event and, for listeners, ``stage`` = ``refine3d``
-        or ``rebalance`` (the payload's ``step``), ``state`` = its status (done,
+        """The MQTT ``refine3d`` event and, for listeners, ``stage`` = ``refine3d``,
+        ``rebalance`` or ``classify`` (the payload's ``step``), ``state`` = its status (done,
         abandoned, failed), ``detail`` = the refined map, ``figures`` = the
         payload's numbers."""
         if self._publishing:
@@ -301,7 +309,7 @@ class Broadcaster:
             ServiceEvent(
                 type=EventType.REFINE3D,
                 exposure_id="",
-                stage="rebalance" if payload.get("step") == "rebalance" else "refine3d",
+                stage=_REFINE3D_STAGES.get(str(payload.get("step")), "refine3d"),
                 state=str(payload.get("status", "")),
                 detail=str(payload.get("map_path") or ""),
                 figures=MappingProxyType(figures),

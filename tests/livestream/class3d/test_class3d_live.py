@@ -19,6 +19,7 @@ from typing import Any
 
 import mrcfile
 import pytest
+from pipeliner.project_graph import ProjectGraph
 from prometheus_client.parser import text_string_to_metric_families
 
 from livestream.class3d.actor import Class3dActor
@@ -222,7 +223,7 @@ def _refine3d(service: _SignalledService) -> list[tuple[str, str]]:
 
 
 async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """K = 2: two class maps and fractions in the event; at drain the map is
     refined and rebalanced once; after a restart, `livestream refine-now` (its
@@ -234,6 +235,8 @@ async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
         movies,
         class3d={
             "classes": 2,
+            "max_passes": 4.0,  # past n_minibatches: the classification runs
+            "classify_iterations": 3,
             "refine_at_drain": True,
             "rebalance_at_drain": True,
             "refine_max_iterations": 3,
@@ -255,6 +258,8 @@ async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
             ),
             120,
         )
+        # the live classification of the whole selection against the K maps
+        await wait_for(lambda: ("classify", "done") in _refine3d(first), 120)
     finally:
         await first.finish(240)
     model = json.loads((project / JOB / SUMMARY_NAME).read_text())  # the event body
@@ -263,7 +268,14 @@ async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
     assert all(Path(p).is_file() for p in model["maps"])
     assert len(model["class_fractions"]) == 2
     assert sum(model["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
-    assert _refine3d(first) == [("refine3d", "done"), ("rebalance", "done")]
+    assert _refine3d(first)[-2:] == [("refine3d", "done"), ("rebalance", "done")]
+    classes = json.loads((project / "Class3D/job011/run_classes.json").read_text())
+    assert classes["n_particles"] <= 2 * PER_EXPOSURE
+    assert classes["model_iteration"] >= CLASS3D["n_minibatches"]
+    assert len(classes["class_fractions"]) == 2
+    assert sum(classes["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(classes["class_counts"]) == classes["n_particles"]
+    assert all(Path(p).is_file() for p in classes["maps"])
     refined = json.loads((project / "Refine3D/job009" / REFINED_NAME).read_text())
     assert refined["trigger"] == "drain"
     assert refined["n_particles"] == 2 * PER_EXPOSURE
@@ -293,3 +305,13 @@ async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
     assert on_request["key"] == refined["key"]
     assert refinement.n_runs == 2
     assert not (project / "livestream.pid").exists()
+    monkeypatch.chdir(project)  # the pipeliner reads the project's jobs
+    with ProjectGraph(pipeline_dir=".", read_only=True) as graph:
+        procs = {p.name: (p.type, p.status) for p in graph.process_list}
+        assert procs["Class3D/job011/"] == ("relion.class3d", "Succeeded")
+        assert procs["Refine3D/job009/"] == ("relion.refine3d", "Succeeded")
+        nodes = {n.name: n.type for n in graph.node_list}
+        stem = Path(classes["data_star"]).name.removesuffix("_data.star")
+        assert nodes[f"Class3D/job011/{stem}_class002.mrc"] == (
+            "DensityMap.mrc.relion.class3d"
+        )

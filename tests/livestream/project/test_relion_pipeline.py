@@ -208,6 +208,7 @@ def test_the_service_jobs_follow_the_chain(tmp_path: Path) -> None:
         "InitialModel/job008",
         "Refine3D/job009",
         "External/job010",
+        "Class3D/job011",
     ]
     assert by_folder["AutoPick/job005"].process_type == "relion.autopick.ref2d"
     assert by_folder["Select/job004"].process_type == "relion.select.onvalue"
