@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import starfile
 
+from livestream.class3d.classification import CLASSES_NAME
 from livestream.class3d.refinement import (
     REBALANCE_SUMMARY_NAME,
     REQUEST_NAME,
@@ -302,3 +303,28 @@ async def test_a_refinement_of_bad_input_fails_with_the_file_and_field(
     assert "field 'rlnImageName' has value 'Particles/gone.mrcs'" in reason
     assert not (project / REFINE).exists()  # no finished run: no job
     await live.drain(task, asyncio.get_running_loop().time() + 10)
+
+
+def test_the_live_classification_is_due_after_the_schedule_and_on_growth(
+    tmp_path: Path,
+) -> None:
+    project = _project(tmp_path, model_iteration=4)
+    config = _config(project, classes=2, n_minibatches=6, reclassify_growth=0.5)
+    events: list[ServiceEvent] = []
+    live, _ = _refinement(config, events)
+    classification = live.classification
+    assert classification._due() is None  # the VDAM schedule has not run through
+    volume = phantom_volume(24, PIXEL_A, np.random.default_rng(8))
+    _model(project, volume, 6)
+    due = classification._due()
+    assert due is not None
+    assert due[1] == 80  # the selection's particles
+    marker = project / "Class3D/job011" / CLASSES_NAME
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"n_particles": 60}))  # grown by a third: not yet
+    assert classification._due() is None
+    marker.write_text(json.dumps({"n_particles": 50}))  # grown by 60 %
+    assert classification._due() is not None
+    one_class = _config(project, classes=1, n_minibatches=6)
+    live, _ = _refinement(one_class, events)
+    assert live.classification._due() is None  # K = 1: nothing to classify
