@@ -15,9 +15,11 @@ slices PNGs, ``run_itNNN_data.star`` with every particle's class and pose,
 the ``Class3D`` job folder, which ``default_pipeline.star`` lists as
 ``relion.class3d``; ``run_classes.json`` is the marker and the body of a
 ``refine3d`` event with ``step: "classify"`` (``class_fractions``,
-``class_counts``, the maps).  It is checked after each 3D snapshot by the task of
-:class:`livestream.class3d.refinement.LiveRefinement`, whose drain deadline it
-shares (a classification still running then is killed: done at the next chance).
+``class_counts``, the maps).  It is checked at start and after each 3D snapshot
+by the task of :class:`livestream.class3d.refinement.LiveRefinement` (a
+refinement request waits while a classification runs); at drain a
+classification still running is killed at once and runs again after the next
+start.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ deadline, and an abandoned run is done at the next chance.  Each run ends in a
 ``default_pipeline.star``.
 
 After each request the task also runs the live 3D classification when it is due
-(:mod:`livestream.class3d.classification`, ``classes > 1``), under the same
-deadline.
+(:mod:`livestream.class3d.classification`, ``classes > 1``); at drain a
+classification still running is stopped at once (abandoned: it runs again after
+the next start), so that the drain's time goes to the refinement.
 """
 
 from __future__ import annotations
@@ -192,10 +193,16 @@ class LiveRefinement:
         self.folder = project / section.refine_job
         self.rebalance_folder = project / section.rebalance_job
         self.model_folder = project / section.job
-        self.children = ChildJobs(project)  # refinements, rebalances, classes
-        # the live 3D classification, checked after each snapshot (classes > 1)
+        self.children = ChildJobs(project)  # refinements and rebalances
+        # the live 3D classification, checked after each snapshot (classes > 1);
+        # its own children: at drain they are stopped at once
         self.classification = LiveClassification(
-            section, project, selected_star, reporter, self.children, on_done=on_done
+            section,
+            project,
+            selected_star,
+            reporter,
+            ChildJobs(project),
+            on_done=on_done,
         )
         self._wake = asyncio.Event()
         self._stopping = False
@@ -203,7 +210,7 @@ class LiveRefinement:
     @property
     def n_runs(self) -> int:
         """Children started (refinements, rebalances, classifications)."""
-        return self.children.n_runs
+        return self.children.n_runs + self.classification.children.n_runs
 
     # -- called by the daemon (in the event loop) --------------------------------
     def wake(self) -> None:
@@ -233,8 +240,11 @@ class LiveRefinement:
         deadline (see the module docstring)."""
         self._stopping = True
         self.children.set_deadline(deadline)
-        self._wake.set()
         loop = asyncio.get_running_loop()
+        # a classification is periodic: stopped now (it runs again after the next
+        # start), the drain's time is the refinement's
+        self.classification.children.set_deadline(loop.time())
+        self._wake.set()
         # its child is killed at the deadline; a second more lets it say so
         grace = max(deadline - loop.time(), 0.0) + KILL_GRACE_S
         done, _ = await asyncio.wait([task], timeout=grace)

@@ -328,3 +328,28 @@ def test_the_live_classification_is_due_after_the_schedule_and_on_growth(
     one_class = _config(project, classes=1, n_minibatches=6)
     live, _ = _refinement(one_class, events)
     assert live.classification._due() is None  # K = 1: nothing to classify
+
+
+async def test_a_classification_running_at_drain_is_stopped_at_once(
+    tmp_path: Path,
+) -> None:
+    project = _project(tmp_path)  # model iteration 6: the schedule has run
+    summary_path = project / "InitialModel/job008/run_class3d.json"
+    summary = json.loads(summary_path.read_text())
+    model_map = str(project / "InitialModel/job008/initial_model.mrc")
+    summary["maps"] = [model_map, model_map]  # K = 2
+    summary_path.write_text(json.dumps(summary))
+    config = _config(project, classes=2, n_minibatches=6, refine_at_drain=True)
+    events: list[ServiceEvent] = []
+    live, _ = _refinement(config, events)
+    task = asyncio.create_task(live.run())
+    running = project / "Class3D/.job011.running/run.err"
+    await _until(running.is_file, 30)  # the classification's child has started
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await live.drain(task, started + 600)
+    ends = [(e.stage, e.state) for e in events if e.type is EventType.REFINE3D]
+    assert ends[0] == ("classify", "abandoned")
+    assert ends[1:] == [("refine3d", "done")]  # the drain's time went to this
+    assert not (project / "Class3D/job011").exists()
+    assert not running.parent.exists()
