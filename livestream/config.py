@@ -67,7 +67,13 @@ from pydantic import (
     model_validator,
 )
 
-from livestream.project.jobs import CLASS2D, INITIAL_MODEL
+from livestream.project.jobs import (
+    CLASS2D,
+    CLASS3D,
+    INITIAL_MODEL,
+    REBALANCE,
+    REFINE3D,
+)
 from livestream.stages.params import (
     BUILTIN_PARAMS,
     CtfParams,
@@ -389,6 +395,23 @@ class Class3dSection(_Section):
     particle_diameter_a: float | None = Field(default=None, gt=0.0)  # mask
     max_passes: float = Field(default=3.0, gt=0.0)  # then it waits for particles
     seed: int = Field(default=0, ge=0)
+    # the gold-standard refinement of the current map (livestream.class3d.refinement):
+    # on request (`livestream refine-now`, SIGUSR1) and, when on, at drain (within
+    # workers.drain_timeout_s; it can take minutes)
+    refine_job: str = Field(default=REFINE3D.folder, min_length=1)
+    refine_at_drain: bool = False
+    refine_lowpass_a: float = Field(default=40.0, gt=0.0)  # start map low-pass
+    refine_max_iterations: int = Field(default=20, ge=2)
+    # Rebalance Orientations (`livestream rebalance`, its defaults) of the newest
+    # refinement's run_data.star, at drain when on
+    rebalance_job: str = Field(default=REBALANCE.folder, min_length=1)
+    rebalance_at_drain: bool = False
+    # with classes > 1: once the VDAM schedule has run, classify the selection
+    # against the model's K maps (livestream.class3d.classification), again when
+    # it has grown by this fraction (0: once)
+    classify_job: str = Field(default=CLASS3D.folder, min_length=1)
+    classify_iterations: int = Field(default=15, ge=1)
+    reclassify_growth: float = Field(default=0.5, ge=0.0)
 
     @field_validator("symmetry")
     @classmethod

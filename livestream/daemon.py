@@ -17,7 +17,12 @@ SIGHUP sets the ``reload`` event: the config file is read again and changed
 curation thresholds re-evaluate every past exposure
 (:mod:`livestream.curation.reload`), and ``[templates]`` applies at once (with
 ``repick_earlier``, earlier exposures are re-picked with the current template set,
-:mod:`livestream.templates.live`).
+:mod:`livestream.templates.live`).  SIGUSR1 sets the ``refine`` event: a request
+written by ``livestream refine-now`` (which sends it, finding the daemon in
+``<project>/livestream.pid``) runs a gold-standard refinement of the current 3D map
+(:mod:`livestream.class3d.refinement`); at drain, after the 3D model's
+checkpoint, ``[class3d] refine_at_drain`` / ``rebalance_at_drain`` run within the
+same drain deadline.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 
 from livestream.class2d.live import Class2dLive, class2d_for, drain_class2d
 from livestream.class3d.live import Class3dLive, class3d_for, drain_class3d
+from livestream.class3d.refinement import PID_NAME, LiveRefinement, refinement_for
 from livestream.config import ServiceConfig
 from livestream.curation.reload import CurationReload
 from livestream.dashboard.server import DashboardServer, DashboardSources
@@ -54,12 +60,14 @@ from livestream.telemetry.recorder import MetricsRecorder
 from livestream.telemetry.reporting import Reporter
 from livestream.telemetry.systemd_notify import Notifier
 from livestream.templates.live import TemplateFeed
+from pipelines.io.outputs import write_text_atomic
 
 __all__ = ["EXIT_FORCED", "ServiceHandle", "run_service"]
 
 log = logging.getLogger(__name__)
 
 EXIT_FORCED = 130
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 SUMMARY_INTERVAL_S = 5.0
 
 
@@ -76,6 +84,7 @@ class ServiceHandle:
     templates: TemplateFeed
     class2d: Class2dLive | None = None  # None: disabled or no extraction stage
     class3d: Class3dLive | None = None  # None: disabled, or no 2D classes
+    refinement: LiveRefinement | None = None  # None: as class3d
     metrics_address: tuple[str, int] | None = None  # None: metrics off
     dashboard_url: str | None = None  # None: dashboard off
 
@@ -108,6 +117,7 @@ async def run_service(
     *,
     stop: asyncio.Event | None = None,
     reload: asyncio.Event | None = None,
+    refine: asyncio.Event | None = None,
     listeners: tuple[Listener, ...] = (),
     on_started: Callable[[ServiceHandle], None] | None = None,
     install_signal_handlers: bool = True,
@@ -120,10 +130,13 @@ async def run_service(
     ``retry_quarantined`` gives quarantined stages a fresh set of attempts
     (imports are always re-checked: a fixed file is picked up again).  Setting
     ``reload`` (SIGHUP does) re-reads the config file and applies changed curation
-    thresholds to every past exposure.
+    thresholds to every past exposure.  Setting ``refine`` (SIGUSR1 does) serves
+    a refinement request (``livestream refine-now``).  With the signal handlers
+    the daemon's process id is in ``<project>/livestream.pid`` while it runs.
     """
     stop = stop if stop is not None else asyncio.Event()
     reload = reload if reload is not None else asyncio.Event()
+    refine = refine if refine is not None else asyncio.Event()
     project = config.project.path
     project.mkdir(parents=True, exist_ok=True)
     chain = build_chain(config.stages)
@@ -143,6 +156,8 @@ async def run_service(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
+        loop.add_signal_handler(signal.SIGUSR1, refine.set)
+        _write_pid_file(project)
     try:
         if config.metrics.enabled:
             recorder = MetricsRecorder.serve(
@@ -174,14 +189,15 @@ async def run_service(
                 executor,
                 chain,
                 report,
-                (stop, reload),
+                (stop, reload, refine),
                 on_started,
                 (servers, any_port_if_busy),
             )
     finally:
         if install_signal_handlers:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in _SIGNALS:
                 loop.remove_signal_handler(signum)
+            (project / PID_NAME).unlink(missing_ok=True)
         if executor is not None:  # a no-op after a clean drain
             await executor.close(cancel=True)
         if recorder is not None:
@@ -197,11 +213,11 @@ async def _serve(
     executor: LocalExecutor | DaskExecutor,
     chain: Chain,
     report: ReconcileReport,
-    events: tuple[asyncio.Event, asyncio.Event],
+    events: tuple[asyncio.Event, asyncio.Event, asyncio.Event],
     on_started: Callable[[ServiceHandle], None] | None,
     servers: tuple[contextlib.AsyncExitStack, bool],
 ) -> None:
-    stop, reload = events
+    stop, reload, refine = events
     reporter, notifier = telemetry.reporter, telemetry.notifier
     recorder = telemetry.recorder
     workers = config.workers
@@ -268,6 +284,9 @@ async def _serve(
         config, index, reporter, after_snapshot=templates.after_snapshot
     )
     class3d = class3d_for(config, index, reporter)
+    refinement = refinement_for(config, index, reporter)
+    if refinement is not None:
+        telemetry.events.add_listener(refinement.on_event)  # each 3D snapshot
     if class3d is not None:
         telemetry.events.add_listener(class3d.on_event)  # each 2D snapshot
         if recorder is not None:
@@ -285,6 +304,7 @@ async def _serve(
         templates,
         class2d,
         class3d,
+        refinement,
         metrics_address=recorder.address if recorder is not None else None,
         dashboard_url=None if dashboard is None else dashboard.url,
     )
@@ -316,6 +336,7 @@ async def _serve(
             if class3d is None
             else group.create_task(class3d.run(), name="class3d")
         )
+        refining = _start_refinement(group, refinement, refine, background)
         notifier.ready()
         log.info("service ready: %s -> %s", config.session.path, config.project.path)
         await stop.wait()
@@ -330,10 +351,9 @@ async def _serve(
         summaries.publish("draining")
         scheduler.stop_taking_work()
         await _drain_stages(scheduling, scheduler, executor, workers.drain_timeout_s)
-        if classifying is not None:
-            await drain_class2d(classifying, drain_deadline)
-        if modelling is not None:
-            await drain_class3d(modelling, drain_deadline)
+        await _drain_actors(
+            drain_deadline, classifying, modelling, (refinement, refining)
+        )
         await asyncio.to_thread(index.finish)  # always, at shutdown: jobs Succeeded
         summaries.publish("stopped")
         await telemetry.events.flush()
@@ -341,6 +361,54 @@ async def _serve(
             task.cancel()
     with contextlib.suppress(ValueError):
         reporter.set_queue(0, 0)
+
+
+def _start_refinement(
+    group: asyncio.TaskGroup,
+    refinement: LiveRefinement | None,
+    refine: asyncio.Event,
+    background: list[asyncio.Task[None]],
+) -> asyncio.Task[None] | None:
+    """The refinement's task; its request forwarder joins ``background``."""
+    if refinement is None:
+        return None
+    forward = _forward(refine, refinement.wake)
+    background.append(group.create_task(forward, name="refine-requests"))
+    return group.create_task(refinement.run(), name="refine3d")
+
+
+async def _drain_actors(
+    deadline: float,
+    classifying: asyncio.Task[None] | None,
+    modelling: asyncio.Task[None] | None,
+    refining: tuple[LiveRefinement | None, asyncio.Task[None] | None],
+) -> None:
+    """The 2D and 3D actors' last mini-batch and checkpoint, then the refinement
+    and rebalance at drain when asked, all by ``deadline`` (event-loop time)."""
+    if classifying is not None:
+        await drain_class2d(classifying, deadline)
+    if modelling is not None:
+        await drain_class3d(modelling, deadline)
+    refinement, task = refining
+    if refinement is not None and task is not None:
+        await refinement.drain(task, deadline)
+
+
+async def _forward(source: asyncio.Event, call: Callable[[], None]) -> None:
+    """Call ``call`` each time ``source`` is set (SIGUSR1)."""
+    while True:
+        await source.wait()
+        source.clear()
+        call()
+
+
+def _write_pid_file(project: Path) -> None:
+    """``<project>/livestream.pid``: where ``livestream refine-now`` finds the
+    daemon to signal."""
+    try:
+        write_text_atomic(project / PID_NAME, f"{os.getpid()}\n")
+    except OSError as error:  # the service runs on; refine-now cannot signal it
+        log.warning("cannot write %s: %s", project / PID_NAME, error)
 
 
 async def _fan_out(source: asyncio.Event, targets: tuple[asyncio.Event, ...]) -> None:

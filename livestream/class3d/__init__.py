@@ -1,1 +1,1 @@
-"""The online 3D initial model in the service: the stateful actor fed the selected 2D particles, the asyncio task that feeds it, and its metrics."""
+"""The online 3D work in the service: the initial model (the stateful actor fed the selected 2D particles, the asyncio task that feeds it, its metrics), the live 3D classification against its maps, and the refinement of its map and rebalance of the refined set on request and at drain (child processes)."""

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the online 3D initial model (``livestream_class3d_*``).
+"""Prometheus metrics of the online 3D initial model and of the refinements of its
+map (``livestream_class3d_*``).
 
 Created by :class:`livestream.telemetry.metrics.ServiceMetrics` on its own
 registry, so every series exists (gauges at 0, the resolution at NaN, every error
@@ -14,10 +15,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["CLASS3D_OPERATIONS", "Class3dMetrics"]
+__all__ = ["CLASS3D_OPERATIONS", "REFINE_STATUSES", "Class3dMetrics"]
 
 # the step that failed, the label of livestream_class3d_errors_total
 CLASS3D_OPERATIONS = ("resume", "feed", "step", "snapshot", "checkpoint")
+# how a refinement ended, the label of livestream_class3d_refinements_total
+REFINE_STATUSES = ("done", "abandoned", "failed")
 # one mini-batch: a fraction of a second at box 32, minutes at box 128
 _MINIBATCH_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -96,6 +99,32 @@ class Class3dMetrics:
         )
         for operation in CLASS3D_OPERATIONS:
             self._errors.labels(operation=operation)
+        self._refine_resolution = Gauge(
+            "livestream_class3d_refine_resolution_angstrom",
+            "Half-map FSC = 0.143 resolution of the newest finished refinement of "
+            "the 3D map (NaN: none yet).",
+            registry=r,
+        )
+        self._refine_resolution.set(math.nan)
+        self._refine_particles = Gauge(
+            "livestream_class3d_refine_particles",
+            "Particles in the newest finished refinement of the 3D map.",
+            registry=r,
+        )
+        self._refine_seconds = Gauge(
+            "livestream_class3d_refine_duration_seconds",
+            "Wall time of the newest refinement of the 3D map (finished or not).",
+            registry=r,
+        )
+        self._refinements = Counter(
+            "livestream_class3d_refinements",
+            "Refinements of the 3D map, by how they ended (done; abandoned at the "
+            "drain time limit; failed).",
+            ["status"],
+            registry=r,
+        )
+        for status in REFINE_STATUSES:
+            self._refinements.labels(status=status)
 
     def start_particles(self, count: int) -> None:
         self._start.set(count)
@@ -122,6 +151,20 @@ class Class3dMetrics:
         self._coverage.set(float(payload["orientation_coverage"]))
         self._last_snapshot.set(time.time())
         self._snapshots.inc()
+
+    def refine(self, payload: Mapping[str, Any]) -> None:
+        """A ``refine3d`` event body (docs/class3d.md); a rebalance's is not
+        counted here."""
+        if payload.get("step") != "refine":
+            return
+        status = str(payload["status"])
+        if status not in REFINE_STATUSES:
+            raise ValueError(f"refine3d status {status!r} not in {REFINE_STATUSES}")
+        self._refinements.labels(status=status).inc()
+        self._refine_seconds.set(float(payload["seconds"]))
+        if status == "done":
+            self._refine_resolution.set(float(payload["resolution_a"]))
+            self._refine_particles.set(int(payload["n_particles"]))
 
     def error(self, operation: str) -> None:
         if operation not in CLASS3D_OPERATIONS:

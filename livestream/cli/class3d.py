@@ -42,6 +42,7 @@ from livestream.cli.console import (
     print_json,
     require_file,
     require_files,
+    run_alone,
 )
 from pipelines.class3d import (
     ClassificationOptions,
@@ -219,3 +220,7 @@ def main(args: argparse.Namespace) -> int:
             f"particles, {seconds:.1f} s; maps in {out}"
         )
     return 0
+
+
+if __name__ == "__main__":  # python -m livestream.cli.class3d: this command alone
+    sys.exit(run_alone(PROG, __doc__, add_args, main))

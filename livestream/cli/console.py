@@ -7,20 +7,25 @@
   and the command was not asked for ``--json``.  Its :meth:`Progress.update` is the
   ``on_progress(done, total)`` callback the long ``pipelines`` loops accept.
 - :func:`print_json`: the one JSON object a command prints with ``--json``.
+- :func:`run_alone`: one command run as ``python -m livestream.cli.<name>``, without
+  importing the others (the service's refinement starts its children so).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from tqdm import tqdm
+
+from livestream.scheduling.executors import DAEMON_PID_ENV, exit_with_parent
 
 __all__ = [
     "INPUT_ERROR_STATUS",
@@ -31,6 +36,7 @@ __all__ = [
     "require_file",
     "require_files",
     "require_folder",
+    "run_alone",
 ]
 
 # exit status of a command whose input is missing or unreadable (argparse uses 2 for
@@ -92,6 +98,32 @@ def require_folder(path: Path, what: str = "folder") -> Path:
     if not os.access(path, os.R_OK | os.X_OK):
         raise InputError(path, f"{what} cannot be read: permission denied")
     return path
+
+
+def run_alone(
+    prog: str,
+    doc: str | None,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    main: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """One command's ``main`` on ``argv``, with :func:`livestream.cli.main.main`'s
+    handling of an :class:`InputError` (one line, exit status 2).  With
+    ``LIVESTREAM_DAEMON_PID`` set, the process exits when that daemon (its
+    parent) is gone."""
+    daemon_pid = os.environ.get(DAEMON_PID_ENV)
+    if daemon_pid:
+        exit_with_parent(int(daemon_pid))
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except InputError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
 
 
 def print_json(document: dict[str, Any], **options: Any) -> None:

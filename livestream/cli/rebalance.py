@@ -31,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from livestream.cli.console import INPUT_ERROR_STATUS, print_json, require_file
+from livestream.cli.console import (
+    INPUT_ERROR_STATUS,
+    print_json,
+    require_file,
+    run_alone,
+)
 from pipelines.errors import StageInputError
 from pipelines.exchange import read_particle_set
 from pipelines.reconstruct.rebalance import (
@@ -113,3 +118,7 @@ def main(args: argparse.Namespace) -> int:
             f"{result.n_excluded} excluded, {int(result.keep.sum())} kept in {kept}"
         )
     return 0
+
+
+if __name__ == "__main__":  # python -m livestream.cli.rebalance: this command alone
+    sys.exit(run_alone(PROG, __doc__, add_args, main))

@@ -43,6 +43,7 @@ from livestream.cli.console import (
     Progress,
     print_json,
     require_file,
+    run_alone,
 )
 from pipelines.class3d.refine import RefineConfig, RefineIteration, refine
 from pipelines.class3d.refine_outputs import (
@@ -202,3 +203,7 @@ def main(args: argparse.Namespace) -> int:
             f"(masked), {seconds:.1f} s; map {files.map_path}"
         )
     return 0
+
+
+if __name__ == "__main__":  # python -m livestream.cli.refine3d: this command alone
+    sys.exit(run_alone(PROG, __doc__, add_args, main))

@@ -24,6 +24,12 @@ from typing import Any
 
 from livestream.class2d.live import SUMMARY_NAME
 from livestream.class3d.live import SUMMARY_NAME as CLASS3D_SUMMARY_NAME
+from livestream.class3d.refinement import (
+    REBALANCE_SUMMARY_NAME,
+    REQUEST_NAME,
+    read_request,
+)
+from livestream.class3d.refinement import SUMMARY_NAME as REFINE3D_SUMMARY_NAME
 from livestream.cli.console import InputError, require_file, require_folder
 from livestream.curation.live import curation_counts
 from livestream.ledger.store import Ledger
@@ -47,6 +53,7 @@ def read_status(project: Path, *, n_failures: int = 20) -> dict[str, Any]:
         status["curation"] = _curation(ledger.path)
         status["class2d"] = _class2d(project)
         status["class3d"] = _class3d(project)
+        status["refine3d"] = _refine3d(project)
         status["failures"] = [
             {
                 "exposure_id": row.exposure_id,
@@ -124,6 +131,76 @@ def _class3d(project: Path) -> dict[str, Any] | None:
     return summary
 
 
+def _newest(project: Path, pattern: str) -> dict[str, Any] | None:
+    found = sorted(project.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def _refine3d(project: Path) -> dict[str, Any] | None:
+    """The newest finished refinement (``Refine3D/job*/run_refine3d.json``), its
+    rebalance (``External/job*/run_rebalance.json``, when of this refinement) and
+    whether a request waits; ``None`` when there is none of these."""
+    refined = _newest(project, f"Refine3D/job*/{REFINE3D_SUMMARY_NAME}")
+    rebalanced = _newest(project, f"External/job*/{REBALANCE_SUMMARY_NAME}")
+    try:
+        request = read_request(project)
+    except ValueError:  # not a request: the service drops it
+        request = None
+    if refined is None and request is None:
+        return None
+    summary: dict[str, Any] = {
+        "requested": None if request is None else request["request_id"],
+        "request_path": None if request is None else str(project / REQUEST_NAME),
+    }
+    if refined is not None:
+        keys = (
+            "job",
+            "trigger",
+            "finished_utc",
+            "n_particles",
+            "resolution_a",
+            "resolution_masked_a",
+            "iterations",
+            "map_path",
+            "data_star",
+            "fsc_png",
+        )
+        summary |= {key: refined.get(key) for key in keys}
+        same = rebalanced is not None and rebalanced.get(
+            "refinement_utc"
+        ) == refined.get("finished_utc")
+        summary["rebalance"] = (
+            {
+                key: rebalanced.get(key)
+                for key in ("job", "n_rebalanced", "n_excluded", "rebalanced_path")
+            }
+            if same and rebalanced is not None
+            else None
+        )
+    return summary
+
+
+def _refine3d_line(refined: dict[str, Any]) -> str:
+    waiting = refined["requested"]
+    if refined.get("job") is None:
+        return f"refine3d: request {waiting} waiting ({refined['request_path']})"
+    line = (
+        f"refine3d: {refined['job']} ({refined['trigger']}, "
+        f"{refined['finished_utc']}): {refined['n_particles']} particles, "
+        f"{refined['resolution_a']:.1f} Å (half maps), "
+        f"{refined['resolution_masked_a']:.1f} Å (masked); map {refined['map_path']}"
+    )
+    rebalance = refined.get("rebalance")
+    if rebalance is not None:
+        line += (
+            f"; rebalanced {rebalance['n_rebalanced']} kept, "
+            f"{rebalance['n_excluded']} excluded ({rebalance['rebalanced_path']})"
+        )
+    if waiting is not None:
+        line += f"; request {waiting} waiting"
+    return line
+
+
 def _class3d_line(model: dict[str, Any]) -> str:
     coverage = model["orientation_coverage"]
     return (
@@ -171,6 +248,9 @@ def _table(status: dict[str, Any]) -> str:
     model = status.get("class3d")
     if model is not None:
         lines.append(_class3d_line(model))
+    refined = status.get("refine3d")
+    if refined is not None:
+        lines.append(_refine3d_line(refined))
     if status["failures"]:
         lines.append("failures:")
         for failure in status["failures"]:

@@ -5,6 +5,7 @@ same jobs for every session, so their folders are fixed::
 
     Import/job001  MotionCorr/job002  CtfFind/job003  Select/job004
     AutoPick/job005  Extract/job006  Class2D/job007  InitialModel/job008
+    Refine3D/job009  External/job010 (Rebalance Orientations)  Class3D/job011
 
 Stage parameters (``job = ...``), the job index files and the online classifier
 take their defaults from here; a site may still configure other folders.
@@ -26,12 +27,15 @@ from dataclasses import dataclass
 __all__ = [
     "AUTO_PICK",
     "CLASS2D",
+    "CLASS3D",
     "CTF_FIND",
     "EXTRACT",
     "IMPORT",
     "INITIAL_MODEL",
     "JOBS",
     "MOTION_CORR",
+    "REBALANCE",
+    "REFINE3D",
     "SELECT",
     "RelionJob",
 ]
@@ -103,6 +107,36 @@ INITIAL_MODEL = RelionJob(
     outputs=(("initial_model.mrc", "DensityMap.mrc.relion.initialmodel"),),
 )
 
+# the gold-standard refinement of the live 3D map (livestream.class3d.refinement),
+# on demand and at drain; RELION's Refine3D output nodes (the pipeliner's labels)
+REFINE3D = RelionJob(
+    job_type="Refine3D",
+    number=9,
+    process_type="relion.refine3d",
+    outputs=(
+        ("run_data.star", "ParticleGroupMetadata.star.relion.refine3d"),
+        ("run_model.star", "DensityMapMetadata.star.relion.refine3d.model"),
+        ("run_half1_class001_unfil.mrc", "DensityMap.mrc.relion.refine3d.halfmap"),
+        ("run_half2_class001_unfil.mrc", "DensityMap.mrc.relion.refine3d.halfmap"),
+        ("run_class001.mrc", "DensityMap.mrc.relion.refine3d"),
+    ),
+)
+# Rebalance Orientations of the refined set (RELION has no such job: an External
+# job, RELION's type for programs it does not ship)
+REBALANCE = RelionJob(
+    job_type="External",
+    number=10,
+    process_type="relion.external",
+    outputs=(
+        ("rebalanced.star", "ParticleGroupMetadata.star.livestream.rebalance"),
+        ("excluded.star", "ParticleGroupMetadata.star.livestream.rebalance.excluded"),
+    ),
+)
+
+# the live 3D classification against the initial model's K maps
+# (livestream.class3d.classification); its outputs are per iteration
+CLASS3D = RelionJob(job_type="Class3D", number=11, process_type="relion.class3d")
+
 JOBS = (
     IMPORT,
     MOTION_CORR,
@@ -112,4 +146,7 @@ JOBS = (
     EXTRACT,
     CLASS2D,
     INITIAL_MODEL,
+    REFINE3D,
+    REBALANCE,
+    CLASS3D,
 )

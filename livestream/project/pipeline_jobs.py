@@ -2,7 +2,9 @@
 
 ``Import/job001`` (the movies), then one process per chain stage that has a RELION
 job (motion, CTF, curation as ``relion.select.onvalue``, picking, extraction), then
-the online ``Class2D`` job and the online ``InitialModel`` job fed its selection.  Each process's inputs are the nodes of the stages
+the online ``Class2D`` job, the online ``InitialModel`` job fed its selection,
+the ``Refine3D`` job of its map and the ``External`` job that rebalances the
+refined orientations.  Each process's inputs are the nodes of the stages
 that feed it; its ``job.star`` options are the stage's validated parameters (or
 the ``[session]`` / ``[class2d]`` table) and its ``note.txt`` the command line and
 that table.  A plugin stage whose kind has no RELION job is not listed.
@@ -16,7 +18,14 @@ from typing import Any
 
 from livestream.config import ServiceConfig
 from livestream.project.job_index import IndexTargets, index_targets
-from livestream.project.jobs import IMPORT, INITIAL_MODEL, RelionJob
+from livestream.project.jobs import (
+    CLASS3D,
+    IMPORT,
+    INITIAL_MODEL,
+    REBALANCE,
+    REFINE3D,
+    RelionJob,
+)
 from livestream.project.pipeline import (
     IMPORT_MOVIES,
     PipelineJob,
@@ -98,6 +107,7 @@ def pipeline_jobs(
         )
         if config.class3d.enabled:
             jobs.append(_initial_model_job(config, head))
+            jobs += _refinement_jobs(config, head)
     return sorted(jobs, key=lambda j: j.number)
 
 
@@ -129,6 +139,63 @@ def _initial_model_job(config: ServiceConfig, head: str) -> PipelineJob:
             ),
         ),
     )
+
+
+def _refinement_jobs(config: ServiceConfig, head: str) -> list[PipelineJob]:
+    """The refinement of the live map (run on request and at drain), the
+    Rebalance Orientations of its particles and the live 3D classification
+    (listed once their folders exist)."""
+    section = config.class3d
+    selected = f"{config.class2d.job}/run_selected.star"
+    reference = f"{section.job}/initial_model.mrc"
+    refined = f"{section.refine_job}/run_data.star"
+    table = _table("class3d", section.model_dump(mode="json"))
+    return [
+        PipelineJob(
+            folder=section.refine_job,
+            process_type=REFINE3D.process_type,
+            outputs=REFINE3D.outputs,
+            inputs=(selected, reference),
+            options={  # RELION's names of the Refine3D job's options
+                "fn_img": selected,
+                "fn_ref": reference,
+                "ini_high": str(section.refine_lowpass_a),
+                "sym_name": section.symmetry,
+                "ref_correct_greyscale": "No",
+                "particle_diameter": str(section.particle_diameter_a or ""),
+            },
+            note=head + table,
+        ),
+        PipelineJob(
+            folder=section.rebalance_job,
+            process_type=REBALANCE.process_type,
+            outputs=REBALANCE.outputs,
+            inputs=(refined,),
+            options={"fn_exe": "livestream rebalance", "in_part": refined},
+            note=head + table,
+        ),
+        PipelineJob(  # only with classes > 1 does its folder appear
+            folder=section.classify_job,
+            process_type=CLASS3D.process_type,
+            inputs=(selected,),
+            options={  # RELION's names of the Class3D job's options
+                "fn_img": selected,
+                "fn_ref": f"{section.job}/run_itNNN_classKKK.mrc",
+                "nr_classes": str(section.classes),
+                "nr_iter": str(section.classify_iterations),
+                "sym_name": section.symmetry,
+            },
+            note=head + table,
+            iteration_outputs=(
+                ("data.star", "ParticleGroupMetadata.star.relion.class3d"),
+                ("model.star", "DensityMapGroupMetadata.star.relion.class3d.model"),
+                *(
+                    (f"class{k:03d}.mrc", "DensityMap.mrc.relion.class3d")
+                    for k in range(1, section.classes + 1)
+                ),
+            ),
+        ),
+    ]
 
 
 def _job_of(link: ChainLink) -> RelionJob | None:

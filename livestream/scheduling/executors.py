@@ -30,6 +30,7 @@ from livestream.config import SlurmConfig
 from livestream.scheduling.clusters import start_slurm_cluster
 
 __all__ = [
+    "DAEMON_PID_ENV",
     "PARENT_WATCH_THREAD",
     "DaskExecutor",
     "Executor",
@@ -59,6 +60,9 @@ class Executor(Protocol):
 
 
 PARENT_WATCH_INTERVAL_S = 1.0
+# set by the service for the commands it runs as child processes (the refinement
+# of the live map, livestream.cli.console.run_alone): they die with the daemon
+DAEMON_PID_ENV = "LIVESTREAM_DAEMON_PID"
 PARENT_WATCH_THREAD = "parent-watch"  # also its name in ps -L / top -H (Linux)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PR_SET_NAME = 15

@@ -37,6 +37,14 @@ __all__ = [
 ]
 
 
+# the ``stage`` of a refine3d event for listeners, by the payload's ``step``
+_REFINE3D_STAGES = {
+    "refine": "refine3d",
+    "rebalance": "rebalance",
+    "classify": "classify",
+}
+
+
 class EventType(enum.Enum):
     DISCOVERED = "discovered"
     READY = "ready"
@@ -45,6 +53,7 @@ class EventType(enum.Enum):
     EXPOSURE_DONE = "exposure_done"
     CLASS2D_SNAPSHOT = "class2d_snapshot"
     CLASS3D_SNAPSHOT = "class3d_snapshot"
+    REFINE3D = "refine3d"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,6 +293,29 @@ class Broadcaster:
             )
         )
 
+    def refine3d(self, payload: Mapping[str, Any]) -> None:
+        """The MQTT ``refine3d`` event and, for listeners, ``stage`` = ``refine3d``,
+        ``rebalance`` or ``classify`` (the payload's ``step``), ``state`` = its status (done,
+        abandoned, failed), ``detail`` = the refined map, ``figures`` = the
+        payload's numbers."""
+        if self._publishing:
+            self._outgoing.put_nowait(("refine3d", "", dict(payload)))
+        figures = {
+            name: float(value)
+            for name, value in payload.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        self._emit(
+            ServiceEvent(
+                type=EventType.REFINE3D,
+                exposure_id="",
+                stage=_REFINE3D_STAGES.get(str(payload.get("step")), "refine3d"),
+                state=str(payload.get("status", "")),
+                detail=str(payload.get("map_path") or ""),
+                figures=MappingProxyType(figures),
+            )
+        )
+
     # -- service state -------------------------------------------------------------
     def status(
         self,
@@ -324,6 +356,8 @@ class Broadcaster:
             await self._publisher.publish_class2d(payload)
         elif kind == "class3d":
             await self._publisher.publish_class3d(payload)
+        elif kind == "refine3d":
+            await self._publisher.publish_refine3d(payload)
         else:
             await self._publisher.publish_exposure(_topic_safe(exposure_id), payload)
 

@@ -41,6 +41,7 @@ class EventKind(enum.StrEnum):
     EXPOSURE = "exposure"
     CLASS2D = "class2d"
     CLASS3D = "class3d"
+    REFINE3D = "refine3d"
 
 
 class ServiceState(enum.StrEnum):

@@ -6,6 +6,8 @@ Topics, for a session ``S``::
     livestream/S/exposure/<id>   one message per processed exposure
     livestream/S/class2d         one message per 2D classification snapshot
     livestream/S/class3d         one message per 3D initial-model snapshot
+    livestream/S/refine3d        one message per refinement of the 3D map (and its
+                                 Rebalance Orientations), finished or abandoned
 
 ``publish_*`` never block on the network: they stamp the payload
 (:func:`livestream.telemetry.events.stamp_event`) and queue it in a bounded
@@ -233,6 +235,11 @@ class EventPublisher:
         """One 3D initial-model snapshot."""
         topic = topic_for(self.session_name, EventKind.CLASS3D)
         self._enqueue(EventKind.CLASS3D, topic, payload, retain=False)
+
+    async def publish_refine3d(self, payload: Mapping[str, Any]) -> None:
+        """One refinement of the live 3D map (finished or abandoned)."""
+        topic = topic_for(self.session_name, EventKind.REFINE3D)
+        self._enqueue(EventKind.REFINE3D, topic, payload, retain=False)
 
     def _enqueue(
         self, kind: EventKind, topic: str, payload: Mapping[str, Any], *, retain: bool

@@ -134,6 +134,9 @@ class MetricsRecorder:
     def class3d_error(self, operation: str) -> None:
         self.metrics.class3d.error(operation)
 
+    def refine3d(self, payload: Mapping[str, Any]) -> None:
+        self.metrics.class3d.refine(payload)
+
     def templates_version(self, version: int) -> None:
         self.metrics.set_templates_version(version)
 

@@ -163,6 +163,13 @@ class Reporter:
             self._metrics.class3d_snapshot(payload)
         self._events.class3d_snapshot(payload)
 
+    def refine3d(self, payload: Mapping[str, Any]) -> None:
+        """A refinement of the 3D map ended (done, abandoned or failed): metrics,
+        the MQTT ``refine3d`` event, listeners."""
+        if self._metrics is not None:
+            self._metrics.refine3d(payload)
+        self._events.refine3d(payload)
+
     def class3d_error(self, operation: str, error: Exception) -> None:
         """An initial-model failure; the service goes on."""
         log.error("class3d %s failed: %s", operation, error)

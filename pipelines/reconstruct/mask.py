@@ -27,6 +27,7 @@ __all__ = [
     "create_mask",
     "lowpass_map",
     "raised_cosine_filter",
+    "resample_map",
     "soft_mask_outside_sphere",
 ]
 
@@ -72,6 +73,27 @@ def lowpass_map(
     radius = np.sqrt(_radius2(box))
     ft = scipy.fft.rfftn(vol) * raised_cosine_filter(radius, cutoff, edge_shells)
     return np.asarray(scipy.fft.irfftn(ft, s=vol.shape), dtype=np.float32)
+
+
+def resample_map(volume: np.ndarray, box_px: int) -> np.ndarray:
+    """``volume`` ``(N, N, N)`` resampled to ``(box_px,) * 3`` float32 over the same
+    field of view (the voxel size scales by ``N / box_px``): its centred spectrum
+    zero-padded or cropped about the zero frequency, so the centre voxel ``N // 2``
+    goes to ``box_px // 2`` and a constant stays that constant."""
+    vol = _cube(volume)
+    n = vol.shape[0]
+    if box_px < 2:
+        raise StageInputError("<argument>", "box_px", box_px, "must be >= 2")
+    if box_px == n:
+        return np.array(vol, dtype=np.float32)
+    spectrum = scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(vol)))
+    size = min(n, box_px)
+    src = slice(n // 2 - size // 2, n // 2 - size // 2 + size)
+    dst = slice(box_px // 2 - size // 2, box_px // 2 - size // 2 + size)
+    out = np.zeros((box_px,) * 3, dtype=np.complex128)
+    out[dst, dst, dst] = spectrum[src, src, src]
+    resampled = scipy.fft.fftshift(scipy.fft.ifftn(scipy.fft.ifftshift(out))).real
+    return np.asarray(resampled * (box_px / n) ** 3, dtype=np.float32)
 
 
 def _radius2(box: int) -> np.ndarray:

@@ -143,7 +143,7 @@ async def test_the_pipeliner_opens_the_live_project(
     with ProjectGraph(pipeline_dir=".", read_only=True) as graph:
         procs = {p.name: (p.type, p.status) for p in graph.process_list}
         assert procs == {name: (t, "Succeeded") for name, t in PROCESSES.items()}
-        assert graph.job_counter == 9
+        assert graph.job_counter == 12  # job009-011: Refine3D, External, Class3D
         nodes = {n.name: n.type for n in graph.node_list}
         for name, label in NODES.items():
             assert nodes[name] == label

@@ -10,17 +10,25 @@ the 3D pool is the 2D pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import mrcfile
 import pytest
+from pipeliner.project_graph import ProjectGraph
 from prometheus_client.parser import text_string_to_metric_families
 
 from livestream.class3d.actor import Class3dActor
+from livestream.class3d.live import SUMMARY_NAME
+from livestream.class3d.refinement import REBALANCE_SUMMARY_NAME
+from livestream.class3d.refinement import SUMMARY_NAME as REFINED_NAME
+from livestream.cli.main import main as cli_main
 from livestream.config import ServiceConfig
+from livestream.daemon import ServiceHandle, run_service
 from livestream.telemetry.reporting import EventType, ServiceEvent
 from tests.livestream.class2d.test_class2d_live import (
     PER_EXPOSURE,
@@ -185,3 +193,125 @@ async def test_drain_checkpoints_and_a_restart_continues_the_model(
     keys = final.pool.table["rlnImageName"]
     assert len(set(keys)) == len(keys)  # none fed twice
     assert final.pool_size == 3 * PER_EXPOSURE
+
+
+class _SignalledService:
+    """``run_service`` with its signal handlers (SIGUSR1 from ``refine-now``
+    reaches it: the test process is the daemon's)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.events: list[ServiceEvent] = []
+        self.handles: list[ServiceHandle] = []
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(
+            run_service(
+                config,
+                stop=self.stop,
+                listeners=(self.events.append,),
+                on_started=self.handles.append,
+            )
+        )
+
+    async def finish(self, timeout_s: float) -> None:
+        self.stop.set()
+        assert await asyncio.wait_for(self.task, timeout_s) == 0
+
+
+def _refine3d(service: _SignalledService) -> list[tuple[str, str]]:
+    """(step, status) of each refine3d event."""
+    return [(e.stage, e.state) for e in service.events if e.type is EventType.REFINE3D]
+
+
+async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K = 2: two class maps and fractions in the event; at drain the map is
+    refined and rebalanced once; after a restart, `livestream refine-now` (its
+    SIGUSR1) refines on request and the drain does not refine the same map again."""
+    session, movies, _ = write_session(tmp_path, 2)
+    config = _config3d(
+        tmp_path,
+        session,
+        movies,
+        class3d={
+            "classes": 2,
+            "max_passes": 4.0,  # past n_minibatches: the classification runs
+            "classify_iterations": 3,
+            "refine_at_drain": True,
+            "rebalance_at_drain": True,
+            "refine_max_iterations": 3,
+        },
+        workers={"drain_timeout_s": 240.0},
+    )
+    project = tmp_path / "project"
+    first = _SignalledService(config)
+    try:
+        await wait_for(lambda: len(_models(first)) >= 1, 90)
+        live = first.handles[0].class3d
+        assert live is not None
+        # the whole selection, processed max_passes times: the model pauses
+        await wait_for(
+            lambda: (
+                live.actor is not None
+                and live.actor.pool_size == 2 * PER_EXPOSURE
+                and not live.actor.ready()
+            ),
+            120,
+        )
+        # the live classification of the whole selection against the K maps
+        await wait_for(lambda: ("classify", "done") in _refine3d(first), 120)
+    finally:
+        await first.finish(240)
+    model = json.loads((project / JOB / SUMMARY_NAME).read_text())  # the event body
+    assert model["classes"] == 2
+    assert len(model["maps"]) == 2
+    assert all(Path(p).is_file() for p in model["maps"])
+    assert len(model["class_fractions"]) == 2
+    assert sum(model["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
+    assert _refine3d(first)[-2:] == [("refine3d", "done"), ("rebalance", "done")]
+    classes = json.loads((project / "Class3D/job011/run_classes.json").read_text())
+    assert classes["n_particles"] <= 2 * PER_EXPOSURE
+    assert classes["model_iteration"] >= CLASS3D["n_minibatches"]
+    assert len(classes["class_fractions"]) == 2
+    assert sum(classes["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(classes["class_counts"]) == classes["n_particles"]
+    assert all(Path(p).is_file() for p in classes["maps"])
+    refined = json.loads((project / "Refine3D/job009" / REFINED_NAME).read_text())
+    assert refined["trigger"] == "drain"
+    assert refined["n_particles"] == 2 * PER_EXPOSURE
+    assert refined["model_iteration"] == model["iteration"]
+    rebalanced = project / "External/job010" / REBALANCE_SUMMARY_NAME
+    assert (
+        json.loads(rebalanced.read_text())["refinement_utc"]
+        == (refined["finished_utc"])
+    )
+
+    second = _SignalledService(config)  # restart: nothing is redone at start
+    try:
+        await wait_for(lambda: len(second.handles) == 1, 30)
+        refinement = second.handles[0].refinement
+        assert refinement is not None
+        assert os.path.exists(project / "livestream.pid")
+        assert cli_main(["refine-now", str(project)]) == 0  # signals this process
+        await wait_for(
+            lambda: any(e.type is EventType.REFINE3D for e in second.events), 120
+        )
+    finally:
+        await second.finish(240)
+    # the request's refinement, then (drain) its rebalance, and no other
+    assert _refine3d(second) == [("refine3d", "done"), ("rebalance", "done")]
+    on_request = json.loads((project / "Refine3D/job009" / REFINED_NAME).read_text())
+    assert on_request["trigger"] == "request"  # the drain did not refine it again
+    assert on_request["key"] == refined["key"]
+    assert refinement.n_runs == 2
+    assert not (project / "livestream.pid").exists()
+    monkeypatch.chdir(project)  # the pipeliner reads the project's jobs
+    with ProjectGraph(pipeline_dir=".", read_only=True) as graph:
+        procs = {p.name: (p.type, p.status) for p in graph.process_list}
+        assert procs["Class3D/job011/"] == ("relion.class3d", "Succeeded")
+        assert procs["Refine3D/job009/"] == ("relion.refine3d", "Succeeded")
+        nodes = {n.name: n.type for n in graph.node_list}
+        stem = Path(classes["data_star"]).name.removesuffix("_data.star")
+        assert nodes[f"Class3D/job011/{stem}_class002.mrc"] == (
+            "DensityMap.mrc.relion.class3d"
+        )

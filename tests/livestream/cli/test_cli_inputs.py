@@ -26,6 +26,7 @@ FOLDER_KINDS = ("missing", "file", "fifo", "broken_link")
 LEDGER_KINDS = {
     "status": (*FILE_KINDS, "empty", "not_sqlite"),
     "curate": (*FILE_KINDS, "not_sqlite"),
+    "refine-now": FILE_KINDS,  # it only checks that the project is a service's
 }
 OPTICS = ["--pixel-size-a", "1", "--voltage-kv", "300", "--cs-mm", "2.7"]
 PICK = ["--pixel-size-a", "1", "--diameter-a", "100", "200"]
@@ -151,6 +152,7 @@ FILE_CASES: dict[str, ArgvOf] = {
 }  # fmt: skip
 LEDGER_CASES: dict[str, Callable[[Path, Path], list[str]]] = {
     "status": lambda project, tmp: ["status", "--project", str(project)],
+    "refine-now": lambda project, tmp: ["refine-now", str(project)],
     "curate": lambda project, tmp: [
         "curate", "--project", str(project), "--config", _curate_config(project, tmp)
     ],
@@ -161,6 +163,7 @@ FOLDER_CASES: dict[str, ArgvOf] = {
         "curate", "--project", bad, "--config", _good_file(tmp, "live.toml")
     ],
     "run --session": lambda bad, tmp: ["run", "--session", bad],
+    "refine-now PROJECT": lambda bad, tmp: ["refine-now", bad],
     "export-cryosparc": lambda bad, tmp: [
         "export-cryosparc", bad, "--out", str(tmp / "cs")
     ],

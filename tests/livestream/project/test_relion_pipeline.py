@@ -206,6 +206,9 @@ def test_the_service_jobs_follow_the_chain(tmp_path: Path) -> None:
         "Extract/job006",
         "Class2D/job007",
         "InitialModel/job008",
+        "Refine3D/job009",
+        "External/job010",
+        "Class3D/job011",
     ]
     assert by_folder["AutoPick/job005"].process_type == "relion.autopick.ref2d"
     assert by_folder["Select/job004"].process_type == "relion.select.onvalue"
@@ -219,6 +222,14 @@ def test_the_service_jobs_follow_the_chain(tmp_path: Path) -> None:
     assert initial_model.inputs == ("Class2D/job007/run_selected.star",)
     assert initial_model.options["sym_name"] == "C1"
     assert initial_model.options["start_particles"] == "5000"
+    refine = by_folder["Refine3D/job009"]  # on request and at drain
+    assert refine.process_type == "relion.refine3d"
+    assert refine.inputs == (
+        "Class2D/job007/run_selected.star",
+        "InitialModel/job008/initial_model.mrc",
+    )
+    assert refine.options["ini_high"] == "40.0"
+    assert by_folder["External/job010"].inputs == ("Refine3D/job009/run_data.star",)
     assert by_folder["MotionCorr/job002"].options["patches_x"] == str(
         config.stages.table_of("motion").model_dump()["patches_x"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -187,3 +188,23 @@ def test_declared_stages_exist_at_zero_before_anything_happens() -> None:
         get("livestream_stage_exposures_total", {"stage": "pick", "state": "done"})
         is None
     )
+
+
+def test_refinements_of_the_live_map_are_counted_by_how_they_ended() -> None:
+    metrics = ServiceMetrics()
+    get = metrics.registry.get_sample_value
+    for status in ("done", "abandoned", "failed"):  # every series from the start
+        assert get("livestream_class3d_refinements_total", {"status": status}) == 0
+    assert math.isnan(get("livestream_class3d_refine_resolution_angstrom") or 0.0)
+    done = {"step": "refine", "status": "done", "seconds": 12.4}
+    metrics.class3d.refine({**done, "resolution_a": 11.4, "n_particles": 80})
+    metrics.class3d.refine({"step": "refine", "status": "abandoned", "seconds": 3.0})
+    metrics.class3d.refine({"step": "rebalance", "status": "done", "seconds": 1.0})
+    assert get("livestream_class3d_refinements_total", {"status": "done"}) == 1
+    assert get("livestream_class3d_refinements_total", {"status": "abandoned"}) == 1
+    # an abandoned run leaves the finished one's figures, its own duration
+    assert get("livestream_class3d_refine_resolution_angstrom") == 11.4
+    assert get("livestream_class3d_refine_particles") == 80
+    assert get("livestream_class3d_refine_duration_seconds") == 3.0
+    with pytest.raises(ValueError, match="'stopped'"):
+        metrics.class3d.refine({"step": "refine", "status": "stopped", "seconds": 0})

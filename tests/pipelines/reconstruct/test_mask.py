@@ -11,6 +11,7 @@ from pipelines.reconstruct.mask import (
     auto_threshold,
     create_mask,
     lowpass_map,
+    resample_map,
     soft_mask_outside_sphere,
 )
 
@@ -134,3 +135,20 @@ def test_outside_sphere_mask_matches_relions_definition() -> None:
     np.testing.assert_array_equal(
         soft_mask_outside_sphere(volume, radius_px=BOX), volume
     )
+
+
+def test_resample_map_keeps_the_field_of_view_and_the_values() -> None:
+    n = 16
+    z, y, x = np.indices((n, n, n)) - n // 2
+    blob = np.exp(-(x**2 + (y - 2) ** 2 + z**2) / (2 * 2.0**2))  # off-centre in y
+    up = resample_map(blob, 24)
+    assert up.shape == (24, 24, 24)
+    assert up.dtype == np.float32
+    # the same place in the field of view: 2 px at box 16 is 3 px at box 24
+    assert np.unravel_index(np.argmax(up), up.shape) == (12, 15, 12)
+    assert up.max() == pytest.approx(blob.max(), rel=0.05)
+    # back again: the same map but for its Nyquist plane (blob max 1)
+    np.testing.assert_allclose(resample_map(up, n), blob, atol=1e-3)
+    np.testing.assert_allclose(resample_map(np.full((n,) * 3, 3.0), 10), 3.0, atol=1e-6)
+    with pytest.raises(StageInputError, match="cube"):
+        resample_map(np.zeros((4, 4, 5)), 8)
