@@ -25,6 +25,10 @@ candidates may be anything.  The classes are weighted to equal total weight, so 
 "as likely particle as background"; the picks are the candidates above it, their
 log-odds the score, and non-maximum suppression at the candidates' spacing.
 
+With fewer than ``_MIN_CANDIDATES`` candidates, or when the blob threshold keeps
+all of them or none, there is nothing to learn from: the candidates the blob
+threshold keeps are returned, at the blob picker's spacing (the smallest diameter).
+
 Several micrographs can be trained together (:func:`pick_learned_set`): one model
 for the set, fitted to the candidates of all of them, which is what a live session
 has once a few exposures are in.
@@ -39,7 +43,12 @@ import numpy as np
 import scipy.fft
 
 from pipelines.errors import StageInputError
-from pipelines.picking.blob import pick_blob, robust_sd, subtract_background
+from pipelines.picking.blob import (
+    DEFAULT_THRESHOLD_SD,
+    pick_blob,
+    robust_sd,
+    subtract_background,
+)
 from pipelines.picking.filters import downscale_shape, fourier_crop
 from pipelines.picking.picks import Picks, drop_edge_picks, suppress_non_maxima
 from pipelines.picking.threshold import mixture_threshold
@@ -63,6 +72,7 @@ ROUNDS = 2  # self-training rounds after the first fit
 CONFIDENT_FRACTION = 0.5  # the surest share of each side trains the next round
 L2 = 1.0  # ridge on the standardised features
 _NEWTON_STEPS = 25
+_MIN_CANDIDATES = 20  # fewer (in the whole set): the blob picker's picks
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +212,7 @@ def _candidates(
         min_distance_a=CANDIDATE_SPACING * d_min,
         workers=workers,
     )
-    chosen = mixture_threshold(picks.score, fallback=np.inf)
+    chosen = mixture_threshold(picks.score, fallback=DEFAULT_THRESHOLD_SD)
     initial = (picks.score >= chosen.lower) & (picks.score <= chosen.upper)
     feature_px_a = max(pixel_size_a, PATCH_DIAMETERS * d_max / PATCH_PX)
     shape = downscale_shape(image.shape, feature_px_a / pixel_size_a)
@@ -282,9 +292,14 @@ def pick_learned_set(
     ]
     features = np.concatenate([c.features for c in found])
     initial = np.concatenate([c.initial for c in found])
-    if len(features) < 20 or initial.all() or not initial.any():
+    if len(features) < _MIN_CANDIDATES or initial.all() or not initial.any():
+        # nothing to learn from: the blob picker's own picks (its spacing)
         return [
-            drop_edge_picks(c.picks.take(c.initial), c.picks.shape, edge_px)
+            drop_edge_picks(
+                suppress_non_maxima(c.picks.take(c.initial), d_min / pixel_size_a),
+                c.picks.shape,
+                edge_px,
+            )
             for c in found
         ]
     model = _self_train(features, initial)

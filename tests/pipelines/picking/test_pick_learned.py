@@ -76,3 +76,19 @@ def test_logistic_fit_separates_two_gaussians(rng: np.random.Generator) -> None:
     assert abs(boundary) < 0.1
     accuracy = np.mean((model.log_odds(x[:, None]) >= 0) == y)
     assert accuracy > 0.8
+
+
+def test_too_few_candidates_gives_the_blob_picks(rng: np.random.Generator) -> None:
+    """One particle in a 128² micrograph: a dozen candidates, too few to train
+    on, so the candidate above the blob threshold comes back rather than nothing."""
+    phantom = make_phantom(rng, diameter_a=160.0)
+    sim = simulate(
+        rng, phantom=phantom, shape=(128, 128), n_particles=1, snr=0.3, margin_px=40
+    )
+    blob = pick_blob(sim.image, pixel_size_a=4.0, diameter_range_a=(120.0, 200.0))
+    picks = pick_learned(sim.image, pixel_size_a=4.0, diameter_range_a=(120.0, 200.0))
+    recall, precision = match_picks(
+        sim.x_px, sim.y_px, picks.x_px, picks.y_px, tolerance_px=8.0
+    )
+    assert len(picks) == len(blob) == 1
+    assert recall == precision == 1.0
