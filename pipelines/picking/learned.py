@@ -21,9 +21,10 @@ own mixture threshold (the blob picker's default) are taken as particles and tho
 below it as background; then, ``ROUNDS`` times, the model relabels the candidates
 (log-odds above or below 0) and is fitted again to the surest
 ``CONFIDENT_FRACTION`` of each side, so that the share of particles among the
-candidates may be anything.  The classes are weighted to equal total weight, so log-odds 0 is
-"as likely particle as background"; the picks are the candidates above it, their
-log-odds the score, and non-maximum suppression at the candidates' spacing.
+candidates may be anything.  The classes are weighted to equal total weight, so
+log-odds 0 is "as likely particle as background"; the picks are the candidates
+above it, their log-odds the score, and non-maximum suppression at the candidates'
+spacing.
 
 With fewer than ``_MIN_CANDIDATES`` candidates, or when the blob threshold keeps
 all of them or none, there is nothing to learn from: the candidates the blob
