@@ -10,7 +10,8 @@ with dark blobs; timings do not depend on its content beyond the number of peaks
 
 Lower bound, measured in the same run with the same workers: one forward real FFT
 of the full micrograph (needed to Fourier-crop it) plus, at the picking size, one
-inverse real FFT per scale (blob picker; with a CTF also the band-pass inverse
+inverse real FFT per scale (blob picker, and the learned picker, which must at
+least find the blob candidates; with a CTF also the band-pass inverse
 and the energy's forward FFT) or per template and angle (template
 picker: every correlation map is one inverse FFT).  The ratio is what the rest
 (template FFTs, local statistics, peak finding, NMS) costs on top.
@@ -27,6 +28,7 @@ import scipy.fft
 from pipelines.ctf.model import CtfParams
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.filters import downscale_shape
+from pipelines.picking.learned import pick_learned
 from pipelines.picking.template import DEFAULT_ANGLES_DEG, pick_template
 
 DIAMETER_A = 250.0
@@ -72,6 +74,10 @@ def main() -> None:
     disc = (grid[:, None] ** 2 + grid[None] ** 2 <= 125**2).astype(np.float32)
     templates = np.stack([np.roll(disc, k, axis=1) for k in range(n_templates)])
 
+    # warm up (numba's non-maximum suppression, FFT plans) so neither picker pays it
+    pick_learned(
+        image[:512, :512], pixel_size_a=pixel_a, diameter_range_a=(200.0, 300.0)
+    )
     start = time.perf_counter()
     blob = pick_blob(
         image,
@@ -82,6 +88,15 @@ def main() -> None:
     blob_s = time.perf_counter() - start
     blob_small = downscale_shape(image.shape, 20.0 / pixel_a)
     blob_bound = fft_bound_s(image.shape, blob_small, 5, args.workers)
+
+    start = time.perf_counter()
+    learned = pick_learned(
+        image,
+        pixel_size_a=pixel_a,
+        diameter_range_a=(200.0, 300.0),
+        workers=args.workers,
+    )
+    learned_s = time.perf_counter() - start
 
     start = time.perf_counter()
     blob_ctf = pick_blob(
@@ -113,6 +128,11 @@ def main() -> None:
     print(
         f"blob picker     {blob_s:8.3f} s/micrograph  ({len(blob)} picks)  "
         f"FFT bound {blob_bound:.3f} s  ratio {blob_s / blob_bound:.1f}"
+    )
+    print(
+        f"learned picker  {learned_s:8.3f} s/micrograph  ({len(learned)} picks)  "
+        f"FFT bound {blob_bound:.3f} s  ratio {learned_s / blob_bound:.1f}  "
+        f"(blob candidates + classifier: {learned_s / blob_s:.1f} x blob)"
     )
     print(
         f"blob + CTF      {blob_ctf_s:8.3f} s/micrograph  ({len(blob_ctf)} picks)  "

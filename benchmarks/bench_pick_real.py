@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_pick_real.py [--cache DIR] [--per-micrograph]
 
 For every data set of ``<cache>/manifest.json`` (see ``benchmarks/data/``) and every
-micrograph: our blob picker and our template picker at their defaults (only the
+micrograph: our blob picker, the learned picker (a classifier self-trained on the
+blob picker's candidates of that micrograph) and our template picker at their defaults (only the
 pixel size and the diameter range given, no CTF: the labelled PNGs carry none), and
 the peers where installed: topaz's pretrained model (``topaz-em``, CPU, its default
 extraction threshold) and RELION's LoG picker (``relion_autopick --LoG``, at its
@@ -67,6 +68,7 @@ from pick_real_labels import (  # a sibling module (this script's folder)
 )
 
 from pipelines.picking.blob import pick_blob
+from pipelines.picking.learned import pick_learned
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
@@ -106,6 +108,15 @@ def blob_picker_low(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
         pixel_size_a=mic.pixel_size_a,
         diameter_range_a=mic.diameter_range_a,
         threshold_sd=MIN_THRESHOLD_SD,
+    )
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
+
+
+def learned_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """The blob candidates, then the classifier self-trained on this micrograph's
+    own candidates (``pipelines/picking/learned.py``): no labels, defaults."""
+    picks = pick_learned(
+        mic.image, pixel_size_a=mic.pixel_size_a, diameter_range_a=mic.diameter_range_a
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
@@ -292,7 +303,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--pickers",
         nargs="*",
-        default=["blob", "template", "topaz", "relion-log", "label-average"],
+        default=[
+            "blob",
+            "learned",
+            "template",
+            "topaz",
+            "relion-log",
+            "label-average",
+        ],
     )
     parser.add_argument(
         "--datasets", nargs="*", help="only data sets whose name contains one of these"
@@ -331,6 +349,7 @@ def main() -> None:
     factories: dict[str, Callable[[], Picker | None]] = {
         "blob": lambda: blob_picker,
         "blob-2sd": lambda: blob_picker_low,
+        "learned": lambda: learned_picker,
         "template": make_template_picker,
         "topaz": make_topaz_picker,
         "relion-log": make_relion_log_picker,

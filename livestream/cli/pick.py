@@ -11,7 +11,10 @@ Without --templates (or --templates-volume) the blob picker runs: a multi-scale
 Laplacian of Gaussian; its threshold is chosen per micrograph from the peak
 scores (two Gaussians fitted, the score where a peak is as likely one as the
 other; at least 2 SD where the scores are not bimodal) unless
---threshold-sd is given.
+--threshold-sd is given.  --learned adds a second stage that needs no labels: a
+classifier self-trained on the blob picker's generous candidates of all the
+micrographs given (one model for the set), whose log-odds threshold is chosen the
+same way (docs/picking.md); it takes no CTF and no --threshold-sd.
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
 peaks by target-decoy counting (--max-false-rate) unless --min-ncc or
@@ -25,12 +28,14 @@ Exit status 1 when any micrograph could not be processed.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from livestream.cli.console import (
+    INPUT_ERROR_STATUS,
     Progress,
     print_batch_json,
     require_file,
@@ -43,6 +48,7 @@ from pipelines.ctf.model import (
 from pipelines.errors import StageInputError
 from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.blob import pick_blob
+from pipelines.picking.learned import pick_learned_set
 from pipelines.picking.picks import Picks, picks_to_dicts, write_picks_star
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
@@ -56,6 +62,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--diameter-a", type=float, nargs=2, required=True, metavar=("MIN", "MAX")
     )
     parser.add_argument("--templates", type=Path, help="MRC stack of 2D templates")
+    parser.add_argument(
+        "--learned",
+        action="store_true",
+        help="blob candidates, then a classifier self-trained on them (no labels)",
+    )
     parser.add_argument("--templates-volume", type=Path, help="3D map to project")
     parser.add_argument("--template-pixel-size-a", type=float)
     parser.add_argument(
@@ -142,8 +153,60 @@ def _pick_one(
     )
 
 
+def _pick_learned(
+    args: argparse.Namespace, progress: Progress, failed: list[dict[str, str]]
+) -> list[tuple[Path, Picks]]:
+    """All micrographs with one self-trained model (those that cannot be read are
+    reported and left out)."""
+    paths: list[Path] = []
+    images: list[np.ndarray] = []
+    for path in args.micrographs:
+        try:
+            image, _ = read_micrograph(path)
+        except StageInputError as exc:
+            progress.warn(f"livestream pick: {exc}")
+            failed.append({"path": str(path), "error": str(exc)})
+            progress.advance()
+            continue
+        paths.append(path)
+        images.append(image)
+    d_min, d_max = sorted(args.diameter_a)
+    picks = pick_learned_set(
+        images,
+        pixel_size_a=args.pixel_size_a,
+        diameter_range_a=(d_min, d_max),
+        edge_px=args.edge_px,
+    )
+    for _ in paths:
+        progress.advance()
+    return list(zip(paths, picks, strict=True))
+
+
+def _learned_conflict(args: argparse.Namespace) -> str | None:
+    """The first option that --learned cannot be combined with, if given."""
+    if not args.learned:
+        return None
+    for flag, value in (
+        ("--templates", args.templates),
+        ("--templates-volume", args.templates_volume),
+        ("--threshold-sd", args.threshold_sd),
+        ("--min-ncc", args.min_ncc),
+        ("--defocus-a", getattr(args, "defocus_a", None)),
+    ):
+        if value is not None:
+            return flag
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     require_files(args.micrographs, "micrograph")
+    conflict = _learned_conflict(args)
+    if conflict is not None:
+        print(
+            f"livestream pick: --learned cannot be combined with {conflict}",
+            file=sys.stderr,
+        )
+        return INPUT_ERROR_STATUS
     for path, what in (
         (args.templates, "template stack"),
         (args.templates_volume, "template map"),
@@ -157,22 +220,28 @@ def main(args: argparse.Namespace) -> int:
     with Progress(
         len(args.micrographs), label="pick", unit="micrograph", json_output=args.json
     ) as progress:
-        for path in args.micrographs:
+        done: list[tuple[Path, Picks]] = []
+        if args.learned:
+            done = _pick_learned(args, progress, failed)
+        for path in [] if args.learned else args.micrographs:
             try:
-                picks = _pick_one(path, args, templates, template_px, ctf)
+                done.append((path, _pick_one(path, args, templates, template_px, ctf)))
             except StageInputError as exc:
                 progress.warn(f"livestream pick: {exc}")
                 failed.append({"path": str(path), "error": str(exc)})
-                continue
             finally:
                 progress.advance()
+        picker = (
+            "learned" if args.learned else "blob" if templates is None else "template"
+        )
+        for path, picks in done:
             if args.out is not None:
                 write_picks_star(args.out / f"{path.stem}_autopick.star", picks)
             if args.json:
                 items.append(
                     {
                         "micrograph": str(path),
-                        "picker": "blob" if templates is None else "template",
+                        "picker": picker,
                         "pixel_size_a": args.pixel_size_a,
                         "n_picks": len(picks),
                         "picks": picks_to_dicts(picks),

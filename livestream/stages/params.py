@@ -116,7 +116,9 @@ class PickParams(StageParams):
     motion_stage: str = "motion"
     ctf_stage: str = "ctf"
     curate_stage: str = "curate"
-    picker: Literal["blob", "template"] = "blob"
+    # "learned": blob candidates, then a classifier self-trained on this exposure's
+    # own candidates (pipelines/picking/learned.py; no CTF, no threshold_sd)
+    picker: Literal["blob", "template", "learned"] = "blob"
     diameter_min_a: float = Field(default=DEFAULT_DIAMETER_MIN_A, gt=0)
     diameter_max_a: float = Field(default=DEFAULT_DIAMETER_MAX_A, gt=0)
     # None: the template picker's own default; the blob picker needs one

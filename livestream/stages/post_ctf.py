@@ -40,6 +40,7 @@ from pipelines.errors import StageInputError
 from pipelines.io.micrographs import read_micrograph
 from pipelines.io.outputs import write_text_atomic
 from pipelines.picking.blob import pick_blob
+from pipelines.picking.learned import pick_learned
 from pipelines.picking.picks import Picks, write_picks_star
 from pipelines.picking.template import pick_template
 
@@ -151,6 +152,14 @@ def pick_particles(
     ctf = ctf_params_of(task, params.ctf_stage)
     if params.picker == "template":
         picks = _pick_with_templates(task, params, image, ctf, pixel_size_a)
+    elif params.picker == "learned":  # measured without a CTF only (docs/picking.md)
+        picks = pick_learned(
+            image,
+            pixel_size_a=pixel_size_a,
+            diameter_range_a=(params.diameter_min_a, params.diameter_max_a),
+            edge_px=params.edge_px,
+            workers=params.fft_workers,
+        )
     elif params.threshold_sd is None:
         raise StageInputError(
             task.project_path,

@@ -84,6 +84,7 @@ FILE_CASES: dict[str, ArgvOf] = {
     ],
     "ctf": lambda bad, tmp: ["ctf", bad, *OPTICS, "--json"],
     "pick": lambda bad, tmp: ["pick", bad, *PICK],
+    "pick --learned": lambda bad, tmp: ["pick", bad, *PICK, "--learned"],
     "pick --templates": lambda bad, tmp: [
         "pick", _good_file(tmp, "mic.mrc"), *PICK, "--templates", bad
     ],

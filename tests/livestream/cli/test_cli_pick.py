@@ -47,7 +47,7 @@ def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict]
     return document["items"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("picker", ["blob", "template"])
+@pytest.mark.parametrize("picker", ["blob", "template", "learned"])
 def test_pick_json_finds_the_particles(
     micrographs: tuple[list[Path], list],
     tmp_path: Path,
@@ -67,6 +67,8 @@ def test_pick_json_finds_the_particles(
     if picker == "template":
         argv += ["--templates", str(tmp_path / "templates.mrcs")]
         argv += ["--defocus-a", "15000", "15000", "0"]
+    if picker == "learned":  # one model for both micrographs
+        argv += ["--learned"]
     records = _run_json([*argv, "--json"], capsys)
     assert [r["micrograph"] for r in records] == [str(p) for p in paths]
     for record, truth in zip(records, truths, strict=True):
@@ -80,6 +82,17 @@ def test_pick_json_finds_the_particles(
         assert recall >= 0.9
         assert precision >= 0.9
         assert {"x_px", "y_px", "score", "power"} <= set(record["picks"][0])
+
+
+def test_pick_learned_refuses_a_fixed_threshold(
+    micrographs: tuple[list[Path], list], capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths, _ = micrographs
+    argv = ["pick", str(paths[0]), "--pixel-size-a", "4", "--diameter-a", "130", "190"]
+    assert main([*argv, "--learned", "--threshold-sd", "3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "livestream pick: --learned cannot be combined with --threshold-sd"
+    )
 
 
 def test_pick_then_extract(

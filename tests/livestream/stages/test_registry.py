@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from livestream.config import ConfigError, load_config
@@ -25,6 +26,9 @@ from livestream.stages.registry import STAGE_KINDS, build_chain, resolve_kind
 from livestream.stages.task import StageTask
 from mdcatch import Exposure, Optics, Software
 from mdcatch.crosscheck import DEFAULT_CS_MM
+from pipelines.io.outputs import write_mrc
+from pipelines.picking.picks import read_picks_star
+from tests.pipelines.pick_synthetic import make_phantom, match_picks, simulate
 
 
 class EchoParams(StageParams):
@@ -136,3 +140,30 @@ def test_ctf_without_cs_anywhere_takes_mdcatchs_default(tmp_path: Path) -> None:
     assert params.cs_mm == DEFAULT_CS_MM
     assert params.voltage_kv == 300.0
     assert params.amplitude_contrast == task.exposure.optics.amplitude_contrast
+
+
+def test_the_pick_stage_runs_the_learned_picker(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """``picker = "learned"``: the stage self-trains on the exposure's own blob
+    candidates and writes the picks it keeps (the simulated particles)."""
+    phantom = make_phantom(rng, diameter_a=160.0)
+    sim = simulate(rng, phantom=phantom, shape=(640, 640), snr=0.1)
+    rel = "MotionCorr/job002/Movies/x.mrc"
+    write_mrc(tmp_path / rel, sim.image, pixel_size_a=4.0, float16=False)
+    motion = StageResult(
+        stage="motion", outputs={"micrograph": rel}, figures={"pixel_size_a": 4.0}
+    )
+    params = PickParams(
+        picker="learned", diameter_min_a=120.0, diameter_max_a=200.0, edge_px=0
+    )
+    result = run_pick(_task(tmp_path, {"motion": motion}, params), params)
+    picks = read_picks_star(
+        tmp_path / result.outputs["coordinates"], pixel_size_a=4.0, shape=(640, 640)
+    )
+    recall, precision = match_picks(
+        sim.x_px, sim.y_px, picks.x_px, picks.y_px, tolerance_px=8.0
+    )
+    assert result.figures["n_picks"] == len(picks)
+    assert recall >= 0.9
+    assert precision >= 0.9

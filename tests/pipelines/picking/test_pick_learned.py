@@ -1,0 +1,94 @@
+"""The learned picker (a classifier self-trained on the blob picker's candidates):
+on a real labelled micrograph and on a simulated one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.picking.blob import pick_blob
+from pipelines.picking.learned import fit_logistic, pick_learned
+from tests.pipelines.pick_synthetic import make_phantom, match_picks, simulate
+
+REAL_STEM = "cryosegnet_10017_Falcon_2012_06_12-14_33_35_0"
+
+
+def f1(recall: float, precision: float) -> float:
+    return 2 * recall * precision / max(recall + precision, 1e-12)
+
+
+def test_learned_beats_blob_on_a_real_micrograph(shared_data: Path) -> None:
+    """EMPIAR-10017, 629 hand-picked particles (CryoSegNet's CSV): the blob picker
+    alone has recall 0.87, precision 0.69 (F1 0.77); the classifier trained on
+    its own candidates must lift F1 by at least 0.04 and keep recall at 0.9
+    (measured: 0.93 / 0.76, F1 0.84; docs/picking.md)."""
+    real = shared_data / "real"
+    if not (real / f"{REAL_STEM}.jpg").exists():
+        pytest.skip(f"{real / REAL_STEM}.jpg missing")
+    image = np.asarray(Image.open(real / f"{REAL_STEM}.jpg"), dtype=np.float32)
+    labels = np.loadtxt(real / f"{REAL_STEM}.csv", delimiter=",", skiprows=1)
+    diameters = (140.0, 200.0)
+    blob = pick_blob(image, pixel_size_a=1.77, diameter_range_a=diameters)
+    learned = pick_learned(image, pixel_size_a=1.77, diameter_range_a=diameters)
+    blob_rp = match_picks(
+        labels[:, 0], labels[:, 1], blob.x_px, blob.y_px, tolerance_px=27.0
+    )
+    learned_rp = match_picks(
+        labels[:, 0], labels[:, 1], learned.x_px, learned.y_px, tolerance_px=27.0
+    )
+    assert f1(*learned_rp) >= f1(*blob_rp) + 0.04
+    assert learned_rp[0] >= 0.9
+    assert learned_rp[1] >= 0.72
+
+
+@pytest.mark.parametrize(("snr", "defocus_a"), [(0.1, 20000.0), (0.05, 30000.0)])
+def test_learned_keeps_the_recall_on_simulated_particles(
+    rng: np.random.Generator, snr: float, defocus_a: float
+) -> None:
+    """Where the blob picker already finds every particle, the second stage must not
+    throw them away (recall and precision at least 0.9, as the blob picker's test)."""
+    diameter_a, pixel_a = 160.0, 4.0
+    phantom = make_phantom(rng, diameter_a=diameter_a)
+    sim = simulate(rng, phantom=phantom, shape=(768, 768), snr=snr, defocus_a=defocus_a)
+    picks = pick_learned(
+        sim.image, pixel_size_a=pixel_a, diameter_range_a=(120.0, 200.0)
+    )
+    recall, precision = match_picks(
+        sim.x_px,
+        sim.y_px,
+        picks.x_px,
+        picks.y_px,
+        tolerance_px=0.2 * diameter_a / pixel_a,
+    )
+    assert recall >= 0.9
+    assert precision >= 0.9
+
+
+def test_logistic_fit_separates_two_gaussians(rng: np.random.Generator) -> None:
+    """The Newton fit finds the Bayes boundary of two equal-variance classes."""
+    x = np.concatenate([rng.normal(-1.0, 1.0, 2000), rng.normal(1.0, 1.0, 2000)])
+    y = np.concatenate([np.zeros(2000, bool), np.ones(2000, bool)])
+    model = fit_logistic(x[:, None], y, l2=0.0)
+    boundary = -model.bias / (model.weights[0] / model.scale[0]) + model.mean[0]
+    assert abs(boundary) < 0.1
+    accuracy = np.mean((model.log_odds(x[:, None]) >= 0) == y)
+    assert accuracy > 0.8
+
+
+def test_too_few_candidates_gives_the_blob_picks(rng: np.random.Generator) -> None:
+    """One particle in a 128² micrograph: a dozen candidates, too few to train
+    on, so the candidate above the blob threshold comes back rather than nothing."""
+    phantom = make_phantom(rng, diameter_a=160.0)
+    sim = simulate(
+        rng, phantom=phantom, shape=(128, 128), n_particles=1, snr=0.3, margin_px=40
+    )
+    blob = pick_blob(sim.image, pixel_size_a=4.0, diameter_range_a=(120.0, 200.0))
+    picks = pick_learned(sim.image, pixel_size_a=4.0, diameter_range_a=(120.0, 200.0))
+    recall, precision = match_picks(
+        sim.x_px, sim.y_px, picks.x_px, picks.y_px, tolerance_px=8.0
+    )
+    assert len(picks) == len(blob) == 1
+    assert recall == precision == 1.0
