@@ -3,42 +3,33 @@ on a real labelled micrograph and on a simulated one."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.learned import fit_logistic, pick_learned
 from tests.pipelines.pick_synthetic import make_phantom, match_picks, simulate
-
-REAL_STEM = "cryosegnet_10017_Falcon_2012_06_12-14_33_35_0"
+from tests.pipelines.picking.conftest import LabelledMicrograph
 
 
 def f1(recall: float, precision: float) -> float:
     return 2 * recall * precision / max(recall + precision, 1e-12)
 
 
-def test_learned_beats_blob_on_a_real_micrograph(shared_data: Path) -> None:
+def test_learned_beats_blob_on_a_real_micrograph(
+    labelled_micrograph: LabelledMicrograph,
+) -> None:
     """EMPIAR-10017, 629 hand-picked particles (CryoSegNet's CSV): the blob picker
     alone has recall 0.87, precision 0.69 (F1 0.77); the classifier trained on
     its own candidates must lift F1 by at least 0.04 and keep recall at 0.9
     (measured: 0.93 / 0.76, F1 0.84; docs/picking.md)."""
-    real = shared_data / "real"
-    if not (real / f"{REAL_STEM}.jpg").exists():
-        pytest.skip(f"{real / REAL_STEM}.jpg missing")
-    image = np.asarray(Image.open(real / f"{REAL_STEM}.jpg"), dtype=np.float32)
-    labels = np.loadtxt(real / f"{REAL_STEM}.csv", delimiter=",", skiprows=1)
+    image = labelled_micrograph.image
+    lx, ly = labelled_micrograph.x_px, labelled_micrograph.y_px
     diameters = (140.0, 200.0)
     blob = pick_blob(image, pixel_size_a=1.77, diameter_range_a=diameters)
     learned = pick_learned(image, pixel_size_a=1.77, diameter_range_a=diameters)
-    blob_rp = match_picks(
-        labels[:, 0], labels[:, 1], blob.x_px, blob.y_px, tolerance_px=27.0
-    )
-    learned_rp = match_picks(
-        labels[:, 0], labels[:, 1], learned.x_px, learned.y_px, tolerance_px=27.0
-    )
+    blob_rp = match_picks(lx, ly, blob.x_px, blob.y_px, tolerance_px=27.0)
+    learned_rp = match_picks(lx, ly, learned.x_px, learned.y_px, tolerance_px=27.0)
     assert f1(*learned_rp) >= f1(*blob_rp) + 0.04
     assert learned_rp[0] >= 0.9
     assert learned_rp[1] >= 0.72

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
-from PIL import Image
 
 from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
 from pipelines.picking.threshold import UNIMODAL_FLOOR_SD, mixture_threshold
 from tests.pipelines.pick_synthetic import match_picks
-
-REAL_STEM = "cryosegnet_10017_Falcon_2012_06_12-14_33_35_0"
+from tests.pipelines.picking.conftest import LabelledMicrograph
 
 
 def test_bimodal_scores_are_split_between_the_modes(
@@ -42,19 +37,16 @@ def test_unimodal_scores_are_not_cut_below_the_floor(
     assert mixture_threshold(np.array([1.0, 2.0, 3.0]), fallback=4.5).lower == 4.5
 
 
-def test_blob_picker_default_on_a_real_micrograph(shared_data: Path) -> None:
+def test_blob_picker_default_on_a_real_micrograph(
+    labelled_micrograph: LabelledMicrograph,
+) -> None:
     """EMPIAR-10017 (beta-galactosidase, 1.77 Å/px), 629 hand-picked particles
-    (CryoSegNet's copy, ``real/PROVENANCE.md``): at the default threshold the blob
+    (CryoSegNet's copy, ``tests/data/cryosegnet_10017``): at the default threshold the blob
     picker finds most of them (the old fixed 4.5 SD found 9 of them, with 23 picks:
     docs/picking.md)."""
-    real = shared_data / "real"
-    if not (real / f"{REAL_STEM}.jpg").exists():
-        pytest.skip(f"{real / REAL_STEM}.jpg missing")
-    image = np.asarray(Image.open(real / f"{REAL_STEM}.jpg"), dtype=np.float32)
-    labels = np.loadtxt(real / f"{REAL_STEM}.csv", delimiter=",", skiprows=1)
+    image = labelled_micrograph.image
+    lx, ly = labelled_micrograph.x_px, labelled_micrograph.y_px
     picks = pick_blob(image, pixel_size_a=1.77, diameter_range_a=(140.0, 200.0))
-    recall, precision = match_picks(
-        labels[:, 0], labels[:, 1], picks.x_px, picks.y_px, tolerance_px=27.0
-    )
+    recall, precision = match_picks(lx, ly, picks.x_px, picks.y_px, tolerance_px=27.0)
     assert recall >= 0.8
     assert precision >= 0.55
