@@ -6,7 +6,8 @@
   ``rlnMaxValueProbDistribution``;
 - ``run_itNNN_model.star``: ``data_model_general`` and ``data_model_classes``
   (``rlnReferenceImage``, ``rlnClassDistribution``, ``rlnEstimatedResolution``);
-- ``run_itNNN_classKKK_slices.png``: the central sections of each map.
+- ``run_itNNN_classKKK_slices.png``: the central sections of each map along z, y
+  and x, and below them its projections along the same axes.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def write_initial_model(
             write_map(out / f"{stem}_class{k:03d}.mrc", volume, pixel_size_a=px)
         )
         slice_paths.append(
-            write_central_slices_png(out / f"{stem}_class{k:03d}_slices.png", volume)
+            write_central_slices_png(
+                out / f"{stem}_class{k:03d}_slices.png", volume, projections=True
+            )
         )
     angles = matrix_to_euler(assignment.rotations)
     table = particles.copy()

@@ -109,16 +109,33 @@ def write_fsc_png(
     return write_bytes_atomic(path, _png_bytes(image))
 
 
-def write_central_slices_png(path: str | Path, volume: np.ndarray) -> Path:
-    """The central z, y and x sections of ``volume`` side by side (one grey scale)."""
+def _strip(sections: list[np.ndarray]) -> np.ndarray:
+    """Sections side by side, 2-pixel gaps, scaled to 0..1 over their 0.5-99.5 %."""
+    low, high = np.percentile(
+        np.concatenate([s.ravel() for s in sections]), [0.5, 99.5]
+    )
+    gap = np.full((sections[0].shape[0], 2), low)
+    parts = [sections[0]]
+    for section in sections[1:]:
+        parts += [gap, section]
+    strip = np.concatenate(parts, axis=1)
+    scaled: np.ndarray = np.clip((strip - low) / max(high - low, 1e-12), 0.0, 1.0)
+    return scaled
+
+
+def write_central_slices_png(
+    path: str | Path, volume: np.ndarray, *, projections: bool = False
+) -> Path:
+    """The central z, y and x sections of ``volume`` side by side (one grey scale);
+    with ``projections``, below them its projections along the same three axes
+    (their own grey scale)."""
     vol = np.asarray(volume, dtype=np.float64)
     c = vol.shape[0] // 2
-    sections = [vol[c], vol[:, c, :], vol[:, :, c]]
-    low, high = np.percentile(vol, [0.5, 99.5])
-    gap = np.full((vol.shape[0], 2), low)
-    strip = np.concatenate([sections[0], gap, sections[1], gap, sections[2]], axis=1)
-    scaled = np.clip((strip - low) / max(high - low, 1e-12), 0.0, 1.0)
-    image = Image.fromarray((scaled[::-1] * 255).astype(np.uint8))  # y up
+    rows = [_strip([vol[c], vol[:, c, :], vol[:, :, c]])]
+    if projections:
+        gap = np.ones((2, rows[0].shape[1]))
+        rows += [gap, _strip([vol.sum(axis=0), vol.sum(axis=1), vol.sum(axis=2)])]
+    image = Image.fromarray((np.concatenate(rows[::-1])[::-1] * 255).astype(np.uint8))
     scale = max(1, 256 // vol.shape[0])
     image = image.resize(
         (image.width * scale, image.height * scale), Image.Resampling.NEAREST
