@@ -203,3 +203,85 @@ def correlation_products(
                 out[b, i, y, x] = (
                     np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
                 )
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def quantize_spectrum(
+    spectrum: np.ndarray, block: int, values: np.ndarray, scales: np.ndarray
+) -> None:
+    """``values[y, x] = round(spectrum[y, x] / scales[y, b])`` as int8 (real,
+    imaginary) with ``scales[y, b] = max |re|, |im|`` over the ``block`` values of
+    row ``y`` from ``x = b * block``, divided by 127 (0 for an all-zero block).
+
+    ``spectrum`` ``(ny, nxh)`` complex64, ``values`` ``(ny, nxh, 2)`` int8,
+    ``scales`` ``(ny, ceil(nxh / block))`` float32."""
+    ny, nxh = spectrum.shape
+    nb = scales.shape[1]
+    for y in prange(ny):
+        for b in range(nb):
+            x0 = b * block
+            x1 = min(nxh, x0 + block)
+            top = np.float32(0.0)
+            for x in range(x0, x1):
+                value = spectrum[y, x]
+                top = max(top, abs(value.real), abs(value.imag))
+            scales[y, b] = top / np.float32(127.0)
+            inv = np.float32(127.0) / top if top > 0 else np.float32(0.0)
+            for x in range(x0, x1):
+                value = spectrum[y, x]
+                values[y, x, 0] = np.int8(np.floor(value.real * inv + np.float32(0.5)))
+                values[y, x, 1] = np.int8(np.floor(value.imag * inv + np.float32(0.5)))
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def accumulate_quantized(
+    values: np.ndarray,
+    scales: np.ndarray,
+    block: int,
+    low: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    weight: np.ndarray,
+    step: np.ndarray,
+    advance: bool,
+    plain: np.ndarray,
+    weighted: np.ndarray,
+) -> None:
+    """:func:`accumulate_shifted` of a spectrum held by :func:`quantize_spectrum`
+    (``values``, ``scales``, ``block``), with the lowest frequencies exact:
+    ``low`` ``(2 m, m)`` complex64 holds rows ``0 .. m - 1`` and ``ny - m .. ny -
+    1``, columns ``0 .. m - 1`` (where a smooth background would make the blocks'
+    scale coarse).  Each row is decoded into a small buffer first, so the
+    accumulation runs as :func:`accumulate_shifted`'s contiguous loop."""
+    ny, nxh = plain.shape
+    m = low.shape[1]
+    nb = scales.shape[1]
+    for y in prange(ny):
+        decoded = np.empty(nxh, dtype=np.complex64)
+        for b in range(nb):
+            s = scales[y, b]
+            for x in range(b * block, min(nxh, (b + 1) * block)):
+                decoded[x] = (
+                    np.complex64(
+                        complex(
+                            np.float32(values[y, x, 0]), np.float32(values[y, x, 1])
+                        )
+                    )
+                    * s
+                )
+        # signed: the prange index is unsigned, and mixed arithmetic gives floats
+        row = np.int64(-1)
+        if y < m:
+            row = np.int64(y)
+        elif y >= ny - m:
+            row = np.int64(y) - (ny - 2 * m)
+        if row >= 0:
+            for x in range(m):
+                decoded[x] = low[row, x]
+        ey = ramp_y[y]
+        for x in range(nxh):
+            value = decoded[x] * (ey * ramp_x[x])
+            plain[y, x] += value
+            weighted[y, x] += value * weight[y, x]
+            if advance:
+                weight[y, x] *= step[y, x]

@@ -42,7 +42,7 @@ from pipelines.motion.defects import (
 )
 from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
 from pipelines.motion.local import LocalMotion, align_patches
-from pipelines.motion.spectra import band_spectra
+from pipelines.motion.spectra import HeldSpectra, band_spectra, frame_bands
 from pipelines.motion.summing import power_spectrum, sum_frames
 from pipelines.motion.trajectory import smooth_trajectory
 from pipelines.motion.weighting import refine_at_finer_bin, spectral_snr_weights
@@ -147,6 +147,7 @@ def align_global(
     smooth: bool = False,
     snr_weighting: bool = True,
     prepare: Callable[[int], Any] | None = None,
+    hold: HeldSpectra | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[np.ndarray, Any, int]:
@@ -168,7 +169,9 @@ def align_global(
 
     All binned spectra come from one pass over the frames with one FFT each
     (:func:`pipelines.motion.spectra.band_spectra`); ``prepare(i)`` gives frame
-    ``i`` as gain-corrected float32 when ``frames`` are the file's raw integers."""
+    ``i`` as gain-corrected float32 when ``frames`` are the file's raw integers;
+    with ``hold`` that pass transforms each frame at full size and keeps the
+    spectra for the final sum (:class:`pipelines.motion.spectra.HeldSpectra`)."""
     fft = fft_module(xp)
     _, ny, nx = frames.shape
     factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
@@ -177,6 +180,7 @@ def align_global(
         factor,
         fine=snr_weighting and factor > 1,
         prepare=prepare,
+        hold=hold,
         workers=workers,
         xp=xp,
     )
@@ -222,20 +226,21 @@ def align_global(
         if fine is not None:
             scale = (fine_shape[1] / shape[1], fine_shape[0] / shape[0])
             fine_bin = factor * shape[0] / fine_shape[0]
-            fine_amplitudes = (
-                None if damage is None else damage.filters(fine_shape, fine_bin, xp=xp)
-            )
             shifts = refine_at_finer_bin(
                 fine,
                 shifts,
                 fine_shape,
                 scale,
-                fine_amplitudes,
+                None,
                 overwrite=True,
+                # made inside, so they are freed before its alignment iterations
+                make_amplitudes=None
+                if damage is None
+                else lambda: damage.filters(fine_shape, fine_bin, xp=xp),
                 workers=workers,
                 xp=xp,
             )
-            del fine, fine_amplitudes
+            del fine
     if smooth:
         smoothed, _ = smooth_trajectory(to_numpy(shifts))
         shifts = xp.asarray(smoothed)
@@ -252,6 +257,20 @@ def accumulated_motion_a(shifts_px: np.ndarray, pixel_size_a: float) -> np.ndarr
     """Path length (Å) travelled up to each frame, ``(n_frames,)``; 0 at frame 0."""
     steps = np.linalg.norm(np.diff(shifts_px, axis=0), axis=1) * pixel_size_a
     return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def _held_spectra(
+    n_frames: int, shape: tuple[int, int], xp: ModuleType
+) -> HeldSpectra | None:
+    """Where the spectra of the alignment pass can be kept for the final sum: NumPy,
+    several frames, and search bands (``align_global``'s bin) covering the frame."""
+    if n_frames < 2 or xp is not np:
+        return None
+    factor = max(1, int(np.ceil(max(shape) / ALIGN_MAX_PX)))
+    block, grid = frame_bands(shape, factor)
+    if (grid[0] * block, grid[1] * block) != shape:
+        return None
+    return HeldSpectra(n_frames, shape)
 
 
 def correct_motion(
@@ -320,6 +339,7 @@ def correct_motion(
         )
     if bfactor_px2 is None:
         bfactor_px2 = PLAIN_BFACTOR_PX2 if damage is None else DAMAGE_BFACTOR_PX2
+    held = _held_spectra(n_frames, (ny, nx), xp)
     if n_frames > 1:
         shifts, aligned, factor = align_global(
             frames,
@@ -329,6 +349,7 @@ def correct_motion(
             damage=damage,
             smooth=smooth,
             prepare=prepared,
+            hold=held,
             workers=n_workers,
             xp=xp,
         )
@@ -349,6 +370,8 @@ def correct_motion(
         )
         if not local.significant:  # noise would explain the patches as well
             local = None
+    if local is not None:  # the frames are warped first: the held spectra won't do
+        held = None
     dw, no_dw, spectrum = sum_frames(
         frames,
         shifts,
@@ -357,9 +380,11 @@ def correct_motion(
         voltage_kv=voltage_kv,
         local_coefficients=None if local is None else local.coefficients,
         prepare=prepared,
+        held=held,
         workers=n_workers,
         xp=xp,
     )
+    del held
     ps = power_spectrum(spectrum, (ny, nx), size=power_spectrum_size, xp=xp)
     accumulated = accumulated_motion_a(shifts, pixel_size_a)
     early = float(accumulated[min(EARLY_FRAMES, n_frames - 1)])

@@ -19,7 +19,13 @@ from pipelines.motion.align import (
 )
 from pipelines.motion.correct import correct_motion, prepare_frames
 from pipelines.motion.defects import PreparedFrames
-from pipelines.motion.spectra import band_spectra, binned_spectra, crop_spectrum_to
+from pipelines.motion.spectra import (
+    HELD_EXACT,
+    HeldSpectra,
+    band_spectra,
+    binned_spectra,
+    crop_spectrum_to,
+)
 from pipelines.motion.summing import sum_frames
 from tests.pipelines.motion_movies import make_movie, random_eer_events, write_eer
 
@@ -120,6 +126,60 @@ def test_one_fft_gives_the_search_band_and_the_refinement_band(rng):
     assert np.allclose(fine, direct, atol=1e-3)
     _, _, none, _ = band_spectra(frames, 4, fine=False, workers=1)
     assert none is None
+
+
+def _gradient_movie(rng, n=6, shape=(256, 320)):
+    """Poisson frames under a 40 % illumination gradient: low frequencies orders
+    of magnitude above the shot noise (what the exact low block is for)."""
+    ny, nx = shape
+    light = 1.5 * (1.0 + 0.4 * np.arange(nx) / nx)[None, :] * np.ones((ny, 1))
+    return rng.poisson(np.broadcast_to(light, (n, ny, nx))).astype(np.uint8)
+
+
+def test_held_spectra_round_off_is_far_below_the_shot_noise(rng):
+    frames = _gradient_movie(rng)
+    n, ny, nx = frames.shape
+    held = HeldSpectra(n, (ny, nx))
+    search, shape, fine, fine_shape = band_spectra(frames, 4, hold=held, workers=1)
+    spectra = np.fft.rfft2(frames.astype(np.float32)).astype(np.complex64)
+    # the bands are cut from the same full-size transform, exactly
+    assert np.allclose(search, crop_spectrum_to(spectra, shape), atol=1e-2)
+    assert fine is not None
+    assert fine_shape == (96, 120)
+    assert np.allclose(fine, crop_spectrum_to(spectra, fine_shape), atol=1e-2)
+    noise = float(np.mean(np.abs(spectra[:, 64:-64, 64:]) ** 2))
+    assert held.values.nbytes == spectra.nbytes // 4  # 2 bytes per coefficient
+    for i in range(n):
+        got = held.spectrum(i)
+        m = HELD_EXACT  # kept as complex64 (numpy's FFT vs scipy's: 1e-7)
+        top = float(np.abs(spectra[i]).max())
+        assert np.abs(got[:m, :m] - spectra[i, :m, :m]).max() < 1e-6 * top
+        assert np.abs(got[-m:, :m] - spectra[i, -m:, :m]).max() < 1e-6 * top
+        error = float(np.mean(np.abs(got - spectra[i]) ** 2))
+        assert 0 < error < 1e-3 * noise  # int8 with a scale per 64 values: ~4e-5
+
+
+def test_sum_of_held_spectra_equals_the_sum_of_transformed_frames(rng):
+    frames = _gradient_movie(rng)
+    n, ny, nx = frames.shape
+    shifts = rng.normal(0, 3, (n, 2))
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "exposures_e_per_a2": np.arange(1, n + 1.0),
+        "voltage_kv": 300,
+        "workers": 1,
+    }
+    held = HeldSpectra(n, (ny, nx))
+    band_spectra(frames, 4, hold=held, workers=1)
+    expected = sum_frames(frames, shifts, **kwargs)
+    got = sum_frames(frames, shifts, held=held, **kwargs)
+    for a, b in zip(got, expected, strict=True):
+        assert float(np.mean(np.abs(a - b) ** 2)) < 1e-3 * float(np.var(b))
+    # a local model warps the frames: the held spectra are not used then
+    local = np.zeros((2, 18))
+    direct = sum_frames(frames, shifts, local_coefficients=local, **kwargs)
+    via_held = sum_frames(frames, shifts, local_coefficients=local, held=held, **kwargs)
+    assert np.array_equal(direct[1], via_held[1])
 
 
 def test_sum_from_prepared_integer_frames_equals_the_float_path(rng):
