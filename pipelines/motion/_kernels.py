@@ -285,3 +285,64 @@ def accumulate_quantized(
             weighted[y, x] += value * weight[y, x]
             if advance:
                 weight[y, x] *= step[y, x]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def correlation_rows(
+    spectra: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    filt: np.ndarray,
+    half_width: int,
+    lag_re: np.ndarray,
+    lag_im: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`correlation_products` followed, in the same pass, by the x half of
+    the windowed inverse DFT (:func:`pipelines.motion.align.window_cc`):
+    ``out[b, i, y, l] = sum_x product[b, i, y, x] * (lag_re + i lag_im)[l, x]``.
+
+    ``lag_re``/``lag_im`` ``(n_lags, nxh)`` float32 (the lags' exponentials with
+    the half-spectrum's doubling); ``out`` ``(b, n, ny, n_lags)`` complex64.  The
+    stack-sized product array is never written: each row's product stays in cache
+    and is reduced to ``n_lags`` values at once."""
+    nb, n, ny, nxh = spectra.shape
+    n_lags = lag_re.shape[0]
+    h = half_width
+    inv = np.float32(1.0 / (h + 1))
+    for row in prange(nb * ny):
+        b = row // ny
+        y = row - b * ny
+        shifted = np.empty((n, nxh), dtype=np.complex64)
+        total = np.zeros(nxh, dtype=np.complex64)
+        plain = np.empty(nxh, dtype=np.complex64)
+        grouped = np.empty(nxh, dtype=np.complex64)
+        pr = np.empty(nxh, dtype=np.float32)
+        pi = np.empty(nxh, dtype=np.float32)
+        for f in range(n):
+            ry = ramp_y[b, f, y]
+            for x in range(nxh):
+                value = spectra[b, f, y, x] * (ry * ramp_x[b, f, x])
+                shifted[f, x] = value
+                total[x] += value
+        for i in range(n):
+            plain[:] = 0
+            grouped[:] = 0
+            for j in range(max(0, i - h), min(n - 1, i + h) + 1):
+                w = np.float32(h + 1 - abs(j - i))
+                for x in range(nxh):
+                    plain[x] += shifted[j, x]
+                    grouped[x] += shifted[j, x] * w
+            for x in range(nxh):
+                p = np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
+                pr[x] = p.real
+                pi[x] = p.imag
+            for lag in range(n_lags):
+                er = lag_re[lag]
+                ei = lag_im[lag]
+                acc_re = np.float32(0.0)
+                acc_im = np.float32(0.0)
+                for x in range(nxh):
+                    acc_re += pr[x] * er[x] - pi[x] * ei[x]
+                    acc_im += pr[x] * ei[x] + pi[x] * er[x]
+                out[b, i, y, lag] = complex(acc_re, acc_im)

@@ -13,6 +13,7 @@ from pipelines.motion import _kernels as motion_kernels
 from pipelines.motion.align import (
     _bfactor_filter,
     _correlation_products,
+    _fused_window,
     _group_sums,
     _phase_ramps_1d,
     window_cc,
@@ -44,6 +45,26 @@ def test_window_cc_is_the_irfft2_window(rng):
         got = window_cc(product, shape, half, np)
         assert got.shape == (3, 2 * half + 1, 2 * half + 1)
         assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_fused_window_equals_the_product_then_window_cc(rng):
+    """The numba pass that reduces each row's product to the window's x lags at
+    once gives the window of the stack-sized product path."""
+    shape = (24, 30)
+    spectra = (
+        rng.standard_normal((2, 6, 24, 16)) + 1j * rng.standard_normal((2, 6, 24, 16))
+    ).astype(np.complex64)
+    ramps = _phase_ramps_1d(shape, rng.normal(0, 2, (2, 6, 2)))
+    filt = _bfactor_filter(shape, 5.0, np)
+    for h, half in ((0, 4), (2, 4), (1, 7)):
+        product = np.empty_like(spectra)
+        motion_kernels.correlation_products(spectra, *ramps, filt, h, product)
+        expected = window_cc(product, shape, half, np).reshape(
+            12, *([2 * half + 1] * 2)
+        )
+        got = _fused_window(spectra, shape, ramps, filt, h, half)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
 
 
 def test_group_sums_from_cumulative_sums_match_the_definition(rng):
