@@ -346,3 +346,17 @@ def correlation_rows(
                     acc_re += pr[x] * er[x] - pi[x] * ei[x]
                     acc_im += pr[x] * ei[x] + pi[x] * er[x]
                 out[b, i, y, lag] = complex(acc_re, acc_im)
+
+
+@njit(cache=True, parallel=True)
+def frame_sum(frames: np.ndarray, out: np.ndarray) -> None:
+    """``out[y, x] = sum_f frames[f, y, x]`` (float32) for integer or float frames
+    ``(n, ny, nx)``: one parallel pass over the movie, rows in parallel, without
+    a float32 copy of each frame."""
+    n, ny, nx = frames.shape
+    for y in prange(ny):
+        row = np.zeros(nx, dtype=np.float32)
+        for f in range(n):
+            for x in range(nx):
+                row[x] += np.float32(frames[f, y, x])
+        out[y, :] = row

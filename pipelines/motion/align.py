@@ -300,21 +300,19 @@ def _product_window(
     filt: Any,
     group_half_width: int,
     half: int,
-    fused: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray] | None,
+    fused: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     workers: int,
     xp: ModuleType,
-) -> tuple[Any, np.ndarray | None]:
+) -> Any:
     """The window through the stack-sized product (wide windows, and CuPy): the
-    numba kernel into a reused buffer when ``fused`` ``(stacks, buffer, ramp_y,
-    ramp_x)`` is given (else the array path), then :func:`window_cc` or, for a
-    window wider than ``MAX_DFT_WINDOW``, a full inverse FFT.  Returns the window
-    and the buffer (made on first use)."""
+    numba kernel when ``fused`` ``(stacks, ramp_y, ramp_x)`` is given (else the
+    array path), then :func:`window_cc` or, for a window wider than
+    ``MAX_DFT_WINDOW``, a full inverse FFT.  With NumPy only a first, wide
+    iteration comes here, and its product array is freed before the narrow ones."""
     ny, nx = shape
-    buffer = None
     if fused is not None:
-        stacks, buffer, ramp_y, ramp_x = fused
-        if buffer is None:
-            buffer = np.empty_like(stacks)
+        stacks, ramp_y, ramp_x = fused
+        buffer = np.empty_like(stacks)
         _motion_kernels.correlation_products(
             stacks, ramp_y, ramp_x, filt, int(group_half_width), buffer
         )
@@ -324,14 +322,14 @@ def _product_window(
             spectra, shape, shifts, filt, group_half_width, xp
         )
     if 2 * half + 1 <= MAX_DFT_WINDOW:
-        return window_cc(product, shape, half, xp), buffer
+        return window_cc(product, shape, half, xp)
     # a wide search: the full inverse FFT is cheaper
     cc = fft_module(xp).irfft2(
         product, s=shape, axes=(-2, -1), **fft_kwargs(xp, workers)
     )
     rows = xp.arange(-half, half + 1) % ny
     cols = xp.arange(-half, half + 1) % nx
-    return cc[..., rows[:, None], cols[None, :]], buffer
+    return cc[..., rows[:, None], cols[None, :]]
 
 
 def align_stack(
@@ -373,7 +371,6 @@ def align_stack(
         shifts += start
     half = int(max(2, min(np.ceil(max_shift_px) + 1, ny // 2 - 2, nx // 2 - 2)))
     fused = xp is np and spectra.ndim >= 3
-    buffer = None
     if fused:  # one numba pass per iteration
         stacks = np.ascontiguousarray(spectra, dtype=np.complex64).reshape(
             -1, *spectra.shape[-3:]
@@ -394,14 +391,14 @@ def align_stack(
             ).reshape(*spectra.shape[:-2], 2 * w + 1, 2 * w + 1)
             update = _subpixel_peaks(window, xp)
         else:
-            window, buffer = _product_window(
+            window = _product_window(
                 spectra,
                 shape,
                 shifts,
                 filt,
                 group_half_width,
                 w,
-                (stacks, buffer, ramp_y, ramp_x) if fused else None,
+                (stacks, ramp_y, ramp_x) if fused else None,
                 workers,
                 xp,
             )
