@@ -360,3 +360,40 @@ def frame_sum(frames: np.ndarray, out: np.ndarray) -> None:
             for x in range(nx):
                 row[x] += np.float32(frames[f, y, x])
         out[y, :] = row
+
+
+@njit(cache=True, parallel=True)
+def decode_band(
+    values: np.ndarray,
+    scales: np.ndarray,
+    block: int,
+    low: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """The band ``out`` ``(n, fy, fxh)`` complex64 of spectra held by
+    :func:`quantize_spectrum` (``values`` ``(n, ny, nxh, 2)``, ``scales``, exact
+    ``low`` ``(n, 2 m, m)`` as :func:`accumulate_quantized`): rows ``0 .. fy/2 -
+    1`` and ``ny - fy/2 .. ny - 1``, columns ``0 .. fxh - 1``, as
+    :func:`pipelines.motion.spectra.crop_spectrum_to` cuts them (which then
+    zeroes Nyquist and DC)."""
+    n, ny = values.shape[0], values.shape[1]
+    fy, fxh = out.shape[1], out.shape[2]
+    m = low.shape[2]
+    half = fy // 2
+    for row in prange(n * fy):
+        f = row // fy
+        r = row - f * fy
+        y = np.int64(r) if r < half else np.int64(ny) - (fy - np.int64(r))
+        for x in range(fxh):
+            s = scales[f, y, x // block]
+            out[f, r, x] = complex(
+                np.float32(values[f, y, x, 0]) * s, np.float32(values[f, y, x, 1]) * s
+            )
+        lr = np.int64(-1)
+        if y < m:
+            lr = y
+        elif y >= ny - m:
+            lr = y - (ny - 2 * m)
+        if lr >= 0:
+            for x in range(min(m, fxh)):
+                out[f, r, x] = low[f, lr, x]

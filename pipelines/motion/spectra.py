@@ -106,6 +106,20 @@ class HeldSpectra:
         out[ny - m :, :m] = self.low[index, m:]
         return out
 
+    def band(self, shape: tuple[int, int]) -> np.ndarray:
+        """Every frame's spectrum cut to the band of the smaller real grid
+        ``shape`` ``(fy, fx)`` (even), as :func:`crop_spectrum_to` cuts it:
+        ``(n, fy, fx // 2 + 1)`` complex64."""
+        fy, fx = shape
+        if fy > self.shape[0] or fx > self.shape[1] or fy % 2 or fx % 2:
+            raise ValueError(f"band {shape} of held spectra {self.shape}")
+        out = np.empty((len(self), fy, fx // 2 + 1), dtype=np.complex64)
+        _motion_kernels.decode_band(self.values, self.scales, HELD_BLOCK, self.low, out)
+        out[:, fy // 2, :] = 0
+        out[:, :, fx // 2] = 0
+        out[:, 0, 0] = 0
+        return out
+
     def accumulate(
         self,
         index: int,
@@ -234,10 +248,13 @@ def band_spectra(
     cropped stacks are kept: ``n × (my × mx + fy × fx) / 2`` complex values.
 
     With ``hold`` (NumPy only; the bands must cover the whole frame) each frame
-    is transformed at full size instead of block-summed, the bands are cut from
-    that transform and the whole spectrum is kept in ``hold`` for the final sum
-    (:func:`pipelines.motion.summing.sum_frames`): the one full-size FFT per frame
-    the sum needs anyway, and no second preparation of the frame.
+    is transformed at full size instead of block-summed, the search band is cut
+    from that transform and the whole spectrum is kept in ``hold`` for the final
+    sum (:func:`pipelines.motion.summing.sum_frames`): the one full-size FFT per
+    frame the sum needs anyway, and no second preparation of the frame.  The
+    refinement band is then not made here (``refine`` None): cut it from
+    ``hold`` (:meth:`HeldSpectra.band`) when it is needed, so it does not take
+    memory during the search.
     """
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n_frames, ny, nx), got shape {frames.shape}")
@@ -249,7 +266,11 @@ def band_spectra(
     my, mx = grid[0] * block // factor, grid[1] * block // factor
     fy, fx = fine_band(grid, block)
     search = xp.empty((n, my, mx // 2 + 1), dtype=xp.complex64)
-    refine = xp.empty((n, fy, fx // 2 + 1), dtype=xp.complex64) if fine else None
+    refine = (
+        xp.empty((n, fy, fx // 2 + 1), dtype=xp.complex64)
+        if fine and hold is None
+        else None
+    )
     region_y, region_x = grid[0] * block, grid[1] * block
     binned = np.empty(grid, dtype=np.float32)
     if hold is not None:
@@ -267,8 +288,6 @@ def band_spectra(
                 np.asarray(frame, dtype=np.float32), **fft_kwargs(xp, workers)
             )
             search[i] = crop_spectrum_to(full, (my, mx), xp=xp)
-            if refine is not None:
-                refine[i] = crop_spectrum_to(full, (fy, fx), xp=xp)
             hold.put(i, full)
             continue
         if xp is np and block > 1:
