@@ -54,6 +54,7 @@ from pipelines.xp import fft_module, to_numpy
 
 __all__ = [
     "ALIGN_MAX_PX",
+    "HOLD_MAX_BYTES",
     "MotionResult",
     "accumulated_motion_a",
     "align_global",
@@ -66,6 +67,10 @@ COARSE_GROUP_DOSE_E_PER_A2 = (
     4.0  # frames are grouped to about this dose for the coarse pass
 )
 EARLY_FRAMES = 4  # RELION: motion up to frame 4 is "early"
+# the most memory the frames' held spectra may take (2 bytes per coefficient:
+# 0.67 GB for 4096² x 40; an 8192² super-resolution EER movie of 40 fractions,
+# 2.7 GB, is transformed twice instead)
+HOLD_MAX_BYTES = 1_000_000_000
 # global B-factor (px²) with damage-matched filters (dose known) and without
 DAMAGE_BFACTOR_PX2 = 20.0
 PLAIN_BFACTOR_PX2 = 500.0
@@ -272,9 +277,13 @@ def _held_spectra(
     n_frames: int, shape: tuple[int, int], xp: ModuleType
 ) -> HeldSpectra | None:
     """Where the spectra of the alignment pass can be kept for the final sum: NumPy,
-    several frames, and search bands (``align_global``'s bin) covering the frame."""
+    several frames, at most ``HOLD_MAX_BYTES`` held, and search bands
+    (``align_global``'s bin) covering the frame; else None (each frame is then
+    prepared and transformed again for the sum)."""
     if n_frames < 2 or xp is not np:
         return None
+    if n_frames * shape[0] * (shape[1] // 2 + 1) * 2 > HOLD_MAX_BYTES:
+        return None  # long or super-resolution movies: transform twice instead
     factor = max(1, int(np.ceil(max(shape) / ALIGN_MAX_PX)))
     block, grid = frame_bands(shape, factor)
     if (grid[0] * block, grid[1] * block) != shape:

@@ -18,7 +18,12 @@ from pipelines.motion.align import (
     _phase_ramps_1d,
     window_cc,
 )
-from pipelines.motion.correct import correct_motion, prepare_frames
+from pipelines.motion.correct import (
+    HOLD_MAX_BYTES,
+    _held_spectra,
+    correct_motion,
+    prepare_frames,
+)
 from pipelines.motion.defects import PreparedFrames
 from pipelines.motion.spectra import (
     HELD_EXACT,
@@ -205,6 +210,17 @@ def test_sum_of_held_spectra_equals_the_sum_of_transformed_frames(rng):
     direct = sum_frames(frames, shifts, local_coefficients=local, **kwargs)
     via_held = sum_frames(frames, shifts, local_coefficients=local, held=held, **kwargs)
     assert np.array_equal(direct[1], via_held[1])
+
+
+def test_spectra_are_held_only_within_the_memory_limit():
+    held = _held_spectra(4, (256, 320), np)
+    assert held is not None
+    assert held.shape == (256, 320)
+    # 40 super-resolution 8192² fractions would hold 2.7 GB: transformed twice instead
+    assert HOLD_MAX_BYTES < 40 * 8192 * 4097 * 2
+    assert HOLD_MAX_BYTES >= 40 * 4096 * 2049 * 2  # a 4096² x 40 movie is held
+    assert _held_spectra(40, (8192, 8192), np) is None
+    assert _held_spectra(1, (256, 320), np) is None  # nothing to align
 
 
 def test_sum_from_prepared_integer_frames_equals_the_float_path(rng):
