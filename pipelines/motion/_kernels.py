@@ -203,3 +203,197 @@ def correlation_products(
                 out[b, i, y, x] = (
                     np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
                 )
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def quantize_spectrum(
+    spectrum: np.ndarray, block: int, values: np.ndarray, scales: np.ndarray
+) -> None:
+    """``values[y, x] = round(spectrum[y, x] / scales[y, b])`` as int8 (real,
+    imaginary) with ``scales[y, b] = max |re|, |im|`` over the ``block`` values of
+    row ``y`` from ``x = b * block``, divided by 127 (0 for an all-zero block).
+
+    ``spectrum`` ``(ny, nxh)`` complex64, ``values`` ``(ny, nxh, 2)`` int8,
+    ``scales`` ``(ny, ceil(nxh / block))`` float32."""
+    ny, nxh = spectrum.shape
+    nb = scales.shape[1]
+    for y in prange(ny):
+        for b in range(nb):
+            x0 = b * block
+            x1 = min(nxh, x0 + block)
+            top = np.float32(0.0)
+            for x in range(x0, x1):
+                value = spectrum[y, x]
+                top = max(top, abs(value.real), abs(value.imag))
+            scales[y, b] = top / np.float32(127.0)
+            inv = np.float32(127.0) / top if top > 0 else np.float32(0.0)
+            for x in range(x0, x1):
+                value = spectrum[y, x]
+                values[y, x, 0] = np.int8(np.floor(value.real * inv + np.float32(0.5)))
+                values[y, x, 1] = np.int8(np.floor(value.imag * inv + np.float32(0.5)))
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def accumulate_quantized(
+    values: np.ndarray,
+    scales: np.ndarray,
+    block: int,
+    low: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    weight: np.ndarray,
+    step: np.ndarray,
+    advance: bool,
+    plain: np.ndarray,
+    weighted: np.ndarray,
+) -> None:
+    """:func:`accumulate_shifted` of a spectrum held by :func:`quantize_spectrum`
+    (``values``, ``scales``, ``block``), with the lowest frequencies exact:
+    ``low`` ``(2 m, m)`` complex64 holds rows ``0 .. m - 1`` and ``ny - m .. ny -
+    1``, columns ``0 .. m - 1`` (where a smooth background would make the blocks'
+    scale coarse).  Each row is decoded into a small buffer first, so the
+    accumulation runs as :func:`accumulate_shifted`'s contiguous loop."""
+    ny, nxh = plain.shape
+    m = low.shape[1]
+    nb = scales.shape[1]
+    for y in prange(ny):
+        decoded = np.empty(nxh, dtype=np.complex64)
+        for b in range(nb):
+            s = scales[y, b]
+            for x in range(b * block, min(nxh, (b + 1) * block)):
+                decoded[x] = (
+                    np.complex64(
+                        complex(
+                            np.float32(values[y, x, 0]), np.float32(values[y, x, 1])
+                        )
+                    )
+                    * s
+                )
+        # signed: the prange index is unsigned, and mixed arithmetic gives floats
+        row = np.int64(-1)
+        if y < m:
+            row = np.int64(y)
+        elif y >= ny - m:
+            row = np.int64(y) - (ny - 2 * m)
+        if row >= 0:
+            for x in range(m):
+                decoded[x] = low[row, x]
+        ey = ramp_y[y]
+        for x in range(nxh):
+            value = decoded[x] * (ey * ramp_x[x])
+            plain[y, x] += value
+            weighted[y, x] += value * weight[y, x]
+            if advance:
+                weight[y, x] *= step[y, x]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def correlation_rows(
+    spectra: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    filt: np.ndarray,
+    half_width: int,
+    lag_re: np.ndarray,
+    lag_im: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`correlation_products` followed, in the same pass, by the x half of
+    the windowed inverse DFT (:func:`pipelines.motion.align.window_cc`):
+    ``out[b, i, y, l] = sum_x product[b, i, y, x] * (lag_re + i lag_im)[l, x]``.
+
+    ``lag_re``/``lag_im`` ``(n_lags, nxh)`` float32 (the lags' exponentials with
+    the half-spectrum's doubling); ``out`` ``(b, n, ny, n_lags)`` complex64.  The
+    stack-sized product array is never written: each row's product stays in cache
+    and is reduced to ``n_lags`` values at once."""
+    nb, n, ny, nxh = spectra.shape
+    n_lags = lag_re.shape[0]
+    h = half_width
+    inv = np.float32(1.0 / (h + 1))
+    for row in prange(nb * ny):
+        b = row // ny
+        y = row - b * ny
+        shifted = np.empty((n, nxh), dtype=np.complex64)
+        total = np.zeros(nxh, dtype=np.complex64)
+        plain = np.empty(nxh, dtype=np.complex64)
+        grouped = np.empty(nxh, dtype=np.complex64)
+        pr = np.empty(nxh, dtype=np.float32)
+        pi = np.empty(nxh, dtype=np.float32)
+        for f in range(n):
+            ry = ramp_y[b, f, y]
+            for x in range(nxh):
+                value = spectra[b, f, y, x] * (ry * ramp_x[b, f, x])
+                shifted[f, x] = value
+                total[x] += value
+        for i in range(n):
+            plain[:] = 0
+            grouped[:] = 0
+            for j in range(max(0, i - h), min(n - 1, i + h) + 1):
+                w = np.float32(h + 1 - abs(j - i))
+                for x in range(nxh):
+                    plain[x] += shifted[j, x]
+                    grouped[x] += shifted[j, x] * w
+            for x in range(nxh):
+                p = np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
+                pr[x] = p.real
+                pi[x] = p.imag
+            for lag in range(n_lags):
+                er = lag_re[lag]
+                ei = lag_im[lag]
+                acc_re = np.float32(0.0)
+                acc_im = np.float32(0.0)
+                for x in range(nxh):
+                    acc_re += pr[x] * er[x] - pi[x] * ei[x]
+                    acc_im += pr[x] * ei[x] + pi[x] * er[x]
+                out[b, i, y, lag] = complex(acc_re, acc_im)
+
+
+@njit(cache=True, parallel=True)
+def frame_sum(frames: np.ndarray, out: np.ndarray) -> None:
+    """``out[y, x] = sum_f frames[f, y, x]`` (float32) for integer or float frames
+    ``(n, ny, nx)``: one parallel pass over the movie, rows in parallel, without
+    a float32 copy of each frame."""
+    n, ny, nx = frames.shape
+    for y in prange(ny):
+        row = np.zeros(nx, dtype=np.float32)
+        for f in range(n):
+            for x in range(nx):
+                row[x] += np.float32(frames[f, y, x])
+        out[y, :] = row
+
+
+@njit(cache=True, parallel=True)
+def decode_band(
+    values: np.ndarray,
+    scales: np.ndarray,
+    block: int,
+    low: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """The band ``out`` ``(n, fy, fxh)`` complex64 of spectra held by
+    :func:`quantize_spectrum` (``values`` ``(n, ny, nxh, 2)``, ``scales``, exact
+    ``low`` ``(n, 2 m, m)`` as :func:`accumulate_quantized`): rows ``0 .. fy/2 -
+    1`` and ``ny - fy/2 .. ny - 1``, columns ``0 .. fxh - 1``, as
+    :func:`pipelines.motion.spectra.crop_spectrum_to` cuts them (which then
+    zeroes Nyquist and DC)."""
+    n, ny = values.shape[0], values.shape[1]
+    fy, fxh = out.shape[1], out.shape[2]
+    m = low.shape[2]
+    half = fy // 2
+    for row in prange(n * fy):
+        f = row // fy
+        r = row - f * fy
+        y = np.int64(r) if r < half else np.int64(ny) - (fy - np.int64(r))
+        for x in range(fxh):
+            s = scales[f, y, x // block]
+            out[f, r, x] = complex(
+                np.float32(values[f, y, x, 0]) * s, np.float32(values[f, y, x, 1]) * s
+            )
+        lr = np.int64(-1)
+        if y < m:
+            lr = y
+        elif y >= ny - m:
+            lr = y - (ny - 2 * m)
+        if lr >= 0:
+            for x in range(min(m, fxh)):
+                out[f, r, x] = low[f, lr, x]

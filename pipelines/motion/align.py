@@ -39,6 +39,10 @@ REFINE_WINDOW_PX = 4
 # windows up to this width come from the windowed DFT (:func:`window_cc`), wider
 # ones from a full irfft2: at 1024², 43 px wide, the DFT was still 2x faster
 MAX_DFT_WINDOW = 48
+# windows up to this width come from the fused numba pass
+# (:func:`pipelines.motion._kernels.correlation_rows`: no stack-sized product
+# array); wider ones, the first iteration of a wide search, from BLAS
+MAX_FUSED_WINDOW = 17
 
 
 def fft_kwargs(xp: ModuleType, workers: int) -> dict[str, int]:
@@ -108,17 +112,13 @@ def _bfactor_filter(shape: tuple[int, int], bfactor_px2: float, xp: ModuleType) 
     return filt
 
 
-def window_cc(product: Any, shape: tuple[int, int], half: int, xp: ModuleType) -> Any:
-    """The cross-correlation ``(..., 2 half + 1, 2 half + 1)`` at lags ``-half ..
-    half`` (rows y, columns x) from its rfft2 ``product`` ``(..., ny, nx // 2 + 1)``:
-    ``irfft2`` evaluated only where the peak is searched (times ``ny * nx``).
-
-    Two matrix products against the lags' Fourier exponentials (BLAS, batched over
-    frames and patches) instead of a full inverse FFT per frame: the windows are a
-    few pixels wide, so this is 2 half + 1 complex multiply-adds per frequency,
-    several times faster than the inverse FFT at the sizes alignment uses."""
+def _lag_exponentials(
+    shape: tuple[int, int], nxh: int, half: int, xp: ModuleType
+) -> tuple[Any, Any]:
+    """The inverse DFT's factors at lags ``-half .. half``: ``ex`` ``(nxh, n_lags)``
+    (with the half-spectrum's doubling of columns 1 .. nx/2 - 1) and ``ey``
+    ``(n_lags, ny)``, complex128."""
     ny, nx = shape
-    nxh = product.shape[-1]
     lags = xp.arange(-half, half + 1, dtype=xp.float64)
     # hermitian half-spectrum: columns 1 .. nx/2 - 1 stand for two frequencies
     doubling = xp.full(nxh, 2.0)
@@ -129,11 +129,35 @@ def window_cc(product: Any, shape: tuple[int, int], half: int, xp: ModuleType) -
     ky = xp.arange(ny, dtype=xp.float64)
     ex = xp.exp((2j * np.pi / nx) * kx[:, None] * lags[None, :]) * doubling[:, None]
     ey = xp.exp((2j * np.pi / ny) * lags[:, None] * ky[None, :])
+    return ex, ey
+
+
+def window_cc(product: Any, shape: tuple[int, int], half: int, xp: ModuleType) -> Any:
+    """The cross-correlation ``(..., 2 half + 1, 2 half + 1)`` at lags ``-half ..
+    half`` (rows y, columns x) from its rfft2 ``product`` ``(..., ny, nx // 2 + 1)``:
+    ``irfft2`` evaluated only where the peak is searched (times ``ny * nx``).
+
+    Two matrix products against the lags' Fourier exponentials (BLAS, batched over
+    frames and patches) instead of a full inverse FFT per frame: the windows are a
+    few pixels wide, so this is 2 half + 1 complex multiply-adds per frequency,
+    several times faster than the inverse FFT at the sizes alignment uses."""
+    ny = shape[0]
+    nxh = product.shape[-1]
+    n_lags = 2 * half + 1
+    ex, ey = _lag_exponentials(shape, nxh, half, xp)
     lead = product.shape[:-2]
     flat = xp.ascontiguousarray(product, dtype=xp.complex64).reshape(-1, nxh)
-    rows = (flat @ ex.astype(xp.complex64)).reshape(-1, ny, lags.shape[0])
-    cc = xp.matmul(ey.astype(xp.complex64), rows).real
-    return cc.reshape(*lead, lags.shape[0], lags.shape[0])
+    rows = (flat @ ex.astype(xp.complex64)).reshape(*lead, ny, n_lags)
+    return _window_from_rows(rows, ey, xp)
+
+
+def _window_from_rows(rows: Any, ey: Any, xp: ModuleType) -> Any:
+    """The y half of :func:`window_cc`: ``rows`` ``(..., ny, n_lags)`` (the x
+    half) to the window ``(..., n_lags, n_lags)``."""
+    *lead, ny, n_lags = rows.shape
+    flat = rows.reshape(-1, ny, n_lags)
+    cc = xp.matmul(ey.astype(xp.complex64), flat).real
+    return cc.reshape(*lead, n_lags, n_lags)
 
 
 def _subpixel_peaks(window: Any, xp: ModuleType) -> Any:
@@ -240,6 +264,74 @@ def _correlation_products(
     return product
 
 
+def _fused_window(
+    stacks: np.ndarray,
+    shape: tuple[int, int],
+    ramps: tuple[np.ndarray, np.ndarray],
+    filt: np.ndarray,
+    group_half_width: int,
+    half: int,
+) -> np.ndarray:
+    """Every frame's cross-correlation window ``(b * n, 2 half + 1, 2 half + 1)``
+    from one numba pass over ``stacks`` ``(b, n, ny, nxh)``
+    (:func:`pipelines.motion._kernels.correlation_rows`) and the small y DFT."""
+    nb, n, ny, nxh = stacks.shape
+    ex, ey = _lag_exponentials(shape, nxh, half, np)
+    lags = np.ascontiguousarray(ex.T)
+    rows = np.empty((nb, n, ny, 2 * half + 1), dtype=np.complex64)
+    _motion_kernels.correlation_rows(
+        stacks,
+        ramps[0],
+        ramps[1],
+        filt,
+        int(group_half_width),
+        lags.real.astype(np.float32),
+        lags.imag.astype(np.float32),
+        rows,
+    )
+    window: np.ndarray = _window_from_rows(rows, ey, np)
+    return window.reshape(nb * n, 2 * half + 1, 2 * half + 1)
+
+
+def _product_window(
+    spectra: Any,
+    shape: tuple[int, int],
+    shifts: Any,
+    filt: Any,
+    group_half_width: int,
+    half: int,
+    fused: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    workers: int,
+    xp: ModuleType,
+) -> Any:
+    """The window through the stack-sized product (wide windows, and CuPy): the
+    numba kernel when ``fused`` ``(stacks, ramp_y, ramp_x)`` is given (else the
+    array path), then :func:`window_cc` or, for a window wider than
+    ``MAX_DFT_WINDOW``, a full inverse FFT.  With NumPy only a first, wide
+    iteration comes here, and its product array is freed before the narrow ones."""
+    ny, nx = shape
+    if fused is not None:
+        stacks, ramp_y, ramp_x = fused
+        buffer = np.empty_like(stacks)
+        _motion_kernels.correlation_products(
+            stacks, ramp_y, ramp_x, filt, int(group_half_width), buffer
+        )
+        product = buffer.reshape(spectra.shape)
+    else:
+        product = _correlation_products(
+            spectra, shape, shifts, filt, group_half_width, xp
+        )
+    if 2 * half + 1 <= MAX_DFT_WINDOW:
+        return window_cc(product, shape, half, xp)
+    # a wide search: the full inverse FFT is cheaper
+    cc = fft_module(xp).irfft2(
+        product, s=shape, axes=(-2, -1), **fft_kwargs(xp, workers)
+    )
+    rows = xp.arange(-half, half + 1) % ny
+    cols = xp.arange(-half, half + 1) % nx
+    return cc[..., rows[:, None], cols[None, :]]
+
+
 def align_stack(
     spectra: Any,
     shape: tuple[int, int],
@@ -264,7 +356,6 @@ def align_stack(
     iterations run on the spectra cropped where the B-factor weight is negligible
     (:func:`crop_spectra`): a negligible change to the result, less FFT work.
     """
-    fft = fft_module(xp)
     full_y, full_x = shape
     spectra, shape = crop_spectra(spectra, shape, bfactor_px2, xp=xp)
     ny, nx = shape
@@ -280,11 +371,10 @@ def align_stack(
         shifts += start
     half = int(max(2, min(np.ceil(max_shift_px) + 1, ny // 2 - 2, nx // 2 - 2)))
     fused = xp is np and spectra.ndim >= 3
-    if fused:  # one numba pass per iteration, into one reused stack-sized array
+    if fused:  # one numba pass per iteration
         stacks = np.ascontiguousarray(spectra, dtype=np.complex64).reshape(
             -1, *spectra.shape[-3:]
         )
-        buffer = np.empty_like(stacks)
     for iteration in range(n_iterations):
         w = (
             half
@@ -295,22 +385,24 @@ def align_stack(
             ramp_y, ramp_x = _phase_ramps_1d(
                 shape, shifts.reshape(-1, *shifts.shape[-2:])
             )
-            _motion_kernels.correlation_products(
-                stacks, ramp_y, ramp_x, filt, int(group_half_width), buffer
-            )
-            product = buffer.reshape(spectra.shape)
+        if fused and 2 * w + 1 <= MAX_FUSED_WINDOW:
+            window = _fused_window(
+                stacks, shape, (ramp_y, ramp_x), filt, group_half_width, w
+            ).reshape(*spectra.shape[:-2], 2 * w + 1, 2 * w + 1)
+            update = _subpixel_peaks(window, xp)
         else:
-            product = _correlation_products(
-                spectra, shape, shifts, filt, group_half_width, xp
+            window = _product_window(
+                spectra,
+                shape,
+                shifts,
+                filt,
+                group_half_width,
+                w,
+                (stacks, ramp_y, ramp_x) if fused else None,
+                workers,
+                xp,
             )
-        if 2 * w + 1 <= MAX_DFT_WINDOW:
-            window = window_cc(product, shape, w, xp)
-        else:  # a wide search: the full inverse FFT is cheaper
-            cc = fft.irfft2(product, s=shape, axes=(-2, -1), **fft_kwargs(xp, workers))
-            rows = xp.arange(-w, w + 1) % ny
-            cols = xp.arange(-w, w + 1) % nx
-            window = cc[..., rows[:, None], cols[None, :]]
-        update = _subpixel_peaks(window, xp)
+            update = _subpixel_peaks(window, xp)
         shifts += update
         if start is not None:  # refinement: stay within the window of the start
             deviation = shifts - start

@@ -40,9 +40,13 @@ from pipelines.motion.defects import (
     detect_hot_pixels,
     mask_defects,
 )
-from pipelines.motion.dose import DamageModel, frame_exposures_e_per_a2
+from pipelines.motion.dose import (
+    DamageModel,
+    FrameFilters,
+    frame_exposures_e_per_a2,
+)
 from pipelines.motion.local import LocalMotion, align_patches
-from pipelines.motion.spectra import band_spectra
+from pipelines.motion.spectra import HeldSpectra, band_spectra, frame_bands
 from pipelines.motion.summing import power_spectrum, sum_frames
 from pipelines.motion.trajectory import smooth_trajectory
 from pipelines.motion.weighting import refine_at_finer_bin, spectral_snr_weights
@@ -50,6 +54,7 @@ from pipelines.xp import fft_module, to_numpy
 
 __all__ = [
     "ALIGN_MAX_PX",
+    "HOLD_MAX_BYTES",
     "MotionResult",
     "accumulated_motion_a",
     "align_global",
@@ -62,6 +67,10 @@ COARSE_GROUP_DOSE_E_PER_A2 = (
     4.0  # frames are grouped to about this dose for the coarse pass
 )
 EARLY_FRAMES = 4  # RELION: motion up to frame 4 is "early"
+# the most memory the frames' held spectra may take (2 bytes per coefficient:
+# 0.67 GB for 4096² x 40; an 8192² super-resolution EER movie of 40 fractions,
+# 2.7 GB, is transformed twice instead)
+HOLD_MAX_BYTES = 1_000_000_000
 # global B-factor (px²) with damage-matched filters (dose known) and without
 DAMAGE_BFACTOR_PX2 = 20.0
 PLAIN_BFACTOR_PX2 = 500.0
@@ -147,6 +156,7 @@ def align_global(
     smooth: bool = False,
     snr_weighting: bool = True,
     prepare: Callable[[int], Any] | None = None,
+    hold: HeldSpectra | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[np.ndarray, Any, int]:
@@ -168,7 +178,9 @@ def align_global(
 
     All binned spectra come from one pass over the frames with one FFT each
     (:func:`pipelines.motion.spectra.band_spectra`); ``prepare(i)`` gives frame
-    ``i`` as gain-corrected float32 when ``frames`` are the file's raw integers."""
+    ``i`` as gain-corrected float32 when ``frames`` are the file's raw integers;
+    with ``hold`` that pass transforms each frame at full size and keeps the
+    spectra for the final sum (:class:`pipelines.motion.spectra.HeldSpectra`)."""
     fft = fft_module(xp)
     _, ny, nx = frames.shape
     factor = max(1, int(np.ceil(max(ny, nx) / ALIGN_MAX_PX)))
@@ -177,6 +189,7 @@ def align_global(
         factor,
         fine=snr_weighting and factor > 1,
         prepare=prepare,
+        hold=hold,
         workers=workers,
         xp=xp,
     )
@@ -208,9 +221,11 @@ def align_global(
         # final pass: frequencies weighted by the movie's measured spectral SNR
         weights = spectral_snr_weights(spectra, shape, shifts, amplitudes, xp=xp)
         if weights is not None:
+            snr_weighted = spectra * xp.sqrt(weights)  # one stack-sized temporary
+            if amplitudes is not None:
+                snr_weighted *= amplitudes
             shifts = align_stack(
-                (spectra if amplitudes is None else spectra * amplitudes)
-                * xp.sqrt(weights),
+                snr_weighted,
                 shape,
                 bfactor_px2=0.0,
                 max_shift_px=max_shift_px / factor,
@@ -218,24 +233,28 @@ def align_global(
                 workers=workers,
                 xp=xp,
             )
+            del snr_weighted
         del amplitudes
+        if fine is None and hold is not None and factor > 1:
+            fine = hold.band(fine_shape)  # cut now: no memory during the search
         if fine is not None:
             scale = (fine_shape[1] / shape[1], fine_shape[0] / shape[0])
             fine_bin = factor * shape[0] / fine_shape[0]
-            fine_amplitudes = (
-                None if damage is None else damage.filters(fine_shape, fine_bin, xp=xp)
-            )
             shifts = refine_at_finer_bin(
                 fine,
                 shifts,
                 fine_shape,
                 scale,
-                fine_amplitudes,
+                None,
                 overwrite=True,
+                # one frame at a time: no stack of filters (0.19 GB at 4096²)
+                make_amplitudes=None
+                if damage is None
+                else lambda: FrameFilters(damage, fine_shape, fine_bin, xp=xp),
                 workers=workers,
                 xp=xp,
             )
-            del fine, fine_amplitudes
+            del fine
     if smooth:
         smoothed, _ = smooth_trajectory(to_numpy(shifts))
         shifts = xp.asarray(smoothed)
@@ -252,6 +271,24 @@ def accumulated_motion_a(shifts_px: np.ndarray, pixel_size_a: float) -> np.ndarr
     """Path length (Å) travelled up to each frame, ``(n_frames,)``; 0 at frame 0."""
     steps = np.linalg.norm(np.diff(shifts_px, axis=0), axis=1) * pixel_size_a
     return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def _held_spectra(
+    n_frames: int, shape: tuple[int, int], xp: ModuleType
+) -> HeldSpectra | None:
+    """Where the spectra of the alignment pass can be kept for the final sum: NumPy,
+    several frames, at most ``HOLD_MAX_BYTES`` held, and search bands
+    (``align_global``'s bin) covering the frame; else None (each frame is then
+    prepared and transformed again for the sum)."""
+    if n_frames < 2 or xp is not np:
+        return None
+    if n_frames * shape[0] * (shape[1] // 2 + 1) * 2 > HOLD_MAX_BYTES:
+        return None  # long or super-resolution movies: transform twice instead
+    factor = max(1, int(np.ceil(max(shape) / ALIGN_MAX_PX)))
+    block, grid = frame_bands(shape, factor)
+    if (grid[0] * block, grid[1] * block) != shape:
+        return None
+    return HeldSpectra(n_frames, shape)
 
 
 def correct_motion(
@@ -320,6 +357,7 @@ def correct_motion(
         )
     if bfactor_px2 is None:
         bfactor_px2 = PLAIN_BFACTOR_PX2 if damage is None else DAMAGE_BFACTOR_PX2
+    held = _held_spectra(n_frames, (ny, nx), xp)
     if n_frames > 1:
         shifts, aligned, factor = align_global(
             frames,
@@ -329,6 +367,7 @@ def correct_motion(
             damage=damage,
             smooth=smooth,
             prepare=prepared,
+            hold=held,
             workers=n_workers,
             xp=xp,
         )
@@ -349,6 +388,8 @@ def correct_motion(
         )
         if not local.significant:  # noise would explain the patches as well
             local = None
+    if local is not None:  # the frames are warped first: the held spectra won't do
+        held = None
     dw, no_dw, spectrum = sum_frames(
         frames,
         shifts,
@@ -357,9 +398,11 @@ def correct_motion(
         voltage_kv=voltage_kv,
         local_coefficients=None if local is None else local.coefficients,
         prepare=prepared,
+        held=held,
         workers=n_workers,
         xp=xp,
     )
+    del held
     ps = power_spectrum(spectrum, (ny, nx), size=power_spectrum_size, xp=xp)
     accumulated = accumulated_motion_a(shifts, pixel_size_a)
     early = float(accumulated[min(EARLY_FRAMES, n_frames - 1)])

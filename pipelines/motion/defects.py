@@ -170,9 +170,13 @@ class PreparedFrames:
             defects |= mask
         self.n_hot = 0
         if hot_pixel_sigma is not None:
-            frame_sum = np.zeros(shape, dtype=np.float32)
-            for frame in frames:
-                np.add(frame_sum, frame, out=frame_sum)
+            frame_sum = np.empty(shape, dtype=np.float32)
+            if frames.flags.c_contiguous and frames.dtype.isnative:
+                _motion_kernels.frame_sum(frames, frame_sum)  # one parallel pass
+            else:
+                frame_sum[...] = 0
+                for frame in frames:
+                    np.add(frame_sum, frame, out=frame_sum)
             if self.gain is not None:
                 frame_sum *= self.gain
             hot = detect_hot_pixels(frame_sum, n_sigma=hot_pixel_sigma)

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "DamageModel",
+    "FrameFilters",
     "critical_exposure_e_per_a2",
     "dose_weights",
     "frame_exposures_e_per_a2",
@@ -98,3 +99,37 @@ class DamageModel:
         )
         exposures = xp.asarray(np.asarray(self.exposures_e_per_a2, dtype=np.float32))
         return xp.exp(-0.5 * exposures[:, None, None] * inv_ne[None]).astype(xp.float32)
+
+
+class FrameFilters:
+    """:meth:`DamageModel.filters` one frame at a time: ``filters[f]`` is frame
+    ``f``'s ``(ny, nx // 2 + 1)`` float32 filter, made when asked for, so a stack
+    of them is never held (0.19 GB for the 4096² refinement band).  Only the
+    common ``1 / Ne(k)`` grid is kept."""
+
+    def __init__(
+        self,
+        damage: DamageModel,
+        shape: tuple[int, int],
+        bin_factor: float,
+        *,
+        xp: ModuleType = np,
+    ) -> None:
+        ny, nx = shape
+        d = damage.pixel_size_a * bin_factor
+        ky = xp.fft.fftfreq(ny, d=d).astype(xp.float32)[:, None]
+        kx = xp.fft.rfftfreq(nx, d=d).astype(xp.float32)[None, :]
+        self.half_inv_ne = (
+            0.5
+            / critical_exposure_e_per_a2(
+                xp.sqrt(ky * ky + kx * kx), damage.voltage_kv, xp=xp
+            )
+        ).astype(xp.float32)
+        self.exposures = np.asarray(damage.exposures_e_per_a2, dtype=np.float32)
+        self.xp = xp
+
+    def __len__(self) -> int:
+        return int(self.exposures.shape[0])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.xp.exp(-self.exposures[index] * self.half_inv_ne)

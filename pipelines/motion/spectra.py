@@ -28,12 +28,126 @@ from pipelines.motion.align import bin_frames, fft_kwargs
 from pipelines.xp import fft_module
 
 __all__ = [
+    "HELD_BLOCK",
+    "HELD_EXACT",
+    "HeldSpectra",
     "band_spectra",
     "binned_spectra",
     "crop_spectrum_to",
     "fine_band",
     "frame_bands",
 ]
+
+
+HELD_BLOCK = 64  # coefficients along x that share one int8 scale in HeldSpectra
+HELD_EXACT = 64  # HeldSpectra keeps frequencies below this (rows ±, columns) exact
+
+
+class HeldSpectra:
+    """Every frame's full-size rfft2 spectrum, kept from the alignment pass for the
+    final sum, at two bytes per coefficient: the frame is then prepared and
+    transformed once (:func:`band_spectra` cuts the alignment bands from the same
+    transform).
+
+    Each spectrum is held as int8 real and imaginary parts with one float32 scale
+    per ``HELD_BLOCK`` coefficients of a row (``max |re|, |im|`` / 127), except the
+    lowest frequencies (``HELD_EXACT`` rows at each end, ``HELD_EXACT`` columns),
+    kept as complex64: a smooth background (illumination, ice) makes them orders
+    of magnitude larger than the rest, and a block scale set by them would be
+    coarse for its neighbours.  Elsewhere a block's largest value is a few times
+    the shot noise of one frame, so the rounding error is ~1e-4 of the noise
+    power (below the float16 rounding of the written micrograph).
+    ``n × ny × (nx // 2 + 1) × 2`` bytes: 0.67 GB for 4096² × 40, a quarter of
+    complex64.
+    """
+
+    def __init__(self, n_frames: int, shape: tuple[int, int]) -> None:
+        ny, nx = shape
+        nxh = nx // 2 + 1
+        self.shape = (int(ny), int(nx))
+        self.values = np.empty((n_frames, ny, nxh, 2), dtype=np.int8)
+        self.scales = np.empty((n_frames, ny, -(-nxh // HELD_BLOCK)), dtype=np.float32)
+        m = max(1, min(HELD_EXACT, ny // 2, nxh))
+        self.low = np.empty((n_frames, 2 * m, m), dtype=np.complex64)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + self.scales.nbytes + self.low.nbytes)
+
+    def put(self, index: int, spectrum: np.ndarray) -> None:
+        """Hold frame ``index``'s rfft2 ``spectrum`` ``(ny, nx // 2 + 1)``."""
+        ny = self.shape[0]
+        if spectrum.shape != self.values.shape[1:3]:
+            raise ValueError(
+                f"spectrum {spectrum.shape} vs held {self.values.shape[1:3]}"
+            )
+        spectrum = np.ascontiguousarray(spectrum, dtype=np.complex64)
+        _motion_kernels.quantize_spectrum(
+            spectrum, HELD_BLOCK, self.values[index], self.scales[index]
+        )
+        m = self.low.shape[-1]
+        self.low[index, :m] = spectrum[:m, :m]
+        self.low[index, m:] = spectrum[ny - m :, :m]
+
+    def spectrum(self, index: int) -> np.ndarray:
+        """Frame ``index``'s spectrum as held, complex64 (for checks and tests)."""
+        ny, nx = self.shape
+        nxh = nx // 2 + 1
+        scale = np.repeat(self.scales[index], HELD_BLOCK, axis=1)[:, :nxh]
+        values = self.values[index].astype(np.float32)
+        out = np.empty((ny, nxh), dtype=np.complex64)
+        out.real = values[..., 0] * scale
+        out.imag = values[..., 1] * scale
+        m = self.low.shape[-1]
+        out[:m, :m] = self.low[index, :m]
+        out[ny - m :, :m] = self.low[index, m:]
+        return out
+
+    def band(self, shape: tuple[int, int]) -> np.ndarray:
+        """Every frame's spectrum cut to the band of the smaller real grid
+        ``shape`` ``(fy, fx)`` (even), as :func:`crop_spectrum_to` cuts it:
+        ``(n, fy, fx // 2 + 1)`` complex64."""
+        fy, fx = shape
+        if fy > self.shape[0] or fx > self.shape[1] or fy % 2 or fx % 2:
+            raise ValueError(f"band {shape} of held spectra {self.shape}")
+        out = np.empty((len(self), fy, fx // 2 + 1), dtype=np.complex64)
+        _motion_kernels.decode_band(self.values, self.scales, HELD_BLOCK, self.low, out)
+        out[:, fy // 2, :] = 0
+        out[:, :, fx // 2] = 0
+        out[:, 0, 0] = 0
+        return out
+
+    def accumulate(
+        self,
+        index: int,
+        ramp_y: np.ndarray,
+        ramp_x: np.ndarray,
+        weight: np.ndarray,
+        step: np.ndarray,
+        advance: bool,
+        plain: np.ndarray,
+        weighted: np.ndarray,
+    ) -> None:
+        """``plain += s``, ``weighted += weight * s`` with ``s`` frame ``index``'s
+        spectrum times the phase ramp ``ramp_y[y] * ramp_x[x]``; with ``advance``
+        ``weight *= step`` (as :func:`pipelines.motion._kernels.accumulate_shifted`).
+        ``plain`` and ``weighted`` ``(ny, nx // 2 + 1)`` complex64, C-contiguous."""
+        _motion_kernels.accumulate_quantized(
+            self.values[index],
+            self.scales[index],
+            HELD_BLOCK,
+            self.low[index],
+            ramp_y,
+            ramp_x,
+            weight,
+            step,
+            advance,
+            plain,
+            weighted,
+        )
 
 
 def crop_spectrum_to(
@@ -119,6 +233,7 @@ def band_spectra(
     *,
     fine: bool = True,
     prepare: Callable[[int], Any] | None = None,
+    hold: HeldSpectra | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[Any, tuple[int, int], Any, tuple[int, int]]:
@@ -131,6 +246,15 @@ def band_spectra(
     defects applied; it may reuse one buffer) so that ``frames`` can stay in the
     file's integer type; without it ``frames[i]`` is used as it is.  Only the
     cropped stacks are kept: ``n × (my × mx + fy × fx) / 2`` complex values.
+
+    With ``hold`` (NumPy only; the bands must cover the whole frame) each frame
+    is transformed at full size instead of block-summed, the search band is cut
+    from that transform and the whole spectrum is kept in ``hold`` for the final
+    sum (:func:`pipelines.motion.summing.sum_frames`): the one full-size FFT per
+    frame the sum needs anyway, and no second preparation of the frame.  The
+    refinement band is then not made here (``refine`` None): cut it from
+    ``hold`` (:meth:`HeldSpectra.band`) when it is needed, so it does not take
+    memory during the search.
     """
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n_frames, ny, nx), got shape {frames.shape}")
@@ -142,11 +266,30 @@ def band_spectra(
     my, mx = grid[0] * block // factor, grid[1] * block // factor
     fy, fx = fine_band(grid, block)
     search = xp.empty((n, my, mx // 2 + 1), dtype=xp.complex64)
-    refine = xp.empty((n, fy, fx // 2 + 1), dtype=xp.complex64) if fine else None
+    refine = (
+        xp.empty((n, fy, fx // 2 + 1), dtype=xp.complex64)
+        if fine and hold is None
+        else None
+    )
     region_y, region_x = grid[0] * block, grid[1] * block
     binned = np.empty(grid, dtype=np.float32)
+    if hold is not None:
+        if xp is not np or (region_y, region_x) != (ny, nx):
+            raise ValueError(
+                f"hold needs NumPy and bands covering the frame: {region_y}x"
+                f"{region_x} of {ny}x{nx}"
+            )
+        if hold.shape != (ny, nx) or len(hold) != n:
+            raise ValueError(f"hold {len(hold)}x{hold.shape} vs frames {frames.shape}")
     for i in range(n):
         frame = prepare(i) if prepare is not None else frames[i]
+        if hold is not None:
+            full = fft.rfft2(
+                np.asarray(frame, dtype=np.float32), **fft_kwargs(xp, workers)
+            )
+            search[i] = crop_spectrum_to(full, (my, mx), xp=xp)
+            hold.put(i, full)
+            continue
         if xp is np and block > 1:
             source = np.asarray(frame[:region_y, :region_x], dtype=np.float32)
             _motion_kernels.block_sum(source, block, binned)

@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.motion import _kernels as _motion_kernels
 from pipelines.motion.align import fft_kwargs, phase_ramp
 from pipelines.motion.dose import critical_exposure_e_per_a2
+from pipelines.motion.spectra import HeldSpectra
 from pipelines.xp import fft_module, to_numpy
 
 __all__ = ["power_spectrum", "sum_frames"]
@@ -39,6 +40,31 @@ def _each(weights: Iterator[Any], n: int, skip: bool) -> Iterator[Any]:
         yield from weights
 
 
+def _inverse_norm(
+    inv_ne: Any,
+    exposures: np.ndarray,
+    uniform_step: float | None,
+    weights: Callable[[], Iterator[Any]],
+    xp: ModuleType,
+) -> Any:
+    """``1 / sqrt(mean_t w_t²)`` per frequency, float32: the dose weights'
+    normalisation.  With a uniform dose step ``w_t² = w_0² q^t`` is a geometric
+    series (closed form); otherwise the weights are summed."""
+    n = exposures.shape[0]
+    if uniform_step is not None:  # q = exp(-step / Ne): -log q = rate
+        rate = uniform_step * inv_ne.astype(xp.float64)
+        series = xp.where(
+            rate > 1e-12, xp.expm1(-n * rate) / xp.expm1(-xp.maximum(rate, 1e-12)), n
+        )
+        norm = xp.exp(-float(exposures[0]) * inv_ne.astype(xp.float64)) * series
+        del rate, series
+    else:
+        norm = xp.zeros_like(inv_ne)
+        for weight in weights():
+            norm += weight * weight
+    return (1.0 / xp.sqrt(norm / n)).astype(xp.float32)
+
+
 def sum_frames(
     frames: Any,
     shifts_px: np.ndarray,
@@ -48,6 +74,7 @@ def sum_frames(
     voltage_kv: float,
     local_coefficients: np.ndarray | None = None,
     prepare: Callable[[int], Any] | None = None,
+    held: HeldSpectra | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[Any, Any, Any]:
@@ -60,7 +87,14 @@ def sum_frames(
     gives frame ``i`` as float32 when ``frames`` are the file's raw integers
     (:class:`pipelines.motion.defects.PreparedFrames`).  One full-size rfft2 per
     frame, one fused shift-and-accumulate pass (numba) and two inverse FFTs.
+    With ``held`` (the frames' spectra kept by
+    :func:`pipelines.motion.spectra.band_spectra`) and no local model, the frames
+    are neither prepared nor transformed again: the held spectra are shifted and
+    summed.
     """
+    if held is not None and (held.shape != tuple(frames.shape[1:]) or xp is not np):
+        raise ValueError(f"held spectra {held.shape} vs frames {frames.shape[1:]}")
+    use_held = held is not None and local_coefficients is None
     fft = fft_module(xp)
     n, ny, nx = frames.shape
     ky = xp.fft.fftfreq(ny, d=pixel_size_a).astype(xp.float32)[:, None]
@@ -85,19 +119,9 @@ def sum_frames(
                 )
             yield current
 
-    if uniform:  # sum of w_t² = w_0² q^t, q = step²: a geometric series
-        rate = float(steps[0]) * inv_ne.astype(xp.float64)  # -log q
-        series = xp.where(
-            rate > 1e-12, xp.expm1(-n * rate) / xp.expm1(-xp.maximum(rate, 1e-12)), n
-        )
-        norm = xp.exp(-float(exposures[0]) * inv_ne.astype(xp.float64)) * series
-        del rate, series
-    else:
-        norm = xp.zeros_like(inv_ne)
-        for weight in weights():
-            norm += weight * weight
-    inv_norm = (1.0 / xp.sqrt(norm / n)).astype(xp.float32)
-    del norm
+    inv_norm = _inverse_norm(
+        inv_ne, exposures, float(steps[0]) if uniform else None, weights, xp
+    )
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
     warped = np.empty((ny, nx), dtype=np.float32)
@@ -109,6 +133,22 @@ def sum_frames(
         )
         advance = step.astype(np.float32) if step is not None else inv_norm
     for t, raw_weight in enumerate(_each(weights(), n, step is not None and xp is np)):
+        if use_held:
+            assert held is not None  # for mypy: use_held says so
+            sx, sy = (float(v) for v in shifts_px[t])
+            if raw_weight is not None:  # not uniform: this frame's own weight
+                np.multiply(raw_weight, inv_norm, out=weight)
+            held.accumulate(
+                t,
+                np.exp(-2j * np.pi * ky_ramp * sy).astype(np.complex64),
+                np.exp(-2j * np.pi * kx_ramp * sx).astype(np.complex64),
+                weight,
+                advance,
+                step is not None,
+                plain,
+                weighted,
+            )
+            continue
         frame = prepare(t) if prepare is not None else frames[t]
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))

@@ -13,13 +13,25 @@ from pipelines.motion import _kernels as motion_kernels
 from pipelines.motion.align import (
     _bfactor_filter,
     _correlation_products,
+    _fused_window,
     _group_sums,
     _phase_ramps_1d,
     window_cc,
 )
-from pipelines.motion.correct import correct_motion, prepare_frames
+from pipelines.motion.correct import (
+    HOLD_MAX_BYTES,
+    _held_spectra,
+    correct_motion,
+    prepare_frames,
+)
 from pipelines.motion.defects import PreparedFrames
-from pipelines.motion.spectra import band_spectra, binned_spectra, crop_spectrum_to
+from pipelines.motion.spectra import (
+    HELD_EXACT,
+    HeldSpectra,
+    band_spectra,
+    binned_spectra,
+    crop_spectrum_to,
+)
 from pipelines.motion.summing import sum_frames
 from tests.pipelines.motion_movies import make_movie, random_eer_events, write_eer
 
@@ -38,6 +50,26 @@ def test_window_cc_is_the_irfft2_window(rng):
         got = window_cc(product, shape, half, np)
         assert got.shape == (3, 2 * half + 1, 2 * half + 1)
         assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_fused_window_equals_the_product_then_window_cc(rng):
+    """The numba pass that reduces each row's product to the window's x lags at
+    once gives the window of the stack-sized product path."""
+    shape = (24, 30)
+    spectra = (
+        rng.standard_normal((2, 6, 24, 16)) + 1j * rng.standard_normal((2, 6, 24, 16))
+    ).astype(np.complex64)
+    ramps = _phase_ramps_1d(shape, rng.normal(0, 2, (2, 6, 2)))
+    filt = _bfactor_filter(shape, 5.0, np)
+    for h, half in ((0, 4), (2, 4), (1, 7)):
+        product = np.empty_like(spectra)
+        motion_kernels.correlation_products(spectra, *ramps, filt, h, product)
+        expected = window_cc(product, shape, half, np).reshape(
+            12, *([2 * half + 1] * 2)
+        )
+        got = _fused_window(spectra, shape, ramps, filt, h, half)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
 
 
 def test_group_sums_from_cumulative_sums_match_the_definition(rng):
@@ -120,6 +152,75 @@ def test_one_fft_gives_the_search_band_and_the_refinement_band(rng):
     assert np.allclose(fine, direct, atol=1e-3)
     _, _, none, _ = band_spectra(frames, 4, fine=False, workers=1)
     assert none is None
+
+
+def _gradient_movie(rng, n=6, shape=(256, 320)):
+    """Poisson frames under a 40 % illumination gradient: low frequencies orders
+    of magnitude above the shot noise (what the exact low block is for)."""
+    ny, nx = shape
+    light = 1.5 * (1.0 + 0.4 * np.arange(nx) / nx)[None, :] * np.ones((ny, 1))
+    return rng.poisson(np.broadcast_to(light, (n, ny, nx))).astype(np.uint8)
+
+
+def test_held_spectra_round_off_is_far_below_the_shot_noise(rng):
+    frames = _gradient_movie(rng)
+    n, ny, nx = frames.shape
+    held = HeldSpectra(n, (ny, nx))
+    search, shape, fine, fine_shape = band_spectra(frames, 4, hold=held, workers=1)
+    spectra = np.fft.rfft2(frames.astype(np.float32)).astype(np.complex64)
+    # the search band is cut from the same full-size transform, exactly
+    assert np.allclose(search, crop_spectrum_to(spectra, shape), atol=1e-2)
+    noise = float(np.mean(np.abs(spectra[:, 64:-64, 64:]) ** 2))
+    # the refinement band is cut from the held spectra when it is needed
+    assert fine is None
+    assert fine_shape == (96, 120)
+    band = held.band(fine_shape)
+    expected = crop_spectrum_to(spectra, fine_shape)
+    assert band.shape == expected.shape
+    assert float(np.mean(np.abs(band - expected) ** 2)) < 1e-3 * noise
+    assert held.values.nbytes == spectra.nbytes // 4  # 2 bytes per coefficient
+    for i in range(n):
+        got = held.spectrum(i)
+        m = HELD_EXACT  # kept as complex64 (numpy's FFT vs scipy's: 1e-7)
+        top = float(np.abs(spectra[i]).max())
+        assert np.abs(got[:m, :m] - spectra[i, :m, :m]).max() < 1e-6 * top
+        assert np.abs(got[-m:, :m] - spectra[i, -m:, :m]).max() < 1e-6 * top
+        error = float(np.mean(np.abs(got - spectra[i]) ** 2))
+        assert 0 < error < 1e-3 * noise  # int8 with a scale per 64 values: ~4e-5
+
+
+def test_sum_of_held_spectra_equals_the_sum_of_transformed_frames(rng):
+    frames = _gradient_movie(rng)
+    n, ny, nx = frames.shape
+    shifts = rng.normal(0, 3, (n, 2))
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "exposures_e_per_a2": np.arange(1, n + 1.0),
+        "voltage_kv": 300,
+        "workers": 1,
+    }
+    held = HeldSpectra(n, (ny, nx))
+    band_spectra(frames, 4, hold=held, workers=1)
+    expected = sum_frames(frames, shifts, **kwargs)
+    got = sum_frames(frames, shifts, held=held, **kwargs)
+    for a, b in zip(got, expected, strict=True):
+        assert float(np.mean(np.abs(a - b) ** 2)) < 1e-3 * float(np.var(b))
+    # a local model warps the frames: the held spectra are not used then
+    local = np.zeros((2, 18))
+    direct = sum_frames(frames, shifts, local_coefficients=local, **kwargs)
+    via_held = sum_frames(frames, shifts, local_coefficients=local, held=held, **kwargs)
+    assert np.array_equal(direct[1], via_held[1])
+
+
+def test_spectra_are_held_only_within_the_memory_limit():
+    held = _held_spectra(4, (256, 320), np)
+    assert held is not None
+    assert held.shape == (256, 320)
+    # 40 super-resolution 8192² fractions would hold 2.7 GB: transformed twice instead
+    assert HOLD_MAX_BYTES < 40 * 8192 * 4097 * 2
+    assert HOLD_MAX_BYTES >= 40 * 4096 * 2049 * 2  # a 4096² x 40 movie is held
+    assert _held_spectra(40, (8192, 8192), np) is None
+    assert _held_spectra(1, (256, 320), np) is None  # nothing to align
 
 
 def test_sum_from_prepared_integer_frames_equals_the_float_path(rng):
