@@ -64,7 +64,8 @@ def cmd_test(args: list[str]) -> int:
         if rc:
             print(f"dev.py: {' '.join(cmd)} failed", flush=True)
             return rc
-    return run(str(PY), "-m", "pytest", "-m", "not gpu", *args)
+    # the 20 slowest tests are printed: the suite must stay under 15 minutes
+    return run(str(PY), "-m", "pytest", "-m", "not gpu", "--durations=20", *args)
 
 
 def cmd_demo(args: list[str]) -> int:
