@@ -53,10 +53,13 @@ from pipelines.simulate.projection import prepare_volume_transform
 
 __all__ = [
     "Assignment",
+    "StartChoice",
     "assign_particles",
+    "best_of_starts",
     "initialise_state",
     "reference_transforms",
     "run_minibatches",
+    "start_scores",
     "vdam_step",
 ]
 
@@ -448,6 +451,90 @@ def run_minibatches(
         if on_progress is not None:
             on_progress(state.minibatch_index, total)
     return state
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StartChoice:
+    """What :func:`best_of_starts` compared: ``scores`` ``(S,)`` the mean best
+    log-likelihood per particle of each start on the common particles, and the
+    ``chosen`` start (the highest)."""
+
+    scores: np.ndarray
+    chosen: int
+
+
+def start_scores(
+    config: InitialModelConfig,
+    states: list[InitialModelState],
+    particles: PosedParticles,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """The mean best log-likelihood per particle of ``rows`` under each state's
+    maps: one noise spectrum for all (the rows' own power per shell), one limit
+    (the lowest of the states'), each state's class fractions as its prior; so
+    the states' figures are comparable (a higher one fits the images better)."""
+    pixels = pixel_set(config.box_px, config.box_px // 2)
+    mask = soft_circle(config.box_px, config.mask_radius_px)
+    noise = _image_power(particles, rows, pixels, mask)
+    radius = min(state.radius_px for state in states)
+    scores = np.empty(len(states))
+    for i, state in enumerate(states):  # a loop over starts (a handful)
+        common = dataclasses.replace(state, noise_power=noise)
+        result, _, _ = _search(config, common, particles, rows, radius)
+        scores[i] = float(np.mean(result.log_likelihood))
+    return scores
+
+
+def best_of_starts(
+    config: InitialModelConfig,
+    particles: PosedParticles,
+    rng: np.random.Generator,
+    *,
+    n_starts: int,
+    trial_minibatches: int,
+    score_particles: int = 300,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[InitialModelState, StartChoice]:
+    """``n_starts`` independent random starts, each run for ``trial_minibatches``
+    mini-batches; the one whose maps fit ``score_particles`` common particles best
+    (:func:`start_scores`) is returned, to be run on.  A start that fell into a
+    local optimum (a map of the right size and shape whose inside is a blur of
+    several orientations) fits the images worse from the first few mini-batches
+    on.  Deterministic for ``rng``; one start gives what :func:`initialise_state`
+    and :func:`run_minibatches` give.  ``on_progress(done, n_starts *
+    trial_minibatches)`` after each mini-batch."""
+    if n_starts < 1:
+        raise StageInputError("<argument>", "starts", n_starts, "must be >= 1")
+    if trial_minibatches < 0:
+        raise StageInputError(
+            "<argument>", "trial_minibatches", trial_minibatches, "must be >= 0"
+        )
+    trial = min(trial_minibatches, config.schedule.n_minibatches)
+    if n_starts == 1:
+        state = initialise_state(config, particles, rng)
+        state = run_minibatches(
+            config, state, particles, n_minibatches=trial, on_progress=on_progress
+        )
+        return state, StartChoice(scores=np.zeros(1), chosen=0)
+    seeds = rng.integers(0, 2**63 - 1, size=n_starts)
+    rows = _sample_rows(particles.n_particles, score_particles, rng)
+    states = []
+    for s, seed in enumerate(seeds):  # a loop over starts (a handful)
+        state = initialise_state(config, particles, np.random.default_rng(seed))
+        done = s * trial
+
+        def progress(index: int, _total: int, done: int = done) -> None:
+            if on_progress is not None:
+                on_progress(done + index, n_starts * trial)
+
+        states.append(
+            run_minibatches(
+                config, state, particles, n_minibatches=trial, on_progress=progress
+            )
+        )
+    scores = start_scores(config, states, particles, rows)
+    chosen = int(np.argmax(scores))
+    return states[chosen], StartChoice(scores=scores, chosen=chosen)
 
 
 def assign_particles(
