@@ -101,6 +101,13 @@ def _schedule(args: argparse.Namespace) -> Schedule:
     )
 
 
+def _rounds(scores: np.ndarray) -> str:
+    """Each round's scores, ``-`` for a start already dropped."""
+    return " | ".join(
+        " ".join("-" if np.isnan(v) else f"{v:.1f}" for v in row) for row in scores
+    )
+
+
 def accuracy_row(
     seed: int, args: argparse.Namespace, truth: np.ndarray, px: float
 ) -> str:
@@ -136,8 +143,7 @@ def accuracy_row(
     return (
         f"{seed:>4}  {true_a:7.1f}  {found_a:7.1f}  {ratio:5.2f}  "
         f"{aligned.correlation:5.2f}  {aligned.mirrored!s:>5}  {seconds:6.0f}  "
-        f"{choice.chosen + 1}/{args.starts} "
-        f"[{' '.join(f'{v:.1f}' for v in choice.scores)}]  {ok}"
+        f"{choice.chosen + 1}/{args.starts} {_rounds(choice.scores)}  {ok}"
     )
 
 
@@ -243,7 +249,7 @@ def main() -> None:
     parser.add_argument("--final-batch", type=int, default=300)
     parser.add_argument("--speed-particles", type=int, default=200)
     parser.add_argument("--starts", type=int, default=4)
-    parser.add_argument("--trial-fraction", type=float, default=0.25)
+    parser.add_argument("--trial-fraction", type=float, default=0.2)
     parser.add_argument("--two-classes", action="store_true")
     parser.add_argument("--class-iterations", type=int, default=5)
     parser.add_argument("--save-maps", type=Path, default=None)

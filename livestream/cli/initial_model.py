@@ -11,9 +11,11 @@ every origin within 3 px are scored on low-resolution Fourier pixels, the poses
 holding 99.9 % of the posterior are rescored to the current resolution limit, the
 best few are back-projected with their posterior weights, and the running Fourier
 sums take a step (0.9 -> 0.3) while mini-batches and the resolution limit grow.
---starts independent random starts run the first quarter of the mini-batches; the
-one whose maps fit 300 common particles best runs on (a start caught in a local
-optimum fits worse from the first few mini-batches on).  With --classes K > 1 the
+--starts independent random starts are compared by successive halving: each
+still in runs a fifth of the mini-batches, then the half whose maps fit 300
+common particles best goes on (four starts: two rounds); the last one runs to
+the end (a start caught in a local optimum fits worse from the first few
+mini-batches on).  With --classes K > 1 the
 K maps are then the references of a 3D classification (--class-iterations EM
 iterations over every particle, 15° then 7.5°, as `livestream class3d`), whose
 maps, classes and poses are written.  Runs in C1; with --sym the symmetry axes are then found in the map (as
@@ -56,6 +58,7 @@ from pipelines.class3d.align import align_symmetry
 from pipelines.class3d.classify import classify_initial_model
 from pipelines.class3d.outputs import class_resolution_a, write_initial_model
 from pipelines.class3d.state import DEFAULT_SCHEDULE
+from pipelines.class3d.vdam import start_rounds
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 from pipelines.reconstruct import read_posed_particles, symmetry_matrices
@@ -63,7 +66,7 @@ from pipelines.reconstruct import read_posed_particles, symmetry_matrices
 PROG = "livestream initial-model"
 DEFAULT_STARTS = 4
 DEFAULT_CLASS_ITERATIONS = 5
-TRIAL_FRACTION = 0.25  # of the mini-batches, run by every start
+TRIAL_FRACTION = 0.2  # of the mini-batches: one round of the starts
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +84,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--starts",
         type=int,
         default=DEFAULT_STARTS,
-        help=f"random starts tried for the first quarter of the run ({DEFAULT_STARTS})",
+        help=f"random starts, compared by successive halving ({DEFAULT_STARTS})",
     )
     parser.add_argument(
         "--class-iterations",
@@ -124,7 +127,9 @@ def main(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     n_batches = config.schedule.n_minibatches
     trial = max(1, round(TRIAL_FRACTION * n_batches)) if args.starts > 1 else 0
-    total = (args.starts - 1) * trial + n_batches
+    trial_total = trial * sum(start_rounds(args.starts))
+    kept_index = min(n_batches, trial * len(start_rounds(args.starts)))
+    total = trial_total + n_batches - kept_index
     with Progress(
         total, label="initial model", unit="mini-batch", json_output=args.json
     ) as progress:
@@ -136,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
             trial_minibatches=trial,
             on_progress=lambda done, _: progress.update(done, total),
         )
-        offset = (args.starts - 1) * trial
+        offset = trial_total - state.minibatch_index
         state = run_minibatches(
             config,
             state,
@@ -202,7 +207,10 @@ def main(args: argparse.Namespace) -> int:
         "mini_batches": vdam_state.minibatch_index,
         "starts": args.starts,
         "chosen_start": choice.chosen + 1,
-        "start_scores": [round(float(v), 3) for v in choice.scores],
+        "start_scores": [
+            [None if np.isnan(v) else round(float(v), 3) for v in row]
+            for row in choice.scores
+        ],
         "class_iterations": class_iterations,
         "seconds": round(seconds, 3),
     }

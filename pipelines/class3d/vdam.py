@@ -59,6 +59,7 @@ __all__ = [
     "initialise_state",
     "reference_transforms",
     "run_minibatches",
+    "start_rounds",
     "start_scores",
     "vdam_step",
 ]
@@ -455,12 +456,16 @@ def run_minibatches(
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StartChoice:
-    """What :func:`best_of_starts` compared: ``scores`` ``(S,)`` the mean best
-    log-likelihood per particle of each start on the common particles, and the
-    ``chosen`` start (the highest)."""
+    """What :func:`best_of_starts` compared: ``scores`` ``(rounds, S)`` each
+    start's mean best log-likelihood per particle on the common particles after
+    each round (NaN once it was dropped), and the ``chosen`` start."""
 
     scores: np.ndarray
     chosen: int
+
+    @property
+    def rounds(self) -> int:
+        return int(self.scores.shape[0])
 
 
 def start_scores(
@@ -495,14 +500,18 @@ def best_of_starts(
     score_particles: int = 300,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[InitialModelState, StartChoice]:
-    """``n_starts`` independent random starts, each run for ``trial_minibatches``
-    mini-batches; the one whose maps fit ``score_particles`` common particles best
-    (:func:`start_scores`) is returned, to be run on.  A start that fell into a
-    local optimum (a map of the right size and shape whose inside is a blur of
-    several orientations) fits the images worse from the first few mini-batches
-    on.  Deterministic for ``rng``; one start gives what :func:`initialise_state`
-    and :func:`run_minibatches` give.  ``on_progress(done, n_starts *
-    trial_minibatches)`` after each mini-batch."""
+    """``n_starts`` independent random starts, compared by successive halving:
+    every start still in runs ``trial_minibatches`` more mini-batches, then the
+    half whose maps fit ``score_particles`` common particles best
+    (:func:`start_scores`) goes on, until one is left; it is returned, to be run
+    on.  Four starts: two rounds, the kept start has run ``2 *
+    trial_minibatches``.  A start caught in a local optimum (a map of the right
+    size and shape whose inside is a blur of several orientations) fits the
+    images worse from the first few mini-batches on; the second round settles
+    starts that were level after the first.  Deterministic for ``rng``; one start
+    gives what :func:`initialise_state` and :func:`run_minibatches` give (after
+    ``trial_minibatches``).  ``on_progress(done, total)`` after each mini-batch,
+    counting the mini-batches of every start."""
     if n_starts < 1:
         raise StageInputError("<argument>", "starts", n_starts, "must be >= 1")
     if trial_minibatches < 0:
@@ -515,26 +524,49 @@ def best_of_starts(
         state = run_minibatches(
             config, state, particles, n_minibatches=trial, on_progress=on_progress
         )
-        return state, StartChoice(scores=np.zeros(1), chosen=0)
+        return state, StartChoice(scores=np.zeros((0, 1)), chosen=0)
     seeds = rng.integers(0, 2**63 - 1, size=n_starts)
     rows = _sample_rows(particles.n_particles, score_particles, rng)
-    states = []
-    for s, seed in enumerate(seeds):  # a loop over starts (a handful)
-        state = initialise_state(config, particles, np.random.default_rng(seed))
-        done = s * trial
+    total = trial * sum(start_rounds(n_starts))
+    states = {
+        s: initialise_state(config, particles, np.random.default_rng(seed))
+        for s, seed in enumerate(seeds)
+    }
+    scores = np.full((len(start_rounds(n_starts)), n_starts), np.nan)
+    done = 0
+    rounds = 0
+    while len(states) > 1:  # a loop over rounds (log2 of the starts)
+        for s in states:  # a loop over the starts still in
+            base = done - states[s].minibatch_index
 
-        def progress(index: int, _total: int, done: int = done) -> None:
-            if on_progress is not None:
-                on_progress(done + index, n_starts * trial)
+            def progress(index: int, _total: int, base: int = base) -> None:
+                if on_progress is not None:
+                    on_progress(base + index, total)
 
-        states.append(
-            run_minibatches(
-                config, state, particles, n_minibatches=trial, on_progress=progress
+            states[s] = run_minibatches(
+                config, states[s], particles, n_minibatches=trial, on_progress=progress
             )
-        )
-    scores = start_scores(config, states, particles, rows)
-    chosen = int(np.argmax(scores))
-    return states[chosen], StartChoice(scores=scores, chosen=chosen)
+            done += trial
+        keys = list(states)
+        got = start_scores(config, list(states.values()), particles, rows)
+        scores[rounds, keys] = got
+        order = np.argsort(-got, kind="stable")[: (len(keys) + 1) // 2]
+        kept = {keys[i] for i in order}
+        states = {k: states[k] for k in keys if k in kept}
+        rounds += 1
+    [(chosen, state)] = states.items()
+    return state, StartChoice(scores=scores, chosen=chosen)
+
+
+def start_rounds(n_starts: int) -> list[int]:
+    """The starts still in at each round of :func:`best_of_starts`: 4 -> [4, 2];
+    3 -> [3, 2]; 1 -> [] (so ``trial * sum(...)`` mini-batches are run in all,
+    and the kept start is at ``trial * len(...)``)."""
+    out = []
+    while n_starts > 1:  # a loop over rounds
+        out.append(n_starts)
+        n_starts = (n_starts + 1) // 2
+    return out
 
 
 def assign_particles(

@@ -22,7 +22,7 @@ from pipelines.class3d import (
 )
 from pipelines.class3d.align import mirror_map, rotate_map
 from pipelines.class3d.state import DEFAULT_SCHEDULE
-from pipelines.class3d.vdam import start_scores
+from pipelines.class3d.vdam import start_rounds, start_scores
 from pipelines.errors import StageInputError
 from pipelines.reconstruct import PosedParticles, reconstruct_halves
 from pipelines.simulate.projection import random_rotations
@@ -92,29 +92,48 @@ def test_one_start_is_the_plain_run(
     assert state.rng_state == plain.rng_state
 
 
-@pytest.mark.slow  # three starts of one mini-batch each: ~15 s loaded
-def test_the_best_scoring_start_is_kept_and_the_choice_repeats(
+@pytest.mark.slow  # three starts, five mini-batches in all: ~50 s loaded
+def test_starts_are_halved_by_their_fit_and_the_choice_repeats(
     particles: PosedParticles, config: InitialModelConfig
 ) -> None:
-    def run() -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Three starts: all run one mini-batch, the better two another, the better
+    of those is kept (at mini-batch 2)."""
+    assert start_rounds(3) == [3, 2]
+    assert start_rounds(4) == [4, 2]
+    assert start_rounds(1) == []
+    seen: list[tuple[int, int]] = []
+
+    def run() -> tuple[np.ndarray, np.ndarray, int, int, int]:
         state, choice = best_of_starts(
             config,
             particles,
             np.random.default_rng(5),
             n_starts=3,
             trial_minibatches=1,
+            on_progress=lambda done, total: seen.append((done, total)),
         )
-        return state.maps, choice.scores, choice.chosen, state.minibatch_index
+        return (
+            state.maps,
+            choice.scores,
+            choice.chosen,
+            choice.rounds,
+            state.minibatch_index,
+        )
 
-    maps, scores, chosen, index = run()
-    assert scores.shape == (3,)
-    assert chosen == int(np.argmax(scores))
-    assert index == 1
-    assert len(set(np.round(scores, 6))) == 3  # three different starts
-    again_maps, again_scores, again_chosen, _ = run()
-    np.testing.assert_array_equal(maps, again_maps)
-    np.testing.assert_array_equal(scores, again_scores)
-    assert again_chosen == chosen
+    maps, scores, chosen, rounds, index = run()
+    assert rounds == 2
+    assert index == 2
+    assert seen == [(i, 5) for i in range(1, 6)]
+    first, second = scores
+    assert len(set(np.round(first, 6))) == 3  # three different starts
+    dropped = int(np.argmin(first))
+    assert np.isnan(second[dropped])
+    assert np.nanargmax(second) == chosen
+    assert np.isfinite(second).sum() == 2
+    again = run()
+    np.testing.assert_array_equal(maps, again[0])
+    np.testing.assert_array_equal(scores, again[1])
+    assert again[2:] == (chosen, rounds, index)
 
 
 def test_fewer_than_one_start_is_refused(
