@@ -120,6 +120,7 @@ def accuracy_row(
         n_classes=1,
         box_px=truth.shape[0],
         pixel_size_a=px,
+        initial_resolution_a=args.initial_resolution_a,
         schedule=_schedule(args),
     )
     start = time.perf_counter()
@@ -129,6 +130,7 @@ def accuracy_row(
         np.random.default_rng(seed + 1000),
         n_starts=args.starts,
         trial_minibatches=round(args.trial_fraction * args.mini_batches),
+        finalists_to_end=not args.halve_only,
     )
     state = run_minibatches(config, state, particles)
     seconds = time.perf_counter() - start
@@ -164,6 +166,7 @@ def two_class_row(
         n_classes=2,
         box_px=truth.shape[0],
         pixel_size_a=px,
+        initial_resolution_a=args.initial_resolution_a,
         schedule=_schedule(args),
     )
     start = time.perf_counter()
@@ -174,6 +177,7 @@ def two_class_row(
         rng,
         n_starts=args.starts,
         trial_minibatches=round(args.trial_fraction * args.mini_batches),
+        finalists_to_end=not args.halve_only,
     )
     state = run_minibatches(config, state, particles)
     vdam_s = time.perf_counter() - start
@@ -249,7 +253,17 @@ def main() -> None:
     parser.add_argument("--final-batch", type=int, default=300)
     parser.add_argument("--speed-particles", type=int, default=200)
     parser.add_argument("--starts", type=int, default=4)
-    parser.add_argument("--trial-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--trial-fraction",
+        type=float,
+        default=1.0,
+        help="of the mini-batches, a round of successive halving (1: every start "
+        "runs to the end, the command's choice)",
+    )
+    parser.add_argument(
+        "--halve-only", action="store_true", help="finalists not run to the end"
+    )
+    parser.add_argument("--initial-resolution-a", type=float, default=None)
     parser.add_argument("--two-classes", action="store_true")
     parser.add_argument("--class-iterations", type=int, default=5)
     parser.add_argument("--save-maps", type=Path, default=None)

@@ -11,11 +11,10 @@ every origin within 3 px are scored on low-resolution Fourier pixels, the poses
 holding 99.9 % of the posterior are rescored to the current resolution limit, the
 best few are back-projected with their posterior weights, and the running Fourier
 sums take a step (0.9 -> 0.3) while mini-batches and the resolution limit grow.
---starts independent random starts are compared by successive halving: each
-still in runs a fifth of the mini-batches, then the half whose maps fit 300
-common particles best goes on (four starts: two rounds); the last one runs to
-the end (a start caught in a local optimum fits worse from the first few
-mini-batches on).  With --classes K > 1 the
+--starts independent random starts each run the whole schedule, and the one whose
+maps fit 300 common particles best is kept (a start caught in a local optimum
+fits worse, clearly so by the end; earlier its figure can be level with a good
+start's, so the starts are not cut short).  With --classes K > 1 the
 K maps are then the references of a 3D classification (--class-iterations EM
 iterations over every particle, 15° then 7.5°, as `livestream class3d`), whose
 maps, classes and poses are written.  Runs in C1; with --sym the symmetry axes are then found in the map (as
@@ -58,7 +57,6 @@ from pipelines.class3d.align import align_symmetry
 from pipelines.class3d.classify import classify_initial_model
 from pipelines.class3d.outputs import class_resolution_a, write_initial_model
 from pipelines.class3d.state import DEFAULT_SCHEDULE
-from pipelines.class3d.vdam import start_rounds
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 from pipelines.reconstruct import read_posed_particles, symmetry_matrices
@@ -66,7 +64,6 @@ from pipelines.reconstruct import read_posed_particles, symmetry_matrices
 PROG = "livestream initial-model"
 DEFAULT_STARTS = 4
 DEFAULT_CLASS_ITERATIONS = 5
-TRIAL_FRACTION = 0.2  # of the mini-batches: one round of the starts
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +81,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--starts",
         type=int,
         default=DEFAULT_STARTS,
-        help=f"random starts, compared by successive halving ({DEFAULT_STARTS})",
+        help=f"random starts, the best-fitting kept ({DEFAULT_STARTS})",
     )
     parser.add_argument(
         "--class-iterations",
@@ -126,28 +123,21 @@ def main(args: argparse.Namespace) -> int:
         return INPUT_ERROR_STATUS
     rng = np.random.default_rng(args.seed)
     n_batches = config.schedule.n_minibatches
-    trial = max(1, round(TRIAL_FRACTION * n_batches)) if args.starts > 1 else 0
-    trial_total = trial * sum(start_rounds(args.starts))
-    kept_index = min(n_batches, trial * len(start_rounds(args.starts)))
-    total = trial_total + n_batches - kept_index
+    trial = n_batches if args.starts > 1 else 0
     with Progress(
-        total, label="initial model", unit="mini-batch", json_output=args.json
+        n_batches, label="initial model", unit="mini-batch", json_output=args.json
     ) as progress:
+        # several starts: each runs to the end, the best fit is kept; one: below
         state, choice = best_of_starts(
             config,
             particles,
             rng,
             n_starts=args.starts,
             trial_minibatches=trial,
-            on_progress=lambda done, _: progress.update(done, total),
+            finalists_to_end=True,
+            on_progress=progress.update,
         )
-        offset = trial_total - state.minibatch_index
-        state = run_minibatches(
-            config,
-            state,
-            particles,
-            on_progress=lambda done, _: progress.update(offset + done, total),
-        )
+        state = run_minibatches(config, state, particles, on_progress=progress.update)
     vdam_state = state
     class_iterations = 0
     if config.n_classes > 1:

@@ -498,20 +498,23 @@ def best_of_starts(
     n_starts: int,
     trial_minibatches: int,
     score_particles: int = 300,
+    finalists_to_end: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[InitialModelState, StartChoice]:
     """``n_starts`` independent random starts, compared by successive halving:
     every start still in runs ``trial_minibatches`` more mini-batches, then the
     half whose maps fit ``score_particles`` common particles best
     (:func:`start_scores`) goes on, until one is left; it is returned, to be run
-    on.  Four starts: two rounds, the kept start has run ``2 *
-    trial_minibatches``.  A start caught in a local optimum (a map of the right
-    size and shape whose inside is a blur of several orientations) fits the
-    images worse from the first few mini-batches on; the second round settles
-    starts that were level after the first.  Deterministic for ``rng``; one start
-    gives what :func:`initialise_state` and :func:`run_minibatches` give (after
-    ``trial_minibatches``).  ``on_progress(done, total)`` after each mini-batch,
-    counting the mini-batches of every start."""
+    on.  With ``finalists_to_end`` the last round (two starts left) runs to the
+    end of the schedule.  Four starts: two rounds; the kept start has run ``2 *
+    trial_minibatches`` (or the whole schedule).  A start caught in a local
+    optimum (a map of the right size and shape whose inside is a blur of several
+    orientations) mostly fits the images worse from the first few mini-batches
+    on, but a good start can be level with a bad one until late (their scores
+    part by 15 at the end): hence the finalists.  Deterministic for ``rng``;
+    one start gives what :func:`initialise_state` and :func:`run_minibatches`
+    give (after ``trial_minibatches``).  ``on_progress(done, total)`` after each
+    mini-batch, counting the mini-batches of every start."""
     if n_starts < 1:
         raise StageInputError("<argument>", "starts", n_starts, "must be >= 1")
     if trial_minibatches < 0:
@@ -527,7 +530,9 @@ def best_of_starts(
         return state, StartChoice(scores=np.zeros((0, 1)), chosen=0)
     seeds = rng.integers(0, 2**63 - 1, size=n_starts)
     rows = _sample_rows(particles.n_particles, score_particles, rng)
-    total = trial * sum(start_rounds(n_starts))
+    n_batches = config.schedule.n_minibatches
+    lengths = _round_lengths(n_starts, trial, n_batches, finalists_to_end)
+    total = int(np.dot(start_rounds(n_starts), lengths))  # at most
     states = {
         s: initialise_state(config, particles, np.random.default_rng(seed))
         for s, seed in enumerate(seeds)
@@ -536,6 +541,7 @@ def best_of_starts(
     done = 0
     rounds = 0
     while len(states) > 1:  # a loop over rounds (log2 of the starts)
+        length = lengths[rounds]
         for s in states:  # a loop over the starts still in
             base = done - states[s].minibatch_index
 
@@ -543,19 +549,35 @@ def best_of_starts(
                 if on_progress is not None:
                     on_progress(base + index, total)
 
+            before = states[s].minibatch_index
             states[s] = run_minibatches(
-                config, states[s], particles, n_minibatches=trial, on_progress=progress
+                config, states[s], particles, n_minibatches=length, on_progress=progress
             )
-            done += trial
+            done += states[s].minibatch_index - before
         keys = list(states)
         got = start_scores(config, list(states.values()), particles, rows)
         scores[rounds, keys] = got
         order = np.argsort(-got, kind="stable")[: (len(keys) + 1) // 2]
         kept = {keys[i] for i in order}
+        if all(states[k].minibatch_index >= n_batches for k in keys):
+            kept = {keys[int(np.argmax(got))]}  # all at the end: the best wins
         states = {k: states[k] for k in keys if k in kept}
         rounds += 1
     [(chosen, state)] = states.items()
-    return state, StartChoice(scores=scores, chosen=chosen)
+    return state, StartChoice(scores=scores[:rounds], chosen=chosen)
+
+
+def _round_lengths(
+    n_starts: int, trial: int, n_batches: int, finalists_to_end: bool
+) -> list[int]:
+    """Mini-batches of each round of :func:`best_of_starts` (none past the end
+    of the schedule)."""
+    lengths: list[int] = []
+    for _ in start_rounds(n_starts):  # a loop over rounds
+        lengths.append(max(0, min(trial, n_batches - sum(lengths))))
+    if finalists_to_end and lengths:
+        lengths[-1] = n_batches - sum(lengths[:-1])
+    return lengths
 
 
 def start_rounds(n_starts: int) -> list[int]:

@@ -40,7 +40,7 @@ def particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return star
 
 
-@pytest.mark.slow  # 2 starts, 2 mini-batches, one classification iteration: ~60 s
+@pytest.mark.slow  # 2 starts x 2 mini-batches, a classification iteration: ~100 s loaded
 def test_initial_model_writes_relions_files(
     particles_star: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

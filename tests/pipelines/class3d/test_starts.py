@@ -136,6 +136,30 @@ def test_starts_are_halved_by_their_fit_and_the_choice_repeats(
     assert again[2:] == (chosen, rounds, index)
 
 
+@pytest.mark.slow  # four runs of two mini-batches: ~40 s loaded
+def test_starts_run_to_the_end_are_compared_once(
+    particles: PosedParticles, config: InitialModelConfig
+) -> None:
+    """What the command does: every start runs the whole schedule, the best fit
+    is kept; no second round."""
+    short = replace(config, schedule=replace(SCHEDULE, n_minibatches=2))
+    state, choice = best_of_starts(
+        short,
+        particles,
+        np.random.default_rng(6),
+        n_starts=3,
+        trial_minibatches=2,
+    )
+    assert state.minibatch_index == 2
+    assert choice.scores.shape == (1, 3)
+    assert choice.chosen == int(np.argmax(choice.scores[0]))
+    seeds = np.random.default_rng(6).integers(0, 2**63 - 1, size=3)
+    plain = initialise_state(short, particles, np.random.default_rng(seeds[1]))
+    plain = run_minibatches(short, plain, particles)
+    same = np.array_equal(plain.maps, state.maps)
+    assert same == (choice.chosen == 1)  # the kept state is its start's whole run
+
+
 def test_fewer_than_one_start_is_refused(
     particles: PosedParticles, config: InitialModelConfig
 ) -> None:
