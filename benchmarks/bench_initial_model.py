@@ -30,8 +30,16 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from pipelines.class3d import InitialModelConfig, initialise_state, vdam_step
+from pipelines.class2d.schedule import Schedule
+from pipelines.class3d import (
+    InitialModelConfig,
+    best_of_starts,
+    initialise_state,
+    run_minibatches,
+    vdam_step,
+)
 from pipelines.class3d.align import align_maps
+from pipelines.class3d.classify import ClassificationOptions, classify_initial_model
 from pipelines.class3d.state import DEFAULT_SCHEDULE
 from pipelines.class3d.vdam import _pose_grids
 from pipelines.reconstruct import (
@@ -40,6 +48,7 @@ from pipelines.reconstruct import (
     reconstruct_halves,
 )
 from pipelines.reconstruct.particles import ctf_batch
+from pipelines.simulate.conformations import simulate_mixture, without_region
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
@@ -81,6 +90,24 @@ def simulate(
     return dataclasses.replace(posed, images=images.astype(np.float32))
 
 
+def _schedule(args: argparse.Namespace) -> Schedule:
+    return dataclasses.replace(
+        DEFAULT_SCHEDULE,
+        n_minibatches=args.mini_batches,
+        initial_min=args.batch,
+        initial_max=args.batch,
+        final_min=args.final_batch,
+        final_max=args.final_batch,
+    )
+
+
+def _rounds(scores: np.ndarray) -> str:
+    """Each round's scores, ``-`` for a start already dropped."""
+    return " | ".join(
+        " ".join("-" if np.isnan(v) else f"{v:.1f}" for v in row) for row in scores
+    )
+
+
 def accuracy_row(
     seed: int, args: argparse.Namespace, truth: np.ndarray, px: float
 ) -> str:
@@ -89,25 +116,86 @@ def accuracy_row(
     true_a = fourier_shell_correlation(
         reconstruct_halves(particles).full, truth, px
     ).crossing_a(0.5)
-    schedule = dataclasses.replace(DEFAULT_SCHEDULE, n_minibatches=args.mini_batches)
     config = InitialModelConfig(
         n_classes=1,
         box_px=truth.shape[0],
         pixel_size_a=px,
-        schedule=schedule,
+        initial_resolution_a=args.initial_resolution_a,
+        schedule=_schedule(args),
     )
     start = time.perf_counter()
-    state = initialise_state(config, particles, np.random.default_rng(seed + 1000))
-    for _ in range(args.mini_batches):
-        state = vdam_step(config, state, particles)
+    state, choice = best_of_starts(
+        config,
+        particles,
+        np.random.default_rng(seed + 1000),
+        n_starts=args.starts,
+        trial_minibatches=round(args.trial_fraction * args.mini_batches),
+        finalists_to_end=not args.halve_only,
+    )
+    state = run_minibatches(config, state, particles)
     seconds = time.perf_counter() - start
     aligned = align_maps(state.maps[0], truth, pixel_size_a=px)
+    if args.save_maps is not None:
+        args.save_maps.mkdir(parents=True, exist_ok=True)
+        np.save(args.save_maps / f"seed{seed}_map.npy", state.maps[0])
+        np.save(args.save_maps / f"seed{seed}_aligned.npy", aligned.aligned)
     found_a = fourier_shell_correlation(aligned.aligned, truth, px).crossing_a(0.5)
     ratio = found_a / true_a
     ok = "yes" if ratio <= 1.5 else "no"
     return (
         f"{seed:>4}  {true_a:7.1f}  {found_a:7.1f}  {ratio:5.2f}  "
-        f"{aligned.correlation:5.2f}  {aligned.mirrored!s:>5}  {seconds:6.0f}  {ok}"
+        f"{aligned.correlation:5.2f}  {aligned.mirrored!s:>5}  {seconds:6.0f}  "
+        f"{choice.chosen + 1}/{args.starts} {_rounds(choice.scores)}  {ok}"
+    )
+
+
+def two_class_row(
+    seed: int, args: argparse.Namespace, truth: np.ndarray, px: float
+) -> str:
+    """K = 2 on two conformations (the whole 70S and the 70S less a ball of
+    radius 6 px, 24 % of its density; half the particles each): VDAM with two
+    classes from random starts, then ``classify_initial_model``; the fraction of
+    particles in their conformation's class (the better of the two matchings)."""
+    rng = np.random.default_rng(seed)
+    volumes = [truth, without_region(truth, distance_px=7.0, radius_px=6.0)]
+    half = args.particles // 2
+    particles, labels = simulate_mixture(
+        volumes, [half, args.particles - half], pixel_size_a=px, snr=args.snr, rng=rng
+    )
+    config = InitialModelConfig(
+        n_classes=2,
+        box_px=truth.shape[0],
+        pixel_size_a=px,
+        initial_resolution_a=args.initial_resolution_a,
+        schedule=_schedule(args),
+    )
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed + 1000)
+    state, _ = best_of_starts(
+        config,
+        particles,
+        rng,
+        n_starts=args.starts,
+        trial_minibatches=round(args.trial_fraction * args.mini_batches),
+        finalists_to_end=not args.halve_only,
+    )
+    state = run_minibatches(config, state, particles)
+    vdam_s = time.perf_counter() - start
+    result = classify_initial_model(
+        config,
+        state,
+        particles,
+        rng=rng,
+        options=ClassificationOptions(n_iterations=args.class_iterations),
+    )
+    seconds = time.perf_counter() - start
+    found = result.assignment.class_index
+    same = float(np.mean(found == labels))
+    right = max(same, 1.0 - same)
+    fractions = " ".join(f"{f:.2f}" for f in result.state.class_fractions)
+    return (
+        f"{seed:>4}  {right:6.1%}  {fractions:>10}  {result.iterations:>3}  "
+        f"{vdam_s:6.0f}  {seconds:6.0f}  {'yes' if right >= 0.9 else 'no'}"
     )
 
 
@@ -164,6 +252,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=150)
     parser.add_argument("--final-batch", type=int, default=300)
     parser.add_argument("--speed-particles", type=int, default=200)
+    parser.add_argument("--starts", type=int, default=4)
+    parser.add_argument(
+        "--trial-fraction",
+        type=float,
+        default=1.0,
+        help="of the mini-batches, a round of successive halving (1: every start "
+        "runs to the end, the command's choice)",
+    )
+    parser.add_argument(
+        "--halve-only", action="store_true", help="finalists not run to the end"
+    )
+    parser.add_argument("--initial-resolution-a", type=float, default=None)
+    parser.add_argument("--two-classes", action="store_true")
+    parser.add_argument("--class-iterations", type=int, default=5)
+    parser.add_argument("--save-maps", type=Path, default=None)
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
     args = parser.parse_args()
@@ -181,15 +284,19 @@ def main() -> None:
         )
         print(
             f"70S, box {box}, {px:.1f} Å/px, {args.particles} particles, "
-            f"SNR {args.snr}, {args.mini_batches} mini-batches"
+            f"SNR {args.snr}, {args.mini_batches} mini-batches of {args.batch} -> "
+            f"{args.final_batch}, {args.starts} starts"
         )
-        print("seed  true Å   found Å  ratio     cc  mirror  secs  ok")
-        rows = [
-            accuracy_row(seed, args, truth, px)
-            for seed in range(args.first_seed, args.first_seed + args.seeds)
-        ]
-        for row in rows:
-            print(row)
+        if args.two_classes:
+            print("seed  right  fractions  its  vdam s  secs  ok (>= 90 %)")
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                print(two_class_row(seed, args, truth, px), flush=True)
+            return
+        print("seed  true Å   found Å  ratio     cc  mirror  secs  start [scores]  ok")
+        rows = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            rows.append(accuracy_row(seed, args, truth, px))
+            print(rows[-1], flush=True)
         succeeded = sum(row.endswith("yes") for row in rows)
         print(f"succeeded: {succeeded}/{len(rows)}")
     print(

@@ -28,7 +28,9 @@ from pipelines.class3d.state import (
 )
 from pipelines.class3d.vdam import (
     Assignment,
+    StartChoice,
     assign_particles,
+    best_of_starts,
     initialise_state,
     run_minibatches,
     vdam_step,
@@ -41,7 +43,9 @@ __all__ = [
     "InitialModelConfig",
     "InitialModelState",
     "PoseGrid",
+    "StartChoice",
     "assign_particles",
+    "best_of_starts",
     "classify_particles",
     "initialise_state",
     "load_checkpoint",

@@ -40,14 +40,22 @@ def particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return star
 
 
-@pytest.mark.slow  # two mini-batches and a pass over 240 particles: ~30 s loaded
+@pytest.mark.slow  # 2 starts x 2 mini-batches, a classification iteration: ~100 s loaded
 def test_initial_model_writes_relions_files(
     particles_star: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``--classes 2``: VDAM with two classes from the better of two starts,
+    finished by one iteration of 3D classification over every particle."""
     out = tmp_path / "InitialModel"
     args = ["initial-model", str(particles_star), "--classes", "2", "--out", str(out)]
-    assert main([*args, "--mini-batches", "2", "--seed", "3", "--json"]) == 0
+    more = ["--mini-batches", "2", "--starts", "2", "--class-iterations", "1"]
+    assert main([*args, *more, "--seed", "3", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary["starts"] == 2
+    [scores] = summary["start_scores"]  # one round: two starts, one kept
+    assert scores[summary["chosen_start"] - 1] == max(scores)
+    assert summary["class_iterations"] == 1
+    assert summary["mini_batches"] == 2
     assert [Path(p).name for p in summary["maps"]] == [
         "run_it002_class001.mrc",
         "run_it002_class002.mrc",
@@ -84,6 +92,13 @@ def test_a_missing_input_and_a_bad_group_exit_2(
     bad = ["initial-model", str(particles_star), "--out", str(out), "--sym", "Q7"]
     assert main(bad) == 2
     assert "Q7" in capsys.readouterr().err
+    for flag, value in (("--starts", "0"), ("--class-iterations", "0")):
+        bad = ["initial-model", str(particles_star), "--out", str(out), flag, value]
+        assert main([*bad, "--classes", "2"]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert "'starts'" in line or "'iterations'" in line, line
+        assert line.endswith("must be >= 1"), line
+    assert not out.exists()
 
 
 @pytest.mark.slow  # one mini-batch, the axis search and a pass: ~20 s loaded
@@ -92,7 +107,7 @@ def test_a_symmetry_is_found_and_applied_after_c1(
 ) -> None:
     out = tmp_path / "InitialModel"
     args = ["initial-model", str(particles_star), "--out", str(out), "--sym", "C2"]
-    assert main([*args, "--mini-batches", "1", "--json"]) == 0
+    assert main([*args, "--mini-batches", "1", "--starts", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["symmetry"] == "C2"
     with mrcfile.open(summary["maps"][0]) as mrc:

@@ -138,6 +138,10 @@ FILE_CASES: dict[str, ArgvOf] = {
     "initial-model": lambda bad, tmp: [
         "initial-model", bad, "--classes", "1", "--out", str(tmp / "IM")
     ],
+    "initial-model --classes 2": lambda bad, tmp: [
+        "initial-model", bad, "--classes", "2", "--starts", "2",
+        "--class-iterations", "3", "--out", str(tmp / "IM"),
+    ],
     "class3d": lambda bad, tmp: [
         "class3d", bad, "--refs", _good_file(tmp, "ref.mrc"), "--out", str(tmp / "C3")
     ],
