@@ -20,6 +20,7 @@ from pipelines.class3d.classify import (
     classify_particles,
 )
 from pipelines.class3d.orientations import PoseGrid, pose_grid, shift_grid
+from pipelines.class3d.starts import StartChoice, best_of_starts
 from pipelines.class3d.state import (
     InitialModelConfig,
     InitialModelState,
@@ -28,9 +29,7 @@ from pipelines.class3d.state import (
 )
 from pipelines.class3d.vdam import (
     Assignment,
-    StartChoice,
     assign_particles,
-    best_of_starts,
     initialise_state,
     run_minibatches,
     vdam_step,

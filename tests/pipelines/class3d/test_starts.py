@@ -21,8 +21,8 @@ from pipelines.class3d import (
     run_minibatches,
 )
 from pipelines.class3d.align import mirror_map, rotate_map
+from pipelines.class3d.starts import start_rounds, start_scores
 from pipelines.class3d.state import DEFAULT_SCHEDULE
-from pipelines.class3d.vdam import start_rounds, start_scores
 from pipelines.errors import StageInputError
 from pipelines.reconstruct import PosedParticles, reconstruct_halves
 from pipelines.simulate.projection import random_rotations
