@@ -146,11 +146,8 @@ def main() -> None:
             f"{d.index + 1:5d}  {d.count:5d}  {mine[0]:5d}  {mine[1]:4d}  {mine[2]:4d}  "
             f"{d.resolution_a:10.1f}  {d.decision}"
             + (" (junk decoy's)" if plan.reference_origin[d.index][0] < 0 else "")
-            + (
-                f" into {d.group + 1} (cc {d.correlation:.3f})"
-                if d.group >= 0 and d.decision == "merged"
-                else ""
-            )
+            + (f" into {d.group + 1}" if d.decision == "merged" else "")
+            + (f" (cc {d.correlation:.3f})" if d.correlation is not None else "")
         )
     group_of = np.array([d.group for d in plan.decisions])[labels]
     group_major = np.array([majority.get(g, -1) for g in group_of])

@@ -127,7 +127,8 @@ class ClassDecision:
     """One class of the classification: its size, half-set resolution, whether
     it is kept, and why (``"kept"``, ``"small"``, ``"low resolution"``,
     ``"merged"``, ``"decoy"``); ``group`` the kept class it is refined with (itself when
-    kept, -1 when dropped); ``correlation`` with that class's map when merged."""
+    kept, -1 when dropped); ``correlation``: the best correlation of its map with
+    a larger kept class's (None when dropped or the first kept)."""
 
     index: int
     count: int
@@ -222,8 +223,9 @@ def select_classes(
             group = -1
         else:
             match = _most_similar(maps, k, kept, pixel_size_a)
+            cc = None if match is None else match[1]
             if match is not None and match[1] >= config.merge_correlation:
-                decision, group, cc = "merged", match[0], match[1]
+                decision, group = "merged", match[0]
             else:
                 kept.append(k)
         decisions[k] = ClassDecision(
