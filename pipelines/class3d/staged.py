@@ -13,7 +13,11 @@
    With ``junk_decoy`` one more reference, an empty map, is added: an image
    without a particle fits it better than any projection, and once its class
    is rebuilt from such images it stays their class (without it, pure-noise
-   particles joined a real class in our tests).  Its class is dropped: the
+   particles joined a real class in our tests).  Classes are not substituted
+   (``substitute_fraction = 0``): a small class stays itself, as in
+   cryoSPARC's heterogeneous refinement, and the decoy stays the decoy
+   (with substitution it became a copy of the largest class in one of our
+   runs and drew 269 real particles).  Its class is dropped: the
    halves of a class of noise images agree as well as a real class's at these
    resolutions (both are aligned to one shared map), so no resolution rule
    finds it.
@@ -353,7 +357,11 @@ def run_staged_plan(
         references=references,
         particles=particles,
         rng=np.random.default_rng([seed, 2]),
-        options=ClassificationOptions(n_iterations=config.class_iterations),
+        # no substitution of small classes: it would turn the decoy (and any
+        # junk class) into a copy of the largest class
+        options=ClassificationOptions(
+            n_iterations=config.class_iterations, substitute_fraction=0.0
+        ),
     )
     seconds["class3d"] = time.perf_counter() - start
     progress(len(runs) + 1)
