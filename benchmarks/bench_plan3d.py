@@ -138,13 +138,13 @@ def main() -> None:
     print(f"total                      {total_s:8.1f} s")
     labels = plan.classification.assignment.class_index
     majority = {}
-    print("class  count  whole  less  junk  half-set Å  decision")
+    print("class  count  whole  less  junk  half-set Å  certainty  decision")
     for d in plan.decisions:  # a loop over classes
         mine = np.bincount(truth[labels == d.index], minlength=3)
         majority[d.index] = int(np.argmax(mine))
         print(
             f"{d.index + 1:5d}  {d.count:5d}  {mine[0]:5d}  {mine[1]:4d}  {mine[2]:4d}  "
-            f"{d.resolution_a:10.1f}  {d.decision}"
+            f"{d.resolution_a:10.1f}  {d.certainty:9.3f}  {d.decision}"
             + (" (junk decoy's)" if plan.reference_origin[d.index][0] < 0 else "")
             + (f" into {d.group + 1}" if d.decision == "merged" else "")
             + (f" (cc {d.correlation:.3f})" if d.correlation is not None else "")
@@ -159,7 +159,10 @@ def main() -> None:
     for g in plan.refinements:  # a loop over refined groups
         c = majority[g.class_index]
         if c == 2:
-            print(f"{g.class_index + 1:5d}  {len(g.rows):9d}  junk (refined: kept)")
+            print(
+                f"{g.class_index + 1:5d}  {len(g.rows):9d}  junk (kept), half-map "
+                f"{g.result.resolution_a:.1f} Å"
+            )
             continue
         true_map = reconstruct_halves(take_particles(data, np.nonzero(truth == c)[0]))
         true_a = fourier_shell_correlation(true_map.full, maps[c], px).crossing_a(0.5)

@@ -28,11 +28,17 @@ def test_select_classes_keeps_merges_and_drops() -> None:
     # at box 24 two phantoms superpose with cc 0.90, a shifted copy with 1.00
     a = phantom_volume(24, 8.0, np.random.default_rng(1))
     b = phantom_volume(24, 8.0, np.random.default_rng(2))
-    maps = np.stack([a, b, np.roll(a, 1, axis=0), a, b])
-    counts = np.array([400, 300, 200, 20, 80])
-    resolution = np.array([30.0, 32.0, 31.0, 30.0, 50.0])
+    maps = np.stack([a, b, np.roll(a, 1, axis=0), a, b, b])
+    counts = np.array([400, 300, 200, 20, 80, 100])
+    resolution = np.array([30.0, 32.0, 31.0, 30.0, 50.0, 30.0])
+    certainty = np.array([0.8, 0.9, 0.7, 0.8, 0.8, 0.3])
     decisions = select_classes(
-        counts, resolution, maps, config=StagedPlanConfig(), pixel_size_a=8.0
+        counts,
+        resolution,
+        maps,
+        certainty=certainty,
+        config=StagedPlanConfig(),
+        pixel_size_a=8.0,
     )
     assert [d.decision for d in decisions] == [
         "kept",
@@ -40,10 +46,13 @@ def test_select_classes_keeps_merges_and_drops() -> None:
         "merged",  # the first map, shifted: the same conformation
         "small",  # 2 % of the particles
         "low resolution",  # 50 Å > 1.5 x 30 Å
+        "uncertain poses",  # 0.3 < 0.5 x 0.9
     ]
-    assert [d.group for d in decisions] == [0, 1, 0, -1, -1]
+    assert [d.group for d in decisions] == [0, 1, 0, -1, -1, -1]
     assert decisions[2].correlation is not None
     assert decisions[2].correlation > 0.95
+    assert decisions[1].correlation is not None
+    assert decisions[1].correlation < 0.95
     assert sum(d.fraction for d in decisions) == pytest.approx(1.0)
 
 
@@ -132,11 +141,10 @@ def test_plan_drops_the_junk(
     plan: StagedPlan, mixture: tuple[PosedParticles, np.ndarray]
 ) -> None:
     """A third of the particles is pure noise: after the plan most of it is in
-    classes that were dropped (the junk decoy's), and most real particles are
-    in refined ones."""
+    classes that were dropped, and most real particles are in refined ones."""
     _, truth = mixture
     labels = plan.classification.assignment.class_index
     group = np.array([d.group for d in plan.decisions])[labels]
     assert np.mean(group[truth == 2] < 0) >= 0.8
     assert np.mean(group[truth < 2] >= 0) >= 0.8
-    assert plan.decisions[-1].decision == "decoy"
+    assert plan.decisions[-1].decision == "decoy"  # the empty map's class
