@@ -11,11 +11,14 @@ recommends for large sets:
 1. a VDAM initial model with each of --classes (1, 3 and 6 classes) on a random
    subset of --subset particles (default: all up to 100,000);
 2. 3D classification of ALL particles against the union of those maps (junk
-   classes included: decoys that draw the junk);
-3. a class is kept when it holds at least --min-class-fraction (5 %) of the
-   particles and its half-set resolution is within 1.5 times the best kept
-   class's; a kept class whose map superposes on a larger kept class's with a
-   correlation of at least 0.95 is merged into it;
+   classes included: decoys that draw the junk) and one empty map (a decoy for
+   images of nothing);
+3. a class is kept when it is not the empty map's, holds at least
+   --min-class-fraction (5 %) of the particles, its particles' median largest
+   posterior is at least 0.75 of the most certain class's, and its half-set
+   resolution is within 1.5 times the best kept class's; a kept class whose map
+   superposes on a larger kept class's with a correlation of at least 0.95 is
+   merged into it;
 4. a gold-standard refinement of each kept group's particles from its class map.
 
 Writes RELION-style job folders inside --out: InitialModel/job001 .. (one per
