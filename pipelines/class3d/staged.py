@@ -17,18 +17,16 @@
    (``substitute_fraction = 0``): a small class stays itself, as in
    cryoSPARC's heterogeneous refinement, and the decoy stays the decoy
    (with substitution it became a copy of the largest class in one of our
-   runs and drew 269 real particles).  Its class is dropped: the
-   halves of a class of noise images agree as well as a real class's at these
-   resolutions (both are aligned to one shared map), so no resolution rule
-   finds it.
+   runs and drew 269 real particles).  Its class is dropped.
 3. **Class selection.**  A class is kept when it is not the junk decoy's,
    holds at least ``min_class_fraction`` of the particles (and
    ``min_class_particles``), its particles' poses are certain (the median of
    their largest posterior, RELION's ``rlnMaxValueProbDistribution``, at least
    ``min_certainty_ratio`` of the most certain class's: images of nothing fit
    every pose about as well: 0.16 against 0.75-0.85 in our test, 0.63
-   against 1.0 in the benchmark at SNR 1), and
-   its half-set resolution is within ``max_resolution_ratio`` of the best kept
+   against 1.0 in the benchmark at SNR 1; a class of noise images has
+   half-set FSCs nearly as good as a real class's, both halves being aligned
+   to one shared map), and its half-set resolution is within ``max_resolution_ratio`` of the best kept
    class's.  Kept classes whose maps superpose (:func:`align_maps`, both hands)
    with a correlation of at least ``merge_correlation`` are one conformation
    found by two runs: the smaller joins the larger.
