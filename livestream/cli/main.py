@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "livestream.cli.reconstruct",
     "initial-model": "livestream.cli.initial_model",
     "class3d": "livestream.cli.class3d",
+    "plan3d": "livestream.cli.plan3d",
     "refine3d": "livestream.cli.refine3d",
     "refine-now": "livestream.cli.refine_now",
     "mask": "livestream.cli.mask",

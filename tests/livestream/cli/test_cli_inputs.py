@@ -148,6 +148,7 @@ FILE_CASES: dict[str, ArgvOf] = {
     "class3d --refs": lambda bad, tmp: [
         "class3d", _good_file(tmp, "p.star"), "--refs", bad, "--out", str(tmp / "C3")
     ],
+    "plan3d": lambda bad, tmp: ["plan3d", bad, "--out", str(tmp / "P3")],
     "refine3d": lambda bad, tmp: [
         "refine3d", bad, "--ref", _good_file(tmp, "ref.mrc"), "--out", str(tmp / "R")
     ],
