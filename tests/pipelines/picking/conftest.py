@@ -1,5 +1,6 @@
 """The real, hand-labelled micrograph of the picking tests (``tests/data/cryosegnet_10017``,
-its PROVENANCE.md): one EMPIAR-10017 micrograph at 1.77 Å/px and its 629 labels."""
+its PROVENANCE.md): the top half of one EMPIAR-10017 micrograph at 1.77 Å/px and
+the 315 labels whose centres lie in it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 FOLDER = Path(__file__).resolve().parents[2] / "data" / "cryosegnet_10017"
-STEM = "Falcon_2012_06_12-14_33_35_0"
+STEM = "Falcon_2012_06_12-14_33_35_0_top"  # its top half (PROVENANCE.md)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,6 @@ class LabelledMicrograph:
 def labelled_micrograph() -> LabelledMicrograph:
     image = np.asarray(Image.open(FOLDER / f"{STEM}.jpg"), dtype=np.float32)
     labels = np.loadtxt(FOLDER / f"{STEM}.csv", delimiter=",", skiprows=1)
-    assert image.shape == (4096, 4096)
-    assert labels.shape == (629, 3)
+    assert image.shape == (2048, 4096)
+    assert labels.shape == (315, 3)
     return LabelledMicrograph(image, labels[:, 0], labels[:, 1], 1.77)
