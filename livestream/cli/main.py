@@ -3,56 +3,66 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from types import ModuleType
 
 from livestream import __version__
+from livestream.cli import (
+    class2d,
+    class3d,
+    ctf,
+    curate,
+    export_cryosparc,
+    extract,
+    import_cryosparc,
+    initial_model,
+    mask,
+    motion,
+    pick,
+    plan3d,
+    postprocess,
+    rebalance,
+    reconstruct,
+    refine3d,
+    refine_now,
+    run,
+    slurm_script,
+    star,
+    status,
+)
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
+from livestream.demo import command as demo_command
 
-# name -> the module of the command; each has a docstring (its help), add_args(parser)
-# and main(args) -> int.  Only the command that runs is imported: importing all of
-# them (numba, pandas, the pipelines) cost ~1 CPU s per call, ~4 s on a loaded machine.
-COMMANDS: dict[str, str] = {
-    "run": "livestream.cli.run",
-    "status": "livestream.cli.status",
-    "demo": "livestream.demo.command",
-    "motion": "livestream.cli.motion",
-    "ctf": "livestream.cli.ctf",
-    "pick": "livestream.cli.pick",
-    "extract": "livestream.cli.extract",
-    "class2d": "livestream.cli.class2d",
-    "curate": "livestream.cli.curate",
-    "reconstruct": "livestream.cli.reconstruct",
-    "initial-model": "livestream.cli.initial_model",
-    "class3d": "livestream.cli.class3d",
-    "plan3d": "livestream.cli.plan3d",
-    "refine3d": "livestream.cli.refine3d",
-    "refine-now": "livestream.cli.refine_now",
-    "mask": "livestream.cli.mask",
-    "postprocess": "livestream.cli.postprocess",
-    "rebalance": "livestream.cli.rebalance",
-    "export-cryosparc": "livestream.cli.export_cryosparc",
-    "import-cryosparc": "livestream.cli.import_cryosparc",
-    "slurm-script": "livestream.cli.slurm_script",
-    "star": "livestream.cli.star",
+# name -> command module; each has a docstring (its help), add_args(parser) and
+# main(args) -> int.
+COMMANDS: dict[str, ModuleType] = {
+    "run": run,
+    "status": status,
+    "demo": demo_command,
+    "motion": motion,
+    "ctf": ctf,
+    "pick": pick,
+    "extract": extract,
+    "class2d": class2d,
+    "curate": curate,
+    "reconstruct": reconstruct,
+    "initial-model": initial_model,
+    "class3d": class3d,
+    "plan3d": plan3d,
+    "refine3d": refine3d,
+    "refine-now": refine_now,
+    "mask": mask,
+    "postprocess": postprocess,
+    "rebalance": rebalance,
+    "export-cryosparc": export_cryosparc,
+    "import-cryosparc": import_cryosparc,
+    "slurm-script": slurm_script,
+    "star": star,
 }
 
 
-def _docstring(module: str) -> str:
-    """A command module's docstring, read from its source without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"no module {module}")
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    return ast.get_docstring(tree) or ""
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """All commands with their help; the options of ``only`` (of all when None)."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livestream",
         description="Live cryo-EM processing beside the microscope.",
@@ -64,8 +74,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--version", action="version", version=f"livestream {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        doc = _docstring(module_name).strip()
+    for name, module in COMMANDS.items():
+        doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
         command = sub.add_parser(
             name,
@@ -73,17 +83,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if only is None or name == only:
-            module = importlib.import_module(module_name)
-            module.add_args(command)
-            command.set_defaults(_main=module.main)
+        module.add_args(command)
+        command.set_defaults(_main=module.main)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(chosen if chosen in COMMANDS else None).parse_args(words)
+    args = build_parser().parse_args(argv)
     try:
         result: int = args._main(args)
     except InputError as exc:  # a missing or unreadable input: one line, no traceback
