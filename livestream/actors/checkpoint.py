@@ -1,7 +1,7 @@
 """An online actor's checkpoint: one ``actor_checkpoint.npz`` in its job folder
 holding its settings (JSON), seed, mini-batches since the last snapshot, the
 lengths of its particle pool's append-only files (``<job>/pool/``, fsynced before
-the checkpoint is written; :mod:`livestream.class2d.pool_files`), its optimiser
+the checkpoint is written; :mod:`livestream.class2d.pool.files`), its optimiser
 state (``state_<field>``) and whatever else the actor adds; written atomically,
 read back with an error naming the file.
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from livestream.class2d.pool import ParticlePool
-from livestream.class2d.pool_files import POOL_FOLDER
+from livestream.class2d.pool.files import POOL_FOLDER
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import atomic_path
 

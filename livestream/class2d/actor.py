@@ -38,7 +38,7 @@ from livestream.actors.checkpoint import (
     write_actor_checkpoint,
 )
 from livestream.class2d.pool import ParticlePool
-from livestream.class2d.pool_files import POOL_FOLDER
+from livestream.class2d.pool.files import POOL_FOLDER
 from pipelines.class2d import (
     Class2dConfig,
     Class2dState,

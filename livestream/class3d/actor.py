@@ -43,7 +43,7 @@ from livestream.actors.checkpoint import (
     write_actor_checkpoint,
 )
 from livestream.class2d.pool import ParticlePool
-from livestream.class2d.pool_files import POOL_FOLDER
+from livestream.class2d.pool.files import POOL_FOLDER
 from pipelines.class2d.box import resample_images, working_box_px
 from pipelines.class2d.schedule import minibatch_size
 from pipelines.class3d import (

@@ -12,7 +12,7 @@ import pytest
 import starfile
 
 from livestream.class2d.actor import ActorSettings, Class2dActor
-from livestream.class2d.pool_files import POOL_FOLDER
+from livestream.class2d.pool.files import POOL_FOLDER
 from livestream.telemetry.events import (
     EventKind,
     decode_event,

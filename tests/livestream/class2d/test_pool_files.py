@@ -20,7 +20,7 @@ import starfile
 
 from livestream.class2d.actor import ActorSettings, Class2dActor
 from livestream.class2d.pool import ParticlePool
-from livestream.class2d.pool_files import INDEX_DTYPE, POOL_FOLDER
+from livestream.class2d.pool.files import INDEX_DTYPE, POOL_FOLDER
 from livestream.class3d.actor import Class3dActor, Class3dSettings
 from pipelines.class2d import Schedule
 from pipelines.errors import StageInputError

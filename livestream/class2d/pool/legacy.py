@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livestream.class2d.pool_star import split_image_names
+from livestream.class2d.pool.star import split_image_names
 
 if TYPE_CHECKING:
-    from livestream.class2d.pool import ParticlePool
+    from livestream.class2d.pool.particles import ParticlePool
 
 __all__ = ["from_columns", "from_table_json"]
 

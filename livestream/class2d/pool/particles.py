@@ -15,7 +15,7 @@ Sized for sessions of a million particles (docs/class2d.md, "Large sessions"):
   grow with the pool.
 * **Rows are compact and on disk.**  In memory, per row: stack id, image number,
   active flag, the CTF columns and where its STAR values are; the STAR values
-  themselves are appended to the pool's files (:mod:`livestream.class2d.pool_files`)
+  themselves are appended to the pool's files (:mod:`livestream.class2d.pool.files`)
   and read back only for the rows a snapshot writes.
 * **A checkpoint refers to the files by length.**  The files only grow, so a
   checkpoint stores their lengths (after an fsync), not their rows; a resumed
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from livestream.class2d.pool_files import INDEX_DTYPE, PoolFiles
-from livestream.class2d.pool_legacy import from_columns, from_table_json
-from livestream.class2d.pool_star import (
+from livestream.class2d.pool.files import INDEX_DTYPE, PoolFiles
+from livestream.class2d.pool.legacy import from_columns, from_table_json
+from livestream.class2d.pool.star import (
     StackHeader,
     header_lines,
     particles_start,
