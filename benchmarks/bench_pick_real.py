@@ -95,8 +95,12 @@ class Score:
 
 
 def blob_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """With the micrograph's CTF where the data set has one (the live stage's path)."""
     picks = pick_blob(
-        mic.image, pixel_size_a=mic.pixel_size_a, diameter_range_a=mic.diameter_range_a
+        mic.image,
+        pixel_size_a=mic.pixel_size_a,
+        diameter_range_a=mic.diameter_range_a,
+        ctf=mic.ctf,
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
@@ -108,6 +112,7 @@ def blob_picker_low(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
         pixel_size_a=mic.pixel_size_a,
         diameter_range_a=mic.diameter_range_a,
         threshold_sd=MIN_THRESHOLD_SD,
+        ctf=mic.ctf,
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
