@@ -67,7 +67,7 @@ from pick_real_labels import (  # a sibling module (this script's folder)
     write_overlay,
 )
 
-from pipelines.picking.blob import pick_blob
+from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
 from pipelines.picking.learned import pick_learned
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
@@ -95,8 +95,12 @@ class Score:
 
 
 def blob_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """With the micrograph's CTF where the data set has one (the live stage's path)."""
     picks = pick_blob(
-        mic.image, pixel_size_a=mic.pixel_size_a, diameter_range_a=mic.diameter_range_a
+        mic.image,
+        pixel_size_a=mic.pixel_size_a,
+        diameter_range_a=mic.diameter_range_a,
+        ctf=mic.ctf,
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
@@ -108,6 +112,30 @@ def blob_picker_low(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
         pixel_size_a=mic.pixel_size_a,
         diameter_range_a=mic.diameter_range_a,
         threshold_sd=MIN_THRESHOLD_SD,
+        ctf=mic.ctf,
+    )
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
+
+
+def blob_picker_live(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """As the live pick stage runs it: with the CTF and its fixed ``threshold_sd``
+    (4.5 SD, ``livestream/stages/params.py``); without a CTF, as ``blob``."""
+    if mic.ctf is None:
+        return blob_picker(mic)
+    picks = pick_blob(
+        mic.image,
+        pixel_size_a=mic.pixel_size_a,
+        diameter_range_a=mic.diameter_range_a,
+        threshold_sd=DEFAULT_THRESHOLD_SD,
+        ctf=mic.ctf,
+    )
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
+
+
+def blob_picker_no_ctf(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """The blob picker's LoG mode even where the data set has a CTF."""
+    picks = pick_blob(
+        mic.image, pixel_size_a=mic.pixel_size_a, diameter_range_a=mic.diameter_range_a
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
 
@@ -349,6 +377,8 @@ def main() -> None:
     factories: dict[str, Callable[[], Picker | None]] = {
         "blob": lambda: blob_picker,
         "blob-2sd": lambda: blob_picker_low,
+        "blob-live": lambda: blob_picker_live,
+        "blob-no-ctf": lambda: blob_picker_no_ctf,
         "learned": lambda: learned_picker,
         "template": make_template_picker,
         "topaz": make_topaz_picker,

@@ -20,6 +20,9 @@ from scipy import ndimage, signal
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from pipelines.ctf.estimate import estimate_ctf
+from pipelines.ctf.model import CtfParams
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Micrograph:
@@ -30,6 +33,8 @@ class Micrograph:
     pixel_size_a: float
     diameter_range_a: tuple[float, float]
     particle_diameter_px: float  # measured (see fetch_picking_data.py)
+    # estimated with pipelines/ctf when the manifest gives the optics (float MRC)
+    ctf: CtfParams | None = None
 
 
 # -> (n, 2) picks x_px, y_px, and their scores (None: the peer gives none we read)
@@ -52,6 +57,14 @@ def load_micrographs(cache: Path) -> list[Micrograph]:
             image = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
         labels = np.loadtxt(cache / entry["coordinates"], delimiter=",", ndmin=2)
         low, high = entry["diameter_range_a"]
+        ctf = None
+        if "optics" in entry:  # a raw micrograph: its CTF, as the live stage has it
+            ctf = estimate_ctf(
+                image,
+                pixel_size_a=float(entry["pixel_size_a"]),
+                voltage_kv=float(entry["optics"]["voltage_kv"]),
+                cs_mm=float(entry["optics"]["cs_mm"]),
+            ).params
         out.append(
             Micrograph(
                 dataset=entry["dataset"],
@@ -61,6 +74,7 @@ def load_micrographs(cache: Path) -> list[Micrograph]:
                 pixel_size_a=float(entry["pixel_size_a"]),
                 diameter_range_a=(float(low), float(high)),
                 particle_diameter_px=float(entry["particle_diameter_px"]),
+                ctf=ctf,
             )
         )
     return out
@@ -188,6 +202,8 @@ def make_label_average_picker(micrographs: list[Micrograph]) -> Picker:
         others = [
             m for m in micrographs if m.dataset == mic.dataset and m.name != mic.name
         ]
+        if not others:  # a one-micrograph data set: no leave-one-out template
+            return np.zeros((0, 2)), np.zeros(0)
         template = label_average(others, h_of[mic.name])
         template -= template.mean()
         flat = _high_passed(mic.image, mic.particle_diameter_px)

@@ -34,6 +34,14 @@ exactly; inside large merged clusters the decomposition is one of several that f
 the mask (the benchmark says so).  Centres are written in the 1024-px micrograph's
 pixels (mask pixel ``i`` covers micrograph pixels ``4i .. 4i + 3``) to
 ``<split>/coordinates/<stem>.csv`` (``x_px,y_px``).
+
+Ours: ``../shared/data/real/epu2.9_example_crop2048.mrc`` (a real Falcon micrograph,
+float MRC, 0.6666 Å/px, 300 kV; the central crop of mrcfile's test micrograph) with
+the 255 particles we labelled by eye (``epu29_crop2048_labels.csv`` beside this
+script, CC0; how they were made and checked: PROVENANCE.md).  Copied from the shared
+data folder (``LIVESTREAM_SHARED_DATA``, else ``../shared/data`` beside the checkout),
+checked against its SHA-256; the manifest entry carries the optics, so that the
+benchmark estimates the micrograph's CTF (``pipelines/ctf``) and picks with it.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -98,6 +108,24 @@ CRYOSEGNET_10017_DIAMETER_RANGE_A = (140.0, 200.0)
 CRYOSEGNET_10017_WITH_CSV = "Falcon_2012_06_12-14_33_35_0"
 CRYOSEGNET_MASK_BIN = 8
 CHECKSUMS = Path(__file__).with_name("cryosegnet_10017.sha256")
+
+# Ours (PROVENANCE.md): the shared real micrograph and our labels of it.
+SHARED_DATA = Path(
+    os.environ.get(
+        "LIVESTREAM_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared/data"
+    )
+)
+EPU29_MICROGRAPH = "real/epu2.9_example_crop2048.mrc"
+EPU29_SHA256 = "75626f3e7f547ad8fc03cb9b704f1fd6c32895b5836369d448cb82983624b86b"
+EPU29_LABELS = Path(__file__).with_name("epu29_crop2048_labels.csv")
+EPU29_PIXEL_A = 0.6666
+# Measured on the micrograph, without the labels: the average of the boxes centred on
+# the 100-700 darkest local minima of the phase-flipped micrograph (low-passed at
+# 15 Å) has a dark core whose contrast crosses zero at a radius of 21 Å; 40 Å is
+# taken as the particle (60 px), 30-50 Å as the picking range.
+EPU29_DIAMETER_RANGE_A = (30.0, 50.0)
+EPU29_PARTICLE_PX = 60.0
+EPU29_OPTICS = {"voltage_kv": 300.0, "cs_mm": 2.7}  # EPU's; Cs of a Krios
 
 
 def _read_source(
@@ -242,6 +270,33 @@ def fetch_cryosegnet_10017(cache: Path, mirrors: list[Path]) -> list[dict[str, o
     return entries
 
 
+def fetch_epu29_ours(cache: Path) -> list[dict[str, object]]:
+    source = SHARED_DATA / EPU29_MICROGRAPH
+    target = cache / "epu29_ours" / source.name
+    if not target.exists():
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if digest != EPU29_SHA256:
+            raise SystemExit(f"{source}: sha256 {digest} != {EPU29_SHA256}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    coords = target.parent / "coordinates" / f"{target.stem}.csv"
+    coords.parent.mkdir(parents=True, exist_ok=True)
+    centres = np.loadtxt(EPU29_LABELS, delimiter=",", comments="#", ndmin=2)
+    np.savetxt(coords, centres, fmt="%.1f", delimiter=",", header="x_px,y_px")
+    print(f"{target.stem}: {len(centres)} labelled particles (ours)")
+    return [
+        {
+            "dataset": "ours epu2.9 crop (float MRC, CTF)",
+            "micrograph": str(target.relative_to(cache)),
+            "coordinates": str(coords.relative_to(cache)),
+            "pixel_size_a": EPU29_PIXEL_A,
+            "diameter_range_a": list(EPU29_DIAMETER_RANGE_A),
+            "particle_diameter_px": EPU29_PARTICLE_PX,
+            "optics": EPU29_OPTICS,
+        }
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -258,6 +313,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     entries = fetch_cryoppp_10947(args.cache, args.mirror)
     entries += fetch_cryosegnet_10017(args.cache, args.mirror)
+    entries += fetch_epu29_ours(args.cache)
     manifest = args.cache / "manifest.json"
     manifest.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"{len(entries)} micrographs, manifest {manifest}")

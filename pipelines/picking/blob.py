@@ -15,6 +15,11 @@ energy, a blob of particle size wherever a particle is.  The energy is filtered 
 centre-surround kernels (the mean over a ball's projection minus the mean over the
 shell out to 1.6 diameters, the LoG's role for a flat-topped blob); the middle scale
 detects (larger ones straddle neighbours), the best scale gives the diameter.
+Where the particle's own scale is in the CTF's first lobe (mean ``|CTF|`` at the
+largest diameter's frequency at least ``OWN_SCALE_TRANSFER``: small particles, or far
+from focus; e.g. 30-50 Å at 2.7 µm, 0.70) the energy is not needed and loses them
+among their neighbours: the CTF-multiplied image itself keeps each particle a blob of
+its own sign, found with the LoG kernels as without a CTF.
 
 Before any of it, what real micrographs add to the simulator is taken out: the
 micrograph minus a robust quadratic surface (ice-thickness gradients; a ramp left in
@@ -49,14 +54,19 @@ from pipelines.picking.threshold import mixture_threshold
 
 __all__ = [
     "DEFAULT_THRESHOLD_SD",
+    "OWN_SCALE_TRANSFER",
     "find_peaks",
     "outlier_mask",
+    "own_scale_transfer",
     "pick_blob",
     "robust_sd",
     "subtract_background",
 ]
 
 DEFAULT_THRESHOLD_SD = 4.5  # with too few peaks to fit a mixture
+# with a CTF: at least this mean |CTF| at the largest diameter's own frequency, and
+# the particle is a blob in the CTF-multiplied image (LoG); below it, local energy
+OWN_SCALE_TRANSFER = 0.5
 FLATTEN_DIAMETERS = 2.0  # background low-pass: Gaussian sigma, in largest diameters
 FIT_OUTLIER_SD = 4.0  # blocks beyond this are left out of the background fit
 OUTLIER_PIXEL_SD = 1.0  # local mean this far from the ice, in pixel noise SDs
@@ -259,12 +269,13 @@ def pick_blob(
     background_px = FLATTEN_DIAMETERS * d_max / pick_px_a
     spectrum *= 1.0 - np.exp(-2.0 * np.pi**2 * background_px**2 * k2)
     small = scipy.fft.irfft2(spectrum, s=small_shape, workers=workers)
+    signed = True  # a LoG of the (CTF-multiplied) image: blobs of the particle's sign
     if ctf is not None:
-        spectrum = _ctf_energy_spectrum(
-            spectrum, ctf, k2, pick_px_a, d_min, small_shape, workers
+        spectrum, signed = _ctf_filtered(
+            spectrum, ctf, k2, pick_px_a, (d_min, d_max), small_shape, workers
         )
     diameters_a = np.geomspace(d_min, d_max, n_scales) if d_max > d_min else [d_min]
-    if ctf is None:
+    if signed:
         sigmas = np.asarray(diameters_a) / pick_px_a / (2.0 * np.sqrt(2.0))
         s2 = (sigmas * sigmas)[:, None, None].astype(np.float32)
         kernels = s2 * (4.0 * np.pi**2) * k2 * np.exp(-2.0 * np.pi**2 * s2 * k2)
@@ -277,7 +288,7 @@ def pick_blob(
     medians = np.median(responses[:, ::4, ::4].reshape(len(diameters_a), -1), axis=1)
     responses = (responses - medians[:, None, None]) / sds[:, None, None]
     best_scale = np.argmax(responses, axis=0)
-    if ctf is None:
+    if signed:
         score = np.take_along_axis(responses, best_scale[None], axis=0)[0]
     else:  # the largest scales straddle neighbours: detect at the middle scale
         score = responses[len(diameters_a) // 2]
@@ -326,9 +337,46 @@ def _local_power(image: np.ndarray, radius_px: float, *, workers: int) -> np.nda
     return np.asarray(local / max(float(squared.mean()), 1e-30), dtype=np.float32)
 
 
-def _ctf_energy_spectrum(
+def _ctf_filtered(
     spectrum: np.ndarray,
     ctf: CtfParams,
+    k2: np.ndarray,
+    pick_px_a: float,
+    diameters_a: tuple[float, float],
+    shape: tuple[int, int],
+    workers: int,
+) -> tuple[np.ndarray, bool]:
+    """The spectrum to detect on with the CTF, and whether it is signed (LoG) or
+    the local energy (centre-surround).  Where the particle's own scale lies in the
+    CTF's first lobe (mean ``|CTF|`` at the largest diameter's frequency at least
+    ``OWN_SCALE_TRANSFER``: small particles, or far from focus), the image
+    multiplied by the CTF (> 0 there: the amplitude contrast at k = 0) keeps each
+    particle a blob of its own sign, which the LoG finds; nearer focus the particle
+    has almost no power at its own scale and only the local energy shows it."""
+    d_min, d_max = diameters_a
+    transfer = ctf_2d(shape, pick_px_a, ctf)
+    if own_scale_transfer(transfer, k2, pick_px_a / d_max) >= OWN_SCALE_TRANSFER:
+        return spectrum * transfer, True
+    energy = _ctf_energy_spectrum(
+        spectrum, transfer, k2, pick_px_a, d_min, shape, workers
+    )
+    return energy, False
+
+
+def own_scale_transfer(transfer: np.ndarray, k2: np.ndarray, k_px: float) -> float:
+    """Mean ``|CTF|`` over the ring of radial frequency ``0.9 .. 1.1 k_px`` (cycles
+    per pixel of the grid of ``transfer`` and ``k2``): how much of a particle of
+    diameter ``1 / k_px`` pixels reaches the image at its own scale."""
+    k = np.sqrt(k2)
+    ring = (k >= 0.9 * k_px) & (k <= 1.1 * k_px)
+    if not ring.any():
+        return 0.0
+    return float(np.abs(transfer[ring]).mean())
+
+
+def _ctf_energy_spectrum(
+    spectrum: np.ndarray,
+    transfer: np.ndarray,
     k2: np.ndarray,
     pick_px_a: float,
     d_min_a: float,
@@ -345,9 +393,7 @@ def _ctf_energy_spectrum(
     particle is, which the centre-surround kernels then find.
     """
     envelope = np.exp(-k2 * (d_min_a / 5.0 / pick_px_a) ** 2)
-    band = scipy.fft.irfft2(
-        spectrum * ctf_2d(shape, pick_px_a, ctf) * envelope, s=shape, workers=workers
-    )
+    band = scipy.fft.irfft2(spectrum * transfer * envelope, s=shape, workers=workers)
     energy = band * band
     return np.asarray(scipy.fft.rfft2(energy - energy.mean(), workers=workers))
 
