@@ -19,8 +19,9 @@ seconds; the fraction of particles in the right class under the better matching
 of classes to conformations, the same classification at the true poses (what
 the poses cost), seconds, and the ratio to a lower bound measured in the same
 run: per iteration one projection per particle per class (the gather kernel)
-and one insertion per particle per class (the reconstruction's kernel), the
-work no skip-align EM can avoid, times the iterations run over all starts.
+and one insertion per particle (the reconstruction's kernel; a particle whose
+class is certain is inserted into that class only), the work no skip-align EM
+can avoid, times the iterations run over all starts.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def bound_seconds(
     limit_a: float,
     iterations: int,
 ) -> float:
-    """One projection and one insertion per particle per class, ``iterations``
+    """One projection per particle per class and one insertion per particle
+    (a particle whose posterior is certain goes into one class), ``iterations``
     times (the fastest of two passes)."""
     pixels = pixel_set(config.box_px, config.shell_of(limit_a))
     rows = np.arange(particles.n_particles)
@@ -105,9 +107,9 @@ def bound_seconds(
             project_pixels(
                 transforms[k : k + 1], particles.rotations, pixels, config.padding
             )
-            insert_transforms(
-                fimages, ctf2, rows, particles.rotations, box_px=BOX, padding=2
-            )
+        insert_transforms(
+            fimages, ctf2, rows, particles.rotations, box_px=BOX, padding=2
+        )
         best = min(best, time.perf_counter() - start)
     return best * iterations
 

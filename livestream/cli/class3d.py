@@ -20,7 +20,7 @@ members, the others go to their next class.
 --skip-align (RELION's --skip_align): the poses are read from the STAR (a
 consensus refinement's rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst; missing
 angles are an error naming the file and column) and kept; EM runs over the class
-only, with the E-step on the pixels within --strict-highres-exp (25 Å), for up to
+only, with the E-step on the pixels within --strict-highres-exp (40 Å), for up to
 --iterations (30) per start.  With one map for all classes the classes start from
 --starts (4) random splits of the particles and the split with the best total
 log-likelihood is kept (the map itself is only checked against the particles:
@@ -72,6 +72,7 @@ from pipelines.class3d import (
 from pipelines.class3d.classify import classification_config
 from pipelines.class3d.outputs import class_resolution_a, write_initial_model
 from pipelines.class3d.skip_align import (
+    DEFAULT_RESOLUTION_A,
     SkipAlignOptions,
     classify_without_alignment,
 )
@@ -142,8 +143,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict-highres-exp",
         type=float,
-        default=25.0,
-        help="with --skip-align: the E-step's resolution limit, Å (25)",
+        default=DEFAULT_RESOLUTION_A,
+        help="with --skip-align: the E-step's resolution limit, Å (40)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
