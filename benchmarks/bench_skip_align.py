@@ -2,7 +2,8 @@
 classification without alignment (RELION's Class3D ``--skip_align``).
 
     nice -n 10 .venv/bin/python benchmarks/bench_skip_align.py [--particles 1000 5000]
-        [--snr 0.3 1] [--seed 1] [--starts 4] [--iterations 30] [--limit-a 25]
+        [--snr 0.3 1] [--seed 1] [--starts 4] [--iterations 30] [--limit-a 40]
+        [--relion-bin /usr/bin/relion_refine] [--no-relion]
 
 Data: the real 70S ribosome map (``$LIVESTREAM_SHARED_DATA/real``, the whole map
 in a box of 32 at 10.2 Å/px) and the same map less a ball of radius 6 px (24 % of
@@ -13,6 +14,12 @@ each, white noise at the SNR of the whole map's signal
 against one map from a 40 Å low-pass of the whole conformation (the consensus
 refinement), and ``classify_without_alignment`` (``livestream class3d
 --skip-align --classes 2``) classifies them at those poses.
+
+The peer, where installed (``--relion-bin``, RELION 3.1.3 here): ``relion_refine``
+Class3D with ``--skip_align --K 2`` on the same particles at the same consensus
+poses (STAR with ``rlnAngleRot/Tilt/Psi``, ``rlnOriginX/YAngst``), from the
+consensus map (``--firstiter_cc``, RELION's random split), T = 4,
+``--strict_highres_exp`` at the same limit, ``--iter`` as ours, ``--j 2``.
 
 Printed per (particles, SNR): the consensus refinement's median pose error and
 seconds; the fraction of particles in the right class under the better matching
@@ -29,24 +36,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import starfile
 
 from pipelines.class3d.classify import classification_config
 from pipelines.class3d.expectation import project_pixels
 from pipelines.class3d.pixels import padded_transforms, pixel_set, soft_circle
 from pipelines.class3d.refine import RefineConfig, refine
 from pipelines.class3d.skip_align import (
+    DEFAULT_RESOLUTION_A,
     SkipAlignClassification,
     SkipAlignOptions,
     classify_without_alignment,
 )
 from pipelines.class3d.state import InitialModelConfig
 from pipelines.class3d.vdam import reference_transforms
-from pipelines.reconstruct import PosedParticles
+from pipelines.reconstruct import PosedParticles, write_posed_particles
 from pipelines.reconstruct.backproject import insert_transforms
+from pipelines.reconstruct.outputs import write_map
 from pipelines.simulate.conformations import simulate_mixture, without_region
 from pipelines.simulate.volumes import (
     RIBOSOME_70S_PIXEL_SIZE_A,
@@ -60,6 +73,7 @@ DATA = (
     else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 )
 BOX = 32
+MICROGRAPHS = 20  # fake micrograph names: RELION groups particles by micrograph
 
 
 def conformations() -> tuple[np.ndarray, float]:
@@ -114,9 +128,63 @@ def bound_seconds(
     return best * iterations
 
 
+def run_relion(
+    args: argparse.Namespace,
+    posed: PosedParticles,
+    consensus_map: np.ndarray,
+    truth: np.ndarray,
+    px: float,
+) -> str:
+    """RELION's Class3D --skip_align on ``posed``: correct and seconds."""
+    binary = shutil.which(args.relion_bin) or args.relion_bin
+    if not Path(binary).is_file():
+        return f"relion_refine: not installed ({args.relion_bin})"
+    folder = Path(tempfile.mkdtemp(prefix="bench_skip_align_"))
+    star = write_posed_particles(
+        folder / "particles.star", posed, stack_name="particles.mrcs"
+    )
+    blocks = starfile.read(star, always_dict=True)
+    table = blocks["particles"]
+    table.insert(
+        1,
+        "rlnMicrographName",
+        [f"Micrographs/mic{i % MICROGRAPHS:03d}.mrc" for i in range(len(table))],
+    )
+    starfile.write(
+        {"optics": blocks["optics"], "particles": table}, star, overwrite=True
+    )
+    write_map(folder / "consensus.mrc", consensus_map, pixel_size_a=px)
+    (folder / "relion").mkdir()
+    cmd = [binary, "--i", "particles.star", "--ref", "consensus.mrc"]
+    cmd += ["--o", "relion/run", "--K", "2", "--skip_align"]
+    cmd += f"--iter {args.iterations} --tau2_fudge 4 --ini_high 60".split()
+    cmd += ["--strict_highres_exp", f"{args.limit_a:g}", "--ctf", "--firstiter_cc"]
+    cmd += ["--particle_diameter", f"{0.9 * BOX * px:.1f}", "--pad", "2"]
+    cmd += ["--norm", "--scale", "--zero_mask", "--flatten_solvent", "--sym", "C1"]
+    cmd += ["--j", "2", "--pool", "30", "--dont_combine_weights_via_disc"]
+    cmd += ["--random_seed", str(args.seed)]
+    start = time.perf_counter()
+    with (folder / "relion_refine.log").open("w") as log:
+        proc = subprocess.run(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        return f"relion_refine failed ({proc.returncode}): {folder}/relion_refine.log"
+    data = folder / "relion" / f"run_it{args.iterations:03d}_data.star"
+    found_table = starfile.read(data, always_dict=True)["particles"]
+    index = np.array(
+        [int(str(s).split("@")[0]) - 1 for s in found_table["rlnImageName"]]
+    )
+    found = np.empty(len(truth), dtype=np.int64)
+    found[index] = found_table["rlnClassNumber"].to_numpy() - 1
+    return (
+        f"relion_refine 3.1.3 --skip_align: {accuracy(found, truth):.3f} correct, "
+        f"{seconds:.1f} s (files in {folder})"
+    )
+
+
 def consensus(
     particles: PosedParticles, start_map: np.ndarray, px: float
-) -> tuple[PosedParticles, float, float]:
+) -> tuple[PosedParticles, np.ndarray, float, float]:
     """The particles at the poses of a consensus refinement from ``start_map``
     (low-passed to 40 Å by the refinement); its median angle error, seconds."""
     n = particles.n_particles
@@ -133,7 +201,7 @@ def consensus(
         subset=result.subset,
     )
     error = float(np.median(angle_error_deg(result.rotations, particles.rotations)))
-    return posed, error, seconds
+    return posed, result.reconstruction.full, error, seconds
 
 
 def classify(
@@ -160,7 +228,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--starts", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--limit-a", type=float, default=25.0)
+    parser.add_argument("--limit-a", type=float, default=DEFAULT_RESOLUTION_A)
+    parser.add_argument("--relion-bin", default="/usr/bin/relion_refine")
+    parser.add_argument("--no-relion", action="store_true")
     args = parser.parse_args()
     maps, px = conformations()
     config = classification_config(2, box_px=BOX, pixel_size_a=px)
@@ -182,7 +252,7 @@ def main() -> None:
                 snr=snr,
                 rng=np.random.default_rng(args.seed),
             )
-            posed, error, refine_s = consensus(particles, maps[0], px)
+            posed, consensus_map, error, refine_s = consensus(particles, maps[0], px)
             result, seconds = classify(config, posed, args)
             at_truth, _ = classify(config, particles, args)
             # every start's iterations, the consensus and the final maps
@@ -199,6 +269,8 @@ def main() -> None:
                 f"{result.chosen_start + 1} ({lls})",
                 flush=True,
             )
+            if not args.no_relion:
+                print("    " + run_relion(args, posed, consensus_map, truth, px))
 
 
 if __name__ == "__main__":
