@@ -100,6 +100,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--angular-step", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--skip-align-classes",
+        type=int,
+        default=2,
+        help="step 5's classes (0: refine the kept groups, the plan before step 5)",
+    )
     args = parser.parse_args()
     maps, px = conformations(args.box)
     n_junk = round(args.junk_fraction * args.particles)
@@ -123,6 +129,7 @@ def main() -> None:
         n_minibatches=args.mini_batches,
         class_iterations=args.iterations,
         class_angular_step_deg=args.angular_step,
+        skip_align_classes=args.skip_align_classes,
     )
     print(
         f"70S / 70S less a ball / junk (noise): {counts}, box {args.box}, "
@@ -137,11 +144,9 @@ def main() -> None:
         print(f"stage {stage:<20} {s:8.1f} s")
     print(f"total                      {total_s:8.1f} s")
     labels = plan.classification.assignment.class_index
-    majority = {}
     print("class  count  whole  less  junk  half-set Å  certainty  decision")
     for d in plan.decisions:  # a loop over classes
         mine = np.bincount(truth[labels == d.index], minlength=3)
-        majority[d.index] = int(np.argmax(mine))
         print(
             f"{d.index + 1:5d}  {d.count:5d}  {mine[0]:5d}  {mine[1]:4d}  {mine[2]:4d}  "
             f"{d.resolution_a:10.1f}  {d.certainty:9.3f}  {d.decision}"
@@ -149,15 +154,34 @@ def main() -> None:
             + (f" into {d.group + 1}" if d.decision == "merged" else "")
             + (f" (cc {d.correlation:.3f})" if d.correlation is not None else "")
         )
-    group_of = np.array([d.group for d in plan.decisions])[labels]
-    group_major = np.array([majority.get(g, -1) for g in group_of])
+    if plan.split is not None:
+        split_labels = plan.split.classification.assignment.class_index
+        print(
+            f"consensus of {len(plan.split.rows)} kept particles, half-map "
+            f"{plan.split.consensus.resolution_a:.1f} Å; skip-align classes "
+            f"(starts' log-likelihoods "
+            f"{[round(v) for v in plan.split.classification.start_log_likelihoods]})"
+        )
+        print("split  count  whole  less  junk")
+        for k in range(plan.split.classification_config.n_classes):  # classes
+            mine = np.bincount(truth[plan.split.rows[split_labels == k]], minlength=3)
+            print(
+                f"{k + 1:5d}  {mine.sum():5d}  {mine[0]:5d}  {mine[1]:4d}  {mine[2]:4d}"
+            )
+    # each particle's refined group (-1: none) and each group's majority truth
+    group_of = np.full(n, -1)
+    group_major = []
+    for i, g in enumerate(plan.refinements):  # a loop over refined groups
+        group_of[g.rows] = i
+        group_major.append(int(np.argmax(np.bincount(truth[g.rows], minlength=3))))
+    major_of = np.array([*group_major, -1])[group_of]
     for c in (0, 1):  # a loop over the two conformations
-        right = np.mean((group_of[truth == c] >= 0) & (group_major[truth == c] == c))
-        print(f"{NAMES[c]}: {right:.3f} correct (in a kept group of its majority)")
+        right = np.mean(major_of[truth == c] == c)
+        print(f"{NAMES[c]}: {right:.3f} correct (in a refined group of its majority)")
     print(f"junk rejected: {np.mean(group_of[truth == 2] < 0):.3f}")
     print("group  particles  conformation  FSC0.5 to truth  true poses  half-map  s")
-    for g in plan.refinements:  # a loop over refined groups
-        c = majority[g.class_index]
+    for i, g in enumerate(plan.refinements):  # a loop over refined groups
+        c = group_major[i]
         if c == 2:
             print(
                 f"{g.class_index + 1:5d}  {len(g.rows):9d}  junk (kept), half-map "

@@ -17,12 +17,27 @@ maps; a class that empties in the first half of the run is replaced by a copy of
 the largest.  --max-particles-per-class caps a class: it keeps its most probable
 members, the others go to their next class.
 
+--skip-align (RELION's --skip_align): the poses are read from the STAR (a
+consensus refinement's rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst; missing
+angles are an error naming the file and column) and kept; EM runs over the class
+only, with the E-step on the pixels within --strict-highres-exp (40 Å), for up to
+--iterations (30) per start.  With one map for all classes the classes start from
+--starts (4) random splits of the particles and the split with the best total
+log-likelihood is kept (the map itself is only checked against the particles:
+every class map is reconstructed from the particles at their poses); with one
+map per class the first posterior comes from those maps.
+
+    livestream class3d Refine3D/job020/run_data.star \\
+        --refs Refine3D/job020/run_class001.mrc --classes 2 --skip-align \\
+        --out Class3D/job021 --json
+
 Writes to --out: run_itNNN_classKKK.mrc, run_itNNN_classKKK_slices.png,
 run_itNNN_data.star (input rows plus rlnClassNumber, rlnAngleRot/Tilt/Psi,
 rlnOriginX/YAngst, rlnMaxValueProbDistribution), run_itNNN_model.star
 (rlnClassDistribution, rlnEstimatedResolution per class) and run_checkpoint.npz.
 With --json prints one object: maps, class_fractions, resolution_a, iterations,
-changed_fraction, data_star, model_star, seconds.  Exit status 2, with one line
+changed_fraction, data_star, model_star, seconds (with --skip-align also
+start_log_likelihoods, start_iterations, chosen_start).  Exit status 2, with one line
 naming the file, field and value, when an input is missing or unusable (a map of
 another box, an unreadable map, a STAR without the optics RELION requires).
 """
@@ -30,9 +45,11 @@ another box, an unreadable map, a STAR without the optics RELION requires).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,13 +62,20 @@ from livestream.cli.console import (
     run_alone,
 )
 from pipelines.class3d import (
+    Assignment,
     ClassificationOptions,
     InitialModelConfig,
+    InitialModelState,
     classify_particles,
     save_checkpoint,
 )
 from pipelines.class3d.classify import classification_config
 from pipelines.class3d.outputs import class_resolution_a, write_initial_model
+from pipelines.class3d.skip_align import (
+    DEFAULT_RESOLUTION_A,
+    SkipAlignOptions,
+    classify_without_alignment,
+)
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 from pipelines.reconstruct import PosedParticles, read_posed_particles
@@ -59,6 +83,8 @@ from pipelines.simulate.volumes import load_map
 
 PROG = "livestream class3d"
 PIXEL_SIZE_TOLERANCE = 0.01  # relative difference of map and particle pixel sizes
+DEFAULT_ITERATIONS = 15
+SKIP_ALIGN_ITERATIONS = 30
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +102,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--classes", type=int, default=None, help="classes K (the number of maps)"
     )
     parser.add_argument(
-        "--iterations", type=int, default=15, help="EM iterations at most (15)"
+        "--iterations",
+        type=int,
+        default=None,
+        help="EM iterations at most (15; with --skip-align 30 per start)",
     )
     parser.add_argument(
         "--ini-high",
@@ -99,6 +128,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="mask diameter in Å (default 0.9 of the box)",
+    )
+    parser.add_argument(
+        "--skip-align",
+        action="store_true",
+        help="keep the STAR's poses; classify over classes only (RELION's)",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=4,
+        help="with --skip-align and one map: random splits tried (4)",
+    )
+    parser.add_argument(
+        "--strict-highres-exp",
+        type=float,
+        default=DEFAULT_RESOLUTION_A,
+        help="with --skip-align: the E-step's resolution limit, Å (40)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -141,7 +187,7 @@ def _setup(
             "<argument>", "classes", n_classes, f"must be the number of maps {n_refs}"
         )
     options = ClassificationOptions(
-        n_iterations=args.iterations,
+        n_iterations=args.iterations or DEFAULT_ITERATIONS,
         max_particles_per_class=args.max_particles_per_class,
     )
     particles = read_posed_particles(args.particles, require_poses=False)
@@ -160,16 +206,19 @@ def _setup(
     return config, options, refs, particles
 
 
-def main(args: argparse.Namespace) -> int:
-    require_file(args.particles, "particles STAR")
-    require_files(args.refs, "reference map")
-    start = time.perf_counter()
-    try:
-        config, options, refs, particles = _setup(args)
-        optics, table = read_particles_star(args.particles)
-    except StageInputError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return INPUT_ERROR_STATUS
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Run:
+    """What either mode leaves for the files and the summary."""
+
+    config: InitialModelConfig
+    state: InitialModelState
+    assignment: Assignment
+    changed_fraction: list[float]
+    extra: dict[str, Any]
+
+
+def _classify_with_alignment(args: argparse.Namespace) -> _Run:
+    config, options, refs, particles = _setup(args)
     with Progress(
         options.n_iterations, label="class3d", unit="iteration", json_output=args.json
     ) as progress:
@@ -181,22 +230,103 @@ def main(args: argparse.Namespace) -> int:
             options=options,
             on_progress=progress.update,
         )
-    state = result.state
+    return _Run(
+        config=config,
+        state=result.state,
+        assignment=result.assignment,
+        changed_fraction=result.changed_fraction,
+        extra={},
+    )
+
+
+def _skip_align_setup(
+    args: argparse.Namespace,
+) -> tuple[InitialModelConfig, SkipAlignOptions, np.ndarray | None, PosedParticles]:
+    n_refs = len(args.refs)
+    n_classes = args.classes or n_refs
+    if n_refs > 1 and n_classes != n_refs:
+        raise StageInputError(
+            "<argument>", "classes", n_classes, f"must be the number of maps {n_refs}"
+        )
+    options = SkipAlignOptions(
+        n_iterations=args.iterations or SKIP_ALIGN_ITERATIONS,
+        n_starts=args.starts,
+        resolution_a=args.strict_highres_exp,
+    )
+    particles = read_posed_particles(args.particles, require_poses=True)
+    config = classification_config(
+        n_classes,
+        box_px=particles.box_px,
+        pixel_size_a=particles.pixel_size_a,
+        particle_diameter_a=args.particle_diameter_a,
+        tau2_fudge=args.tau2_fudge,
+    )
+    refs = read_references(
+        args.refs, n_classes, particles.box_px, particles.pixel_size_a
+    )
+    return config, options, (refs if n_refs > 1 else None), particles
+
+
+def _classify_without_alignment(args: argparse.Namespace) -> _Run:
+    config, options, refs, particles = _skip_align_setup(args)
+    total = options.n_iterations * (1 if refs is not None else options.n_starts)
+    with Progress(
+        total, label="class3d", unit="iteration", json_output=args.json
+    ) as progress:
+        result = classify_without_alignment(
+            config,
+            particles,
+            rng=np.random.default_rng(args.seed),
+            options=options,
+            references=refs,
+            on_progress=progress.update,
+        )
+    return _Run(
+        config=config,
+        state=result.state,
+        assignment=result.assignment,
+        changed_fraction=result.changed_fraction,
+        extra={
+            "skip_align": True,
+            "start_log_likelihoods": [
+                round(v, 2) for v in result.start_log_likelihoods
+            ],
+            "start_iterations": result.start_iterations,
+            "chosen_start": result.chosen_start,
+        },
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    require_file(args.particles, "particles STAR")
+    require_files(args.refs, "reference map")
+    start = time.perf_counter()
+    try:
+        optics, table = read_particles_star(args.particles)
+        if args.skip_align:
+            run = _classify_without_alignment(args)
+        else:
+            run = _classify_with_alignment(args)
+    except StageInputError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
+    config, state = run.config, run.state
     out: Path = args.out
     files = write_initial_model(
         out,
-        iteration=result.iterations,
+        iteration=len(run.changed_fraction),
         config=config,
         state=state,
         maps=state.maps,
         optics=optics,
         particles=table,
-        assignment=result.assignment,
+        assignment=run.assignment,
     )
     save_checkpoint(out / "run_checkpoint.npz", config, state)
     seconds = time.perf_counter() - start
     resolution = class_resolution_a(config, state)
-    counts = np.bincount(result.assignment.class_index, minlength=config.n_classes)
+    counts = np.bincount(run.assignment.class_index, minlength=config.n_classes)
+    n_particles = len(run.assignment.class_index)
     summary = {
         "maps": [str(p) for p in files.maps],
         "slices_png": [str(p) for p in files.slices],
@@ -205,17 +335,18 @@ def main(args: argparse.Namespace) -> int:
         "class_fractions": [round(float(f), 4) for f in state.class_fractions],
         "class_counts": [int(c) for c in counts],
         "resolution_a": [round(float(r), 2) for r in resolution],
-        "n_particles": particles.n_particles,
-        "iterations": result.iterations,
-        "changed_fraction": [round(c, 4) for c in result.changed_fraction],
+        "n_particles": n_particles,
+        "iterations": len(run.changed_fraction),
+        "changed_fraction": [round(c, 4) for c in run.changed_fraction],
         "substitutions": state.substitutions,
         "seconds": round(seconds, 3),
+        **run.extra,
     }
     if args.json:
         print_json(summary, sort_keys=True)
     else:
         print(
-            f"{particles.n_particles} particles, {result.iterations} iterations, "
+            f"{n_particles} particles, {len(run.changed_fraction)} iterations, "
             f"{config.n_classes} classes of {', '.join(str(c) for c in counts)} "
             f"particles, {seconds:.1f} s; maps in {out}"
         )

@@ -19,17 +19,25 @@ recommends for large sets:
    resolution is within 1.5 times the best kept class's; a kept class whose map
    superposes on a larger kept class's with a correlation of at least 0.95 is
    merged into it;
-4. a gold-standard refinement of each kept group's particles from its class map.
+4. with --skip-align-classes K >= 2 (the default, 2): a consensus refinement of
+   every kept particle (junk dropped) from the largest kept class's map, then
+   3D classification without alignment (`livestream class3d --skip-align`) of
+   them at its poses into K classes, and a gold-standard refinement of each of
+   those classes holding at least --min-class-fraction of them; with
+   --skip-align-classes 0, a gold-standard refinement of each kept group's
+   particles from its class map.
 
 Writes RELION-style job folders inside --out: InitialModel/job001 .. (one per
 run: run_itNNN_classKKK.mrc, run_itNNN_classKKK_slices.png, run_checkpoint.npz;
 no run_data.star, the subset is not assigned to these classes), the next
-Class3D/jobNNN (the files of `livestream class3d`), then Refine3D/jobNNN per kept
-group (the files of `livestream refine3d` less the per-iteration maps and the
-post-processing) and plan3d.json (what --json prints).  With --json prints one
+Class3D/jobNNN (the files of `livestream class3d`), with step 4's split the
+consensus Refine3D/jobNNN and the skip-align Class3D/jobNNN, then Refine3D/jobNNN
+per refined group (the files of `livestream refine3d` less the per-iteration
+maps and the post-processing) and plan3d.json (what --json prints).  With --json prints one
 object: subset, stages (job folder, seconds), class_fractions, classes (count,
-resolution, decision), refinements (class, particles, resolution_a, map),
-seconds.  Exit status 2, with one line naming the file, field and value, when an
+resolution, decision), split (consensus job and resolution, skip-align job,
+class counts, the starts' log-likelihoods; null without it), refinements
+(class, particles, resolution_a, map), seconds.  Exit status 2, with one line naming the file, field and value, when an
 input is missing or unusable.
 """
 
@@ -41,6 +49,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from livestream.cli.console import (
     INPUT_ERROR_STATUS,
@@ -54,6 +64,7 @@ from pipelines.class3d.outputs import write_initial_model
 from pipelines.class3d.refine_outputs import write_refine_result
 from pipelines.class3d.staged import (
     DEFAULT_CLASS_COUNTS,
+    ConformationSplit,
     StagedPlan,
     StagedPlanConfig,
     run_staged_plan,
@@ -111,6 +122,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mask diameter in Å (default 0.9 of the box)",
     )
+    parser.add_argument(
+        "--skip-align-classes",
+        type=int,
+        default=2,
+        help="classes at the consensus poses (2; 0: refine the kept groups)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -125,6 +142,7 @@ def _config(args: argparse.Namespace) -> StagedPlanConfig:
         class_iterations=args.iterations,
         class_angular_step_deg=args.angular_step,
         min_class_fraction=args.min_class_fraction,
+        skip_align_classes=args.skip_align_classes,
     )
 
 
@@ -179,6 +197,8 @@ def write_plan(
             "seconds": round(plan.seconds["class3d"], 3),
         }
     )
+    if plan.split is not None:
+        job = _write_split(out, job, plan.split, optics, table, stages)
     for group in plan.refinements:  # a loop over the refined groups
         job += 1
         folder = out / "Refine3D" / f"job{job:03d}"
@@ -194,6 +214,7 @@ def write_plan(
                 "stage": "refine3d",
                 "job": str(folder),
                 "class": group.class_index + 1,
+                "classes_of": "class3d_skip_align" if plan.split else "class3d",
                 "merged": [m + 1 for m in group.merged],
                 "n_particles": len(group.rows),
                 "resolution_a": round(group.result.resolution_a, 3),
@@ -204,6 +225,67 @@ def write_plan(
             }
         )
     return stages
+
+
+def _write_split(
+    out: Path,
+    job: int,
+    split: ConformationSplit,
+    optics: Any,
+    table: Any,
+    stages: list[dict[str, Any]],
+) -> int:
+    """The consensus Refine3D job and the skip-align Class3D job of step 4's
+    split (numbered after ``job``), appended to ``stages``; the last number."""
+    rows = table.iloc[split.rows].reset_index(drop=True)
+    folder = out / "Refine3D" / f"job{job + 1:03d}"
+    files = write_refine_result(
+        folder,
+        config=split.consensus_config,
+        result=split.consensus,
+        optics=optics,
+        particles=rows,
+    )
+    stages.append(
+        {
+            "stage": "consensus_refine3d",
+            "job": str(folder),
+            "n_particles": len(split.rows),
+            "resolution_a": round(split.consensus.resolution_a, 3),
+            "map": str(files.map_path),
+            "data_star": str(files.data_star),
+            "seconds": round(split.consensus_seconds, 3),
+        }
+    )
+    folder = out / "Class3D" / f"job{job + 2:03d}"
+    result = split.classification
+    write_initial_model(
+        folder,
+        iteration=result.iterations,
+        config=split.classification_config,
+        state=result.state,
+        maps=result.state.maps,
+        optics=optics,
+        particles=rows,
+        assignment=result.assignment,
+    )
+    counts = np.bincount(
+        result.assignment.class_index, minlength=split.classification_config.n_classes
+    )
+    stages.append(
+        {
+            "stage": "class3d_skip_align",
+            "job": str(folder),
+            "class_counts": [int(c) for c in counts],
+            "iterations": result.iterations,
+            "start_log_likelihoods": [
+                round(v, 2) for v in result.start_log_likelihoods
+            ],
+            "chosen_start": result.chosen_start,
+            "seconds": round(split.classification_seconds, 3),
+        }
+    )
+    return job + 2
 
 
 def _summary(
@@ -233,6 +315,17 @@ def _summary(
             }
             for d in plan.decisions
         ],
+        "split": None
+        if plan.split is None
+        else {
+            "n_particles": len(plan.split.rows),
+            "consensus_resolution_a": round(plan.split.consensus.resolution_a, 3),
+            "class_fractions": [
+                round(float(f), 4)
+                for f in plan.split.classification.state.class_fractions
+            ],
+            "chosen_start": plan.split.classification.chosen_start,
+        },
         "chosen_classes": [g.class_index + 1 for g in plan.refinements],
         "resolution_a": [round(g.result.resolution_a, 3) for g in plan.refinements],
         "seconds": round(seconds, 3),

@@ -11,7 +11,8 @@ The state is resumable (:func:`save_checkpoint` / :func:`load_checkpoint`) and
 deterministic for a seed.  :func:`align_maps` superposes a map on another
 (rotation search, both hands); :func:`align_symmetry` finds a map's symmetry axes.
 :func:`classify_particles` is 3D classification (K references, EM over all
-particles; :mod:`.classify`).
+particles; :mod:`.classify`); :func:`classify_without_alignment` classifies
+particles at fixed poses (RELION's ``--skip_align``; :mod:`.skip_align`).
 """
 
 from pipelines.class3d.classify import (
@@ -20,6 +21,11 @@ from pipelines.class3d.classify import (
     classify_particles,
 )
 from pipelines.class3d.orientations import PoseGrid, pose_grid, shift_grid
+from pipelines.class3d.skip_align import (
+    SkipAlignClassification,
+    SkipAlignOptions,
+    classify_without_alignment,
+)
 from pipelines.class3d.starts import StartChoice, best_of_starts
 from pipelines.class3d.state import (
     InitialModelConfig,
@@ -42,10 +48,13 @@ __all__ = [
     "InitialModelConfig",
     "InitialModelState",
     "PoseGrid",
+    "SkipAlignClassification",
+    "SkipAlignOptions",
     "StartChoice",
     "assign_particles",
     "best_of_starts",
     "classify_particles",
+    "classify_without_alignment",
     "initialise_state",
     "load_checkpoint",
     "pose_grid",

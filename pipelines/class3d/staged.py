@@ -31,7 +31,18 @@
    with a correlation of at least ``merge_correlation`` are one conformation
    found by two runs: the smaller joins the larger.
 4. **Gold-standard refinement** (:func:`refine`) of each kept group's particles
-   from its class map.
+   from its class map; or, with ``skip_align_classes`` >= 2 (the default, 2),
+   RELION's practice after a consensus refinement instead:
+5. **Conformations at fixed poses.**  One consensus refinement of every kept
+   particle (the kept groups together: junk dropped) from the largest kept
+   class's map, then classification without alignment
+   (:func:`classify_without_alignment`, RELION's ``--skip_align``) of those
+   particles at its poses into ``skip_align_classes`` classes, and a
+   gold-standard refinement of each of those classes holding at least
+   ``min_class_fraction`` of them (and ``min_class_particles``) from its map.
+   The ab-initio classes and the heterogeneous step found junk reliably in our
+   benchmark but not the two conformations (30-67 % right); at fixed poses the
+   pair separates (docs/class3d.md).
 
 Everything runs through those public functions; this module only chooses the
 subsets and references between them.
@@ -54,6 +65,12 @@ from pipelines.class3d.classify import (
     classify_particles,
 )
 from pipelines.class3d.refine import RefineConfig, RefineResult, refine
+from pipelines.class3d.skip_align import (
+    DEFAULT_RESOLUTION_A,
+    SkipAlignClassification,
+    SkipAlignOptions,
+    classify_without_alignment,
+)
 from pipelines.class3d.state import (
     DEFAULT_SCHEDULE,
     InitialModelConfig,
@@ -68,6 +85,7 @@ __all__ = [
     "DEFAULT_CLASS_COUNTS",
     "DEFAULT_MAX_SUBSET",
     "ClassDecision",
+    "ConformationSplit",
     "InitialModelRun",
     "RefinedGroup",
     "StagedPlan",
@@ -108,6 +126,10 @@ class StagedPlanConfig:
     junk_decoy: bool = True
     refine_ini_high_a: float = 40.0
     refine_max_iterations: int = 20
+    skip_align_classes: int = 2
+    skip_align_starts: int = 4
+    skip_align_iterations: int = 30
+    skip_align_resolution_a: float = DEFAULT_RESOLUTION_A
 
     def __post_init__(self) -> None:
         if not self.class_counts or min(self.class_counts) < 1:
@@ -163,10 +185,27 @@ class RefinedGroup:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConformationSplit:
+    """Step 5: the kept particles (``rows`` in the whole set), their consensus
+    refinement and its config, their classification without alignment at its
+    poses and that classification's config, and the wall seconds of both."""
+
+    rows: np.ndarray
+    consensus_config: RefineConfig
+    consensus: RefineResult
+    classification_config: InitialModelConfig
+    classification: SkipAlignClassification
+    consensus_seconds: float
+    classification_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StagedPlan:
     """What the plan did: the subset, the ab-initio runs, the references' origin
     (run, class) per class of the classification ((-1, 0): the junk decoy), the classification, the
-    decisions, the refinements and the wall seconds of each stage."""
+    decisions, the step-5 ``split`` (None when not run), the refinements (of the
+    kept groups, or of the split's classes: ``RefinedGroup.class_index`` is then
+    the split's class) and the wall seconds of each stage."""
 
     subset_rows: np.ndarray
     initial_models: list[InitialModelRun]
@@ -176,6 +215,7 @@ class StagedPlan:
     decisions: list[ClassDecision]
     refinements: list[RefinedGroup]
     seconds: dict[str, float]
+    split: ConformationSplit | None = None
 
 
 def half_set_resolution_a(
@@ -341,6 +381,118 @@ def _refine_group(
     )
 
 
+def _refine_kept(
+    particles: PosedParticles,
+    decisions: list[ClassDecision],
+    labels: np.ndarray,
+    maps: np.ndarray,
+    config: StagedPlanConfig,
+) -> list[RefinedGroup]:
+    """Step 4: each kept group's particles refined from its class map."""
+    refinements = []
+    for d in decisions:  # a loop over the kept classes
+        if d.decision != "kept":
+            continue
+        merged = tuple(e.index for e in decisions if e.group == d.index)
+        rows = np.nonzero(np.isin(labels, merged))[0]
+        t0 = time.perf_counter()
+        refine_config, result = _refine_group(particles, rows, maps[d.index], config)
+        refinements.append(
+            RefinedGroup(
+                class_index=d.index,
+                merged=tuple(m for m in merged if m != d.index),
+                rows=rows,
+                config=refine_config,
+                result=result,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+    return refinements
+
+
+def _split_conformations(
+    particles: PosedParticles,
+    decisions: list[ClassDecision],
+    labels: np.ndarray,
+    maps: np.ndarray,
+    config: StagedPlanConfig,
+    seed: int,
+) -> ConformationSplit | None:
+    """Step 5 up to the classification; None when too few particles are kept."""
+    kept = [d for d in decisions if d.decision == "kept"]
+    groups = [d.index for d in decisions if d.group >= 0]
+    rows = np.nonzero(np.isin(labels, groups))[0]
+    if not kept or len(rows) < config.skip_align_classes * config.min_class_particles:
+        return None
+    largest = max(kept, key=lambda d: d.count).index
+    t0 = time.perf_counter()
+    consensus_config, consensus = _refine_group(particles, rows, maps[largest], config)
+    consensus_s = time.perf_counter() - t0
+    posed = replace(
+        take_particles(particles, rows),
+        rotations=consensus.rotations,
+        origin_px=consensus.origin_px,
+        subset=consensus.subset,
+    )
+    class_config = classification_config(
+        config.skip_align_classes,
+        box_px=particles.box_px,
+        pixel_size_a=particles.pixel_size_a,
+        particle_diameter_a=config.particle_diameter_a,
+    )
+    t0 = time.perf_counter()
+    classification = classify_without_alignment(
+        class_config,
+        posed,
+        rng=np.random.default_rng([seed, 3]),
+        options=SkipAlignOptions(
+            n_iterations=config.skip_align_iterations,
+            n_starts=config.skip_align_starts,
+            resolution_a=config.skip_align_resolution_a,
+        ),
+    )
+    return ConformationSplit(
+        rows=rows,
+        consensus_config=consensus_config,
+        consensus=consensus,
+        classification_config=class_config,
+        classification=classification,
+        consensus_seconds=consensus_s,
+        classification_seconds=time.perf_counter() - t0,
+    )
+
+
+def _refine_split(
+    particles: PosedParticles, split: ConformationSplit, config: StagedPlanConfig
+) -> list[RefinedGroup]:
+    """Step 5's refinements: each class of the split holding at least
+    ``min_class_fraction`` of its particles (and ``min_class_particles``)."""
+    labels = split.classification.assignment.class_index
+    counts = np.bincount(labels, minlength=split.classification_config.n_classes)
+    refinements = []
+    for k in np.argsort(-counts, kind="stable"):  # a loop over classes, largest first
+        k = int(k)
+        small = counts[k] < config.min_class_fraction * len(labels)
+        if small or counts[k] < config.min_class_particles:
+            continue
+        rows = split.rows[labels == k]
+        t0 = time.perf_counter()
+        refine_config, result = _refine_group(
+            particles, rows, split.classification.state.maps[k], config
+        )
+        refinements.append(
+            RefinedGroup(
+                class_index=k,
+                merged=(),
+                rows=rows,
+                config=refine_config,
+                result=result,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+    return refinements
+
+
 def run_staged_plan(
     particles: PosedParticles,
     *,
@@ -350,7 +502,7 @@ def run_staged_plan(
 ) -> StagedPlan:
     """Run the staged plan (module docstring) on ``particles`` (poses are not
     used: each stage searches them).  ``on_progress(done, total)`` after each
-    ab-initio run, the classification and each refinement."""
+    ab-initio run, the classification and the refinements."""
     config = config or StagedPlanConfig()
     n = particles.n_particles
     size = min(n, config.subset_size or default_subset_size(n))
@@ -406,26 +558,20 @@ def run_staged_plan(
         pixel_size_a=particles.pixel_size_a,
         decoy=len(references) - 1 if config.junk_decoy else None,
     )
-    start = time.perf_counter()
-    refinements = []
-    for d in decisions:  # a loop over the kept classes
-        if d.decision != "kept":
-            continue
-        merged = tuple(e.index for e in decisions if e.group == d.index)
-        rows = np.nonzero(np.isin(labels, merged))[0]
-        t0 = time.perf_counter()
-        refine_config, result = _refine_group(
-            particles, rows, classification.state.maps[d.index], config
+    split = None
+    if config.skip_align_classes >= 2:
+        split = _split_conformations(
+            particles, decisions, labels, classification.state.maps, config, seed
         )
-        refinements.append(
-            RefinedGroup(
-                class_index=d.index,
-                merged=tuple(m for m in merged if m != d.index),
-                rows=rows,
-                config=refine_config,
-                result=result,
-                seconds=time.perf_counter() - t0,
-            )
+    if split is not None:
+        seconds["consensus_refine3d"] = split.consensus_seconds
+        seconds["class3d_skip_align"] = split.classification_seconds
+    start = time.perf_counter()
+    if split is not None:
+        refinements = _refine_split(particles, split, config)
+    else:
+        refinements = _refine_kept(
+            particles, decisions, labels, classification.state.maps, config
         )
     seconds["refine3d"] = time.perf_counter() - start
     progress(total)
@@ -438,4 +584,5 @@ def run_staged_plan(
         decisions=decisions,
         refinements=refinements,
         seconds=seconds,
+        split=split,
     )

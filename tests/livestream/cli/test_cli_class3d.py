@@ -135,3 +135,48 @@ def test_an_unreadable_map_exits_2(
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"livestream class3d: {junk}: ")
+
+
+def test_skip_align_without_poses_exits_2_naming_the_column(
+    inputs: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    star, ref1, _ = inputs  # the fixture's STAR has no angles
+    argv = ["class3d", str(star), "--refs", str(ref1), "--classes", "2"]
+    assert main([*argv, "--skip-align", "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"livestream class3d: {star}: field 'rlnAngleRot'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_skip_align_keeps_the_poses_and_splits_the_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = phantom_volume(BOX, PX, np.random.default_rng(41))
+    less = without_region(whole, distance_px=5.0, radius_px=5.0)
+    data, truth = simulate_mixture(
+        [whole, less],
+        [150, 150],
+        pixel_size_a=PX,
+        snr=1.0,
+        rng=np.random.default_rng(3),
+    )
+    star = write_posed_particles(
+        tmp_path / "particles.star", data, stack_name="particles.mrcs"
+    )
+    ref = write_map(tmp_path / "consensus.mrc", whole, pixel_size_a=PX)
+    out = tmp_path / "Class3D"
+    argv = ["class3d", str(star), "--refs", str(ref), "--classes", "2", "--skip-align"]
+    assert main([*argv, "--starts", "2", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skip_align"] is True
+    assert len(summary["start_log_likelihoods"]) == 2
+    assert summary["chosen_start"] in (0, 1)
+    assert sum(summary["class_counts"]) == 300
+    table = starfile.read(summary["data_star"], always_dict=True)["particles"]
+    given = starfile.read(star, always_dict=True)["particles"]
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
+        np.testing.assert_allclose(table[column], given[column], atol=1e-3)
+    same = float(np.mean(table["rlnClassNumber"].to_numpy() - 1 == truth))
+    assert max(same, 1.0 - same) >= 0.9

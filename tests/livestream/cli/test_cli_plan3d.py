@@ -71,14 +71,36 @@ def test_plan3d_writes_its_jobs(
     data = starfile.read(class3d / "run_it002_data.star", always_dict=True)
     counts = np.bincount(data["particles"]["rlnClassNumber"], minlength=3)[1:]
     assert counts.tolist() == [c["count"] for c in classes]
-    refined = stages[2:]
+    # the split: a consensus refinement of the kept particles, then their
+    # classification at its poses (two classes), each class refined
+    consensus, split = stages[2:4]
+    assert consensus["stage"] == "consensus_refine3d"
+    assert Path(consensus["job"]) == out / "Refine3D" / "job003"
+    kept = sum(c["count"] for c in classes if c["refined_with"] is not None)
+    assert consensus["n_particles"] == summary["split"]["n_particles"] == kept
+    assert split["stage"] == "class3d_skip_align"
+    assert Path(split["job"]) == out / "Class3D" / "job004"
+    assert sum(split["class_counts"]) == kept
+    skip = starfile.read(
+        out / "Class3D" / "job004" / f"run_it{split['iterations']:03d}_data.star",
+        always_dict=True,
+    )["particles"]
+    posed = starfile.read(
+        out / "Refine3D" / "job003" / "run_data.star", always_dict=True
+    )["particles"]
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):  # poses kept
+        np.testing.assert_allclose(skip[column], posed[column], atol=1e-3)
+    refined = stages[4:]
+    assert refined
     assert [s["class"] for s in refined] == summary["chosen_classes"]
     assert [s["resolution_a"] for s in refined] == summary["resolution_a"]
-    for number, stage in enumerate(refined, start=3):  # a loop over Refine3D jobs
+    for number, stage in enumerate(refined, start=5):  # a loop over Refine3D jobs
         job = out / "Refine3D" / f"job{number:03d}"
         assert Path(stage["job"]) == job
+        assert stage["classes_of"] == "class3d_skip_align"
         table = starfile.read(job / "run_data.star", always_dict=True)["particles"]
-        assert len(table) == stage["n_particles"] == counts[stage["class"] - 1]
+        count = split["class_counts"][stage["class"] - 1]
+        assert len(table) == stage["n_particles"] == count
         with mrcfile.open(job / "run_class001.mrc") as mrc:
             assert mrc.data.shape == (BOX, BOX, BOX)
             assert mrc.voxel_size.x == pytest.approx(PX)

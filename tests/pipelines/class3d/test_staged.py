@@ -95,6 +95,8 @@ def plan(mixture: tuple[PosedParticles, np.ndarray]) -> StagedPlan:
         class_iterations=3,
         class_angular_step_deg=15.0,
         refine_max_iterations=3,
+        skip_align_starts=2,
+        skip_align_iterations=10,
     )
     return run_staged_plan(mixture[0], config=config, seed=1)
 
@@ -116,13 +118,21 @@ def test_plan_outputs_are_consistent(
     assert [d.count for d in plan.decisions] == np.bincount(
         labels, minlength=4
     ).tolist()
-    kept = [d.index for d in plan.decisions if d.decision == "kept"]
-    assert [g.class_index for g in plan.refinements] == kept
+    # the split: every particle of a kept group, at the consensus's poses
+    split = plan.split
+    assert split is not None
+    kept_groups = [d.index for d in plan.decisions if d.group >= 0]
+    assert np.array_equal(split.rows, np.nonzero(np.isin(labels, kept_groups))[0])
+    assert split.consensus.rotations.shape == (len(split.rows), 3, 3)
+    skip = split.classification
+    np.testing.assert_array_equal(skip.assignment.rotations, split.consensus.rotations)
+    split_labels = skip.assignment.class_index
     refined = np.concatenate([g.rows for g in plan.refinements])
     assert len(refined) == len(np.unique(refined))  # no particle refined twice
-    for group in plan.refinements:  # each group: its classes' particles, all
-        classes = (group.class_index, *group.merged)
-        assert np.array_equal(group.rows, np.nonzero(np.isin(labels, classes))[0])
+    for group in plan.refinements:  # each group: one split class's particles, all
+        assert group.merged == ()
+        members = split.rows[split_labels == group.class_index]
+        assert np.array_equal(group.rows, members)
         assert group.result.rotations.shape == (len(group.rows), 3, 3)
         assert group.result.reconstruction.full.shape == (BOX,) * 3
         assert 2 * PX <= group.result.resolution_a < BOX * PX
@@ -132,6 +142,8 @@ def test_plan_outputs_are_consistent(
         "initial_model_k1",
         "initial_model_k2",
         "class3d",
+        "consensus_refine3d",
+        "class3d_skip_align",
         "refine3d",
     }
 
