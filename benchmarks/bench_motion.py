@@ -11,6 +11,7 @@ the same run, the lower bound any method must pay: reading the movie (EER decode
 and grouped) and one float32 rfft2 per frame.  ``--small`` uses 1024 x 1024 x 20.
 
     .venv/bin/python benchmarks/bench_motion.py [--small] [--workers N]
+        [--eer-readouts 25] [--workdir DIR]   # keep (and reuse) the movies in DIR
     .venv/bin/python benchmarks/bench_motion.py --accuracy [--small] [--seed N]
 
 ``--accuracy`` measures the errors against the simulator's truth instead
@@ -100,19 +101,28 @@ def _bound(path: Path, group: int, workers: int) -> dict[str, float]:
     cpu = time.process_time()
     start = time.perf_counter()
     frames = read_movie(path, eer_frames_per_group=group, native=True)
+    if isinstance(frames, np.memmap):  # an MRC is mapped: read it here
+        frames = np.array(frames)
     t_read = time.perf_counter() - start
+    cpu_read = time.process_time()
     buffer = np.empty(frames.shape[1:], np.float32)
     start = time.perf_counter()
     for frame in frames:
         buffer[...] = frame
         scipy.fft.rfft2(buffer, workers=workers)
     t_fft = time.perf_counter() - start
-    return {"read": t_read, "fft": t_fft, "cpu": time.process_time() - cpu}
+    return {
+        "read": t_read,
+        "fft": t_fft,
+        "cpu": time.process_time() - cpu,
+        "read_cpu": cpu_read - cpu,
+    }
 
 
 def _method(path: Path, group: int, workers: int, out: str) -> dict[str, object]:
     """``livestream motion``'s whole stage: read, gain, align, local, sum, write."""
     start = time.perf_counter()
+    cpu = time.process_time()
     result = run_motion(
         path,
         out,
@@ -124,6 +134,7 @@ def _method(path: Path, group: int, workers: int, out: str) -> dict[str, object]
     )
     return {
         "time": time.perf_counter() - start,
+        "cpu": time.process_time() - cpu,
         "shifts": result.shifts_px,
         "local": result.local_rms_residual_px,
     }
@@ -155,8 +166,20 @@ def bench(
     eer_raw_per_fraction: int,
 ) -> None:
     path = folder / f"movie_{size}.mrc"
-    truth, t_make = timed(make_movie_file, path, size, n_frames, rng)
-    movies, t_formats = timed(write_formats, path, eer_raw_per_fraction, rng)
+    saved = folder / f"truth_{size}_{eer_raw_per_fraction}.npy"
+    if saved.is_file():  # --workdir: the files of an earlier run (slow to write)
+        truth, t_make, t_formats = np.load(saved), 0.0, 0.0
+        k = eer_raw_per_fraction
+        movies = {
+            "MRC int8": (path, 1),
+            "TIFF LZW": (path.with_suffix(".tif"), 1),
+            "EER": (path.with_suffix(".eer"), k),
+        }
+        print(f"reusing the movies in {folder}")
+    else:
+        truth, t_make = timed(make_movie_file, path, size, n_frames, rng)
+        movies, t_formats = timed(write_formats, path, eer_raw_per_fraction, rng)
+        np.save(saved, truth)
     print(
         f"\n== {size} x {size} x {n_frames} frames, {workers} workers "
         f"(movie made in {t_make:.0f} s, TIFF/EER written in {t_formats:.0f} s; "
@@ -166,6 +189,8 @@ def bench(
     print(
         f"{'format':9s} {'file MB':>8s} {'motion s':>9s} {'peak GB':>8s} "
         f"{'read s':>7s} {'FFT s':>6s} {'bound s':>8s} {'ratio':>6s} {'drift RMS px':>13s}"
+        f" | CPU s: {'motion':>7s} {'read':>6s} {'rest':>6s} {'bound':>6s} "
+        f"{'ratio':>6s}"
     )
     for name, (movie, group) in movies.items():
         bound = in_process(_bound, movie, group, workers)
@@ -177,7 +202,10 @@ def bench(
         print(
             f"{name:9s} {movie.stat().st_size / 1e6:8.0f} {method['time']:9.1f} "
             f"{method['peak_gb']:8.2f} {bound['read']:7.1f} {bound['fft']:6.1f} "
-            f"{lower:8.1f} {method['time'] / lower:6.2f} {error:13.4f}",
+            f"{lower:8.1f} {method['time'] / lower:6.2f} {error:13.4f}"
+            f" |        {method['cpu']:7.1f} {bound['read_cpu']:6.1f} "
+            f"{method['cpu'] - bound['read_cpu']:6.1f} {bound['cpu']:6.1f} "
+            f"{method['cpu'] / bound['cpu']:6.2f}",
             flush=True,
         )
 
@@ -198,6 +226,11 @@ def main() -> None:
         default=10,
         help="EER readouts per 1 e/Å² fraction (Falcon 4: ~25; writing them is slow)",
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="write the movies here and keep them; reused when already there",
+    )
     args = parser.parse_args()
     if args.accuracy:
         from bench_motion_accuracy import measure_accuracy
@@ -206,6 +239,11 @@ def main() -> None:
         return
     rng = np.random.default_rng(7)
     sizes = [(1024, 20)] if args.small else [(4096, 40)]
+    if args.workdir is not None:  # keep the movies (and reuse them next time)
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        for size, n in sizes:
+            bench(size, n, args.workers, args.workdir, rng, args.eer_readouts)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for size, n in sizes:
             bench(size, n, args.workers, Path(tmp), rng, args.eer_readouts)
