@@ -26,6 +26,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
@@ -35,6 +36,7 @@ import scipy.fft
 from mdcatch.records import MovieFormat
 from pipelines.io.movies import read_movie
 from pipelines.motion.job import run_motion
+from pipelines.simulate.eer import write_eer
 from pipelines.simulate.writers import write_movie
 
 
@@ -84,15 +86,37 @@ def write_formats(
     write_movie(counts, tiff, fmt=MovieFormat.TIFF, pixel_size_a=1.0)
     eer = mrc_path.with_suffix(".eer")
     k = eer_raw_per_fraction
-    write_movie(
-        np.minimum(counts, k),
+    write_eer(
+        (readout for frame in counts for readout in eer_readouts(frame, k, rng)),
         eer,
-        fmt=MovieFormat.EER,
         pixel_size_a=1.0,
         rng=rng,
-        eer_subframes_per_frame=k,
+        n_frames=k * counts.shape[0],
     )
     return {"MRC int8": (mrc_path, 1), "TIFF LZW": (tiff, 1), "EER": (eer, k)}
+
+
+def eer_readouts(
+    counts: np.ndarray, k: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """``k`` 0/1 readouts whose sum is about ``counts`` ``(ny, nx)``: each
+    electron lands in a uniformly random readout; two in one pixel and readout
+    count once (at ~1.2 e/px and 25 readouts ~2 % of the counts).  Quicker than
+    :func:`pipelines.simulate.eer.split_counts_into_subframes` (exact, 6 CPU s
+    per 4096² fraction): writing 1,000 raw 4096² readouts took over an hour on
+    the loaded machine."""
+    flat = counts.ravel()
+    pixels = np.flatnonzero(flat)
+    events = np.repeat(pixels, flat[pixels].astype(np.int64))
+    readout = rng.integers(0, k, events.size, dtype=np.uint8)
+    order = np.argsort(readout, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(readout, minlength=k))])
+    frame = np.zeros(counts.size, dtype=np.uint8)
+    for r in range(k):
+        chosen = events[order[bounds[r] : bounds[r + 1]]]
+        frame[chosen] = 1
+        yield frame.reshape(counts.shape)
+        frame[chosen] = 0
 
 
 def _bound(path: Path, group: int, workers: int) -> dict[str, float]:
