@@ -3,12 +3,14 @@
 A 4096 x 4096 x 40-frame counting movie (int8 MRC) of a drifting texture at ~1.2
 e/px/frame, and the same counts as LZW TIFF (uint8) and EER (each frame split into
 ``--eer-readouts`` 0/1 readouts, decoded and grouped back to 40 fractions).  Per
-format, each in a fresh process (so its peak memory is its own): the time of
+format, each in a fresh process (so its peak memory is its own): the time and
+CPU seconds of
 :func:`pipelines.motion.job.run_motion` (read, gain + defects, global and 5 x 5
 local alignment, dose-weighted sum, power spectrum, writing; what ``livestream
 motion`` runs), its peak RSS and drift error against the integer truth; and, in
 the same run, the lower bound any method must pay: reading the movie (EER decoded
-and grouped) and one float32 rfft2 per frame.  ``--small`` uses 1024 x 1024 x 20.
+and grouped) and one float32 rfft2 per frame, with the read's CPU seconds
+apart (for EER the decoding).  ``--small`` uses 1024 x 1024 x 20.
 
     .venv/bin/python benchmarks/bench_motion.py [--small] [--workers N]
         [--eer-readouts 25] [--workdir DIR]   # keep (and reuse) the movies in DIR
@@ -77,9 +79,9 @@ def timed(fn, *args, **kwargs):
 def write_formats(
     mrc_path: Path, eer_raw_per_fraction: int, rng: np.random.Generator
 ) -> dict[str, tuple[Path, int]]:
-    """The same counts as LZW TIFF (uint8) and EER (each fraction split into
-    ``eer_raw_per_fraction`` 0/1 readouts; counts above that are clipped):
-    ``{format: (path, raw frames per fraction)}``."""
+    """The same counts as LZW TIFF (uint8) and EER (each fraction spread over
+    ``eer_raw_per_fraction`` 0/1 readouts by :func:`eer_readouts`, ~2 % of the
+    counts lost to coincidences): ``{format: (path, raw frames per fraction)}``."""
     with mrcfile.mmap(mrc_path, mode="r") as mrc:
         counts = np.clip(np.asarray(mrc.data), 0, None).astype(np.uint8)
     tiff = mrc_path.with_suffix(".tif")
