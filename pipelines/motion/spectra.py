@@ -120,31 +120,38 @@ class HeldSpectra:
         out[:, 0, 0] = 0
         return out
 
-    def accumulate(
+    def accumulate_all(
         self,
-        index: int,
         ramp_y: np.ndarray,
         ramp_x: np.ndarray,
-        weight: np.ndarray,
-        step: np.ndarray,
-        advance: bool,
+        inv_ne: np.ndarray,
+        inv_norm: np.ndarray,
+        exposures: np.ndarray,
+        step: np.ndarray | None,
         plain: np.ndarray,
         weighted: np.ndarray,
     ) -> None:
-        """``plain += s``, ``weighted += weight * s`` with ``s`` frame ``index``'s
-        spectrum times the phase ramp ``ramp_y[y] * ramp_x[x]``; with ``advance``
-        ``weight *= step`` (as :func:`pipelines.motion._kernels.accumulate_shifted`).
-        ``plain`` and ``weighted`` ``(ny, nx // 2 + 1)`` complex64, C-contiguous."""
-        _motion_kernels.accumulate_quantized(
-            self.values[index],
-            self.scales[index],
+        """``plain = sum_t s_t``, ``weighted = sum_t w_t s_t`` over all held frames
+        in one pass (:func:`pipelines.motion._kernels.accumulate_held`): ``s_t``
+        frame ``t``'s spectrum times the phase ramp ``ramp_y[t, y] * ramp_x[t,
+        x]`` (``(n, ny)``, ``(n, nx // 2 + 1)`` complex64), ``w_t = exp(-exposures[t]
+        inv_ne / 2) inv_norm`` (``inv_ne``, ``inv_norm`` ``(ny, nx // 2 + 1)``
+        float32), or ``w_{t-1} step`` when ``step`` is given (uniform dose).
+        ``plain`` and ``weighted`` ``(ny, nx // 2 + 1)`` complex64, C-contiguous,
+        are overwritten."""
+        uniform = step is not None
+        _motion_kernels.accumulate_held(
+            self.values,
+            self.scales,
             HELD_BLOCK,
-            self.low[index],
-            ramp_y,
-            ramp_x,
-            weight,
-            step,
-            advance,
+            self.low,
+            np.ascontiguousarray(ramp_y, dtype=np.complex64),
+            np.ascontiguousarray(ramp_x, dtype=np.complex64),
+            np.ascontiguousarray(inv_ne, dtype=np.float32),
+            np.ascontiguousarray(inv_norm, dtype=np.float32),
+            np.ascontiguousarray(exposures, dtype=np.float64),
+            np.ascontiguousarray(step if uniform else inv_norm, dtype=np.float32),
+            uniform,
             plain,
             weighted,
         )

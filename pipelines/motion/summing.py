@@ -52,17 +52,26 @@ def _inverse_norm(
     series (closed form); otherwise the weights are summed."""
     n = exposures.shape[0]
     if uniform_step is not None:  # q = exp(-step / Ne): -log q = rate
-        rate = uniform_step * inv_ne.astype(xp.float64)
+        # float32 (expm1 keeps the small rates' relative precision): the float64
+        # version made six 8-byte arrays of the 4096 x 2049 half-plane
+        inv32 = inv_ne.astype(xp.float32, copy=False)
+        rate = xp.float32(uniform_step) * inv32
+        tiny = xp.float32(1e-12)
         series = xp.where(
-            rate > 1e-12, xp.expm1(-n * rate) / xp.expm1(-xp.maximum(rate, 1e-12)), n
+            rate > tiny,
+            xp.expm1(xp.float32(-n) * rate) / xp.expm1(-xp.maximum(rate, tiny)),
+            xp.float32(n),
         )
-        norm = xp.exp(-float(exposures[0]) * inv_ne.astype(xp.float64)) * series
-        del rate, series
+        series *= xp.exp(xp.float32(-float(exposures[0])) * inv32)
+        norm = series
+        del rate
     else:
         norm = xp.zeros_like(inv_ne)
         for weight in weights():
             norm += weight * weight
-    return (1.0 / xp.sqrt(norm / n)).astype(xp.float32)
+    return (xp.float32(1.0) / xp.sqrt(norm / xp.float32(n))).astype(
+        xp.float32, copy=False
+    )
 
 
 def sum_frames(
@@ -124,31 +133,35 @@ def sum_frames(
     )
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
-    warped = np.empty((ny, nx), dtype=np.float32)
     ky_ramp = np.fft.fftfreq(ny)
     kx_ramp = np.fft.rfftfreq(nx)
+    if use_held:  # every frame in one pass over the held spectra
+        assert held is not None  # for mypy: use_held says so
+        shifts = np.asarray(shifts_px, dtype=np.float64)
+        held.accumulate_all(
+            np.exp(-2j * np.pi * ky_ramp[None, :] * shifts[:, 1:2]),
+            np.exp(-2j * np.pi * kx_ramp[None, :] * shifts[:, 0:1]),
+            inv_ne,
+            inv_norm,
+            exposures,
+            step,
+            plain,
+            weighted,
+        )
+        dw = fft.irfft2(weighted, s=(ny, nx), **fft_kwargs(xp, workers))
+        no_dw = fft.irfft2(plain, s=(ny, nx), **fft_kwargs(xp, workers))
+        return (
+            dw.astype(np.float32, copy=False),
+            no_dw.astype(np.float32, copy=False),
+            plain,
+        )
+    warped = np.empty((ny, nx), dtype=np.float32)
     if xp is np:  # the kernel advances the weight in place (uniform dose)
         weight = (np.exp(-0.5 * float(exposures[0]) * inv_ne) * inv_norm).astype(
             np.float32
         )
         advance = step.astype(np.float32) if step is not None else inv_norm
     for t, raw_weight in enumerate(_each(weights(), n, step is not None and xp is np)):
-        if use_held:
-            assert held is not None  # for mypy: use_held says so
-            sx, sy = (float(v) for v in shifts_px[t])
-            if raw_weight is not None:  # not uniform: this frame's own weight
-                np.multiply(raw_weight, inv_norm, out=weight)
-            held.accumulate(
-                t,
-                np.exp(-2j * np.pi * ky_ramp * sy).astype(np.complex64),
-                np.exp(-2j * np.pi * kx_ramp * sx).astype(np.complex64),
-                weight,
-                advance,
-                step is not None,
-                plain,
-                weighted,
-            )
-            continue
         frame = prepare(t) if prepare is not None else frames[t]
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+import pytest
 import scipy.fft
 
 from pipelines.io.movies import read_movie
@@ -189,13 +190,17 @@ def test_held_spectra_round_off_is_far_below_the_shot_noise(rng):
         assert 0 < error < 1e-3 * noise  # int8 with a scale per 64 values: ~4e-5
 
 
-def test_sum_of_held_spectra_equals_the_sum_of_transformed_frames(rng):
+@pytest.mark.parametrize("uniform", [True, False])
+def test_sum_of_held_spectra_equals_the_sum_of_transformed_frames(rng, uniform):
     frames = _gradient_movie(rng)
     n, ny, nx = frames.shape
     shifts = rng.normal(0, 3, (n, 2))
+    # uniform: the one-pass kernel advances each weight by a factor; else the
+    # exposures are irregular and every frame's weight is its own exponential
+    exposures = np.arange(1, n + 1.0) if uniform else np.cumsum(rng.uniform(0.5, 3, n))
     kwargs = {
         "pixel_size_a": 1.0,
-        "exposures_e_per_a2": np.arange(1, n + 1.0),
+        "exposures_e_per_a2": exposures,
         "voltage_kv": 300,
         "workers": 1,
     }
