@@ -152,7 +152,8 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _exposure(movie: Path) -> Exposure:
+def exposure_of(movie: Path) -> Exposure:
+    """The exposure record of a simulated movie (300 kV, 1 Å/px, 40 e/Å²)."""
     return Exposure(
         exposure_id=movie.stem,
         software=Software.EPU,
@@ -170,7 +171,7 @@ def _exposure(movie: Path) -> Exposure:
 def run_exposure(movie: Path, project: Path) -> dict[str, Any]:
     """Every stage of the chain on one exposure, in this process:
     ``{"stages": {stage: (wall s, CPU s, peak GB)}, ...}``."""
-    exposure = _exposure(movie)
+    exposure = exposure_of(movie)
     previous: dict[str, StageResult] = {}
     stages: dict[str, tuple[float, float, float]] = {}
     cpu_before = cpu_s()
