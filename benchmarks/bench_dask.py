@@ -26,7 +26,10 @@ where a few milliseconds of wall time do not: the CPU of every process of the ru
 pool's or the cluster's worker processes and nannies) over the run, less the CPU
 spent inside the stage calls (measured in the worker around ``run_stage``), per
 exposure.  The workers' idle wall time (wall x workers less the stages' wall
-time) is printed too.
+time) is printed too.  Before the exposures, the executor's processes are left
+idle for 30 s: their CPU then (heartbeats, monitors, in % of one core) times an
+exposure's wall time is the background a worker process also burns *during* a
+stage, which the in-stage CPU cannot tell from the stage's own.
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
         [--dask-workers 1] [--keep DIR]
@@ -52,6 +55,7 @@ from livestream.stages.task import StageTask
 from mdcatch.records import Exposure, Optics, Software
 
 STAGES_PER_EXPOSURE = 5
+IDLE_S = 30.0  # --real: how long the idle executor's CPU is measured
 
 
 def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
@@ -205,6 +209,10 @@ async def _run_exposures(
     (project / "warm").mkdir(parents=True)
     warm = _tasks(project / "warm", 2 * executor.n_workers(), 0.0)
     await asyncio.gather(*(executor.run(run_stage, task) for task in warm))
+    # idle: what the executor's processes burn with no task (heartbeats, monitors)
+    cpu = tree_cpu_s()
+    await asyncio.sleep(IDLE_S)
+    totals["idle_cpu_per_s"] = (tree_cpu_s() - cpu) / IDLE_S
     cpu = tree_cpu_s()
     started = time.perf_counter()
     await asyncio.gather(*(one(movie) for movie in movies))
@@ -217,10 +225,14 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
     overhead = (totals["cpu"] - totals["stage_cpu"]) / n
     idle = (totals["wall"] * workers - totals["stage_wall"]) / n
     stage_cpu = totals["stage_cpu"] / n
+    # the idle rate over an exposure's wall time: the part of the overhead that
+    # runs beside the stages (in the worker it is counted in the stage's CPU)
+    background = totals["idle_cpu_per_s"] * totals["wall"] / n
     print(
         f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
-        f" {100 * overhead / stage_cpu:>6.2f} {idle:>11.1f}",
+        f" {100 * overhead / stage_cpu:>6.2f} {idle:>11.1f}"
+        f" {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
         flush=True,
     )
 
@@ -240,7 +252,7 @@ async def main_real(args: argparse.Namespace) -> None:
     print(
         f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'idle wall s':>11}"
-        "   (per exposure)"
+        f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
     )
     for n in args.workers:
         local = LocalExecutor(n, "forkserver")
