@@ -16,17 +16,38 @@ curate, pick, extract); the overhead of those five is printed against
 real-size exposure on one worker; see docs/operations.md), the issue's target being
 at most 1 %.  Peer: none (cryoSPARC Live and RELION's scheduler are not scriptable
 here); the lower bound is the comparison.
+
+``--real N`` runs N real-size exposures instead (``--small``: 1024² x 20), each as
+the five real stage tasks of ``bench_chain.py``'s chain submitted one after the
+other through each executor, twice as many exposures in flight as workers.  The
+overhead is counted in CPU seconds, which mean something on a loaded machine
+where a few milliseconds of wall time do not: the CPU of every process of the run
+(this one, with the Dask scheduler of a ``LocalCluster`` and the event loop; the
+pool's or the cluster's worker processes and nannies) over the run, less the CPU
+spent inside the stage calls (measured in the worker around ``run_stage``), per
+exposure.  The workers' idle wall time (wall x workers less the stages' wall
+time) is printed too.  Before the exposures, the executor's processes are left
+idle for 30 s: their CPU then (heartbeats, monitors, in % of one core) times an
+exposure's wall time is the background a worker process also burns *during* a
+stage, which the in-stage CPU cannot tell from the stage's own.
+
+    .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
+        [--dask-workers 1] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench_chain import CHAIN, exposure_of, make_movies
+
+from livestream.ledger.schema import StageResult
 from livestream.scheduling.executors import DaskExecutor, Executor, LocalExecutor
 from livestream.stages.params import NoopParams
 from livestream.stages.registry import run_stage
@@ -34,6 +55,7 @@ from livestream.stages.task import StageTask
 from mdcatch.records import Exposure, Optics, Software
 
 STAGES_PER_EXPOSURE = 5
+IDLE_S = 30.0  # --real: how long the idle executor's CPU is measured
 
 
 def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
@@ -135,6 +157,130 @@ async def main_async(args: argparse.Namespace) -> None:
         _report("dask LocalCluster (procs)", n, wall, args)
 
 
+def timed_stage(task: StageTask) -> tuple[StageResult, float, float]:
+    """``run_stage`` in the worker, with its CPU and wall seconds."""
+    cpu = time.process_time()
+    start = time.perf_counter()
+    result = run_stage(task)
+    return result, time.process_time() - cpu, time.perf_counter() - start
+
+
+def tree_cpu_s() -> float:
+    """User + system CPU seconds of this process and all its descendants alive."""
+    import psutil  # optional: it comes with distributed
+
+    me = psutil.Process()
+    total = 0.0
+    for process in (me, *me.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def _run_exposures(
+    executor: Executor, movies: list[Path], project: Path, in_flight: int
+) -> dict[str, float]:
+    """Each movie's chain as five stage tasks in turn; totals over all exposures."""
+    gate = asyncio.Semaphore(in_flight)
+    totals = {"stage_cpu": 0.0, "stage_wall": 0.0}
+
+    async def one(movie: Path) -> None:
+        exposure = exposure_of(movie)
+        previous: dict[str, StageResult] = {}
+        async with gate:
+            for name, params in CHAIN:
+                task = StageTask(
+                    stage=name,
+                    kind=params.kind,
+                    params=params,
+                    exposure=exposure,
+                    project_path=project,
+                    previous=dict(previous),
+                )
+                result, cpu, wall = await executor.run(timed_stage, task)
+                previous[name] = result
+                totals["stage_cpu"] += cpu
+                totals["stage_wall"] += wall
+
+    # warm-up: start every worker process and import the stages once
+    (project / "warm").mkdir(parents=True)
+    warm = _tasks(project / "warm", 2 * executor.n_workers(), 0.0)
+    await asyncio.gather(*(executor.run(run_stage, task) for task in warm))
+    # idle: what the executor's processes burn with no task (heartbeats, monitors)
+    cpu = tree_cpu_s()
+    await asyncio.sleep(IDLE_S)
+    totals["idle_cpu_per_s"] = (tree_cpu_s() - cpu) / IDLE_S
+    cpu = tree_cpu_s()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(movie) for movie in movies))
+    totals["wall"] = time.perf_counter() - started
+    totals["cpu"] = tree_cpu_s() - cpu
+    return totals
+
+
+def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> None:
+    overhead = (totals["cpu"] - totals["stage_cpu"]) / n
+    idle = (totals["wall"] * workers - totals["stage_wall"]) / n
+    stage_cpu = totals["stage_cpu"] / n
+    # the idle rate over an exposure's wall time: the part of the overhead that
+    # runs beside the stages (in the worker it is counted in the stage's CPU)
+    background = totals["idle_cpu_per_s"] * totals["wall"] / n
+    print(
+        f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
+        f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
+        f" {100 * overhead / stage_cpu:>6.2f} {idle:>11.1f}"
+        f" {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
+        flush=True,
+    )
+
+
+async def main_real(args: argparse.Namespace) -> None:
+    import distributed  # optional: only the Dask rows need it
+
+    root = Path(tempfile.mkdtemp(prefix="bench_dask_real_"))
+    size, n_frames = (1024, 20) if args.small else (4096, 40)
+    movie_folder = root if args.keep is None else args.keep
+    movie_folder.mkdir(parents=True, exist_ok=True)
+    movies = make_movies(movie_folder, size, n_frames, args.real)
+    print(
+        f"{args.real} exposures of {size}² x {n_frames} frames, each five stage tasks;"
+        f" 1-min load average at the start {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
+        f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'idle wall s':>11}"
+        f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
+    )
+    for n in args.workers:
+        local = LocalExecutor(n, "forkserver")
+        try:
+            totals = await _run_exposures(local, movies, root / f"local_{n}", 2 * n)
+        finally:
+            await local.close(cancel=False)
+        _report_real("local process pool", n, len(movies), totals)
+    for n in args.dask_workers:
+        async with distributed.LocalCluster(
+            n_workers=n,
+            processes=True,
+            threads_per_worker=1,
+            asynchronous=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster:
+            executor = await DaskExecutor.connect(cluster.scheduler_address)
+            try:
+                totals = await _run_exposures(
+                    executor, movies, root / f"dask_{n}", 2 * n
+                )
+            finally:
+                await executor.close(cancel=False)
+        _report_real("dask LocalCluster (procs)", n, len(movies), totals)
+    print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=64)
@@ -142,7 +288,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--dask-workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--exposure-stage-s", type=float, default=20.0)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument(
+        "--real", type=int, default=0, help="N real exposures instead of noop tasks"
+    )
+    parser.add_argument("--small", action="store_true", help="--real at 1024² x 20")
+    parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
+    args = parser.parse_args()
+    asyncio.run(main_real(args) if args.real else main_async(args))
 
 
 if __name__ == "__main__":
