@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -40,7 +41,17 @@ from pipelines.simulate.micrograph import MicrographParams, simulate_micrograph
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+# the shared real data (as tests/conftest.py: LIVESTREAM_SHARED_DATA, else beside
+# the checkout)
+DATA = (
+    Path(
+        os.environ.get(
+            "LIVESTREAM_SHARED_DATA",
+            Path(__file__).resolve().parents[2] / "shared" / "data",
+        )
+    )
+    / "real"
+)
 PIXEL_A = 5.0
 DIAMETER_A = 250.0
 
