@@ -163,6 +163,22 @@ def test_pick_threshold_is_per_micrograph_unless_a_number_is_given(
         assert f"(got {shown})" in message
 
 
+def test_run_with_a_bad_pick_threshold_exits_2_naming_key_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livestream.cli.main import main
+
+    path = tmp_path / "live.toml"
+    path.write_text(
+        '[stages]\nchain = ["motion", "ctf", "pick"]\n'
+        "[stages.pick]\nthreshold_sd = -3.0\n"
+    )
+    assert main(["run", "--config", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"livestream run: {path}: key 'stages.pick.threshold_sd'")
+    assert line.endswith("(got -3.0)")
+
+
 def test_unknown_kind_error_says_which_kind_and_which_are_known(
     tmp_path: Path,
 ) -> None:
