@@ -67,7 +67,8 @@ from pick_real_labels import (  # a sibling module (this script's folder)
     write_overlay,
 )
 
-from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
+from livestream.stages.params import PickParams
+from pipelines.picking.blob import pick_blob
 from pipelines.picking.learned import pick_learned
 from pipelines.picking.template import pick_template
 from pipelines.simulate.projection import project, random_rotations
@@ -75,6 +76,7 @@ from pipelines.simulate.volumes import load_map
 
 TOPAZ_PARTICLE_PX = 24.0  # topaz downsamples (by an integer) to about this
 MIN_THRESHOLD_SD = 2.0  # the lowest threshold worth reporting (label-tuned column)
+FIXED_THRESHOLD_SD = 4.5  # blob-4.5sd: the live stage's old fixed default
 # the shared real data (as tests/conftest.py: LIVESTREAM_SHARED_DATA, else beside
 # the checkout)
 SHARED_DATA = Path(
@@ -118,15 +120,29 @@ def blob_picker_low(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def blob_picker_live(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
-    """As the live pick stage runs it: with the CTF and its fixed ``threshold_sd``
-    (4.5 SD, ``livestream/stages/params.py``); without a CTF, as ``blob``."""
+    """As the live pick stage runs it at its defaults: with the CTF and the stage's
+    default ``threshold_sd`` (``PickParams``, ``livestream/stages/params.py``: None,
+    chosen per micrograph); without a CTF, as ``blob``."""
     if mic.ctf is None:
         return blob_picker(mic)
     picks = pick_blob(
         mic.image,
         pixel_size_a=mic.pixel_size_a,
         diameter_range_a=mic.diameter_range_a,
-        threshold_sd=DEFAULT_THRESHOLD_SD,
+        threshold_sd=PickParams().threshold_sd,
+        ctf=mic.ctf,
+    )
+    return np.column_stack([picks.x_px, picks.y_px]), picks.score
+
+
+def blob_picker_fixed(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
+    """The live stage with the explicit ``threshold_sd = 4.5`` (its default until
+    the per-micrograph threshold), with the CTF where the data set has one."""
+    picks = pick_blob(
+        mic.image,
+        pixel_size_a=mic.pixel_size_a,
+        diameter_range_a=mic.diameter_range_a,
+        threshold_sd=FIXED_THRESHOLD_SD,
         ctf=mic.ctf,
     )
     return np.column_stack([picks.x_px, picks.y_px]), picks.score
@@ -378,6 +394,7 @@ def main() -> None:
         "blob": lambda: blob_picker,
         "blob-2sd": lambda: blob_picker_low,
         "blob-live": lambda: blob_picker_live,
+        "blob-4.5sd": lambda: blob_picker_fixed,
         "blob-no-ctf": lambda: blob_picker_no_ctf,
         "learned": lambda: learned_picker,
         "template": make_template_picker,

@@ -10,7 +10,8 @@ conventional one (:mod:`pipelines.picking.snr`): the variance of the noise-free 
 after the CTF in the map's own 65 px (325 Å) box about each particle, over the noise
 variance.  A pick counts when it lies within 0.2 x 250 Å of a true centre (greedy
 one-to-one matching).  Pickers: our blob picker (200-300 Å, CTF-matched local
-energy with the true CTF), our template picker (``--views`` projections of the same
+energy with the true CTF, the live pick stage's default threshold: chosen per
+micrograph), our template picker (``--views`` projections of the same
 map at other random poses, CTF-aware, target-decoy threshold), and APPLE (ASPIRE) when
 ``--peer-python`` (default ``/tmp/aspire-venv/bin/python``) imports ``aspire``.
 "inner" columns count only truth and picks at least 100 px from the edges, the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -31,8 +33,9 @@ import mrcfile
 import numpy as np
 from scipy.spatial import cKDTree
 
+from livestream.stages.params import PickParams
 from pipelines.ctf.model import CtfParams
-from pipelines.picking.blob import DEFAULT_THRESHOLD_SD, pick_blob
+from pipelines.picking.blob import pick_blob
 from pipelines.picking.picks import Picks
 from pipelines.picking.snr import noise_sd_for_snr
 from pipelines.picking.template import pick_template
@@ -40,7 +43,17 @@ from pipelines.simulate.micrograph import MicrographParams, simulate_micrograph
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+# the shared real data (as tests/conftest.py: LIVESTREAM_SHARED_DATA, else beside
+# the checkout)
+DATA = (
+    Path(
+        os.environ.get(
+            "LIVESTREAM_SHARED_DATA",
+            Path(__file__).resolve().parents[2] / "shared" / "data",
+        )
+    )
+    / "real"
+)
 PIXEL_A = 5.0
 DIAMETER_A = 250.0
 
@@ -135,12 +148,12 @@ def run_ours(
     name: str, image: np.ndarray, templates: np.ndarray, ctf: CtfParams
 ) -> Picks:
     if name == "blob":
-        return pick_blob(  # the live pick stage's fixed threshold (its default)
+        return pick_blob(  # the live pick stage's default threshold (per micrograph)
             image,
             pixel_size_a=PIXEL_A,
             diameter_range_a=(200.0, 300.0),
             ctf=ctf,
-            threshold_sd=DEFAULT_THRESHOLD_SD,
+            threshold_sd=PickParams().threshold_sd,
         )
     return pick_template(
         image, templates, pixel_size_a=PIXEL_A, diameter_a=DIAMETER_A, ctf=ctf

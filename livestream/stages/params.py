@@ -27,7 +27,6 @@ __all__ = [
     "DEFAULT_DIAMETER_MAX_A",
     "DEFAULT_DIAMETER_MIN_A",
     "DEFAULT_EXTRACT_DIAMETER_A",
-    "DEFAULT_THRESHOLD_SD",
     "CtfParams",
     "CurateParams",
     "ExtractParams",
@@ -106,7 +105,6 @@ class CurateParams(StageParams):
 
 DEFAULT_DIAMETER_MIN_A = 100.0
 DEFAULT_DIAMETER_MAX_A = 160.0
-DEFAULT_THRESHOLD_SD = 4.5
 DEFAULT_EXTRACT_DIAMETER_A = 150.0
 
 
@@ -121,8 +119,10 @@ class PickParams(StageParams):
     picker: Literal["blob", "template", "learned"] = "blob"
     diameter_min_a: float = Field(default=DEFAULT_DIAMETER_MIN_A, gt=0)
     diameter_max_a: float = Field(default=DEFAULT_DIAMETER_MAX_A, gt=0)
-    # None: the template picker's own default; the blob picker needs one
-    threshold_sd: float | None = Field(default=DEFAULT_THRESHOLD_SD, gt=0)
+    # robust SDs of the picker's score map; None (the default, as `livestream
+    # pick`): the blob picker chooses it per micrograph from its own peak scores,
+    # the template picker uses its target-decoy threshold (docs/picking.md)
+    threshold_sd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     templates_path: Path | None = None  # MRC stack (n, box, box), template picker
     # the version of a live template set (livestream.templates) the templates are;
     # recorded as the pick's figure ``template_set``

@@ -160,14 +160,7 @@ def pick_particles(
             edge_px=params.edge_px,
             workers=params.fft_workers,
         )
-    elif params.threshold_sd is None:
-        raise StageInputError(
-            task.project_path,
-            f"stages.{task.stage}.threshold_sd",
-            None,
-            "the blob picker needs a threshold",
-        )
-    else:
+    else:  # threshold_sd None: chosen per micrograph from its peak scores
         picks = pick_blob(
             image,
             pixel_size_a=pixel_size_a,

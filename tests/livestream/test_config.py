@@ -11,7 +11,6 @@ import pytest
 from livestream.config import ConfigError, Polling, SoftwareChoice, load_config
 from livestream.stages.params import (
     DEFAULT_DIAMETER_MAX_A,
-    DEFAULT_THRESHOLD_SD,
     CtfParams,
     NoopParams,
     PickParams,
@@ -124,13 +123,60 @@ def test_stage_tables_are_typed_by_kind_with_named_defaults(tmp_path: Path) -> N
     assert stages.table_of("ctf") == CtfParams(cs_mm=2.0)
     picker = stages.table_of("picker")
     assert isinstance(picker, PickParams)
-    assert picker.threshold_sd == DEFAULT_THRESHOLD_SD
+    assert picker.threshold_sd is None  # chosen per micrograph (docs/picking.md)
     assert picker.diameter_max_a == DEFAULT_DIAMETER_MAX_A
     # a chain stage without a table gets its kind's defaults
     assert stages.kind_of("motion") == "motion"
     assert stages.table_of("motion").model_dump(exclude={"kind"}) == (
         load_config().stages.table_of("motion").model_dump(exclude={"kind"})
     )
+
+
+def test_pick_threshold_is_per_micrograph_unless_a_number_is_given(
+    tmp_path: Path,
+) -> None:
+    """No ``threshold_sd``: the blob picker chooses it per micrograph (as
+    ``livestream pick``); a positive number fixes it; the config error names the
+    key and the value of anything else."""
+    path = tmp_path / "live.toml"
+    head = '[stages]\nchain = ["motion", "ctf", "pick"]\n[stages.pick]\n'
+    path.write_text(head)
+    assert load_config(path).stages.table_of("pick") == PickParams()
+    assert PickParams().threshold_sd is None
+    path.write_text(head + "threshold_sd = 3.5\n")
+    picker = load_config(path).stages.table_of("pick")
+    assert isinstance(picker, PickParams)
+    assert picker.threshold_sd == 3.5
+    for value, shown in [
+        ("0", "0"),
+        ("-4.5", "-4.5"),
+        ("nan", "nan"),
+        ("inf", "inf"),
+        ('"auto"', "'auto'"),
+    ]:
+        path.write_text(head + f"threshold_sd = {value}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        message = str(caught.value)
+        assert str(path) in message
+        assert "key 'stages.pick.threshold_sd'" in message
+        assert f"(got {shown})" in message
+
+
+def test_run_with_a_bad_pick_threshold_exits_2_naming_key_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livestream.cli.main import main
+
+    path = tmp_path / "live.toml"
+    path.write_text(
+        '[stages]\nchain = ["motion", "ctf", "pick"]\n'
+        "[stages.pick]\nthreshold_sd = -3.0\n"
+    )
+    assert main(["run", "--config", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"livestream run: {path}: key 'stages.pick.threshold_sd'")
+    assert line.endswith("(got -3.0)")
 
 
 def test_unknown_kind_error_says_which_kind_and_which_are_known(

@@ -7,34 +7,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pytest
 
-from pipelines.ctf.model import CtfParams
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.learned import pick_learned
 from tests.pipelines.pick_synthetic import match_picks
-
-LABELS = (
-    Path(__file__).resolve().parents[3]
-    / "benchmarks"
-    / "data"
-    / "epu29_crop2048_labels.csv"
+from tests.pipelines.picking.real_mrc import (
+    CTF,
+    DIAMETERS_A,
+    PIXEL_A,
+    TOLERANCE_PX,
+    load_real_mrc,
 )
-PIXEL_A = 0.6666
-DIAMETERS_A = (30.0, 50.0)  # the particle is about 40 Å (60 px; PROVENANCE.md)
-TOLERANCE_PX = 15.0  # a quarter of the diameter, as in bench_pick_real.py
 
 
 @pytest.fixture(scope="module")
 def micrograph(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
-    with mrcfile.open(shared_data / "real/epu2.9_example_crop2048.mrc") as mrc:
-        image = np.asarray(mrc.data, dtype=np.float32)
-    labels = np.loadtxt(LABELS, delimiter=",", comments="#")
-    assert image.shape == (2048, 2048)
-    assert labels.shape == (255, 2)
-    return image, labels
+    return load_real_mrc(shared_data)
 
 
 def _core_contrast(image: np.ndarray, xy: np.ndarray) -> float:
@@ -93,16 +83,8 @@ def test_blob_picker_with_the_ctf_on_the_float_mrc(
     CTF-multiplied image; the local energy alone found 0.38 / 0.28 here (measured
     now: 0.88 / 0.50)."""
     image, labels = micrograph
-    ctf = CtfParams(
-        defocus_u_a=27122.0,
-        defocus_v_a=27028.0,
-        astigmatism_angle_deg=-40.0,
-        voltage_kv=300.0,
-        cs_mm=2.7,
-        amplitude_contrast=0.1,
-    )
     picks = pick_blob(
-        image, pixel_size_a=PIXEL_A, diameter_range_a=DIAMETERS_A, ctf=ctf
+        image, pixel_size_a=PIXEL_A, diameter_range_a=DIAMETERS_A, ctf=CTF
     )
     recall, precision = match_picks(
         labels[:, 0], labels[:, 1], picks.x_px, picks.y_px, tolerance_px=TOLERANCE_PX
