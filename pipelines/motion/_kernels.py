@@ -46,64 +46,98 @@ def fill_defects(
             frames[f, y0, x0] = total / count if count > 0 else 0.0
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _keys_weights(
+    f: float,
+) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+    """The four cubic (Keys, a = -0.5) weights at fractional offset ``f``, in
+    float32 (the frames' precision)."""
+    g = np.float32(f)
+    g2 = g * g
+    half, one, one_half, two, two_half = (
+        np.float32(0.5),
+        np.float32(1.0),
+        np.float32(1.5),
+        np.float32(2.0),
+        np.float32(2.5),
+    )
+    return (
+        (-half * g + one) * g2 - half * g,
+        (one_half * g - two_half) * g2 + one,
+        (-one_half * g + two) * g2 + half * g,
+        (half * g - half) * g2,
+    )
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def warp_polynomial(
-    frame: np.ndarray, out: np.ndarray, coeff_x: np.ndarray, coeff_y: np.ndarray
+    frame: np.ndarray,
+    tmp: np.ndarray,
+    out: np.ndarray,
+    coeff_x: np.ndarray,
+    coeff_y: np.ndarray,
 ) -> None:
     """Resample ``frame`` at ``(x - Lx, y - Ly)`` with cubic (Keys, a = -0.5)
-    interpolation.
+    interpolation, in two one-dimensional passes (``tmp`` holds the first).
 
     ``L = sum_g coeff[g] * basis_g(u, v)`` with basis ``(1, u, u², v, v², uv)``,
     ``u = x / nx - 0.5``, ``v = y / ny - 0.5`` (RELION's normalisation); the
-    content of ``frame`` moves by ``+L``.  Borders are clamped.
+    content of ``frame`` moves by ``+L``.  Borders are clamped.  The first pass
+    moves each row by ``Lx(x, y)``, the second each column by ``Ly(x, y)``: the
+    second reads rows ``y - Ly`` whose x move was taken at their own ``y``, which
+    differs from the exact 2-D warp by ``dLx/dy * Ly`` -- ~1e-4 px for a local
+    field of a few pixels over the frame -- at 8 taps a pixel instead of 16.
     """
     ny, nx = frame.shape
     for y in prange(ny):
         v = y / ny - 0.5
         # the polynomial is quadratic in u along a row: L = a0 + a1 u + a2 u²
-        ax0 = coeff_x[0] + coeff_x[3] * v + coeff_x[4] * v * v
-        ax1 = coeff_x[1] + coeff_x[5] * v
-        ay0 = coeff_y[0] + coeff_y[3] * v + coeff_y[4] * v * v
-        ay1 = coeff_y[1] + coeff_y[5] * v
-        wy = np.empty(4)
-        wx = np.empty(4)
+        a0 = coeff_x[0] + coeff_x[3] * v + coeff_x[4] * v * v
+        a1 = coeff_x[1] + coeff_x[5] * v
+        a2 = coeff_x[2]
         for x in range(nx):
             u = x / nx - 0.5
-            sx = x - (ax0 + (ax1 + coeff_x[2] * u) * u)
-            sy = y - (ay0 + (ay1 + coeff_y[2] * u) * u)
-            ix = int(np.floor(sx))
-            iy = int(np.floor(sy))
-            fx = sx - ix
-            fy = sy - iy
-            fx2 = fx * fx
-            fy2 = fy * fy
-            wx[0] = (-0.5 * fx + 1.0) * fx2 - 0.5 * fx
-            wx[1] = (1.5 * fx - 2.5) * fx2 + 1.0
-            wx[2] = (-1.5 * fx + 2.0) * fx2 + 0.5 * fx
-            wx[3] = (0.5 * fx - 0.5) * fx2
-            wy[0] = (-0.5 * fy + 1.0) * fy2 - 0.5 * fy
-            wy[1] = (1.5 * fy - 2.5) * fy2 + 1.0
-            wy[2] = (-1.5 * fy + 2.0) * fy2 + 0.5 * fy
-            wy[3] = (0.5 * fy - 0.5) * fy2
-            acc = 0.0
-            if ix >= 1 and ix + 2 < nx and iy >= 1 and iy + 2 < ny:
-                for j in range(4):
-                    row = (
-                        wx[0] * frame[iy - 1 + j, ix - 1]
-                        + wx[1] * frame[iy - 1 + j, ix]
-                        + wx[2] * frame[iy - 1 + j, ix + 1]
-                        + wx[3] * frame[iy - 1 + j, ix + 2]
-                    )
-                    acc += wy[j] * row
+            s = x - (a0 + (a1 + a2 * u) * u)
+            i = int(np.floor(s))
+            w0, w1, w2, w3 = _keys_weights(s - i)
+            if i >= 1 and i + 2 < nx:
+                tmp[y, x] = (
+                    w0 * frame[y, i - 1]
+                    + w1 * frame[y, i]
+                    + w2 * frame[y, i + 1]
+                    + w3 * frame[y, i + 2]
+                )
             else:
-                for j in range(4):
-                    yy = min(max(iy - 1 + j, 0), ny - 1)
-                    row = 0.0
-                    for i in range(4):
-                        xx = min(max(ix - 1 + i, 0), nx - 1)
-                        row += wx[i] * frame[yy, xx]
-                    acc += wy[j] * row
-            out[y, x] = acc
+                tmp[y, x] = (
+                    w0 * frame[y, min(max(i - 1, 0), nx - 1)]
+                    + w1 * frame[y, min(max(i, 0), nx - 1)]
+                    + w2 * frame[y, min(max(i + 1, 0), nx - 1)]
+                    + w3 * frame[y, min(max(i + 2, 0), nx - 1)]
+                )
+    for y in prange(ny):
+        v = y / ny - 0.5
+        a0 = coeff_y[0] + coeff_y[3] * v + coeff_y[4] * v * v
+        a1 = coeff_y[1] + coeff_y[5] * v
+        a2 = coeff_y[2]
+        for x in range(nx):
+            u = x / nx - 0.5
+            s = y - (a0 + (a1 + a2 * u) * u)
+            j = int(np.floor(s))
+            w0, w1, w2, w3 = _keys_weights(s - j)
+            if j >= 1 and j + 2 < ny:
+                out[y, x] = (
+                    w0 * tmp[j - 1, x]
+                    + w1 * tmp[j, x]
+                    + w2 * tmp[j + 1, x]
+                    + w3 * tmp[j + 2, x]
+                )
+            else:
+                out[y, x] = (
+                    w0 * tmp[min(max(j - 1, 0), ny - 1), x]
+                    + w1 * tmp[min(max(j, 0), ny - 1), x]
+                    + w2 * tmp[min(max(j + 1, 0), ny - 1), x]
+                    + w3 * tmp[min(max(j + 2, 0), ny - 1), x]
+                )
 
 
 @njit(cache=True, parallel=True)

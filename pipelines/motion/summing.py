@@ -156,6 +156,11 @@ def sum_frames(
             plain,
         )
     warped = np.empty((ny, nx), dtype=np.float32)
+    warp_rows = (
+        np.empty((ny, nx), dtype=np.float32)
+        if local_coefficients is not None
+        else warped
+    )
     if xp is np:  # the kernel advances the weight in place (uniform dose)
         weight = (np.exp(-0.5 * float(exposures[0]) * inv_ne) * inv_norm).astype(
             np.float32
@@ -166,7 +171,7 @@ def sum_frames(
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))
             source = np.ascontiguousarray(to_numpy(frame), dtype=np.float32)
-            _motion_kernels.warp_polynomial(source, warped, cx, cy)
+            _motion_kernels.warp_polynomial(source, warp_rows, warped, cx, cy)
             frame = xp.asarray(warped)
         spectrum = fft.rfft2(xp.asarray(frame), **fft_kwargs(xp, workers))
         if xp is np:
