@@ -15,8 +15,23 @@ is <= 1.5 (issue #15).
 Speed: one mini-batch's E-step (every pose of the 15° grid x 21 origins, coarse
 then fine) and back-projection at box 64 on random images, in particles/s, and
 the lower bound measured in the same run: the coarse pass's two real matrix
-products of the same shapes alone (BLAS).  ``relion_refine`` is run side by side
-when ``/work/relion-build/bin/relion_refine`` exists.
+products of the same shapes alone (BLAS).
+
+RELION side by side (accuracy rows): the same particles are written by
+``write_posed_particles`` (RELION 3.1 STAR, every angle and origin 0, their CTFs)
+and ``--relion-bin`` runs ``relion_refine --denovo_3dref`` on them with the
+command its GUI's "3D initial model" job writes: RELION 4/5's VDAM (``--grad
+--iter 200 --pad 1 --healpix_order 1 --offset_range 6 --offset_step 2
+--auto_sampling --tau2_fudge 4``), or with ``--relion-sgd`` RELION 3.1's SGD
+(``--sgd``, 50 + 200 + 50 iterations, 35 -> 15 Å, mini-batches 100 -> 500, ``--pad 2
+--healpix_order 1 --offset_range 6 --offset_step 4``); both ``--ctf --K 1 --sym C1
+--flatten_solvent --zero_mask --particle_diameter`` (ours: 0.9 of the box) and
+``--j --relion-threads``.  ``--relion-iter`` scales the iterations down.  Its last
+written map is aligned to the truth like ours (both hands) and its FSC = 0.5
+printed with its wall and CPU seconds; after ``--relion-timeout-s`` it is stopped
+and its last written iteration (every 10) is reported, marked "cut short".
+``--relion-bin`` defaults to the RELION 5 build (``/work/relion5-build/bin/``)
+when it is there, else RELION is skipped; ``--no-ours`` runs RELION alone.
 """
 
 from __future__ import annotations
@@ -24,6 +39,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import resource
+import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +67,7 @@ from pipelines.reconstruct import (
     fourier_shell_correlation,
     reconstruct_halves,
 )
-from pipelines.reconstruct.particles import ctf_batch
+from pipelines.reconstruct.particles import ctf_batch, write_posed_particles
 from pipelines.simulate.conformations import simulate_mixture, without_region
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import (
@@ -61,7 +81,7 @@ DATA = (
     if os.environ.get("LIVESTREAM_SHARED_DATA")
     else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 )
-RELION = Path("/work/relion-build/bin/relion_refine")
+RELION5 = Path("/work/relion5-build/bin/relion_refine")
 
 
 def simulate(
@@ -108,14 +128,21 @@ def _rounds(scores: np.ndarray) -> str:
     )
 
 
-def accuracy_row(
-    seed: int, args: argparse.Namespace, truth: np.ndarray, px: float
-) -> str:
-    rng = np.random.default_rng(seed)
-    particles = simulate(truth, args.particles, px, args.snr, rng)
-    true_a = fourier_shell_correlation(
+def true_pose_a(particles: PosedParticles, truth: np.ndarray, px: float) -> float:
+    """FSC 0.5 with the truth of the reconstruction from the true poses."""
+    return fourier_shell_correlation(
         reconstruct_halves(particles).full, truth, px
     ).crossing_a(0.5)
+
+
+def accuracy_row(
+    seed: int,
+    args: argparse.Namespace,
+    truth: np.ndarray,
+    px: float,
+    particles: PosedParticles,
+) -> str:
+    true_a = true_pose_a(particles, truth, px)
     config = InitialModelConfig(
         n_classes=1,
         box_px=truth.shape[0],
@@ -123,7 +150,7 @@ def accuracy_row(
         initial_resolution_a=args.initial_resolution_a,
         schedule=_schedule(args),
     )
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     state, choice = best_of_starts(
         config,
         particles,
@@ -134,6 +161,7 @@ def accuracy_row(
     )
     state = run_minibatches(config, state, particles)
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     aligned = align_maps(state.maps[0], truth, pixel_size_a=px)
     if args.save_maps is not None:
         args.save_maps.mkdir(parents=True, exist_ok=True)
@@ -145,7 +173,110 @@ def accuracy_row(
     return (
         f"{seed:>4}  {true_a:7.1f}  {found_a:7.1f}  {ratio:5.2f}  "
         f"{aligned.correlation:5.2f}  {aligned.mirrored!s:>5}  {seconds:6.0f}  "
-        f"{choice.chosen + 1}/{args.starts} {_rounds(choice.scores)}  {ok}"
+        f"{cpu:6.0f}  {choice.chosen + 1}/{args.starts} {_rounds(choice.scores)}  {ok}"
+    )
+
+
+def relion_command(
+    args: argparse.Namespace, star: Path, out: Path, diameter_a: float
+) -> list[str]:
+    """``relion_refine --denovo_3dref`` as RELION's GUI writes its "3D initial
+    model" job (RELION 3.1 ``--sgd`` or 4/5 ``--grad``), iterations scaled by
+    ``--relion-iter``."""
+    common = [
+        "--i", str(star), "--o", str(out / "run"), "--denovo_3dref", "--ctf",
+        "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask",
+        "--dont_combine_weights_via_disc", "--pool", "3",
+        "--particle_diameter", f"{diameter_a:.1f}", "--oversampling", "1",
+        "--healpix_order", "1", "--offset_range", "6",
+        "--j", str(args.relion_threads),
+    ]  # fmt: skip
+    if args.relion_sgd:  # RELION 3.1: 50 + 200 + 50 iterations
+        total = args.relion_iter or 300
+        ini, fin = round(total / 6), round(total / 6)
+        return [
+            str(args.relion_bin), *common, "--sgd", "--offset_step", "4",
+            "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter", str(total - ini - fin),
+            "--sgd_fin_iter", str(fin), "--sgd_write_iter", "10",
+            "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
+            "--sgd_ini_subset", "100", "--sgd_fin_subset", "500",
+            "--pad", "2", "--skip_gridding",
+        ]  # fmt: skip
+    return [
+        str(args.relion_bin), *common, "--grad", "--iter",
+        str(args.relion_iter or 200), "--offset_step", "2", "--auto_sampling",
+        "--tau2_fudge", "4", "--pad", "1",
+    ]  # fmt: skip
+
+
+def relion_row(
+    seed: int,
+    args: argparse.Namespace,
+    truth: np.ndarray,
+    px: float,
+    particles: PosedParticles,
+) -> str:
+    """``relion_refine --denovo_3dref`` on the same particles (no poses in the
+    STAR): its last written map aligned to the truth, wall and CPU seconds."""
+    n = particles.n_particles
+    unposed = dataclasses.replace(
+        particles, rotations=np.tile(np.eye(3), (n, 1, 1)), origin_px=np.zeros((n, 2))
+    )
+    work = Path(tempfile.mkdtemp(prefix=f"bench_initial_model_relion_s{seed}_"))
+    star = write_posed_particles(
+        work / "particles.star", unposed, stack_name="particles.mrcs"
+    )
+    out = work / "relion"
+    out.mkdir()
+    diameter_a = 0.9 * truth.shape[0] * px  # ours: InitialModelConfig's default
+    command = relion_command(args, star, out, diameter_a)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
+    cut_short = False
+    with (out / "relion.log").open("w") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+            start_new_session=True,  # its own process group, ended as one
+        )
+        try:
+            process.wait(timeout=args.relion_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            cut_short = True
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
+    maps = {
+        int(m.group(1)): path
+        for path in out.glob("run_it*_class001.mrc")
+        if (m := re.fullmatch(r"run_it(\d+)_class001\.mrc", path.name))
+    }
+    if not maps or (process.returncode != 0 and not cut_short):
+        tail = (out / "relion.log").read_text(errors="replace")[-2000:]
+        return f"{seed:>4}  relion_refine failed (rc {process.returncode}):\n{tail}"
+    last = max(maps)
+    volume, _ = load_map(maps[last])
+    aligned = align_maps(volume, truth, pixel_size_a=px)
+    found_a = fourier_shell_correlation(aligned.aligned, truth, px).crossing_a(0.5)
+    true_a = true_pose_a(particles, truth, px)
+    ratio = found_a / true_a
+    note = f"map of iteration {last}"
+    if cut_short:  # the iteration it was in when stopped, from its log
+        reached = re.findall(
+            r"iteration (\d+) of (\d+)",
+            (out / "relion.log").read_text(errors="replace"),
+        )
+        at = f", stopped in iteration {reached[-1][0]} of {reached[-1][1]}"
+        note += " (cut short" + (at if reached else "") + ")"
+    return (
+        f"{seed:>4}  {true_a:7.1f}  {found_a:7.1f}  {ratio:5.2f}  "
+        f"{aligned.correlation:5.2f}  {aligned.mirrored!s:>5}  {seconds:6.0f}  "
+        f"{cpu:6.0f}  {note}  {'yes' if ratio <= 1.5 else 'no'}  files in {work}"
     )
 
 
@@ -269,6 +400,32 @@ def main() -> None:
     parser.add_argument("--save-maps", type=Path, default=None)
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
+    parser.add_argument(
+        "--relion-bin",
+        type=Path,
+        default=RELION5 if RELION5.exists() else None,
+        help="relion_refine to run side by side (default: the RELION 5 build "
+        f"{RELION5} when present, else none)",
+    )
+    parser.add_argument(
+        "--relion-sgd",
+        action="store_true",
+        help="RELION 3.1's SGD (--sgd) instead of RELION 4/5's VDAM (--grad)",
+    )
+    parser.add_argument(
+        "--relion-iter",
+        type=int,
+        default=None,
+        help="iterations (default: the GUI's, 200 VDAM or 300 SGD)",
+    )
+    parser.add_argument("--relion-threads", type=int, default=2)
+    parser.add_argument(
+        "--relion-timeout-s",
+        type=float,
+        default=2400.0,
+        help="stop relion_refine after this long and report its last written map",
+    )
+    parser.add_argument("--no-ours", action="store_true", help="RELION alone")
     args = parser.parse_args()
     if not args.accuracy_only:
         speed(args.speed_particles)
@@ -292,16 +449,27 @@ def main() -> None:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 print(two_class_row(seed, args, truth, px), flush=True)
             return
-        print("seed  true Å   found Å  ratio     cc  mirror  secs  start [scores]  ok")
+        relion = args.relion_bin
+        print(f"relion_refine: {relion or 'none (skipped)'}")
+        print(
+            "seed  true Å   found Å  ratio     cc  mirror  wall s  CPU s  "
+            "start [scores] / RELION  ok"
+        )
         rows = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            rows.append(accuracy_row(seed, args, truth, px))
-            print(rows[-1], flush=True)
+            particles = simulate(
+                truth, args.particles, px, args.snr, np.random.default_rng(seed)
+            )
+            if not args.no_ours:
+                rows.append(accuracy_row(seed, args, truth, px, particles))
+                print("ours  " + rows[-1], flush=True)
+            if relion is not None:
+                print(
+                    "RELION" + relion_row(seed, args, truth, px, particles), flush=True
+                )
         succeeded = sum(row.endswith("yes") for row in rows)
-        print(f"succeeded: {succeeded}/{len(rows)}")
-    print(
-        f"relion_refine: {'at ' + str(RELION) if RELION.exists() else 'not installed'}"
-    )
+        if rows:
+            print(f"ours succeeded: {succeeded}/{len(rows)}")
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def run_relion(exe: str, folder: Path, star: Path, gain: Path, threads: int) -> 
     shifts = starfile.read(folder / "relion" / "Movies" / "movie.star")["global_shift"]
     shifts = shifts.sort_values("rlnMicrographFrameNumber")
     xy = shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float)
-    return Side("relion --use_own", wall, cpu, peak, xy - xy[0])
+    return Side(f"{exe} --use_own", wall, cpu, peak, xy - xy[0])
 
 
 def rms(error: np.ndarray) -> float:
