@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_initial_model.py [--seeds 3] [--particles 1500]
         [--snr 1.0] [--mini-batches 20] [--batch 150] [--final-batch 300]
-        [--speed-only] [--accuracy-only]
+        [--speed-only] [--speed-boxes 64 128] [--accuracy-only]
 
 Accuracy: for each seed, particles are simulated from the real 70S ribosome map
 (``$LIVESTREAM_SHARED_DATA/real`` or ``../shared/data/real``, whole map in a box of 32, 10.2 Å/px) at random poses
@@ -330,8 +330,8 @@ def two_class_row(
     )
 
 
-def speed(n: int) -> None:
-    box, px = 64, 5.0
+def speed(n: int, box: int = 64) -> None:
+    px = 5.0
     rng = np.random.default_rng(0)
     truth = rng.standard_normal((box, box, box)).astype(np.float32)
     particles = simulate(truth, n, px, 0.1, rng)
@@ -399,6 +399,9 @@ def main() -> None:
     parser.add_argument("--class-iterations", type=int, default=5)
     parser.add_argument("--save-maps", type=Path, default=None)
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument(
+        "--speed-boxes", type=int, nargs="+", default=[64, 128], help="boxes timed"
+    )
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument(
         "--relion-bin",
@@ -428,7 +431,8 @@ def main() -> None:
     parser.add_argument("--no-ours", action="store_true", help="RELION alone")
     args = parser.parse_args()
     if not args.accuracy_only:
-        speed(args.speed_particles)
+        for box in args.speed_boxes:
+            speed(args.speed_particles, box)
     if not args.speed_only:
         volume, _ = load_map(DATA / "clean70SRibosome_vol_65p.mrc")
         box = 32
