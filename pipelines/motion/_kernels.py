@@ -184,6 +184,44 @@ def accumulate_shifted(
                 weight[y, x] *= step[y, x]
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _shifted_row(
+    spectra: np.ndarray,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    b: int,
+    y: int,
+    shifted: np.ndarray,
+    total: np.ndarray,
+) -> None:
+    """Row ``y`` of every frame of stack ``b`` shifted by its phase ramps into
+    ``shifted`` ``(n, nxh)``, and their sum added to ``total`` (zeroed by the
+    caller)."""
+    n, nxh = shifted.shape
+    for f in range(n):
+        ry = ramp_y[b, f, y]
+        for x in range(nxh):
+            value = spectra[b, f, y, x] * (ry * ramp_x[b, f, x])
+            shifted[f, x] = value
+            total[x] += value
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _grouped_sums(
+    shifted: np.ndarray, i: int, h: int, plain: np.ndarray, grouped: np.ndarray
+) -> None:
+    """The plain and triangle-weighted (``h + 1 - |j - i|``) sums of the shifted
+    rows of frames ``i - h .. i + h`` that exist."""
+    n, nxh = shifted.shape
+    plain[:] = 0
+    grouped[:] = 0
+    for j in range(max(0, i - h), min(n - 1, i + h) + 1):
+        w = np.float32(h + 1 - abs(j - i))
+        for x in range(nxh):
+            plain[x] += shifted[j, x]
+            grouped[x] += shifted[j, x] * w
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def correlation_products(
     spectra: np.ndarray,
@@ -219,20 +257,9 @@ def correlation_products(
         total = np.zeros(nxh, dtype=np.complex64)
         plain = np.empty(nxh, dtype=np.complex64)
         grouped = np.empty(nxh, dtype=np.complex64)
-        for f in range(n):
-            ry = ramp_y[b, f, y]
-            for x in range(nxh):
-                value = spectra[b, f, y, x] * (ry * ramp_x[b, f, x])
-                shifted[f, x] = value
-                total[x] += value
+        _shifted_row(spectra, ramp_y, ramp_x, b, y, shifted, total)
         for i in range(n):
-            plain[:] = 0
-            grouped[:] = 0
-            for j in range(max(0, i - h), min(n - 1, i + h) + 1):
-                w = np.float32(h + 1 - abs(j - i))
-                for x in range(nxh):
-                    plain[x] += shifted[j, x]
-                    grouped[x] += shifted[j, x] * w
+            _grouped_sums(shifted, i, h, plain, grouped)
             for x in range(nxh):
                 out[b, i, y, x] = (
                     np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
@@ -299,20 +326,9 @@ def correlation_rows(
         grouped = np.empty(nxh, dtype=np.complex64)
         pr = np.empty(nxh, dtype=np.float32)
         pi = np.empty(nxh, dtype=np.float32)
-        for f in range(n):
-            ry = ramp_y[b, f, y]
-            for x in range(nxh):
-                value = spectra[b, f, y, x] * (ry * ramp_x[b, f, x])
-                shifted[f, x] = value
-                total[x] += value
+        _shifted_row(spectra, ramp_y, ramp_x, b, y, shifted, total)
         for i in range(n):
-            plain[:] = 0
-            grouped[:] = 0
-            for j in range(max(0, i - h), min(n - 1, i + h) + 1):
-                w = np.float32(h + 1 - abs(j - i))
-                for x in range(nxh):
-                    plain[x] += shifted[j, x]
-                    grouped[x] += shifted[j, x] * w
+            _grouped_sums(shifted, i, h, plain, grouped)
             for x in range(nxh):
                 p = np.conj(grouped[x] * inv) * (total[x] - plain[x]) * filt[y, x]
                 pr[x] = p.real
