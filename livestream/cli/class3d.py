@@ -177,31 +177,47 @@ def read_references(
     return np.stack(maps).astype(np.float32)
 
 
-def _setup(
-    args: argparse.Namespace,
-) -> tuple[InitialModelConfig, ClassificationOptions, np.ndarray, PosedParticles]:
+def _read_inputs(
+    args: argparse.Namespace, *, skip_align: bool
+) -> tuple[InitialModelConfig, np.ndarray, PosedParticles]:
+    """The sampling, the references and the particles of either mode (the
+    poses in the STAR are required without alignment)."""
     n_refs = len(args.refs)
     n_classes = args.classes or n_refs
     if n_refs > 1 and n_classes != n_refs:
         raise StageInputError(
             "<argument>", "classes", n_classes, f"must be the number of maps {n_refs}"
         )
-    options = ClassificationOptions(
-        n_iterations=args.iterations or DEFAULT_ITERATIONS,
-        max_particles_per_class=args.max_particles_per_class,
+    particles = read_posed_particles(args.particles, require_poses=skip_align)
+    sampling: dict[str, Any] = (
+        {}
+        if skip_align
+        else {
+            "angular_step_deg": args.angular_step,
+            "initial_resolution_a": args.ini_high,
+        }
     )
-    particles = read_posed_particles(args.particles, require_poses=False)
     config = classification_config(
         n_classes,
         box_px=particles.box_px,
         pixel_size_a=particles.pixel_size_a,
         particle_diameter_a=args.particle_diameter_a,
-        angular_step_deg=args.angular_step,
-        initial_resolution_a=args.ini_high,
         tau2_fudge=args.tau2_fudge,
+        **sampling,
     )
     refs = read_references(
         args.refs, n_classes, particles.box_px, particles.pixel_size_a
+    )
+    return config, refs, particles
+
+
+def _setup(
+    args: argparse.Namespace,
+) -> tuple[InitialModelConfig, ClassificationOptions, np.ndarray, PosedParticles]:
+    config, refs, particles = _read_inputs(args, skip_align=False)
+    options = ClassificationOptions(
+        n_iterations=args.iterations or DEFAULT_ITERATIONS,
+        max_particles_per_class=args.max_particles_per_class,
     )
     return config, options, refs, particles
 
@@ -242,29 +258,13 @@ def _classify_with_alignment(args: argparse.Namespace) -> _Run:
 def _skip_align_setup(
     args: argparse.Namespace,
 ) -> tuple[InitialModelConfig, SkipAlignOptions, np.ndarray | None, PosedParticles]:
-    n_refs = len(args.refs)
-    n_classes = args.classes or n_refs
-    if n_refs > 1 and n_classes != n_refs:
-        raise StageInputError(
-            "<argument>", "classes", n_classes, f"must be the number of maps {n_refs}"
-        )
+    config, refs, particles = _read_inputs(args, skip_align=True)
     options = SkipAlignOptions(
         n_iterations=args.iterations or SKIP_ALIGN_ITERATIONS,
         n_starts=args.starts,
         resolution_a=args.strict_highres_exp,
     )
-    particles = read_posed_particles(args.particles, require_poses=True)
-    config = classification_config(
-        n_classes,
-        box_px=particles.box_px,
-        pixel_size_a=particles.pixel_size_a,
-        particle_diameter_a=args.particle_diameter_a,
-        tau2_fudge=args.tau2_fudge,
-    )
-    refs = read_references(
-        args.refs, n_classes, particles.box_px, particles.pixel_size_a
-    )
-    return config, options, (refs if n_refs > 1 else None), particles
+    return config, options, (refs if len(args.refs) > 1 else None), particles
 
 
 def _classify_without_alignment(args: argparse.Namespace) -> _Run:
