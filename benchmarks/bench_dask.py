@@ -42,6 +42,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,9 +120,39 @@ def _report(
     return {"per_task_ms": per_task_ms, "per_exposure_pct": per_exposure_pct}
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def _executors(
+    workers: list[int], dask_workers: list[int]
+) -> AsyncIterator[tuple[str, int, Executor]]:
+    """Each executor measured, in turn, closed after its rows: the service's
+    local process pool with each of ``workers``, then a Dask ``LocalCluster`` of
+    processes with each of ``dask_workers``."""
+    for n in workers:
+        local = LocalExecutor(n, "forkserver")
+        try:
+            yield "local process pool", n, local
+        finally:
+            await local.close(cancel=False)
+    if not dask_workers:
+        return
     import distributed  # optional: only the Dask rows need it
 
+    for n in dask_workers:
+        async with distributed.LocalCluster(
+            n_workers=n,
+            processes=True,
+            threads_per_worker=1,
+            asynchronous=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster:
+            executor = await DaskExecutor.connect(cluster.scheduler_address)
+            try:
+                yield "dask LocalCluster (procs)", n, executor
+            finally:
+                await executor.close(cancel=False)
+
+
+async def main_async(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_dask_"))
     tasks = _tasks(root, args.tasks, args.stage_s)
     print(
@@ -133,28 +164,9 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'executor':<28} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
         f" {'overhead ms/task':>14} {'% / exposure':>13}"
     )
-    for n in args.workers:
-        local = LocalExecutor(n, "forkserver")
-        try:
-            wall = await _run_all(local, tasks, 2 * n)
-        finally:
-            await local.close(cancel=False)
-        _report("local process pool", n, wall, args)
-    for n in args.dask_workers:
-        async with distributed.LocalCluster(
-            n_workers=n,
-            processes=True,
-            threads_per_worker=1,
-            asynchronous=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster:
-            executor = await DaskExecutor.connect(cluster.scheduler_address)
-            try:
-                wall = await _run_all(executor, tasks, 2 * n)
-            finally:
-                await executor.close(cancel=False)
-        _report("dask LocalCluster (procs)", n, wall, args)
+    async for label, n, executor in _executors(args.workers, args.dask_workers):
+        wall = await _run_all(executor, tasks, 2 * n)
+        _report(label, n, wall, args)
 
 
 def timed_stage(task: StageTask) -> tuple[StageResult, float, float]:
@@ -238,8 +250,6 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
 
 
 async def main_real(args: argparse.Namespace) -> None:
-    import distributed  # optional: only the Dask rows need it
-
     root = Path(tempfile.mkdtemp(prefix="bench_dask_real_"))
     size, n_frames = (1024, 20) if args.small else (4096, 40)
     movie_folder = root if args.keep is None else args.keep
@@ -254,30 +264,10 @@ async def main_real(args: argparse.Namespace) -> None:
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'idle wall s':>11}"
         f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
     )
-    for n in args.workers:
-        local = LocalExecutor(n, "forkserver")
-        try:
-            totals = await _run_exposures(local, movies, root / f"local_{n}", 2 * n)
-        finally:
-            await local.close(cancel=False)
-        _report_real("local process pool", n, len(movies), totals)
-    for n in args.dask_workers:
-        async with distributed.LocalCluster(
-            n_workers=n,
-            processes=True,
-            threads_per_worker=1,
-            asynchronous=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster:
-            executor = await DaskExecutor.connect(cluster.scheduler_address)
-            try:
-                totals = await _run_exposures(
-                    executor, movies, root / f"dask_{n}", 2 * n
-                )
-            finally:
-                await executor.close(cancel=False)
-        _report_real("dask LocalCluster (procs)", n, len(movies), totals)
+    async for label, n, executor in _executors(args.workers, args.dask_workers):
+        folder = root / f"{'dask' if label.startswith('dask') else 'local'}_{n}"
+        totals = await _run_exposures(executor, movies, folder, 2 * n)
+        _report_real(label, n, len(movies), totals)
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import starfile
+from bench_class3d import BOX, MICROGRAPHS, accuracy, conformations
 
 from pipelines.class3d.classify import classification_config
 from pipelines.class3d.expectation import project_pixels
@@ -60,38 +60,7 @@ from pipelines.class3d.vdam import reference_transforms
 from pipelines.reconstruct import PosedParticles, write_posed_particles
 from pipelines.reconstruct.backproject import insert_transforms
 from pipelines.reconstruct.outputs import write_map
-from pipelines.simulate.conformations import simulate_mixture, without_region
-from pipelines.simulate.volumes import (
-    RIBOSOME_70S_PIXEL_SIZE_A,
-    load_map,
-    rescale_volume,
-)
-
-DATA = (
-    Path(os.environ["LIVESTREAM_SHARED_DATA"]) / "real"
-    if os.environ.get("LIVESTREAM_SHARED_DATA")
-    else Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-)
-BOX = 32
-MICROGRAPHS = 20  # fake micrograph names: RELION groups particles by micrograph
-
-
-def conformations() -> tuple[np.ndarray, float]:
-    volume, _ = load_map(DATA / "clean70SRibosome_vol_65p.mrc")
-    px = 65 * RIBOSOME_70S_PIXEL_SIZE_A / BOX
-    whole = rescale_volume(
-        volume,
-        from_pixel_size_a=RIBOSOME_70S_PIXEL_SIZE_A,
-        to_pixel_size_a=px,
-        box_px=BOX,
-    )
-    less = without_region(whole, distance_px=7.0, radius_px=6.0)
-    return np.stack([whole, less]), px
-
-
-def accuracy(found: np.ndarray, truth: np.ndarray) -> float:
-    same = float(np.mean(found == truth))
-    return max(same, 1.0 - same)
+from pipelines.simulate.conformations import simulate_mixture
 
 
 def angle_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
