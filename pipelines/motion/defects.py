@@ -111,7 +111,7 @@ def _hot_threshold(frame_sum: np.ndarray, median: float, n_sigma: float) -> floa
 def _dead_at_zero(median: float, max_probability: float) -> bool:
     """:func:`detect_dead_pixels`' rule: a zero sum is dead when a Poisson count
     with the median mean is 0 with probability below ``max_probability``."""
-    return median > -np.log(max_probability)
+    return bool(median > -np.log(max_probability))
 
 
 def detect_dead_pixels(
