@@ -359,33 +359,6 @@ def frame_sum(frames: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, parallel=True)
-def mark_defects(
-    frame_sum: np.ndarray,
-    hot_threshold: float,
-    dead_at_zero: bool,
-    defects: np.ndarray,
-    hot_per_row: np.ndarray,
-) -> None:
-    """One pass over the gain-corrected frame sum: pixels not yet in
-    ``defects`` (``(ny, nx)`` bool, updated in place) above ``hot_threshold`` are
-    hot (counted per row in ``hot_per_row``), those at or below 0 dead when
-    ``dead_at_zero``."""
-    ny, nx = frame_sum.shape
-    for y in prange(ny):
-        count = 0
-        for x in range(nx):
-            if defects[y, x]:
-                continue
-            value = frame_sum[y, x]
-            if value > hot_threshold:
-                defects[y, x] = True
-                count += 1
-            elif dead_at_zero and value <= 0:
-                defects[y, x] = True
-        hot_per_row[y] = count
-
-
-@njit(cache=True, parallel=True)
 def decode_band(
     values: np.ndarray,
     scales: np.ndarray,

@@ -19,7 +19,6 @@ from pipelines.errors import StageInputError
 from pipelines.motion import _kernels as _motion_kernels
 
 __all__ = [
-    "DEAD_PIXEL_PROBABILITY",
     "PreparedFrames",
     "apply_gain",
     "detect_dead_pixels",
@@ -27,10 +26,6 @@ __all__ = [
     "mask_defects",
     "orient_gain",
 ]
-
-# a pixel whose frame sum is 0 is dead when a working one would count nothing
-# with at most this probability (:func:`detect_dead_pixels`)
-DEAD_PIXEL_PROBABILITY = 1e-9
 
 
 def orient_gain(
@@ -86,36 +81,16 @@ def detect_hot_pixels(
     larger of the robust spread and the Poisson spread, so specimen contrast and
     sparse counts are never flagged.
     """
-    median = _sample_median(frame_sum)
-    hot: NDArray[np.bool_] = frame_sum > _hot_threshold(frame_sum, median, n_sigma)
+    sample = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
+    median = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - median))) * 1.4826
+    sigma = max(mad, np.sqrt(max(median, 1.0)))
+    hot: NDArray[np.bool_] = frame_sum > median + n_sigma * sigma
     return hot
 
 
-def _sample(frame_sum: np.ndarray) -> np.ndarray:
-    """About a million pixels of the frame sum, evenly spread."""
-    sample: np.ndarray = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
-    return sample
-
-
-def _sample_median(frame_sum: np.ndarray) -> float:
-    return float(np.median(_sample(frame_sum)))
-
-
-def _hot_threshold(frame_sum: np.ndarray, median: float, n_sigma: float) -> float:
-    """:func:`detect_hot_pixels`'s threshold, given the sample's median."""
-    mad = float(np.median(np.abs(_sample(frame_sum) - median))) * 1.4826
-    sigma = max(mad, np.sqrt(max(median, 1.0)))
-    return float(median + n_sigma * sigma)
-
-
-def _dead_at_zero(median: float, max_probability: float) -> bool:
-    """:func:`detect_dead_pixels`' rule: a zero sum is dead when a Poisson count
-    with the median mean is 0 with probability below ``max_probability``."""
-    return bool(median > -np.log(max_probability))
-
-
 def detect_dead_pixels(
-    frame_sum: np.ndarray, *, max_probability: float = DEAD_PIXEL_PROBABILITY
+    frame_sum: np.ndarray, *, max_probability: float = 1e-9
 ) -> np.ndarray:
     """Pixels that counted nothing where a working pixel almost surely would have.
 
@@ -123,10 +98,11 @@ def detect_dead_pixels(
     mean is 0 with probability below ``max_probability`` (median > ~21 counts at
     1e-9); at lower doses no pixel is called dead.
     """
-    if not _dead_at_zero(_sample_median(frame_sum), max_probability):
+    sample = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
+    median = float(np.median(sample))
+    if median <= -np.log(max_probability):
         return np.zeros(frame_sum.shape, dtype=bool)
-    dead: NDArray[np.bool_] = frame_sum <= 0
-    return dead
+    return frame_sum <= 0
 
 
 def mask_defects(frames: np.ndarray, defects: np.ndarray, *, radius: int = 2) -> int:
@@ -203,18 +179,10 @@ class PreparedFrames:
                     np.add(frame_sum, frame, out=frame_sum)
             if self.gain is not None:
                 frame_sum *= self.gain
-            # detect_hot_pixels and detect_dead_pixels in one pass (numba): the
-            # boolean temporaries of a 4096² frame took ~0.2 CPU s
-            median = _sample_median(frame_sum)
-            hot_per_row = np.empty(shape[0], dtype=np.int64)
-            _motion_kernels.mark_defects(
-                frame_sum,
-                _hot_threshold(frame_sum, median, hot_pixel_sigma),
-                _dead_at_zero(median, DEAD_PIXEL_PROBABILITY),
-                defects,
-                hot_per_row,
-            )
-            self.n_hot = int(hot_per_row.sum())
+            hot = detect_hot_pixels(frame_sum, n_sigma=hot_pixel_sigma)
+            hot &= ~defects
+            self.n_hot = int(hot.sum())
+            defects |= hot | detect_dead_pixels(frame_sum)
         ys, xs = np.nonzero(defects)
         self.ys = ys.astype(np.int64)
         self.xs = xs.astype(np.int64)

@@ -1,6 +1,7 @@
-"""The fifth speed revision's shortcuts give what the direct computations give:
-the one-pass defect map (PreparedFrames) and the dose-weighting grids computed
-on half the rows, mirrored and kept for the next movie."""
+"""Shortcuts of the motion stage against the direct computations: the defect
+map of PreparedFrames (one frame at a time from the integer movie) and the
+dose-weighting grids computed on half the rows, mirrored and kept for the next
+movie."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pipelines.motion.defects import (
 from pipelines.motion.dose import critical_exposure_e_per_a2
 
 
-def test_defect_map_in_one_pass_matches_the_two_detectors(
+def test_prepared_frames_defect_map_matches_the_two_detectors(
     rng: np.random.Generator,
 ) -> None:
     """Hot pixels (counted only where the gain is good), dead pixels and gain
