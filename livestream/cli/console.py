@@ -25,8 +25,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from livestream.scheduling.executors import DAEMON_PID_ENV, exit_with_parent
-
 __all__ = [
     "INPUT_ERROR_STATUS",
     "InputError",
@@ -111,6 +109,11 @@ def run_alone(
     handling of an :class:`InputError` (one line, exit status 2).  With
     ``LIVESTREAM_DAEMON_PID`` set, the process exits when that daemon (its
     parent) is gone."""
+    # the executors bring asyncio, multiprocessing and the config (~0.4 CPU s),
+    # which `livestream <command>` (main.main) does not need
+    # deferred: start-up of every command run through main.main
+    from livestream.scheduling.executors import DAEMON_PID_ENV, exit_with_parent
+
     daemon_pid = os.environ.get(DAEMON_PID_ENV)
     if daemon_pid:
         exit_with_parent(int(daemon_pid))

@@ -3,66 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from livestream import __version__
-from livestream.cli import (
-    class2d,
-    class3d,
-    ctf,
-    curate,
-    export_cryosparc,
-    extract,
-    import_cryosparc,
-    initial_model,
-    mask,
-    motion,
-    pick,
-    plan3d,
-    postprocess,
-    rebalance,
-    reconstruct,
-    refine3d,
-    refine_now,
-    run,
-    slurm_script,
-    star,
-    status,
-)
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
-from livestream.demo import command as demo_command
 
-# name -> command module; each has a docstring (its help), add_args(parser) and
-# main(args) -> int.
-COMMANDS: dict[str, ModuleType] = {
-    "run": run,
-    "status": status,
-    "demo": demo_command,
-    "motion": motion,
-    "ctf": ctf,
-    "pick": pick,
-    "extract": extract,
-    "class2d": class2d,
-    "curate": curate,
-    "reconstruct": reconstruct,
-    "initial-model": initial_model,
-    "class3d": class3d,
-    "plan3d": plan3d,
-    "refine3d": refine3d,
-    "refine-now": refine_now,
-    "mask": mask,
-    "postprocess": postprocess,
-    "rebalance": rebalance,
-    "export-cryosparc": export_cryosparc,
-    "import-cryosparc": import_cryosparc,
-    "slurm-script": slurm_script,
-    "star": star,
+# name -> the command's module; each has a docstring (its help), add_args(parser)
+# and main(args) -> int.  Only the command that runs is imported (the others'
+# dependencies, pandas, matplotlib, aiohttp, ..., cost ~2 CPU s of start-up);
+# ``livestream --help`` imports them all for their summaries.
+COMMANDS: dict[str, str] = {
+    "run": "livestream.cli.run",
+    "status": "livestream.cli.status",
+    "demo": "livestream.demo.command",
+    "motion": "livestream.cli.motion",
+    "ctf": "livestream.cli.ctf",
+    "pick": "livestream.cli.pick",
+    "extract": "livestream.cli.extract",
+    "class2d": "livestream.cli.class2d",
+    "curate": "livestream.cli.curate",
+    "reconstruct": "livestream.cli.reconstruct",
+    "initial-model": "livestream.cli.initial_model",
+    "class3d": "livestream.cli.class3d",
+    "plan3d": "livestream.cli.plan3d",
+    "refine3d": "livestream.cli.refine3d",
+    "refine-now": "livestream.cli.refine_now",
+    "mask": "livestream.cli.mask",
+    "postprocess": "livestream.cli.postprocess",
+    "rebalance": "livestream.cli.rebalance",
+    "export-cryosparc": "livestream.cli.export_cryosparc",
+    "import-cryosparc": "livestream.cli.import_cryosparc",
+    "slurm-script": "livestream.cli.slurm_script",
+    "star": "livestream.cli.star",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name`` (imported on first use)."""
+    return importlib.import_module(COMMANDS[name])
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` only that command's module is
+    imported and given its arguments (the others are named, so a wrong name
+    still lists them all)."""
     parser = argparse.ArgumentParser(
         prog="livestream",
         description="Live cryo-EM processing beside the microscope.",
@@ -74,22 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"livestream {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for name in COMMANDS:
+        if command is not None and name != command:
+            sub.add_parser(name)
+            continue
+        module = command_module(name)
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
-        command = sub.add_parser(
+        command_parser = sub.add_parser(
             name,
             help=summary,
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_args(command)
-        command.set_defaults(_main=module.main)
+        module.add_args(command_parser)
+        command_parser.set_defaults(_main=module.main)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words[0] if words and words[0] in COMMANDS else None
+    args = build_parser(command).parse_args(words)
     try:
         result: int = args._main(args)
     except InputError as exc:  # a missing or unreadable input: one line, no traceback

@@ -16,6 +16,7 @@ from pipelines.io.outputs import (
     remove_partials,
     write_mrc,
     write_star,
+    write_star_text,
     write_text_atomic,
 )
 
@@ -63,6 +64,62 @@ def test_star_round_trip(tmp_path: Path) -> None:
     path = write_star(tmp_path / "m.star", {"micrographs": frame})
     back = starfile.read(path, always_dict=True)
     pd.testing.assert_frame_equal(back["micrographs"], frame)
+
+
+def test_mrc_header_statistics_match_mrcfiles(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """write_mrc fills a mapped file and computes the header's statistics itself;
+    they agree with mrcfile's own (computed on the stored values) and the data,
+    shape and header fields are those set_data writes."""
+    image = (rng.standard_normal((64, 48)) * 6 + 40).astype(np.float32)
+    for float16 in (True, False):
+        ours = write_mrc(
+            tmp_path / "ours.mrc", image, pixel_size_a=0.8, float16=float16
+        )
+        reference = tmp_path / "reference.mrc"
+        with mrcfile.new(reference, overwrite=True) as mrc:
+            mrc.set_data(image.astype(np.float16 if float16 else np.float32))
+            mrc.voxel_size = 0.8
+        with mrcfile.open(ours) as mine, mrcfile.open(reference) as theirs:
+            np.testing.assert_array_equal(mine.data, theirs.data)
+            for field in ("mode", "nx", "ny", "nz", "mx", "my", "mz", "ispg", "cella"):
+                assert mine.header[field] == theirs.header[field], field
+            assert mine.header.dmin == theirs.header.dmin
+            assert mine.header.dmax == theirs.header.dmax
+            assert float(mine.header.dmean) == pytest.approx(
+                float(theirs.header.dmean), rel=1e-4
+            )
+            assert float(mine.header.rms) == pytest.approx(
+                float(theirs.header.rms), rel=1e-3
+            )
+
+
+def test_star_text_reads_back_with_starfile(tmp_path: Path) -> None:
+    """The pandas-free STAR writer: a key-value block and a loop, read back by
+    starfile with their types and values."""
+    path = write_star_text(
+        tmp_path / "movie.star",
+        {
+            "general": {"rlnImageSizeX": 4096, "rlnMicrographMovieName": "a b.mrc"},
+            "global_shift": {
+                "rlnMicrographFrameNumber": np.arange(1, 4),
+                "rlnMicrographShiftX": np.array([0.0, -1.25, 2.5e-7]),
+                "rlnMicrographName": ["x.mrc", "y.mrc", ""],
+            },
+        },
+    )
+    back = starfile.read(path, always_dict=True)
+    assert back["general"] == {
+        "rlnImageSizeX": 4096,
+        "rlnMicrographMovieName": "a b.mrc",
+    }
+    table = back["global_shift"]
+    assert list(table["rlnMicrographFrameNumber"]) == [1, 2, 3]
+    np.testing.assert_allclose(table["rlnMicrographShiftX"], [0.0, -1.25, 0.0])
+    assert list(table["rlnMicrographName"].fillna("")) == ["x.mrc", "y.mrc", ""]
+    with pytest.raises(ValueError, match="lengths"):
+        write_star_text(tmp_path / "bad.star", {"t": {"a": [1, 2], "b": [1]}})
 
 
 def test_remove_partials_finds_only_temporaries(tmp_path: Path) -> None:

@@ -1,0 +1,81 @@
+"""Shortcuts of the motion stage against the direct computations: the defect
+map of PreparedFrames (one frame at a time from the integer movie) and the
+dose-weighting grids computed on half the rows, mirrored and kept for the next
+movie."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.motion import summing
+from pipelines.motion.defects import (
+    PreparedFrames,
+    detect_dead_pixels,
+    detect_hot_pixels,
+)
+from pipelines.motion.dose import critical_exposure_e_per_a2
+
+
+def test_prepared_frames_defect_map_matches_the_two_detectors(
+    rng: np.random.Generator,
+) -> None:
+    """Hot pixels (counted only where the gain is good), dead pixels and gain
+    defects: the same pixels as detect_hot_pixels | detect_dead_pixels on the
+    gain-corrected frame sum."""
+    n, ny, nx = 8, 96, 80
+    frames = rng.poisson(3.0, size=(n, ny, nx)).astype(np.int8)
+    frames[:, 10, 11] = 100  # hot
+    frames[:, 40, 7] = 90  # hot where the gain is bad: a gain defect, not hot
+    frames[:, 50, 60] = 0  # dead (median sum ~24 > -log 1e-9)
+    gain = rng.uniform(0.9, 1.1, size=(ny, nx)).astype(np.float32)
+    gain[40, 7] = 0.0
+    gain[3, 3] = np.nan
+    prepared = PreparedFrames(frames, gain=gain)
+    clean = np.where(np.isfinite(gain) & (gain > 0), gain, 0).astype(np.float32)
+    frame_sum = frames.astype(np.float32).sum(axis=0) * clean
+    bad_gain = ~np.isfinite(gain) | (gain <= 0)
+    hot = detect_hot_pixels(frame_sum) & ~bad_gain
+    expected = bad_gain | hot | detect_dead_pixels(frame_sum)
+    assert prepared.n_hot == int(hot.sum()) == 1
+    found = np.zeros((ny, nx), dtype=bool)
+    found[prepared.ys, prepared.xs] = True
+    np.testing.assert_array_equal(found, expected)
+    assert found[50, 60]
+    assert found[40, 7]
+    assert found[3, 3]
+    np.testing.assert_array_equal(prepared.good, ~expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "exposures"),
+    [
+        ((256, 256), np.arange(1.0, 41.0)),  # uniform: the step's closed form
+        ((255, 300), 2.0 + 0.7 * np.arange(1.0, 11.0)),  # odd rows
+        ((64, 50), np.array([1.0, 2.5, 3.0, 7.0])),  # irregular exposures
+    ],
+)
+def test_dose_grids_match_the_full_grid(
+    shape: tuple[int, int], exposures: np.ndarray
+) -> None:
+    ny, nx = shape
+    ky = np.fft.fftfreq(ny, d=0.83).astype(np.float32)[:, None]
+    kx = np.fft.rfftfreq(nx, d=0.83).astype(np.float32)[None, :]
+    inv_ne = 1.0 / critical_exposure_e_per_a2(np.sqrt(ky * ky + kx * kx), 300.0)
+    weights = np.exp(-0.5 * exposures[:, None, None] * inv_ne[None])
+    inv_norm = 1.0 / np.sqrt(np.mean(weights * weights, axis=0))
+    steps = np.diff(exposures)
+    uniform = bool(np.allclose(steps, steps[0]))
+    grids = summing._dose_grids(shape, 0.83, 300.0, tuple(exposures), uniform)
+    np.testing.assert_array_equal(grids[0], inv_ne)
+    np.testing.assert_allclose(grids[2], inv_norm, rtol=2e-6)
+    if uniform:
+        assert grids[1] is not None
+        np.testing.assert_allclose(
+            grids[1], np.exp(-0.5 * steps[0] * inv_ne), rtol=1e-6
+        )
+    else:
+        assert grids[1] is None
+    assert not grids[0].flags.writeable  # shared with the next movie
+    again = summing._dose_grids(shape, 0.83, 300.0, tuple(exposures), uniform)
+    assert again[0] is grids[0]
