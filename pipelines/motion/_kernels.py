@@ -140,6 +140,64 @@ def warp_polynomial(
                 )
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def warp_polynomial_add(
+    images: np.ndarray,
+    tmp: np.ndarray,
+    out: np.ndarray,
+    coeff_x: np.ndarray,
+    coeff_y: np.ndarray,
+) -> None:
+    """``out[i] += warp(images[i])`` for a stack ``(k, ny, nx)`` warped by one
+    field, as :func:`warp_polynomial` warps one frame (two cubic passes, ``tmp``
+    ``(k, ny, nx)`` holds the first; borders clamped).  Each pixel's source
+    position and cubic weights are computed once for all ``k`` images: the
+    dose-weighted and the plain sum of a block of frames are warped together."""
+    k, ny, nx = images.shape
+    for y in prange(ny):
+        v = y / ny - 0.5
+        a0 = coeff_x[0] + coeff_x[3] * v + coeff_x[4] * v * v
+        a1 = coeff_x[1] + coeff_x[5] * v
+        a2 = coeff_x[2]
+        for x in range(nx):
+            u = x / nx - 0.5
+            s = x - (a0 + (a1 + a2 * u) * u)
+            i = int(np.floor(s))
+            w0, w1, w2, w3 = _keys_weights(s - i)
+            i0 = min(max(i - 1, 0), nx - 1)
+            i1 = min(max(i, 0), nx - 1)
+            i2 = min(max(i + 1, 0), nx - 1)
+            i3 = min(max(i + 2, 0), nx - 1)
+            for c in range(k):
+                tmp[c, y, x] = (
+                    w0 * images[c, y, i0]
+                    + w1 * images[c, y, i1]
+                    + w2 * images[c, y, i2]
+                    + w3 * images[c, y, i3]
+                )
+    for y in prange(ny):
+        v = y / ny - 0.5
+        a0 = coeff_y[0] + coeff_y[3] * v + coeff_y[4] * v * v
+        a1 = coeff_y[1] + coeff_y[5] * v
+        a2 = coeff_y[2]
+        for x in range(nx):
+            u = x / nx - 0.5
+            s = y - (a0 + (a1 + a2 * u) * u)
+            j = int(np.floor(s))
+            w0, w1, w2, w3 = _keys_weights(s - j)
+            j0 = min(max(j - 1, 0), ny - 1)
+            j1 = min(max(j, 0), ny - 1)
+            j2 = min(max(j + 1, 0), ny - 1)
+            j3 = min(max(j + 2, 0), ny - 1)
+            for c in range(k):
+                out[c, y, x] += (
+                    w0 * tmp[c, j0, x]
+                    + w1 * tmp[c, j1, x]
+                    + w2 * tmp[c, j2, x]
+                    + w3 * tmp[c, j3, x]
+                )
+
+
 @njit(cache=True, parallel=True)
 def block_sum(frame: np.ndarray, block: int, out: np.ndarray) -> None:
     """``out[y, x]`` = sum of the ``block × block`` pixels of ``frame`` (float32)
