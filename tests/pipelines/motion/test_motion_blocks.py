@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from pipelines.motion import _kernels as _motion_kernels
 from pipelines.motion.blocks import (
     LOCAL_BLOCK_TOLERANCE_PX,
     block_coefficients,
@@ -135,3 +136,19 @@ def test_block_sum_matches_the_exact_per_frame_warp(rng):
     assert plain[0] > plain[2] + 0.01
     weighted = [_correlation(s[0][inner], truth) for s in (in_blocks, exact)]
     assert weighted[0] > weighted[1] - 2e-3
+
+
+def test_warp_of_a_stack_adds_what_the_one_frame_warp_makes(rng):
+    # a field of several px that moves by more than a pixel along the rows, so
+    # chunks with one offset (contiguous taps), chunks where the offset changes
+    # and the clamped borders are all taken
+    images = rng.standard_normal((2, 96, 300)).astype(np.float32)
+    cx = np.array([0.5, 1.3, -3.8, -0.6, -3.4, -1.8])
+    cy = np.array([0.1, 2.3, -0.5, -0.9, -2.9, -0.7])
+    out = rng.standard_normal(images.shape).astype(np.float32)
+    start = out.copy()
+    _motion_kernels.warp_polynomial_add(images, np.empty_like(images), out, cx, cy)
+    for image, got, before in zip(images, out, start, strict=True):
+        want = np.empty_like(image)
+        _motion_kernels.warp_polynomial(image, np.empty_like(image), want, cx, cy)
+        assert np.allclose(got - before, want, atol=1e-5)
