@@ -69,78 +69,7 @@ def _keys_weights(
     )
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def warp_polynomial(
-    frame: np.ndarray,
-    tmp: np.ndarray,
-    out: np.ndarray,
-    coeff_x: np.ndarray,
-    coeff_y: np.ndarray,
-) -> None:
-    """Resample ``frame`` at ``(x - Lx, y - Ly)`` with cubic (Keys, a = -0.5)
-    interpolation, in two one-dimensional passes (``tmp`` holds the first).
-
-    ``L = sum_g coeff[g] * basis_g(u, v)`` with basis ``(1, u, u², v, v², uv)``,
-    ``u = x / nx - 0.5``, ``v = y / ny - 0.5`` (RELION's normalisation); the
-    content of ``frame`` moves by ``+L``.  Borders are clamped.  The first pass
-    moves each row by ``Lx(x, y)``, the second each column by ``Ly(x, y)``: the
-    second reads rows ``y - Ly`` whose x move was taken at their own ``y``, which
-    differs from the exact 2-D warp by ``dLx/dy * Ly`` -- ~1e-4 px for a local
-    field of a few pixels over the frame -- at 8 taps a pixel instead of 16.
-    """
-    ny, nx = frame.shape
-    for y in prange(ny):
-        v = y / ny - 0.5
-        # the polynomial is quadratic in u along a row: L = a0 + a1 u + a2 u²
-        a0 = coeff_x[0] + coeff_x[3] * v + coeff_x[4] * v * v
-        a1 = coeff_x[1] + coeff_x[5] * v
-        a2 = coeff_x[2]
-        for x in range(nx):
-            u = x / nx - 0.5
-            s = x - (a0 + (a1 + a2 * u) * u)
-            i = int(np.floor(s))
-            w0, w1, w2, w3 = _keys_weights(s - i)
-            if i >= 1 and i + 2 < nx:
-                tmp[y, x] = (
-                    w0 * frame[y, i - 1]
-                    + w1 * frame[y, i]
-                    + w2 * frame[y, i + 1]
-                    + w3 * frame[y, i + 2]
-                )
-            else:
-                tmp[y, x] = (
-                    w0 * frame[y, min(max(i - 1, 0), nx - 1)]
-                    + w1 * frame[y, min(max(i, 0), nx - 1)]
-                    + w2 * frame[y, min(max(i + 1, 0), nx - 1)]
-                    + w3 * frame[y, min(max(i + 2, 0), nx - 1)]
-                )
-    for y in prange(ny):
-        v = y / ny - 0.5
-        a0 = coeff_y[0] + coeff_y[3] * v + coeff_y[4] * v * v
-        a1 = coeff_y[1] + coeff_y[5] * v
-        a2 = coeff_y[2]
-        for x in range(nx):
-            u = x / nx - 0.5
-            s = y - (a0 + (a1 + a2 * u) * u)
-            j = int(np.floor(s))
-            w0, w1, w2, w3 = _keys_weights(s - j)
-            if j >= 1 and j + 2 < ny:
-                out[y, x] = (
-                    w0 * tmp[j - 1, x]
-                    + w1 * tmp[j, x]
-                    + w2 * tmp[j + 1, x]
-                    + w3 * tmp[j + 2, x]
-                )
-            else:
-                out[y, x] = (
-                    w0 * tmp[min(max(j - 1, 0), ny - 1), x]
-                    + w1 * tmp[min(max(j, 0), ny - 1), x]
-                    + w2 * tmp[min(max(j + 1, 0), ny - 1), x]
-                    + w3 * tmp[min(max(j + 2, 0), ny - 1), x]
-                )
-
-
-# pixels along x that share one integer source offset in warp_polynomial_add's
+# pixels along x that share one integer source offset in the warps'
 # fast path (the local field moves < 1e-3 px per px: runs are thousands long)
 WARP_CHUNK = 128
 
@@ -217,10 +146,11 @@ def _warp_row(images: np.ndarray, tmp: np.ndarray, y: int, coeff_x: np.ndarray) 
 
 
 @njit(cache=True, fastmath=True)
-def _warp_column_add(
-    tmp: np.ndarray, out: np.ndarray, y: int, coeff_y: np.ndarray
+def _warp_columns(
+    tmp: np.ndarray, out: np.ndarray, y: int, coeff_y: np.ndarray, add: bool
 ) -> None:
-    """Row ``y`` of every output: ``tmp``'s columns moved along y, added."""
+    """Row ``y`` of every output: ``tmp``'s columns moved along y, added to
+    ``out`` with ``add``, else written."""
     k, ny, nx = tmp.shape
     a = _row_coefficients(coeff_y, y / ny - 0.5)
     w = np.empty((4, WARP_CHUNK), dtype=np.float32)
@@ -233,6 +163,8 @@ def _warp_column_add(
                 r0, r1 = tmp[c, lo - 1, x0 : x0 + m], tmp[c, lo, x0 : x0 + m]
                 r2, r3 = tmp[c, lo + 1, x0 : x0 + m], tmp[c, lo + 2, x0 : x0 + m]
                 dst = out[c, y, x0 : x0 + m]
+                if not add:
+                    dst[:] = 0
                 for i in range(m):
                     dst[i] += (
                         w[0, i] * r0[i]
@@ -247,17 +179,14 @@ def _warp_column_add(
             j2, j3 = min(max(j + 1, 0), ny - 1), min(max(j + 2, 0), ny - 1)
             x = x0 + i
             for c in range(k):
+                if not add:
+                    out[c, y, x] = 0
                 out[c, y, x] += (
                     w[0, i] * tmp[c, j0, x]
                     + w[1, i] * tmp[c, j1, x]
                     + w[2, i] * tmp[c, j2, x]
                     + w[3, i] * tmp[c, j3, x]
                 )
-
-
-# pixels along x that share one integer source offset in warp_polynomial_add's
-# fast path (the local field moves < 1e-3 px per px: runs are thousands long)
-WARP_CHUNK = 128
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -281,7 +210,37 @@ def warp_polynomial_add(
     for y in prange(ny):
         _warp_row(images, tmp, y, coeff_x)
     for y in prange(ny):
-        _warp_column_add(tmp, out, y, coeff_y)
+        _warp_columns(tmp, out, y, coeff_y, True)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def warp_polynomial(
+    frame: np.ndarray,
+    tmp: np.ndarray,
+    out: np.ndarray,
+    coeff_x: np.ndarray,
+    coeff_y: np.ndarray,
+) -> None:
+    """Resample ``frame`` at ``(x - Lx, y - Ly)`` with cubic (Keys, a = -0.5)
+    interpolation, in two one-dimensional passes (``tmp`` holds the first).
+
+    ``L = sum_g coeff[g] * basis_g(u, v)`` with basis ``(1, u, u², v, v², uv)``,
+    ``u = x / nx - 0.5``, ``v = y / ny - 0.5`` (RELION's normalisation); the
+    content of ``frame`` moves by ``+L``.  Borders are clamped.  The first pass
+    moves each row by ``Lx(x, y)``, the second each column by ``Ly(x, y)``: the
+    second reads rows ``y - Ly`` whose x move was taken at their own ``y``, which
+    differs from the exact 2-D warp by ``dLx/dy * Ly`` -- ~1e-4 px for a local
+    field of a few pixels over the frame -- at 8 taps a pixel instead of 16.
+    The passes are :func:`warp_polynomial_add`'s (chunks of contiguous taps).
+    """
+    ny, nx = frame.shape
+    images = frame.reshape(1, ny, nx)
+    rows = tmp.reshape(1, ny, nx)
+    moved = out.reshape(1, ny, nx)
+    for y in prange(ny):
+        _warp_row(images, rows, y, coeff_x)
+    for y in prange(ny):
+        _warp_columns(rows, moved, y, coeff_y, False)
 
 
 @njit(cache=True, parallel=True)
