@@ -115,9 +115,10 @@ def _sum_held_blocks(
     held spectra (:meth:`HeldSpectra.accumulate_all`), two inverse
     FFTs bring the sums to real space and one warp by the block's mean local
     field (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at
-    once) adds them into the outputs.  The plain sum's spectrum is the rfft2 of the warped plain sum (the
-    micrograph written, locally corrected), not the sum of the unwarped held
-    spectra, whose power spectrum would keep the local motion's blur."""
+    once) adds them into the outputs.  The plain sum's spectrum is the rfft2 of
+    the warped plain sum (the micrograph written, locally corrected), not the
+    sum of the unwarped held spectra, whose power spectrum would keep the local
+    motion's blur."""
     fft = fft_module(np)
     ny, nx = shape
     sums = np.empty((2, ny, nx // 2 + 1), dtype=np.complex64)  # weighted, plain
