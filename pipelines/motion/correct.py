@@ -419,8 +419,6 @@ def correct_motion(
         )
         if not local.significant:  # noise would explain the patches as well
             local = None
-    if local is not None:  # the frames are warped first: the held spectra won't do
-        held = None
     dw, no_dw, spectrum = sum_frames(
         frames,
         shifts,

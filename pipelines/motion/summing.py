@@ -1,9 +1,13 @@
 """Summing aligned frames: local warp, global shift, dose weighting, power spectrum.
 
-One pass over the frames: each frame is (optionally) resampled by its local
-polynomial correction, Fourier transformed once, shifted by its global correction
-(exact phase ramp), and added to the plain and the dose-weighted sums; two inverse
-transforms finish the job.
+With the frames' spectra held from the alignment pass
+(:class:`pipelines.motion.spectra.HeldSpectra`) they are shifted by their global
+correction (exact phase ramp), dose-weighted and summed in one pass, and two
+inverse transforms finish the job.  With a local model the held spectra are summed
+in temporal blocks (:mod:`pipelines.motion.blocks`): each block's two sums are
+transformed back and warped by the block's mean local field.  Otherwise (no held
+spectra, or as many blocks as frames would not save) each frame is prepared again,
+resampled by its local polynomial correction, transformed, shifted and added.
 """
 
 from __future__ import annotations
@@ -11,12 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from pipelines.motion import _kernels as _motion_kernels
 from pipelines.motion.align import fft_kwargs, phase_ramp
+from pipelines.motion.blocks import (
+    LOCAL_BLOCK_TOLERANCE_PX,
+    MAX_BLOCKS_PER_FRAME,
+    block_coefficients,
+    local_blocks,
+    spatial_coefficients,
+)
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HeldSpectra
 from pipelines.xp import fft_module, to_numpy
@@ -27,10 +38,105 @@ __all__ = ["power_spectrum", "sum_frames"]
 def _local_coefficients_at(
     coefficients: np.ndarray, z: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    c = coefficients.reshape(2, 6, 3)
-    zpow = np.array([z, z * z, z * z * z])
-    spatial = c @ zpow  # (2, 6)
+    spatial = spatial_coefficients(coefficients, np.array([z]))[0]  # (2, 6)
     return np.ascontiguousarray(spatial[0]), np.ascontiguousarray(spatial[1])
+
+
+def _blocks_that_save(
+    coefficients: np.ndarray, n_frames: int, tolerance_px: float | None
+) -> list[tuple[int, int]] | None:
+    """The temporal blocks of the local warp
+    (:func:`pipelines.motion.blocks.local_blocks`), or None when
+    ``tolerance_px`` is None or they would not save (more than
+    ``MAX_BLOCKS_PER_FRAME`` per frame: the field moves too fast)."""
+    if tolerance_px is None:
+        return None
+    blocks = local_blocks(coefficients, n_frames, tolerance_px=tolerance_px)
+    return blocks if len(blocks) <= MAX_BLOCKS_PER_FRAME * n_frames else None
+
+
+def _sum_held(
+    held: HeldSpectra,
+    shifts_px: np.ndarray,
+    damage: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    blocks: list[tuple[int, int]] | None,
+    coefficients: np.ndarray | None,
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sum_frames` from the held spectra: ``damage`` is ``(inv_ne,
+    inv_norm, exposures, step)`` of :meth:`HeldSpectra.accumulate_all`; with
+    ``blocks`` (and the local ``coefficients``) block by block
+    (:func:`_sum_held_blocks`), else all frames in one pass."""
+    fft = fft_module(np)
+    ny, nx = held.shape
+    shifts = np.asarray(shifts_px, dtype=np.float64)
+    ramps_y = np.exp(-2j * np.pi * np.fft.fftfreq(ny)[None, :] * shifts[:, 1:2])
+    ramps_x = np.exp(-2j * np.pi * np.fft.rfftfreq(nx)[None, :] * shifts[:, 0:1])
+    inv_ne, inv_norm, exposures, step = damage
+
+    def accumulate(
+        plain: np.ndarray, weighted: np.ndarray, start: int, stop: int
+    ) -> None:
+        held.accumulate_all(
+            ramps_y,
+            ramps_x,
+            inv_ne,
+            inv_norm,
+            exposures,
+            step,
+            plain,
+            weighted,
+            start=start,
+            stop=stop,
+        )
+
+    if blocks is not None and coefficients is not None:
+        return _sum_held_blocks(held.shape, accumulate, blocks, coefficients, workers)
+    plain = np.empty((ny, nx // 2 + 1), dtype=np.complex64)
+    weighted = np.empty_like(plain)
+    accumulate(plain, weighted, 0, len(held))
+    dw = fft.irfft2(weighted, s=(ny, nx), workers=workers)
+    no_dw = fft.irfft2(plain, s=(ny, nx), workers=workers)
+    return (
+        dw.astype(np.float32, copy=False),
+        no_dw.astype(np.float32, copy=False),
+        plain,
+    )
+
+
+def _sum_held_blocks(
+    shape: tuple[int, int],
+    accumulate: Callable[[np.ndarray, np.ndarray, int, int], None],
+    blocks: list[tuple[int, int]],
+    coefficients: np.ndarray,
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dose-weighted and plain sums, warped block by block: for each block
+    ``(start, stop)`` ``accumulate(plain, weighted, start, stop)`` sums its
+    held spectra (:meth:`HeldSpectra.accumulate_all`), two inverse
+    FFTs bring the sums to real space and one warp by the block's mean local
+    field (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at
+    once) adds them into the outputs.  The plain sum's spectrum is the rfft2 of
+    the warped plain sum (the micrograph written, locally corrected), not the
+    sum of the unwarped held spectra, whose power spectrum would keep the local
+    motion's blur."""
+    fft = fft_module(np)
+    ny, nx = shape
+    sums = np.empty((2, ny, nx // 2 + 1), dtype=np.complex64)  # weighted, plain
+    real = np.empty((2, ny, nx), dtype=np.float32)
+    out = np.zeros_like(real)
+    tmp = np.empty_like(real)
+    for start, stop in blocks:
+        accumulate(sums[1], sums[0], start, stop)
+        # the inverse FFT in two steps into the same buffers every block (NumPy's
+        # ``out=``): scipy's irfft2 allocated ~270 MB a call at 4096², and the
+        # page faults cost more system time than the transform
+        np.fft.ifft(sums, axis=-2, out=cast(Any, sums))  # complex64 (stubs: 128)
+        np.fft.irfft(sums, n=nx, axis=-1, out=cast(Any, real))
+        cx, cy = block_coefficients(coefficients, start, stop)
+        _motion_kernels.warp_polynomial_add(real, tmp, out, cx, cy)
+    spectrum = fft.rfft2(out[1], workers=workers)
+    return out[0], out[1], spectrum.astype(np.complex64, copy=False)
 
 
 def _each(weights: Iterator[Any], n: int, skip: bool) -> Iterator[Any]:
@@ -165,6 +271,7 @@ def sum_frames(
     local_coefficients: np.ndarray | None = None,
     prepare: Callable[[int], Any] | None = None,
     held: HeldSpectra | None = None,
+    local_tolerance_px: float | None = LOCAL_BLOCK_TOLERANCE_PX,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[Any, Any, Any]:
@@ -180,13 +287,21 @@ def sum_frames(
     With ``held`` (the frames' spectra kept by
     :func:`pipelines.motion.spectra.band_spectra`) and no local model, the frames
     are neither prepared nor transformed again: the held spectra are shifted and
-    summed.
+    summed.  With ``held`` and a local model the held spectra are summed in
+    temporal blocks whose frames' local fields are within ``local_tolerance_px``
+    of the block's mean (:func:`pipelines.motion.blocks.local_blocks`), each
+    block's sums warped once by that mean; when that would take more than
+    ``MAX_BLOCKS_PER_FRAME`` blocks per frame, or ``local_tolerance_px`` is None,
+    every frame is warped by its own field (the exact path).
     """
     if held is not None and (held.shape != tuple(frames.shape[1:]) or xp is not np):
         raise ValueError(f"held spectra {held.shape} vs frames {frames.shape[1:]}")
-    use_held = held is not None and local_coefficients is None
-    fft = fft_module(xp)
     n, ny, nx = frames.shape
+    blocks = None
+    if held is not None and local_coefficients is not None:
+        blocks = _blocks_that_save(local_coefficients, n, local_tolerance_px)
+    use_held = held is not None and (local_coefficients is None or blocks is not None)
+    fft = fft_module(xp)
     exposures = np.asarray(exposures_e_per_a2, dtype=np.float64)
     steps = np.diff(exposures)
     uniform = n > 1 and bool(np.allclose(steps, steps[0], rtol=1e-6, atol=1e-9))
@@ -211,30 +326,20 @@ def sum_frames(
         inv_norm = _inverse_norm(
             inv_ne, exposures, float(steps[0]) if uniform else None, weights, xp
         )
-    plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
-    weighted = xp.zeros_like(plain)
+    if use_held:  # every frame in one pass over the held spectra (or per block)
+        assert held is not None  # for mypy: use_held says so
+        return _sum_held(
+            held,
+            shifts_px,
+            (inv_ne, inv_norm, exposures, step),
+            blocks,
+            local_coefficients,
+            workers,
+        )
     ky_ramp = np.fft.fftfreq(ny)
     kx_ramp = np.fft.rfftfreq(nx)
-    if use_held:  # every frame in one pass over the held spectra
-        assert held is not None  # for mypy: use_held says so
-        shifts = np.asarray(shifts_px, dtype=np.float64)
-        held.accumulate_all(
-            np.exp(-2j * np.pi * ky_ramp[None, :] * shifts[:, 1:2]),
-            np.exp(-2j * np.pi * kx_ramp[None, :] * shifts[:, 0:1]),
-            inv_ne,
-            inv_norm,
-            exposures,
-            step,
-            plain,
-            weighted,
-        )
-        dw = fft.irfft2(weighted, s=(ny, nx), **fft_kwargs(xp, workers))
-        no_dw = fft.irfft2(plain, s=(ny, nx), **fft_kwargs(xp, workers))
-        return (
-            dw.astype(np.float32, copy=False),
-            no_dw.astype(np.float32, copy=False),
-            plain,
-        )
+    plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
+    weighted = xp.zeros_like(plain)
     warped = np.empty((ny, nx), dtype=np.float32)
     warp_rows = (
         np.empty((ny, nx), dtype=np.float32)

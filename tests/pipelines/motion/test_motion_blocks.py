@@ -1,0 +1,193 @@
+"""The local warp in temporal blocks of the held spectra (pipelines.motion.blocks)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion.blocks import (
+    LOCAL_BLOCK_TOLERANCE_PX,
+    block_coefficients,
+    local_blocks,
+    spatial_coefficients,
+)
+from pipelines.motion.local import evaluate_local_model, spatial_basis
+from pipelines.motion.spectra import HeldSpectra, band_spectra
+from pipelines.motion.summing import sum_frames
+from tests.pipelines.motion_movies import make_movie
+
+
+def _deviation_px(coefficients: np.ndarray, start: int, stop: int) -> float:
+    """Largest distance between a frame's field and the block's mean field on a
+    grid finer than the one ``local_blocks`` uses."""
+    axis = np.linspace(-0.5, 0.5, 33)
+    v, u = (a.ravel() for a in np.meshgrid(axis, axis, indexing="ij"))
+    z = np.arange(start, stop, dtype=float)
+    field = evaluate_local_model(coefficients, z, u, v)  # (n_z, n_points, 2)
+    deviation = field - field.mean(axis=0)
+    return float(np.sqrt(np.sum(deviation**2, axis=-1)).max())
+
+
+def test_blocks_are_short_where_the_field_moves_fast():
+    # RELION's polynomial with a cubic time term only: the field's speed grows
+    # as z², so the late blocks must be shorter than the early ones
+    coefficients = np.zeros((2, 18))
+    coefficients[0, 2] = 2e-4  # c[g=0, p=3], x: a uniform term z³
+    coefficients[1, 3 * 4 + 2] = 6e-4  # c[g=4 (v²), p=3], y
+    n = 40
+    blocks = local_blocks(coefficients, n)
+    assert blocks[0][0] == 0
+    assert blocks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+    lengths = [stop - start for start, stop in blocks]
+    assert 2 < len(blocks) < n
+    assert lengths[0] > 3 * lengths[-1]
+    assert all(a >= b for a, b in itertools.pairwise(lengths))
+    for start, stop in blocks:  # the tolerance holds over the whole frame
+        assert _deviation_px(coefficients, start, stop) <= LOCAL_BLOCK_TOLERANCE_PX
+    # a block ends where adding the next frame would break the tolerance
+    for start, stop in blocks[:-1]:
+        assert _deviation_px(coefficients, start, stop + 1) > LOCAL_BLOCK_TOLERANCE_PX
+    # halving the tolerance makes more blocks; no local motion is one block
+    assert len(local_blocks(coefficients, n, tolerance_px=0.05)) > len(blocks)
+    assert local_blocks(np.zeros((2, 18)), n) == [(0, n)]
+
+
+def test_block_field_is_the_mean_of_its_frames_fields():
+    rng = np.random.default_rng(4)
+    coefficients = rng.normal(0, 1e-3, (2, 18))
+    cx, cy = block_coefficients(coefficients, 3, 9)
+    u, v = rng.uniform(-0.5, 0.5, (2, 50))
+    mean = evaluate_local_model(coefficients, np.arange(3, 9.0), u, v).mean(axis=0)
+    basis = spatial_basis(u, v)
+    assert np.allclose(basis @ cx, mean[:, 0])
+    assert np.allclose(basis @ cy, mean[:, 1])
+    assert np.allclose(spatial_coefficients(coefficients, np.zeros(1)), 0.0)
+    with pytest.raises(ValueError, match="empty"):
+        block_coefficients(coefficients, 4, 4)
+
+
+def _relion_coefficients(movie, n: int, size: int) -> np.ndarray:
+    """The movie's true local correction as RELION's polynomial (the movie's field
+    is linear and quadratic in time over (1, u, v²) and (1, v, uv): exact)."""
+    y, x = (a.ravel() for a in np.mgrid[0:size:16, 0:size:16].astype(float))
+    drift = -(movie.drift_px - movie.drift_px[0])
+    local = movie.true_correction_px(x, y) - drift[:, None, :]
+    z = np.arange(n, dtype=float)
+    zpow = np.stack([z, z * z, z**3], axis=-1)
+    basis = spatial_basis(x / size - 0.5, y / size - 0.5)
+    design = np.einsum("zp,ng->zngp", zpow, basis).reshape(-1, 18)
+    fit = [np.linalg.lstsq(design, local[..., a].ravel())[0] for a in (0, 1)]
+    return np.stack(fit)
+
+
+def _correlation(image: np.ndarray, truth: np.ndarray) -> float:
+    a, b = image - image.mean(), truth - truth.mean()
+    return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
+
+
+def test_block_sum_matches_the_exact_per_frame_warp(rng):
+    size, n = 256, 20
+    movie = make_movie(rng, n_frames=n, size=size, local_amplitude_px=1.0)
+    coefficients = _relion_coefficients(movie, n, size)
+    shifts = -(movie.drift_px - movie.drift_px[0])
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "exposures_e_per_a2": 1.5 * np.arange(1, n + 1),
+        "voltage_kv": 300,
+        "local_coefficients": coefficients,
+        "workers": 1,
+    }
+    held = HeldSpectra(n, (size, size))
+    band_spectra(movie.frames, 1, hold=held, workers=1)
+    blocks = local_blocks(coefficients, n)
+    assert 1 < len(blocks) <= n // 2  # the block path is taken
+    in_blocks = sum_frames(movie.frames, shifts, held=held, **kwargs)
+    exact = sum_frames(
+        movie.frames, shifts, held=held, local_tolerance_px=None, **kwargs
+    )
+    inner = (slice(8, -8),) * 2  # the clamped warp and the periodic shift differ
+    global_only = sum_frames(
+        movie.frames,
+        shifts,
+        held=held,
+        pixel_size_a=1.0,
+        exposures_e_per_a2=kwargs["exposures_e_per_a2"],
+        voltage_kv=300,
+        workers=1,
+    )
+
+    def difference(got: np.ndarray, want: np.ndarray) -> float:
+        diff = got[inner] - want[inner]
+        return float(np.sqrt(np.mean(diff**2) / np.var(want[inner])))
+
+    # each frame's noise is displaced by at most the tolerance from where the
+    # exact path puts it: for white noise the difference's relative power is at
+    # most (2 pi)² E|k|² tol² = (2 pi tol)² / 6 (0.26 at 0.1 px); and the blocks
+    # must change the sums by much less than the local correction itself does
+    # (measured: 0.064 vs 0.185 plain, 0.021 vs 0.058 dose-weighted)
+    bound = 2 * np.pi * LOCAL_BLOCK_TOLERANCE_PX / np.sqrt(6)
+    for i in (0, 1):
+        error = difference(in_blocks[i], exact[i])
+        assert error < bound
+        assert error < 0.5 * difference(global_only[i], exact[i])
+    # against the truth: the block sums are as close to the undamaged, unmoved
+    # image as the exact sums (0.8670 vs 0.8663 plain, 0.8398 vs 0.8394
+    # dose-weighted), and better than the global shifts alone (0.8465 plain)
+    truth = movie.clean[inner]
+    plain = [_correlation(s[1][inner], truth) for s in (in_blocks, exact, global_only)]
+    assert plain[0] > plain[1] - 2e-3
+    assert plain[0] > plain[2] + 0.01
+    weighted = [_correlation(s[0][inner], truth) for s in (in_blocks, exact)]
+    assert weighted[0] > weighted[1] - 2e-3
+
+
+def _keys(f: np.ndarray) -> list[np.ndarray]:
+    """Keys (a = -0.5) cubic weights of taps -1, 0, 1, 2 at fractional offset f."""
+    return [
+        ((-0.5 * f + 1) * f - 0.5) * f,
+        (1.5 * f - 2.5) * f * f + 1,
+        ((-1.5 * f + 2) * f + 0.5) * f,
+        (0.5 * f - 0.5) * f * f,
+    ]
+
+
+def _reference_warp(image: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """The two-pass cubic warp written plainly in NumPy (float64): rows moved by
+    ``Lx``, then columns by ``Ly``, borders clamped."""
+    ny, nx = image.shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    basis = spatial_basis(x / nx - 0.5, y / ny - 0.5)
+    source = x - basis @ cx
+    start = np.floor(source).astype(int)
+    weights = _keys(source - start)
+    rows = sum(
+        weights[t] * image[y, np.clip(start + t - 1, 0, nx - 1)] for t in range(4)
+    )
+    source = y - basis @ cy
+    start = np.floor(source).astype(int)
+    weights = _keys(source - start)
+    return sum(
+        weights[t] * rows[np.clip(start + t - 1, 0, ny - 1), x] for t in range(4)
+    )
+
+
+def test_warps_match_the_plain_two_pass_cubic_warp(rng):
+    # a field of several px that moves by more than a pixel along the rows, so
+    # chunks with one offset (contiguous taps), chunks where the offset changes
+    # and the clamped borders are all taken
+    images = rng.standard_normal((2, 96, 300)).astype(np.float32)
+    cx = np.array([0.5, 1.3, -3.8, -0.6, -3.4, -1.8])
+    cy = np.array([0.1, 2.3, -0.5, -0.9, -2.9, -0.7])
+    out = rng.standard_normal(images.shape).astype(np.float32)
+    start = out.copy()
+    _motion_kernels.warp_polynomial_add(images, np.empty_like(images), out, cx, cy)
+    for image, got, before in zip(images, out, start, strict=True):
+        want = _reference_warp(image.astype(np.float64), cx, cy)
+        assert np.abs(got - before - want).max() < 1e-4
+        one = np.full_like(image, np.nan)  # written, not added
+        _motion_kernels.warp_polynomial(image, np.empty_like(image), one, cx, cy)
+        assert np.abs(one - want).max() < 1e-4
