@@ -74,6 +74,10 @@ DASK_SETTINGS: Mapping[str, object] = {
 def _require_dask() -> Any:
     try:
         import dask.config
+
+        # distributed adds its defaults to Dask's configuration when first imported:
+        # inside dask_settings, leaving the block would take them out again
+        import distributed  # noqa: F401
     except ModuleNotFoundError as exc:
         raise RuntimeError(
             "a Dask cluster is configured but dask.distributed is not installed: "
@@ -108,7 +112,7 @@ async def local_cluster(n_workers: int, **kwargs: Any) -> AsyncIterator[Any]:
     """A ``distributed.LocalCluster`` of worker processes under :data:`DASK_SETTINGS`
     (one thread per worker, no dashboard), as the benchmark and the tests use."""
     with dask_settings():
-        import distributed  # optional: the [dask] extra; _require_dask checked it
+        import distributed  # optional: the [dask] extra, imported by dask_settings
 
         options: dict[str, Any] = {
             "processes": True,
