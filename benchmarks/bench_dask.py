@@ -22,17 +22,25 @@ the five real stage tasks of ``bench_chain.py``'s chain submitted one after the
 other through each executor, twice as many exposures in flight as workers.  The
 overhead is counted in CPU seconds, which mean something on a loaded machine
 where a few milliseconds of wall time do not: the CPU of every process of the run
-(this one, with the Dask scheduler of a ``LocalCluster`` and the event loop; the
-pool's or the cluster's worker processes and nannies) over the run, less the CPU
-spent inside the stage calls (measured in the worker around ``run_stage``), per
-exposure.  The workers' idle wall time (wall x workers less the stages' wall
-time) is printed too.  Before the exposures, the executor's processes are left
-idle for 30 s: their CPU then (heartbeats, monitors, in % of one core) times an
-exposure's wall time is the background a worker process also burns *during* a
-stage, which the in-stage CPU cannot tell from the stage's own.
+(this one, with the Dask scheduler and nannies of a ``LocalCluster`` and the event
+loop; the pool's or the cluster's worker processes) over the run, less the CPU of
+the stage's own threads during the stage calls, per exposure.  The stage's threads
+are measured in the worker around ``run_stage``: the process's CPU less that of
+its other Python threads (Dask's event loop with its periodic callbacks, the
+watch threads), read from /proc; that part is printed on its own (``in worker``),
+the executor's background during the stages.  The workers' idle wall time (wall x
+workers less the stages' wall time) is printed too.  Before the exposures, the
+executor's processes are left idle for 30 s: their CPU then (heartbeats,
+monitors, in % of one core) times an exposure's wall time is what that background
+costs per exposure at that rate.
+
+Dask rows run under the service's Dask settings
+(:mod:`livestream.scheduling.dask_settings`, the default) or Dask's defaults
+(``--dask-config defaults``), or both in the order given
+(``--dask-config service defaults``).
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
-        [--dask-workers 1] [--keep DIR]
+        [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -123,22 +131,21 @@ def _report(
 
 
 async def _executors(
-    workers: list[int], dask_workers: list[int], dask_config: str
+    workers: list[int], dask_workers: list[int], dask_config: list[str]
 ) -> AsyncIterator[tuple[str, int, Executor]]:
     """Each executor measured, in turn, closed after its rows: the service's
     local process pool with each of ``workers``, then a Dask ``LocalCluster`` of
     processes with each of ``dask_workers``, under the service's Dask settings
-    (:mod:`livestream.scheduling.dask_settings`), Dask's defaults, or both in turn
-    (``dask_config``)."""
+    (:mod:`livestream.scheduling.dask_settings`) and/or Dask's defaults, in the
+    order of ``dask_config``."""
     for n in workers:
         local = LocalExecutor(n, "forkserver")
         try:
             yield "local process pool", n, local
         finally:
             await local.close(cancel=False)
-    configs = ("service", "defaults") if dask_config == "both" else (dask_config,)
     for n in dask_workers:
-        for config in configs:
+        for config in dask_config:
             if config == "service":
                 cluster_cm = local_cluster(n)
             else:
@@ -328,9 +335,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
-        choices=("service", "defaults", "both"),
-        default="service",
-        help="the Dask rows under the service's settings, Dask's defaults, or both",
+        choices=("service", "defaults"),
+        nargs="+",
+        default=["service"],
+        help="the Dask rows under the service's settings and/or Dask's defaults, in"
+        " this order",
     )
     args = parser.parse_args()
     asyncio.run(main_real(args) if args.real else main_async(args))
