@@ -110,14 +110,18 @@ def dask_environment() -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def local_cluster(n_workers: int, **kwargs: Any) -> AsyncIterator[Any]:
     """A ``distributed.LocalCluster`` of worker processes under :data:`DASK_SETTINGS`
-    (one thread per worker, no dashboard), as the benchmark and the tests use."""
+    (one thread per worker, no dashboard), as the benchmark and the tests use;
+    ``kwargs`` go to ``LocalCluster``."""
     with dask_settings():
         import distributed  # optional: the [dask] extra, imported by dask_settings
 
         options: dict[str, Any] = {
             "processes": True,
             "threads_per_worker": 1,
-            "dashboard_address": None,
+            # no dashboard; the scheduler's HTTP routes (/metrics, /health) on a
+            # free port, not on 8787, which another cluster may hold
+            "dashboard_address": ":0",
+            "scheduler_kwargs": {"dashboard": False},
             "silence_logs": 40,
             **kwargs,
         }
