@@ -46,6 +46,7 @@ elsewhere read them from the environment: :func:`dask_environment` gives the
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -100,11 +101,24 @@ def dask_environment() -> dict[str, str]:
     ``ast.literal_eval`` (a string that is no Python literal stays a string).
     """
     return {
-        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): (
-            value if isinstance(value, str) else repr(value)
-        )
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): _literal(value)
         for key, value in DASK_SETTINGS.items()
     }
+
+
+def _literal(value: object) -> str:
+    """``value`` as a Python literal, strings in double quotes (a shell's single
+    quotes then need no escapes); a top-level string as itself."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        items = (f"{json.dumps(str(k))}: {_inner(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    return repr(value)
+
+
+def _inner(value: object) -> str:
+    return json.dumps(value) if isinstance(value, str) else _literal(value)
 
 
 @contextlib.asynccontextmanager
