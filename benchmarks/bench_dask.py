@@ -22,17 +22,25 @@ the five real stage tasks of ``bench_chain.py``'s chain submitted one after the
 other through each executor, twice as many exposures in flight as workers.  The
 overhead is counted in CPU seconds, which mean something on a loaded machine
 where a few milliseconds of wall time do not: the CPU of every process of the run
-(this one, with the Dask scheduler of a ``LocalCluster`` and the event loop; the
-pool's or the cluster's worker processes and nannies) over the run, less the CPU
-spent inside the stage calls (measured in the worker around ``run_stage``), per
-exposure.  The workers' idle wall time (wall x workers less the stages' wall
-time) is printed too.  Before the exposures, the executor's processes are left
-idle for 30 s: their CPU then (heartbeats, monitors, in % of one core) times an
-exposure's wall time is the background a worker process also burns *during* a
-stage, which the in-stage CPU cannot tell from the stage's own.
+(this one, with the Dask scheduler and nannies of a ``LocalCluster`` and the event
+loop; the pool's or the cluster's worker processes) over the run, less the CPU of
+the stage's own threads during the stage calls, per exposure.  The stage's threads
+are measured in the worker around ``run_stage``: the process's CPU less that of
+its other Python threads (Dask's event loop with its periodic callbacks, the
+watch threads), read from /proc; that part is printed on its own (``in worker``),
+the executor's background during the stages.  The workers' idle wall time (wall x
+workers less the stages' wall time) is printed too.  Before the exposures, the
+executor's processes are left idle for 30 s: their CPU then (heartbeats,
+monitors, in % of one core) times an exposure's wall time is what that background
+costs per exposure at that rate.
+
+Dask rows run under the service's Dask settings
+(:mod:`livestream.scheduling.dask_settings`, the default) or Dask's defaults
+(``--dask-config defaults``), or both in the order given
+(``--dask-config service defaults``).
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
-        [--dask-workers 1] [--keep DIR]
+        [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import argparse
 import asyncio
 import os
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -49,6 +58,7 @@ from pathlib import Path
 from bench_chain import CHAIN, exposure_of, make_movies
 
 from livestream.ledger.schema import StageResult
+from livestream.scheduling.dask_settings import local_cluster
 from livestream.scheduling.executors import DaskExecutor, Executor, LocalExecutor
 from livestream.stages.params import NoopParams
 from livestream.stages.registry import run_stage
@@ -121,35 +131,40 @@ def _report(
 
 
 async def _executors(
-    workers: list[int], dask_workers: list[int]
+    workers: list[int], dask_workers: list[int], dask_config: list[str]
 ) -> AsyncIterator[tuple[str, int, Executor]]:
     """Each executor measured, in turn, closed after its rows: the service's
     local process pool with each of ``workers``, then a Dask ``LocalCluster`` of
-    processes with each of ``dask_workers``."""
+    processes with each of ``dask_workers``, under the service's Dask settings
+    (:mod:`livestream.scheduling.dask_settings`) and/or Dask's defaults, in the
+    order of ``dask_config``."""
     for n in workers:
         local = LocalExecutor(n, "forkserver")
         try:
             yield "local process pool", n, local
         finally:
             await local.close(cancel=False)
-    if not dask_workers:
-        return
-    import distributed  # optional: only the Dask rows need it
-
     for n in dask_workers:
-        async with distributed.LocalCluster(
-            n_workers=n,
-            processes=True,
-            threads_per_worker=1,
-            asynchronous=True,
-            dashboard_address=None,
-            silence_logs=40,
-        ) as cluster:
-            executor = await DaskExecutor.connect(cluster.scheduler_address)
-            try:
-                yield "dask LocalCluster (procs)", n, executor
-            finally:
-                await executor.close(cancel=False)
+        for config in dask_config:
+            if config == "service":
+                cluster_cm = local_cluster(n)
+            else:
+                import distributed  # optional: only the Dask rows need it
+
+                cluster_cm = distributed.LocalCluster(
+                    n_workers=n,
+                    processes=True,
+                    threads_per_worker=1,
+                    asynchronous=True,
+                    dashboard_address=None,
+                    silence_logs=40,
+                )
+            async with cluster_cm as cluster:
+                executor = await DaskExecutor.connect(cluster.scheduler_address)
+                try:
+                    yield f"dask LocalCluster ({config})", n, executor
+                finally:
+                    await executor.close(cancel=False)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -164,17 +179,47 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'executor':<28} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
         f" {'overhead ms/task':>14} {'% / exposure':>13}"
     )
-    async for label, n, executor in _executors(args.workers, args.dask_workers):
+    async for label, n, executor in _executors(
+        args.workers, args.dask_workers, args.dask_config
+    ):
         wall = await _run_all(executor, tasks, 2 * n)
         _report(label, n, wall, args)
 
 
-def timed_stage(task: StageTask) -> tuple[StageResult, float, float]:
-    """``run_stage`` in the worker, with its CPU and wall seconds."""
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _other_python_threads_cpu_s() -> float:
+    """CPU seconds of this process's Python threads other than the calling one
+    (Linux, from /proc): the executor's own threads (Dask's event loop with its
+    periodic callbacks, the nanny's and the pool's watch threads).  The stage's
+    threads are the calling one and the ones numba and BLAS start, which Python
+    does not list."""
+    me = threading.get_native_id()
+    total = 0
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or tid == me:
+            continue
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _TICKS_PER_S
+
+
+def timed_stage(task: StageTask) -> tuple[StageResult, float, float, float]:
+    """``run_stage`` in the worker: the process's CPU seconds during the call, its
+    wall seconds, and the part of that CPU spent by the executor's own threads."""
     cpu = time.process_time()
+    other = _other_python_threads_cpu_s()
     start = time.perf_counter()
     result = run_stage(task)
-    return result, time.process_time() - cpu, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    return result, cpu, wall, _other_python_threads_cpu_s() - other
 
 
 def tree_cpu_s() -> float:
@@ -197,7 +242,7 @@ async def _run_exposures(
 ) -> dict[str, float]:
     """Each movie's chain as five stage tasks in turn; totals over all exposures."""
     gate = asyncio.Semaphore(in_flight)
-    totals = {"stage_cpu": 0.0, "stage_wall": 0.0}
+    totals = {"stage_cpu": 0.0, "stage_wall": 0.0, "stage_background": 0.0}
 
     async def one(movie: Path) -> None:
         exposure = exposure_of(movie)
@@ -212,9 +257,10 @@ async def _run_exposures(
                     project_path=project,
                     previous=dict(previous),
                 )
-                result, cpu, wall = await executor.run(timed_stage, task)
+                result, cpu, wall, background = await executor.run(timed_stage, task)
                 previous[name] = result
-                totals["stage_cpu"] += cpu
+                totals["stage_cpu"] += cpu - background
+                totals["stage_background"] += background
                 totals["stage_wall"] += wall
 
     # warm-up: start every worker process and import the stages once
@@ -237,14 +283,14 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
     overhead = (totals["cpu"] - totals["stage_cpu"]) / n
     idle = (totals["wall"] * workers - totals["stage_wall"]) / n
     stage_cpu = totals["stage_cpu"] / n
-    # the idle rate over an exposure's wall time: the part of the overhead that
-    # runs beside the stages (in the worker it is counted in the stage's CPU)
+    # the idle rate over an exposure's wall time: what the executor's processes
+    # burn beside the stages at that rate
     background = totals["idle_cpu_per_s"] * totals["wall"] / n
     print(
         f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
-        f" {100 * overhead / stage_cpu:>6.2f} {idle:>11.1f}"
-        f" {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
+        f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
+        f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
         flush=True,
     )
 
@@ -261,11 +307,15 @@ async def main_real(args: argparse.Namespace) -> None:
     )
     print(
         f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
-        f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'idle wall s':>11}"
+        f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'in worker':>10}"
+        f" {'idle wall s':>11}"
         f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
     )
-    async for label, n, executor in _executors(args.workers, args.dask_workers):
-        folder = root / f"{'dask' if label.startswith('dask') else 'local'}_{n}"
+    async for label, n, executor in _executors(
+        args.workers, args.dask_workers, args.dask_config
+    ):
+        kind = label.split("(")[-1].rstrip(")") if label.startswith("dask") else "local"
+        folder = root / f"{kind}_{n}"
         totals = await _run_exposures(executor, movies, folder, 2 * n)
         _report_real(label, n, len(movies), totals)
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
@@ -283,6 +333,14 @@ def main() -> None:
     )
     parser.add_argument("--small", action="store_true", help="--real at 1024² x 20")
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
+    parser.add_argument(
+        "--dask-config",
+        choices=("service", "defaults"),
+        nargs="+",
+        default=["service"],
+        help="the Dask rows under the service's settings and/or Dask's defaults, in"
+        " this order",
+    )
     args = parser.parse_args()
     asyncio.run(main_real(args) if args.real else main_async(args))
 

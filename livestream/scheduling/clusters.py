@@ -8,15 +8,20 @@ shared file system and never travel through the scheduler.
 ``slurm_job_kwargs`` is the one translation from ``[workers.slurm]`` to
 dask-jobqueue's arguments; the service (:func:`start_slurm_cluster`) and
 ``livestream slurm-script`` (:func:`slurm_job_script`) both use it, so the script a
-facility reviews is the one the service submits.
+facility reviews is the one the service submits.  The job script exports Dask's
+settings for the service (:mod:`livestream.scheduling.dask_settings`) before it
+starts the nanny and its workers; the scheduler in the service's process is made
+under the same settings.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Any
 
 from livestream.config import SlurmConfig
+from livestream.scheduling.dask_settings import dask_environment, dask_settings
 
 __all__ = ["slurm_job_kwargs", "slurm_job_script", "start_slurm_cluster"]
 
@@ -50,7 +55,12 @@ def slurm_job_kwargs(config: SlurmConfig) -> dict[str, Any]:
         "walltime": config.walltime,
         "python": config.python or sys.executable,
         "job_extra_directives": list(config.job_extra_directives),
-        "job_script_prologue": list(config.job_script_prologue),
+        # Dask's settings first, so that a facility's own prologue may override them
+        "job_script_prologue": [
+            f"export {name}={shlex.quote(value)}"
+            for name, value in dask_environment().items()
+        ]
+        + list(config.job_script_prologue),
         "job_name": "livestream-worker",
     }
     if config.queue:
@@ -77,8 +87,9 @@ def slurm_job_script(config: SlurmConfig, scheduler_address: str) -> str:
 
 async def start_slurm_cluster(config: SlurmConfig) -> Any:
     """A running ``SLURMCluster`` (asynchronous) scaled to ``config.jobs`` jobs."""
-    cluster = await _jobqueue().SLURMCluster(
-        asynchronous=True, **slurm_job_kwargs(config)
-    )
+    with dask_settings():  # the scheduler reads them when it starts
+        cluster = await _jobqueue().SLURMCluster(
+            asynchronous=True, **slurm_job_kwargs(config)
+        )
     cluster.scale(jobs=config.jobs)
     return cluster

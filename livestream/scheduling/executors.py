@@ -28,6 +28,7 @@ import numpy as np
 
 from livestream.config import SlurmConfig
 from livestream.scheduling.clusters import start_slurm_cluster
+from livestream.scheduling.dask_settings import dask_settings
 
 __all__ = [
     "DAEMON_PID_ENV",
@@ -267,7 +268,8 @@ async def _dask_client(address_or_cluster: Any) -> Any:
             "a Dask cluster is configured but dask.distributed is not installed: "
             "pip install 'livestream[dask]'"
         ) from exc
-    return await Client(address_or_cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+    with dask_settings():
+        return await Client(address_or_cluster, asynchronous=True)  # type: ignore[no-untyped-call]
 
 
 async def create_executor(

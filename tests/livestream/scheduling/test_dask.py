@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from livestream.demo.microscope import MicroscopeSettings, SimulatedMicroscope
+from livestream.scheduling.dask_settings import local_cluster
 from livestream.scheduling.executors import check_payload
 from tests.livestream.scheduling import dask_stage
 from tests.livestream.service_fixtures import (
@@ -37,13 +38,7 @@ async def test_dask_local_cluster_gives_the_same_ledger(tmp_path: Path) -> None:
     local_project = tmp_path / "local"
     await run_until_settled(service_config(session, movies, local_project), 4)
 
-    async with distributed.LocalCluster(
-        n_workers=1,
-        processes=False,
-        threads_per_worker=1,
-        asynchronous=True,
-        dashboard_address=None,
-    ) as cluster:
+    async with local_cluster(1, processes=False) as cluster:
         dask_project = tmp_path / "dask"
         config = service_config(
             session,
@@ -96,14 +91,7 @@ async def test_a_worker_killed_mid_stage_is_replaced_and_the_stage_done_once(
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    async with distributed.LocalCluster(
-        n_workers=2,
-        processes=True,
-        threads_per_worker=1,
-        asynchronous=True,
-        dashboard_address=None,
-        worker_class=distributed.Nanny,
-    ) as cluster:
+    async with local_cluster(2, worker_class=distributed.Nanny) as cluster:
         config = service_config(
             session,
             movies,
@@ -154,13 +142,8 @@ async def test_the_real_chain_on_dask_ships_paths_not_images(tmp_path: Path) -> 
     )
     microscope.acquire(0)
     project = tmp_path / "project"
-    async with distributed.LocalCluster(
-        n_workers=1,
-        processes=False,  # the executor checks each payload on the client side
-        threads_per_worker=1,
-        asynchronous=True,
-        dashboard_address=None,
-    ) as cluster:
+    # processes=False: the executor checks each payload on the client side
+    async with local_cluster(1, processes=False) as cluster:
         config = service_config(
             tmp_path / "session",
             tmp_path / "movies",

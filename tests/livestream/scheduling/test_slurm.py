@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from livestream.cli.main import main
 from livestream.config import ConfigError, load_config
+from livestream.scheduling.dask_settings import dask_environment
 
 pytest.importorskip("dask_jobqueue")
 
@@ -46,6 +48,14 @@ def test_the_job_script_asks_slurm_for_what_the_config_says(
         "#SBATCH --gres=gpu:1",
     ]
     assert "module load cuda/12.4" in script
+    # the service's Dask settings, exported before the facility's own prologue
+    lines = script.splitlines()
+    exports = [line for line in lines if line.startswith("export DASK_")]
+    assert len(exports) == len(dask_environment())
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in exports)
+    assert exported == dask_environment()
+    assert exported["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
+    assert max(map(lines.index, exports)) < lines.index("module load cuda/12.4")
     (command,) = [line for line in script.splitlines() if "dask_worker" in line]
     words = command.split()
     assert words[0] == sys.executable  # the same install on the nodes

@@ -1,0 +1,146 @@
+"""Dask's own background work, set in one place for every cluster the service uses.
+
+A Dask worker, its nanny, the scheduler and the client each run periodic callbacks
+on their event loops.  At Dask's defaults they cost an idle one-worker
+``LocalCluster`` about 7 % of a core, and the worker's statistical profiler lands
+inside the stage's own process CPU (docs/operations.md, *Scheduling overhead*).
+The service runs a few long tasks (seconds to a minute each), so it needs none of
+that resolution.  :data:`DASK_SETTINGS` is what it sets instead, each key with
+Dask's documented meaning (``distributed-schema.yaml``, rendered at
+https://docs.dask.org/en/stable/configuration.html):
+
+- ``distributed.worker.profile.enabled`` (default on): "Whether or not to enable
+  profiling".  The profiler samples the stack of every worker thread each
+  ``profile.interval`` (10 ms) for the dashboard's profile page, which the service
+  does not serve.  Off.
+- ``distributed.admin.tick.interval`` (20 ms): "The time between ticks"; each
+  server's event loop measures how late its tick runs and warns when the loop was
+  blocked longer than ``tick.limit`` (3 s).  1 s still sees a 3 s block.
+- ``distributed.admin.system-monitor.interval`` (500 ms): "Polling time to query
+  cpu/memory statistics" (psutil, for the dashboard and the heartbeats).  5 s.
+- ``distributed.admin.system-monitor.gil.enabled`` (on): "Enable monitoring of GIL
+  contention" (polls every 1 ms when ``gilknocker`` is installed).  Off.
+- ``distributed.worker.memory.monitor-interval`` (100 ms): "Interval between checks
+  for the spill, pause, and terminate thresholds" (worker and nanny).  A stage's
+  arrays are not Dask data, so spilling never applies; the terminate threshold
+  still guards the node, checked each second.
+- ``distributed.nanny.pre-spawn-environ``: "Environment variables to set on all
+  worker processes started by nannies ... before spawning".  Dask sets
+  ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` to 1 and
+  ``MALLOC_TRIM_THRESHOLD_`` to 64 kiB there; ``None`` unsets them, so that a Dask
+  worker inherits its nanny's environment as a local pool worker inherits the
+  daemon's: the same BLAS threads (and the same glibc allocator behaviour) in both.
+
+The worker's heartbeat (every 0.5 s with up to 10 workers) is set by the scheduler
+from the number of workers and has no configuration key.
+
+:func:`dask_settings` applies the settings around the construction of a client, a
+scheduler and its nannies (they read them when they start; a nanny hands its
+configuration to the worker processes it starts and restarts).  Workers that start
+elsewhere read them from the environment: :func:`dask_environment` gives the
+``DASK_*`` variables, which the Slurm job script exports
+(:mod:`livestream.scheduling.clusters`) and which an operator exports before
+``dask worker`` for a cluster given by address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+__all__ = [
+    "DASK_SETTINGS",
+    "dask_environment",
+    "dask_settings",
+    "local_cluster",
+]
+
+DASK_SETTINGS: Mapping[str, object] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.nanny.pre-spawn-environ": {
+        "MALLOC_TRIM_THRESHOLD_": None,
+        "OMP_NUM_THREADS": None,
+        "MKL_NUM_THREADS": None,
+        "OPENBLAS_NUM_THREADS": None,
+    },
+}
+
+
+def _require_dask() -> Any:
+    try:
+        import dask.config
+
+        # distributed adds its defaults to Dask's configuration when first imported:
+        # inside dask_settings, leaving the block would take them out again
+        import distributed  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "a Dask cluster is configured but dask.distributed is not installed: "
+            "pip install 'livestream[dask]'"
+        ) from exc
+    return dask.config
+
+
+@contextlib.contextmanager
+def dask_settings() -> Iterator[None]:
+    """:data:`DASK_SETTINGS` in Dask's configuration while the block runs."""
+    with _require_dask().set(dict(DASK_SETTINGS)):
+        yield
+
+
+def dask_environment() -> dict[str, str]:
+    """:data:`DASK_SETTINGS` as the ``DASK_*`` variables Dask reads when it starts.
+
+    Dask lower-cases the name, reads ``__`` as a nesting level and each value with
+    ``ast.literal_eval`` (a string that is no Python literal stays a string).
+    """
+    return {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): _literal(value)
+        for key, value in DASK_SETTINGS.items()
+    }
+
+
+def _literal(value: object) -> str:
+    """``value`` as a Python literal, strings in double quotes (a shell's single
+    quotes then need no escapes); a top-level string as itself."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        items = (f"{json.dumps(str(k))}: {_inner(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    return repr(value)
+
+
+def _inner(value: object) -> str:
+    return json.dumps(value) if isinstance(value, str) else _literal(value)
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(n_workers: int, **kwargs: Any) -> AsyncIterator[Any]:
+    """A ``distributed.LocalCluster`` of worker processes under :data:`DASK_SETTINGS`
+    (one thread per worker, no dashboard), as the benchmark and the tests use;
+    ``kwargs`` go to ``LocalCluster``."""
+    with dask_settings():
+        import distributed  # optional: the [dask] extra, imported by dask_settings
+
+        options: dict[str, Any] = {
+            "processes": True,
+            "threads_per_worker": 1,
+            # no dashboard; the scheduler's HTTP routes (/metrics, /health) on a
+            # free port, not on 8787, which another cluster may hold
+            "dashboard_address": ":0",
+            "scheduler_kwargs": {"dashboard": False},
+            "silence_logs": 40,
+            **kwargs,
+        }
+        cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n_workers, asynchronous=True, **options
+        )
+        async with cluster:
+            yield cluster

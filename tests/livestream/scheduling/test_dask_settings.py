@@ -1,0 +1,116 @@
+"""The service's Dask settings reach the workers, and a Dask worker runs a stage with
+the same threads as a local pool worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from livestream.scheduling.dask_settings import (
+    DASK_SETTINGS,
+    dask_environment,
+    local_cluster,
+)
+from livestream.scheduling.executors import DaskExecutor, LocalExecutor
+
+distributed = pytest.importorskip("distributed")
+
+
+def thread_settings(_: object = None) -> dict[str, Any]:
+    """What decides a stage's threads in this process."""
+    import numba
+    import scipy.fft
+    import threadpoolctl
+
+    return {
+        "numba": numba.get_num_threads(),
+        "blas": sorted(
+            (info["internal_api"], info["num_threads"])
+            for info in threadpoolctl.threadpool_info()
+        ),
+        "fft": scipy.fft.get_workers(),
+        "env": {
+            name: os.environ.get(name)
+            for name in (
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "NUMBA_NUM_THREADS",
+                "MALLOC_TRIM_THRESHOLD_",
+            )
+        },
+    }
+
+
+def background_of(dask_worker: Any) -> dict[str, Any]:
+    """The worker's periodic callbacks that the settings change, as it runs them."""
+    import dask
+
+    callbacks = dask_worker.periodic_callbacks
+    return {
+        "profile": "profile" in callbacks or "profile-cycle" in callbacks,
+        "tick_ms": callbacks["tick"].callback_time,
+        "monitor_ms": callbacks["monitor"].callback_time,
+        "memory_ms": callbacks["memory_monitor"].callback_time,
+        "config": {key: dask.config.get(key) for key in DASK_SETTINGS},
+    }
+
+
+@pytest.mark.slow  # two kinds of worker process import numba and scipy
+async def test_the_workers_run_under_the_service_settings_with_the_pools_threads() -> (
+    None
+):
+    local = LocalExecutor(1, "forkserver")
+    try:
+        pool_threads = await local.run(thread_settings, None)
+    finally:
+        await local.close(cancel=False)
+
+    async with local_cluster(1) as cluster:
+        executor = await DaskExecutor.connect(cluster.scheduler_address)
+        try:
+            dask_threads = await executor.run(thread_settings, None)
+            client = executor._client
+            (background,) = (await client.run(background_of)).values()
+        finally:
+            await executor.close(cancel=False)
+
+    assert dask_threads == pool_threads
+    assert pool_threads["env"]["OPENBLAS_NUM_THREADS"] is None  # Dask's cap is gone
+    assert background == {
+        "profile": False,  # no profiler sampling the stage's threads
+        "tick_ms": 1000,
+        "monitor_ms": 5000,
+        "memory_ms": 1000,
+        "config": dict(DASK_SETTINGS),
+    }
+
+
+def test_the_environment_gives_a_worker_started_elsewhere_the_same_settings() -> None:
+    """What a Slurm job exports is read back by Dask as the same configuration."""
+    code = (
+        "import json, dask, distributed\n"
+        "from livestream.scheduling.dask_settings import DASK_SETTINGS\n"
+        "print(json.dumps({k: dask.config.get(k) for k in DASK_SETTINGS}))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environ, **dask_environment()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == dict(DASK_SETTINGS)
+    # Dask's defaults differ from every setting: the check above could fail
+    import dask.config
+
+    (defaults,) = (d["distributed"] for d in dask.config.defaults if "distributed" in d)
+    assert defaults["worker"]["profile"]["enabled"] is True
+    assert defaults["admin"]["tick"]["interval"] == "20ms"
+    assert defaults["nanny"]["pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
