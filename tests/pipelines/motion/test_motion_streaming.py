@@ -352,6 +352,8 @@ def test_two_movies_in_a_row_give_what_each_gives_alone(rng):
     second = correct_motion(movies[1], **kwargs)
     assert take_held(12, (256, 256)) is store  # the second movie reused it
     in_a_row = [first, second]
+    assert first.local is None  # the global path, then the local one (blocks)
+    assert second.local is not None
     assert not np.array_equal(first.micrograph, second.micrograph)
     for one, row in zip(alone, in_a_row, strict=True):
         assert np.array_equal(one.shifts_px, row.shifts_px)
