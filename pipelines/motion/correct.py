@@ -51,6 +51,8 @@ from pipelines.motion.spectra import (
     band_spectra,
     crop_spectrum_to,
     frame_bands,
+    keep_held,
+    take_held,
 )
 from pipelines.motion.summing import power_spectrum, sum_frames
 from pipelines.motion.trajectory import smooth_trajectory
@@ -310,7 +312,9 @@ def _held_spectra(
     """Where the spectra of the alignment pass can be kept for the final sum: NumPy,
     several frames, at most ``HOLD_MAX_BYTES`` held, and search bands
     (``align_global``'s bin) covering the frame; else None (each frame is then
-    prepared and transformed again for the sum)."""
+    prepared and transformed again for the sum).  The store is the previous
+    movie's when it has the same size (:func:`pipelines.motion.spectra.take_held`;
+    handed back with :func:`pipelines.motion.spectra.keep_held`)."""
     if n_frames < 2 or xp is not np:
         return None
     if n_frames * shape[0] * (shape[1] // 2 + 1) * 2 > HOLD_MAX_BYTES:
@@ -319,7 +323,7 @@ def _held_spectra(
     block, grid = frame_bands(shape, factor)
     if (grid[0] * block, grid[1] * block) != shape:
         return None
-    return HeldSpectra(n_frames, shape)
+    return take_held(n_frames, shape)
 
 
 def correct_motion(
@@ -431,6 +435,8 @@ def correct_motion(
         workers=n_workers,
         xp=xp,
     )
+    if held is not None:  # for the next movie of this size (not on an error)
+        keep_held(held)
     del held
     ps = power_spectrum(spectrum, (ny, nx), size=power_spectrum_size, xp=xp)
     accumulated = accumulated_motion_a(shifts, pixel_size_a)

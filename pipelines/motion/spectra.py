@@ -17,6 +17,7 @@ have no partner on the cropped grid) and so is the DC term (the mean).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -34,8 +35,11 @@ __all__ = [
     "band_spectra",
     "binned_spectra",
     "crop_spectrum_to",
+    "drop_held",
     "fine_band",
     "frame_bands",
+    "keep_held",
+    "take_held",
 ]
 
 
@@ -164,6 +168,45 @@ class HeldSpectra:
             plain,
             weighted,
         )
+
+
+# The store of the last movie, kept for the next one of the same size in this
+# process (``take_held`` / ``keep_held``): at 4096² × 40 it is 0.67 GB, and the
+# first touch of that many fresh pages cost ~0.5-0.8 CPU s a movie in page faults.
+_HELD_LOCK = threading.Lock()
+_HELD_KEPT: list[HeldSpectra] = []  # at most one
+
+
+def take_held(n_frames: int, shape: tuple[int, int]) -> HeldSpectra:
+    """A :class:`HeldSpectra` for ``n_frames`` frames of ``shape``: the one kept by
+    :func:`keep_held` when its size matches, else a new one (a kept store of
+    another size is freed first, so the two never take memory together).
+
+    The store is taken out of the cache: two movies in the process at once never
+    share one (the second gets a new store).  Its contents are those of the last
+    movie: every frame must be :meth:`HeldSpectra.put` before it is read (the
+    alignment pass, :func:`band_spectra`, puts them all)."""
+    shape = (int(shape[0]), int(shape[1]))
+    with _HELD_LOCK:
+        kept = _HELD_KEPT.pop() if _HELD_KEPT else None
+    if kept is not None and len(kept) == n_frames and kept.shape == shape:
+        return kept
+    del kept  # freed before the new store is allocated
+    return HeldSpectra(n_frames, shape)
+
+
+def keep_held(held: HeldSpectra) -> None:
+    """Keep ``held`` for the next :func:`take_held` of its size (replacing the one
+    kept, if any).  The caller must not use ``held`` afterwards."""
+    with _HELD_LOCK:
+        _HELD_KEPT.clear()
+        _HELD_KEPT.append(held)
+
+
+def drop_held() -> None:
+    """Free the kept store, if any (its memory goes back to the system)."""
+    with _HELD_LOCK:
+        _HELD_KEPT.clear()
 
 
 def crop_spectrum_to(

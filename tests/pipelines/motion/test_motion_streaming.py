@@ -32,6 +32,9 @@ from pipelines.motion.spectra import (
     band_spectra,
     binned_spectra,
     crop_spectrum_to,
+    drop_held,
+    keep_held,
+    take_held,
 )
 from pipelines.motion.summing import sum_frames
 from tests.pipelines.motion_movies import make_movie, random_eer_events, write_eer
@@ -304,3 +307,57 @@ def test_native_reading_keeps_one_byte_per_pixel(tmp_path, rng):
     grouped = read_movie(eer, eer_frames_per_group=3, native=True)
     assert grouped.dtype == np.uint8
     assert np.array_equal(grouped, read_movie(eer, eer_frames_per_group=3))
+
+
+def test_held_store_is_reused_only_for_the_same_size_and_never_shared():
+    drop_held()
+    first = take_held(4, (64, 96))
+    assert take_held(4, (64, 96)) is not first  # taken out: a second movie gets its own
+    keep_held(first)
+    assert take_held(4, (64, 96)) is first
+    keep_held(first)
+    other = take_held(5, (64, 96))  # another size: a new store, the kept one freed
+    assert other is not first
+    assert len(other) == 5
+    assert take_held(4, (64, 96)) is not first
+    drop_held()
+
+
+def test_two_movies_in_a_row_give_what_each_gives_alone(rng):
+    """The held store kept from one movie carries nothing into the next."""
+    kwargs = {
+        "pixel_size_a": 1.0,
+        "dose_per_frame_e_per_a2": 2.0,
+        "voltage_kv": 300.0,
+        "workers": 1,
+    }
+    movies = []
+    for amplitude in (0.0, 1.5):  # the second one with local motion (blocks)
+        movie = make_movie(
+            rng,
+            n_frames=12,
+            size=256,
+            dose_per_frame_e_per_a2=2.0,
+            local_amplitude_px=amplitude,
+        )
+        movies.append(np.clip(np.round(movie.frames), 0, 127).astype(np.int8))
+    alone = []
+    for frames in movies:
+        drop_held()  # each alone: a new store
+        alone.append(correct_motion(frames, **kwargs))
+    drop_held()
+    first = correct_motion(movies[0], **kwargs)
+    store = take_held(12, (256, 256))  # the first movie's, kept
+    keep_held(store)
+    second = correct_motion(movies[1], **kwargs)
+    assert take_held(12, (256, 256)) is store  # the second movie reused it
+    in_a_row = [first, second]
+    assert first.local is None  # the global path, then the local one (blocks)
+    assert second.local is not None
+    assert not np.array_equal(first.micrograph, second.micrograph)
+    for one, row in zip(alone, in_a_row, strict=True):
+        assert np.array_equal(one.shifts_px, row.shifts_px)
+        assert np.array_equal(one.micrograph, row.micrograph)
+        assert np.array_equal(one.micrograph_no_dw, row.micrograph_no_dw)
+        assert (one.local is None) == (row.local is None)
+    drop_held()
