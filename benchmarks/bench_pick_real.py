@@ -34,6 +34,12 @@ as the issue quotes RELION's LoG at a tuned threshold.  It says what the scores 
 separate, not what a user gets.  ``blob-2sd`` (not a default) is the blob picker at
 its threshold floor, so that its tuned threshold can also be lower than the default.
 
+``blob-2d-template`` is the service's blob -> 2D -> template loop on each data
+set, with the service's functions and defaults (``pick_real_loop.py``): blob picks,
+extraction, the online 2D actor, the ranker's selection, template set 1, then the
+template picker on every micrograph; its time column is the template picker's
+alone (the loop's parts are printed above the table).
+
 Time per micrograph, and its ratio to a lower bound measured in the same run: one
 forward real FFT of the micrograph (every picker must at least look at all of it).
 """

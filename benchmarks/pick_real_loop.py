@@ -195,6 +195,8 @@ def build_template_loop(
         seconds["class2d"] = time.perf_counter() - start
         if info is None or chosen is None:
             print(f"{dataset}: no template set (2D selected too little)", *notes)
+            if info is not None and montage is not None:  # the ranked classes
+                _write_small(montage, Path(info.payload["montage_png"]))
             return None
         classes, n_particles = chosen
         stack = project / template_stack_path(PickParams().job, 1)
@@ -223,12 +225,24 @@ def build_template_loop(
 def _print_snapshot(
     dataset: str, payload: dict[str, object], chosen: object | None
 ) -> None:
-    selected = payload["selected_classes"]
+    selected, scores = payload["selected_classes"], payload["class_scores"]
     assert isinstance(selected, list)
+    assert isinstance(scores, list)
     print(
         f"{dataset}: 2D mini-batch {payload['iteration']}: {len(selected)} classes "
-        f"selected, {payload['selected_particles']} particles; set: {chosen}"
+        f"selected, {payload['selected_particles']} particles (best class scores "
+        f"{sorted(scores)[-3:]}, threshold {payload['score_threshold']}); "
+        f"set: {chosen}"
     )
+
+
+def _write_small(path: Path, montage_png: Path) -> None:
+    """The actor's own montage (every class, ranked; green frames: selected),
+    halved."""
+    with Image.open(montage_png) as picture:
+        small = picture.resize((picture.width // 2, picture.height // 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small.save(path, optimize=True)
 
 
 def write_template_montage(
