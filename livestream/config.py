@@ -86,11 +86,6 @@ from livestream.stages.params import (
     StageParams,
     kind_of_model,
 )
-from pipelines.picking.class_templates import (
-    DEFAULT_MAX_TEMPLATES,
-    DEFAULT_MIN_SELECTED_CLASSES,
-    DEFAULT_MIN_TEMPLATE_PARTICLES,
-)
 
 log = logging.getLogger(__name__)
 
@@ -457,9 +452,9 @@ class TemplatesSection(_Section):
 
     template_feed: bool = True
     pick_stage: str = Field(default="pick", min_length=1)
-    min_selected_classes: int = Field(default=DEFAULT_MIN_SELECTED_CLASSES, ge=1)
-    min_particles: int = Field(default=DEFAULT_MIN_TEMPLATE_PARTICLES, ge=1)
-    max_templates: int = Field(default=DEFAULT_MAX_TEMPLATES, ge=1)
+    min_selected_classes: int = Field(default=2, ge=1)
+    min_particles: int = Field(default=200, ge=1)
+    max_templates: int = Field(default=8, ge=1)
     # a set that replaces the current one waits until the same classes were chosen
     # in this many successive snapshots (the first set is made at once)
     stable_snapshots: int = Field(default=2, ge=1)

@@ -3,7 +3,8 @@ blob -> 2D -> template loop): which classes become templates, and their averages
 
 The service's template loop (``livestream.templates``) and the real-data benchmark
 (``benchmarks/bench_pick_real.py``, ``blob-2d-template``) both call these, so the
-rule and its defaults have one source.
+rule has one source; its defaults are the ``[templates]`` config section's
+(``livestream.config.TemplatesSection``), passed in.
 """
 
 from __future__ import annotations
@@ -15,17 +16,7 @@ import numpy as np
 
 from pipelines.errors import StageInputError
 
-__all__ = [
-    "DEFAULT_MAX_TEMPLATES",
-    "DEFAULT_MIN_SELECTED_CLASSES",
-    "DEFAULT_MIN_TEMPLATE_PARTICLES",
-    "choose_template_classes",
-    "template_averages",
-]
-
-DEFAULT_MIN_SELECTED_CLASSES = 2  # selected classes before a first set is made
-DEFAULT_MIN_TEMPLATE_PARTICLES = 200  # particles behind the selected classes
-DEFAULT_MAX_TEMPLATES = 8  # the most populated selected classes
+__all__ = ["choose_template_classes", "template_averages"]
 
 
 def choose_template_classes(
@@ -33,9 +24,9 @@ def choose_template_classes(
     class_counts: Sequence[int],
     *,
     n_particles: int | None = None,
-    min_selected_classes: int = DEFAULT_MIN_SELECTED_CLASSES,
-    min_particles: int = DEFAULT_MIN_TEMPLATE_PARTICLES,
-    max_templates: int = DEFAULT_MAX_TEMPLATES,
+    min_selected_classes: int,
+    min_particles: int,
+    max_templates: int,
 ) -> tuple[tuple[int, ...], int] | None:
     """The template classes (1-based, most populated first, ties by number) and
     the particles behind the selection, or ``None`` while fewer than

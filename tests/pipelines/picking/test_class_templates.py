@@ -14,17 +14,13 @@ from pipelines.picking.class_templates import (
 
 def test_most_populated_selected_classes_once_enough_are_selected() -> None:
     counts = [0, 30, 0, 0, 10, 0, 40, 30]
-    chosen = choose_template_classes(
-        [2, 5, 7, 8], counts, min_particles=50, max_templates=3
-    )
+    rule = {"min_selected_classes": 2, "min_particles": 50, "max_templates": 3}
+    chosen = choose_template_classes([2, 5, 7, 8], counts, **rule)
     assert chosen == ((7, 2, 8), 110)  # ties by class number
-    assert choose_template_classes([7], counts, min_particles=1) is None
-    assert (
-        choose_template_classes([2, 7], counts, n_particles=49, min_particles=50)
-        is None
-    )
+    assert choose_template_classes([7], counts, **rule) is None  # one class
+    assert choose_template_classes([2, 7], counts, n_particles=49, **rule) is None
     with pytest.raises(StageInputError, match="selected_classes"):
-        choose_template_classes([9], counts)
+        choose_template_classes([9], counts, **rule)
 
 
 def test_template_averages_keep_the_chosen_rows_in_order() -> None:
