@@ -34,6 +34,12 @@ as the issue quotes RELION's LoG at a tuned threshold.  It says what the scores 
 separate, not what a user gets.  ``blob-2sd`` (not a default) is the blob picker at
 its threshold floor, so that its tuned threshold can also be lower than the default.
 
+``blob-2d-template`` is the service's blob -> 2D -> template loop on each data
+set, with the service's functions and defaults (``pick_real_loop.py``): blob picks,
+extraction, the online 2D actor, the ranker's selection, template set 1, then the
+template picker on every micrograph; its time column is the template picker's
+alone (the loop's parts are printed above the table).
+
 Time per micrograph, and its ratio to a lower bound measured in the same run: one
 forward real FFT of the micrograph (every picker must at least look at all of it).
 """
@@ -66,6 +72,7 @@ from pick_real_labels import (  # a sibling module (this script's folder)
     select,
     write_overlay,
 )
+from pick_real_loop import TemplateLoop, make_loop_picker, print_loops
 
 from livestream.stages.params import PickParams
 from pipelines.picking.blob import pick_blob
@@ -283,6 +290,8 @@ def best_threshold(
     all micrographs: the picker tuned on the labels (not a default)."""
     scores = np.concatenate([s for _, _, s in found])
     best = (float("nan"), 0.0, 0.0)
+    if scores.size == 0:
+        return best
     best_f1 = -1.0
     for threshold in np.unique(np.quantile(scores, np.linspace(0.0, 0.98, 50))):
         n_labels = n_picks = matched = 0
@@ -369,6 +378,24 @@ def parse_args() -> argparse.Namespace:
         help="topaz (slow on a CPU) on at most this many per data set",
     )
     parser.add_argument(
+        "--loop-set",
+        choices=["first", "last"],
+        default="first",
+        help="blob-2d-template: the service's first template set (default) or "
+        "the selection after 2D's whole pass budget",
+    )
+    parser.add_argument(
+        "--loop-sets-dir",
+        type=Path,
+        help="blob-2d-template: keep each data set's template set here and reuse "
+        "it on the next run with the same micrographs (2D is not run again)",
+    )
+    parser.add_argument(
+        "--montages",
+        type=Path,
+        help="blob-2d-template: write each data set's template averages here",
+    )
+    parser.add_argument(
         "--check-labels",
         action="store_true",
         help="print the label-frame and particle-size check, then exit",
@@ -390,6 +417,7 @@ def main() -> None:
     if args.check_labels:
         check_labels(micrographs)
         return
+    loops: dict[str, TemplateLoop | None] = {}
     factories: dict[str, Callable[[], Picker | None]] = {
         "blob": lambda: blob_picker,
         "blob-2sd": lambda: blob_picker_low,
@@ -401,6 +429,13 @@ def main() -> None:
         "topaz": make_topaz_picker,
         "relion-log": make_relion_log_picker,
         "label-average": lambda: make_label_average_picker(micrographs),
+        "blob-2d-template": lambda: make_loop_picker(
+            micrographs,
+            which=args.loop_set,
+            montage_dir=args.montages,
+            sets_dir=args.loop_sets_dir,
+            built=loops,
+        ),
     }
     overlaid = {m.name for m in select(micrographs, None, 3)}
     overlay_picks: dict[str, dict[str, np.ndarray]] = {}
@@ -430,6 +465,7 @@ def main() -> None:
                 path = args.overlays / f"{mic.name}.png"
                 write_overlay(path, mic, overlay_picks.get(mic.name, {}))
     bound = {m.name: fft_bound_s(m.image) for m in micrographs}
+    print_loops(loops)
     print_table(rows, args.pickers, tuned, bound)
 
 

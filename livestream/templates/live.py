@@ -49,6 +49,7 @@ from livestream.templates.store import (
     write_template_stack,
 )
 from mdcatch.records import Exposure
+from pipelines.picking.class_templates import choose_template_classes
 
 __all__ = ["TemplateFeed", "choose_classes"]
 
@@ -61,20 +62,17 @@ def choose_classes(
     payload: Mapping[str, Any], section: TemplatesSection
 ) -> tuple[tuple[int, ...], int] | None:
     """The classes (1-based, most populated first) and the particles behind the
-    selection of a ``class2d`` event body, or ``None`` while too few are selected."""
-    selected = [int(c) for c in payload.get("selected_classes", [])]
-    counts = [int(c) for c in payload.get("class_counts", [])]
+    selection of a ``class2d`` event body, or ``None`` while too few are selected
+    (:func:`pipelines.picking.class_templates.choose_template_classes`)."""
     behind = payload.get("selected_particles")
-    n_particles = (
-        int(behind) if behind is not None else sum(counts[c - 1] for c in selected)
+    return choose_template_classes(
+        payload.get("selected_classes", []),
+        payload.get("class_counts", []),
+        n_particles=None if behind is None else int(behind),
+        min_selected_classes=section.min_selected_classes,
+        min_particles=section.min_particles,
+        max_templates=section.max_templates,
     )
-    if (
-        len(selected) < section.min_selected_classes
-        or n_particles < section.min_particles
-    ):
-        return None
-    ordered = sorted(selected, key=lambda c: (-counts[c - 1], c))
-    return tuple(ordered[: section.max_templates]), n_particles
 
 
 class TemplateFeed:

@@ -29,6 +29,7 @@ import numpy as np
 from livestream.ledger.schema import result_from_json
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import write_mrc
+from pipelines.picking.class_templates import template_averages
 
 __all__ = [
     "TEMPLATE_SETS_SQL",
@@ -90,14 +91,8 @@ def write_template_stack(
     with mrcfile.open(source, mode="r", permissive=True) as mrc:
         if mrc.data is None:
             raise StageInputError(source, "data", None, "not an MRC stack")
-        data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+        averages = template_averages(np.asarray(mrc.data), classes, source)
         pixel_size_a = float(mrc.voxel_size.x)
-        rows = np.asarray(classes, dtype=np.int64) - 1
-        if rows.size == 0 or rows.min() < 0 or rows.max() >= data.shape[0]:
-            raise StageInputError(
-                source, "classes", list(classes), f"stack holds {data.shape[0]}"
-            )
-        averages = np.asarray(data[rows], dtype=np.float32)
     write_mrc(target, averages, pixel_size_a=pixel_size_a, float16=False, is_stack=True)
 
 
