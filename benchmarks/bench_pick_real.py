@@ -7,9 +7,13 @@ For every data set of ``<cache>/manifest.json`` (see ``benchmarks/data/``) and e
 micrograph: our blob picker, the learned picker (a classifier self-trained on the
 blob picker's candidates of that micrograph) and our template picker at their defaults (only the
 pixel size and the diameter range given, no CTF: the labelled PNGs carry none), and
-the peers where installed: topaz's pretrained model (``topaz-em``, CPU, its default
-extraction threshold) and RELION's LoG picker (``relion_autopick --LoG``, at its
-default threshold; "not found" when RELION is not on the PATH).
+the peers where installed: topaz's pretrained model (``topaz-em``: ``topaz
+preprocess`` and ``topaz extract`` at their defaults, the ``resnet16`` model and
+threshold -6, on one CPU thread; ``topaz-4A`` downsamples to about 4 Å/px instead)
+and RELION's LoG picker (``relion_autopick --LoG``, at its default threshold; "not
+found" when RELION is not on the PATH).  Topaz scores every pixel with its network
+(4.0 TFLOP for a 1024² micrograph): minutes of CPU per micrograph; ``--topaz-micrographs
+N`` runs it on the first N of each data set only.
 
 A pick matches a label when their centres are within half the particle's radius
 (the particle's diameter is measured per data set, see ``--check-labels`` and
@@ -34,8 +38,10 @@ as the issue quotes RELION's LoG at a tuned threshold.  It says what the scores 
 separate, not what a user gets.  ``blob-2sd`` (not a default) is the blob picker at
 its threshold floor, so that its tuned threshold can also be lower than the default.
 
-Time per micrograph, and its ratio to a lower bound measured in the same run: one
-forward real FFT of the micrograph (every picker must at least look at all of it).
+Time per micrograph (wall), its CPU time (this process's and its children's, user
+and system: what the picker costs whatever else the shared machine runs), and the
+wall time's ratio to a lower bound measured in the same run: one forward real FFT of
+the micrograph (every picker must at least look at all of it).
 """
 
 from __future__ import annotations
