@@ -7,9 +7,13 @@ For every data set of ``<cache>/manifest.json`` (see ``benchmarks/data/``) and e
 micrograph: our blob picker, the learned picker (a classifier self-trained on the
 blob picker's candidates of that micrograph) and our template picker at their defaults (only the
 pixel size and the diameter range given, no CTF: the labelled PNGs carry none), and
-the peers where installed: topaz's pretrained model (``topaz-em``, CPU, its default
-extraction threshold) and RELION's LoG picker (``relion_autopick --LoG``, at its
-default threshold; "not found" when RELION is not on the PATH).
+the peers where installed: topaz's pretrained model (``topaz-em``: ``topaz
+preprocess`` and ``topaz extract`` at their defaults, the ``resnet16`` model and
+threshold -6, on one CPU thread; ``topaz-4A`` downsamples to about 4 Å/px instead)
+and RELION's LoG picker (``relion_autopick --LoG``, at its default threshold; "not
+found" when RELION is not on the PATH).  Topaz scores every pixel with its network
+(4.0 TFLOP for a 1024² micrograph): minutes of CPU per micrograph; ``--topaz-micrographs
+N`` runs it on the first N of each data set only.
 
 A pick matches a label when their centres are within half the particle's radius
 (the particle's diameter is measured per data set, see ``--check-labels`` and
@@ -40,14 +44,17 @@ extraction, the online 2D actor, the ranker's selection, template set 1, then th
 template picker on every micrograph; its time column is the template picker's
 alone (the loop's parts are printed above the table).
 
-Time per micrograph, and its ratio to a lower bound measured in the same run: one
-forward real FFT of the micrograph (every picker must at least look at all of it).
+Time per micrograph (wall), its CPU time (this process's and its children's, user
+and system: what the picker costs whatever else the shared machine runs), and the
+wall time's ratio to a lower bound measured in the same run: one forward real FFT of
+the micrograph (every picker must at least look at all of it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -101,6 +108,7 @@ class Score:
     n_picks: int
     n_matched: int
     seconds: float
+    cpu_seconds: float  # this process's and its children's (topaz, RELION) CPU time
 
 
 def blob_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
@@ -190,17 +198,41 @@ def make_template_picker() -> Picker:
     return template_picker
 
 
-def make_topaz_picker() -> Picker | None:
+def topaz_scale(mic: Micrograph) -> int:
+    """Topaz's downsampling factor: the integer that makes the particle about
+    ``TOPAZ_PARTICLE_PX`` across (topaz's tutorial: a 150-Å particle downsampled 8x to
+    5.3 Å/px, 28 px, well inside the pretrained models' 71-px receptive field).  On
+    EMPIAR-10017 (108 px) 4, to 7.1 Å/px; on EMPIAR-10947 (24 px) 1 (5.4 Å/px): both
+    in the 4-8 Å/px range the tutorial gives for the pretrained models; on our float
+    MRC (60 px at 0.67 Å/px) 2."""
+    return max(1, round(mic.particle_diameter_px / TOPAZ_PARTICLE_PX))
+
+
+def topaz_scale_4a(mic: Micrograph) -> int:
+    """The integer downsampling nearest 4 Å/px (topaz's tutorial: the pretrained models
+    assume 4-8 Å/px, ~4 for small and medium particles): 6 on our float MRC (a 10-px
+    particle), 2 on EMPIAR-10017 (2048²), 1 on EMPIAR-10947."""
+    return max(1, round(4.0 / mic.pixel_size_a))
+
+
+def make_topaz_picker(
+    scale_of: Callable[[Micrograph], int] = topaz_scale,
+) -> Picker | None:
+    """``topaz preprocess`` then ``topaz extract`` at topaz's defaults (its pretrained
+    ``resnet16`` model, extraction threshold -6), on the CPU (``-d -1``) with one
+    thread (``-j 1`` and ``OMP_NUM_THREADS=1``): with PyTorch's default of one
+    thread per core, on the shared 2-core machine under load its OpenMP threads wait
+    for each other (the GMM normalisation of ``preprocess``, thousands of small
+    reductions, 93 s instead of 7 s on one 1024² micrograph, load 7), and the
+    model's convolutions run no faster with two threads than with one there."""
     beside = Path(sys.executable).parent / "topaz"  # the same virtual environment
     topaz = str(beside) if beside.exists() else shutil.which("topaz")
     if topaz is None:
         return None
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def topaz_picker(mic: Micrograph) -> tuple[np.ndarray, np.ndarray | None]:
-        # topaz's own preprocessing (normalisation, downsampling by an integer so
-        # that the particle is about 24 px: the pretrained models want particles of
-        # tens of pixels; 1 for EMPIAR-10947's 24-px particles)
-        scale = max(1, round(mic.particle_diameter_px / TOPAZ_PARTICLE_PX))
+        scale = scale_of(mic)
         radius_px = round(mic.particle_diameter_px / 2 / scale)
         with tempfile.TemporaryDirectory() as tmp:
             mrc_path = Path(tmp) / f"{mic.name}.mrc"
@@ -208,31 +240,15 @@ def make_topaz_picker() -> Picker | None:
                 mrc.set_data(mic.image.astype(np.float32))
             out = Path(tmp) / "picks.txt"
             subprocess.run(
-                [
-                    topaz,
-                    "preprocess",
-                    "-s",
-                    str(scale),
-                    "-o",
-                    f"{tmp}/pre",
-                    str(mrc_path),
-                ],
-                check=True,
-                capture_output=True,
-            )
+                [topaz, "preprocess", "-d", "-1", "-j", "1", "-s", str(scale),
+                 "-o", f"{tmp}/pre", str(mrc_path)],
+                check=True, capture_output=True, env=env,
+            )  # fmt: skip
             subprocess.run(
-                [
-                    topaz,
-                    "extract",
-                    "-r",
-                    str(radius_px),
-                    "-o",
-                    str(out),
-                    f"{tmp}/pre/{mic.name}.mrc",
-                ],
-                check=True,
-                capture_output=True,
-            )
+                [topaz, "extract", "-d", "-1", "-j", "1", "-r", str(radius_px),
+                 "-o", str(out), f"{tmp}/pre/{mic.name}.mrc"],
+                check=True, capture_output=True, env=env,
+            )  # fmt: skip
             table = np.genfromtxt(out, skip_header=1, usecols=(1, 2, 3), ndmin=2)
         table = table.reshape(-1, 3).astype(np.float64)
         return table[:, :2] * scale, table[:, 2]
@@ -308,6 +324,14 @@ def best_threshold(
     return best
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process and of its finished children:
+    what a picker costs whatever else the machine runs (on the shared machine under
+    load a ``nice``d picker's wall time is mostly waiting)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def fft_bound_s(image: np.ndarray) -> float:
     scipy.fft.rfft2(image)  # plan / warm
     start = time.perf_counter()
@@ -321,28 +345,45 @@ def run_picker(
     micrographs: list[Micrograph],
     rows: list[tuple[str, Micrograph, Score]],
     per_micrograph: bool,
+    picks_dir: Path | None = None,
 ) -> list[tuple[Micrograph, np.ndarray, np.ndarray | None]]:
     """Run ``picker`` on every micrograph, append the scores to ``rows``; the picks
-    with their scores (for the label-tuned column and the overlays)."""
+    with their scores (for the label-tuned column and the overlays), also written to
+    ``picks_dir/<picker>/<micrograph>.csv`` as each micrograph finishes where given
+    (a long run's picks survive its interruption)."""
     found: list[tuple[Micrograph, np.ndarray, np.ndarray | None]] = []
     for mic in micrographs:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         picks, scores = picker(mic)
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu_start
         found.append((mic, picks, scores))
         score = Score(
             n_labels=len(mic.labels_xy),
             n_picks=len(picks),
             n_matched=count_matches(mic.labels_xy, picks, match_tolerance_px(mic)),
             seconds=seconds,
+            cpu_seconds=cpu,
         )
         rows.append((name, mic, score))
         if per_micrograph:
             print(
                 f"{name:10s} {mic.name[:40]:40s} labels {score.n_labels:4d} "
-                f"picks {score.n_picks:4d} recall "
+                f"picks {score.n_picks:4d} matched {score.n_matched:4d} recall "
                 f"{score.n_matched / max(score.n_labels, 1):.2f} precision "
-                f"{score.n_matched / max(score.n_picks, 1):.2f} {seconds:.2f} s"
+                f"{score.n_matched / max(score.n_picks, 1):.2f} {seconds:.2f} s "
+                f"(CPU {cpu:.2f} s)",
+                flush=True,
+            )
+        if picks_dir is not None:  # x, y, score per pick (score NaN where none)
+            folder = picks_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            column = np.full(len(picks), np.nan) if scores is None else scores
+            np.savetxt(
+                folder / f"{mic.name}.csv",
+                np.column_stack([picks, column]),
+                delimiter=",",
+                header=f"x_px,y_px,score; {seconds:.3f} s, CPU {cpu:.3f} s",
             )
     return found
 
@@ -374,8 +415,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--topaz-micrographs",
         type=int,
-        default=3,
-        help="topaz (slow on a CPU) on at most this many per data set",
+        help="topaz (minutes per micrograph on a loaded 2-core CPU) on at most this "
+        "many per data set (default: all)",
+    )
+    parser.add_argument(
+        "--picks-dir",
+        type=Path,
+        help="write each picker's picks and scores here, one CSV per micrograph",
     )
     parser.add_argument(
         "--loop-set",
@@ -427,6 +473,7 @@ def main() -> None:
         "learned": lambda: learned_picker,
         "template": make_template_picker,
         "topaz": make_topaz_picker,
+        "topaz-4A": lambda: make_topaz_picker(topaz_scale_4a),
         "relion-log": make_relion_log_picker,
         "label-average": lambda: make_label_average_picker(micrographs),
         "blob-2d-template": lambda: make_loop_picker(
@@ -446,9 +493,14 @@ def main() -> None:
         if picker is None:
             print(f"{name}: not found")
             continue
-        limit = args.topaz_micrographs if name == "topaz" else None
+        limit = args.topaz_micrographs if name.startswith("topaz") else None
         found = run_picker(
-            name, picker, select(micrographs, None, limit), rows, args.per_micrograph
+            name,
+            picker,
+            select(micrographs, None, limit),
+            rows,
+            args.per_micrograph,
+            args.picks_dir,
         )
         for mic, picks, _ in found:
             if mic.name in overlaid and name != "label-average":
@@ -479,9 +531,10 @@ def print_table(
     print()
     print(
         "| data set | picker | micrographs | labels | picks | recall | precision "
-        "| s / micrograph | / FFT bound | label-tuned: threshold, recall, precision |"
+        "| s / micrograph | CPU s / micrograph | / FFT bound "
+        "| label-tuned: threshold, recall, precision |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dataset in sorted({m.dataset for _, m, _ in rows}):
         for name in pickers:
             mine = [(m, s) for n, m, s in rows if n == name and m.dataset == dataset]
@@ -491,11 +544,12 @@ def print_table(
             n_picks = sum(s.n_picks for _, s in mine)
             matched = sum(s.n_matched for _, s in mine)
             seconds = float(np.mean([s.seconds for _, s in mine]))
+            cpu = float(np.mean([s.cpu_seconds for _, s in mine]))
             ratio = float(np.mean([s.seconds / bound[m.name] for m, s in mine]))
             print(
                 f"| {dataset} | {name} | {len(mine)} | {n_labels} | {n_picks} "
                 f"| {matched / max(n_labels, 1):.2f} | {matched / max(n_picks, 1):.2f} "
-                f"| {seconds:.2f} | {ratio:.0f} "
+                f"| {seconds:.2f} | {cpu:.2f} | {ratio:.0f} "
                 f"| {tuned_text(tuned.get((name, dataset)))} |"
             )
 
