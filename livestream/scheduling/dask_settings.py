@@ -72,18 +72,24 @@ DASK_SETTINGS: Mapping[str, object] = {
 }
 
 
-def _require_dask() -> Any:
+def require_distributed() -> Any:
+    """``dask.distributed``, or a RuntimeError saying how to install it."""
     try:
-        import dask.config
-
-        # distributed adds its defaults to Dask's configuration when first imported:
-        # inside dask_settings, leaving the block would take them out again
-        import distributed  # noqa: F401
+        import distributed
     except ModuleNotFoundError as exc:
         raise RuntimeError(
             "a Dask cluster is configured but dask.distributed is not installed: "
             "pip install 'livestream[dask]'"
         ) from exc
+    return distributed
+
+
+def _require_dask() -> Any:
+    # distributed adds its defaults to Dask's configuration when first imported:
+    # inside dask_settings, leaving the block would take them out again
+    require_distributed()
+    import dask.config
+
     return dask.config
 
 

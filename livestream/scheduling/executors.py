@@ -28,7 +28,7 @@ import numpy as np
 
 from livestream.config import SlurmConfig
 from livestream.scheduling.clusters import start_slurm_cluster
-from livestream.scheduling.dask_settings import dask_settings
+from livestream.scheduling.dask_settings import dask_settings, require_distributed
 
 __all__ = [
     "DAEMON_PID_ENV",
@@ -261,15 +261,9 @@ def check_payload(obj: object, what: str) -> int:
 
 
 async def _dask_client(address_or_cluster: Any) -> Any:
-    try:
-        from distributed import Client
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(
-            "a Dask cluster is configured but dask.distributed is not installed: "
-            "pip install 'livestream[dask]'"
-        ) from exc
+    client = require_distributed().Client
     with dask_settings():
-        return await Client(address_or_cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+        return await client(address_or_cluster, asynchronous=True)
 
 
 async def create_executor(
