@@ -18,6 +18,14 @@ set's stack as ``templates_path`` (the task carries the path; a worker process
 reads the stack from disk), the ``class2d`` event carries the set under
 ``templates`` and ``livestream_templates_version`` is set.
 
+Before a set is stored and used, the guard (:mod:`livestream.templates.guard`)
+picks the last ``guard_exposures`` picked exposures in memory with the stage's own
+picker and with the candidate averages (written to
+``<job>/templates/candidate_itNNNNNN.mrcs`` first, moved to the set's name when
+used); under ``min_pick_ratio`` of the blob picks, the set is not used, the stage
+keeps its picker, and the log, the ``class2d`` event (``guard``) and
+``livestream_templates_rejected_total`` say so.
+
 With ``repick_earlier`` the exposures picked before the current set are picked
 and extracted again (:meth:`TemplateFeed.repick`; at start, on SIGHUP and after a
 new set): their pick and later rows go back to pending in one transaction, the
