@@ -42,7 +42,9 @@ its threshold floor, so that its tuned threshold can also be lower than the defa
 set, with the service's functions and defaults (``pick_real_loop.py``): blob picks,
 extraction, the online 2D actor, the ranker's selection, template set 1, then the
 template picker on every micrograph; its time column is the template picker's
-alone (the loop's parts are printed above the table).
+alone (the loop's parts are printed above the table).  ``--loop-diagnose`` also
+prints where the set's scores put the labelled particles, the other peaks and the
+decoys (``pick_real_diagnose.py``).
 
 Time per micrograph (wall), its CPU time (this process's and its children's, user
 and system: what the picker costs whatever else the shared machine runs), and the
@@ -68,6 +70,7 @@ import mrcfile
 import numpy as np
 import scipy.fft
 import starfile
+from pick_real_diagnose import diagnose_loops
 from pick_real_labels import (  # a sibling module (this script's folder)
     Micrograph,
     Picker,
@@ -437,6 +440,12 @@ def parse_args() -> argparse.Namespace:
         "it on the next run with the same micrographs (2D is not run again)",
     )
     parser.add_argument(
+        "--loop-diagnose",
+        action="store_true",
+        help="blob-2d-template: where the set's NCC scores the labelled particles "
+        "against the other peaks and the decoys (pick_real_diagnose.py)",
+    )
+    parser.add_argument(
         "--montages",
         type=Path,
         help="blob-2d-template: write each data set's template averages here",
@@ -518,6 +527,8 @@ def main() -> None:
                 write_overlay(path, mic, overlay_picks.get(mic.name, {}))
     bound = {m.name: fft_bound_s(m.image) for m in micrographs}
     print_loops(loops)
+    if args.loop_diagnose:
+        diagnose_loops(micrographs, loops)
     print_table(rows, args.pickers, tuned, bound)
 
 

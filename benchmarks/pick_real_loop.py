@@ -19,8 +19,8 @@ and defaults, on the micrographs of one data set:
    template set 1 (the service's first set; ``--loop-set last`` runs the actor to
    its pass budget and takes the last snapshot's selection instead);
 4. ``write_template_stack`` (the set's MRC stack), read back as the pick stage
-   reads it, and the template picker with the pick stage's arguments (the
-   target-decoy threshold of ``TemplatesSection().threshold_sd = None``) on every
+   reads it, and the template picker with the pick stage's arguments (its
+   per-micrograph threshold: ``TemplatesSection().threshold_sd = None``) on every
    micrograph of the set.
 
 Without a CTF (the labelled PNGs and JPEGs carry none) the particles are

@@ -448,7 +448,8 @@ class TemplatesSection(_Section):
     template set N and the ``pick_stage`` picks new exposures with them.
     ``repick_earlier``: also re-pick (and re-extract) the exposures picked before
     the current set, at start, on SIGHUP and when a new set is made (motion and
-    CTF are not redone)."""
+    CTF are not redone).  A set that picks fewer than ``min_pick_ratio`` times the
+    blob picks on the last ``guard_exposures`` exposures is not used."""
 
     template_feed: bool = True
     pick_stage: str = Field(default="pick", min_length=1)
@@ -458,9 +459,14 @@ class TemplatesSection(_Section):
     # a set that replaces the current one waits until the same classes were chosen
     # in this many successive snapshots (the first set is made at once)
     stable_snapshots: int = Field(default=2, ge=1)
-    # None: the template picker's own threshold (target-decoy counting)
+    # None: the template picker's own threshold (per micrograph, from its peaks)
     threshold_sd: float | None = Field(default=None, gt=0.0)
     repick_earlier: bool = False
+    # the guard (livestream.templates.guard): a new set is used only if, on the
+    # last ``guard_exposures`` picked exposures, it picks at least
+    # ``min_pick_ratio`` times what the configured picker picks there (0: no guard)
+    guard_exposures: int = Field(default=3, ge=1)
+    min_pick_ratio: float = Field(default=0.5, ge=0.0)
 
 
 class ServiceConfig(_Section):

@@ -17,7 +17,8 @@ micrographs given (one model for the set), whose log-odds threshold is chosen th
 same way (docs/picking.md); it takes no CTF and no --threshold-sd.
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
-peaks by target-decoy counting (--max-false-rate) unless --min-ncc or
+peaks above a threshold chosen per micrograph from its own NCC peaks (target-decoy
+counting, --max-false-rate, where there are too few to fit) unless --min-ncc or
 --threshold-sd is given.  With --json, one object on stdout: {"items": [...],
 "failed": [{"path", "error"}]} with per micrograph an item {"micrograph", "picker",
 "pixel_size_a", "n_picks", "picks": [{"x_px", "y_px", "score", "power",
@@ -81,7 +82,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--max-false-rate",
         type=float,
         default=0.025,
-        help="target-decoy false-pick rate that sets the NCC threshold (0.025)",
+        help="target-decoy false-pick rate that sets the NCC threshold where a "
+        "micrograph has too few NCC peaks for its own threshold (0.025)",
     )
     parser.add_argument("--edge-px", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="for the map's views")

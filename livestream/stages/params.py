@@ -120,8 +120,8 @@ class PickParams(StageParams):
     diameter_min_a: float = Field(default=DEFAULT_DIAMETER_MIN_A, gt=0)
     diameter_max_a: float = Field(default=DEFAULT_DIAMETER_MAX_A, gt=0)
     # robust SDs of the picker's score map; None (the default, as `livestream
-    # pick`): the blob picker chooses it per micrograph from its own peak scores,
-    # the template picker uses its target-decoy threshold (docs/picking.md)
+    # pick`): the blob and the template picker choose it per micrograph from
+    # their own peak scores (docs/picking.md)
     threshold_sd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     templates_path: Path | None = None  # MRC stack (n, box, box), template picker
     # the version of a live template set (livestream.templates) the templates are;

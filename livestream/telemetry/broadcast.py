@@ -253,6 +253,10 @@ class Broadcaster:
         if isinstance(templates, Mapping):  # livestream.templates.live
             figures["templates_version"] = float(templates["version"])
             figures["templates_published"] = float(bool(templates["published"]))
+            guard = templates.get("guard")
+            if isinstance(guard, Mapping):  # livestream.templates.guard
+                figures["templates_rejected"] = float(not guard["accepted"])
+                figures["templates_guard_ratio"] = float(guard["ratio"])
         self._emit(
             ServiceEvent(
                 type=EventType.CLASS2D_SNAPSHOT,

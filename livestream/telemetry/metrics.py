@@ -201,6 +201,12 @@ class ServiceMetrics:
             "set from the 2D classes yet).",
             registry=r,
         )
+        self._templates_rejected = Counter(
+            "livestream_templates_rejected",
+            "Template sets the guard did not use: they picked fewer than "
+            "[templates] min_pick_ratio times the blob picks on the last exposures.",
+            registry=r,
+        )
 
     # -- exposures and stages ------------------------------------------------------
     def exposure_discovered(self) -> None:
@@ -235,6 +241,9 @@ class ServiceMetrics:
 
     def set_templates_version(self, version: int) -> None:
         self._templates_version.set(version)
+
+    def count_templates_rejected(self) -> None:
+        self._templates_rejected.inc()
 
     def set_queue(self, depth: int, in_flight: int) -> None:
         self._queued.set(depth)

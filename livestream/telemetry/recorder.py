@@ -140,6 +140,9 @@ class MetricsRecorder:
     def templates_version(self, version: int) -> None:
         self.metrics.set_templates_version(version)
 
+    def templates_rejected(self) -> None:
+        self.metrics.count_templates_rejected()
+
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
         self.metrics.set_queue(depth, in_flight)

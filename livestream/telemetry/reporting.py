@@ -182,6 +182,11 @@ class Reporter:
         if self._metrics is not None:
             self._metrics.templates_version(version)
 
+    def templates_rejected(self) -> None:
+        """The guard kept the pick stage's picker: a new set picked too little."""
+        if self._metrics is not None:
+            self._metrics.templates_rejected()
+
     # -- service state -------------------------------------------------------------
     def set_queue(self, depth: int, in_flight: int) -> None:
         if self._metrics is not None:

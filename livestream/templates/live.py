@@ -18,6 +18,14 @@ set's stack as ``templates_path`` (the task carries the path; a worker process
 reads the stack from disk), the ``class2d`` event carries the set under
 ``templates`` and ``livestream_templates_version`` is set.
 
+Before a set is stored and used, the guard (:mod:`livestream.templates.guard`)
+picks the last ``guard_exposures`` picked exposures in memory with the stage's own
+picker and with the candidate averages (written to
+``<job>/templates/candidate_itNNNNNN.mrcs`` first, moved to the set's name when
+used); under ``min_pick_ratio`` of the blob picks, the set is not used, the stage
+keeps its picker, and the log, the ``class2d`` event (``guard``) and
+``livestream_templates_rejected_total`` say so.
+
 With ``repick_earlier`` the exposures picked before the current set are picked
 and extracted again (:meth:`TemplateFeed.repick`; at start, on SIGHUP and after a
 new set): their pick and later rows go back to pending in one transaction, the
@@ -29,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from livestream.config import ServiceConfig, TemplatesSection, reloads
@@ -39,6 +49,12 @@ from livestream.scheduling.scheduler import Scheduler
 from livestream.stages.params import PickParams
 from livestream.stages.registry import Chain
 from livestream.telemetry.reporting import Reporter
+from livestream.templates.guard import (
+    GuardVerdict,
+    done_results,
+    recent_picked,
+    trial_pick_counts,
+)
 from livestream.templates.store import (
     TemplateSet,
     latest_template_set,
@@ -102,6 +118,8 @@ class TemplateFeed:
         self._lock = asyncio.Lock()  # one new set or re-pick at a time
         self._candidate: frozenset[int] | None = None  # classes of a new set
         self._streak = 0  # successive snapshots that chose them
+        self.last_guard: GuardVerdict | None = None  # the guard's latest trial
+        self.n_rejected = 0  # sets the guard did not use
 
     @property
     def pick_stage(self) -> str | None:
@@ -138,16 +156,18 @@ class TemplateFeed:
         stage = self.pick_stage
         chosen = None if stage is None else choose_classes(payload, self.section)
         published = False
+        verdict: GuardVerdict | None = None
         if self._due(chosen):
             assert chosen is not None
             async with self._lock:
-                await self._publish(payload, *chosen)
-            published = True
-            if self.section.repick_earlier:
+                verdict = await self._publish(payload, *chosen)
+            published = verdict is None or verdict.accepted
+            if published and self.section.repick_earlier:
                 await self.repick()
-        if self.current is None:
-            return None
-        return {**self.current.as_json(), "published": published}
+        guard = {} if verdict is None else {"guard": verdict.as_json()}
+        if self.current is None:  # a rejected first set: still blob picking
+            return {"version": 0, "published": False, **guard} if guard else None
+        return {**self.current.as_json(), "published": published, **guard}
 
     def _due(self, chosen: tuple[tuple[int, ...], int] | None) -> bool:
         """Whether ``chosen`` makes a new set: the first one at once; one that
@@ -165,39 +185,102 @@ class TemplateFeed:
 
     async def _publish(
         self, payload: Mapping[str, Any], classes: tuple[int, ...], n_particles: int
-    ) -> None:
+    ) -> GuardVerdict | None:
+        """Write the chosen averages, let the guard try them, and (accepted, or no
+        guard) store and use them as the next set; the guard's verdict."""
         pick = self.section.pick_stage
         link = self._chain.links[self._chain.names.index(pick)]
         assert isinstance(link.params, PickParams)
         with self._ledger.transaction() as db:
             version = next_template_version(db)
         relative = template_stack_path(link.params.job, version)
+        iteration = int(payload["iteration"])
+        # the candidate's stack; a rejected one stays there for the operator
+        candidate = relative.with_name(f"candidate_it{iteration:06d}.mrcs")
         await asyncio.to_thread(
             write_template_stack,
             payload["classes_mrcs"],
             classes,
-            self.project / relative,
+            self.project / candidate,
         )
+        verdict = None
+        if self.section.min_pick_ratio > 0:
+            verdict = await self._try(link.params, candidate, version)
+            self.last_guard = verdict
+            if not verdict.accepted:
+                self.n_rejected += 1
+                self._reporter.templates_rejected()
+                log.warning(
+                    "template set from 2D iteration %d (classes %s) not used: it "
+                    "picked %d particles on the last %d exposures where the %s "
+                    "picker picked %d (ratio %.2f < min_pick_ratio %.2f); the pick "
+                    "stage keeps its picker; averages in %s",
+                    iteration,
+                    list(classes),
+                    verdict.template_picks,
+                    verdict.exposures,
+                    link.params.picker,
+                    verdict.blob_picks,
+                    verdict.ratio,
+                    verdict.min_pick_ratio,
+                    candidate,
+                )
+                return verdict
+        os.replace(self.project / candidate, self.project / relative)
         with self._ledger.transaction() as db:
             self.current = record_template_set(
                 db,
                 version=version,
-                iteration=int(payload["iteration"]),
+                iteration=iteration,
                 classes=classes,
                 n_particles=n_particles,
                 path=relative,
             )
         self._apply(self.current)
         log.info(
-            "template set %d from 2D iteration %d: classes %s (%d particles)",
+            "template set %d from 2D iteration %d: classes %s (%d particles)%s",
             version,
             self.current.iteration,
             list(classes),
             n_particles,
+            ""
+            if verdict is None
+            else f"; the guard: {verdict.template_picks} template picks against "
+            f"{verdict.blob_picks} on the last {verdict.exposures} exposures",
+        )
+        return verdict
+
+    async def _try(
+        self, blob: PickParams, candidate: Path, version: int
+    ) -> GuardVerdict:
+        """Pick the last ``guard_exposures`` picked exposures in memory with the
+        stage's own picker and with ``candidate`` (:mod:`livestream.templates.guard`)."""
+        pick = self.section.pick_stage
+        with self._ledger.transaction() as db:
+            names = recent_picked(db, pick, self.section.guard_exposures)
+        exposures = []
+        for eid in names:
+            exposure = await self._reread(eid)
+            if exposure is not None:
+                exposures.append((exposure, done_results(self._ledger, eid)))
+        trial = self._params_with(candidate, version=version)
+        blob_picks, template_picks = await asyncio.to_thread(
+            trial_pick_counts, pick, exposures, self.project, blob, trial
+        )
+        return GuardVerdict(
+            exposures=len(exposures),
+            blob_picks=blob_picks,
+            template_picks=template_picks,
+            min_pick_ratio=self.section.min_pick_ratio,
         )
 
     def pick_params(self, templates: TemplateSet) -> PickParams:
         """The pick stage's parameters for picking with ``templates``."""
+        return self._params_with(Path(templates.path), version=templates.version)
+
+    def _params_with(self, stack: Path, *, version: int) -> PickParams:
+        """The pick stage's parameters for the template stack ``stack`` (relative
+        to the project folder) as set ``version``."""
         name = self.section.pick_stage
         link = self._chain.links[self._chain.names.index(name)]
         assert isinstance(link.params, PickParams)
@@ -205,8 +288,8 @@ class TemplateFeed:
             {
                 **link.params.model_dump(),
                 "picker": "template",
-                "templates_path": self.project / templates.path,
-                "template_set": templates.version,
+                "templates_path": self.project / stack,
+                "template_set": version,
                 "threshold_sd": self.section.threshold_sd,
             }
         )

@@ -36,6 +36,7 @@ from pipelines.picking.filters import (
     radial_profile_filter,
 )
 from pipelines.picking.picks import Picks, drop_edge_picks, suppress_non_maxima
+from pipelines.picking.threshold import MIN_PEAKS, mixture_threshold
 
 __all__ = ["pick_template", "prepare_templates"]
 
@@ -127,11 +128,19 @@ def pick_template(
 
     The NCC threshold is ``min_ncc`` when given, else the NCC map's median plus
     ``threshold_sd`` robust standard deviations when that is given, else it is
+    chosen per micrograph as the blob picker's is: the NCC map's local maxima, in
+    robust SDs above its median, go to
+    :func:`pipelines.picking.threshold.mixture_threshold` (two Gaussians, the
+    crossing; never below 2 SD where they are not bimodal; far outliers above the
+    particle component dropped).  With fewer than ``MIN_PEAKS`` maxima it is
     chosen by target-decoy counting: the peaks of the anti-correlation map (the
-    best match of the templates with inverted contrast, which no particle
-    produces) estimate how many noise peaks pass a threshold, and the threshold is
-    the lowest at which they number at most ``max_false_rate`` of the picks
-    (:func:`pipelines.picking.decoys.decoy_threshold`).  ``downscale_to_a`` defaults
+    best match of the templates with inverted contrast) estimate how many noise
+    peaks pass a threshold, and the threshold is the lowest at which they number
+    at most ``max_false_rate`` of the picks
+    (:func:`pipelines.picking.decoys.decoy_threshold`).  The decoys were the
+    default until the real loop showed them failing on crowded micrographs: the
+    gaps between particles match the inverted templates as well as particles
+    match the templates (docs/picking.md, *The loop on real micrographs*).  ``downscale_to_a`` defaults
     to ``diameter_a / 24`` (never finer than the micrograph).  Correlations are
     circular: use ``edge_px`` to drop picks near the border.
     """
@@ -180,22 +189,26 @@ def pick_template(
     )
     ncc, anti, local_var = _ncc_map(small, spectrum, units, radius_px, chunk, workers)
     min_dist_px = (min_distance_a or 0.8 * diameter_a) / pick_px_a
-    floor = float(np.median(ncc[::4, ::4]) + 2.0 * robust_sd(ncc[::4, ::4]))
+    sub = ncc[::4, ::4]
+    median, spread = float(np.median(sub)), max(robust_sd(sub), 1e-12)
+    upper = np.inf
     if min_ncc is not None:
         threshold = min_ncc
     elif threshold_sd is not None:
-        sub = ncc[::4, ::4]
-        threshold = float(np.median(sub) + threshold_sd * robust_sd(sub))
+        threshold = median + threshold_sd * spread
     else:
-        threshold = decoy_threshold(
+        threshold, upper = _default_threshold(
             ncc,
             anti,
-            floor=floor,
+            median=median,
+            spread=spread,
             window_px=int(min_dist_px),
             exclusion_px=0.75 * diameter_a / pick_px_a,
             rate=max_false_rate,
         )
     rows, cols = find_peaks(ncc, threshold=threshold, window_px=int(min_dist_px))
+    keep = ncc[rows, cols] <= upper
+    rows, cols = rows[keep], cols[keep]
     picks = Picks(
         x_px=cols * scale_x,
         y_px=rows * scale_y,
@@ -209,6 +222,34 @@ def pick_template(
     )
     picks = suppress_non_maxima(picks, min_dist_px * scale_x)
     return drop_edge_picks(picks, image.shape, edge_px)
+
+
+def _default_threshold(
+    ncc: np.ndarray,
+    anti: np.ndarray,
+    *,
+    median: float,
+    spread: float,
+    window_px: int,
+    exclusion_px: float,
+    rate: float,
+) -> tuple[float, float]:
+    """The NCC threshold and upper limit when none is given: the mixture threshold
+    of the NCC map's peaks in robust SDs (as the blob picker's), or, with too few
+    peaks to fit, target-decoy counting (see :func:`pick_template`)."""
+    rows, cols = find_peaks(ncc, threshold=median, window_px=window_px)
+    if len(rows) < MIN_PEAKS:
+        decoy = decoy_threshold(
+            ncc,
+            anti,
+            floor=median + 2.0 * spread,
+            window_px=window_px,
+            exclusion_px=exclusion_px,
+            rate=rate,
+        )
+        return decoy, np.inf
+    chosen = mixture_threshold((ncc[rows, cols] - median) / spread, fallback=np.inf)
+    return median + chosen.lower * spread, median + chosen.upper * spread
 
 
 def fourier_crop_or_pad(stack: np.ndarray, box_px: int) -> np.ndarray:

@@ -12,7 +12,7 @@ mode) and the upper one holds at least ``MIN_UPPER_FRACTION`` of the peaks.  Whe
 they do not, the particles' and the noise's scores overlap (a crowded micrograph of
 small particles, or one with no particles at all): the same crossing is used, but
 never below ``UNIMODAL_FLOOR_SD``, and the result says it was not bimodal.  With
-fewer than ``_MIN_PEAKS`` peaks there is nothing to fit and the caller's
+fewer than ``MIN_PEAKS`` peaks there is nothing to fit and the caller's
 ``fallback`` is returned.
 
 The fit leaves out the top ``START_TRIM`` of the scores (contamination and carbon
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "MIN_PEAKS",
     "MIN_SEPARATION",
     "MIN_UPPER_FRACTION",
     "OUTLIER_SD",
@@ -42,7 +43,7 @@ MIN_UPPER_FRACTION = 0.02  # the upper component must hold this share of the pea
 OUTLIER_SD = 4.0  # scores beyond the upper component's mean + this many SDs
 START_TRIM = 0.02  # the first fit leaves out this top fraction of the scores
 UNIMODAL_FLOOR_SD = 2.0  # the lowest threshold where the scores are not bimodal
-_MIN_PEAKS = 20  # fewer peaks than this: no fit
+MIN_PEAKS = 20  # fewer peaks than this: no fit
 _EM_ROUNDS = 100
 
 
@@ -102,7 +103,7 @@ def mixture_threshold(scores: np.ndarray, *, fallback: float) -> MixtureThreshol
     (the score map's local maxima); ``fallback`` where they do not separate."""
     x = np.asarray(scores, dtype=np.float64)
     x = x[np.isfinite(x)]
-    if len(x) < _MIN_PEAKS:
+    if len(x) < MIN_PEAKS:
         return MixtureThreshold(fallback, np.inf, False, 0.0)
     # one fit without the top ``START_TRIM`` (a handful of contamination peaks far
     # above everything would take a component; refitting with them let the upper

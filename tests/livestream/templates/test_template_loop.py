@@ -111,17 +111,17 @@ async def _serve(
         assert await service == 0
 
 
-def _templates_gauge(handle: ServiceHandle) -> float:
-    """``livestream_templates_version`` from a real scrape of ``/metrics``."""
+def _templates_gauge(handle: ServiceHandle, name: str = "version") -> float:
+    """``livestream_templates_<name>`` from a real scrape of ``/metrics``."""
     assert handle.metrics_address is not None
     host, port = handle.metrics_address
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "livestream_templates_version":
+            if sample.name == f"livestream_templates_{name}":
                 return float(sample.value)
-    raise AssertionError("livestream_templates_version not exported")
+    raise AssertionError(f"livestream_templates_{name} not exported")
 
 
 def _class_averages(project: Path, target: Path) -> dict[str, Any]:
@@ -295,3 +295,67 @@ async def test_template_loop_picks_new_and_repicks_earlier_exactly_once(  # noqa
     assert all(s.endswith("_tpl1.mrcs") for s in pool.stacks[pool.active_rows()])
     assert pool.feed(project / POOL_STAR) == 0  # fed again: nothing changes
     assert pool.n_active == len(new_pool)
+
+
+async def test_guard_keeps_the_blob_picker_when_the_templates_pick_nothing(
+    tmp_path: Path,
+) -> None:
+    """A set whose templates pick nothing on the last exposures (a threshold no
+    NCC reaches) is not used: no set is stored, the next exposure is blob-picked,
+    and the trial changes no ledger row and no particle."""
+    project = tmp_path / "project"
+    microscope = SimulatedMicroscope(
+        tmp_path / "session",
+        tmp_path / "movies",
+        MicroscopeSettings(size_px=512, n_frames=12, n_particles=10, write_chunks=1),
+        np.random.default_rng(7),
+    )
+    try:
+        for index in range(2):
+            microscope.acquire(index)
+        await _serve(_config(tmp_path), lambda: _n_done(project) == 2)
+        blob_picks = _picks(project)
+        blob_extracted = _extracted(project)
+        n_blob = sum(int(f["n_picks"]) for f in blob_picks.values())
+        assert n_blob > 0
+        body = _class_averages(project, tmp_path / "classes.mrcs")
+
+        async def publish(handle: ServiceHandle) -> None:
+            field = await handle.templates.after_snapshot(body)
+            assert field is not None
+            assert (field["version"], field["published"]) == (0, False)
+            assert field["guard"] == {
+                "exposures": 2,
+                "blob_picks": n_blob,  # the trial re-ran the stage's blob picker
+                "template_picks": 0,
+                "ratio": 0.0,
+                "min_pick_ratio": 0.5,
+                "accepted": False,
+            }
+            assert handle.templates.current is None
+            assert _templates_gauge(handle) == 0.0
+            assert _templates_gauge(handle, "rejected_total") == 1.0
+            await asyncio.to_thread(microscope.acquire, 2)
+
+        config = _config(tmp_path, metrics=True, threshold_sd=1000.0)
+        await _serve(config, lambda: _n_done(project) == 3, publish)
+    finally:
+        microscope.close()
+
+    assert _sql(project, "SELECT count(*) FROM template_sets") == [(0,)]
+    templates = project / "AutoPick/job005/templates"
+    assert sorted(p.name for p in templates.iterdir()) == ["candidate_it000012.mrcs"]
+    picks = _picks(project)
+    assert len(picks) == 3
+    assert all("template_set" not in f for f in picks.values())  # blob, the new too
+    assert {e: picks[e] for e in blob_picks} == blob_picks  # the trial wrote nothing
+    attempts = _sql(
+        project, "SELECT count(*) FROM attempts WHERE stage IN ('pick', 'extract')"
+    )
+    assert attempts == [(6,)]  # pick and extract once per exposure
+    extracted = _extracted(project)
+    assert {m: extracted[m] for m in blob_extracted} == blob_extracted
+    _, pool = _read_pool(project)
+    assert pool["rlnImageName"].is_unique
+    per_micrograph = pool.groupby("rlnMicrographName").size().to_dict()
+    assert per_micrograph == {m: n for m, n in extracted.items() if n}
