@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
+from pipelines.ctf.model import CtfParams
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.learned import fit_logistic, pick_learned
-from tests.pipelines.pick_synthetic import make_phantom, match_picks, simulate
+from tests.pipelines.pick_synthetic import (
+    _render,
+    make_phantom,
+    match_picks,
+    random_rotations,
+    simulate,
+)
 from tests.pipelines.picking.conftest import LabelledMicrograph
 
 
@@ -58,6 +66,46 @@ def test_learned_keeps_the_recall_on_simulated_particles(
     )
     assert recall >= 0.9
     assert precision >= 0.9
+
+
+def test_learned_keeps_touching_particles_of_high_contrast(
+    rng: np.random.Generator,
+) -> None:
+    """Thirty pairs of touching particles (centres 0.8 diameters apart) at SNR 0.2:
+    the outlier mask must not take a pair for contamination.  A candidate map whose
+    mask was sized by the smallest diameter (tried for the learned picker, not
+    kept; docs/picking.md) masked them: recall 0.03, 0.07 and 0.93 with three seeds
+    (this one the last) against 1.00."""
+    diameter_a, pixel_a, shape = 160.0, 4.0, (768, 768)
+    d_px = diameter_a / pixel_a
+    phantom = make_phantom(rng, diameter_a=diameter_a)
+    centres = np.array(
+        [(cx, cy) for cy in range(80, 688, 120) for cx in range(80, 688, 150)],
+        dtype=np.float64,
+    )
+    angle = rng.uniform(0.0, np.pi, len(centres))
+    half = 0.4 * d_px * np.column_stack([np.cos(angle), np.sin(angle)])
+    xy = np.concatenate([centres - half, centres + half])
+    ctf = CtfParams(defocus_u_a=20000.0, defocus_v_a=20000.0, astigmatism_angle_deg=0.0)
+    signal = _render(
+        shape,
+        pixel_a,
+        phantom,
+        xy[:, 0],
+        xy[:, 1],
+        random_rotations(len(xy), rng),
+        ctf,
+    )
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    nearest, _ = cKDTree(xy).query(np.column_stack([xx.ravel(), yy.ravel()]))
+    noise_sd = np.sqrt(np.var(signal.ravel()[nearest <= 0.5 * d_px]) / 0.2)
+    image = (-signal + rng.normal(0.0, noise_sd, shape)).astype(np.float32)
+    picks = pick_learned(image, pixel_size_a=pixel_a, diameter_range_a=(120.0, 200.0))
+    recall, precision = match_picks(
+        xy[:, 0], xy[:, 1], picks.x_px, picks.y_px, tolerance_px=0.2 * d_px
+    )
+    assert recall >= 0.95
+    assert precision >= 0.95
 
 
 def test_logistic_fit_separates_two_gaussians(rng: np.random.Generator) -> None:
