@@ -39,18 +39,24 @@ F-test keeps (so the local model and the sum in temporal blocks run;
 ``--local-movie``, default ``<workdir>/local/movie_000.mrc``, simulated there
 when absent).  ``--profile`` adds the CPU seconds of each phase of the warm runs
 (the functions :func:`pipelines.motion.correct.correct_motion` calls, wrapped in
-the worker).  The CLI's figure above stays the one an operator pays per
+the worker).  ``--keep-freed`` is an experiment: the warm worker's ``malloc``
+keeps freed memory for the next movie (:func:`keep_freed_memory`; not what the
+service does: it cuts the system time but raises the peak above 3 GB, see
+``docs/motion.md``).  The CLI's figure above stays the one an operator pays per
 ``livestream motion`` call.
 
     .venv/bin/python benchmarks/compare_relion_motioncorr.py [--size 4096]
         [--frames 40] [--threads 2] [--seed 1] [--relion-bin /usr/bin/relion_run_motioncorr]
         [--workdir DIR [--reuse]]   # keep (reuse) the movie and the outputs there
         [--no-relion] [--warm 3] [--local-movie PATH] [--profile]
+        [--keep-freed]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -272,6 +278,20 @@ PHASES: tuple[tuple[object, str, str], ...] = (
 )
 
 
+def keep_freed_memory() -> bool:
+    """glibc only: every allocation from the heap (``M_MMAP_MAX`` 0), the heap
+    never trimmed (``M_TRIM_THRESHOLD`` -1), so a movie's arrays reuse the pages
+    the previous movie faulted in.  For ``--keep-freed`` (an experiment: the
+    service does not do this, see ``docs/motion.md``); True when taken."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(-4, 0) == 1 and mallopt(-1, -1) == 1)  # <malloc.h>
+
+
 def _timed(fn: Callable[..., object], totals: dict[str, float], label: str) -> object:
     def wrapper(*args: object, **kwargs: object) -> object:
         start = time.process_time()
@@ -284,11 +304,19 @@ def _timed(fn: Callable[..., object], totals: dict[str, float], label: str) -> o
 
 
 def warm_worker(
-    movie: Path, gain: Path | None, threads: int, runs: int, profile: bool
+    movie: Path,
+    gain: Path | None,
+    threads: int,
+    runs: int,
+    profile: bool,
+    keep_freed: bool,
 ) -> dict[str, object]:
     """In this (fresh) process: the bound, ``runs`` calls of ``run_motion`` on
     ``movie``, the bound again.  CPU s per run are ``time.process_time`` (all
-    threads); ``phases`` the CPU s per phase of each run with ``profile``."""
+    threads); ``phases`` the CPU s per phase of each run with ``profile``.  With
+    ``keep_freed`` the process first calls :func:`keep_freed_memory`."""
+    if keep_freed and not keep_freed_memory():
+        print("keep_freed_memory() not taken here: the default allocator")
     bounds = [_bound(movie, 1, threads)]
     records: list[dict[str, object]] = []
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in PHASES]
@@ -373,6 +401,38 @@ def rms(error: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
 
 
+def run_warm(
+    args: argparse.Namespace, folder: Path, movie: Path, gain: Path, truth: np.ndarray
+) -> None:
+    """The warm-worker measurement on ``movie`` and on the local-motion movie."""
+    local_movie = args.local_movie
+    if local_movie is None:
+        (folder / "local").mkdir(exist_ok=True)
+        (local_movie,) = make_movies(folder / "local", args.size, args.frames, 1)
+    print(
+        "\nCLI above: one `livestream motion` process per movie (start-up, "
+        "imports, numba's first kernel included). Warm worker below: "
+        "run_motion called again in one process, as the service's pool "
+        "worker does."
+    )
+    keep = args.keep_freed
+    memory = "malloc keeping freed memory" if keep else "the default allocator"
+    value = in_process(
+        warm_worker, movie, gain, args.threads, args.warm, args.profile, keep
+    )
+    print_warm(f"this movie (gain, 5 x 5 patches; {memory})", value, truth)
+    value = in_process(
+        warm_worker,
+        local_movie,
+        None,
+        args.threads,
+        args.warm,
+        args.profile,
+        keep,
+    )
+    print_warm(f"local motion ({local_movie.name}; {memory})", value, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -396,6 +456,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", action="store_true", help="CPU s per phase in the warm worker"
+    )
+    parser.add_argument(
+        "--keep-freed",
+        action="store_true",
+        help="experiment: the warm worker's malloc keeps freed memory (glibc)",
     )
     args = parser.parse_args()
     relion = shutil.which(args.relion_bin)
@@ -460,25 +525,7 @@ def main() -> None:
                 "the smaller one says the sign convention)"
             )
         if args.warm > 0:
-            local_movie = args.local_movie
-            if local_movie is None:
-                (local_movie,) = make_movies(
-                    folder / "local", args.size, args.frames, 1
-                )
-            print(
-                "\nCLI above: one `livestream motion` process per movie (start-up, "
-                "imports, numba's first kernel included). Warm worker below: "
-                "run_motion called again in one process, as the service's pool "
-                "worker does."
-            )
-            value = in_process(
-                warm_worker, movie, gain, args.threads, args.warm, args.profile
-            )
-            print_warm("this movie (gain, 5 x 5 patches)", value, truth)
-            value = in_process(
-                warm_worker, local_movie, None, args.threads, args.warm, args.profile
-            )
-            print_warm(f"local motion ({local_movie.name})", value, None)
+            run_warm(args, folder, movie, gain, truth)
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
