@@ -22,15 +22,41 @@ frame, relative to the first); ours from ``livestream motion --json`` (the same
 convention).  The script checks the sign: it prints the error with RELION's shifts
 negated too.
 
+**Warm worker** (``--warm RUNS``, default 3; 0 skips it): what the live service
+pays per movie, which is not the CLI's figure.  The service runs the stage in a
+long-lived pool worker, so the interpreter's start, the imports, numba's first
+kernel and the first touch of the kept held-spectra store
+(:func:`pipelines.motion.spectra.take_held`) are paid once per worker, not per
+movie.  One fresh process measures the bound (read + one rfft2 per frame, the
+same threads), then calls :func:`pipelines.motion.job.run_motion` (the function
+the stage calls) ``RUNS`` times on the same movie, then measures the bound again;
+it prints each run's CPU seconds (``time.process_time``: user + system of the
+process, all threads), wall, peak RSS (``VmHWM`` reset before each run) and ratio
+to the mean of the two bounds.  The runs after the first are the warm worker's
+per-movie cost.  It does this for the movie above (with its gain, as the CLI runs
+it) and for ``bench_chain.py``'s movie with 1 px of local motion, which the
+F-test keeps (so the local model and the sum in temporal blocks run;
+``--local-movie``, default ``<workdir>/local/movie_000.mrc``, simulated there
+when absent).  ``--profile`` adds the CPU seconds of each phase of the warm runs
+(the functions :func:`pipelines.motion.correct.correct_motion` calls, wrapped in
+the worker).  ``--keep-freed`` is an experiment: the warm worker's ``malloc``
+keeps freed memory for the next movie (:func:`keep_freed_memory`; not what the
+service does: it cuts the system time but raises the peak above 3 GB, see
+``docs/motion.md``).  The CLI's figure above stays the one an operator pays per
+``livestream motion`` call.
+
     .venv/bin/python benchmarks/compare_relion_motioncorr.py [--size 4096]
         [--frames 40] [--threads 2] [--seed 1] [--relion-bin /usr/bin/relion_run_motioncorr]
         [--workdir DIR [--reuse]]   # keep (reuse) the movie and the outputs there
-        [--no-relion]
+        [--no-relion] [--warm 3] [--local-movie PATH] [--profile]
+        [--keep-freed]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -39,16 +65,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
+from bench_chain import make_movies, peak_gb, reset_peak
 from bench_motion import _bound, in_process
 from bench_motion_accuracy import PARTICLES_PER_PX2
 
+import pipelines.motion.correct as correct_module
+import pipelines.motion.job as job_module
+from pipelines.motion.job import run_motion
 from pipelines.simulate.micrograph import MicrographParams
 from pipelines.simulate.movie import MovieParams, simulate_movie
 
@@ -228,8 +260,177 @@ def run_relion(exe: str, folder: Path, star: Path, gain: Path, threads: int) -> 
     return Side(f"{exe} --use_own", wall, cpu, peak, xy - xy[0])
 
 
+# the phases --profile times: (module, attribute, label); nested ones are inside
+# the phase above them (pass 1 holds frame prep, holding and its FFTs)
+PHASES: tuple[tuple[object, str, str], ...] = (
+    (job_module, "read_movie", "read (mapped; pages come in later)"),
+    (job_module, "read_gain", "gain read"),
+    (correct_module, "PreparedFrames", "defect map"),
+    (correct_module, "band_spectra", "pass 1: prepare, rfft2, hold, bands"),
+    (correct_module.PreparedFrames, "__call__", "  frame prep (in pass 1 / sum)"),
+    (correct_module.HeldSpectra, "put", "  holding the spectra (in pass 1)"),
+    (correct_module, "align_stack", "global alignment passes"),
+    (correct_module, "refine_at_finer_bin", "refinement at the finer bin"),
+    (correct_module, "align_patches", "local estimation"),
+    (correct_module, "sum_frames", "sum (held sum or blocks, inverse FFTs)"),
+    (correct_module, "power_spectrum", "power spectrum"),
+    (job_module, "write_mrc", "writing the MRC files"),
+)
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: every allocation from the heap (``M_MMAP_MAX`` 0), the heap
+    never trimmed (``M_TRIM_THRESHOLD`` -1), so a movie's arrays reuse the pages
+    the previous movie faulted in.  For ``--keep-freed`` (an experiment: the
+    service does not do this, see ``docs/motion.md``); True when taken."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(-4, 0) == 1 and mallopt(-1, -1) == 1)  # <malloc.h>
+
+
+def _timed(fn: Callable[..., object], totals: dict[str, float], label: str) -> object:
+    def wrapper(*args: object, **kwargs: object) -> object:
+        start = time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[label] = totals.get(label, 0.0) + time.process_time() - start
+
+    return wrapper
+
+
+def warm_worker(
+    movie: Path,
+    gain: Path | None,
+    threads: int,
+    runs: int,
+    profile: bool,
+    keep_freed: bool,
+) -> dict[str, object]:
+    """In this (fresh) process: the bound, ``runs`` calls of ``run_motion`` on
+    ``movie``, the bound again.  CPU s per run are ``time.process_time`` (all
+    threads); ``phases`` the CPU s per phase of each run with ``profile``.  With
+    ``keep_freed`` the process first calls :func:`keep_freed_memory`."""
+    if keep_freed and not keep_freed_memory():
+        print("keep_freed_memory() not taken here: the default allocator")
+    bounds = [_bound(movie, 1, threads)]
+    records: list[dict[str, object]] = []
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in PHASES]
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(runs):
+            totals: dict[str, float] = {}
+            if profile:
+                for (owner, name, original), (_, _, label) in zip(
+                    originals, PHASES, strict=True
+                ):
+                    setattr(owner, name, _timed(original, totals, label))
+            try:
+                reset_peak()
+                cpu, wall = time.process_time(), time.perf_counter()
+                result = run_motion(
+                    movie,
+                    out,
+                    pixel_size_a=1.0,
+                    dose_per_frame_e_per_a2=1.0,
+                    voltage_kv=300.0,
+                    gain_path=gain,
+                    patches=(5, 5),
+                    workers=threads,
+                )
+                records.append(
+                    {
+                        "cpu": time.process_time() - cpu,
+                        "wall": time.perf_counter() - wall,
+                        "peak_gb": peak_gb(),
+                        "local": result.local_rms_residual_px is not None,
+                        "shifts": result.shifts_px,
+                        "phases": totals,
+                        "load": os.getloadavg()[0],
+                    }
+                )
+            finally:
+                for owner, name, original in originals:
+                    setattr(owner, name, original)
+    bounds.append(_bound(movie, 1, threads))
+    return {"bounds": bounds, "runs": records}
+
+
+def print_warm(title: str, value: dict[str, Any], truth: np.ndarray | None) -> None:
+    bounds, runs = value["bounds"], value["runs"]
+    bound = sum(b["cpu"] for b in bounds) / len(bounds)
+    print(
+        f"\nwarm worker, {title}: bound (read + rfft2 per frame) "
+        f"{bounds[0]['cpu']:.1f} CPU s before, {bounds[-1]['cpu']:.1f} after; "
+        f"ratios to their mean {bound:.1f}"
+    )
+    print(
+        f"{'run':>4s} {'CPU s':>7s} {'wall s':>7s} {'peak GB':>8s} "
+        f"{'CPU x bound':>12s} {'local kept':>11s} {'drift RMS raw px':>17s} {'load':>5s}"
+    )
+    for i, run in enumerate(runs, 1):
+        drift = ""
+        if truth is not None:
+            error = run["shifts"] + truth
+            drift = f"{rms(error):.3f}"
+        print(
+            f"{i:4d} {run['cpu']:7.1f} {run['wall']:7.1f} {run['peak_gb']:8.2f} "
+            f"{run['cpu'] / bound:12.2f} {run['local']!s:>11s} {drift:>17s} "
+            f"{run['load']:5.1f}"
+            + ("   (first: pays the worker's start)" if i == 1 else "")
+        )
+    if len(runs) > 1:
+        warm = [run["cpu"] for run in runs[1:]]
+        print(
+            f"warm per movie (runs 2..): {min(warm):.1f}-{max(warm):.1f} CPU s, "
+            f"{min(warm) / bound:.2f}-{max(warm) / bound:.2f}x the bound"
+        )
+    if runs and runs[-1]["phases"]:
+        print("CPU s per phase (runs 2..; nested lines are inside the one above):")
+        for _, _, label in PHASES:
+            values = [run["phases"].get(label, 0.0) for run in runs[1:]] or [
+                runs[0]["phases"].get(label, 0.0)
+            ]
+            print(f"  {label:42s} " + " ".join(f"{v:6.2f}" for v in values))
+
+
 def rms(error: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+
+
+def run_warm(
+    args: argparse.Namespace, folder: Path, movie: Path, gain: Path, truth: np.ndarray
+) -> None:
+    """The warm-worker measurement on ``movie`` and on the local-motion movie."""
+    local_movie = args.local_movie
+    if local_movie is None:
+        (folder / "local").mkdir(exist_ok=True)
+        (local_movie,) = make_movies(folder / "local", args.size, args.frames, 1)
+    print(
+        "\nCLI above: one `livestream motion` process per movie (start-up, "
+        "imports, numba's first kernel included). Warm worker below: "
+        "run_motion called again in one process, as the service's pool "
+        "worker does."
+    )
+    keep = args.keep_freed
+    memory = "malloc keeping freed memory" if keep else "the default allocator"
+    value = in_process(
+        warm_worker, movie, gain, args.threads, args.warm, args.profile, keep
+    )
+    print_warm(f"this movie (gain, 5 x 5 patches; {memory})", value, truth)
+    value = in_process(
+        warm_worker,
+        local_movie,
+        None,
+        args.threads,
+        args.warm,
+        args.profile,
+        keep,
+    )
+    print_warm(f"local motion ({local_movie.name}; {memory})", value, None)
 
 
 def main() -> None:
@@ -244,6 +445,23 @@ def main() -> None:
         "--reuse", action="store_true", help="reuse the movie already in --workdir"
     )
     parser.add_argument("--no-relion", action="store_true", help="ours only")
+    parser.add_argument(
+        "--warm", type=int, default=3, help="run_motion calls per warm worker (0: none)"
+    )
+    parser.add_argument(
+        "--local-movie",
+        type=Path,
+        help="the movie with local motion for the warm worker "
+        "(default: <workdir>/local/movie_000.mrc, simulated when absent)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="CPU s per phase in the warm worker"
+    )
+    parser.add_argument(
+        "--keep-freed",
+        action="store_true",
+        help="experiment: the warm worker's malloc keeps freed memory (glibc)",
+    )
     args = parser.parse_args()
     relion = shutil.which(args.relion_bin)
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="motion_vs_relion_"))
@@ -306,6 +524,8 @@ def main() -> None:
                 f"({side.name} with its shifts negated: {rms(flipped):.3f} px raw; "
                 "the smaller one says the sign convention)"
             )
+        if args.warm > 0:
+            run_warm(args, folder, movie, gain, truth)
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)

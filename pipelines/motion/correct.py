@@ -296,7 +296,7 @@ def align_global(
         s=shape,
         axes=(-2, -1),
         **fft_kwargs(xp, workers),
-    ).astype(xp.float32)
+    ).astype(xp.float32, copy=False)  # float32 already: no 168 MB copy at 4096²
     return to_numpy(shifts) * factor, aligned, factor
 
 

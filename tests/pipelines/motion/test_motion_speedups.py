@@ -14,7 +14,11 @@ from pipelines.motion.defects import (
     detect_dead_pixels,
     detect_hot_pixels,
 )
-from pipelines.motion.dose import critical_exposure_e_per_a2
+from pipelines.motion.dose import (
+    DamageModel,
+    critical_exposure_e_per_a2,
+    frame_exposures_e_per_a2,
+)
 
 
 def test_prepared_frames_defect_map_matches_the_two_detectors(
@@ -79,3 +83,25 @@ def test_dose_grids_match_the_full_grid(
     assert not grids[0].flags.writeable  # shared with the next movie
     again = summing._dose_grids(shape, 0.83, 300.0, tuple(exposures), uniform)
     assert again[0] is grids[0]
+
+
+def test_damage_filters_in_place_match_the_formula() -> None:
+    """DamageModel.filters, computed in place in float32, gives exactly
+    exp(-E_f / (2 Ne(k))) on the binned rfft2 grid (float32 throughout), and
+    its frames decay with exposure."""
+    exposures = frame_exposures_e_per_a2(12, 1.3, 0.5)
+    damage = DamageModel(
+        pixel_size_a=0.9, exposures_e_per_a2=exposures, voltage_kv=200.0
+    )
+    shape, factor = (48, 40), 2.0
+    filters = damage.filters(shape, factor)
+    d = 0.9 * factor
+    ky = np.fft.fftfreq(shape[0], d=d).astype(np.float32)[:, None]
+    kx = np.fft.rfftfreq(shape[1], d=d).astype(np.float32)[None, :]
+    inv_ne = 1.0 / critical_exposure_e_per_a2(np.sqrt(ky * ky + kx * kx), 200.0)
+    e32 = exposures.astype(np.float32)
+    expected = np.exp(-0.5 * e32[:, None, None] * inv_ne[None]).astype(np.float32)
+    assert filters.dtype == np.float32
+    assert filters.shape == (12, 48, 21)
+    np.testing.assert_array_equal(filters, expected)
+    assert np.all(np.diff(filters[:, 10, 10]) < 0)  # later frames: less signal
