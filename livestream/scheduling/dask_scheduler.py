@@ -1,0 +1,56 @@
+"""The Dask scheduler the service starts: Dask's, with a slower worker heartbeat.
+
+Each worker sends the scheduler a heartbeat (its memory, CPU, bandwidth and the
+durations of its running tasks, for the dashboard and for Dask's data placement)
+and takes the interval of the next one from the scheduler's reply:
+``Scheduler.heartbeat_worker`` returns ``"heartbeat-interval"``, 0.5 s for up to 10
+workers, 1 s below 50, 2 s below 200 (``distributed.scheduler.heartbeat_interval``),
+and ``Worker.heartbeat`` sets its periodic callback to it.  There is no
+configuration key for it.  Two messages a second, with the worker's metrics
+gathered and the scheduler's bookkeeping, are about half of what an idle worker,
+nanny and scheduler still burn under :data:`~livestream.scheduling.dask_settings.
+DASK_SETTINGS` (docs/operations.md, *Scheduling overhead*); the service's stages
+take seconds to a minute, so its scheduler needs none of that resolution.
+
+:class:`ServiceScheduler` replies with at least :data:`WORKER_HEARTBEAT_S` instead
+(Dask's own value when that is longer, in clusters of hundreds of workers).  What
+the heartbeat does not do is unaffected: a worker process that dies closes its
+connection to the scheduler, which takes its tasks back at once (the nanny starts
+a new one); a worker that hangs is removed after ``distributed.scheduler.
+worker-ttl`` (5 minutes by default; the scheduler uses ten heartbeat intervals
+when that is longer, 50 s here); a paused or closing worker tells the scheduler on
+its stream at once.  What becomes coarser is what the scheduler knows between
+heartbeats: a worker's memory and CPU figures (dashboard, Prometheus) are up to
+:data:`WORKER_HEARTBEAT_S` old.
+
+The class is given to Dask where it takes a scheduler class: a ``SpecCluster``'s
+scheduler spec (:func:`~livestream.scheduling.dask_settings.local_cluster`) and
+dask-jobqueue's ``scheduler_cls`` (:func:`~livestream.scheduling.clusters.
+start_slurm_cluster`).  A scheduler an operator starts (``dask scheduler``, a
+cluster given by address) is Dask's own and keeps Dask's interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import distributed
+
+__all__ = ["WORKER_HEARTBEAT_S", "ServiceScheduler"]
+
+WORKER_HEARTBEAT_S = 5.0
+
+
+class ServiceScheduler(distributed.Scheduler):
+    """Dask's scheduler whose workers heartbeat every :data:`WORKER_HEARTBEAT_S`
+    seconds at least."""
+
+    def heartbeat_worker(self, **kwargs: Any) -> dict[str, Any]:
+        # the scheduler's handler table holds this bound method, so the reply to
+        # every worker's heartbeat (and to its registration) passes here
+        reply: dict[str, Any] = super().heartbeat_worker(**kwargs)
+        if "heartbeat-interval" in reply:  # not in {"status": "missing"}
+            reply["heartbeat-interval"] = max(
+                reply["heartbeat-interval"], WORKER_HEARTBEAT_S
+            )
+        return reply
