@@ -34,10 +34,19 @@ executor's processes are left idle for 30 s: their CPU then (heartbeats,
 monitors, in % of one core) times an exposure's wall time is what that background
 costs per exposure at that rate.
 
-Dask rows run under the service's Dask settings
-(:mod:`livestream.scheduling.dask_settings`, the default) or Dask's defaults
-(``--dask-config defaults``), or both in the order given
-(``--dask-config service defaults``).
+Dask rows run under the service's Dask settings and scheduler
+(:mod:`livestream.scheduling.dask_settings`, :mod:`livestream.scheduling.
+dask_scheduler`; the default), the same settings with Dask's own scheduler class
+(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s) or Dask's
+defaults (``--dask-config defaults``), or several in the order given
+(``--dask-config service dask-scheduler defaults``).
+
+The overhead per exposure is split in two (``--real``): the idle rate times the
+exposure's wall time (``idle x wall s``: what the executor's processes burn by the
+clock, heartbeats, ticks and monitors, whether a stage runs or not) and the rest
+(``per task s``: submitting, the scheduler's and the worker's work for each task,
+what the stage's threads lose to the executor's); the first scales with the wall
+time an exposure takes, so with the machine's load, the second with the tasks.
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
         [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
@@ -148,6 +157,10 @@ async def _executors(
         for config in dask_config:
             if config == "service":
                 cluster_cm = local_cluster(n)
+            elif config == "dask-scheduler":
+                import distributed  # optional: only the Dask rows need it
+
+                cluster_cm = local_cluster(n, scheduler_cls=distributed.Scheduler)
             else:
                 import distributed  # optional: only the Dask rows need it
 
@@ -290,7 +303,8 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
         f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
         f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
-        f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
+        f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}"
+        f" {overhead - background:>10.2f} {100 * (overhead - background) / stage_cpu:>6.2f}",
         flush=True,
     )
 
@@ -309,13 +323,16 @@ async def main_real(args: argparse.Namespace) -> None:
         f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'in worker':>10}"
         f" {'idle wall s':>11}"
-        f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
+        f" {'idle CPU %':>9} {'idle x wall s':>12} {'per task s':>10} {'%':>6}"
+        "   (per exposure)"
     )
+    index = 0
     async for label, n, executor in _executors(
         args.workers, args.dask_workers, args.dask_config
     ):
         kind = label.split("(")[-1].rstrip(")") if label.startswith("dask") else "local"
-        folder = root / f"{kind}_{n}"
+        index += 1  # a configuration may be given twice (--dask-config a b a b)
+        folder = root / f"{index}_{kind}_{n}"
         totals = await _run_exposures(executor, movies, folder, 2 * n)
         _report_real(label, n, len(movies), totals)
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
@@ -335,11 +352,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
-        choices=("service", "defaults"),
+        choices=("service", "dask-scheduler", "defaults"),
         nargs="+",
         default=["service"],
-        help="the Dask rows under the service's settings and/or Dask's defaults, in"
-        " this order",
+        help="the Dask rows under the service's settings, the same with Dask's own"
+        " scheduler class and/or Dask's defaults, in this order",
     )
     args = parser.parse_args()
     asyncio.run(main_real(args) if args.real else main_async(args))

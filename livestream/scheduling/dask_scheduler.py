@@ -36,14 +36,25 @@ from typing import Any
 
 import distributed
 
-__all__ = ["WORKER_HEARTBEAT_S", "ServiceScheduler"]
+__all__ = ["TIMEOUT_CHECK_S", "WORKER_HEARTBEAT_S", "ServiceScheduler"]
 
 WORKER_HEARTBEAT_S = 5.0
+TIMEOUT_CHECK_S = 1.0
+# the scheduler's checks of distributed.scheduler.idle-timeout (it also records
+# since when the cluster is idle) and no-workers-timeout, both unset by default;
+# Dask runs each every 250 ms (Scheduler.__init__, no configuration key)
+_TIMEOUT_CHECKS = ("idle-timeout", "no-workers-timeout")
 
 
 class ServiceScheduler(distributed.Scheduler):
     """Dask's scheduler whose workers heartbeat every :data:`WORKER_HEARTBEAT_S`
-    seconds at least."""
+    seconds at least, and whose idle and no-worker checks run every
+    :data:`TIMEOUT_CHECK_S` seconds."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in _TIMEOUT_CHECKS:
+            self.periodic_callbacks[name].callback_time = TIMEOUT_CHECK_S * 1000
 
     def heartbeat_worker(self, **kwargs: Any) -> dict[str, Any]:
         # the scheduler's handler table holds this bound method, so the reply to

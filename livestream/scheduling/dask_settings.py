@@ -136,13 +136,14 @@ def _inner(value: object) -> str:
 
 @contextlib.asynccontextmanager
 async def local_cluster(
-    n_workers: int, *, processes: bool = True
+    n_workers: int, *, processes: bool = True, scheduler_cls: Any = None
 ) -> AsyncIterator[Any]:
     """A local cluster as the service would run one, for the benchmark and the tests:
-    a :class:`~livestream.scheduling.dask_scheduler.ServiceScheduler` and
-    ``n_workers`` workers of one thread each, under :data:`DASK_SETTINGS`, on the
-    loopback interface, no dashboard.  Each worker is a process with its nanny
-    (``processes``, as ``dask worker`` starts them) or a thread of this process.
+    a :class:`~livestream.scheduling.dask_scheduler.ServiceScheduler` (or
+    ``scheduler_cls``: the benchmark compares Dask's own) and ``n_workers`` workers
+    of one thread each, under :data:`DASK_SETTINGS`, on the loopback interface, no
+    dashboard.  Each worker is a process with its nanny (``processes``, as ``dask
+    worker`` starts them) or a thread of this process.
 
     It is Dask's ``SpecCluster`` (what ``LocalCluster`` builds, whose scheduler class
     is fixed), given the scheduler class and the worker options."""
@@ -154,7 +155,7 @@ async def local_cluster(
         from livestream.scheduling.dask_scheduler import ServiceScheduler
 
         scheduler = {
-            "cls": ServiceScheduler,
+            "cls": scheduler_cls or ServiceScheduler,
             "options": {
                 "host": _LOOPBACK,
                 "port": 0,
