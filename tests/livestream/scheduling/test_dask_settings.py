@@ -100,10 +100,12 @@ def heartbeat_ms(dask_worker: Any) -> float:
 
 async def test_the_workers_heartbeat_at_the_services_interval() -> None:
     """The worker takes its heartbeat interval from the scheduler's replies: Dask's
-    scheduler says 0.5 s for up to 10 workers, the service's says 5 s."""
+    scheduler says 0.5 s for up to 10 workers, the service's says 5 s.  The
+    scheduler checks its timeouts every second, not every 250 ms."""
     from distributed.scheduler import heartbeat_interval
 
     from livestream.scheduling.dask_scheduler import (
+        TIMEOUT_CHECK_S,
         WORKER_HEARTBEAT_S,
         ServiceScheduler,
     )
@@ -111,6 +113,10 @@ async def test_the_workers_heartbeat_at_the_services_interval() -> None:
     assert heartbeat_interval(1) == 0.5  # Dask's, which the check below would see
     async with local_cluster(1) as cluster:
         assert type(cluster.scheduler) is ServiceScheduler
+        callbacks = cluster.scheduler.periodic_callbacks
+        assert TIMEOUT_CHECK_S == 1.0
+        assert callbacks["idle-timeout"].callback_time == 1000
+        assert callbacks["no-workers-timeout"].callback_time == 1000
         client = await distributed.Client(cluster, asynchronous=True)
         try:
             # a worker starts at 1 s (Worker's own default) and takes the

@@ -125,7 +125,10 @@ async def test_a_worker_started_by_the_job_script_heartbeats_at_the_services_int
         assert type(cluster.scheduler) is ServiceScheduler
         script = tmp_path / "job.sh"
         script.write_text(cluster.job_script())
-        job = subprocess.Popen(["bash", str(script)], start_new_session=True)
+        log = (tmp_path / "job.log").open("w")  # the worker's and nanny's logging
+        job = subprocess.Popen(
+            ["bash", str(script)], stderr=log, stdout=log, start_new_session=True
+        )
         try:
             client = await distributed.Client(cluster, asynchronous=True)
             try:
@@ -139,6 +142,7 @@ async def test_a_worker_started_by_the_job_script_heartbeats_at_the_services_int
         finally:
             os.killpg(job.pid, signal.SIGTERM)
             job.wait(timeout=30)
+            log.close()
     assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]
 
 
