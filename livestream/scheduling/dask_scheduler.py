@@ -17,8 +17,8 @@ take seconds to a minute, so its scheduler needs none of that resolution.
 the heartbeat does not do is unaffected: a worker process that dies closes its
 connection to the scheduler, which takes its tasks back at once (the nanny starts
 a new one); a worker that hangs is removed after ``distributed.scheduler.
-worker-ttl`` (5 minutes by default; the scheduler uses ten heartbeat intervals
-when that is longer, 50 s here); a paused or closing worker tells the scheduler on
+worker-ttl`` (5 minutes by default; Dask takes at least ten of its own heartbeat
+intervals, this class ten of its own, 50 s); a paused or closing worker tells the scheduler on
 its stream at once.  What becomes coarser is what the scheduler knows between
 heartbeats: a worker's memory and CPU figures (dashboard, Prometheus) are up to
 :data:`WORKER_HEARTBEAT_S` old.
@@ -55,6 +55,10 @@ class ServiceScheduler(distributed.Scheduler):
         super().__init__(**kwargs)
         for name in _TIMEOUT_CHECKS:
             self.periodic_callbacks[name].callback_time = TIMEOUT_CHECK_S * 1000
+        if self.worker_ttl:
+            # Dask removes a worker silent for worker-ttl, but at least ten of its
+            # own heartbeat intervals: ten of the service's
+            self.worker_ttl = max(self.worker_ttl, 10 * WORKER_HEARTBEAT_S)
 
     def heartbeat_worker(self, **kwargs: Any) -> dict[str, Any]:
         # the scheduler's handler table holds this bound method, so the reply to

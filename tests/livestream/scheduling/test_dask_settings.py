@@ -117,6 +117,7 @@ async def test_the_workers_heartbeat_at_the_services_interval() -> None:
         assert TIMEOUT_CHECK_S == 1.0
         assert callbacks["idle-timeout"].callback_time == 1000
         assert callbacks["no-workers-timeout"].callback_time == 1000
+        assert cluster.scheduler.worker_ttl == 300  # Dask's default, above 10 x 5 s
         client = await distributed.Client(cluster, asynchronous=True)
         try:
             # a worker starts at 1 s (Worker's own default) and takes the
@@ -129,6 +130,20 @@ async def test_the_workers_heartbeat_at_the_services_interval() -> None:
             await client.close()
     assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]
     assert WORKER_HEARTBEAT_S == 5.0
+
+
+async def test_a_short_worker_ttl_is_ten_heartbeats_at_least() -> None:
+    """Dask removes a worker silent for ``worker-ttl`` but keeps ten of its own
+    heartbeat intervals at least; the service's scheduler keeps ten of its own."""
+    from livestream.scheduling.dask_scheduler import (
+        WORKER_HEARTBEAT_S,
+        ServiceScheduler,
+    )
+
+    async with ServiceScheduler(worker_ttl="10s", dashboard=False) as scheduler:
+        assert scheduler.worker_ttl == 10 * WORKER_HEARTBEAT_S
+    async with ServiceScheduler(worker_ttl="2h", dashboard=False) as scheduler:
+        assert scheduler.worker_ttl == 7200
 
 
 def test_the_environment_gives_a_worker_started_elsewhere_the_same_settings() -> None:
