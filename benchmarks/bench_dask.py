@@ -50,6 +50,15 @@ time an exposure takes, so with the machine's load, the second with the tasks.
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
         [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
+
+``--idle R`` measures only the idle executors, R rounds of each in turn (the same
+executor selection): the CPU over 30 s of this process (with the client, the
+scheduler and the nannies of a ``LocalCluster``) and of the worker processes, and
+their wake-ups per second (voluntary context switches of their threads, counted by
+the kernel), which do not depend on the machine's load as the CPU does.
+
+    .venv/bin/python benchmarks/bench_dask.py --idle 3 --workers 1
+        --dask-workers 1 --dask-config dask-scheduler service
 """
 
 from __future__ import annotations
@@ -300,7 +309,7 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
     # burn beside the stages at that rate
     background = totals["idle_cpu_per_s"] * totals["wall"] / n
     print(
-        f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
+        f"{name:<34} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
         f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
         f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}"
@@ -320,7 +329,7 @@ async def main_real(args: argparse.Namespace) -> None:
         f" 1-min load average at the start {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
+        f"{'executor':<34} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'in worker':>10}"
         f" {'idle wall s':>11}"
         f" {'idle CPU %':>9} {'idle x wall s':>12} {'per task s':>10} {'%':>6}"
@@ -338,6 +347,74 @@ async def main_real(args: argparse.Namespace) -> None:
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
 
 
+def _process_counters() -> dict[str, tuple[float, int]]:
+    """Per process of this run (``main``: this one, with the client and a
+    ``LocalCluster``'s scheduler and nannies; ``workers``: the worker processes
+    together): user + system CPU seconds and voluntary context switches, summed
+    over the threads (Linux, /proc).  A thread that sleeps in its event loop and
+    is woken by a timer or a message switches out once per wake-up."""
+    import psutil  # optional: it comes with distributed
+
+    me = psutil.Process()
+    found: dict[str, tuple[float, int]] = {}
+    for process in (me, *me.children(recursive=True)):
+        cpu, switches = 0.0, 0
+        try:
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                stat = (task / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+        except OSError:
+            continue
+        name = "main" if process.pid == me.pid else "workers"
+        before = found.get(name, (0.0, 0))
+        found[name] = (before[0] + cpu, before[1] + switches)
+    return found
+
+
+async def main_idle(args: argparse.Namespace) -> None:
+    """``--idle R``: each executor's idle CPU and wake-ups, R rounds in turn."""
+    print(
+        f"idle executors, {IDLE_S:.0f} s each after a warm-up task; % of one core"
+        " and wake-ups per second (voluntary context switches)"
+    )
+    print(
+        f"{'executor':<34} {'workers':>7} {'round':>5} {'load':>5} {'all %':>6}"
+        f" {'main %':>7} {'main /s':>8} {'workers %':>9} {'workers /s':>10}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench_dask_idle_"))
+    for round_ in range(args.idle):
+        async for label, n, executor in _executors(
+            args.workers, args.dask_workers, args.dask_config
+        ):
+            warm = _tasks(root, 2 * n, 0.0)
+            await asyncio.gather(*(executor.run(run_stage, task) for task in warm))
+            await asyncio.sleep(5.0)  # what the start and the tasks leave settles
+            before = _process_counters()
+            started = time.perf_counter()
+            await asyncio.sleep(IDLE_S)
+            after = _process_counters()
+            wall = time.perf_counter() - started
+            rate = {
+                name: (
+                    100 * (cpu - before.get(name, (cpu, 0))[0]) / wall,
+                    (switches - before.get(name, (0.0, switches))[1]) / wall,
+                )
+                for name, (cpu, switches) in after.items()
+            }
+            main_cpu, main_wake = rate.get("main", (0.0, 0.0))
+            work_cpu, work_wake = rate.get("workers", (0.0, 0.0))
+            print(
+                f"{label:<34} {n:>7} {round_:>5} {os.getloadavg()[0]:>5.1f}"
+                f" {main_cpu + work_cpu:>6.2f} {main_cpu:>7.2f} {main_wake:>8.1f}"
+                f" {work_cpu:>9.2f} {work_wake:>10.1f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=64)
@@ -349,6 +426,12 @@ def main() -> None:
         "--real", type=int, default=0, help="N real exposures instead of noop tasks"
     )
     parser.add_argument("--small", action="store_true", help="--real at 1024² x 20")
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="R rounds of each executor's idle CPU and wake-ups instead",
+    )
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
@@ -359,7 +442,10 @@ def main() -> None:
         " scheduler class and/or Dask's defaults, in this order",
     )
     args = parser.parse_args()
-    asyncio.run(main_real(args) if args.real else main_async(args))
+    if args.idle:
+        asyncio.run(main_idle(args))
+    else:
+        asyncio.run(main_real(args) if args.real else main_async(args))
 
 
 if __name__ == "__main__":
