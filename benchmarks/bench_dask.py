@@ -10,7 +10,10 @@ executor (:mod:`livestream.scheduling.executors`) with twice as many tasks in
 flight as workers, as the scheduler keeps them.  The lower bound, from the same
 numbers: ``tasks × stage_s / workers``.  Overhead per task is
 ``(wall − bound) × workers / tasks``: submit, pickle, scheduler, transfer, result,
-and the stage's own file write.  A real exposure is five stage tasks (motion, ctf,
+and the stage's own file write.  In CPU: all the run's processes' CPU during the
+tasks, less what they burn idle (measured for 15 s just before) over the same wall
+time, per task (``CPU ms/task``): the part of the overhead that scales with the
+tasks, not with the clock.  A real exposure is five stage tasks (motion, ctf,
 curate, pick, extract); the overhead of those five is printed against
 ``--exposure-stage-s`` seconds of stage time per exposure (the stage time of one
 real-size exposure on one worker; see docs/operations.md), the issue's target being
@@ -85,6 +88,7 @@ from mdcatch.records import Exposure, Optics, Software
 
 STAGES_PER_EXPOSURE = 5
 IDLE_S = 30.0  # --real: how long the idle executor's CPU is measured
+NOOP_IDLE_S = 15.0  # noop tasks: the same, before the tasks
 
 
 def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
@@ -118,7 +122,11 @@ def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
     return tasks
 
 
-async def _run_all(executor: Executor, tasks: list[StageTask], in_flight: int) -> float:
+async def _run_all(
+    executor: Executor, tasks: list[StageTask], in_flight: int
+) -> tuple[float, float, float]:
+    """Wall and CPU seconds (all the run's processes) of ``tasks``, and the CPU
+    per second the same processes burn idle just before."""
     gate = asyncio.Semaphore(in_flight)
 
     async def one(task: StageTask) -> None:
@@ -127,22 +135,36 @@ async def _run_all(executor: Executor, tasks: list[StageTask], in_flight: int) -
 
     # warm-up: start every worker process and import the stages once
     await asyncio.gather(*(one(task) for task in tasks[:in_flight]))
+    await asyncio.sleep(2.0)  # what the start and the warm-up leave settles
+    cpu = tree_cpu_s()
+    await asyncio.sleep(NOOP_IDLE_S)
+    idle_cpu_per_s = (tree_cpu_s() - cpu) / NOOP_IDLE_S
+    cpu = tree_cpu_s()
     started = time.perf_counter()
     await asyncio.gather(*(one(task) for task in tasks))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    return wall, tree_cpu_s() - cpu, idle_cpu_per_s
 
 
 def _report(
-    name: str, workers: int, wall: float, args: argparse.Namespace
+    name: str,
+    workers: int,
+    wall: float,
+    cpu: float,
+    idle_cpu_per_s: float,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     bound = args.tasks * args.stage_s / workers
     per_task_ms = max(wall - bound, 0.0) * workers / args.tasks * 1000
     per_exposure_pct = (
         100 * STAGES_PER_EXPOSURE * per_task_ms / 1000 / args.exposure_stage_s
     )
+    # CPU per task beyond what the processes burn idle over the same wall time
+    cpu_ms = (cpu - idle_cpu_per_s * wall) / args.tasks * 1000
     print(
-        f"{name:<28} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
-        f" {per_task_ms:>14.1f} {per_exposure_pct:>13.3f}",
+        f"{name:<34} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
+        f" {per_task_ms:>14.1f} {per_exposure_pct:>13.3f}"
+        f" {100 * idle_cpu_per_s:>10.2f} {cpu_ms:>12.1f}",
         flush=True,
     )
     return {"per_task_ms": per_task_ms, "per_exposure_pct": per_exposure_pct}
@@ -198,14 +220,15 @@ async def main_async(args: argparse.Namespace) -> None:
         " time per exposure"
     )
     print(
-        f"{'executor':<28} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
+        f"{'executor':<34} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
         f" {'overhead ms/task':>14} {'% / exposure':>13}"
+        f" {'idle CPU %':>10} {'CPU ms/task':>12}"
     )
     async for label, n, executor in _executors(
         args.workers, args.dask_workers, args.dask_config
     ):
-        wall = await _run_all(executor, tasks, 2 * n)
-        _report(label, n, wall, args)
+        wall, cpu, idle_cpu_per_s = await _run_all(executor, tasks, 2 * n)
+        _report(label, n, wall, cpu, idle_cpu_per_s, args)
 
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
