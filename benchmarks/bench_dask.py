@@ -25,7 +25,7 @@ the five real stage tasks of ``bench_chain.py``'s chain submitted one after the
 other through each executor, twice as many exposures in flight as workers.  The
 overhead is counted in CPU seconds, which mean something on a loaded machine
 where a few milliseconds of wall time do not: the CPU of every process of the run
-(this one, with the Dask scheduler and nannies of a ``LocalCluster`` and the event
+(this one, with the Dask scheduler and nannies of a local cluster and the event
 loop; the pool's or the cluster's worker processes) over the run, less the CPU of
 the stage's own threads during the stage calls, per exposure.  The stage's threads
 are measured in the worker around ``run_stage``: the process's CPU less that of
@@ -56,7 +56,7 @@ time an exposure takes, so with the machine's load, the second with the tasks.
 
 ``--idle R`` measures only the idle executors, R rounds of each in turn (the same
 executor selection): the CPU over 30 s of this process (with the client, the
-scheduler and the nannies of a ``LocalCluster``) and of the worker processes, and
+scheduler and the nannies of a local cluster) and of the worker processes, and
 their wake-ups per second (voluntary context switches of their threads, counted by
 the kernel), which do not depend on the machine's load as the CPU does.
 
@@ -174,10 +174,11 @@ async def _executors(
     workers: list[int], dask_workers: list[int], dask_config: list[str]
 ) -> AsyncIterator[tuple[str, int, Executor]]:
     """Each executor measured, in turn, closed after its rows: the service's
-    local process pool with each of ``workers``, then a Dask ``LocalCluster`` of
-    processes with each of ``dask_workers``, under the service's Dask settings
-    (:mod:`livestream.scheduling.dask_settings`) and/or Dask's defaults, in the
-    order of ``dask_config``."""
+    local process pool with each of ``workers``, then a local Dask cluster of
+    processes with each of ``dask_workers``: the service's
+    (:func:`~livestream.scheduling.dask_settings.local_cluster`, its settings and
+    scheduler class), the same with Dask's scheduler class, or Dask's own
+    ``LocalCluster`` at Dask's defaults, in the order of ``dask_config``."""
     for n in workers:
         local = LocalExecutor(n, "forkserver")
         try:
@@ -206,7 +207,7 @@ async def _executors(
             async with cluster_cm as cluster:
                 executor = await DaskExecutor.connect(cluster.scheduler_address)
                 try:
-                    yield f"dask LocalCluster ({config})", n, executor
+                    yield f"dask local cluster ({config})", n, executor
                 finally:
                     await executor.close(cancel=False)
 
@@ -372,7 +373,7 @@ async def main_real(args: argparse.Namespace) -> None:
 
 def _process_counters() -> dict[str, tuple[float, int]]:
     """Per process of this run (``main``: this one, with the client and a
-    ``LocalCluster``'s scheduler and nannies; ``workers``: the worker processes
+    local cluster's scheduler and nannies; ``workers``: the worker processes
     together): user + system CPU seconds and voluntary context switches, summed
     over the threads (Linux, /proc).  A thread that sleeps in its event loop and
     is woken by a timer or a message switches out once per wake-up."""
