@@ -162,7 +162,7 @@ def _report(
     # CPU per task beyond what the processes burn idle over the same wall time
     cpu_ms = (cpu - idle_cpu_per_s * wall) / args.tasks * 1000
     print(
-        f"{name:<34} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
+        f"{name:<36} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
         f" {per_task_ms:>14.1f} {per_exposure_pct:>13.3f}"
         f" {100 * idle_cpu_per_s:>10.2f} {cpu_ms:>12.1f}",
         flush=True,
@@ -221,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> None:
         " time per exposure"
     )
     print(
-        f"{'executor':<34} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
+        f"{'executor':<36} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
         f" {'overhead ms/task':>14} {'% / exposure':>13}"
         f" {'idle CPU %':>10} {'CPU ms/task':>12}"
     )
@@ -333,7 +333,7 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
     # burn beside the stages at that rate
     background = totals["idle_cpu_per_s"] * totals["wall"] / n
     print(
-        f"{name:<34} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
+        f"{name:<36} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
         f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
         f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}"
@@ -353,7 +353,7 @@ async def main_real(args: argparse.Namespace) -> None:
         f" 1-min load average at the start {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'executor':<34} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
+        f"{'executor':<36} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'in worker':>10}"
         f" {'idle wall s':>11}"
         f" {'idle CPU %':>9} {'idle x wall s':>12} {'per task s':>10} {'%':>6}"
@@ -406,7 +406,7 @@ async def main_idle(args: argparse.Namespace) -> None:
         " and wake-ups per second (voluntary context switches)"
     )
     print(
-        f"{'executor':<34} {'workers':>7} {'round':>5} {'load':>5} {'all %':>6}"
+        f"{'executor':<36} {'workers':>7} {'round':>5} {'load':>5} {'all %':>6}"
         f" {'main %':>7} {'main /s':>8} {'workers %':>9} {'workers /s':>10}"
     )
     root = Path(tempfile.mkdtemp(prefix="bench_dask_idle_"))
@@ -432,7 +432,7 @@ async def main_idle(args: argparse.Namespace) -> None:
             main_cpu, main_wake = rate.get("main", (0.0, 0.0))
             work_cpu, work_wake = rate.get("workers", (0.0, 0.0))
             print(
-                f"{label:<34} {n:>7} {round_:>5} {os.getloadavg()[0]:>5.1f}"
+                f"{label:<36} {n:>7} {round_:>5} {os.getloadavg()[0]:>5.1f}"
                 f" {main_cpu + work_cpu:>6.2f} {main_cpu:>7.2f} {main_wake:>8.1f}"
                 f" {work_cpu:>9.2f} {work_wake:>10.1f}",
                 flush=True,

@@ -18,10 +18,14 @@ the heartbeat does not do is unaffected: a worker process that dies closes its
 connection to the scheduler, which takes its tasks back at once (the nanny starts
 a new one); a worker that hangs is removed after ``distributed.scheduler.
 worker-ttl`` (5 minutes by default; Dask takes at least ten of its own heartbeat
-intervals, this class ten of its own, 50 s); a paused or closing worker tells the scheduler on
-its stream at once.  What becomes coarser is what the scheduler knows between
-heartbeats: a worker's memory and CPU figures (dashboard, Prometheus) are up to
-:data:`WORKER_HEARTBEAT_S` old.
+intervals, this class ten of its own, 50 s); a paused or closing worker tells the
+scheduler on its stream at once.  What becomes coarser is what the scheduler knows
+between heartbeats: a worker's memory and CPU figures (dashboard, Prometheus) are
+up to :data:`WORKER_HEARTBEAT_S` old.
+
+It also checks ``distributed.scheduler.idle-timeout`` and ``no-workers-timeout``
+(both unset by default; minutes when set) every :data:`TIMEOUT_CHECK_S`, not every
+250 ms: with the heartbeat, that halves the wake-ups of an idle scheduler.
 
 The class is given to Dask where it takes a scheduler class: a ``SpecCluster``'s
 scheduler spec (:func:`~livestream.scheduling.dask_settings.local_cluster`) and
