@@ -10,7 +10,10 @@ executor (:mod:`livestream.scheduling.executors`) with twice as many tasks in
 flight as workers, as the scheduler keeps them.  The lower bound, from the same
 numbers: ``tasks × stage_s / workers``.  Overhead per task is
 ``(wall − bound) × workers / tasks``: submit, pickle, scheduler, transfer, result,
-and the stage's own file write.  A real exposure is five stage tasks (motion, ctf,
+and the stage's own file write.  In CPU: all the run's processes' CPU during the
+tasks, less what they burn idle (measured for 15 s just before) over the same wall
+time, per task (``CPU ms/task``): the part of the overhead that scales with the
+tasks, not with the clock.  A real exposure is five stage tasks (motion, ctf,
 curate, pick, extract); the overhead of those five is printed against
 ``--exposure-stage-s`` seconds of stage time per exposure (the stage time of one
 real-size exposure on one worker; see docs/operations.md), the issue's target being
@@ -22,7 +25,7 @@ the five real stage tasks of ``bench_chain.py``'s chain submitted one after the
 other through each executor, twice as many exposures in flight as workers.  The
 overhead is counted in CPU seconds, which mean something on a loaded machine
 where a few milliseconds of wall time do not: the CPU of every process of the run
-(this one, with the Dask scheduler and nannies of a ``LocalCluster`` and the event
+(this one, with the Dask scheduler and nannies of a local cluster and the event
 loop; the pool's or the cluster's worker processes) over the run, less the CPU of
 the stage's own threads during the stage calls, per exposure.  The stage's threads
 are measured in the worker around ``run_stage``: the process's CPU less that of
@@ -34,13 +37,31 @@ executor's processes are left idle for 30 s: their CPU then (heartbeats,
 monitors, in % of one core) times an exposure's wall time is what that background
 costs per exposure at that rate.
 
-Dask rows run under the service's Dask settings
-(:mod:`livestream.scheduling.dask_settings`, the default) or Dask's defaults
-(``--dask-config defaults``), or both in the order given
-(``--dask-config service defaults``).
+Dask rows run under the service's Dask settings and scheduler
+(:mod:`livestream.scheduling.dask_settings`, :mod:`livestream.scheduling.
+dask_scheduler`; the default), the same settings with Dask's own scheduler class
+(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s) or Dask's
+defaults (``--dask-config defaults``), or several in the order given
+(``--dask-config service dask-scheduler defaults``).
+
+The overhead per exposure is split in two (``--real``): the idle rate times the
+exposure's wall time (``idle x wall s``: what the executor's processes burn by the
+clock, heartbeats, ticks and monitors, whether a stage runs or not) and the rest
+(``per task s``: submitting, the scheduler's and the worker's work for each task,
+what the stage's threads lose to the executor's); the first scales with the wall
+time an exposure takes, so with the machine's load, the second with the tasks.
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
         [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
+
+``--idle R`` measures only the idle executors, R rounds of each in turn (the same
+executor selection): the CPU over 30 s of this process (with the client, the
+scheduler and the nannies of a local cluster) and of the worker processes, and
+their wake-ups per second (voluntary context switches of their threads, counted by
+the kernel), which do not depend on the machine's load as the CPU does.
+
+    .venv/bin/python benchmarks/bench_dask.py --idle 3 --workers 1
+        --dask-workers 1 --dask-config dask-scheduler service
 """
 
 from __future__ import annotations
@@ -67,6 +88,7 @@ from mdcatch.records import Exposure, Optics, Software
 
 STAGES_PER_EXPOSURE = 5
 IDLE_S = 30.0  # --real: how long the idle executor's CPU is measured
+NOOP_IDLE_S = 15.0  # noop tasks: the same, before the tasks
 
 
 def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
@@ -100,7 +122,11 @@ def _tasks(root: Path, n: int, sleep_s: float) -> list[StageTask]:
     return tasks
 
 
-async def _run_all(executor: Executor, tasks: list[StageTask], in_flight: int) -> float:
+async def _run_all(
+    executor: Executor, tasks: list[StageTask], in_flight: int
+) -> tuple[float, float, float]:
+    """Wall and CPU seconds (all the run's processes) of ``tasks``, and the CPU
+    per second the same processes burn idle just before."""
     gate = asyncio.Semaphore(in_flight)
 
     async def one(task: StageTask) -> None:
@@ -109,22 +135,36 @@ async def _run_all(executor: Executor, tasks: list[StageTask], in_flight: int) -
 
     # warm-up: start every worker process and import the stages once
     await asyncio.gather(*(one(task) for task in tasks[:in_flight]))
+    await asyncio.sleep(2.0)  # what the start and the warm-up leave settles
+    cpu = tree_cpu_s()
+    await asyncio.sleep(NOOP_IDLE_S)
+    idle_cpu_per_s = (tree_cpu_s() - cpu) / NOOP_IDLE_S
+    cpu = tree_cpu_s()
     started = time.perf_counter()
     await asyncio.gather(*(one(task) for task in tasks))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    return wall, tree_cpu_s() - cpu, idle_cpu_per_s
 
 
 def _report(
-    name: str, workers: int, wall: float, args: argparse.Namespace
+    name: str,
+    workers: int,
+    wall: float,
+    cpu: float,
+    idle_cpu_per_s: float,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     bound = args.tasks * args.stage_s / workers
     per_task_ms = max(wall - bound, 0.0) * workers / args.tasks * 1000
     per_exposure_pct = (
         100 * STAGES_PER_EXPOSURE * per_task_ms / 1000 / args.exposure_stage_s
     )
+    # CPU per task beyond what the processes burn idle over the same wall time
+    cpu_ms = (cpu - idle_cpu_per_s * wall) / args.tasks * 1000
     print(
-        f"{name:<28} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
-        f" {per_task_ms:>14.1f} {per_exposure_pct:>13.3f}",
+        f"{name:<36} {workers:>7} {args.tasks / wall:>9.2f} {wall / bound:>9.3f}"
+        f" {per_task_ms:>14.1f} {per_exposure_pct:>13.3f}"
+        f" {100 * idle_cpu_per_s:>10.2f} {cpu_ms:>12.1f}",
         flush=True,
     )
     return {"per_task_ms": per_task_ms, "per_exposure_pct": per_exposure_pct}
@@ -134,10 +174,11 @@ async def _executors(
     workers: list[int], dask_workers: list[int], dask_config: list[str]
 ) -> AsyncIterator[tuple[str, int, Executor]]:
     """Each executor measured, in turn, closed after its rows: the service's
-    local process pool with each of ``workers``, then a Dask ``LocalCluster`` of
-    processes with each of ``dask_workers``, under the service's Dask settings
-    (:mod:`livestream.scheduling.dask_settings`) and/or Dask's defaults, in the
-    order of ``dask_config``."""
+    local process pool with each of ``workers``, then a local Dask cluster of
+    processes with each of ``dask_workers``: the service's
+    (:func:`~livestream.scheduling.dask_settings.local_cluster`, its settings and
+    scheduler class), the same with Dask's scheduler class, or Dask's own
+    ``LocalCluster`` at Dask's defaults, in the order of ``dask_config``."""
     for n in workers:
         local = LocalExecutor(n, "forkserver")
         try:
@@ -148,6 +189,10 @@ async def _executors(
         for config in dask_config:
             if config == "service":
                 cluster_cm = local_cluster(n)
+            elif config == "dask-scheduler":
+                import distributed  # optional: only the Dask rows need it
+
+                cluster_cm = local_cluster(n, scheduler_cls=distributed.Scheduler)
             else:
                 import distributed  # optional: only the Dask rows need it
 
@@ -162,7 +207,7 @@ async def _executors(
             async with cluster_cm as cluster:
                 executor = await DaskExecutor.connect(cluster.scheduler_address)
                 try:
-                    yield f"dask LocalCluster ({config})", n, executor
+                    yield f"dask local cluster ({config})", n, executor
                 finally:
                     await executor.close(cancel=False)
 
@@ -176,14 +221,15 @@ async def main_async(args: argparse.Namespace) -> None:
         " time per exposure"
     )
     print(
-        f"{'executor':<28} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
+        f"{'executor':<36} {'workers':>7} {'tasks/s':>9} {'÷ bound':>9}"
         f" {'overhead ms/task':>14} {'% / exposure':>13}"
+        f" {'idle CPU %':>10} {'CPU ms/task':>12}"
     )
     async for label, n, executor in _executors(
         args.workers, args.dask_workers, args.dask_config
     ):
-        wall = await _run_all(executor, tasks, 2 * n)
-        _report(label, n, wall, args)
+        wall, cpu, idle_cpu_per_s = await _run_all(executor, tasks, 2 * n)
+        _report(label, n, wall, cpu, idle_cpu_per_s, args)
 
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -287,10 +333,11 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
     # burn beside the stages at that rate
     background = totals["idle_cpu_per_s"] * totals["wall"] / n
     print(
-        f"{name:<28} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
+        f"{name:<36} {workers:>7} {totals['wall']:>7.0f} {stage_cpu:>11.1f}"
         f" {totals['cpu'] / n:>11.1f} {overhead:>12.2f}"
         f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
-        f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}",
+        f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}"
+        f" {overhead - background:>10.2f} {100 * (overhead - background) / stage_cpu:>6.2f}",
         flush=True,
     )
 
@@ -306,19 +353,90 @@ async def main_real(args: argparse.Namespace) -> None:
         f" 1-min load average at the start {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'executor':<28} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
+        f"{'executor':<36} {'workers':>7} {'wall s':>7} {'stage CPU s':>11}"
         f" {'all CPU s':>11} {'overhead CPU s':>12} {'%':>6} {'in worker':>10}"
         f" {'idle wall s':>11}"
-        f" {'idle CPU %':>9} {'idle x wall s':>12}   (per exposure)"
+        f" {'idle CPU %':>9} {'idle x wall s':>12} {'per task s':>10} {'%':>6}"
+        "   (per exposure)"
     )
+    index = 0
     async for label, n, executor in _executors(
         args.workers, args.dask_workers, args.dask_config
     ):
         kind = label.split("(")[-1].rstrip(")") if label.startswith("dask") else "local"
-        folder = root / f"{kind}_{n}"
+        index += 1  # a configuration may be given twice (--dask-config a b a b)
+        folder = root / f"{index}_{kind}_{n}"
         totals = await _run_exposures(executor, movies, folder, 2 * n)
         _report_real(label, n, len(movies), totals)
     print(f"1-min load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def _process_counters() -> dict[str, tuple[float, int]]:
+    """Per process of this run (``main``: this one, with the client and a
+    local cluster's scheduler and nannies; ``workers``: the worker processes
+    together): user + system CPU seconds and voluntary context switches, summed
+    over the threads (Linux, /proc).  A thread that sleeps in its event loop and
+    is woken by a timer or a message switches out once per wake-up."""
+    import psutil  # optional: it comes with distributed
+
+    me = psutil.Process()
+    found: dict[str, tuple[float, int]] = {}
+    for process in (me, *me.children(recursive=True)):
+        cpu, switches = 0.0, 0
+        try:
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                stat = (task / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+        except OSError:
+            continue
+        name = "main" if process.pid == me.pid else "workers"
+        before = found.get(name, (0.0, 0))
+        found[name] = (before[0] + cpu, before[1] + switches)
+    return found
+
+
+async def main_idle(args: argparse.Namespace) -> None:
+    """``--idle R``: each executor's idle CPU and wake-ups, R rounds in turn."""
+    print(
+        f"idle executors, {IDLE_S:.0f} s each after a warm-up task; % of one core"
+        " and wake-ups per second (voluntary context switches)"
+    )
+    print(
+        f"{'executor':<36} {'workers':>7} {'round':>5} {'load':>5} {'all %':>6}"
+        f" {'main %':>7} {'main /s':>8} {'workers %':>9} {'workers /s':>10}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench_dask_idle_"))
+    for round_ in range(args.idle):
+        async for label, n, executor in _executors(
+            args.workers, args.dask_workers, args.dask_config
+        ):
+            warm = _tasks(root, 2 * n, 0.0)
+            await asyncio.gather(*(executor.run(run_stage, task) for task in warm))
+            await asyncio.sleep(5.0)  # what the start and the tasks leave settles
+            before = _process_counters()
+            started = time.perf_counter()
+            await asyncio.sleep(IDLE_S)
+            after = _process_counters()
+            wall = time.perf_counter() - started
+            rate = {
+                name: (
+                    100 * (cpu - before.get(name, (cpu, 0))[0]) / wall,
+                    (switches - before.get(name, (0.0, switches))[1]) / wall,
+                )
+                for name, (cpu, switches) in after.items()
+            }
+            main_cpu, main_wake = rate.get("main", (0.0, 0.0))
+            work_cpu, work_wake = rate.get("workers", (0.0, 0.0))
+            print(
+                f"{label:<36} {n:>7} {round_:>5} {os.getloadavg()[0]:>5.1f}"
+                f" {main_cpu + work_cpu:>6.2f} {main_cpu:>7.2f} {main_wake:>8.1f}"
+                f" {work_cpu:>9.2f} {work_wake:>10.1f}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -332,17 +450,26 @@ def main() -> None:
         "--real", type=int, default=0, help="N real exposures instead of noop tasks"
     )
     parser.add_argument("--small", action="store_true", help="--real at 1024² x 20")
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="R rounds of each executor's idle CPU and wake-ups instead",
+    )
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
-        choices=("service", "defaults"),
+        choices=("service", "dask-scheduler", "defaults"),
         nargs="+",
         default=["service"],
-        help="the Dask rows under the service's settings and/or Dask's defaults, in"
-        " this order",
+        help="the Dask rows under the service's settings, the same with Dask's own"
+        " scheduler class and/or Dask's defaults, in this order",
     )
     args = parser.parse_args()
-    asyncio.run(main_real(args) if args.real else main_async(args))
+    if args.idle:
+        asyncio.run(main_idle(args))
+    else:
+        asyncio.run(main_real(args) if args.real else main_async(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ dask-jobqueue's arguments; the service (:func:`start_slurm_cluster`) and
 facility reviews is the one the service submits.  The job script exports Dask's
 settings for the service (:mod:`livestream.scheduling.dask_settings`) before it
 starts the nanny and its workers; the scheduler in the service's process is made
-under the same settings.
+under the same settings, of the service's class (a slower worker heartbeat,
+:mod:`livestream.scheduling.dask_scheduler`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from typing import Any
 from livestream.config import SlurmConfig
 from livestream.scheduling.dask_settings import dask_environment, dask_settings
 
-__all__ = ["slurm_job_kwargs", "slurm_job_script", "start_slurm_cluster"]
+__all__ = [
+    "slurm_cluster_kwargs",
+    "slurm_job_kwargs",
+    "slurm_job_script",
+    "start_slurm_cluster",
+]
 
 # dask-jobqueue starts each worker with this many threads; the stages run one at a
 # time per worker process and parallelise inside (FFT workers, numba).
@@ -85,11 +91,22 @@ def slurm_job_script(config: SlurmConfig, scheduler_address: str) -> str:
     return script
 
 
+def slurm_cluster_kwargs(config: SlurmConfig) -> dict[str, Any]:
+    """dask-jobqueue's ``SLURMCluster`` arguments for ``config``: the job's
+    (:func:`slurm_job_kwargs`) and the scheduler's class, the service's
+    (:class:`~livestream.scheduling.dask_scheduler.ServiceScheduler`: the workers
+    heartbeat every few seconds, not twice a second)."""
+    _jobqueue()  # the install hint before distributed's ImportError
+    # deferred: it subclasses distributed's Scheduler; distributed is optional
+    from livestream.scheduling.dask_scheduler import ServiceScheduler
+
+    return {**slurm_job_kwargs(config), "scheduler_cls": ServiceScheduler}
+
+
 async def start_slurm_cluster(config: SlurmConfig) -> Any:
     """A running ``SLURMCluster`` (asynchronous) scaled to ``config.jobs`` jobs."""
+    kwargs = slurm_cluster_kwargs(config)
     with dask_settings():  # the scheduler reads them when it starts
-        cluster = await _jobqueue().SLURMCluster(
-            asynchronous=True, **slurm_job_kwargs(config)
-        )
+        cluster = await _jobqueue().SLURMCluster(asynchronous=True, **kwargs)
     cluster.scale(jobs=config.jobs)
     return cluster

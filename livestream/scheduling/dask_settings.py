@@ -32,7 +32,11 @@ https://docs.dask.org/en/stable/configuration.html):
   daemon's: the same BLAS threads (and the same glibc allocator behaviour) in both.
 
 The worker's heartbeat (every 0.5 s with up to 10 workers) is set by the scheduler
-from the number of workers and has no configuration key.
+in its reply to each heartbeat and has no configuration key: the schedulers the
+service starts are of its own class,
+:class:`~livestream.scheduling.dask_scheduler.ServiceScheduler`, whose reply says
+5 s (:func:`local_cluster` here; the Slurm cluster in
+:mod:`livestream.scheduling.clusters`).
 
 :func:`dask_settings` applies the settings around the construction of a client, a
 scheduler and its nannies (they read them when they start; a nanny hands its
@@ -56,6 +60,9 @@ __all__ = [
     "dask_settings",
     "local_cluster",
 ]
+
+_LOOPBACK = "127.0.0.1"
+_QUIET = 40  # logging.ERROR: Dask's info and warnings about its own start and stop
 
 DASK_SETTINGS: Mapping[str, object] = {
     "distributed.worker.profile.enabled": False,
@@ -128,25 +135,52 @@ def _inner(value: object) -> str:
 
 
 @contextlib.asynccontextmanager
-async def local_cluster(n_workers: int, **kwargs: Any) -> AsyncIterator[Any]:
-    """A ``distributed.LocalCluster`` of worker processes under :data:`DASK_SETTINGS`
-    (one thread per worker, no dashboard), as the benchmark and the tests use;
-    ``kwargs`` go to ``LocalCluster``."""
+async def local_cluster(
+    n_workers: int, *, processes: bool = True, scheduler_cls: Any = None
+) -> AsyncIterator[Any]:
+    """A local cluster as the service would run one, for the benchmark and the tests:
+    a :class:`~livestream.scheduling.dask_scheduler.ServiceScheduler` (or
+    ``scheduler_cls``: the benchmark compares Dask's own) and ``n_workers`` workers
+    of one thread each, under :data:`DASK_SETTINGS`, on the loopback interface, no
+    dashboard.  Each worker is a process with its nanny (``processes``, as ``dask
+    worker`` starts them) or a thread of this process.
+
+    It is Dask's ``SpecCluster`` (what ``LocalCluster`` builds, whose scheduler class
+    is fixed), given the scheduler class and the worker options."""
     with dask_settings():
         import distributed  # optional: the [dask] extra, imported by dask_settings
+        import distributed.system
 
-        options: dict[str, Any] = {
-            "processes": True,
-            "threads_per_worker": 1,
-            # no dashboard; the scheduler's HTTP routes (/metrics, /health) on a
-            # free port, not on 8787, which another cluster may hold
-            "dashboard_address": ":0",
-            "scheduler_kwargs": {"dashboard": False},
-            "silence_logs": 40,
-            **kwargs,
+        # deferred: it subclasses distributed's Scheduler; distributed is optional
+        from livestream.scheduling.dask_scheduler import ServiceScheduler
+
+        scheduler = {
+            "cls": scheduler_cls or ServiceScheduler,
+            "options": {
+                "host": _LOOPBACK,
+                "port": 0,
+                # no dashboard; the scheduler's HTTP routes (/metrics, /health) on
+                # a free port, not on 8787, which another cluster may hold
+                "dashboard": False,
+                "dashboard_address": ":0",
+            },
         }
-        cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=n_workers, asynchronous=True, **options
+        worker = {
+            "cls": distributed.Nanny if processes else distributed.Worker,
+            "options": {
+                "host": _LOOPBACK,
+                "nthreads": 1,
+                # the node's memory shared among the workers, as LocalCluster does
+                "memory_limit": distributed.system.MEMORY_LIMIT // n_workers,
+                "dashboard": False,
+                "silence_logs": _QUIET,
+            },
+        }
+        cluster = distributed.SpecCluster(  # type: ignore[no-untyped-call]
+            scheduler=scheduler,
+            workers=dict.fromkeys(range(n_workers), worker),
+            asynchronous=True,
+            silence_logs=_QUIET,
         )
         async with cluster:
             yield cluster

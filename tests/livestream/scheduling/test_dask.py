@@ -91,7 +91,7 @@ async def test_a_worker_killed_mid_stage_is_replaced_and_the_stage_done_once(
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
-    async with local_cluster(2, worker_class=distributed.Nanny) as cluster:
+    async with local_cluster(2) as cluster:
         config = service_config(
             session,
             movies,

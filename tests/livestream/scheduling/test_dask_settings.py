@@ -3,6 +3,7 @@ the same threads as a local pool worker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -89,6 +90,60 @@ async def test_the_workers_run_under_the_service_settings_with_the_pools_threads
         "memory_ms": 1000,
         "config": dict(DASK_SETTINGS),
     }
+
+
+def heartbeat_ms(dask_worker: Any) -> float:
+    """How often the worker now heartbeats to the scheduler, in ms."""
+    interval: float = dask_worker.periodic_callbacks["heartbeat"].callback_time
+    return interval
+
+
+async def test_the_workers_heartbeat_at_the_services_interval() -> None:
+    """The worker takes its heartbeat interval from the scheduler's replies: Dask's
+    scheduler says 0.5 s for up to 10 workers, the service's says 5 s.  The
+    scheduler checks its timeouts every second, not every 250 ms."""
+    from distributed.scheduler import heartbeat_interval
+
+    from livestream.scheduling.dask_scheduler import (
+        TIMEOUT_CHECK_S,
+        WORKER_HEARTBEAT_S,
+        ServiceScheduler,
+    )
+
+    assert heartbeat_interval(1) == 0.5  # Dask's, which the check below would see
+    async with local_cluster(1) as cluster:
+        assert type(cluster.scheduler) is ServiceScheduler
+        callbacks = cluster.scheduler.periodic_callbacks
+        assert TIMEOUT_CHECK_S == 1.0
+        assert callbacks["idle-timeout"].callback_time == 1000
+        assert callbacks["no-workers-timeout"].callback_time == 1000
+        assert cluster.scheduler.worker_ttl == 300  # Dask's default, above 10 x 5 s
+        client = await distributed.Client(cluster, asynchronous=True)
+        try:
+            # a worker starts at 1 s (Worker's own default) and takes the
+            # scheduler's interval from the reply to its first heartbeat
+            async with asyncio.timeout(30):
+                while set((await client.run(heartbeat_ms)).values()) == {1000}:
+                    await asyncio.sleep(0.2)
+            intervals = await client.run(heartbeat_ms)
+        finally:
+            await client.close()
+    assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]
+    assert WORKER_HEARTBEAT_S == 5.0
+
+
+async def test_a_short_worker_ttl_is_ten_heartbeats_at_least() -> None:
+    """Dask removes a worker silent for ``worker-ttl`` but keeps ten of its own
+    heartbeat intervals at least; the service's scheduler keeps ten of its own."""
+    from livestream.scheduling.dask_scheduler import (
+        WORKER_HEARTBEAT_S,
+        ServiceScheduler,
+    )
+
+    async with ServiceScheduler(worker_ttl="10s", dashboard=False) as scheduler:
+        assert scheduler.worker_ttl == 10 * WORKER_HEARTBEAT_S
+    async with ServiceScheduler(worker_ttl="2h", dashboard=False) as scheduler:
+        assert scheduler.worker_ttl == 7200
 
 
 def test_the_environment_gives_a_worker_started_elsewhere_the_same_settings() -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from livestream.cli.main import main
-from livestream.config import ConfigError, load_config
-from livestream.scheduling.dask_settings import dask_environment
+from livestream.config import ConfigError, SlurmConfig, load_config
+from livestream.scheduling.clusters import slurm_cluster_kwargs
+from livestream.scheduling.dask_settings import dask_environment, dask_settings
 
 pytest.importorskip("dask_jobqueue")
 
@@ -92,3 +98,55 @@ def test_bad_slurm_tables_are_config_errors_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, {"workers": workers})
+
+
+async def test_a_worker_started_by_the_job_script_heartbeats_at_the_services_interval(
+    tmp_path: Path,
+) -> None:
+    """The scheduler of the service's ``SLURMCluster`` is the service's, and a worker
+    started by its batch script (run here with bash: the ``#SBATCH`` lines are
+    comments to it) heartbeats every 5 s, not at Dask's 0.5 s."""
+    import dask_jobqueue
+    import distributed
+
+    from livestream.scheduling.dask_scheduler import (
+        WORKER_HEARTBEAT_S,
+        ServiceScheduler,
+    )
+
+    config = SlurmConfig(
+        jobs=1, cores=1, processes=1, memory="1GiB", local_directory=str(tmp_path)
+    )
+    with dask_settings():
+        cluster = await dask_jobqueue.SLURMCluster(
+            asynchronous=True, **slurm_cluster_kwargs(config)
+        )
+    async with cluster:
+        assert type(cluster.scheduler) is ServiceScheduler
+        script = tmp_path / "job.sh"
+        script.write_text(cluster.job_script())
+        log = (tmp_path / "job.log").open("w")  # the worker's and nanny's logging
+        job = subprocess.Popen(
+            ["bash", str(script)], stderr=log, stdout=log, start_new_session=True
+        )
+        try:
+            client = await distributed.Client(cluster, asynchronous=True)
+            try:
+                await client.wait_for_workers(1, timeout=60)
+                async with asyncio.timeout(30):
+                    while set((await client.run(heartbeat_ms)).values()) == {1000}:
+                        await asyncio.sleep(0.2)
+                intervals = await client.run(heartbeat_ms)
+            finally:
+                await client.close()
+        finally:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=30)
+            log.close()
+    assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]
+
+
+def heartbeat_ms(dask_worker: Any) -> float:
+    """How often the worker now heartbeats to the scheduler, in ms."""
+    interval: float = dask_worker.periodic_callbacks["heartbeat"].callback_time
+    return interval
