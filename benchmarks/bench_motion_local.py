@@ -12,12 +12,23 @@ it and keep its two sums; the bound (read + one float32 rfft2 per frame,
 
 Prints per run: CPU s of the stage and of its sum, the ratio to the bound, the
 number of blocks, the stage's peak RSS (after an untimed run of each mode on a
-512² movie, so that no run pays for loading numba's kernels); then the relative RMS difference of the
-dose-weighted and plain sums between the two paths (inside a 16 px border, where
-the clamped warp and the periodic shift differ) and the 1-min load average.
+512² movie, so that no run pays for loading numba's kernels); then, per block
+tolerance (``--tolerances``, px), the relative RMS difference of the
+dose-weighted sum (and of the plain one where made) to the exact path's (inside a
+16 px border, where the clamped warp and the periodic shift differ), the FRC
+between them in four bands of Nyquist, and the 1-min load average.  The block
+modes run without the plain sum (motion's default, ``save_no_dw=False``); the
+mode ``+noDW`` makes it too, at the first tolerance, for its cost.
+
+Against the truth (``--truth-size``, 0 skips it): the test simulator's movie
+(:mod:`tests.pipelines.motion_movies`, a known clean image, 1 px of local
+motion, radiation damage at 300 kV), its true local field as RELION's
+polynomial, the held spectra; ``sum_frames`` at each tolerance and exact; the
+correlation of the dose-weighted sum with the clean image, for ``--truth-seeds``
+movies (the spread between seeds is the figure's noise).
 
     .venv/bin/python benchmarks/bench_motion_local.py [--keep DIR] [--runs 2]
-        [--size 4096]
+        [--size 4096] [--tolerances 0.1 0.15 0.2 0.3] [--truth-size 1024]
 """
 
 from __future__ import annotations
@@ -38,6 +49,10 @@ from bench_motion import _bound
 import pipelines.motion.correct as correct_module
 from pipelines.motion.blocks import LOCAL_BLOCK_TOLERANCE_PX, local_blocks
 from pipelines.motion.job import run_motion
+from pipelines.motion.local import spatial_basis
+from pipelines.motion.spectra import HeldSpectra, band_spectra
+from pipelines.motion.summing import sum_frames
+from tests.pipelines.motion_movies import make_movie
 
 BORDER_PX = 16
 
@@ -50,19 +65,26 @@ def _timed_sum(
         start = cpu_s()
         result = original(*args, local_tolerance_px=tolerance, **kwargs)
         record["sum_cpu"] = cpu_s() - start
-        record["sums"] = (np.array(result[0]), np.array(result[1]))
+        record["sums"] = (
+            np.array(result[0]),
+            None if result[1] is None else np.array(result[1]),
+        )
         coefficients = kwargs.get("local_coefficients")
         record["blocks"] = (
             0
-            if coefficients is None
-            else len(local_blocks(coefficients, args[0].shape[0]))
+            if coefficients is None or tolerance is None
+            else len(
+                local_blocks(coefficients, args[0].shape[0], tolerance_px=tolerance)
+            )
         )
         return result
 
     return wrapper
 
 
-def run_once(movie: Path, tolerance: float | None) -> dict[str, Any]:
+def run_once(
+    movie: Path, tolerance: float | None, save_no_dw: bool = False
+) -> dict[str, Any]:
     """``run_motion`` on ``movie`` with the sum's tolerance set; CPU, sums, peak."""
     record: dict[str, Any] = {}
     original = correct_module.sum_frames
@@ -77,6 +99,7 @@ def run_once(movie: Path, tolerance: float | None) -> dict[str, Any]:
                 pixel_size_a=1.0,
                 dose_per_frame_e_per_a2=1.0,
                 voltage_kv=300.0,
+                save_no_dw=save_no_dw,
                 workers=1,
             )
             record["cpu"] = cpu_s() - start
@@ -93,13 +116,113 @@ def _relative_rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff * diff) / np.var(b[inner].astype(np.float64))))
 
 
+def _frc_bands(a: np.ndarray, b: np.ndarray, n_bands: int = 4) -> list[float]:
+    """FRC of ``a`` and ``b`` (inside the border) in ``n_bands`` equal bands of
+    radius from 0 to Nyquist."""
+    inner = (slice(BORDER_PX, -BORDER_PX),) * 2
+    fa = np.fft.rfft2(a[inner].astype(np.float64))
+    fb = np.fft.rfft2(b[inner].astype(np.float64))
+    ny, nx = a[inner].shape
+    radius = np.sqrt(
+        np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.rfftfreq(nx)[None, :] ** 2
+    )
+    band = np.minimum((radius / 0.5 * n_bands).astype(int), n_bands)  # n: corners
+    cross = np.bincount(band.ravel(), (fa * fb.conj()).real.ravel(), n_bands + 1)
+    pa = np.bincount(band.ravel(), (np.abs(fa) ** 2).ravel(), n_bands + 1)
+    pb = np.bincount(band.ravel(), (np.abs(fb) ** 2).ravel(), n_bands + 1)
+    return [float(v) for v in (cross / np.sqrt(pa * pb))[:n_bands]]
+
+
+def _true_coefficients(movie: Any, n: int, size: int) -> np.ndarray:
+    """The simulated movie's true local correction as RELION's polynomial (2, 18)
+    (least squares over a grid; the simulator's field is in the basis)."""
+    step = max(size // 16, 1)
+    y, x = (a.ravel() for a in np.mgrid[0:size:step, 0:size:step].astype(float))
+    drift = -(movie.drift_px - movie.drift_px[0])
+    local = movie.true_correction_px(x, y) - drift[:, None, :]
+    z = np.arange(n, dtype=float)
+    zpow = np.stack([z, z * z, z**3], axis=-1)
+    basis = spatial_basis(x / size - 0.5, y / size - 0.5)
+    design = np.einsum("zp,ng->zngp", zpow, basis).reshape(-1, 18)
+    fit = [np.linalg.lstsq(design, local[..., a].ravel())[0] for a in (0, 1)]
+    return np.stack(fit)
+
+
+def against_truth(
+    size: int, n_frames: int, tolerances: list[float], seeds: int
+) -> None:
+    """Correlation of the dose-weighted sum with the simulator's clean image, per
+    tolerance and exact (see the module's docstring)."""
+    print(
+        f"against the truth: {size}² x {n_frames}, 1 px local motion, "
+        "the dose-weighted sum against the clean image (FRC bands 0-1/4-1/2-3/4-1 "
+        "Nyquist)"
+    )
+    inner = (slice(BORDER_PX, -BORDER_PX),) * 2
+    for seed in range(seeds):
+        movie = make_movie(
+            np.random.default_rng(100 + seed),
+            n_frames=n_frames,
+            size=size,
+            dose_per_frame_e_per_a2=1.0,
+            local_amplitude_px=1.0,
+            damage_voltage_kv=300.0,
+        )
+        coefficients = _true_coefficients(movie, n_frames, size)
+        shifts = -(movie.drift_px - movie.drift_px[0])
+        held = HeldSpectra(n_frames, (size, size))
+        band_spectra(movie.frames, 1, hold=held, workers=1)
+        truth = movie.clean[inner].astype(np.float64)
+        truth = truth - truth.mean()
+        for tolerance in [*tolerances, None]:
+            full = sum_frames(
+                movie.frames,
+                shifts,
+                pixel_size_a=1.0,
+                exposures_e_per_a2=1.0 * np.arange(1, n_frames + 1),
+                voltage_kv=300.0,
+                local_coefficients=coefficients,
+                held=held,
+                local_tolerance_px=tolerance,
+                plain_sum=False,
+                workers=1,
+            )[0]
+            dw = full[inner].astype(np.float64)
+            dw = dw - dw.mean()
+            corr = float(
+                np.sum(dw * truth) / np.sqrt(np.sum(dw * dw) * np.sum(truth**2))
+            )
+            blocks = (
+                n_frames
+                if tolerance is None
+                else len(local_blocks(coefficients, n_frames, tolerance_px=tolerance))
+            )
+            name = "exact" if tolerance is None else f"{tolerance:g}"
+            frc = " ".join(f"{v:.4f}" for v in _frc_bands(full, movie.clean))
+            print(
+                f"  seed {seed} {name:6s} ({blocks:2d} blocks): correlation "
+                f"{corr:.5f}, FRC with the truth in bands {frc}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--runs", type=int, default=1, help="pairs of runs")
+    parser.add_argument("--runs", type=int, default=1, help="rounds of the modes")
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=[LOCAL_BLOCK_TOLERANCE_PX],
+        help="block tolerances (px) to measure",
+    )
+    parser.add_argument("--truth-size", type=int, default=1024, help="0: skip")
+    parser.add_argument("--truth-seeds", type=int, default=2)
     args = parser.parse_args()
+    if args.truth_size:
+        against_truth(args.truth_size, args.frames, args.tolerances, args.truth_seeds)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,20 +232,25 @@ def main() -> None:
         warm.mkdir()
         (small,) = make_movies(warm, 512, 12, 1)
         for tolerance in (LOCAL_BLOCK_TOLERANCE_PX, None):
-            run_once(small, tolerance)
+            run_once(small, tolerance, True)
         bound = _bound(movie, 1, 1)
         print(
             f"{args.size}² x {args.frames} int8 MRC; bound (read + {args.frames} "
             f"rfft2, 1 thread): {bound['cpu']:.1f} CPU s"
         )
-        modes = (("blocks", LOCAL_BLOCK_TOLERANCE_PX), ("exact", None))
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in modes}
+        first = args.tolerances[0]
+        modes = [
+            (f"{first:g}+noDW", first, True),
+            *((f"{t:g}", t, False) for t in args.tolerances),
+            ("exact", None, True),
+        ]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in modes}
         for _ in range(args.runs):
-            for name, tolerance in modes:
-                record = run_once(movie, tolerance)
+            for name, tolerance, no_dw in modes:
+                record = run_once(movie, tolerance, no_dw)
                 results[name].append(record)
                 print(
-                    f"  {name:6s} stage {record['cpu']:5.1f} CPU s "
+                    f"  {name:9s} stage {record['cpu']:5.1f} CPU s "
                     f"({record['wall']:.1f} s wall), sum {record['sum_cpu']:5.1f} "
                     f"CPU s, stage / bound {record['cpu'] / bound['cpu']:.1f}, "
                     f"blocks {record['blocks']}, peak {record['peak_gb']:.2f} GB, "
@@ -130,13 +258,22 @@ def main() -> None:
                 )
         bound_after = _bound(movie, 1, 1)
         print(f"bound again after the runs: {bound_after['cpu']:.1f} CPU s")
-        blocks, exact = results["blocks"][0]["sums"], results["exact"][0]["sums"]
+        exact = results["exact"][0]["sums"]
         print(
-            "blocks vs exact, relative RMS difference (inside a "
-            f"{BORDER_PX} px border): dose-weighted "
-            f"{_relative_rms(blocks[0], exact[0]):.4f}, plain "
-            f"{_relative_rms(blocks[1], exact[1]):.4f}"
+            f"vs exact (inside a {BORDER_PX} px border): relative RMS difference "
+            "of the dose-weighted sum [plain], FRC in bands 0-1/4-1/2-3/4-1 Nyquist"
         )
+        for name, *_ in modes[:-1]:
+            sums = results[name][0]["sums"]
+            plain = (
+                ""
+                if sums[1] is None or exact[1] is None
+                else f" [{_relative_rms(sums[1], exact[1]):.4f}]"
+            )
+            frc = " ".join(f"{v:.4f}" for v in _frc_bands(sums[0], exact[0]))
+            print(
+                f"  {name:9s} {_relative_rms(sums[0], exact[0]):.4f}{plain}, FRC {frc}"
+            )
 
 
 if __name__ == "__main__":

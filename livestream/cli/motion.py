@@ -1,7 +1,7 @@
 """Motion-correct movies offline with the same code the live service runs.
 
-Writes <stem>.mrc (dose-weighted, float16), <stem>_noDW.mrc, <stem>_PS.mrc and
-<stem>.star (RELION motion STAR) per movie into --out.
+Writes <stem>.mrc (dose-weighted, float16), <stem>_PS.mrc and <stem>.star
+(RELION motion STAR) per movie into --out; <stem>_noDW.mrc with --save-no-dw.
 
 Example:
     livestream motion Movies/*.tiff --out MotionCorr/job002/Movies \\
@@ -75,6 +75,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--float32", action="store_true", help="write float32 micrographs"
     )
     parser.add_argument(
+        "--save-no-dw",
+        action="store_true",
+        help="also write <stem>_noDW.mrc, the plain (not dose-weighted) sum "
+        "(RELION's --save_noDW; off by default)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help='one JSON object: {"items": [one per movie], "failed": [...]}',
@@ -107,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
                     eer_upsampling=args.eer_upsampling,
                     patches=None if min(patches) <= 0 else (patches[0], patches[1]),
                     float32=args.float32,
+                    save_no_dw=args.save_no_dw,
                 )
             except (PipelineError, OSError) as exc:
                 progress.warn(f"livestream motion: {movie}: {exc}")
@@ -119,7 +126,9 @@ def main(args: argparse.Namespace) -> int:
                     {
                         "movie": str(movie),
                         "output_path": str(outputs.micrograph_path),
-                        "no_dw_path": str(outputs.micrograph_no_dw_path),
+                        "no_dw_path": None
+                        if outputs.micrograph_no_dw_path is None
+                        else str(outputs.micrograph_no_dw_path),
                         "power_spectrum_path": str(outputs.power_spectrum_path),
                         "star_path": str(outputs.star_path),
                         "shifts_px": [

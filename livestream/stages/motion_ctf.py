@@ -85,6 +85,7 @@ def run_motion(task: StageTask, params: MotionParams) -> StageResult:
         patches=patches,
         bfactor_px2=params.bfactor_px2,
         float32=params.float32,
+        save_no_dw=params.save_no_dw,
         workers=params.fft_workers,
         # RELION's names: through the project's Movies link when it leads there
         movie_name=movie_name(task.project_path, exposure.movie_path),

@@ -74,6 +74,7 @@ class MotionParams(StageParams):
     patches_y: int = 5
     bfactor_px2: float | None = None  # None: the motion default (dose-aware)
     float32: bool = False
+    save_no_dw: bool = False  # <stem>_noDW.mrc (RELION's --save_noDW); unread here
     fft_workers: int = 1  # parallelism comes from running several exposures at once
     profiles_file: Path | None = (
         None  # site detector profiles (mdcatch.profiles.detectors)

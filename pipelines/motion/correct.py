@@ -102,7 +102,7 @@ class MotionResult:
     """
 
     micrograph: np.ndarray
-    micrograph_no_dw: np.ndarray
+    micrograph_no_dw: np.ndarray | None
     power_spectrum: np.ndarray
     shifts_px: np.ndarray
     local: LocalMotion | None
@@ -342,6 +342,7 @@ def correct_motion(
     max_shift_px: float = 80.0,
     hot_pixel_sigma: float | None = 10.0,
     power_spectrum_size: int = 512,
+    save_no_dw: bool = False,
     workers: int | None = None,
     xp: ModuleType = np,
 ) -> MotionResult:
@@ -356,7 +357,8 @@ def correct_motion(
     ``frames`` may stay in the file's integer type (one byte per pixel for
     counting detectors): gain and defects are applied one frame at a time
     (:class:`pipelines.motion.defects.PreparedFrames`) and ``frames`` is never
-    modified.
+    modified.  With ``save_no_dw`` the plain (not dose-weighted) sum is made too
+    (``micrograph_no_dw``, else None; RELION's ``--save_noDW``, off by default).
     """
     if pixel_size_a <= 0 or not np.isfinite(pixel_size_a):
         raise ValueError(f"pixel_size_a must be positive, got {pixel_size_a!r}")
@@ -432,6 +434,7 @@ def correct_motion(
         local_coefficients=None if local is None else local.coefficients,
         prepare=prepared,
         held=held,
+        plain_sum=save_no_dw,
         workers=n_workers,
         xp=xp,
     )
@@ -444,7 +447,7 @@ def correct_motion(
     total = float(accumulated[-1])
     return MotionResult(
         micrograph=to_numpy(dw),
-        micrograph_no_dw=to_numpy(no_dw),
+        micrograph_no_dw=None if no_dw is None else to_numpy(no_dw),
         power_spectrum=to_numpy(ps),
         shifts_px=shifts,
         local=local,

@@ -5,7 +5,8 @@ corrects motion (:func:`pipelines.motion.correct.correct_motion`) and writes, in
 ``out_dir`` and atomically:
 
 * ``<stem>.mrc`` — dose-weighted micrograph (float16, mode 12; float32 on request)
-* ``<stem>_noDW.mrc`` — the plain sum
+* ``<stem>_noDW.mrc`` — the plain sum, only with ``save_no_dw`` (RELION's
+  ``--save_noDW``, off by default: nothing downstream reads it)
 * ``<stem>_PS.mrc`` — power spectrum of the plain sum (centred log10, 512²)
 * ``<stem>.star`` — RELION's per-movie motion STAR
 
@@ -81,6 +82,7 @@ def run_motion(
     bfactor_px2: float | None = None,
     local_bfactor_px2: float = 150.0,
     float32: bool = False,
+    save_no_dw: bool = False,
     movie_name: str | None = None,
     gain_name: str | None = None,
     workers: int | None = None,
@@ -156,6 +158,7 @@ def run_motion(
         patches=patches,
         bfactor_px2=bfactor_px2,
         local_bfactor_px2=local_bfactor_px2,
+        save_no_dw=save_no_dw,
         workers=workers,
     )
     del frames
@@ -163,11 +166,15 @@ def run_motion(
     micrograph_path = write_mrc(
         out / f"{stem}.mrc", result.micrograph, pixel_size_a=pixel, float16=not float32
     )
-    no_dw_path = write_mrc(
-        out / f"{stem}_noDW.mrc",
-        result.micrograph_no_dw,
-        pixel_size_a=pixel,
-        float16=not float32,
+    no_dw_path = (
+        None
+        if result.micrograph_no_dw is None
+        else write_mrc(
+            out / f"{stem}_noDW.mrc",
+            result.micrograph_no_dw,
+            pixel_size_a=pixel,
+            float16=not float32,
+        )
     )
     ps_pixel = pixel * max(ny, nx) / result.power_spectrum.shape[0]
     ps_path = write_mrc(

@@ -45,7 +45,7 @@ class MotionOutputs:
 
     movie_path: Path
     micrograph_path: Path
-    micrograph_no_dw_path: Path
+    micrograph_no_dw_path: Path | None  # None: not asked for (save_no_dw)
     power_spectrum_path: Path
     star_path: Path
     shifts_px: np.ndarray

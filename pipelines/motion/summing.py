@@ -62,7 +62,8 @@ def _sum_held(
     blocks: list[tuple[int, int]] | None,
     coefficients: np.ndarray | None,
     workers: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    plain_sum: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`sum_frames` from the held spectra: ``damage`` is ``(inv_ne,
     inv_norm, exposures, step)`` of :meth:`HeldSpectra.accumulate_all`; with
     ``blocks`` (and the local ``coefficients``) block by block
@@ -91,15 +92,17 @@ def _sum_held(
         )
 
     if blocks is not None and coefficients is not None:
-        return _sum_held_blocks(held.shape, accumulate, blocks, coefficients, workers)
+        return _sum_held_blocks(
+            held.shape, accumulate, blocks, coefficients, workers, plain_sum
+        )
     plain = np.empty((ny, nx // 2 + 1), dtype=np.complex64)
     weighted = np.empty_like(plain)
     accumulate(plain, weighted, 0, len(held))
     dw = fft.irfft2(weighted, s=(ny, nx), workers=workers)
-    no_dw = fft.irfft2(plain, s=(ny, nx), workers=workers)
+    no_dw = fft.irfft2(plain, s=(ny, nx), workers=workers) if plain_sum else None
     return (
         dw.astype(np.float32, copy=False),
-        no_dw.astype(np.float32, copy=False),
+        None if no_dw is None else no_dw.astype(np.float32, copy=False),
         plain,
     )
 
@@ -110,31 +113,41 @@ def _sum_held_blocks(
     blocks: list[tuple[int, int]],
     coefficients: np.ndarray,
     workers: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    plain_sum: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The dose-weighted and plain sums, warped block by block: for each block
     ``(start, stop)`` ``accumulate(plain, weighted, start, stop)`` sums its
-    held spectra (:meth:`HeldSpectra.accumulate_all`), two inverse
-    FFTs bring the sums to real space and one warp by the block's mean local
-    field (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at
-    once) adds them into the outputs.  The plain sum's spectrum is the rfft2 of
-    the warped plain sum (the micrograph written, locally corrected), not the
-    sum of the unwarped held spectra, whose power spectrum would keep the local
-    motion's blur."""
+    held spectra (:meth:`HeldSpectra.accumulate_all`), inverse FFTs bring the
+    sums to real space and one warp by the block's mean local field
+    (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at once)
+    adds them into the outputs.  With ``plain_sum`` the plain sum's spectrum is
+    the rfft2 of the warped plain sum (the micrograph written, locally
+    corrected).  Without it only the dose-weighted sum is transformed back and
+    warped (one inverse FFT and one image's warp a block instead of two), the
+    plain sum is None and its spectrum is the sum of the blocks' unwarped plain
+    spectra (globally aligned; the local motion's residual blur stays in it:
+    the power spectrum differs little, docs/motion.md *Speed*)."""
     fft = fft_module(np)
     ny, nx = shape
+    k = 2 if plain_sum else 1  # images transformed back and warped per block
     sums = np.empty((2, ny, nx // 2 + 1), dtype=np.complex64)  # weighted, plain
-    real = np.empty((2, ny, nx), dtype=np.float32)
+    real = np.empty((k, ny, nx), dtype=np.float32)
     out = np.zeros_like(real)
     tmp = np.empty_like(real)
+    plain_total = None if plain_sum else np.zeros_like(sums[1])
     for start, stop in blocks:
         accumulate(sums[1], sums[0], start, stop)
+        if plain_total is not None:
+            plain_total += sums[1]
         # the inverse FFT in two steps into the same buffers every block (NumPy's
         # ``out=``): scipy's irfft2 allocated ~270 MB a call at 4096², and the
         # page faults cost more system time than the transform
-        np.fft.ifft(sums, axis=-2, out=cast(Any, sums))  # complex64 (stubs: 128)
-        np.fft.irfft(sums, n=nx, axis=-1, out=cast(Any, real))
+        np.fft.ifft(sums[:k], axis=-2, out=cast(Any, sums[:k]))  # complex64
+        np.fft.irfft(sums[:k], n=nx, axis=-1, out=cast(Any, real))
         cx, cy = block_coefficients(coefficients, start, stop)
         _motion_kernels.warp_polynomial_add(real, tmp, out, cx, cy)
+    if plain_total is not None:
+        return out[0], None, plain_total
     spectrum = fft.rfft2(out[1], workers=workers)
     return out[0], out[1], spectrum.astype(np.complex64, copy=False)
 
@@ -272,11 +285,12 @@ def sum_frames(
     prepare: Callable[[int], Any] | None = None,
     held: HeldSpectra | None = None,
     local_tolerance_px: float | None = LOCAL_BLOCK_TOLERANCE_PX,
+    plain_sum: bool = True,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> tuple[Any, Any, Any]:
-    """Dose-weighted sum, plain sum (both ``(ny, nx)`` float32) and the rfft2 of the
-    plain sum.
+    """Dose-weighted sum, plain sum (both ``(ny, nx)`` float32; the plain sum None
+    without ``plain_sum``) and the rfft2 of the plain sum.
 
     ``frames`` ``(n, ny, nx)`` float32; ``shifts_px`` ``(n, 2)`` global correction
     shifts; ``exposures_e_per_a2`` ``(n,)`` accumulated exposure at each frame's end;
@@ -292,7 +306,10 @@ def sum_frames(
     of the block's mean (:func:`pipelines.motion.blocks.local_blocks`), each
     block's sums warped once by that mean; when that would take more than
     ``MAX_BLOCKS_PER_FRAME`` blocks per frame, or ``local_tolerance_px`` is None,
-    every frame is warped by its own field (the exact path).
+    every frame is warped by its own field (the exact path).  Without
+    ``plain_sum`` the plain sum is not transformed back (nor, in blocks,
+    warped); the spectrum returned is then, in blocks, the sum of the blocks'
+    unwarped plain spectra (:func:`_sum_held_blocks`).
     """
     if held is not None and (held.shape != tuple(frames.shape[1:]) or xp is not np):
         raise ValueError(f"held spectra {held.shape} vs frames {frames.shape[1:]}")
@@ -335,6 +352,7 @@ def sum_frames(
             blocks,
             local_coefficients,
             workers,
+            plain_sum,
         )
     ky_ramp = np.fft.fftfreq(ny)
     kx_ramp = np.fft.rfftfreq(nx)
@@ -378,7 +396,11 @@ def sum_frames(
         plain += spectrum
         weighted += spectrum * (raw_weight * inv_norm)
     dw = fft.irfft2(weighted, s=(ny, nx), **fft_kwargs(xp, workers)).astype(xp.float32)
-    no_dw = fft.irfft2(plain, s=(ny, nx), **fft_kwargs(xp, workers)).astype(xp.float32)
+    no_dw = (
+        fft.irfft2(plain, s=(ny, nx), **fft_kwargs(xp, workers)).astype(xp.float32)
+        if plain_sum
+        else None
+    )
     return dw, no_dw, plain
 
 

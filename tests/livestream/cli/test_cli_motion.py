@@ -57,6 +57,23 @@ def test_cli_json_reports_shifts_motion_and_outputs(tmp_path, movies, capsys):
         assert record["total_motion_a"] == pytest.approx(1.1 * steps.sum(), rel=1e-6)
         assert Path(record["output_path"]) == out / f"{path.stem}.mrc"
         assert Path(record["output_path"]).is_file()
+        assert record["no_dw_path"] is None  # the plain sum only on request
+    assert not list(out.glob("*_noDW.mrc"))
+
+
+def test_cli_save_no_dw_writes_the_plain_sum(tmp_path, movies, capsys):
+    paths, _ = movies
+    out = tmp_path / "out"
+    argv = ["motion", str(paths[0]), "--out", str(out), "--pixel-size-a", "1.1"]
+    argv += ["--dose-per-frame", "1.5", "--patches", "0", "0"]
+    assert main([*argv, "--save-no-dw", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)["items"]
+    assert Path(record["no_dw_path"]) == out / f"{paths[0].stem}_noDW.mrc"
+    plain = mrcfile.read(record["no_dw_path"]).astype(np.float64)
+    weighted = mrcfile.read(record["output_path"]).astype(np.float64)
+    assert plain.shape == weighted.shape == (192, 192)
+    # the same frames summed, with and without the dose weights: alike, not equal
+    assert 0.5 < np.corrcoef(plain.ravel(), weighted.ravel())[0, 1] < 0.9999
 
 
 def test_cli_reports_a_bad_movie_and_goes_on(tmp_path, movies, capsys):

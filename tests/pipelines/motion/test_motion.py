@@ -36,6 +36,7 @@ def test_global_shifts_recovered_within_a_tenth_of_a_pixel(rng):
         dose_per_frame_e_per_a2=1.5,
         voltage_kv=300,
         patches=None,
+        save_no_dw=True,
     )
     truth = -(movie.drift_px - movie.drift_px[0])
     error = rms(result.shifts_px - truth)
@@ -106,6 +107,7 @@ def test_dose_weighting_improves_high_resolution_signal(rng):
         dose_per_frame_e_per_a2=2.0,
         voltage_kv=300,
         patches=None,
+        save_no_dw=True,
     )
     high_dw = band_correlation(result.micrograph, movie.clean, 0.25, 0.4)
     high_plain = band_correlation(result.micrograph_no_dw, movie.clean, 0.25, 0.4)
@@ -141,6 +143,7 @@ def test_gain_correction_removes_the_gain_pattern(rng):
         "dose_per_frame_e_per_a2": 1.5,
         "voltage_kv": 300,
         "patches": None,
+        "save_no_dw": True,
     }
 
     def corr(image: np.ndarray) -> float:
@@ -190,6 +193,7 @@ def test_hot_pixels_and_defects_are_masked(rng):
         voltage_kv=300,
         defect_mask=defects,
         patches=None,
+        save_no_dw=True,
     )
     assert result.n_hot_pixels >= 12
     image = result.micrograph_no_dw

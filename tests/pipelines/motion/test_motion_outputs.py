@@ -37,6 +37,7 @@ def test_run_motion_writes_micrographs_spectrum_and_star(tmp_path, rng):
         voltage_kv=300,
         patches=(3, 3),
         movie_name="Movies/FoilHole_1_Data_2.mrc",
+        save_no_dw=True,
     )
     assert outputs.micrograph_path == out_dir / "FoilHole_1_Data_2.mrc"
     with mrcfile.open(outputs.micrograph_path) as mrc:
@@ -87,6 +88,9 @@ def test_float32_on_request(tmp_path, rng):
     )
     with mrcfile.open(outputs.micrograph_path) as mrc:
         assert mrc.header.mode == 2
+    # the plain sum only on request (save_no_dw, RELION's --save_noDW)
+    assert outputs.micrograph_no_dw_path is None
+    assert not list((tmp_path / "out").glob("*_noDW.mrc"))
     star = starfile.read(outputs.star_path, always_dict=True)
     assert star["general"]["rlnMotionModelVersion"] == 0
     assert "local_motion_model" not in star
@@ -109,6 +113,7 @@ def test_tiff_movie_with_rotated_gain_reference(tmp_path, rng):
         "dose_per_frame_e_per_a2": 1.5,
         "voltage_kv": 300,
         "patches": None,
+        "save_no_dw": True,
     }
     right = run_motion(
         path, tmp_path / "right", gain_path=gain_path, gain_rotation_deg=90, **kwargs

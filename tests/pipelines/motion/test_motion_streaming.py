@@ -330,6 +330,7 @@ def test_two_movies_in_a_row_give_what_each_gives_alone(rng):
         "dose_per_frame_e_per_a2": 2.0,
         "voltage_kv": 300.0,
         "workers": 1,
+        "save_no_dw": True,
     }
     movies = []
     for amplitude in (0.0, 1.5):  # the second one with local motion (blocks)
