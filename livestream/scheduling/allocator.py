@@ -7,9 +7,9 @@ and per-frame spectra in again: 4-10 CPU s of system time per 4096² × 40 movie
 allocation come from the heap (``M_MMAP_MAX`` 0) and never trims it
 (``M_TRIM_THRESHOLD`` -1), so a worker's next movie reuses the pages the previous
 one faulted in.  Measured in ``docs/motion.md`` (*eighth revision*): a warm
-worker's CPU per movie 18-21 → 11-12 s (global only), peak RSS ≤ 3 GB; the cost
-is that a worker stays at its high-water mark between tasks (~2.8 GB after a 4096²
-movie instead of ~1.2 GB).
+worker's CPU per movie 16.7-25.0 → 11.1-11.9 s (global only), 22.1-29.8 →
+16.6-18.1 s (local), peak RSS ≤ 2.93 GB; the cost is that a worker stays at its
+high-water mark between tasks (~2.8 GB after a 4096² movie instead of ~1.1 GB).
 
 The pool worker's initializer (:mod:`livestream.scheduling.executors`) calls it
 unless ``[workers] keep_freed_memory = false``.  glibc only (``mallopt`` of
