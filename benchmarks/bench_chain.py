@@ -30,7 +30,11 @@ of a parent that has simulated the movie reports the simulation's peak (4.4 GB)
 whatever it used itself.
 
     .venv/bin/python benchmarks/bench_chain.py [--small] [--movies 4] [--workers 1 2]
-        [--keep DIR]
+        [--keep DIR] [--default-malloc]
+
+The workers' glibc ``malloc`` keeps freed memory for the next task, as the
+service's pool workers do (:mod:`livestream.scheduling.allocator`);
+``--default-malloc`` runs them with glibc's default.
 
 ``--keep DIR`` simulates the movie into DIR once and reuses it on later runs.
 """
@@ -56,6 +60,7 @@ import numpy as np
 from bench_motion import _bound
 
 from livestream.ledger.schema import StageResult
+from livestream.scheduling.allocator import keep_freed_memory
 from livestream.stages.params import (
     CtfParams,
     CurateParams,
@@ -238,12 +243,17 @@ class LoadSampler:
         return f"mean {statistics.mean(s):.1f}, range {min(s):.1f}-{max(s):.1f}"
 
 
-def bench(movies: list[Path], project: Path, workers: int) -> dict[str, float]:
+def bench(
+    movies: list[Path], project: Path, workers: int, keep_freed: bool = True
+) -> dict[str, float]:
     """Run the session on ``workers`` processes; print; return the per-exposure
-    core-seconds (``cpu``: CPU time; ``wall``: wall time x workers)."""
+    core-seconds (``cpu``: CPU time; ``wall``: wall time x workers).  With
+    ``keep_freed`` (the service's default, ``[workers] keep_freed_memory``) each
+    worker's glibc malloc keeps freed memory, as the service's pool workers do."""
     context = multiprocessing.get_context("spawn")
     fft_workers = MotionParams().fft_workers
-    with LoadSampler() as load, context.Pool(workers) as pool:
+    initializer = keep_freed_memory if keep_freed else None
+    with LoadSampler() as load, context.Pool(workers, initializer) as pool:
         bounds = pool.starmap(_bound_task, [(movies[0], fft_workers)] * workers)
         start = time.perf_counter()
         results = pool.starmap(run_exposure, [(m, project) for m in movies])
@@ -322,6 +332,11 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="folder to simulate the movie into once and reuse"
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="workers with glibc's default malloc, not the service's keep_freed_memory",
+    )
     args = parser.parse_args()
     size, n_frames = (1024, 20) if args.small else (4096, 40)
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,7 +353,7 @@ def main() -> None:
         for workers in args.workers:
             project = folder / f"project_{workers}"
             project.mkdir()
-            runs.append(bench(movies, project, workers))
+            runs.append(bench(movies, project, workers, not args.default_malloc))
     _print_cores(runs)
 
 

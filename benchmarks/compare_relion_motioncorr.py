@@ -39,24 +39,25 @@ F-test keeps (so the local model and the sum in temporal blocks run;
 ``--local-movie``, default ``<workdir>/local/movie_000.mrc``, simulated there
 when absent).  ``--profile`` adds the CPU seconds of each phase of the warm runs
 (the functions :func:`pipelines.motion.correct.correct_motion` calls, wrapped in
-the worker).  ``--keep-freed`` is an experiment: the warm worker's ``malloc``
-keeps freed memory for the next movie (:func:`keep_freed_memory`; not what the
-service does: it cuts the system time but raises the peak above 3 GB, see
-``docs/motion.md``).  The CLI's figure above stays the one an operator pays per
-``livestream motion`` call.
+the worker).  The warm worker's ``malloc`` keeps freed memory for the next movie,
+as the service's pool workers do
+(:func:`livestream.scheduling.allocator.keep_freed_memory`, ``[workers]
+keep_freed_memory``); ``--default-malloc`` measures glibc's default instead.  The
+peak is split into anonymous memory and file pages (``RssAnon`` / ``RssFile`` of
+``/proc/self/status`` at the highest ``VmRSS`` sampled every 10 ms by a thread)
+and the resident set between movies is printed.  The CLI's figure above stays the
+one an operator pays per ``livestream motion`` call.
 
     .venv/bin/python benchmarks/compare_relion_motioncorr.py [--size 4096]
         [--frames 40] [--threads 2] [--seed 1] [--relion-bin /usr/bin/relion_run_motioncorr]
         [--workdir DIR [--reuse]]   # keep (reuse) the movie and the outputs there
         [--no-relion] [--warm 3] [--local-movie PATH] [--profile]
-        [--keep-freed]
+        [--default-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
 import re
@@ -64,6 +65,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +82,7 @@ from bench_motion_accuracy import PARTICLES_PER_PX2
 
 import pipelines.motion.correct as correct_module
 import pipelines.motion.job as job_module
+from livestream.scheduling.allocator import keep_freed_memory
 from pipelines.motion.job import run_motion
 from pipelines.simulate.micrograph import MicrographParams
 from pipelines.simulate.movie import MovieParams, simulate_movie
@@ -263,7 +266,7 @@ def run_relion(exe: str, folder: Path, star: Path, gain: Path, threads: int) -> 
 # the phases --profile times: (module, attribute, label); nested ones are inside
 # the phase above them (pass 1 holds frame prep, holding and its FFTs)
 PHASES: tuple[tuple[object, str, str], ...] = (
-    (job_module, "read_movie", "read (mapped; pages come in later)"),
+    (job_module, "read_movie", "read (readinto; MRC not mapped)"),
     (job_module, "read_gain", "gain read"),
     (correct_module, "PreparedFrames", "defect map"),
     (correct_module, "band_spectra", "pass 1: prepare, rfft2, hold, bands"),
@@ -278,18 +281,42 @@ PHASES: tuple[tuple[object, str, str], ...] = (
 )
 
 
-def keep_freed_memory() -> bool:
-    """glibc only: every allocation from the heap (``M_MMAP_MAX`` 0), the heap
-    never trimmed (``M_TRIM_THRESHOLD`` -1), so a movie's arrays reuse the pages
-    the previous movie faulted in.  For ``--keep-freed`` (an experiment: the
-    service does not do this, see ``docs/motion.md``); True when taken."""
+def rss_gb() -> dict[str, float]:
+    """``VmRSS``, ``RssAnon`` and ``RssFile`` of this process in GB (Linux)."""
+    values: dict[str, float] = {}
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(-4, 0) == 1 and mallopt(-1, -1) == 1)  # <malloc.h>
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    values[key] = int(value.split()[0]) * 1024 / 1e9
+    except OSError:
+        pass
+    return values
+
+
+class PeakSplit:
+    """A thread sampling :func:`rss_gb` every 10 ms; ``peak`` is the sample with
+    the highest ``VmRSS`` (its anonymous and file-backed parts)."""
+
+    def __init__(self) -> None:
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            sample = rss_gb()
+            if sample.get("VmRSS", 0.0) > self.peak.get("VmRSS", 0.0):
+                self.peak = sample
+
+    def __enter__(self) -> PeakSplit:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _timed(fn: Callable[..., object], totals: dict[str, float], label: str) -> object:
@@ -314,7 +341,8 @@ def warm_worker(
     """In this (fresh) process: the bound, ``runs`` calls of ``run_motion`` on
     ``movie``, the bound again.  CPU s per run are ``time.process_time`` (all
     threads); ``phases`` the CPU s per phase of each run with ``profile``.  With
-    ``keep_freed`` the process first calls :func:`keep_freed_memory`."""
+    ``keep_freed`` the process first calls :func:`keep_freed_memory`, as the
+    service's pool worker does."""
     if keep_freed and not keep_freed_memory():
         print("keep_freed_memory() not taken here: the default allocator")
     bounds = [_bound(movie, 1, threads)]
@@ -331,21 +359,25 @@ def warm_worker(
             try:
                 reset_peak()
                 cpu, wall = time.process_time(), time.perf_counter()
-                result = run_motion(
-                    movie,
-                    out,
-                    pixel_size_a=1.0,
-                    dose_per_frame_e_per_a2=1.0,
-                    voltage_kv=300.0,
-                    gain_path=gain,
-                    patches=(5, 5),
-                    workers=threads,
-                )
+                with PeakSplit() as split:
+                    result = run_motion(
+                        movie,
+                        out,
+                        pixel_size_a=1.0,
+                        dose_per_frame_e_per_a2=1.0,
+                        voltage_kv=300.0,
+                        gain_path=gain,
+                        patches=(5, 5),
+                        workers=threads,
+                    )
                 records.append(
                     {
                         "cpu": time.process_time() - cpu,
                         "wall": time.perf_counter() - wall,
                         "peak_gb": peak_gb(),
+                        "peak_anon_gb": split.peak.get("RssAnon", 0.0),
+                        "peak_file_gb": split.peak.get("RssFile", 0.0),
+                        "between_gb": rss_gb().get("VmRSS", 0.0),
                         "local": result.local_rms_residual_px is not None,
                         "shifts": result.shifts_px,
                         "phases": totals,
@@ -369,7 +401,7 @@ def print_warm(title: str, value: dict[str, Any], truth: np.ndarray | None) -> N
     )
     print(
         f"{'run':>4s} {'CPU s':>7s} {'wall s':>7s} {'peak GB':>8s} "
-        f"{'CPU x bound':>12s} {'local kept':>11s} {'drift RMS raw px':>17s} {'load':>5s}"
+        f"{'anon+file':>10s} {'after GB':>8s} {'CPU x bound':>12s} {'local kept':>11s} {'drift RMS raw px':>17s} {'load':>5s}"
     )
     for i, run in enumerate(runs, 1):
         drift = ""
@@ -378,7 +410,8 @@ def print_warm(title: str, value: dict[str, Any], truth: np.ndarray | None) -> N
             drift = f"{rms(error):.3f}"
         print(
             f"{i:4d} {run['cpu']:7.1f} {run['wall']:7.1f} {run['peak_gb']:8.2f} "
-            f"{run['cpu'] / bound:12.2f} {run['local']!s:>11s} {drift:>17s} "
+            f"{run['peak_anon_gb']:4.2f}+{run['peak_file_gb']:4.2f} "
+            f"{run['between_gb']:8.2f} {run['cpu'] / bound:12.2f} {run['local']!s:>11s} {drift:>17s} "
             f"{run['load']:5.1f}"
             + ("   (first: pays the worker's start)" if i == 1 else "")
         )
@@ -415,8 +448,8 @@ def run_warm(
         "run_motion called again in one process, as the service's pool "
         "worker does."
     )
-    keep = args.keep_freed
-    memory = "malloc keeping freed memory" if keep else "the default allocator"
+    keep = not args.default_malloc
+    memory = "malloc keeping freed memory" if keep else "glibc's default malloc"
     value = in_process(
         warm_worker, movie, gain, args.threads, args.warm, args.profile, keep
     )
@@ -458,9 +491,10 @@ def main() -> None:
         "--profile", action="store_true", help="CPU s per phase in the warm worker"
     )
     parser.add_argument(
-        "--keep-freed",
+        "--default-malloc",
         action="store_true",
-        help="experiment: the warm worker's malloc keeps freed memory (glibc)",
+        help="the warm worker with glibc's default malloc, not the service's "
+        "keep_freed_memory",
     )
     args = parser.parse_args()
     relion = shutil.which(args.relion_bin)

@@ -205,6 +205,9 @@ class WorkersConfig(_Section):
     retry_backoff_s: float = Field(default=5.0, ge=0.0)
     newest_share: float = Field(default=0.25, ge=0.0, le=1.0)
     drain_timeout_s: float = Field(default=60.0, ge=0.0)
+    # local pool workers: glibc keeps freed memory for the next task
+    # (livestream.scheduling.allocator; docs/operations.md)
+    keep_freed_memory: bool = True
 
     @model_validator(mode="after")
     def _one_cluster(self) -> WorkersConfig:

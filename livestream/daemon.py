@@ -170,6 +170,7 @@ async def run_service(
             config.workers.start_method,
             config.workers.dask_scheduler_address,
             config.workers.slurm,
+            keep_freed_memory=config.workers.keep_freed_memory,
         )
         async with (
             open_publisher(

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from livestream.config import SlurmConfig
+from livestream.scheduling.allocator import keep_freed_memory
 from livestream.scheduling.clusters import start_slurm_cluster
 from livestream.scheduling.dask_settings import dask_settings, require_distributed
 
@@ -125,16 +126,30 @@ def exit_with_parent(daemon_pid: int) -> None:
     ).start()
 
 
-def _init_worker(daemon_pid: int) -> None:
+def _init_worker(daemon_pid: int, keep_freed: bool = True) -> None:
     _ignore_signals()
     exit_with_parent(daemon_pid)
+    # glibc keeps freed memory for the next task: the one place this is set
+    # (livestream.scheduling.allocator; [workers] keep_freed_memory)
+    if keep_freed and not keep_freed_memory():
+        log.info("keep_freed_memory: not glibc, the platform's malloc as it is")
 
 
 class LocalExecutor:
-    """A :class:`ProcessPoolExecutor` on the ``spawn`` or ``forkserver`` context."""
+    """A :class:`ProcessPoolExecutor` on the ``spawn`` or ``forkserver`` context.
 
-    def __init__(self, n_processes: int, start_method: str = "forkserver") -> None:
+    With ``keep_freed_memory`` (the default) each worker's glibc ``malloc`` keeps
+    freed memory for the next task (:mod:`livestream.scheduling.allocator`)."""
+
+    def __init__(
+        self,
+        n_processes: int,
+        start_method: str = "forkserver",
+        *,
+        keep_freed_memory: bool = True,
+    ) -> None:
         self._n = n_processes
+        self._keep_freed = keep_freed_memory
         self._context = multiprocessing.get_context(start_method)
         self._pool = self._new_pool()
         self._closed = False
@@ -144,7 +159,7 @@ class LocalExecutor:
             max_workers=self._n,
             mp_context=self._context,
             initializer=_init_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self._keep_freed),
         )
 
     async def run(self, fn: Callable[[A], T], arg: A) -> T:
@@ -271,9 +286,11 @@ async def create_executor(
     start_method: str,
     dask_address: str,
     slurm: SlurmConfig | None = None,
+    *,
+    keep_freed_memory: bool = True,
 ) -> LocalExecutor | DaskExecutor:
     if slurm is not None:
         return await DaskExecutor.on_slurm(slurm)
     if dask_address:
         return await DaskExecutor.connect(dask_address)
-    return LocalExecutor(n_processes, start_method)
+    return LocalExecutor(n_processes, start_method, keep_freed_memory=keep_freed_memory)

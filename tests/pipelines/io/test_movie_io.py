@@ -1,4 +1,4 @@
-"""Reading movies: MRC (memory-mapped), LZW TIFF, EER grouping and super-resolution."""
+"""Reading movies: MRC (read, not mapped), LZW TIFF, EER grouping and super-resolution."""
 
 from __future__ import annotations
 
@@ -21,6 +21,28 @@ def test_mrc_stack_reads_as_float32_frames(tmp_path, rng):
     assert frames.dtype == np.float32
     assert frames.shape == (6, 40, 56)
     assert np.array_equal(frames, data)
+
+
+def test_mrc_with_extended_header_and_other_byte_order_reads_as_written(tmp_path, rng):
+    """The frames start after the extended header; a big-endian int16 movie
+    keeps its values natively (int16, native order) and as float32 (converted
+    through the reused buffer); both equal what mrcfile's own mapping reads."""
+    data = rng.integers(-300, 300, (5, 24, 40)).astype(">i2")
+    path = tmp_path / "movie.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_extended_header(np.arange(100, dtype=np.int32))
+        mrc.set_data(data)
+    with mrcfile.mmap(path, mode="r") as mrc:
+        assert mrc.header.nsymbt == 400
+        assert mrc.data.dtype.byteorder == ">"
+        expected = np.array(mrc.data)
+    native = read_movie(path, native=True)
+    assert native.dtype == np.int16
+    assert native.dtype.isnative
+    assert np.array_equal(native, expected)
+    as_float = read_movie(path)
+    assert as_float.dtype == np.float32
+    assert np.array_equal(as_float, expected.astype(np.float32))
 
 
 def test_single_image_mrc_is_one_frame(tmp_path, rng):
