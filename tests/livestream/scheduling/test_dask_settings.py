@@ -3,7 +3,6 @@ the same threads as a local pool worker."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from livestream.scheduling.dask_settings import (
     local_cluster,
 )
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor
+from tests.livestream.scheduling.heartbeats import settled_heartbeats
 
 distributed = pytest.importorskip("distributed")
 
@@ -92,12 +92,6 @@ async def test_the_workers_run_under_the_service_settings_with_the_pools_threads
     }
 
 
-def heartbeat_ms(dask_worker: Any) -> float:
-    """How often the worker now heartbeats to the scheduler, in ms."""
-    interval: float = dask_worker.periodic_callbacks["heartbeat"].callback_time
-    return interval
-
-
 async def test_the_workers_heartbeat_at_the_services_interval() -> None:
     """The worker takes its heartbeat interval from the scheduler's replies: Dask's
     scheduler says 0.5 s for up to 10 workers, the service's says 5 s.  The
@@ -120,12 +114,7 @@ async def test_the_workers_heartbeat_at_the_services_interval() -> None:
         assert cluster.scheduler.worker_ttl == 300  # Dask's default, above 10 x 5 s
         client = await distributed.Client(cluster, asynchronous=True)
         try:
-            # a worker starts at 1 s (Worker's own default) and takes the
-            # scheduler's interval from the reply to its first heartbeat
-            async with asyncio.timeout(30):
-                while set((await client.run(heartbeat_ms)).values()) == {1000}:
-                    await asyncio.sleep(0.2)
-            intervals = await client.run(heartbeat_ms)
+            intervals = await settled_heartbeats(client)
         finally:
             await client.close()
     assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]

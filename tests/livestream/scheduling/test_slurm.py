@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +15,7 @@ from livestream.cli.main import main
 from livestream.config import ConfigError, SlurmConfig, load_config
 from livestream.scheduling.clusters import slurm_cluster_kwargs
 from livestream.scheduling.dask_settings import dask_environment, dask_settings
+from tests.livestream.scheduling.heartbeats import settled_heartbeats
 
 pytest.importorskip("dask_jobqueue")
 
@@ -133,10 +132,7 @@ async def test_a_worker_started_by_the_job_script_heartbeats_at_the_services_int
             client = await distributed.Client(cluster, asynchronous=True)
             try:
                 await client.wait_for_workers(1, timeout=60)
-                async with asyncio.timeout(30):
-                    while set((await client.run(heartbeat_ms)).values()) == {1000}:
-                        await asyncio.sleep(0.2)
-                intervals = await client.run(heartbeat_ms)
+                intervals = await settled_heartbeats(client)
             finally:
                 await client.close()
         finally:
@@ -144,9 +140,3 @@ async def test_a_worker_started_by_the_job_script_heartbeats_at_the_services_int
             job.wait(timeout=30)
             log.close()
     assert list(intervals.values()) == [WORKER_HEARTBEAT_S * 1000]
-
-
-def heartbeat_ms(dask_worker: Any) -> float:
-    """How often the worker now heartbeats to the scheduler, in ms."""
-    interval: float = dask_worker.periodic_callbacks["heartbeat"].callback_time
-    return interval

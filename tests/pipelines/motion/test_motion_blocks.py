@@ -89,7 +89,9 @@ def _correlation(image: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
 
 
-def test_block_sum_matches_the_exact_per_frame_warp(rng):
+def _local_case(rng):
+    """A 256² x 20 simulated movie with 1 px of local motion, its shifts, its
+    spectra held and ``sum_frames``' keywords with its local model."""
     size, n = 256, 20
     movie = make_movie(rng, n_frames=n, size=size, local_amplitude_px=1.0)
     coefficients = _relion_coefficients(movie, n, size)
@@ -103,6 +105,11 @@ def test_block_sum_matches_the_exact_per_frame_warp(rng):
     }
     held = HeldSpectra(n, (size, size))
     band_spectra(movie.frames, 1, hold=held, workers=1)
+    return movie, shifts, held, kwargs, coefficients, n, size
+
+
+def test_block_sum_matches_the_exact_per_frame_warp(rng):
+    movie, shifts, held, kwargs, coefficients, n, _ = _local_case(rng)
     blocks = local_blocks(coefficients, n)
     assert 1 < len(blocks) <= n // 2  # the block path is taken
     in_blocks = sum_frames(movie.frames, shifts, held=held, **kwargs)
@@ -150,19 +157,7 @@ def test_blocks_without_the_plain_sum(rng):
     dose-weighted sum is transformed back and warped, and it is the same; the
     power spectrum comes from the unwarped plain spectra, close to that of the
     warped plain sum (the 1 px local blur stays in it)."""
-    size, n = 256, 20
-    movie = make_movie(rng, n_frames=n, size=size, local_amplitude_px=1.0)
-    coefficients = _relion_coefficients(movie, n, size)
-    shifts = -(movie.drift_px - movie.drift_px[0])
-    kwargs = {
-        "pixel_size_a": 1.0,
-        "exposures_e_per_a2": 1.5 * np.arange(1, n + 1),
-        "voltage_kv": 300,
-        "local_coefficients": coefficients,
-        "workers": 1,
-    }
-    held = HeldSpectra(n, (size, size))
-    band_spectra(movie.frames, 1, hold=held, workers=1)
+    movie, shifts, held, kwargs, coefficients, n, size = _local_case(rng)
     assert 1 < len(local_blocks(coefficients, n)) <= n // 2  # the block path
     dw, no_dw, spectrum = sum_frames(movie.frames, shifts, held=held, **kwargs)
     dw_only, none, unwarped = sum_frames(
