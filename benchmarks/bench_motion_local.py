@@ -49,10 +49,9 @@ from bench_motion import _bound
 import pipelines.motion.correct as correct_module
 from pipelines.motion.blocks import LOCAL_BLOCK_TOLERANCE_PX, local_blocks
 from pipelines.motion.job import run_motion
-from pipelines.motion.local import spatial_basis
 from pipelines.motion.spectra import HeldSpectra, band_spectra
 from pipelines.motion.summing import sum_frames
-from tests.pipelines.motion_movies import make_movie
+from tests.pipelines.motion_movies import make_movie, true_local_coefficients
 
 BORDER_PX = 16
 
@@ -133,21 +132,6 @@ def _frc_bands(a: np.ndarray, b: np.ndarray, n_bands: int = 4) -> list[float]:
     return [float(v) for v in (cross / np.sqrt(pa * pb))[:n_bands]]
 
 
-def _true_coefficients(movie: Any, n: int, size: int) -> np.ndarray:
-    """The simulated movie's true local correction as RELION's polynomial (2, 18)
-    (least squares over a grid; the simulator's field is in the basis)."""
-    step = max(size // 16, 1)
-    y, x = (a.ravel() for a in np.mgrid[0:size:step, 0:size:step].astype(float))
-    drift = -(movie.drift_px - movie.drift_px[0])
-    local = movie.true_correction_px(x, y) - drift[:, None, :]
-    z = np.arange(n, dtype=float)
-    zpow = np.stack([z, z * z, z**3], axis=-1)
-    basis = spatial_basis(x / size - 0.5, y / size - 0.5)
-    design = np.einsum("zp,ng->zngp", zpow, basis).reshape(-1, 18)
-    fit = [np.linalg.lstsq(design, local[..., a].ravel())[0] for a in (0, 1)]
-    return np.stack(fit)
-
-
 def against_truth(
     size: int, n_frames: int, tolerances: list[float], seeds: int
 ) -> None:
@@ -168,7 +152,7 @@ def against_truth(
             local_amplitude_px=1.0,
             damage_voltage_kv=300.0,
         )
-        coefficients = _true_coefficients(movie, n_frames, size)
+        coefficients = true_local_coefficients(movie, n_frames, size)
         shifts = -(movie.drift_px - movie.drift_px[0])
         held = HeldSpectra(n_frames, (size, size))
         band_spectra(movie.frames, 1, hold=held, workers=1)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.motion.dose import critical_exposure_e_per_a2
+from pipelines.motion.local import spatial_basis
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +113,23 @@ def make_movie(
             intensity = intensity * sensitivity
         movie.frames[i] = rng.poisson(intensity)
     return movie
+
+
+def true_local_coefficients(movie: SyntheticMovie, n: int, size: int) -> np.ndarray:
+    """The movie's true local correction as RELION's polynomial, ``(2, 18)``:
+    least squares over a grid of 16 x 16 points or finer; the simulated field is
+    linear and quadratic in time over (1, u, v²) and (1, v, uv), so in the basis
+    and fitted exactly."""
+    step = max(size // 16, 1)
+    y, x = (a.ravel() for a in np.mgrid[0:size:step, 0:size:step].astype(float))
+    drift = -(movie.drift_px - movie.drift_px[0])
+    local = movie.true_correction_px(x, y) - drift[:, None, :]
+    z = np.arange(n, dtype=float)
+    zpow = np.stack([z, z * z, z**3], axis=-1)
+    basis = spatial_basis(x / size - 0.5, y / size - 0.5)
+    design = np.einsum("zp,ng->zngp", zpow, basis).reshape(-1, 18)
+    fit = [np.linalg.lstsq(design, local[..., a].ravel())[0] for a in (0, 1)]
+    return np.stack(fit)
 
 
 def _encode_eer_frame(events: np.ndarray, shape: tuple[int, int]) -> bytes:

@@ -17,7 +17,7 @@ from pipelines.motion.blocks import (
 from pipelines.motion.local import evaluate_local_model, spatial_basis
 from pipelines.motion.spectra import HeldSpectra, band_spectra
 from pipelines.motion.summing import power_spectrum, sum_frames
-from tests.pipelines.motion_movies import make_movie
+from tests.pipelines.motion_movies import make_movie, true_local_coefficients
 
 
 def _deviation_px(coefficients: np.ndarray, start: int, stop: int) -> float:
@@ -70,20 +70,6 @@ def test_block_field_is_the_mean_of_its_frames_fields():
         block_coefficients(coefficients, 4, 4)
 
 
-def _relion_coefficients(movie, n: int, size: int) -> np.ndarray:
-    """The movie's true local correction as RELION's polynomial (the movie's field
-    is linear and quadratic in time over (1, u, v²) and (1, v, uv): exact)."""
-    y, x = (a.ravel() for a in np.mgrid[0:size:16, 0:size:16].astype(float))
-    drift = -(movie.drift_px - movie.drift_px[0])
-    local = movie.true_correction_px(x, y) - drift[:, None, :]
-    z = np.arange(n, dtype=float)
-    zpow = np.stack([z, z * z, z**3], axis=-1)
-    basis = spatial_basis(x / size - 0.5, y / size - 0.5)
-    design = np.einsum("zp,ng->zngp", zpow, basis).reshape(-1, 18)
-    fit = [np.linalg.lstsq(design, local[..., a].ravel())[0] for a in (0, 1)]
-    return np.stack(fit)
-
-
 def _correlation(image: np.ndarray, truth: np.ndarray) -> float:
     a, b = image - image.mean(), truth - truth.mean()
     return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
@@ -94,7 +80,7 @@ def _local_case(rng):
     spectra held and ``sum_frames``' keywords with its local model."""
     size, n = 256, 20
     movie = make_movie(rng, n_frames=n, size=size, local_amplitude_px=1.0)
-    coefficients = _relion_coefficients(movie, n, size)
+    coefficients = true_local_coefficients(movie, n, size)
     shifts = -(movie.drift_px - movie.drift_px[0])
     kwargs = {
         "pixel_size_a": 1.0,
