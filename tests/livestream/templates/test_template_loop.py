@@ -330,6 +330,8 @@ async def test_guard_keeps_the_blob_picker_when_the_templates_pick_nothing(
                 "template_picks": 0,
                 "ratio": 0.0,
                 "min_pick_ratio": 0.5,
+                "blob_recovered": 0.0,
+                "min_blob_recovered": 0.85,
                 "accepted": False,
             }
             assert handle.templates.current is None
