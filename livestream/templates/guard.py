@@ -18,6 +18,7 @@ that failure looks like.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "done_results",
     "judge_trial",
     "recent_picked",
+    "share_upper_bound",
     "trial_picks",
 ]
 
@@ -49,14 +51,18 @@ class GuardVerdict:
     """What the guard measured on ``exposures`` micrographs and decided.
 
     ``blob_recovered``: of the blob picker's better half of picks (their scores at
-    or above the median, pooled over the exposures), the share with a template
-    pick within a quarter of the particle's diameter (:func:`blob_recovered`)."""
+    or above the median, pooled over the exposures; ``blob_better_half`` of them),
+    the share with a template pick within a quarter of the particle's diameter
+    (:func:`blob_recovered`).  The set fails that rule only when the share is below
+    ``min_blob_recovered`` with 95 % confidence (:func:`share_upper_bound`), so a
+    few dozen picks do not decide it on chance."""
 
     exposures: int
     blob_picks: int
     template_picks: int
     min_pick_ratio: float
     blob_recovered: float = 1.0
+    blob_better_half: int = 0
     min_blob_recovered: float = 0.0
 
     @property
@@ -68,10 +74,8 @@ class GuardVerdict:
     def accepted(self) -> bool:
         """Both the count and the agreement rule hold; nothing to compare (no
         exposure, no blob pick) accepts the set."""
-        return (
-            self.ratio >= self.min_pick_ratio
-            and self.blob_recovered >= self.min_blob_recovered
-        )
+        upper = share_upper_bound(self.blob_recovered, self.blob_better_half)
+        return self.ratio >= self.min_pick_ratio and upper >= self.min_blob_recovered
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -81,9 +85,21 @@ class GuardVerdict:
             "ratio": round(self.ratio, 4),
             "min_pick_ratio": self.min_pick_ratio,
             "blob_recovered": round(self.blob_recovered, 4),
+            "blob_better_half": self.blob_better_half,
             "min_blob_recovered": self.min_blob_recovered,
             "accepted": self.accepted,
         }
+
+
+def share_upper_bound(share: float, n: int, z: float = 1.645) -> float:
+    """The one-sided 95 % upper bound of a share measured as ``share`` of ``n``
+    (Wilson's score interval; 1 when ``n`` is 0)."""
+    if n <= 0:
+        return 1.0
+    z2 = z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return min(1.0, centre + half)
 
 
 def recent_picked(db: sqlite3.Connection, pick_stage: str, n: int) -> list[str]:
@@ -163,6 +179,7 @@ def judge_trial(
         template_picks=sum(len(t) for _, t in found),
         min_pick_ratio=min_pick_ratio,
         blob_recovered=recovered / n_sure if n_sure else 1.0,
+        blob_better_half=round(n_sure),
         min_blob_recovered=min_blob_recovered,
     )
 

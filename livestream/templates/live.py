@@ -217,7 +217,8 @@ class TemplateFeed:
                     "template set from 2D iteration %d (classes %s) not used: it "
                     "picked %d particles on the last %d exposures where the %s "
                     "picker picked %d (ratio %.2f, min_pick_ratio %.2f) and found "
-                    "%.2f of that picker's better half (min_blob_recovered %.2f); "
+                    "%.2f of that picker's better half of %d picks "
+                    "(min_blob_recovered %.2f); "
                     "the pick stage keeps its picker; averages in %s",
                     iteration,
                     list(classes),
@@ -228,6 +229,7 @@ class TemplateFeed:
                     verdict.ratio,
                     verdict.min_pick_ratio,
                     verdict.blob_recovered,
+                    verdict.blob_better_half,
                     verdict.min_blob_recovered,
                     candidate,
                 )
