@@ -215,14 +215,21 @@ def _learned_conflict(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main(args: argparse.Namespace) -> int:
-    require_files(args.micrographs, "micrograph")
+def _option_error(args: argparse.Namespace) -> str | None:
+    """Why the options cannot run together or are out of range, if so."""
     conflict = _learned_conflict(args)
     if conflict is not None:
-        print(
-            f"livestream pick: --learned cannot be combined with {conflict}",
-            file=sys.stderr,
-        )
+        return f"--learned cannot be combined with {conflict}"
+    if not 0.0 <= args.template_whitening <= 1.0:
+        return f"--template-whitening has value {args.template_whitening}: need 0 to 1"
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    require_files(args.micrographs, "micrograph")
+    refused = _option_error(args)
+    if refused is not None:
+        print(f"livestream pick: {refused}", file=sys.stderr)
         return INPUT_ERROR_STATUS
     for path, what in (
         (args.templates, "template stack"),
