@@ -452,7 +452,9 @@ class TemplatesSection(_Section):
     ``repick_earlier``: also re-pick (and re-extract) the exposures picked before
     the current set, at start, on SIGHUP and when a new set is made (motion and
     CTF are not redone).  A set that picks fewer than ``min_pick_ratio`` times the
-    blob picks on the last ``guard_exposures`` exposures is not used."""
+    blob picks on the last ``guard_exposures`` exposures, or finds less than
+    ``min_blob_recovered`` of the blob picker's better half of picks there, is not
+    used."""
 
     template_feed: bool = True
     pick_stage: str = Field(default="pick", min_length=1)
@@ -470,6 +472,9 @@ class TemplatesSection(_Section):
     # ``min_pick_ratio`` times what the configured picker picks there (0: no guard)
     guard_exposures: int = Field(default=3, ge=1)
     min_pick_ratio: float = Field(default=0.5, ge=0.0)
+    # ... and finds at least this share of the configured picker's better half of
+    # picks (scores at or above their median; 0: not checked)
+    min_blob_recovered: float = Field(default=0.85, ge=0.0, le=1.0)
 
 
 class ServiceConfig(_Section):

@@ -17,9 +17,11 @@ micrographs given (one model for the set), whose log-odds threshold is chosen th
 same way (docs/picking.md); it takes no CTF and no --threshold-sd.
 The template picker correlates 2D templates (class averages, white particles) or
 projections of a volume, multiplied by the CTF given with --defocus-a, and keeps
-peaks above a threshold chosen per micrograph from its own NCC peaks (target-decoy
+peaks above a threshold chosen per micrograph from its own score peaks (target-decoy
 counting, --max-false-rate, where there are too few to fit) unless --min-ncc or
---threshold-sd is given.  With --json, one object on stdout: {"items": [...],
+--threshold-sd is given.  Its score (--template-score, --template-whitening) is the
+pick stage's default: the correlation over the micrograph's mean local SD, not
+whitened; "ncc" with whitening 1 is the earlier whitened NCC (docs/picking.md).  With --json, one object on stdout: {"items": [...],
 "failed": [{"path", "error"}]} with per micrograph an item {"micrograph", "picker",
 "pixel_size_a", "n_picks", "picks": [{"x_px", "y_px", "score", "power",
 "diameter_a"}]} in the micrograph's own pixels (x = column, y = row).  With --out, a RELION coordinate STAR <stem>_autopick.star per micrograph.
@@ -43,6 +45,7 @@ from livestream.cli.console import (
     require_files,
 )
 from livestream.cli.optics import add_ctf_args, ctf_from_args
+from livestream.stages.params import PickParams
 from pipelines.ctf.model import (
     CtfParams,
 )
@@ -51,7 +54,7 @@ from pipelines.io.micrographs import read_micrograph
 from pipelines.picking.blob import pick_blob
 from pipelines.picking.learned import pick_learned_set
 from pipelines.picking.picks import Picks, picks_to_dicts, write_picks_star
-from pipelines.picking.template import pick_template
+from pipelines.picking.template import TEMPLATE_SCORES, pick_template
 from pipelines.simulate.projection import project, random_rotations
 from pipelines.simulate.volumes import load_map
 
@@ -77,7 +80,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         parser, defocus_help="CTF of the micrographs (template picker); omit for no CTF"
     )
     parser.add_argument("--threshold-sd", type=float)
-    parser.add_argument("--min-ncc", type=float)
+    parser.add_argument(
+        "--min-ncc", type=float, help="threshold on the template score (either kind)"
+    )
+    parser.add_argument(
+        "--template-score",
+        choices=TEMPLATE_SCORES,
+        default=PickParams().template_score,
+    )
+    parser.add_argument(
+        "--template-whitening", type=float, default=PickParams().template_whitening
+    )
     parser.add_argument(
         "--max-false-rate",
         type=float,
@@ -150,6 +163,8 @@ def _pick_one(
         template_pixel_size_a=template_px,
         threshold_sd=args.threshold_sd,
         min_ncc=args.min_ncc,
+        score=args.template_score,
+        whitening=args.template_whitening,
         max_false_rate=args.max_false_rate,
         edge_px=args.edge_px,
     )
@@ -200,14 +215,21 @@ def _learned_conflict(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main(args: argparse.Namespace) -> int:
-    require_files(args.micrographs, "micrograph")
+def _option_error(args: argparse.Namespace) -> str | None:
+    """Why the options cannot run together or are out of range, if so."""
     conflict = _learned_conflict(args)
     if conflict is not None:
-        print(
-            f"livestream pick: --learned cannot be combined with {conflict}",
-            file=sys.stderr,
-        )
+        return f"--learned cannot be combined with {conflict}"
+    if not 0.0 <= args.template_whitening <= 1.0:
+        return f"--template-whitening has value {args.template_whitening}: need 0 to 1"
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    require_files(args.micrographs, "micrograph")
+    refused = _option_error(args)
+    if refused is not None:
+        print(f"livestream pick: {refused}", file=sys.stderr)
         return INPUT_ERROR_STATUS
     for path, what in (
         (args.templates, "template stack"),

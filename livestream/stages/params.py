@@ -129,6 +129,13 @@ class PickParams(StageParams):
     # recorded as the pick's figure ``template_set``
     template_set: int | None = Field(default=None, ge=1)
     template_pixel_size_a: float | None = Field(default=None, gt=0)
+    # the template picker's score (docs/picking.md, *Template*): "ncc", each
+    # position's correlation over its own SD under the disc, in [-1, 1];
+    # "correlation", over the micrograph's mean local SD (the NCC times the square
+    # root of the power score).  template_whitening: the exponent of the whitening
+    # filter, 1 / power ** (0.5 * w): 1 the full matched filter, 0 none
+    template_score: Literal["ncc", "correlation"] = "correlation"
+    template_whitening: float = Field(default=0.0, ge=0.0, le=1.0)
     edge_px: int = Field(default=32, ge=0)
     downscale_to_a: float | None = Field(default=None, gt=0)
     thumbnail_px: int = Field(default=256, ge=32, le=2048)

@@ -242,5 +242,7 @@ def _pick_with_templates(
         threshold_sd=params.threshold_sd,
         edge_px=params.edge_px,
         downscale_to_a=params.downscale_to_a,
+        score=params.template_score,
+        whitening=params.template_whitening,
         workers=params.fft_workers,
     )

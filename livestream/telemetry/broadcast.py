@@ -257,6 +257,10 @@ class Broadcaster:
             if isinstance(guard, Mapping):  # livestream.templates.guard
                 figures["templates_rejected"] = float(not guard["accepted"])
                 figures["templates_guard_ratio"] = float(guard["ratio"])
+                if "blob_recovered" in guard:
+                    figures["templates_guard_recovered"] = float(
+                        guard["blob_recovered"]
+                    )
         self._emit(
             ServiceEvent(
                 type=EventType.CLASS2D_SNAPSHOT,

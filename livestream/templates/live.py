@@ -22,7 +22,9 @@ Before a set is stored and used, the guard (:mod:`livestream.templates.guard`)
 picks the last ``guard_exposures`` picked exposures in memory with the stage's own
 picker and with the candidate averages (written to
 ``<job>/templates/candidate_itNNNNNN.mrcs`` first, moved to the set's name when
-used); under ``min_pick_ratio`` of the blob picks, the set is not used, the stage
+used); under ``min_pick_ratio`` of the blob picks, or finding less than
+``min_blob_recovered`` of the blob picker's better half of picks, the set is not
+used, the stage
 keeps its picker, and the log, the ``class2d`` event (``guard``) and
 ``livestream_templates_rejected_total`` say so.
 
@@ -52,8 +54,9 @@ from livestream.telemetry.reporting import Reporter
 from livestream.templates.guard import (
     GuardVerdict,
     done_results,
+    judge_trial,
     recent_picked,
-    trial_pick_counts,
+    trial_picks,
 )
 from livestream.templates.store import (
     TemplateSet,
@@ -204,7 +207,7 @@ class TemplateFeed:
             self.project / candidate,
         )
         verdict = None
-        if self.section.min_pick_ratio > 0:
+        if self.section.min_pick_ratio > 0 or self.section.min_blob_recovered > 0:
             verdict = await self._try(link.params, candidate, version)
             self.last_guard = verdict
             if not verdict.accepted:
@@ -213,8 +216,10 @@ class TemplateFeed:
                 log.warning(
                     "template set from 2D iteration %d (classes %s) not used: it "
                     "picked %d particles on the last %d exposures where the %s "
-                    "picker picked %d (ratio %.2f < min_pick_ratio %.2f); the pick "
-                    "stage keeps its picker; averages in %s",
+                    "picker picked %d (ratio %.2f, min_pick_ratio %.2f) and found "
+                    "%.2f of that picker's better half of %d picks "
+                    "(min_blob_recovered %.2f); "
+                    "the pick stage keeps its picker; averages in %s",
                     iteration,
                     list(classes),
                     verdict.template_picks,
@@ -223,6 +228,9 @@ class TemplateFeed:
                     verdict.blob_picks,
                     verdict.ratio,
                     verdict.min_pick_ratio,
+                    verdict.blob_recovered,
+                    verdict.blob_better_half,
+                    verdict.min_blob_recovered,
                     candidate,
                 )
                 return verdict
@@ -246,7 +254,8 @@ class TemplateFeed:
             ""
             if verdict is None
             else f"; the guard: {verdict.template_picks} template picks against "
-            f"{verdict.blob_picks} on the last {verdict.exposures} exposures",
+            f"{verdict.blob_picks} on the last {verdict.exposures} exposures, "
+            f"{verdict.blob_recovered:.2f} of the blob picker's better half found",
         )
         return verdict
 
@@ -264,14 +273,14 @@ class TemplateFeed:
             if exposure is not None:
                 exposures.append((exposure, done_results(self._ledger, eid)))
         trial = self._params_with(candidate, version=version)
-        blob_picks, template_picks = await asyncio.to_thread(
-            trial_pick_counts, pick, exposures, self.project, blob, trial
+        found = await asyncio.to_thread(
+            trial_picks, pick, exposures, self.project, blob, trial
         )
-        return GuardVerdict(
-            exposures=len(exposures),
-            blob_picks=blob_picks,
-            template_picks=template_picks,
+        return judge_trial(
+            found,
+            diameter_a=0.5 * (trial.diameter_min_a + trial.diameter_max_a),
             min_pick_ratio=self.section.min_pick_ratio,
+            min_blob_recovered=self.section.min_blob_recovered,
         )
 
     def pick_params(self, templates: TemplateSet) -> PickParams:

@@ -1,24 +1,37 @@
-"""Template picker: CTF-aware, FFT-based normalised cross-correlation.
+"""Template picker: CTF-aware, FFT-based correlation with 2D templates.
 
 Templates (2D class averages, or projections of a volume; white particles,
 ``(n_templates, box, box)``) are resampled to a coarse picking pixel, rotated to
-every in-plane angle, multiplied by the micrograph's CTF and by the same whitening
-filter as the micrograph (the matched filter in coloured noise), masked to the
-particle's disc, and made zero-mean and unit-norm.  The micrograph is Fourier-cropped
-to the picking pixel, negated (dark particles become white) and whitened by its
-rotationally averaged power spectrum.  For every template and angle one batched
-inverse FFT gives the correlation; the local standard deviation under the disc (two
-FFT convolutions, shared by all templates) turns it into the normalised
-cross-correlation (NCC) in [-1, 1].  Each pixel keeps its best NCC over templates
-and angles.  Every pick carries its NCC (``score``) and its power score (the local
-variance under the disc over the micrograph's variance; cryoSPARC's second
-threshold), so both thresholds can be set afterwards with
-:func:`pipelines.picking.picks.filter_picks`.
+every in-plane angle, multiplied by the micrograph's CTF (and by the micrograph's
+whitening filter where ``whitening`` > 0), masked to the particle's disc, and made
+zero-mean and unit-norm.  The micrograph is Fourier-cropped to the picking pixel and
+negated (dark particles become white).  For every template and angle one batched
+inverse FFT gives the correlation; each pixel keeps its best over templates and
+angles.  The local standard deviation under the disc (two FFT convolutions, shared
+by all templates) gives the score:
+
+* ``score="correlation"`` (the default): the correlation over the micrograph's mean
+  local SD, so a particle's own contrast counts.  It is the NCC times the square
+  root of the position's local variance over the mean local variance: equal to the
+  NCC where a position's SD is the micrograph's mean, above it where the particle
+  is darker than the background.
+* ``score="ncc"``: the normalised cross-correlation, each position's correlation
+  over its own local SD, in [-1, 1].
+
+``whitening`` is the exponent of the whitening filter ``1 / power ** (0.5 *
+whitening)`` from the micrograph's rotationally averaged power spectrum (applied to
+the micrograph and the templates): 1 is the matched filter for noise whose spectrum
+is the micrograph's (the picker's default until the template score was measured on
+real micrographs with a template set: docs/picking.md, *The template score*), 0
+(the default) none.  Every pick carries its score (``score``; the STAR file's
+``rlnAutopickFigureOfMerit``) and its power score (the local variance under the disc
+over the micrograph's variance; cryoSPARC's second threshold), so both thresholds
+can be set afterwards with :func:`pipelines.picking.picks.filter_picks`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.fft
@@ -38,9 +51,11 @@ from pipelines.picking.filters import (
 from pipelines.picking.picks import Picks, drop_edge_picks, suppress_non_maxima
 from pipelines.picking.threshold import MIN_PEAKS, mixture_threshold
 
-__all__ = ["pick_template", "prepare_templates"]
+__all__ = ["TEMPLATE_SCORES", "TemplateScore", "pick_template", "prepare_templates"]
 
 DEFAULT_ANGLES_DEG = np.arange(0.0, 360.0, 10.0)
+TemplateScore = Literal["ncc", "correlation"]
+TEMPLATE_SCORES: tuple[TemplateScore, ...] = ("ncc", "correlation")
 
 
 def prepare_templates(
@@ -119,14 +134,17 @@ def pick_template(
     min_distance_a: float | None = None,
     edge_px: int = 0,
     downscale_to_a: float | None = None,
-    whiten: bool = True,
+    score: TemplateScore = "correlation",
+    whitening: float = 0.0,
     dark_particles: bool = True,
     chunk: int = 32,
     workers: int = -1,
 ) -> Picks:
     """Pick particles matching ``templates`` (``(n, box, box)`` or ``(box, box)``).
 
-    The NCC threshold is ``min_ncc`` when given, else the NCC map's median plus
+    ``score`` and ``whitening``: see the module doc.  The threshold on the score
+    (``min_ncc``: named for the NCC, it thresholds either score) is ``min_ncc``
+    when given, else the score map's median plus
     ``threshold_sd`` robust standard deviations when that is given, else it is
     chosen per micrograph as the blob picker's is: the NCC map's local maxima, in
     robust SDs above its median, go to
@@ -168,11 +186,19 @@ def pick_template(
         small = -small
     spectrum = scipy.fft.rfft2(small, workers=workers)
     transfer = None
-    if whiten:
+    if score not in TEMPLATE_SCORES:
+        raise StageInputError(
+            "<arguments>", "score", score, f"need one of {', '.join(TEMPLATE_SCORES)}"
+        )
+    if not 0.0 <= whitening <= 1.0:
+        raise StageInputError("<arguments>", "whitening", whitening, "need 0 to 1")
+    if whitening > 0.0:
         power = (spectrum.real**2 + spectrum.imag**2).astype(np.float64)
         power[0, 0] = 0.0
         k, profile = radial_profile_filter(power, small_shape)
-        gain = 1.0 / np.sqrt(np.maximum(profile, profile.max() * 1e-6))
+        # whitening 1: 1 / sqrt(power), the matched filter in coloured noise;
+        # 0.5: 1 / power ** 0.25, half way (docs/picking.md, *Template*)
+        gain = np.maximum(profile, profile.max() * 1e-6) ** (-0.5 * whitening)
         transfer = (k, gain / gain.max())
         ky = np.fft.fftfreq(small_shape[0])[:, None]
         kx = np.fft.rfftfreq(small_shape[1])[None, :]
@@ -187,7 +213,9 @@ def pick_template(
         ctf=ctf,
         pixel_size_a=pick_px_a,
     )
-    ncc, anti, local_var = _ncc_map(small, spectrum, units, radius_px, chunk, workers)
+    ncc, anti, local_var = _ncc_map(
+        small, spectrum, units, radius_px, chunk, workers, local=score == "ncc"
+    )
     min_dist_px = (min_distance_a or 0.8 * diameter_a) / pick_px_a
     sub = ncc[::4, ::4]
     median, spread = float(np.median(sub)), max(robust_sd(sub), 1e-12)
@@ -274,9 +302,16 @@ def _ncc_map(
     radius_px: float,
     chunk: int,
     workers: int,
+    *,
+    local: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best NCC over ``units`` at every pixel, the best anti-correlation (NCC with
-    inverted contrast: the decoy map) and the local variance under the disc."""
+    inverted contrast: the decoy map) and the local variance under the disc.
+
+    ``local``: each position's correlation over its own SD under the disc (the
+    NCC); else over the map's mean local SD (``"correlation"``: the NCC times the
+    square root of the position's power score, so a particle's own contrast
+    counts)."""
     shape = image.shape
     box = units.shape[-1]
     mask = circular_mask(box, radius_px).astype(np.float32)
@@ -300,7 +335,10 @@ def _ncc_map(
         workers=workers,
     )
     local_var = np.maximum(local_sq / n_in - (local_sum / n_in) ** 2, 0.0)
-    denominator = np.sqrt(np.maximum(local_var * n_in, 1e-30)).astype(np.float32)
+    if local:
+        denominator = np.sqrt(np.maximum(local_var * n_in, 1e-30)).astype(np.float32)
+    else:
+        denominator = np.float32(np.sqrt(max(float(local_var.mean()) * n_in, 1e-30)))
     best = np.full(shape, -np.inf, dtype=np.float32)
     worst = np.full(shape, np.inf, dtype=np.float32)
     for start in range(0, units.shape[0], chunk):  # chunks of templates x angles

@@ -95,6 +95,20 @@ def test_pick_learned_refuses_a_fixed_threshold(
     )
 
 
+def test_pick_template_whitening_out_of_range_names_the_argument(
+    micrographs: tuple[list[Path], list],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths, _ = micrographs
+    argv = ["pick", str(paths[0]), "--pixel-size-a", "4", "--diameter-a", "130", "190"]
+    argv += ["--templates", str(tmp_path / "templates.mrcs")]
+    assert main([*argv, "--template-score", "ncc", "--template-whitening", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "livestream pick: --template-whitening has value 2.0: need 0 to 1"
+    )
+
+
 def test_pick_then_extract(
     micrographs: tuple[list[Path], list],
     tmp_path: Path,

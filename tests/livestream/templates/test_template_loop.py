@@ -324,12 +324,17 @@ async def test_guard_keeps_the_blob_picker_when_the_templates_pick_nothing(
             field = await handle.templates.after_snapshot(body)
             assert field is not None
             assert (field["version"], field["published"]) == (0, False)
-            assert field["guard"] == {
+            guard = dict(field["guard"])
+            # the blob picks at or above each exposure's median
+            assert n_blob / 2 <= guard.pop("blob_better_half") <= n_blob
+            assert guard == {
                 "exposures": 2,
                 "blob_picks": n_blob,  # the trial re-ran the stage's blob picker
                 "template_picks": 0,
                 "ratio": 0.0,
                 "min_pick_ratio": 0.5,
+                "blob_recovered": 0.0,
+                "min_blob_recovered": 0.85,
                 "accepted": False,
             }
             assert handle.templates.current is None
