@@ -44,11 +44,11 @@ COARSE_ITERATIONS = 3
 PATCH_TOLERANCE_PX = 0.03
 # the per-frame patch pass ends early, and the local model is rejected, once
 # the F-test on its current estimate (from iteration REJECT_FROM_ITERATION on)
-# is below REJECT_MARGIN × the critical value: the F value of the converged
-# estimate differed from the second iteration's by at most 5 % on the
-# benchmark and test movies (from the first iteration's by up to 16 %), so a
-# movie this far below the line is rejected by the full estimate too; the
-# iterations left (2 of 4 on the 4096² benchmark movie) are not paid
+# is below REJECT_MARGIN × the critical value: the second iteration's F value
+# was 1.00-1.05 × the converged estimate's on the benchmark and test movies
+# (the first iteration's 0.86-1.11), so a movie this far below the line is
+# rejected by the converged estimate too; the iterations left (2 of 4 on the
+# 4096² benchmark movie) are not paid (docs/motion.md, Speed, tenth revision)
 REJECT_FROM_ITERATION = 2
 REJECT_MARGIN = 0.85
 
