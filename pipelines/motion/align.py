@@ -15,6 +15,7 @@ All work is batched over leading axes: a stack of patches aligns in one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from types import ModuleType
@@ -365,6 +366,7 @@ def align_stack(
     tolerance_px: float = 0.01,
     group_half_width: int = 0,
     initial_shifts_px: Any = None,
+    stop: Callable[[Any, int], bool] | None = None,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> Any:
@@ -378,6 +380,9 @@ def align_stack(
     ``initial_shifts_px`` starts from earlier shifts with a small search window.  The
     iterations run on the spectra cropped where the B-factor weight is negligible
     (:func:`crop_spectra`): a negligible change to the result, less FFT work.
+    ``stop(shifts, iteration)``, when given, is asked after each iteration
+    (``iteration`` counted from 1) with the shifts as they would be returned
+    then; True ends the iterations there (the caller has decided on them).
     """
     full_y, full_x = shape
     spectra, shape = crop_spectra(spectra, shape, bfactor_px2, xp=xp)
@@ -414,9 +419,16 @@ def align_stack(
             group_half_width,
             workers,
             xp,
+            stop,
         )
-    shifts -= shifts[..., 0:1, :]
-    return shifts * xp.asarray(scale)
+    return _returned(shifts, scale, xp)
+
+
+def _returned(shifts: Any, scale: np.ndarray, xp: ModuleType) -> Any:
+    """The shifts of the cropped grid as :func:`align_stack` returns them:
+    relative to the first frame, in pixels of the full grid."""
+    relative = shifts - shifts[..., 0:1, :]
+    return relative * xp.asarray(scale)
 
 
 def _iterate(
@@ -433,6 +445,7 @@ def _iterate(
     group_half_width: int,
     workers: int,
     xp: ModuleType,
+    stop: Callable[[Any, int], bool] | None = None,
 ) -> Any:
     """:func:`align_stack`'s iterations (on the cropped grid ``shape``)."""
     initial = start is not None
@@ -468,5 +481,7 @@ def _iterate(
         # the common translation is free: pin the mean (well conditioned), not frame 0
         shifts -= shifts.mean(axis=-2, keepdims=True)
         if float(xp.max(xp.abs(update))) * float(np.max(scale)) < tolerance_px:
+            break
+        if stop is not None and stop(_returned(shifts, scale, xp), iteration + 1):
             break
     return shifts

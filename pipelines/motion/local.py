@@ -42,6 +42,15 @@ COARSE_ITERATIONS = 3
 # 1.1 CPU s less; the last three moved the patch shifts by 0.006 px RMS (0.07
 # px at most, unbinned) against their 0.8 px scatter about the fitted model
 PATCH_TOLERANCE_PX = 0.03
+# the per-frame patch pass ends early, and the local model is rejected, once
+# the F-test on its current estimate (from iteration REJECT_FROM_ITERATION on)
+# is below REJECT_MARGIN × the critical value: the second iteration's F value
+# was 1.00-1.05 × the converged estimate's on the benchmark and test movies
+# (the first iteration's 0.86-1.11), so a movie this far below the line is
+# rejected by the converged estimate too; the iterations left (2 of 4 on the
+# 4096² benchmark movie) are not paid (docs/motion.md, Speed, tenth revision)
+REJECT_FROM_ITERATION = 2
+REJECT_MARGIN = 0.85
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +155,48 @@ def _predicts_held_out_patches(
     return rss_none > 0 and rss_model < rss_none
 
 
+@dataclass(frozen=True, slots=True)
+class _FitTest:
+    """The polynomial fitted to the patch data and its F-test against no local
+    motion (:func:`_fit_and_test`)."""
+
+    coefficients: np.ndarray  # (2, 18)
+    used: np.ndarray  # (n_patches,) bool: not an outlier
+    rms: np.ndarray  # (n_patches,) RMS residual of each patch, px
+    f_value: float  # 0 when the test cannot be made
+    critical: float  # the F distribution's upper SIGNIFICANCE point (inf: none)
+
+
+def _fit_and_test(data: np.ndarray, basis: np.ndarray) -> _FitTest:
+    """Fit the polynomial to ``data`` ``(n_patches, n_frames, 2)`` (unbinned px)
+    at the patches' ``basis``, drop the patches whose residual is > 3 × the
+    median and fit again, and make the F-test: does the model reduce the
+    residual more than 36 noise dimensions would?"""
+    n_frames = data.shape[1]
+    used = np.ones(data.shape[0], dtype=bool)
+    coef, model = _fit(data, basis, used)
+    centred = data - data.mean(axis=1, keepdims=True)
+    rms = np.sqrt(((centred - model) ** 2).sum(axis=-1).mean(axis=-1))
+    outliers = rms > 3.0 * np.median(rms)
+    if outliers.any() and (~outliers).sum() >= 6:
+        used = ~outliers
+        coef, model = _fit(data, basis, used)
+        rms = np.sqrt(((centred - model) ** 2).sum(axis=-1).mean(axis=-1))
+    n_used = int(used.sum())
+    rss_model = float(np.sum(((centred - model)[used]) ** 2))
+    rss_none = float(np.sum(centred[used] ** 2))
+    dof = 2 * n_used * (n_frames - 1) - 2 * N_COEFFS_PER_AXIS
+    f_value, critical = 0.0, float("inf")
+    if dof > 0 and rss_model > 0:
+        f_value = ((rss_none - rss_model) / (2 * N_COEFFS_PER_AXIS)) / (rss_model / dof)
+        # the F distribution's upper SIGNIFICANCE point (scipy.stats.f.isf, without
+        # importing scipy.stats: 0.8 CPU s on every import of the motion stage)
+        critical = float(
+            scipy.special.fdtri(2 * N_COEFFS_PER_AXIS, dof, 1.0 - SIGNIFICANCE)
+        )
+    return _FitTest(coef, used, rms, float(f_value), critical)
+
+
 def align_patches(
     aligned: Any,
     bin_factor: int,
@@ -167,6 +218,11 @@ def align_patches(
     patch searches only a few pixels).  ``damage`` weights each frame by its
     expected damaged signal (matched filter); ``group_half_width`` > 0 aligns
     triangle-weighted sums of neighbouring frames first, as the global alignment.
+    The per-frame pass ends early, the model rejected (``significant`` False,
+    the fit of that estimate returned), once the F-test on its estimate is
+    below ``REJECT_MARGIN`` × the critical value from iteration
+    ``REJECT_FROM_ITERATION`` on; a model that is kept is always fitted to the
+    converged estimate.
     """
     fft = fft_module(xp)
     n_frames, my, mx = aligned.shape
@@ -207,18 +263,6 @@ def align_patches(
             workers=workers,
             xp=xp,
         )
-    shifts = align_stack(
-        spectra,
-        (box_y, box_x),
-        bfactor_px2=bfactor_px2 / bin_factor**2,
-        max_shift_px=max_shift_px / bin_factor,
-        n_iterations=10,
-        tolerance_px=PATCH_TOLERANCE_PX,
-        initial_shifts_px=start,
-        workers=workers,
-        xp=xp,
-    )
-    data = to_numpy(shifts) * bin_factor  # (n_patches, n_frames, 2) unbinned px
     ny, nx = full_shape
     centers = np.array(
         [
@@ -227,27 +271,33 @@ def align_patches(
         ]
     )
     basis = spatial_basis(centers[:, 0] / nx - 0.5, centers[:, 1] / ny - 0.5)
-    used = np.ones(len(starts), dtype=bool)
-    coef, model = _fit(data, basis, used)
-    centred = data - data.mean(axis=1, keepdims=True)
-    rms = np.sqrt(((centred - model) ** 2).sum(axis=-1).mean(axis=-1))
-    outliers = rms > 3.0 * np.median(rms)
-    if outliers.any() and (~outliers).sum() >= 6:
-        used = ~outliers
-        coef, model = _fit(data, basis, used)
-        rms = np.sqrt(((centred - model) ** 2).sum(axis=-1).mean(axis=-1))
-    # F-test: does the model reduce the residual more than 36 noise dimensions would?
-    n_used = int(used.sum())
-    rss_model = float(np.sum(((centred - model)[used]) ** 2))
-    rss_none = float(np.sum(centred[used] ** 2))
-    dof = 2 * n_used * (n_frames - 1) - 2 * N_COEFFS_PER_AXIS
-    significant = False
-    if dof > 0 and rss_model > 0:
-        f_value = ((rss_none - rss_model) / (2 * N_COEFFS_PER_AXIS)) / (rss_model / dof)
-        # the F distribution's upper SIGNIFICANCE point (scipy.stats.f.isf, without
-        # importing scipy.stats: 0.8 CPU s on every import of the motion stage)
-        critical = scipy.special.fdtri(2 * N_COEFFS_PER_AXIS, dof, 1.0 - SIGNIFICANCE)
-        significant = bool(f_value > critical)
+    early: list[_FitTest] = []  # the fit that ended the iterations, if one did
+
+    def clearly_rejected(current: Any, iteration: int) -> bool:
+        if iteration < REJECT_FROM_ITERATION:
+            return False
+        fit = _fit_and_test(to_numpy(current) * bin_factor, basis)
+        if fit.f_value < REJECT_MARGIN * fit.critical:
+            early.append(fit)
+            return True
+        return False
+
+    shifts = align_stack(
+        spectra,
+        (box_y, box_x),
+        bfactor_px2=bfactor_px2 / bin_factor**2,
+        max_shift_px=max_shift_px / bin_factor,
+        n_iterations=10,
+        tolerance_px=PATCH_TOLERANCE_PX,
+        initial_shifts_px=start,
+        stop=clearly_rejected,
+        workers=workers,
+        xp=xp,
+    )
+    data = to_numpy(shifts) * bin_factor  # (n_patches, n_frames, 2) unbinned px
+    fit = early[0] if early else _fit_and_test(data, basis)
+    coef, used, rms = fit.coefficients, fit.used, fit.rms
+    significant = not early and fit.f_value > fit.critical
     if significant:
         significant = _predicts_held_out_patches(data, basis, used, py, px)
     # fix each patch's gauge so that its data match the model at frame 0

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion.align import align_stack, phase_ramp
+from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion.align import _phase_ramps_1d, align_stack, phase_ramp
+from pipelines.motion.dose import FrameFilters
 from pipelines.xp import to_numpy
 
 __all__ = [
@@ -62,6 +64,29 @@ def _ring_mean(
     return mean
 
 
+def _fused_damage(
+    spectra: Any, amplitudes: Any, xp: ModuleType
+) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``(half_inv_ne, exposures, damaged)`` for the numba kernels
+    (:func:`pipelines.motion._kernels.snr_sums`, ``weight_damaged``) when
+    ``spectra`` is a C-contiguous complex64 NumPy stack and ``amplitudes`` None
+    or :class:`pipelines.motion.dose.FrameFilters` of its grid, else None (the
+    array path: CuPy, or a stack of filters)."""
+    if xp is not np or not isinstance(spectra, np.ndarray):
+        return None
+    if spectra.dtype != np.complex64 or not spectra.flags.c_contiguous:
+        return None
+    if amplitudes is None:
+        empty = np.zeros((1, 1), dtype=np.float32)
+        return empty, np.zeros(spectra.shape[0], dtype=np.float32), False
+    if not isinstance(amplitudes, FrameFilters) or amplitudes.xp is not np:
+        return None
+    if amplitudes.half_inv_ne.shape != spectra.shape[-2:]:
+        return None
+    half_inv_ne = np.ascontiguousarray(amplitudes.half_inv_ne, dtype=np.float32)
+    return half_inv_ne, amplitudes.exposures, True
+
+
 def spectral_snr_weights(
     spectra: Any,
     shape: tuple[int, int],
@@ -86,8 +111,14 @@ def spectral_snr_weights(
     squared_sums = xp.zeros((2, *plane), dtype=xp.float32)
     power_sum = xp.zeros(plane, dtype=xp.float32)
     shifts = xp.asarray(shifts_px)
+    fused = _fused_damage(spectra, amplitudes, xp)
+    if fused is not None:  # NumPy: one numba pass, the ramps and filters made in it
+        ramp_y, ramp_x = _phase_ramps_1d(shape, shifts)
+        _motion_kernels.snr_sums(
+            spectra, ramp_y, ramp_x, *fused, sums, squared_sums, power_sum
+        )
     # one frame at a time: no stack-sized temporaries
-    for f in range(n):
+    for f in range(n if fused is None else 0):
         aligned = phase_ramp(shape, shifts[f], xp=xp)
         aligned *= spectra[f]
         power_sum += aligned.real**2 + aligned.imag**2
@@ -160,10 +191,14 @@ def refine_at_finer_bin(
         return shifts
     # with overwrite the stack is weighted in place: no stack-sized copies
     spectra = spectra if overwrite else spectra.copy()
-    if amplitudes is not None:  # one frame at a time: they may be made lazily
-        for f in range(spectra.shape[0]):
-            spectra[f] *= amplitudes[f]
-    spectra *= xp.sqrt(weights)
+    fused = _fused_damage(spectra, amplitudes, xp)
+    if fused is not None:  # one numba pass: filters made in it, no temporaries
+        _motion_kernels.weight_damaged(spectra, *fused, xp.sqrt(weights))
+    else:
+        if amplitudes is not None:  # one frame at a time: they may be made lazily
+            for f in range(spectra.shape[0]):
+                spectra[f] *= amplitudes[f]
+        spectra *= xp.sqrt(weights)
     del amplitudes
     refined = align_stack(
         spectra,

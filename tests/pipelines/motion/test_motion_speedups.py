@@ -1,7 +1,7 @@
 """Shortcuts of the motion stage against the direct computations: the defect
-map of PreparedFrames (one frame at a time from the integer movie) and the
+map of PreparedFrames (one frame at a time from the integer movie), the
 dose-weighting grids computed on half the rows, mirrored and kept for the next
-movie."""
+movie, and the spectral-SNR sums and weighting in one numba pass."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from pipelines.motion.defects import (
 )
 from pipelines.motion.dose import (
     DamageModel,
+    FrameFilters,
     critical_exposure_e_per_a2,
     frame_exposures_e_per_a2,
 )
+from pipelines.motion.weighting import refine_at_finer_bin, spectral_snr_weights
 
 
 def test_prepared_frames_defect_map_matches_the_two_detectors(
@@ -105,3 +107,42 @@ def test_damage_filters_in_place_match_the_formula() -> None:
     assert filters.shape == (12, 48, 21)
     np.testing.assert_array_equal(filters, expected)
     assert np.all(np.diff(filters[:, 10, 10]) < 0)  # later frames: less signal
+
+
+def test_fused_snr_weighting_matches_the_array_path(rng: np.random.Generator) -> None:
+    """The numba pass (FrameFilters made inside it) against the array path (a
+    stack of the same filters, frame by frame): the weights to float32
+    rounding, the refined shifts to 1e-4 px."""
+    n, size = 12, 96
+    shape = (size, size)
+    spectra = np.fft.rfft2(rng.poisson(2.0, size=(n, *shape))).astype(np.complex64)
+    spectra[:, 0, 0] = 0
+    shifts = rng.normal(scale=1.5, size=(n, 2))
+    damage = DamageModel(
+        pixel_size_a=1.0,
+        exposures_e_per_a2=frame_exposures_e_per_a2(n, 2.0, 0.0),
+        voltage_kv=300.0,
+    )
+    frame_filters = FrameFilters(damage, shape, 2.0)
+    stack = np.stack([frame_filters[f] for f in range(n)])  # the array path
+    for fused, array in ((frame_filters, stack), (None, None)):
+        expected = spectral_snr_weights(spectra, shape, shifts, array)
+        if array is None:  # a non-contiguous stack takes the array path too
+            expected = spectral_snr_weights(
+                np.asfortranarray(spectra), shape, shifts, None
+            )
+        weights = spectral_snr_weights(spectra, shape, shifts, fused)
+        assert weights is not None
+        assert expected is not None
+        np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-6)
+    refined = refine_at_finer_bin(
+        spectra,
+        shifts / 2,
+        shape,
+        (2.0, 2.0),
+        None,
+        make_amplitudes=lambda: frame_filters,
+    )
+    expected = refine_at_finer_bin(spectra, shifts / 2, shape, (2.0, 2.0), stack)
+    np.testing.assert_allclose(refined, expected, atol=1e-4)
+    assert np.abs(refined - shifts / 2).max() > 1e-3  # the refinement did move them
