@@ -49,6 +49,10 @@ def run(*cmd: str) -> int:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".venv" / "numba-cache"))
+    # the suite starts many Python processes (services, their workers, the CLI
+    # commands, the 3D children): with PYTHONDONTWRITEBYTECODE each one compiles
+    # the project's modules again; __pycache__ is git-ignored
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 

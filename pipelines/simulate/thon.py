@@ -45,9 +45,16 @@ def make_thon_micrograph(
     ctf = ctf_2d(shape, pixel_size_a, params, dtype=np.float64)
     specimen = filtered(falloff * -ctf)  # dark particles: the image carries -CTF
     background = filtered(1.0 / (1.0 + k / 0.05) ** 2)
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] / max(shape)
+    # the ice gradient from a column and a row (broadcast, no full index grids)
+    yy = np.arange(shape[0])[:, None] / max(shape)
+    xx = np.arange(shape[1])[None, :] / max(shape)
     gradient = 0.1 * (xx - 0.5) + 0.05 * (yy - 0.5) ** 2
     mean = dose_e_per_a2 * pixel_size_a**2
-    relative = 1.0 + contrast * specimen + background_contrast * background + gradient
-    counts: NDArray[np.int64] = rng.poisson(mean * np.clip(relative, 0.0, None))
+    relative = contrast * specimen
+    relative += 1.0
+    relative += background_contrast * background
+    relative += gradient
+    np.clip(relative, 0.0, None, out=relative)
+    relative *= mean
+    counts: NDArray[np.int64] = rng.poisson(relative)
     return counts.astype(np.float32)

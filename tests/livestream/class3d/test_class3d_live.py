@@ -236,10 +236,10 @@ async def test_two_live_classes_a_refinement_at_drain_once_and_on_request(
         class3d={
             "classes": 2,
             "max_passes": 4.0,  # past n_minibatches: the classification runs
-            "classify_iterations": 3,
+            "classify_iterations": 1,  # the wiring is tested here, not convergence
             "refine_at_drain": True,
             "rebalance_at_drain": True,
-            "refine_max_iterations": 3,
+            "refine_max_iterations": 2,  # the least the config allows
         },
         workers={"drain_timeout_s": 240.0},
     )

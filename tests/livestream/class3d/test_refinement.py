@@ -61,7 +61,7 @@ def _config(project: Path, **class3d: Any) -> ServiceConfig:
             "project": {"path": project},
             "stages": {"chain": ["motion", "ctf", "pick", "extract"]},
             "class3d": {
-                "refine_max_iterations": 3,
+                "refine_max_iterations": 2,  # the least the config allows
                 "start_particles": 60,
                 **class3d,
             },

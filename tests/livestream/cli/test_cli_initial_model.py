@@ -17,14 +17,14 @@ from pipelines.simulate.volumes import phantom_volume
 from tests.pipelines.reconstruct.conftest import simulate_particles
 
 PX = 6.0
+SMALL_BOX = 24
 
 
-@pytest.fixture(scope="module")
-def particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("project")
-    truth = phantom_volume(32, PX, np.random.default_rng(41))
+def _unposed_star(folder: Path, box_px: int, n_particles: int) -> Path:
+    """``n_particles`` of a phantom at ``box_px``, written without their poses."""
+    truth = phantom_volume(box_px, PX, np.random.default_rng(41))
     data = simulate_particles(
-        truth, 240, pixel_size_a=PX, rng=np.random.default_rng(42), snr=1.0
+        truth, n_particles, pixel_size_a=PX, rng=np.random.default_rng(42), snr=1.0
     )
     (folder / "Select").mkdir()
     star = write_posed_particles(
@@ -40,14 +40,26 @@ def particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return star
 
 
-@pytest.mark.slow  # 2 starts x 2 mini-batches, a classification iteration: ~100 s loaded
+@pytest.fixture(scope="module")
+def particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unposed_star(tmp_path_factory.mktemp("project"), 32, 240)
+
+
+@pytest.fixture(scope="module")
+def small_particles_star(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files and fields are checked here, not the map: box 24, 120 particles."""
+    return _unposed_star(tmp_path_factory.mktemp("small"), SMALL_BOX, 120)
+
+
+@pytest.mark.slow  # 2 starts x 2 mini-batches, a classification iteration: ~25 s loaded
 def test_initial_model_writes_relions_files(
-    particles_star: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_particles_star: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--classes 2``: VDAM with two classes from the better of two starts,
     finished by one iteration of 3D classification over every particle."""
     out = tmp_path / "InitialModel"
-    args = ["initial-model", str(particles_star), "--classes", "2", "--out", str(out)]
+    star = str(small_particles_star)
+    args = ["initial-model", star, "--classes", "2", "--out", str(out)]
     more = ["--mini-batches", "2", "--starts", "2", "--class-iterations", "1"]
     assert main([*args, *more, "--seed", "3", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -62,14 +74,14 @@ def test_initial_model_writes_relions_files(
     ]
     for path in summary["maps"]:
         with mrcfile.open(path) as mrc:
-            assert mrc.data.shape == (32, 32, 32)
+            assert mrc.data.shape == (SMALL_BOX,) * 3
             assert mrc.voxel_size.x == pytest.approx(PX)
     assert sum(summary["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
     assert len(summary["resolution_a"]) == 2
-    assert all(2 * PX <= r < 32 * PX for r in summary["resolution_a"])
+    assert all(2 * PX <= r < SMALL_BOX * PX for r in summary["resolution_a"])
     assert summary["seconds"] > 0
     data = starfile.read(out / "run_it002_data.star", always_dict=True)["particles"]
-    assert len(data) == 240
+    assert len(data) == 120
     assert set(data["rlnClassNumber"]) <= {1, 2}
     for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
         assert np.isfinite(data[column]).all()

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from livestream.daemon import ServiceHandle, run_service
+from livestream.dashboard import server
 from livestream.dashboard.api import DASHBOARD_SCHEMA
 from livestream.ledger.store import Ledger
 from livestream.ledger.summary import summarize_ledger
@@ -119,8 +120,12 @@ async def test_documents_match_the_ledger_and_carry_the_schema(running: Any) -> 
     assert json.loads(body) == {"schema": DASHBOARD_SCHEMA, "snapshot": None}
 
 
-async def test_the_initial_model_document_and_its_pictures(running: Any) -> None:
+async def test_the_initial_model_document_and_its_pictures(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base, project, _ = running
+    # the document cache's age limit (5 s) shortened: its rebuild is tested, not 5 s
+    monkeypatch.setattr(server, "_STALE_S", 1.5)
     status, _, body = await _get(base, "/api/v1/class3d")
     assert json.loads(body) == {"schema": DASHBOARD_SCHEMA, "snapshot": None}
     status, _, _ = await _get(base, "/api/v1/class3d/slices.png")
@@ -148,7 +153,7 @@ async def test_the_initial_model_document_and_its_pictures(running: Any) -> None
             }
         )
     )
-    await asyncio.sleep(5.1)  # past the document cache (no service events now)
+    await asyncio.sleep(1.6)  # past the document cache (no service events now)
     status, _, body = await _get(base, "/api/v1/class3d")
     snapshot = json.loads(body)["snapshot"]
     assert snapshot["iteration"] == 10

@@ -82,7 +82,7 @@ def _start_demo(project: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]
         demo = subprocess.Popen(
             [
                 sys.executable, "-m", "livestream.cli.main", "demo",
-                "--exposures", str(N_EXPOSURES), "--interval-s", "3",
+                "--exposures", str(N_EXPOSURES), "--interval-s", "1.5",
                 "--size-px", "512", "--workers", "1", "--metrics-port", "0",
                 "--dashboard-port", "0", "--project", str(project),
             ],

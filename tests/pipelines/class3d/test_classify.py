@@ -180,15 +180,16 @@ def test_references_of_another_box_are_refused(conformations: np.ndarray) -> Non
         )
 
 
-@pytest.mark.slow  # 5 EM iterations over 400 particles: ~70 s on a loaded machine
+@pytest.mark.slow  # at most 5 EM iterations over 200 particles: ~35 s loaded
 def test_two_references_separate_the_conformations(
     conformations: np.ndarray,
 ) -> None:
     """The references are the two conformations low-passed at 60 Å (the
-    command's --ini-high): what an initial model of two classes gives."""
+    command's --ini-high): what an initial model of two classes gives.
+    200 particles: 98.5 % right, converged at the third iteration (400: 98 %)."""
     particles, truth = simulate_mixture(
         list(conformations),
-        [200, 200],
+        [100, 100],
         pixel_size_a=PX,
         snr=0.5,
         rng=np.random.default_rng(3),

@@ -94,7 +94,7 @@ def plan(mixture: tuple[PosedParticles, np.ndarray]) -> StagedPlan:
         n_minibatches=5,
         class_iterations=3,
         class_angular_step_deg=15.0,
-        refine_max_iterations=3,
+        refine_max_iterations=2,  # (class_iterations=2 drops only 57 % of the junk)
         skip_align_starts=2,
         skip_align_iterations=10,
     )
