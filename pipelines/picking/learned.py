@@ -21,7 +21,12 @@ own mixture threshold (the blob picker's default) are taken as particles and tho
 below it as background; then, ``ROUNDS`` times, the model relabels the candidates
 (log-odds above or below 0) and is fitted again to the surest
 ``CONFIDENT_FRACTION`` of each side, so that the share of particles among the
-candidates may be anything.  The classes are weighted to equal total weight, so
+candidates may be anything.  At each relabelling, of two particle calls closer
+than ``SAME_PARTICLE`` smallest diameters the lower-scoring one is called
+background (:func:`one_call_per_particle`): such a pair is one particle and an
+off-centre view of it, or two touching ones of which the final suppression keeps
+one, so the model learns that a patch half on a particle is not a pick.  The
+classes are weighted to equal total weight, so
 log-odds 0 is "as likely particle as background"; the picks are the candidates
 above it, their log-odds the score, and non-maximum suppression at the candidates'
 spacing.
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from scipy.spatial import cKDTree
 
 from pipelines.errors import StageInputError
 from pipelines.picking.blob import (
@@ -58,9 +64,11 @@ __all__ = [
     "CANDIDATE_SD",
     "CANDIDATE_SPACING",
     "PATCH_PX",
+    "SAME_PARTICLE",
     "LearnedModel",
     "candidate_features",
     "fit_logistic",
+    "one_call_per_particle",
     "pick_learned",
     "pick_learned_set",
 ]
@@ -71,6 +79,7 @@ PATCH_DIAMETERS = 1.5  # the patch, in largest diameters
 PATCH_PX = 24  # ... and in pixels
 ROUNDS = 2  # self-training rounds after the first fit
 CONFIDENT_FRACTION = 0.5  # the surest share of each side trains the next round
+SAME_PARTICLE = 0.8  # calls closer (smallest diameters): the lower is background
 L2 = 1.0  # ridge on the standardised features
 _NEWTON_STEPS = 25
 _MIN_CANDIDATES = 20  # fewer (in the whole set): the blob picker's picks
@@ -228,14 +237,33 @@ def _candidates(
     return _Candidates(picks, features, initial)
 
 
-def _self_train(features: np.ndarray, initial: np.ndarray) -> LearnedModel:
-    """The model after ``ROUNDS`` of relabelling (module docstring)."""
+def one_call_per_particle(
+    xy: np.ndarray, odds: np.ndarray, radius_px: float
+) -> np.ndarray:
+    """The particle calls (``odds >= 0``) less those with a higher-scoring call
+    closer than ``radius_px`` (``xy``: ``(n, 2)``): ``(n,)`` bool.  Every close pair
+    loses its lower member, whether or not the higher one is itself dropped."""
+    labels = odds >= 0.0
+    index = np.flatnonzero(labels)
+    if len(index) < 2 or radius_px <= 0:
+        return labels
+    pairs = cKDTree(xy[index]).query_pairs(radius_px, output_type="ndarray")
+    a, b = index[pairs[:, 0]], index[pairs[:, 1]]
+    labels[np.where(odds[a] < odds[b], a, b)] = False
+    return labels
+
+
+def _self_train(
+    features: np.ndarray, initial: np.ndarray, xy: np.ndarray, radius_px: float
+) -> LearnedModel:
+    """The model after ``ROUNDS`` of relabelling (module docstring); ``xy`` the
+    candidates' positions (micrographs of a set apart by more than ``radius_px``)."""
     labels = initial.copy()
     keep = np.ones(len(labels), dtype=bool)
     for _ in range(ROUNDS):
         model = fit_logistic(features[keep], labels[keep])
         odds = model.log_odds(features)
-        labels = odds >= 0.0
+        labels = one_call_per_particle(xy, odds, radius_px)
         if labels.all() or not labels.any():
             break
         # the confident calls of each side (adapts to the share of particles)
@@ -303,7 +331,15 @@ def pick_learned_set(
             )
             for c in found
         ]
-    model = _self_train(features, initial)
+    # the micrographs side by side, far apart: no pair spans two of them
+    offset = 2.0 * max(max(c.picks.shape) for c in found)
+    xy = np.concatenate(
+        [
+            np.column_stack([c.picks.x_px + i * offset, c.picks.y_px])
+            for i, c in enumerate(found)
+        ]
+    )
+    model = _self_train(features, initial, xy, SAME_PARTICLE * d_min / pixel_size_a)
     return [_finish(c, model.log_odds(c.features), d_min, edge_px) for c in found]
 
 
