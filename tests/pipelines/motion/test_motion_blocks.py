@@ -91,7 +91,7 @@ def test_dose_aware_scale_keeps_the_uniform_tolerances_worst_loss():
     assert loss[inside].max() <= worst * 1.01
     assert loss[inside].max() > 0.9 * worst  # and not far below it
     # the default floor keeps the early frames at the uniform tolerance: the
-    # loss then exceeds the bound (documented: by up to half)
+    # loss then exceeds the bound (documented: by 51 % uncapped, at Nyquist)
     capped = dose_tolerance_scale(exposures, pixel, 300.0, cap=2.0)
     assert np.allclose(capped, np.clip(scale, 1.0, 2.0))
     d2 = (tol * capped) ** 2
