@@ -28,7 +28,8 @@ correlation of the dose-weighted sum with the clean image, for ``--truth-seeds``
 movies (the spread between seeds is the figure's noise).
 
     .venv/bin/python benchmarks/bench_motion_local.py [--keep DIR] [--runs 2]
-        [--size 4096] [--tolerances 0.1 0.15 0.2 0.3] [--truth-size 1024]
+        [--size 4096] [--tolerances 0.1 0.15 0.2 0.3] [--dose-caps 2 4]
+        [--truth-size 1024]
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ from bench_chain import cpu_s, make_movies, peak_gb, reset_peak
 from bench_motion import _bound
 
 import pipelines.motion.correct as correct_module
-from pipelines.motion.blocks import LOCAL_BLOCK_TOLERANCE_PX, local_blocks
+from pipelines.motion.blocks import (
+    LOCAL_BLOCK_DOSE_CAP,
+    LOCAL_BLOCK_TOLERANCE_PX,
+    dose_tolerance_scale,
+    local_blocks,
+)
 from pipelines.motion.job import run_motion
 from pipelines.motion.spectra import HeldSpectra, band_spectra
 from pipelines.motion.summing import sum_frames
@@ -56,13 +62,27 @@ from tests.pipelines.motion_movies import make_movie, true_local_coefficients
 BORDER_PX = 16
 
 
+def _scale(cap: float | None, n_frames: int) -> np.ndarray | None:
+    """The dose-aware tolerance's factors as the stage makes them (1 e/Å² per
+    frame, 1 Å/px, 300 kV), or None (uniform)."""
+    if cap is None:
+        return None
+    exposures = np.arange(1, n_frames + 1, dtype=np.float64)
+    return dose_tolerance_scale(exposures, 1.0, 300.0, cap)
+
+
 def _timed_sum(
-    original: Callable[..., Any], record: dict[str, Any], tolerance: float | None
+    original: Callable[..., Any],
+    record: dict[str, Any],
+    tolerance: float | None,
+    cap: float | None,
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = cpu_s()
-        result = original(*args, local_tolerance_px=tolerance, **kwargs)
+        result = original(
+            *args, local_tolerance_px=tolerance, local_dose_cap=cap, **kwargs
+        )
         record["sum_cpu"] = cpu_s() - start
         record["sums"] = (
             np.array(result[0]),
@@ -73,7 +93,12 @@ def _timed_sum(
             0
             if coefficients is None or tolerance is None
             else len(
-                local_blocks(coefficients, args[0].shape[0], tolerance_px=tolerance)
+                local_blocks(
+                    coefficients,
+                    args[0].shape[0],
+                    tolerance_px=tolerance,
+                    scale=_scale(cap, args[0].shape[0]),
+                )
             )
         )
         return result
@@ -82,12 +107,15 @@ def _timed_sum(
 
 
 def run_once(
-    movie: Path, tolerance: float | None, save_no_dw: bool = False
+    movie: Path,
+    tolerance: float | None,
+    save_no_dw: bool = False,
+    cap: float | None = LOCAL_BLOCK_DOSE_CAP,
 ) -> dict[str, Any]:
     """``run_motion`` on ``movie`` with the sum's tolerance set; CPU, sums, peak."""
     record: dict[str, Any] = {}
     original = correct_module.sum_frames
-    correct_module.sum_frames = _timed_sum(original, record, tolerance)
+    correct_module.sum_frames = _timed_sum(original, record, tolerance, cap)
     try:
         reset_peak()
         with tempfile.TemporaryDirectory() as out:
@@ -133,7 +161,10 @@ def _frc_bands(a: np.ndarray, b: np.ndarray, n_bands: int = 4) -> list[float]:
 
 
 def against_truth(
-    size: int, n_frames: int, tolerances: list[float], seeds: int
+    size: int,
+    n_frames: int,
+    settings: list[tuple[str, float | None, float | None]],
+    seeds: int,
 ) -> None:
     """Correlation of the dose-weighted sum with the simulator's clean image, per
     tolerance and exact (see the module's docstring)."""
@@ -158,7 +189,7 @@ def against_truth(
         band_spectra(movie.frames, 1, hold=held, workers=1)
         truth = movie.clean[inner].astype(np.float64)
         truth = truth - truth.mean()
-        for tolerance in [*tolerances, None]:
+        for name, tolerance, cap in settings:
             full = sum_frames(
                 movie.frames,
                 shifts,
@@ -168,6 +199,7 @@ def against_truth(
                 local_coefficients=coefficients,
                 held=held,
                 local_tolerance_px=tolerance,
+                local_dose_cap=cap,
                 plain_sum=False,
                 workers=1,
             )[0]
@@ -179,12 +211,18 @@ def against_truth(
             blocks = (
                 n_frames
                 if tolerance is None
-                else len(local_blocks(coefficients, n_frames, tolerance_px=tolerance))
+                else len(
+                    local_blocks(
+                        coefficients,
+                        n_frames,
+                        tolerance_px=tolerance,
+                        scale=_scale(cap, n_frames),
+                    )
+                )
             )
-            name = "exact" if tolerance is None else f"{tolerance:g}"
             frc = " ".join(f"{v:.4f}" for v in _frc_bands(full, movie.clean))
             print(
-                f"  seed {seed} {name:6s} ({blocks:2d} blocks): correlation "
+                f"  seed {seed} {name:9s} ({blocks:2d} blocks): correlation "
                 f"{corr:.5f}, FRC with the truth in bands {frc}"
             )
 
@@ -202,11 +240,26 @@ def main() -> None:
         default=[LOCAL_BLOCK_TOLERANCE_PX],
         help="block tolerances (px) to measure",
     )
+    parser.add_argument(
+        "--dose-caps",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also at the first tolerance with the dose-aware factors capped "
+        "here (blocks.dose_tolerance_scale); mode '<tol>d<cap>'",
+    )
     parser.add_argument("--truth-size", type=int, default=1024, help="0: skip")
     parser.add_argument("--truth-seeds", type=int, default=2)
     args = parser.parse_args()
+    first = args.tolerances[0]
+    # (name, tolerance, dose cap): uniform tolerances, dose-aware ones, exact
+    settings: list[tuple[str, float | None, float | None]] = [
+        *((f"{t:g}", t, None) for t in args.tolerances),
+        *((f"{first:g}d{c:g}", first, c) for c in args.dose_caps),
+        ("exact", None, None),
+    ]
     if args.truth_size:
-        against_truth(args.truth_size, args.frames, args.tolerances, args.truth_seeds)
+        against_truth(args.truth_size, args.frames, settings, args.truth_seeds)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -222,16 +275,14 @@ def main() -> None:
             f"{args.size}² x {args.frames} int8 MRC; bound (read + {args.frames} "
             f"rfft2, 1 thread): {bound['cpu']:.1f} CPU s"
         )
-        first = args.tolerances[0]
         modes = [
-            (f"{first:g}+noDW", first, True),
-            *((f"{t:g}", t, False) for t in args.tolerances),
-            ("exact", None, True),
+            (f"{first:g}+noDW", first, True, None),
+            *((name, t, name == "exact", c) for name, t, c in settings),
         ]
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in modes}
         for _ in range(args.runs):
-            for name, tolerance, no_dw in modes:
-                record = run_once(movie, tolerance, no_dw)
+            for name, tolerance, no_dw, cap in modes:
+                record = run_once(movie, tolerance, no_dw, cap)
                 results[name].append(record)
                 print(
                     f"  {name:9s} stage {record['cpu']:5.1f} CPU s "

@@ -22,9 +22,11 @@ import numpy as np
 from pipelines.motion import _kernels as _motion_kernels
 from pipelines.motion.align import fft_kwargs, phase_ramp
 from pipelines.motion.blocks import (
+    LOCAL_BLOCK_DOSE_CAP,
     LOCAL_BLOCK_TOLERANCE_PX,
     MAX_BLOCKS_PER_FRAME,
     block_coefficients,
+    dose_tolerance_scale,
     local_blocks,
     spatial_coefficients,
 )
@@ -43,15 +45,20 @@ def _local_coefficients_at(
 
 
 def _blocks_that_save(
-    coefficients: np.ndarray, n_frames: int, tolerance_px: float | None
+    coefficients: np.ndarray,
+    n_frames: int,
+    tolerance_px: float | None,
+    scale: np.ndarray | None = None,
 ) -> list[tuple[int, int]] | None:
     """The temporal blocks of the local warp
-    (:func:`pipelines.motion.blocks.local_blocks`), or None when
-    ``tolerance_px`` is None or they would not save (more than
-    ``MAX_BLOCKS_PER_FRAME`` per frame: the field moves too fast)."""
+    (:func:`pipelines.motion.blocks.local_blocks`, per-frame tolerance factors
+    ``scale``), or None when ``tolerance_px`` is None or they would not save
+    (more than ``MAX_BLOCKS_PER_FRAME`` per frame: the field moves too fast)."""
     if tolerance_px is None:
         return None
-    blocks = local_blocks(coefficients, n_frames, tolerance_px=tolerance_px)
+    blocks = local_blocks(
+        coefficients, n_frames, tolerance_px=tolerance_px, scale=scale
+    )
     return blocks if len(blocks) <= MAX_BLOCKS_PER_FRAME * n_frames else None
 
 
@@ -285,6 +292,7 @@ def sum_frames(
     prepare: Callable[[int], Any] | None = None,
     held: HeldSpectra | None = None,
     local_tolerance_px: float | None = LOCAL_BLOCK_TOLERANCE_PX,
+    local_dose_cap: float | None = LOCAL_BLOCK_DOSE_CAP,
     plain_sum: bool = True,
     workers: int = -1,
     xp: ModuleType = np,
@@ -306,7 +314,10 @@ def sum_frames(
     of the block's mean (:func:`pipelines.motion.blocks.local_blocks`), each
     block's sums warped once by that mean; when that would take more than
     ``MAX_BLOCKS_PER_FRAME`` blocks per frame, or ``local_tolerance_px`` is None,
-    every frame is warped by its own field (the exact path).  Without
+    every frame is warped by its own field (the exact path).  With
+    ``local_dose_cap`` a frame's tolerance is scaled by its dose weights
+    (:func:`pipelines.motion.blocks.dose_tolerance_scale`, at most that
+    factor).  Without
     ``plain_sum`` the plain sum is not transformed back (nor, in blocks,
     warped); the spectrum returned is then, in blocks, the sum of the blocks'
     unwarped plain spectra (:func:`_sum_held_blocks`).
@@ -316,7 +327,17 @@ def sum_frames(
     n, ny, nx = frames.shape
     blocks = None
     if held is not None and local_coefficients is not None:
-        blocks = _blocks_that_save(local_coefficients, n, local_tolerance_px)
+        scale = (
+            None
+            if local_dose_cap is None
+            else dose_tolerance_scale(
+                np.asarray(exposures_e_per_a2, dtype=np.float64),
+                float(pixel_size_a),
+                float(voltage_kv),
+                local_dose_cap,
+            )
+        )
+        blocks = _blocks_that_save(local_coefficients, n, local_tolerance_px, scale)
     use_held = held is not None and (local_coefficients is None or blocks is not None)
     fft = fft_module(xp)
     exposures = np.asarray(exposures_e_per_a2, dtype=np.float64)
