@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from livestream.project.jobs import AUTO_PICK, IMPORT
-from pipelines.class2d.outputs import latest_iteration
+from pipelines.io.iterations import latest_iteration
 from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
