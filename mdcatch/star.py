@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
-import starfile
+from typing import TYPE_CHECKING
 
 from mdcatch.crosscheck import DEFAULT_CS_MM
 from mdcatch.errors import MetadataError
 from mdcatch.records import Exposure
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "OpticsKey",
@@ -90,10 +91,14 @@ def movies_star_blocks(exposures: Sequence[Exposure]) -> dict[str, pd.DataFrame]
         }
         for key, number in groups.items()
     ]
+    import pandas as pd  # ~0.3 s: loaded on the first table, not with the module
+
     return {"optics": pd.DataFrame(optics_rows), "movies": pd.DataFrame(movie_rows)}
 
 
 def write_movies_star(path: Path, exposures: Sequence[Exposure]) -> Path:
     """Write a RELION-4 movies STAR that ``relion_run_motioncorr`` can read."""
+    import starfile  # loads pandas (see movies_star_blocks)
+
     starfile.write(movies_star_blocks(exposures), path, overwrite=True)
     return path

@@ -19,14 +19,15 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livestream.class2d.pool import ParticlePool
-from livestream.class2d.pool.files import POOL_FOLDER
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import atomic_path
+
+if TYPE_CHECKING:
+    from livestream.class2d.pool import ParticlePool
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -51,6 +52,11 @@ def write_actor_checkpoint(
 ) -> Path:
     """Write ``<folder>/actor_checkpoint.npz`` atomically (``settings`` and
     ``state`` are dataclasses; a state's fields are arrays, strings or ints)."""
+    # the pool package loads pipelines.class2d (~2 s); the live tasks import this
+    # module for CHECKPOINT_NAME at service start (an actor that writes a
+    # checkpoint has loaded it already)
+    from livestream.class2d.pool.files import POOL_FOLDER  # deferred: numerics
+
     if pool.folder != folder / POOL_FOLDER:
         raise ValueError(f"the pool's files are in {pool.folder}, not {folder}")
     arrays: dict[str, Any] = {

@@ -29,11 +29,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from livestream.class2d.pool import ParticlePool
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import write_text_atomic
+
+if TYPE_CHECKING:
+    from livestream.class2d.pool import ParticlePool
 
 __all__ = ["EXPECTED_ERRORS", "ActorTask", "OnlineActor", "drain_actor"]
 

@@ -38,14 +38,16 @@ import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from livestream.actors.checkpoint import CHECKPOINT_NAME
 from livestream.actors.task import EXPECTED_ERRORS, ActorTask, drain_actor
-from livestream.class2d.actor import CHECKPOINT_NAME, ActorSettings, Class2dActor
 from livestream.config import Class2dSection, ServiceConfig
 from livestream.project.job_index import JobIndex
 from livestream.telemetry.reporting import Reporter
-from pipelines.class2d import Schedule
+
+if TYPE_CHECKING:
+    from livestream.class2d.actor import ActorSettings, Class2dActor
 
 __all__ = [
     "SUMMARY_NAME",
@@ -64,6 +66,11 @@ AfterSnapshot = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
 
 def actor_settings(section: Class2dSection) -> ActorSettings:
     """The actor's parameters from the ``[class2d]`` config section."""
+    # the actor's modules load pipelines.class2d (numba, scipy, ~2 s) when the task
+    # first resumes (in a thread), not when the service imports this module
+    from livestream.class2d.actor import ActorSettings  # deferred: numerics
+    from pipelines.class2d.schedule import Schedule  # deferred: numerics
+
     return ActorSettings(
         n_classes=section.n_classes,
         min_pool=section.min_pool,
@@ -111,7 +118,7 @@ async def drain_class2d(task: asyncio.Task[None], deadline: float) -> None:
     await drain_actor(task, deadline, "class2d")
 
 
-class Class2dLive(ActorTask[Class2dActor]):
+class Class2dLive(ActorTask["Class2dActor"]):
     """The classifier task of one service (see the module docstring)."""
 
     name = "class2d"
@@ -146,9 +153,15 @@ class Class2dLive(ActorTask[Class2dActor]):
 
     # -- the domain's part ---------------------------------------------------------
     def _resume(self) -> Class2dActor | None:
+        # deferred: see actor_settings (this runs in a thread, first)
+        from livestream.class2d.actor import Class2dActor
+
         return Class2dActor.resume(self.folder, project=self.project)
 
     def _new(self) -> Class2dActor:
+        # deferred: see actor_settings (loaded by _resume already)
+        from livestream.class2d.actor import Class2dActor
+
         return Class2dActor(
             self.folder, self._settings(), seed=self.section.seed, project=self.project
         )

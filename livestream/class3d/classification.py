@@ -39,9 +39,6 @@ from livestream.config import Class3dSection
 from livestream.telemetry.reporting import Reporter
 from pipelines.extraction.particles_star import read_particles_star
 from pipelines.io.outputs import write_star
-from pipelines.reconstruct.mask import resample_map
-from pipelines.reconstruct.outputs import write_map
-from pipelines.simulate.volumes import load_map
 
 __all__ = ["CLASSES_NAME", "LiveClassification"]
 
@@ -103,6 +100,12 @@ class LiveClassification:
 
     def _prepare(self, work: Path, model: dict[str, Any]) -> list[Path]:
         """The frozen selection and the class maps at the particles' box."""
+        # the map helpers' packages load the 3D and 2D numerics (numba, scipy, pandas):
+        # only when a run is prepared, not when the service imports this module
+        from pipelines.reconstruct.mask import resample_map  # deferred: numerics
+        from pipelines.reconstruct.outputs import write_map  # deferred: numerics
+        from pipelines.simulate.volumes import load_map  # deferred: numerics
+
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         optics, table = read_particles_star(self.selected_star)

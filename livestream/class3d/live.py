@@ -32,13 +32,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from livestream.actors.checkpoint import CHECKPOINT_NAME
 from livestream.actors.task import ActorTask, drain_actor
-from livestream.class3d.actor import CHECKPOINT_NAME, Class3dActor, Class3dSettings
 from livestream.config import Class3dSection, ServiceConfig
 from livestream.project.job_index import JobIndex
 from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
+
+if TYPE_CHECKING:
+    from livestream.class3d.actor import Class3dActor, Class3dSettings
 
 __all__ = [
     "SELECTED_NAME",
@@ -56,6 +59,10 @@ SELECTED_NAME = "run_selected.star"  # the 2D snapshot's selected particles
 
 def class3d_settings(section: Class3dSection) -> Class3dSettings:
     """The actor's parameters from the ``[class3d]`` config section."""
+    # the actor's modules load pipelines.class3d/class2d (numba, scipy, ~2 s) when
+    # the task first resumes (in a thread), not when the service imports this module
+    from livestream.class3d.actor import Class3dSettings  # deferred: numerics
+
     return Class3dSettings(
         start_particles=section.start_particles,
         symmetry=section.symmetry,
@@ -96,7 +103,7 @@ async def drain_class3d(task: asyncio.Task[None], deadline: float) -> None:
     await drain_actor(task, deadline, "class3d")
 
 
-class Class3dLive(ActorTask[Class3dActor]):
+class Class3dLive(ActorTask["Class3dActor"]):
     """The initial-model task of one service (see the module docstring)."""
 
     name = "class3d"
@@ -130,9 +137,15 @@ class Class3dLive(ActorTask[Class3dActor]):
 
     # -- the domain's part ---------------------------------------------------------
     def _resume(self) -> Class3dActor | None:
+        # deferred: see class3d_settings (this runs in a thread, first)
+        from livestream.class3d.actor import Class3dActor
+
         return Class3dActor.resume(self.folder, project=self.project)
 
     def _new(self) -> Class3dActor:
+        # deferred: see class3d_settings (loaded by _resume already)
+        from livestream.class3d.actor import Class3dActor
+
         return Class3dActor(
             self.folder, self._settings(), seed=self.section.seed, project=self.project
         )

@@ -76,9 +76,6 @@ from livestream.telemetry.reporting import EventType, Reporter, ServiceEvent
 from pipelines.errors import StageInputError
 from pipelines.extraction.particles_star import read_particles_star
 from pipelines.io.outputs import write_star, write_text_atomic
-from pipelines.reconstruct.mask import resample_map
-from pipelines.reconstruct.outputs import write_map
-from pipelines.simulate.volumes import load_map
 
 __all__ = [
     "PID_NAME",
@@ -417,6 +414,12 @@ class LiveRefinement:
             raise _NotReady("no 3D map yet")
         if not self.selected_star.is_file():
             raise _NotReady(f"no {self.selected_star.name} yet")
+        # the map helpers' packages load the 3D and 2D numerics (numba, scipy, pandas):
+        # only when a run is prepared, not when the service imports this module
+        from pipelines.reconstruct.mask import resample_map  # deferred: numerics
+        from pipelines.reconstruct.outputs import write_map  # deferred: numerics
+        from pipelines.simulate.volumes import load_map  # deferred: numerics
+
         shutil.rmtree(work, ignore_errors=True)  # an abandoned run's
         work.mkdir(parents=True)
         optics, table = read_particles_star(self.selected_star)

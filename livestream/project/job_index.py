@@ -51,8 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from livestream.ledger.schema import Curation, StageResult, curation_of
 from livestream.ledger.store import Ledger
 from livestream.project.job_tables import (
@@ -292,6 +290,8 @@ class JobIndex:
             if eid in micrographs and "coordinates" in r.outputs
         ]
         if rows:
+            import pandas as pd  # ~0.5 s: loaded on the first table, not at start
+
             table = pd.DataFrame(
                 rows, columns=["rlnMicrographName", "rlnMicrographCoordinates"]
             )
@@ -348,6 +348,8 @@ class JobIndex:
             # curation may have rejected every exposure that had particles
             pool.unlink(missing_ok=True)
             return 0
+        import pandas as pd  # ~0.5 s: loaded on the first table, not at start
+
         optics = pd.concat(optics_tables, ignore_index=True).drop_duplicates()
         names = optics["rlnOpticsGroupName"]
         if names.duplicated().any():

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from mdcatch.crosscheck import DEFAULT_CS_MM
 from mdcatch.records import Optics
 from mdcatch.serialem.section import DEFAULT_VOLTAGE_KV
@@ -126,6 +124,8 @@ def movies_table(path: Path, rows: Sequence[tuple[str, Mapping[str, float]]]) ->
     """``movies.star`` from ``(movie name, motion figures)``: the labels of
     :func:`mdcatch.star.movies_star_blocks`, the groups of
     :func:`corrected_micrographs` (the same rule on the same rows)."""
+    import pandas as pd  # ~0.3 s: loaded on the first table, not at service start
+
     groups = _Groups(path, [f for _, f in rows])
     optics = pd.DataFrame(
         [
@@ -158,6 +158,8 @@ def micrographs_ctf(
     :func:`pipelines.ctf.outputs.write_micrographs_ctf_star`, which needs the full
     fit (spectra); the ledger keeps only its numbers.
     """
+    import pandas as pd  # as in movies_table
+
     groups = _Groups(path, [f for _, _, f in rows])
     optics = pd.concat(
         [

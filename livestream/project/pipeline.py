@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import starfile
-
 from livestream.project.jobs import AUTO_PICK, IMPORT
-from pipelines.class2d.outputs import latest_iteration
+from pipelines.io.iterations import latest_iteration
 from pipelines.io.outputs import write_text_atomic
 
 __all__ = [
@@ -234,6 +232,8 @@ class _Foreign:
         if not path.is_file():
             return cls()
         try:
+            import starfile  # with pandas ~0.5 s: loaded on the first foreign read
+
             blocks: Any = starfile.read(path, always_dict=True)
             general = blocks.get("pipeline_general", {})
             counter = int(general.get("rlnPipeLineJobCounter", 0))

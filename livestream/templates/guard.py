@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from livestream.ledger.schema import StageResult, StageState, result_from_json
 from livestream.ledger.store import Ledger
@@ -196,6 +195,8 @@ def blob_recovered(
     xy = np.column_stack([blob.x_px[sure], blob.y_px[sure]])
     if len(templates) == 0:
         return 0.0, len(xy)
+    from scipy.spatial import cKDTree  # ~0.3 s: on the first check, not at start
+
     tree = cKDTree(np.column_stack([templates.x_px, templates.y_px]))
     distance, _ = tree.query(xy, distance_upper_bound=tolerance_px)
     return float(np.mean(distance <= tolerance_px)), len(xy)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from pipelines.class2d.montage import write_class_montage
 from pipelines.class2d.ranker import ClassRanking, select_particles
 from pipelines.class2d.state import Class2dConfig, Class2dState
 from pipelines.class2d.vdam import class_resolution_a
+from pipelines.io.iterations import latest_iteration, saved_iterations
 from pipelines.io.outputs import fsync_directory, write_mrc, write_star
 
 __all__ = ["Class2dOutputs", "latest_iteration", "write_class2d_snapshot"]
@@ -184,21 +184,6 @@ def write_class2d_snapshot(
     )
 
 
-def latest_iteration(folder: str | Path, root: str = "run") -> int | None:
-    """The newest iteration with an ``<root>_itNNN_optimiser.star`` in ``folder``
-    (``None``: no snapshot yet)."""
-    found = _iterations(Path(folder), root)
-    return max(found) if found else None
-
-
-def _iterations(folder: Path, root: str) -> set[int]:
-    pattern = re.compile(rf"{re.escape(root)}_it(\d+)_optimiser\.star")
-    names = (
-        pattern.fullmatch(p.name) for p in folder.glob(f"{root}_it*_optimiser.star")
-    )
-    return {int(m.group(1)) for m in names if m is not None}
-
-
 def _relative(path: Path, project: Path) -> str:
     return os.path.relpath(path.absolute(), project)
 
@@ -214,7 +199,7 @@ def _link_latest(link: Path, target: str) -> None:
 
 
 def _prune(folder: Path, root: str, newest: int, keep: int) -> None:
-    old = sorted(i for i in _iterations(folder, root) if i != newest)
+    old = sorted(i for i in saved_iterations(folder, root) if i != newest)
     for iteration in old[: max(0, len(old) - (keep - 1))]:
         for suffix in ITERATION_FILES:
             with contextlib.suppress(FileNotFoundError):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipelines.class2d.fourier import ctf_stack, images_to_pixels
 from pipelines.class2d.references import circular_mask
 from pipelines.class2d.sampling import PoseSampling
 from pipelines.errors import StageInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "ParticleStack",

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.ndimage import gaussian_filter
 
 from pipelines.io.outputs import atomic_path, write_mrc, write_star, write_text_atomic
 
@@ -68,6 +67,8 @@ def diagnostic_image(fit: CtfFit, *, zoom: float = 1.25) -> np.ndarray:
     spectrum = fit.spectrum[window, window]
     model = fit.model[window, window]
     composite = np.empty(spectrum.shape, dtype=np.float32)
+    from scipy.ndimage import gaussian_filter  # scipy: ~0.5 s, on first use
+
     smooth = gaussian_filter(spectrum, 1.0)  # display only: tames the speckle
     composite[:, :radius] = _unit_range(smooth)[:, :radius]
     composite[:, radius:] = model[:, radius:]

@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.interpolate import BSpline
-from scipy.ndimage import uniform_filter1d
 
 from pipelines.xp import fft_module, to_numpy
 
@@ -120,6 +118,8 @@ def subtract_background(
     The central cross (``kx == 0`` or ``ky == 0``), where tile edges leave streaks,
     is set to zero.  Returns float64 of the same shape.
     """
+    from scipy.ndimage import uniform_filter1d  # scipy: ~0.5 s, on first use
+
     radius, ky, kx = radial_index(amplitude.shape[0])
     shell = np.rint(radius).astype(np.int64)
     off_axes = (ky != 0) & (kx != 0)
@@ -145,6 +145,8 @@ def _spline_basis(x: np.ndarray, start: float, stop: float, n_knots: int) -> np.
     Knots are evenly spaced in sqrt(x): denser at low frequency, where the
     background falls steeply.
     """
+    from scipy.interpolate import BSpline  # scipy: ~0.5 s, on first use
+
     inner = np.linspace(np.sqrt(start), np.sqrt(stop), n_knots) ** 2
     inner[0], inner[-1] = start, stop
     knots = np.concatenate([[start] * 3, inner, [stop] * 3])

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import cKDTree
 
 from pipelines.errors import StageInputError
 from pipelines.io.outputs import write_star
@@ -100,6 +99,8 @@ def suppress_non_maxima(picks: Picks, min_distance_px: float) -> Picks:
     if len(ordered) < 2 or min_distance_px <= 0:
         return ordered
     points = np.column_stack([ordered.x_px, ordered.y_px])
+    from scipy.spatial import cKDTree  # ~0.1 s: on first use, not with the module
+
     pairs = cKDTree(points).query_pairs(min_distance_px, output_type="ndarray")
     keep = _greedy_keep(len(ordered), pairs)
     return ordered.take(keep)
@@ -168,6 +169,8 @@ def suggest_diameter_a(
         diameters.append(batch.diameter_a[best])
         if len(batch) > 1:
             points = np.column_stack([batch.x_px, batch.y_px])
+            from scipy.spatial import cKDTree  # as in suppress_non_maxima
+
             dist, _ = cKDTree(points).query(points, k=2)
             spacing.append(dist[:, 1] * batch.pixel_size_a)
     if not diameters:

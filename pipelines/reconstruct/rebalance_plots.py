@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from pipelines.io.outputs import write_bytes_atomic
 from pipelines.reconstruct.rebalance import RebalanceResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["write_direction_heatmap", "write_rebalance_plots"]
 
@@ -30,7 +31,17 @@ def _azimuth_elevation(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return azimuth, elevation
 
 
+def _figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure; matplotlib (~1 s) loads on the first plot,
+    not with the module (the service imports this through the 3D snapshot)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
 def _save(figure: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI)
@@ -57,7 +68,7 @@ def _heatmap(figure: Figure, ax: Any, directions: np.ndarray, title: str) -> Non
 
 
 def _heatmaps(path: Path, directions: np.ndarray, keep: np.ndarray) -> Path:
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = _figure(10, 4)
     axes = figure.subplots(1, 2, sharey=True)
     for ax, rows, title in zip(
         axes, (np.ones_like(keep), keep), ("before", "after"), strict=True
@@ -77,7 +88,7 @@ def write_direction_heatmap(
 ) -> Path:
     """The viewing-direction heatmap (azimuth x elevation, 5° bins) of unit
     ``directions`` ``(n, 3)`` as one PNG, atomically."""
-    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    figure = _figure(5.5, 3.5)
     ax = figure.subplots()
     _heatmap(figure, ax, np.asarray(directions, dtype=np.float64), title)
     ax.set_ylabel("elevation (deg)")
@@ -85,7 +96,7 @@ def write_direction_heatmap(
 
 
 def _bins(path: Path, result: RebalanceResult) -> Path:
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = _figure(10, 4)
     axes = figure.subplots(1, 2, sharey=True)
     az, el = _azimuth_elevation(result.centres)
     top = max(int(result.counts_before.max(initial=0)), 1)
@@ -108,7 +119,7 @@ def _rebalancing(path: Path, result: RebalanceResult) -> Path:
     before = result.counts_before[order]
     after = result.counts_after[order]
     x = np.arange(len(before))
-    figure = Figure(figsize=(8, 4), layout="constrained")
+    figure = _figure(8, 4)
     ax = figure.subplots()
     ax.bar(x, after, width=1.0, color="tab:blue", label="kept")
     ax.bar(x, before - after, bottom=after, width=1.0, color="tab:red", label="removed")
