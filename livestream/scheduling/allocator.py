@@ -76,7 +76,10 @@ def keep_freed_memory() -> bool:
 
 class HeapProbe(dict[str, int]):
     """What :func:`heap_probe` saw (bytes): ``mapped_grew`` while a large block
-    was alive, ``heap_grew`` by then, ``heap_kept`` after it was freed."""
+    was alive, ``heap_grew`` (the heap's size) and ``heap_used_grew`` (the bytes
+    in use in it) by then, ``heap_kept`` after it was freed, and
+    ``heap_free_before``, the free bytes the heap already held (a block served
+    from the heap grows it by at least its size less these)."""
 
 
 def heap_probe(nbytes: int = 64 << 20) -> HeapProbe | None:
@@ -97,5 +100,7 @@ def heap_probe(nbytes: int = 64 << 20) -> HeapProbe | None:
     return HeapProbe(
         mapped_grew=during.hblkhd - before.hblkhd,
         heap_grew=during.arena - before.arena,
+        heap_used_grew=during.uordblks - before.uordblks,
         heap_kept=after.arena - before.arena,
+        heap_free_before=before.fordblks,
     )

@@ -41,12 +41,17 @@ async def test_the_pool_worker_takes_large_blocks_from_the_heap_and_keeps_them()
     assert kept is not None
     assert default is not None
     # the setting: 64 MB from the heap, not a mapping, and still held once freed
+    # (the heap grows by the block less the free space it already had: on a
+    # fresh worker some kilobytes, which the top of the heap lends the block)
     assert kept["mapped_grew"] == 0
-    assert kept["heap_grew"] >= BLOCK
-    assert kept["heap_kept"] >= BLOCK
+    assert kept["heap_used_grew"] >= BLOCK
+    assert kept["heap_grew"] >= BLOCK - kept["heap_free_before"]
+    assert kept["heap_grew"] >= BLOCK // 2
+    assert kept["heap_kept"] >= kept["heap_grew"]
     # without it (keep_freed_memory = false) glibc maps the block on its own
     assert default["mapped_grew"] >= BLOCK
-    assert default["heap_grew"] < BLOCK
+    assert default["heap_used_grew"] < BLOCK
+    assert default["heap_grew"] < BLOCK // 2
 
 
 def test_the_setting_is_on_by_default_and_can_be_turned_off() -> None:
