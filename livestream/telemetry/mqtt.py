@@ -87,8 +87,12 @@ def topic_for(session: str, kind: EventKind, exposure_id: str | None = None) -> 
 
 
 def backoff_delay_s(attempt: int, settings: MqttSettings, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [min/2, min * 2**attempt], capped."""
-    ceiling = min(settings.reconnect_max_s, settings.reconnect_min_s * 2.0**attempt)
+    """Full-jitter exponential backoff: uniform in [min/2, min * 2**attempt], capped.
+    The exponent stops at 60 (a float ``2.0**attempt`` overflows at 1024: after
+    that many failed attempts, a long outage or a refused password with a short
+    minimum, the sender would stop)."""
+    growth = 2.0 ** min(attempt, 60)
+    ceiling = min(settings.reconnect_max_s, settings.reconnect_min_s * growth)
     return rng.uniform(min(settings.reconnect_min_s / 2, ceiling), ceiling)
 
 

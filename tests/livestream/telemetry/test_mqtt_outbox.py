@@ -147,6 +147,14 @@ def test_backoff_grows_exponentially_is_jittered_and_capped() -> None:
     assert max(delays[-1]) <= 30.0
 
 
+def test_backoff_after_thousands_of_attempts_stays_at_the_cap() -> None:
+    # 2.0**1024 overflows a float: a week-long outage must not stop the sender
+    settings = MqttSettings(host="h", reconnect_min_s=0.5, reconnect_max_s=30.0)
+    rng = random.Random(5)
+    for attempt in (60, 1023, 1024, 5000, 10**6):
+        assert 0.25 <= backoff_delay_s(attempt, settings, rng) <= 30.0
+
+
 def test_topics_are_built_and_wildcards_refused() -> None:
     assert topic_for("s1", EventKind.STATUS) == "livestream/s1/status"
     assert topic_for("s1", EventKind.EXPOSURE, "E_1") == "livestream/s1/exposure/E_1"
