@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion import _weight_kernels
 from pipelines.motion.align import _phase_ramps_1d, align_stack, phase_ramp
 from pipelines.motion.dose import FrameFilters
 from pipelines.xp import to_numpy
@@ -68,7 +68,7 @@ def _fused_damage(
     spectra: Any, amplitudes: Any, xp: ModuleType
 ) -> tuple[np.ndarray, np.ndarray, bool] | None:
     """``(half_inv_ne, exposures, damaged)`` for the numba kernels
-    (:func:`pipelines.motion._kernels.snr_sums`, ``weight_damaged``) when
+    (:func:`pipelines.motion._weight_kernels.snr_sums`, ``weight_damaged``) when
     ``spectra`` is a C-contiguous complex64 NumPy stack and ``amplitudes`` None
     or :class:`pipelines.motion.dose.FrameFilters` of its grid, else None (the
     array path: CuPy, or a stack of filters)."""
@@ -114,7 +114,7 @@ def spectral_snr_weights(
     fused = _fused_damage(spectra, amplitudes, xp)
     if fused is not None:  # NumPy: one numba pass, the ramps and filters made in it
         ramp_y, ramp_x = _phase_ramps_1d(shape, shifts)
-        _motion_kernels.snr_sums(
+        _weight_kernels.snr_sums(
             spectra, ramp_y, ramp_x, *fused, sums, squared_sums, power_sum
         )
     # one frame at a time: no stack-sized temporaries
@@ -193,7 +193,7 @@ def refine_at_finer_bin(
     spectra = spectra if overwrite else spectra.copy()
     fused = _fused_damage(spectra, amplitudes, xp)
     if fused is not None:  # one numba pass: filters made in it, no temporaries
-        _motion_kernels.weight_damaged(spectra, *fused, xp.sqrt(weights))
+        _weight_kernels.weight_damaged(spectra, *fused, xp.sqrt(weights))
     else:
         if amplitudes is not None:  # one frame at a time: they may be made lazily
             for f in range(spectra.shape[0]):
