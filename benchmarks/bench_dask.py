@@ -40,9 +40,11 @@ costs per exposure at that rate.
 Dask rows run under the service's Dask settings and scheduler
 (:mod:`livestream.scheduling.dask_settings`, :mod:`livestream.scheduling.
 dask_scheduler`; the default), the same settings with Dask's own scheduler class
-(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s) or Dask's
-defaults (``--dask-config defaults``), or several in the order given
-(``--dask-config service dask-scheduler defaults``).
+(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s), the service's
+with its workers on glibc's default ``malloc`` (``--dask-config service-glibc``:
+``[workers] keep_freed_memory = false``; the others keep freed memory as the pool
+workers do) or Dask's defaults (``--dask-config defaults``), or several in the
+order given (``--dask-config service dask-scheduler defaults``).
 
 The overhead per exposure is split in two (``--real``): the idle rate times the
 exposure's wall time (``idle x wall s``: what the executor's processes burn by the
@@ -189,6 +191,8 @@ async def _executors(
         for config in dask_config:
             if config == "service":
                 cluster_cm = local_cluster(n)
+            elif config == "service-glibc":
+                cluster_cm = local_cluster(n, keep_freed_memory=False)
             elif config == "dask-scheduler":
                 import distributed  # optional: only the Dask rows need it
 
@@ -459,7 +463,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
-        choices=("service", "dask-scheduler", "defaults"),
+        choices=("service", "service-glibc", "dask-scheduler", "defaults"),
         nargs="+",
         default=["service"],
         help="the Dask rows under the service's settings, the same with Dask's own"

@@ -1,15 +1,18 @@
-"""The local pool worker's glibc malloc keeps freed memory (docs/operations.md)."""
+"""The local pool's and the Dask workers' glibc malloc keeps freed memory
+(docs/operations.md)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
 import pytest
 
 from livestream.config import WorkersConfig
-from livestream.scheduling.allocator import heap_probe
-from livestream.scheduling.executors import LocalExecutor
+from livestream.scheduling.allocator import KEEP_FREED_MEMORY_ENV, heap_probe
+from livestream.scheduling.dask_settings import local_cluster
+from livestream.scheduling.executors import DaskExecutor, LocalExecutor
 
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB on 64-bit)
 
@@ -52,6 +55,60 @@ async def test_the_pool_worker_takes_large_blocks_from_the_heap_and_keeps_them()
     assert default["mapped_grew"] >= BLOCK
     assert default["heap_used_grew"] < BLOCK
     assert default["heap_grew"] < BLOCK // 2
+
+
+def assert_kept(probed: dict[str, int] | None) -> None:
+    """64 MB from the heap, not a mapping, and still held once freed."""
+    assert probed is not None
+    assert probed["mapped_grew"] == 0
+    assert probed["heap_used_grew"] >= BLOCK
+    assert probed["heap_grew"] >= BLOCK - probed["heap_free_before"]
+    assert probed["heap_kept"] >= probed["heap_grew"]
+
+
+def assert_mapped(probed: dict[str, int] | None) -> None:
+    """glibc's default: the block is a mapping of its own."""
+    assert probed is not None
+    assert probed["mapped_grew"] >= BLOCK
+    assert probed["heap_used_grew"] < BLOCK
+
+
+async def probe_in_dask_worker(keep_freed: bool) -> list[dict[str, int] | None]:
+    """The probe in a task (the worker's task thread), before and after the nanny
+    restarts the worker process."""
+    probed = []
+    async with local_cluster(1, keep_freed_memory=keep_freed) as cluster:
+        executor = await DaskExecutor.connect(cluster.scheduler_address)
+        try:
+            client = executor._client
+            (pid,) = (await client.run(os.getpid)).values()
+            probed.append(await executor.run(probe, None))
+            await client.restart()
+            (new_pid,) = (await client.run(os.getpid)).values()
+            assert new_pid != pid
+            probed.append(await executor.run(probe, None))
+        finally:
+            await executor.close(cancel=False)
+    return probed
+
+
+@glibc_only
+@pytest.mark.slow  # Dask worker processes, each started twice
+async def test_every_dask_worker_process_keeps_freed_memory_restarted_ones_too() -> (
+    None
+):
+    """The nanny starts each worker process, a restarted one too, with glibc's
+    variables for the setting, and one arena, so that the task thread's large
+    blocks come from the kept heap; with ``keep_freed_memory = false`` they are
+    mappings of their own, as before."""
+    pytest.importorskip("distributed")
+    environ = {name: os.environ.get(name) for name in KEEP_FREED_MEMORY_ENV}
+    for kept in await probe_in_dask_worker(True):
+        assert_kept(kept)
+    for default in await probe_in_dask_worker(False):
+        assert_mapped(default)
+    # the nanny ran in this process: its environment is as it was
+    assert {name: os.environ.get(name) for name in KEEP_FREED_MEMORY_ENV} == environ
 
 
 def test_the_setting_is_on_by_default_and_can_be_turned_off() -> None:
