@@ -179,13 +179,15 @@ async def local_cluster(
     processes: bool = True,
     scheduler_cls: Any = None,
     keep_freed_memory: bool = True,
+    memory_limit: int = 0,
 ) -> AsyncIterator[Any]:
     """A local cluster as the service would run one, for the benchmark and the tests:
     a :class:`~livestream.scheduling.dask_scheduler.ServiceScheduler` (or
     ``scheduler_cls``: the benchmark compares Dask's own) and ``n_workers`` workers
     of one thread each, under :data:`DASK_SETTINGS`, on the loopback interface, no
     dashboard.  Each worker is a process with its nanny (``processes``, as ``dask
-    worker`` starts them) or a thread of this process.
+    worker`` starts them) or a thread of this process; ``memory_limit`` (bytes,
+    each) instead of the node's memory shared among them.
 
     It is Dask's ``SpecCluster`` (what ``LocalCluster`` builds, whose scheduler class
     is fixed), given the scheduler class and the worker options.  A nanny sets its
@@ -195,7 +197,7 @@ async def local_cluster(
     environ = {name: os.environ.get(name) for name in KEEP_FREED_MEMORY_ENV}
     try:
         async with _local_cluster(
-            n_workers, processes, scheduler_cls, keep_freed_memory
+            n_workers, processes, scheduler_cls, keep_freed_memory, memory_limit
         ) as cluster:
             yield cluster
     finally:
@@ -208,7 +210,11 @@ async def local_cluster(
 
 @contextlib.asynccontextmanager
 async def _local_cluster(
-    n_workers: int, processes: bool, scheduler_cls: Any, keep_freed_memory: bool
+    n_workers: int,
+    processes: bool,
+    scheduler_cls: Any,
+    keep_freed_memory: bool,
+    memory_limit: int,
 ) -> AsyncIterator[Any]:
     with dask_settings(keep_freed_memory=keep_freed_memory):
         import distributed  # optional: the [dask] extra, imported by dask_settings
@@ -233,8 +239,10 @@ async def _local_cluster(
             "options": {
                 "host": _LOOPBACK,
                 "nthreads": 1,
-                # the node's memory shared among the workers, as LocalCluster does
-                "memory_limit": distributed.system.MEMORY_LIMIT // n_workers,
+                # the node's memory shared among the workers, as LocalCluster
+                # does (or memory_limit bytes each)
+                "memory_limit": memory_limit
+                or distributed.system.MEMORY_LIMIT // n_workers,
                 "dashboard": False,
                 "silence_logs": _QUIET,
             },

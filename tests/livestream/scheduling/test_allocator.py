@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import sys
+import time
+from typing import Any
 
+import numpy as np
 import pytest
 
 from livestream.config import WorkersConfig
 from livestream.scheduling.allocator import KEEP_FREED_MEMORY_ENV, heap_probe
 from livestream.scheduling.dask_settings import local_cluster
-from livestream.scheduling.executors import DaskExecutor, LocalExecutor
+from livestream.scheduling.executors import DaskExecutor, LocalExecutor, WorkerCrashed
 
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MB on 64-bit)
 
@@ -114,3 +118,62 @@ async def test_every_dask_worker_process_keeps_freed_memory_restarted_ones_too()
 def test_the_setting_is_on_by_default_and_can_be_turned_off() -> None:
     assert WorkersConfig().keep_freed_memory is True
     assert WorkersConfig(keep_freed_memory=False).keep_freed_memory is False
+
+
+def rss_after_holding(nbytes: int) -> tuple[int, int, int]:
+    """In the worker: its resident set before, and after a block of ``nbytes`` was
+    touched and freed (kept: the heap stays resident), and its pid."""
+    import psutil
+
+    me = psutil.Process()
+    before = me.memory_info().rss
+    block = np.ones(nbytes, np.uint8)
+    del block
+    return before, me.memory_info().rss, os.getpid()
+
+
+def run_away(nbytes: int) -> None:
+    """A task whose memory grows past the worker's limit and stays there."""
+    block = np.ones(nbytes, np.uint8)
+    time.sleep(10)  # the nanny checks each second
+    del block
+
+
+def status_of(dask_worker: Any) -> tuple[str, int]:
+    return dask_worker.status.name, os.getpid()
+
+
+@glibc_only
+@pytest.mark.slow  # a Dask worker process, restarted once
+async def test_a_kept_heap_neither_pauses_nor_restarts_a_worker_a_runaway_restarts() -> (
+    None
+):
+    """A worker whose kept heap sits between Dask's pause (80 %) and terminate
+    (95 %) fractions of its memory limit keeps running tasks, in the same process;
+    a task that grows past 95 % is stopped by the nanny (WorkerCrashed)."""
+    pytest.importorskip("distributed")
+    import dask.config
+
+    limit = 1 << 30
+    # one attempt: Dask gives up on the runaway after the first restart
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        async with local_cluster(1, memory_limit=limit) as cluster:
+            executor = await DaskExecutor.connect(cluster.scheduler_address)
+            client = executor._client
+            try:
+                baseline, _, pid = await executor.run(rss_after_holding, 0)
+                hold = int(0.875 * limit) - baseline
+                _, kept_rss, _ = await executor.run(rss_after_holding, hold)
+                assert 0.8 * limit < kept_rss < 0.95 * limit  # Dask would pause
+                await asyncio.sleep(3.0)  # three of the nanny's checks
+                (status,) = (await client.run(status_of)).values()
+                assert status == ("running", pid)
+                _, _, same_pid = await executor.run(rss_after_holding, 0)
+                assert same_pid == pid
+                with pytest.raises(WorkerCrashed):
+                    await executor.run(run_away, limit)
+                await client.wait_for_workers(1)
+                (status,) = (await client.run(status_of)).values()
+                assert status[1] != pid  # a fresh process, the heap given back
+            finally:
+                await executor.close(cancel=False)
