@@ -208,8 +208,12 @@ class DaskExecutor:
         return cls(client)
 
     @classmethod
-    async def on_slurm(cls, config: SlurmConfig) -> DaskExecutor:
-        cluster = await start_slurm_cluster(config)
+    async def on_slurm(
+        cls, config: SlurmConfig, *, keep_freed_memory: bool = True
+    ) -> DaskExecutor:
+        """A Slurm cluster the executor owns; with ``keep_freed_memory`` its workers'
+        glibc keeps freed memory (:mod:`livestream.scheduling.dask_settings`)."""
+        cluster = await start_slurm_cluster(config, keep_freed_memory=keep_freed_memory)
         try:
             client = await _dask_client(cluster)
         except BaseException:
@@ -290,7 +294,7 @@ async def create_executor(
     keep_freed_memory: bool = True,
 ) -> LocalExecutor | DaskExecutor:
     if slurm is not None:
-        return await DaskExecutor.on_slurm(slurm)
+        return await DaskExecutor.on_slurm(slurm, keep_freed_memory=keep_freed_memory)
     if dask_address:
         return await DaskExecutor.connect(dask_address)
     return LocalExecutor(n_processes, start_method, keep_freed_memory=keep_freed_memory)
