@@ -1,14 +1,15 @@
 """Shortcuts of the motion stage against the direct computations: the defect
 map of PreparedFrames (one frame at a time from the integer movie), the
 dose-weighting grids computed on half the rows, mirrored and kept for the next
-movie, and the spectral-SNR sums and weighting in one numba pass."""
+movie, the spectral-SNR sums and weighting in one numba pass, and the held
+spectra's int8 quantisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines.motion import summing
+from pipelines.motion import _kernels, summing
 from pipelines.motion.defects import (
     PreparedFrames,
     detect_dead_pixels,
@@ -146,3 +147,30 @@ def test_fused_snr_weighting_matches_the_array_path(rng: np.random.Generator) ->
     expected = refine_at_finer_bin(spectra, shifts / 2, shape, (2.0, 2.0), stack)
     np.testing.assert_allclose(refined, expected, atol=1e-4)
     assert np.abs(refined - shifts / 2).max() > 1e-3  # the refinement did move them
+
+
+def test_quantize_spectrum_matches_the_numpy_formula(rng: np.random.Generator) -> None:
+    """Each block's scale is its largest |re|, |im| / 127 and each part is
+    floor(x / scale + 0.5) as int8, exactly: a last block shorter than the
+    rest (nxh 145 = 2 x 64 + 17), an all-zero block (scale 0, values 0) and a
+    block whose largest part is negative (-127)."""
+    ny, nxh, block = 6, 145, 64
+    spectrum = (rng.normal(size=(ny, nxh)) + 1j * rng.normal(size=(ny, nxh))).astype(
+        np.complex64
+    ) * np.float32(50.0)
+    spectrum[2, 64:128] = 0
+    spectrum[4, 3] = -1000 + 1j
+    values = np.empty((ny, nxh, 2), dtype=np.int8)
+    scales = np.empty((ny, 3), dtype=np.float32)
+    _kernels.quantize_spectrum(spectrum, block, values, scales)
+    parts = spectrum.view(np.float32).reshape(ny, nxh, 2)
+    for b in range(3):
+        chunk = parts[:, b * block : (b + 1) * block]
+        top = np.abs(chunk).max(axis=(1, 2))
+        np.testing.assert_array_equal(scales[:, b], top / np.float32(127.0))
+        inv = np.where(top > 0, np.float32(127.0) / np.maximum(top, 1e-30), 0)
+        expected = np.floor(chunk * inv[:, None, None].astype(np.float32) + 0.5)
+        np.testing.assert_array_equal(values[:, b * block : (b + 1) * block], expected)
+    assert scales[2, 1] == 0
+    assert not values[2, 64:128].any()
+    assert values[4, 3, 0] == -127
