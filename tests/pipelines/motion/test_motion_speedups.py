@@ -201,3 +201,22 @@ def test_power_spectrum_kernel_matches_the_array_path(
     np.testing.assert_allclose(
         summing.power_spectrum(strided, shape, size=size), wanted, rtol=0, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.float32, ">i2"])
+def test_prepared_frames_gain_kernel_equals_numpy(
+    rng: np.random.Generator, dtype: str
+) -> None:
+    """The numba gain multiply gives np.multiply's float32 values exactly (a
+    big-endian movie takes NumPy's path, as does a non-contiguous one)."""
+    n, ny, nx = 3, 40, 56
+    frames = rng.poisson(5.0, size=(n, ny, nx)).astype(dtype)
+    gain = rng.uniform(0.5, 2.0, size=(ny, nx)).astype(np.float32)
+    gain[5, 6] = 0.0  # a gain defect: filled from its neighbours after
+    prepared = PreparedFrames(frames, gain=gain, hot_pixel_sigma=None)
+    strided = PreparedFrames(np.asfortranarray(frames), gain=gain, hot_pixel_sigma=None)
+    for i in range(n):
+        expected = np.multiply(frames[i], prepared.gain, dtype=np.float32)
+        found = prepared(i).copy()
+        np.testing.assert_array_equal(found[prepared.good], expected[prepared.good])
+        np.testing.assert_array_equal(strided(i), found)
