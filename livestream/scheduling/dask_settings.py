@@ -44,6 +44,8 @@ https://docs.dask.org/en/stable/configuration.html):
   (the default; :func:`service_settings`) it sets glibc's variables instead
   (:data:`~livestream.scheduling.allocator.KEEP_FREED_MEMORY_ENV`): the worker's
   ``malloc`` keeps freed memory for the next task, as the pool worker's does.
+  ``OMP_WAIT_POLICY`` is set to ``PASSIVE``, as in a local pool worker
+  (:mod:`livestream.scheduling.openmp`): libgomp's idle threads sleep, not spin.
 
 The worker's heartbeat (every 0.5 s with up to 10 workers) is set by the scheduler
 in its reply to each heartbeat and has no configuration key: the schedulers the
@@ -98,6 +100,7 @@ DASK_SETTINGS: Mapping[str, object] = {
         "OMP_NUM_THREADS": None,
         "MKL_NUM_THREADS": None,
         "OPENBLAS_NUM_THREADS": None,
+        "OMP_WAIT_POLICY": "PASSIVE",
     },
 }
 

@@ -30,6 +30,7 @@ from livestream.config import SlurmConfig
 from livestream.scheduling.allocator import keep_freed_memory
 from livestream.scheduling.clusters import start_slurm_cluster
 from livestream.scheduling.dask_settings import dask_settings, require_distributed
+from livestream.scheduling.openmp import passive_openmp
 
 __all__ = [
     "DAEMON_PID_ENV",
@@ -129,6 +130,9 @@ def exit_with_parent(daemon_pid: int) -> None:
 def _init_worker(daemon_pid: int, keep_freed: bool = True) -> None:
     _ignore_signals()
     exit_with_parent(daemon_pid)
+    # OpenMP's idle threads sleep (livestream.scheduling.openmp): before any
+    # task's first numba kernel loads libgomp
+    passive_openmp()
     # glibc keeps freed memory for the next task: the one place this is set
     # (livestream.scheduling.allocator; [workers] keep_freed_memory)
     if keep_freed and not keep_freed_memory():

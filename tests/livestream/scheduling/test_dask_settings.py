@@ -44,6 +44,7 @@ def thread_settings(_: object = None) -> dict[str, Any]:
                 "MKL_NUM_THREADS",
                 "OPENBLAS_NUM_THREADS",
                 "NUMBA_NUM_THREADS",
+                "OMP_WAIT_POLICY",
             )
         },
         "malloc_env": {name: os.environ.get(name) for name in KEEP_FREED_MEMORY_ENV},
@@ -100,6 +101,7 @@ async def test_the_workers_run_under_the_service_settings_with_the_pools_threads
     assert set(pool_threads.pop("malloc_env").values()) == {None}
     assert dask_threads == pool_threads
     assert pool_threads["env"]["OPENBLAS_NUM_THREADS"] is None  # Dask's cap is gone
+    assert pool_threads["env"]["OMP_WAIT_POLICY"] == "PASSIVE"  # idle threads sleep
     assert background == {
         "profile": False,  # no profiler sampling the stage's threads
         "tick_ms": 1000,
