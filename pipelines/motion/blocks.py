@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pipelines.motion._block_kernels import accumulate_held_blocks
 from pipelines.motion.dose import critical_exposure_e_per_a2
+from pipelines.motion.spectra import HELD_BLOCK, HeldSpectra
 
 __all__ = [
     "LOCAL_BLOCK_DOSE_CAP",
@@ -35,6 +37,7 @@ __all__ = [
     "dose_tolerance_scale",
     "local_blocks",
     "spatial_coefficients",
+    "sum_held_block",
 ]
 
 # largest distance (px) between a frame's local field and its block's mean field:
@@ -173,3 +176,53 @@ def local_blocks(
         blocks.append((start, stop))
         start = stop
     return blocks
+
+
+def sum_held_block(
+    held: HeldSpectra,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    dose: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    plain: np.ndarray,
+    weighted: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
+    """A block's sums of the held spectra: what :meth:`HeldSpectra.accumulate_all`
+    gives for frames ``start .. stop - 1`` (bit-identical), from the vectorised
+    kernel :func:`pipelines.motion._block_kernels.accumulate_held_blocks`.
+    ``ramp_y`` ``(n, ny)``, ``ramp_x`` ``(n, nx // 2 + 1)`` hold every frame's
+    phase ramp; ``dose`` is ``(inv_ne, inv_norm, exposures, step)`` (``step``
+    None unless the dose is uniform); ``plain`` and ``weighted`` ``(ny, nx // 2
+    + 1)`` complex64, C-contiguous, are overwritten."""
+    n = len(held)
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"frames {start}..{stop} of {n} held")
+    ny, nxh = held.values.shape[1], held.values.shape[2]
+    for name, sums in (("plain", plain), ("weighted", weighted)):
+        if (
+            sums.shape != (ny, nxh)
+            or sums.dtype != np.complex64
+            or not sums.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"{name} must be C-contiguous complex64 {(ny, nxh)}, got "
+                f"{sums.dtype} {sums.shape}"
+            )
+    inv_ne, inv_norm, exposures, step = dose
+    frames = slice(start, stop)
+    accumulate_held_blocks(
+        held.values[frames].reshape(stop - start, ny, 2 * nxh),
+        held.scales[frames],
+        HELD_BLOCK,
+        held.low[frames],
+        np.ascontiguousarray(ramp_y[frames], dtype=np.complex64),
+        np.ascontiguousarray(ramp_x[frames], dtype=np.complex64),
+        np.ascontiguousarray(inv_ne, dtype=np.float32),
+        np.ascontiguousarray(inv_norm, dtype=np.float32),
+        np.ascontiguousarray(exposures[frames], dtype=np.float64),
+        np.ascontiguousarray(inv_norm if step is None else step, dtype=np.float32),
+        step is not None,
+        plain,
+        weighted,
+    )
