@@ -40,9 +40,11 @@ costs per exposure at that rate.
 Dask rows run under the service's Dask settings and scheduler
 (:mod:`livestream.scheduling.dask_settings`, :mod:`livestream.scheduling.
 dask_scheduler`; the default), the same settings with Dask's own scheduler class
-(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s) or Dask's
-defaults (``--dask-config defaults``), or several in the order given
-(``--dask-config service dask-scheduler defaults``).
+(``--dask-config dask-scheduler``: a worker heartbeat every 0.5 s), the service's
+with its workers on glibc's default ``malloc`` (``--dask-config service-glibc``:
+``[workers] keep_freed_memory = false``; the others keep freed memory as the pool
+workers do) or Dask's defaults (``--dask-config defaults``), or several in the
+order given (``--dask-config service dask-scheduler defaults``).
 
 The overhead per exposure is split in two (``--real``): the idle rate times the
 exposure's wall time (``idle x wall s``: what the executor's processes burn by the
@@ -50,6 +52,12 @@ clock, heartbeats, ticks and monitors, whether a stage runs or not) and the rest
 (``per task s``: submitting, the scheduler's and the worker's work for each task,
 what the stage's threads lose to the executor's); the first scales with the wall
 time an exposure takes, so with the machine's load, the second with the tasks.
+A second line per executor attributes the run's CPU, beyond each thread's own idle
+rate: this process's main thread (the event loop of the client, a local cluster's
+scheduler and nannies) and its other threads, the workers' main threads (a Dask
+worker's event loop; a pool worker's stage) and their other threads (a Dask
+worker's task thread with the stage's numba and FFT threads), less the stage's
+CPU where the stage runs.
 
     .venv/bin/python benchmarks/bench_dask.py --real 2 [--small] [--workers 1]
         [--dask-workers 1] [--dask-config service defaults] [--keep DIR]
@@ -189,6 +197,8 @@ async def _executors(
         for config in dask_config:
             if config == "service":
                 cluster_cm = local_cluster(n)
+            elif config == "service-glibc":
+                cluster_cm = local_cluster(n, keep_freed_memory=False)
             elif config == "dask-scheduler":
                 import distributed  # optional: only the Dask rows need it
 
@@ -314,15 +324,49 @@ async def _run_exposures(
     warm = _tasks(project / "warm", 2 * executor.n_workers(), 0.0)
     await asyncio.gather(*(executor.run(run_stage, task) for task in warm))
     # idle: what the executor's processes burn with no task (heartbeats, monitors)
-    cpu = tree_cpu_s()
+    cpu, threads = tree_cpu_s(), _thread_cpu_s()
     await asyncio.sleep(IDLE_S)
     totals["idle_cpu_per_s"] = (tree_cpu_s() - cpu) / IDLE_S
+    idle_threads = _thread_cpu_s()
     cpu = tree_cpu_s()
     started = time.perf_counter()
     await asyncio.gather(*(one(movie) for movie in movies))
     totals["wall"] = time.perf_counter() - started
     totals["cpu"] = tree_cpu_s() - cpu
+    # per process and thread: the run's CPU beyond the same thread's idle rate
+    for name, run_cpu in _thread_cpu_s().items():
+        idle_rate = (idle_threads.get(name, 0.0) - threads.get(name, 0.0)) / IDLE_S
+        run_cpu -= idle_threads.get(name, 0.0)
+        totals[f"beyond idle: {name}"] = run_cpu - idle_rate * totals["wall"]
     return totals
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """User + system CPU seconds of this process's main thread (the event loop of
+    the client, the scheduler and the nannies) and of its other threads, and the
+    same of the worker processes (their main thread is a Dask worker's event loop;
+    the others run the stages), from /proc (Linux)."""
+    import psutil  # optional: it comes with distributed
+
+    me = psutil.Process()
+    found: dict[str, float] = {}
+    for process in (me, *me.children(recursive=True)):
+        role = "this process" if process.pid == me.pid else "workers"
+        try:
+            tasks = list(Path(f"/proc/{process.pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+            thread = "main thread" if task.name == str(process.pid) else "others"
+            key = f"{role}, {thread}"
+            found[key] = found.get(key, 0.0) + cpu
+    return found
 
 
 def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> None:
@@ -338,6 +382,20 @@ def _report_real(name: str, workers: int, n: int, totals: dict[str, float]) -> N
         f" {100 * overhead / stage_cpu:>6.2f} {totals['stage_background'] / n:>10.2f}"
         f" {idle:>11.1f} {100 * totals['idle_cpu_per_s']:>9.2f} {background:>12.2f}"
         f" {overhead - background:>10.2f} {100 * (overhead - background) / stage_cpu:>6.2f}",
+        flush=True,
+    )
+    beyond = {k.split(": ", 1)[1]: v / n for k, v in totals.items() if ": " in k}
+    # the stage runs in a pool worker's main thread, in a Dask worker's task thread
+    stage_threads = (
+        "workers, others" if name.startswith("dask") else "workers, main thread"
+    )
+    if stage_threads in beyond:
+        beyond[f"{stage_threads} less the stage"] = (
+            beyond.pop(stage_threads) - stage_cpu
+        )
+    print(
+        "    CPU s per exposure beyond each one's idle rate: "
+        + "; ".join(f"{name} {cpu:.2f}" for name, cpu in sorted(beyond.items())),
         flush=True,
     )
 
@@ -459,7 +517,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="--real: the movie's folder, reused")
     parser.add_argument(
         "--dask-config",
-        choices=("service", "dask-scheduler", "defaults"),
+        choices=("service", "service-glibc", "dask-scheduler", "defaults"),
         nargs="+",
         default=["service"],
         help="the Dask rows under the service's settings, the same with Dask's own"

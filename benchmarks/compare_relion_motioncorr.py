@@ -52,7 +52,7 @@ one an operator pays per ``livestream motion`` call.
         [--frames 40] [--threads 2] [--seed 1] [--relion-bin /usr/bin/relion_run_motioncorr]
         [--workdir DIR [--reuse]]   # keep (reuse) the movie and the outputs there
         [--no-relion] [--warm 3] [--local-movie PATH] [--profile]
-        [--default-malloc]
+        [--default-malloc] [--active-openmp]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ from bench_motion_accuracy import PARTICLES_PER_PX2
 import pipelines.motion.correct as correct_module
 import pipelines.motion.job as job_module
 from livestream.scheduling.allocator import keep_freed_memory
+from livestream.scheduling.openmp import passive_openmp
 from pipelines.motion.job import run_motion
 from pipelines.simulate.micrograph import MicrographParams
 from pipelines.simulate.movie import MovieParams, simulate_movie
@@ -337,12 +338,16 @@ def warm_worker(
     runs: int,
     profile: bool,
     keep_freed: bool,
+    passive: bool = True,
 ) -> dict[str, object]:
     """In this (fresh) process: the bound, ``runs`` calls of ``run_motion`` on
     ``movie``, the bound again.  CPU s per run are ``time.process_time`` (all
     threads); ``phases`` the CPU s per phase of each run with ``profile``.  With
     ``keep_freed`` the process first calls :func:`keep_freed_memory`, as the
-    service's pool worker does."""
+    service's pool worker does, and with ``passive`` sets libgomp's threads to
+    sleep when idle (:func:`passive_openmp`), as the pool worker does."""
+    if passive and not passive_openmp():
+        print("passive_openmp() too late here: libgomp already loaded")
     if keep_freed and not keep_freed_memory():
         print("keep_freed_memory() not taken here: the default allocator")
     bounds = [_bound(movie, 1, threads)]
@@ -450,8 +455,11 @@ def run_warm(
     )
     keep = not args.default_malloc
     memory = "malloc keeping freed memory" if keep else "glibc's default malloc"
+    passive = not args.active_openmp
+    if not passive:
+        memory += ", OpenMP threads spinning (libgomp's default)"
     value = in_process(
-        warm_worker, movie, gain, args.threads, args.warm, args.profile, keep
+        warm_worker, movie, gain, args.threads, args.warm, args.profile, keep, passive
     )
     print_warm(f"this movie (gain, 5 x 5 patches; {memory})", value, truth)
     value = in_process(
@@ -462,6 +470,7 @@ def run_warm(
         args.warm,
         args.profile,
         keep,
+        passive,
     )
     print_warm(f"local motion ({local_movie.name}; {memory})", value, None)
 
@@ -495,6 +504,12 @@ def main() -> None:
         action="store_true",
         help="the warm worker with glibc's default malloc, not the service's "
         "keep_freed_memory",
+    )
+    parser.add_argument(
+        "--active-openmp",
+        action="store_true",
+        help="the warm worker with libgomp's default wait policy (idle threads "
+        "spin), not the service's OMP_WAIT_POLICY=PASSIVE",
     )
     args = parser.parse_args()
     relion = shutil.which(args.relion_bin)

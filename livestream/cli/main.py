@@ -10,6 +10,7 @@ from types import ModuleType
 
 from livestream import __version__
 from livestream.cli.console import INPUT_ERROR_STATUS, InputError
+from livestream.scheduling.openmp import passive_openmp
 
 # name -> the command's module; each has a docstring (its help), add_args(parser)
 # and main(args) -> int.  Only the command that runs is imported (the others'
@@ -80,6 +81,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # before any numba kernel loads libgomp; the daemon's workers inherit it
+    passive_openmp()
     words = list(sys.argv[1:] if argv is None else argv)
     command = words[0] if words and words[0] in COMMANDS else None
     args = build_parser(command).parse_args(words)

@@ -42,5 +42,10 @@ def main(args: argparse.Namespace) -> int:
         return INPUT_ERROR_STATUS
     if config.workers.slurm is None:
         raise InputError(args.config, "no [workers.slurm] table")
-    print(slurm_job_script(config.workers.slurm, args.scheduler), end="")
+    script = slurm_job_script(
+        config.workers.slurm,
+        args.scheduler,
+        keep_freed_memory=config.workers.keep_freed_memory,
+    )
+    print(script, end="")
     return 0

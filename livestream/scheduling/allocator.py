@@ -15,6 +15,16 @@ The pool worker's initializer (:mod:`livestream.scheduling.executors`) calls it
 unless ``[workers] keep_freed_memory = false``.  glibc only (``mallopt`` of
 ``<malloc.h>``); elsewhere (musl, macOS) it does nothing and returns False.
 :func:`heap_probe` reads the setting back by behaviour, for tests and checks.
+
+A Dask worker runs its tasks in a thread of its own, not in the main thread, and
+glibc gives such a thread an arena of its own: a chain of 64 MB heaps, from which a
+larger block cannot come, so ``sysmalloc`` maps it on its own even under
+``M_MMAP_MAX`` 0.  Which arena a new thread gets is glibc's choice (an arena a
+finished thread left is reused first), so ``mallopt(M_ARENA_MAX, 1)`` in a running
+worker does not reliably reach the task thread.  :data:`KEEP_FREED_MEMORY_ENV` is
+the same setting as glibc's environment variables, read when a process starts,
+with one arena (``MALLOC_ARENA_MAX`` 1) for all its threads; the nannies set it
+for the worker processes they start (:mod:`livestream.scheduling.dask_settings`).
 """
 
 from __future__ import annotations
@@ -25,11 +35,20 @@ import sys
 
 import numpy as np
 
-__all__ = ["HeapProbe", "heap_probe", "keep_freed_memory"]
+__all__ = ["KEEP_FREED_MEMORY_ENV", "HeapProbe", "heap_probe", "keep_freed_memory"]
 
 # <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+
+# glibc's tunables (glibc.malloc.*) by their environment names, for a process yet
+# to start: what keep_freed_memory sets (a trim threshold of -1 is SIZE_MAX), and
+# one arena, so that threads other than the main one allocate as it does
+KEEP_FREED_MEMORY_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(ctypes.c_size_t(-1).value),
+    "MALLOC_ARENA_MAX": "1",
+}
 
 
 class _Mallinfo2(ctypes.Structure):

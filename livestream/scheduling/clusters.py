@@ -47,8 +47,12 @@ def _jobqueue() -> Any:
     return dask_jobqueue
 
 
-def slurm_job_kwargs(config: SlurmConfig) -> dict[str, Any]:
-    """dask-jobqueue's ``SLURMCluster``/``SLURMJob`` arguments for ``config``."""
+def slurm_job_kwargs(
+    config: SlurmConfig, *, keep_freed_memory: bool = True
+) -> dict[str, Any]:
+    """dask-jobqueue's ``SLURMCluster``/``SLURMJob`` arguments for ``config``; with
+    ``keep_freed_memory`` (``[workers] keep_freed_memory``) the nannies start their
+    workers with glibc keeping freed memory."""
     kwargs: dict[str, Any] = {
         # dask-jobqueue gives each worker cores // processes threads (concurrent
         # stages); one stage at a time per worker process, which parallelises
@@ -64,7 +68,9 @@ def slurm_job_kwargs(config: SlurmConfig) -> dict[str, Any]:
         # Dask's settings first, so that a facility's own prologue may override them
         "job_script_prologue": [
             f"export {name}={shlex.quote(value)}"
-            for name, value in dask_environment().items()
+            for name, value in dask_environment(
+                keep_freed_memory=keep_freed_memory
+            ).items()
         ]
         + list(config.job_script_prologue),
         "job_name": "livestream-worker",
@@ -80,18 +86,22 @@ def slurm_job_kwargs(config: SlurmConfig) -> dict[str, Any]:
     return kwargs
 
 
-def slurm_job_script(config: SlurmConfig, scheduler_address: str) -> str:
+def slurm_job_script(
+    config: SlurmConfig, scheduler_address: str, *, keep_freed_memory: bool = True
+) -> str:
     """The batch script one worker job runs (what ``sbatch`` is given)."""
     job = _jobqueue().slurm.SLURMJob(
         scheduler=scheduler_address,
         name="livestream-worker",
-        **slurm_job_kwargs(config),
+        **slurm_job_kwargs(config, keep_freed_memory=keep_freed_memory),
     )
     script: str = job.job_script()
     return script
 
 
-def slurm_cluster_kwargs(config: SlurmConfig) -> dict[str, Any]:
+def slurm_cluster_kwargs(
+    config: SlurmConfig, *, keep_freed_memory: bool = True
+) -> dict[str, Any]:
     """dask-jobqueue's ``SLURMCluster`` arguments for ``config``: the job's
     (:func:`slurm_job_kwargs`) and the scheduler's class, the service's
     (:class:`~livestream.scheduling.dask_scheduler.ServiceScheduler`: the workers
@@ -100,13 +110,15 @@ def slurm_cluster_kwargs(config: SlurmConfig) -> dict[str, Any]:
     # deferred: it subclasses distributed's Scheduler; distributed is optional
     from livestream.scheduling.dask_scheduler import ServiceScheduler
 
-    return {**slurm_job_kwargs(config), "scheduler_cls": ServiceScheduler}
+    job = slurm_job_kwargs(config, keep_freed_memory=keep_freed_memory)
+    return {**job, "scheduler_cls": ServiceScheduler}
 
 
-async def start_slurm_cluster(config: SlurmConfig) -> Any:
+async def start_slurm_cluster(config: SlurmConfig, *, keep_freed_memory: bool) -> Any:
     """A running ``SLURMCluster`` (asynchronous) scaled to ``config.jobs`` jobs."""
-    kwargs = slurm_cluster_kwargs(config)
-    with dask_settings():  # the scheduler reads them when it starts
+    kwargs = slurm_cluster_kwargs(config, keep_freed_memory=keep_freed_memory)
+    # the scheduler reads them when it starts
+    with dask_settings(keep_freed_memory=keep_freed_memory):
         cluster = await _jobqueue().SLURMCluster(asynchronous=True, **kwargs)
     cluster.scale(jobs=config.jobs)
     return cluster

@@ -30,6 +30,7 @@ from livestream.config import SlurmConfig
 from livestream.scheduling.allocator import keep_freed_memory
 from livestream.scheduling.clusters import start_slurm_cluster
 from livestream.scheduling.dask_settings import dask_settings, require_distributed
+from livestream.scheduling.openmp import passive_openmp
 
 __all__ = [
     "DAEMON_PID_ENV",
@@ -129,6 +130,9 @@ def exit_with_parent(daemon_pid: int) -> None:
 def _init_worker(daemon_pid: int, keep_freed: bool = True) -> None:
     _ignore_signals()
     exit_with_parent(daemon_pid)
+    # OpenMP's idle threads sleep (livestream.scheduling.openmp): before any
+    # task's first numba kernel loads libgomp
+    passive_openmp()
     # glibc keeps freed memory for the next task: the one place this is set
     # (livestream.scheduling.allocator; [workers] keep_freed_memory)
     if keep_freed and not keep_freed_memory():
@@ -208,8 +212,12 @@ class DaskExecutor:
         return cls(client)
 
     @classmethod
-    async def on_slurm(cls, config: SlurmConfig) -> DaskExecutor:
-        cluster = await start_slurm_cluster(config)
+    async def on_slurm(
+        cls, config: SlurmConfig, *, keep_freed_memory: bool = True
+    ) -> DaskExecutor:
+        """A Slurm cluster the executor owns; with ``keep_freed_memory`` its workers'
+        glibc keeps freed memory (:mod:`livestream.scheduling.dask_settings`)."""
+        cluster = await start_slurm_cluster(config, keep_freed_memory=keep_freed_memory)
         try:
             client = await _dask_client(cluster)
         except BaseException:
@@ -290,7 +298,7 @@ async def create_executor(
     keep_freed_memory: bool = True,
 ) -> LocalExecutor | DaskExecutor:
     if slurm is not None:
-        return await DaskExecutor.on_slurm(slurm)
+        return await DaskExecutor.on_slurm(slurm, keep_freed_memory=keep_freed_memory)
     if dask_address:
         return await DaskExecutor.connect(dask_address)
     return LocalExecutor(n_processes, start_method, keep_freed_memory=keep_freed_memory)

@@ -378,23 +378,27 @@ def quantize_spectrum(
     row ``y`` from ``x = b * block``, divided by 127 (0 for an all-zero block).
 
     ``spectrum`` ``(ny, nxh)`` complex64, ``values`` ``(ny, nxh, 2)`` int8,
-    ``scales`` ``(ny, ceil(nxh / block))`` float32."""
+    ``scales`` ``(ny, ceil(nxh / block))`` float32.  The row is read as its
+    interleaved float32 parts and rounded to int32 before the int8 store: LLVM
+    does not vectorise float -> int8 directly (2x the CPU, same values)."""
     ny, nxh = spectrum.shape
     nb = scales.shape[1]
     for y in prange(ny):
+        row = spectrum[y].view(np.float32)  # re, im interleaved
+        out = values[y].reshape(2 * nxh)
+        rounded = np.empty(2 * block, dtype=np.int32)
         for b in range(nb):
-            x0 = b * block
-            x1 = min(nxh, x0 + block)
+            x0 = 2 * b * block
+            width = min(2 * nxh, x0 + 2 * block) - x0
             top = np.float32(0.0)
-            for x in range(x0, x1):
-                value = spectrum[y, x]
-                top = max(top, abs(value.real), abs(value.imag))
+            for x in range(width):
+                top = max(top, abs(row[x0 + x]))
             scales[y, b] = top / np.float32(127.0)
             inv = np.float32(127.0) / top if top > 0 else np.float32(0.0)
-            for x in range(x0, x1):
-                value = spectrum[y, x]
-                values[y, x, 0] = np.int8(np.floor(value.real * inv + np.float32(0.5)))
-                values[y, x, 1] = np.int8(np.floor(value.imag * inv + np.float32(0.5)))
+            for x in range(width):
+                rounded[x] = np.int32(np.floor(row[x0 + x] * inv + np.float32(0.5)))
+            for x in range(width):
+                out[x0 + x] = np.int8(rounded[x])
 
 
 @njit(cache=True, parallel=True, fastmath=True)

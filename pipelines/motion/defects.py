@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
+from pipelines.motion import _gain_kernels
 from pipelines.motion import _kernels as _motion_kernels
 
 __all__ = [
@@ -26,6 +27,11 @@ __all__ = [
     "mask_defects",
     "orient_gain",
 ]
+
+# frame types prepared by the numba kernel (native byte order; others by NumPy)
+_GAIN_KERNEL_TYPES = tuple(
+    np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32)
+)
 
 
 def orient_gain(
@@ -196,8 +202,16 @@ class PreparedFrames:
 
     def __call__(self, index: int) -> np.ndarray:
         out = self._buffer
-        if self.gain is not None:
-            np.multiply(self.frames[index], self.gain, out=out[0])
+        frame_in = self.frames[index]
+        if (
+            self.gain is not None
+            and frame_in.dtype in _GAIN_KERNEL_TYPES
+            and frame_in.flags.c_contiguous
+        ):
+            # one parallel pass, the values of np.multiply (_gain_kernels)
+            _gain_kernels.gain_multiply(frame_in, self.gain, out[0])
+        elif self.gain is not None:
+            np.multiply(frame_in, self.gain, out=out[0])
         else:
             out[0] = self.frames[index]
         if self.n_defects:

@@ -20,6 +20,7 @@ from typing import Any, cast
 import numpy as np
 
 from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion import _power_kernels
 from pipelines.motion.align import fft_kwargs, phase_ramp
 from pipelines.motion.blocks import (
     LOCAL_BLOCK_DOSE_CAP,
@@ -451,6 +452,33 @@ def power_spectrum(
     pixel is set to the median so it does not dominate a display.
     """
     ny, nx = shape
+    size_y, size_x = min(size, ny), min(size, nx)
+    by, bx = ny // size_y, nx // size_x
+    y0 = (ny - by * size_y) // 2
+    x0 = (nx - bx * size_x) // 2
+    if xp is np and spectrum.dtype == np.complex64 and spectrum.flags.c_contiguous:
+        # one numba pass over the half-spectrum, no full-size temporaries
+        binned = np.empty((size_y, size_x), dtype=np.float32)
+        _power_kernels.binned_power(spectrum, nx, by, bx, y0, x0, binned)
+    else:
+        binned = _binned_power(spectrum, shape, (size_y, size_x), (y0, x0), xp)
+    out = xp.log10(binned + 1e-30)
+    out[size_y // 2, size_x // 2] = xp.median(out)
+    return out.astype(xp.float32)
+
+
+def _binned_power(
+    spectrum: Any,
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    start: tuple[int, int],
+    xp: ModuleType,
+) -> Any:
+    """:func:`power_spectrum`'s block means with arrays (CuPy, other dtypes)."""
+    ny, nx = shape
+    size_y, size_x = size
+    y0, x0 = start
+    by, bx = ny // size_y, nx // size_x
     power = (spectrum.real**2 + spectrum.imag**2).astype(xp.float32)
     full = xp.empty((ny, nx), dtype=xp.float32)
     nxh = nx // 2 + 1
@@ -459,12 +487,5 @@ def power_spectrum(
     rows = (-xp.arange(ny)) % ny
     full[:, nxh:] = power[rows[:, None], (nx - cols)[None, :]]
     full = xp.fft.fftshift(full)
-    size_y, size_x = min(size, ny), min(size, nx)
-    by, bx = ny // size_y, nx // size_x
-    y0 = (ny - by * size_y) // 2
-    x0 = (nx - bx * size_x) // 2
     crop = full[y0 : y0 + by * size_y, x0 : x0 + bx * size_x]
-    binned = crop.reshape(size_y, by, size_x, bx).mean(axis=(1, 3))
-    out = xp.log10(binned + 1e-30)
-    out[size_y // 2, size_x // 2] = xp.median(out)
-    return out.astype(xp.float32)
+    return crop.reshape(size_y, by, size_x, bx).mean(axis=(1, 3))

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from livestream.scheduling.allocator import KEEP_FREED_MEMORY_ENV
 from livestream.scheduling.dask_settings import (
     DASK_SETTINGS,
     dask_environment,
     local_cluster,
+    service_settings,
 )
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor
 from tests.livestream.scheduling.heartbeats import settled_heartbeats
@@ -42,9 +44,10 @@ def thread_settings(_: object = None) -> dict[str, Any]:
                 "MKL_NUM_THREADS",
                 "OPENBLAS_NUM_THREADS",
                 "NUMBA_NUM_THREADS",
-                "MALLOC_TRIM_THRESHOLD_",
+                "OMP_WAIT_POLICY",
             )
         },
+        "malloc_env": {name: os.environ.get(name) for name in KEEP_FREED_MEMORY_ENV},
     }
 
 
@@ -57,9 +60,19 @@ def background_of(dask_worker: Any) -> dict[str, Any]:
         "profile": "profile" in callbacks or "profile-cycle" in callbacks,
         "tick_ms": callbacks["tick"].callback_time,
         "monitor_ms": callbacks["monitor"].callback_time,
-        "memory_ms": callbacks["memory_monitor"].callback_time,
+        # no spill and no pause: the worker runs no memory monitor
+        "memory_monitor": "memory_monitor" in callbacks,
+        "pause": dask_worker.memory_manager.memory_pause_fraction,
         "config": {key: dask.config.get(key) for key in DASK_SETTINGS},
     }
+
+
+def nanny_memory_guard(dask_worker: Any) -> tuple[float, float]:
+    """The nanny's (``dask_worker`` is the nanny) terminate threshold and how often
+    it checks it, in ms."""
+    memory = dask_worker.memory_manager
+    interval = dask_worker.periodic_callbacks["memory_monitor"].callback_time
+    return memory.memory_terminate_fraction, interval
 
 
 @pytest.mark.slow  # two kinds of worker process import numba and scipy
@@ -78,18 +91,26 @@ async def test_the_workers_run_under_the_service_settings_with_the_pools_threads
             dask_threads = await executor.run(thread_settings, None)
             client = executor._client
             (background,) = (await client.run(background_of)).values()
+            (guard,) = (await client.run(nanny_memory_guard, nanny=True)).values()
         finally:
             await executor.close(cancel=False)
 
+    # the pool worker keeps freed memory by mallopt, the Dask worker by glibc's
+    # variables (test_allocator.py checks both by behaviour)
+    assert dask_threads.pop("malloc_env") == KEEP_FREED_MEMORY_ENV
+    assert set(pool_threads.pop("malloc_env").values()) == {None}
     assert dask_threads == pool_threads
     assert pool_threads["env"]["OPENBLAS_NUM_THREADS"] is None  # Dask's cap is gone
+    assert pool_threads["env"]["OMP_WAIT_POLICY"] == "PASSIVE"  # idle threads sleep
     assert background == {
         "profile": False,  # no profiler sampling the stage's threads
         "tick_ms": 1000,
         "monitor_ms": 5000,
-        "memory_ms": 1000,
-        "config": dict(DASK_SETTINGS),
+        "memory_monitor": False,
+        "pause": False,  # a kept heap (test_allocator.py) would never unpause
+        "config": service_settings(),
     }
+    assert guard == (0.95, 1000)  # the nanny still restarts a runaway worker
 
 
 async def test_the_workers_heartbeat_at_the_services_interval() -> None:
@@ -143,14 +164,23 @@ def test_the_environment_gives_a_worker_started_elsewhere_the_same_settings() ->
         "print(json.dumps({k: dask.config.get(k) for k in DASK_SETTINGS}))\n"
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**environ, **dask_environment()},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(out.stdout) == dict(DASK_SETTINGS)
+    for keep_freed in (True, False):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**environ, **dask_environment(keep_freed_memory=keep_freed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        settings = service_settings(keep_freed_memory=keep_freed)
+        assert json.loads(out.stdout) == settings
+    # the nannies start their workers with glibc's variables only with the setting
+    pre_spawn = "distributed.nanny.pre-spawn-environ"
+    assert service_settings()[pre_spawn] == {
+        **DASK_SETTINGS[pre_spawn],  # type: ignore[dict-item]
+        **KEEP_FREED_MEMORY_ENV,
+    }
+    assert service_settings(keep_freed_memory=False) == dict(DASK_SETTINGS)
     # Dask's defaults differ from every setting: the check above could fail
     import dask.config
 
@@ -158,3 +188,4 @@ def test_the_environment_gives_a_worker_started_elsewhere_the_same_settings() ->
     assert defaults["worker"]["profile"]["enabled"] is True
     assert defaults["admin"]["tick"]["interval"] == "20ms"
     assert defaults["nanny"]["pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
+    assert defaults["worker"]["memory"]["pause"] == 0.8

@@ -1,14 +1,15 @@
 """Shortcuts of the motion stage against the direct computations: the defect
 map of PreparedFrames (one frame at a time from the integer movie), the
 dose-weighting grids computed on half the rows, mirrored and kept for the next
-movie, and the spectral-SNR sums and weighting in one numba pass."""
+movie, the spectral-SNR sums and weighting in one numba pass, and the held
+spectra's int8 quantisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines.motion import summing
+from pipelines.motion import _kernels, summing
 from pipelines.motion.defects import (
     PreparedFrames,
     detect_dead_pixels,
@@ -146,3 +147,76 @@ def test_fused_snr_weighting_matches_the_array_path(rng: np.random.Generator) ->
     expected = refine_at_finer_bin(spectra, shifts / 2, shape, (2.0, 2.0), stack)
     np.testing.assert_allclose(refined, expected, atol=1e-4)
     assert np.abs(refined - shifts / 2).max() > 1e-3  # the refinement did move them
+
+
+def test_quantize_spectrum_matches_the_numpy_formula(rng: np.random.Generator) -> None:
+    """Each block's scale is its largest |re|, |im| / 127 and each part is
+    floor(x / scale + 0.5) as int8, exactly: a last block shorter than the
+    rest (nxh 145 = 2 x 64 + 17), an all-zero block (scale 0, values 0) and a
+    block whose largest part is negative (-127)."""
+    ny, nxh, block = 6, 145, 64
+    spectrum = (rng.normal(size=(ny, nxh)) + 1j * rng.normal(size=(ny, nxh))).astype(
+        np.complex64
+    ) * np.float32(50.0)
+    spectrum[2, 64:128] = 0
+    spectrum[4, 3] = -1000 + 1j
+    values = np.empty((ny, nxh, 2), dtype=np.int8)
+    scales = np.empty((ny, 3), dtype=np.float32)
+    _kernels.quantize_spectrum(spectrum, block, values, scales)
+    parts = spectrum.view(np.float32).reshape(ny, nxh, 2)
+    for b in range(3):
+        chunk = parts[:, b * block : (b + 1) * block]
+        top = np.abs(chunk).max(axis=(1, 2))
+        np.testing.assert_array_equal(scales[:, b], top / np.float32(127.0))
+        inv = np.where(top > 0, np.float32(127.0) / np.maximum(top, 1e-30), 0)
+        expected = np.floor(chunk * inv[:, None, None].astype(np.float32) + 0.5)
+        np.testing.assert_array_equal(values[:, b * block : (b + 1) * block], expected)
+    assert scales[2, 1] == 0
+    assert not values[2, 64:128].any()
+    assert values[4, 3, 0] == -127
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"), [((256, 256), 128), ((250, 300), 64), ((255, 301), 100)]
+)
+def test_power_spectrum_kernel_matches_the_array_path(
+    rng: np.random.Generator, shape: tuple[int, int], size: int
+) -> None:
+    """The numba pass over the half-spectrum gives the block means of the
+    mirrored, fftshift-ed full power (odd sizes, crops off-centre by blocks)."""
+    image = rng.normal(size=shape).astype(np.float32)
+    image += np.float32(3.0) * np.sin(np.arange(shape[1]) / 3.0).astype(np.float32)
+    spectrum = np.fft.rfft2(image).astype(np.complex64)
+    ny, nx = shape
+    sy, sx = min(size, ny), min(size, nx)
+    by, bx = ny // sy, nx // sx
+    start = ((ny - by * sy) // 2, (nx - bx * sx) // 2)
+    expected = summing._binned_power(spectrum, shape, (sy, sx), start, np)
+    found = summing.power_spectrum(spectrum, shape, size=size)
+    wanted = np.log10(expected + 1e-30)
+    wanted[sy // 2, sx // 2] = np.median(wanted)
+    np.testing.assert_allclose(found, wanted, rtol=0, atol=2e-6)
+    # the array path (a non-contiguous spectrum) is the function's other branch
+    strided = np.asfortranarray(spectrum)
+    np.testing.assert_allclose(
+        summing.power_spectrum(strided, shape, size=size), wanted, rtol=0, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.float32, ">i2"])
+def test_prepared_frames_gain_kernel_equals_numpy(
+    rng: np.random.Generator, dtype: str
+) -> None:
+    """The numba gain multiply gives np.multiply's float32 values exactly (a
+    big-endian movie takes NumPy's path, as does a non-contiguous one)."""
+    n, ny, nx = 3, 40, 56
+    frames = rng.poisson(5.0, size=(n, ny, nx)).astype(dtype)
+    gain = rng.uniform(0.5, 2.0, size=(ny, nx)).astype(np.float32)
+    gain[5, 6] = 0.0  # a gain defect: filled from its neighbours after
+    prepared = PreparedFrames(frames, gain=gain, hot_pixel_sigma=None)
+    strided = PreparedFrames(np.asfortranarray(frames), gain=gain, hot_pixel_sigma=None)
+    for i in range(n):
+        expected = np.multiply(frames[i], prepared.gain, dtype=np.float32)
+        found = prepared(i).copy()
+        np.testing.assert_array_equal(found[prepared.good], expected[prepared.good])
+        np.testing.assert_array_equal(strided(i), found)
