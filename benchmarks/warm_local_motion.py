@@ -1,8 +1,10 @@
 """The warm worker of ``compare_relion_motioncorr.py`` on one movie only: the
 bound, ``--runs`` calls of ``run_motion`` in one fresh process, the bound again,
-CPU s per phase (``--profile``).  The same function as that benchmark's warm
-mode (``warm_worker``), without its CLI runs and its second movie: for
-alternating before/after runs of one path (e.g. the local-motion movie).
+CPU s per phase (unless ``--no-profile``).  The same function as that
+benchmark's warm mode (``warm_worker``, with its defaults: glibc keeping freed
+memory and, where that benchmark sets it, OpenMP's passive wait), without its
+CLI runs and its second movie: for alternating before/after runs of one path
+(e.g. the local-motion movie).
 
     .venv/bin/python benchmarks/warm_local_motion.py \\
         [--movie /work/motionbench/local/movie_000.mrc] [--runs 3] [--threads 2]
