@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pipelines.motion._block_kernels import accumulate_held_blocks
 from pipelines.motion.dose import critical_exposure_e_per_a2
+from pipelines.motion.spectra import HELD_BLOCK, HeldSpectra
 
 __all__ = [
     "LOCAL_BLOCK_DOSE_CAP",
@@ -35,6 +37,8 @@ __all__ = [
     "dose_tolerance_scale",
     "local_blocks",
     "spatial_coefficients",
+    "start_weights",
+    "sum_held_block",
 ]
 
 # largest distance (px) between a frame's local field and its block's mean field:
@@ -173,3 +177,79 @@ def local_blocks(
         blocks.append((start, stop))
         start = stop
     return blocks
+
+
+def start_weights(
+    dose: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], frame: int
+) -> NDArray[np.float32]:
+    """Frame ``frame``'s normalised dose weight ``exp(-E / (2 Ne)) inv_norm``
+    ``(ny, nx // 2 + 1)`` float32 (``dose`` as :func:`sum_held_block`'s): where
+    :func:`sum_held_block` starts a movie's first block."""
+    inv_ne, inv_norm, exposures, _ = dose
+    weights: NDArray[np.float32] = np.exp(
+        np.float32(-0.5 * float(exposures[frame])) * np.asarray(inv_ne, np.float32)
+    )
+    weights *= np.asarray(inv_norm, np.float32)
+    return weights
+
+
+def sum_held_block(
+    held: HeldSpectra,
+    ramp_y: np.ndarray,
+    ramp_x: np.ndarray,
+    dose: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    plain: np.ndarray,
+    weighted: np.ndarray,
+    start: int,
+    stop: int,
+    weights: np.ndarray | None = None,
+) -> None:
+    """A block's sums of the held spectra: what :meth:`HeldSpectra.accumulate_all`
+    gives for frames ``start .. stop - 1`` (to float32 rounding), from the
+    vectorised kernel
+    :func:`pipelines.motion._block_kernels.accumulate_held_blocks`.
+    ``ramp_y`` ``(n, ny)``, ``ramp_x`` ``(n, nx // 2 + 1)`` hold every frame's
+    phase ramp; ``dose`` is ``(inv_ne, inv_norm, exposures, step)`` (``step``
+    None unless the dose is uniform); ``plain`` and ``weighted`` ``(ny, nx // 2
+    + 1)`` complex64, C-contiguous, are overwritten.  ``weights`` (float32,
+    that shape, C-contiguous) holds frame ``start``'s dose weight
+    (:func:`start_weights`) and is advanced to frame ``stop``'s: consecutive
+    blocks pass the same array, as one pass's recurrence; None: made here."""
+    n = len(held)
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"frames {start}..{stop} of {n} held")
+    ny, nxh = held.values.shape[1], held.values.shape[2]
+    if weights is None:
+        weights = start_weights(dose, start)
+    for name, array, dtype in (
+        ("plain", plain, np.complex64),
+        ("weighted", weighted, np.complex64),
+        ("weights", weights, np.float32),
+    ):
+        if (
+            array.shape != (ny, nxh)
+            or array.dtype != dtype
+            or not array.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"{name} must be C-contiguous {np.dtype(dtype)} {(ny, nxh)}, got "
+                f"{array.dtype} {array.shape}"
+            )
+    inv_ne, inv_norm, exposures, step = dose
+    frames = slice(start, stop)
+    accumulate_held_blocks(
+        held.values[frames].reshape(stop - start, ny, 2 * nxh),
+        held.scales[frames],
+        HELD_BLOCK,
+        held.low[frames],
+        np.ascontiguousarray(ramp_y[frames], dtype=np.complex64),
+        np.ascontiguousarray(ramp_x[frames], dtype=np.complex64),
+        np.ascontiguousarray(inv_ne, dtype=np.float32),
+        np.ascontiguousarray(inv_norm, dtype=np.float32),
+        np.ascontiguousarray(exposures[start : stop + 1], dtype=np.float64),
+        np.ascontiguousarray(inv_norm if step is None else step, dtype=np.float32),
+        step is not None,
+        plain,
+        weighted,
+        weights,
+    )

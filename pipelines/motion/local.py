@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion.align import align_stack, fft_kwargs
+from pipelines.motion.align import _one_blas_thread, align_stack, fft_kwargs
 from pipelines.motion.dose import DamageModel
 from pipelines.xp import fft_module, to_numpy
 
@@ -302,11 +302,17 @@ def align_patches(
         xp=xp,
     )
     data = to_numpy(shifts) * bin_factor  # (n_patches, n_frames, 2) unbinned px
-    fit = early[0] if early else _fit_and_test(data, basis)
-    coef, used, rms = fit.coefficients, fit.used, fit.rms
-    significant = not early and fit.f_value > fit.critical
-    if significant:
-        significant = _predicts_held_out_patches(data, basis, used, py, px)
+    # the fits' least squares (1000 x 18) on one BLAS thread, as the iterations'
+    # (``clearly_rejected`` runs inside ``align_stack``'s limit): threaded
+    # OpenBLAS spent 0.35-0.53 CPU s on the fit and the cross-validation's five
+    # on the loaded 2-core VM, one thread 0.009 (docs/motion.md, *Speed*,
+    # twelfth revision (local path))
+    with _one_blas_thread(np):
+        fit = early[0] if early else _fit_and_test(data, basis)
+        coef, used, rms = fit.coefficients, fit.used, fit.rms
+        significant = not early and fit.f_value > fit.critical
+        if significant:
+            significant = _predicts_held_out_patches(data, basis, used, py, px)
     # fix each patch's gauge so that its data match the model at frame 0
     values = evaluate_local_model(coef, np.arange(n_frames), basis[:, 1], basis[:, 3])
     offset = (data - values.transpose(1, 0, 2)).mean(axis=1, keepdims=True)

@@ -30,6 +30,8 @@ from pipelines.motion.blocks import (
     dose_tolerance_scale,
     local_blocks,
     spatial_coefficients,
+    start_weights,
+    sum_held_block,
 )
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HeldSpectra
@@ -81,25 +83,27 @@ def _sum_held(
     shifts = np.asarray(shifts_px, dtype=np.float64)
     ramps_y = np.exp(-2j * np.pi * np.fft.fftfreq(ny)[None, :] * shifts[:, 1:2])
     ramps_x = np.exp(-2j * np.pi * np.fft.rfftfreq(nx)[None, :] * shifts[:, 0:1])
-    inv_ne, inv_norm, exposures, step = damage
+    in_blocks = blocks is not None and coefficients is not None
+    # the blocks' dose weights: one recurrence through the movie's frames
+    weights = start_weights(damage, 0) if in_blocks else None
+    following = [0]  # the frame whose weight ``weights`` holds
 
     def accumulate(
         plain: np.ndarray, weighted: np.ndarray, start: int, stop: int
     ) -> None:
-        held.accumulate_all(
-            ramps_y,
-            ramps_x,
-            inv_ne,
-            inv_norm,
-            exposures,
-            step,
-            plain,
-            weighted,
-            start=start,
-            stop=stop,
+        # the vectorised kernel (HeldSpectra.accumulate_all's sums to float32
+        # rounding, about 2.5x faster): a block, or all frames in one pass
+        if weights is not None:
+            if start != following[0]:  # not the next frames: a fresh start
+                weights[...] = start_weights(damage, start)
+            following[0] = stop
+        sum_held_block(
+            held, ramps_y, ramps_x, damage, plain, weighted, start, stop, weights
         )
 
-    if blocks is not None and coefficients is not None:
+    if in_blocks:
+        assert blocks is not None  # for mypy: in_blocks says so
+        assert coefficients is not None
         return _sum_held_blocks(
             held.shape, accumulate, blocks, coefficients, workers, plain_sum
         )

@@ -14,6 +14,8 @@ from pipelines.motion.blocks import (
     dose_tolerance_scale,
     local_blocks,
     spatial_coefficients,
+    start_weights,
+    sum_held_block,
 )
 from pipelines.motion.dose import dose_weights
 from pipelines.motion.local import evaluate_local_model, spatial_basis
@@ -259,6 +261,53 @@ def test_blocks_without_the_plain_sum(rng):
     assert abs(unwarped[0, 0].real - spectrum[0, 0].real) < 0.01 * abs(
         spectrum[0, 0].real
     )
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_block_kernel_gives_the_held_spectras_sums(rng, uniform):
+    """``sum_held_block`` (the vectorised kernel) sums a block of held spectra
+    as ``HeldSpectra.accumulate_all`` does: the exact low-frequency rows and
+    columns, a last scale block shorter than the others, the phase ramps and
+    the dose weights (a uniform dose's recurrence and per-frame exponentials)."""
+    n, ny, nx = 9, 150, 200  # 101 columns: a scale block of 64 and one of 37
+    held = HeldSpectra(n, (ny, nx))
+    for t in range(n):
+        frame = rng.standard_normal((ny, nx)).astype(np.float32) + 30.0
+        held.put(t, np.fft.rfft2(frame).astype(np.complex64))
+    shifts = rng.normal(scale=2.0, size=(n, 2))
+    ramp_y = np.exp(-2j * np.pi * np.fft.fftfreq(ny)[None, :] * shifts[:, 1:2])
+    ramp_x = np.exp(-2j * np.pi * np.fft.rfftfreq(nx)[None, :] * shifts[:, 0:1])
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(ny), np.fft.rfftfreq(nx), indexing="ij"))
+    inv_ne = (1.0 / (0.245 * np.maximum(k, 1e-3) ** -1.665 + 2.81)).astype(np.float32)
+    inv_norm = (1.0 + rng.random(inv_ne.shape)).astype(np.float32)
+    exposures = np.cumsum(np.full(n, 1.5) if uniform else rng.uniform(0.5, 2.0, n))
+    step = np.exp(-0.75 * inv_ne).astype(np.float32) if uniform else None
+    want = np.empty((2, ny, nx // 2 + 1), dtype=np.complex64)
+    got = np.full_like(want, np.nan)
+    dose = (inv_ne, inv_norm, exposures, step)
+    carried = start_weights(dose, 0)  # consecutive blocks: one recurrence
+    previous = None
+    for start, stop in [(0, 3), (3, 4), (4, 9)]:
+        held.accumulate_all(
+            ramp_y, ramp_x, inv_ne, inv_norm, exposures, step, *want,
+            start=start, stop=stop,
+        )  # fmt: skip
+        scale = float(np.abs(want).max())
+        for weights in (carried, None):
+            sum_held_block(held, ramp_y, ramp_x, dose, *got, start, stop, weights)
+            assert np.abs(got - want).max() <= 1e-5 * scale  # measured <= 1e-7
+        if previous is not None:  # a different block sums different frames
+            assert np.abs(want - previous).max() > 0.1 * scale
+        previous = want.copy()
+    # advanced past the last frame: that frame's weight
+    assert np.allclose(
+        carried, start_weights(dose, n - 1) * (1 if step is None else step), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="complex64"):
+        sum_held_block(
+            held, ramp_y, ramp_x, (inv_ne, inv_norm, exposures, step),
+            got[0].astype(np.complex128), got[1], 0, 2,
+        )  # fmt: skip
 
 
 def _keys(f: np.ndarray) -> list[np.ndarray]:
