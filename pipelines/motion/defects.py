@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
-from pipelines.motion import _gain_kernels
+from pipelines.motion import _defect_kernels, _gain_kernels
 from pipelines.motion import _kernels as _motion_kernels
 
 __all__ = [
@@ -27,6 +27,9 @@ __all__ = [
     "mask_defects",
     "orient_gain",
 ]
+
+# detect_dead_pixels' default: the chance that a working pixel counted nothing
+DEAD_MAX_PROBABILITY = 1e-9
 
 # frame types prepared by the numba kernel (native byte order; others by NumPy)
 _GAIN_KERNEL_TYPES = tuple(
@@ -87,16 +90,33 @@ def detect_hot_pixels(
     larger of the robust spread and the Poisson spread, so specimen contrast and
     sparse counts are never flagged.
     """
-    sample = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
+    sample = _sample(frame_sum)
     median = float(np.median(sample))
-    mad = float(np.median(np.abs(sample - median))) * 1.4826
-    sigma = max(mad, np.sqrt(max(median, 1.0)))
-    hot: NDArray[np.bool_] = frame_sum > median + n_sigma * sigma
+    hot: NDArray[np.bool_] = frame_sum > _hot_threshold(sample, median, n_sigma)
     return hot
 
 
+def _sample(frame_sum: np.ndarray) -> np.ndarray:
+    """About a million evenly strided pixels of the frame sum (the detectors'
+    median and spread)."""
+    sample: np.ndarray = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
+    return sample
+
+
+def _hot_threshold(sample: np.ndarray, median: float, n_sigma: float) -> float:
+    """:func:`detect_hot_pixels`' threshold from the sample and its median."""
+    mad = float(np.median(np.abs(sample - median))) * 1.4826
+    sigma = max(mad, np.sqrt(max(median, 1.0)))
+    return float(median + n_sigma * sigma)
+
+
+def _dead_detectable(median: float, max_probability: float) -> bool:
+    """Whether :func:`detect_dead_pixels` calls any pixel dead at this median."""
+    return bool(median > -np.log(max_probability))
+
+
 def detect_dead_pixels(
-    frame_sum: np.ndarray, *, max_probability: float = 1e-9
+    frame_sum: np.ndarray, *, max_probability: float = DEAD_MAX_PROBABILITY
 ) -> np.ndarray:
     """Pixels that counted nothing where a working pixel almost surely would have.
 
@@ -104,9 +124,8 @@ def detect_dead_pixels(
     mean is 0 with probability below ``max_probability`` (median > ~21 counts at
     1e-9); at lower doses no pixel is called dead.
     """
-    sample = frame_sum.ravel()[:: max(1, frame_sum.size // 1_000_000)]
-    median = float(np.median(sample))
-    if median <= -np.log(max_probability):
+    median = float(np.median(_sample(frame_sum)))
+    if not _dead_detectable(median, max_probability):
         return np.zeros(frame_sum.shape, dtype=bool)
     return frame_sum <= 0
 
@@ -166,15 +185,17 @@ class PreparedFrames:
                     gain32.shape,
                     f"does not match the frame shape {shape} (check the rotation)",
                 )
-            bad = ~np.isfinite(gain32) | (gain32 <= 0)
-            defects |= bad
-            self.gain = np.where(bad, 0.0, gain32).astype(np.float32)
+            # one pass: the gain's defects (not finite or <= 0) and the gain
+            # with 0 there (docs/motion.md, Speed, thirteenth revision)
+            self.gain = np.empty(shape, dtype=np.float32)
+            _defect_kernels.clean_gain(np.ascontiguousarray(gain32), self.gain, defects)
         if defect_mask is not None:
             mask = np.asarray(defect_mask, dtype=bool)
             if mask.shape != shape:
                 raise ValueError(f"defect_mask {mask.shape} vs frames {shape}")
             defects |= mask
         self.n_hot = 0
+        good: np.ndarray | None = None
         if hot_pixel_sigma is not None:
             frame_sum = np.empty(shape, dtype=np.float32)
             if frames.flags.c_contiguous and frames.dtype.isnative:
@@ -185,14 +206,22 @@ class PreparedFrames:
                     np.add(frame_sum, frame, out=frame_sum)
             if self.gain is not None:
                 frame_sum *= self.gain
-            hot = detect_hot_pixels(frame_sum, n_sigma=hot_pixel_sigma)
-            hot &= ~defects
-            self.n_hot = int(hot.sum())
-            defects |= hot | detect_dead_pixels(frame_sum)
+            # detect_hot_pixels (not where already a defect) and
+            # detect_dead_pixels with one median, marked in one pass
+            sample = _sample(frame_sum)
+            median = float(np.median(sample))
+            good = np.empty(shape, dtype=bool)
+            self.n_hot = _defect_kernels.mark_defects(
+                frame_sum,
+                np.float32(_hot_threshold(sample, median, hot_pixel_sigma)),
+                _dead_detectable(median, DEAD_MAX_PROBABILITY),
+                defects,
+                good,
+            )
         ys, xs = np.nonzero(defects)
         self.ys = ys.astype(np.int64)
         self.xs = xs.astype(np.int64)
-        self.good = ~defects
+        self.good = ~defects if good is None else good
         self.radius = int(radius)
         self.n_defects = int(ys.size)
         self._buffer = np.empty((1, *shape), dtype=np.float32)

@@ -44,12 +44,17 @@ PATCH_TOLERANCE_PX = 0.03
 # the per-frame patch pass ends early, and the local model is rejected, once
 # the F-test on its current estimate (from iteration REJECT_FROM_ITERATION on)
 # is below REJECT_MARGIN × the critical value: the second iteration's F value
-# was 1.00-1.05 × the converged estimate's on the benchmark and test movies
-# (the first iteration's 0.86-1.11), so a movie this far below the line is
+# was 1.00-1.05 × the converged estimate's on the benchmark and test movies,
+# so a movie this far below the line is
 # rejected by the converged estimate too; the iterations left (2 of 4 on the
 # 4096² benchmark movie) are not paid (docs/motion.md, Speed, tenth revision)
-REJECT_FROM_ITERATION = 2
+REJECT_FROM_ITERATION = 1
 REJECT_MARGIN = 0.85
+# the first iteration's F value is 0.86-1.11 × the converged estimate's (the
+# benchmark, test and 24 simulated movies), so its margin is stricter: below
+# 0.75 × the critical value the converged F is below 0.75 / 0.86 = 0.87 × it
+# (docs/motion.md, Speed, thirteenth revision)
+FIRST_REJECT_MARGIN = 0.75
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,9 +226,9 @@ def align_patches(
     triangle-weighted sums of neighbouring frames first, as the global alignment.
     The per-frame pass ends early, the model rejected (``significant`` False,
     the fit of that estimate returned), once the F-test on its estimate is
-    below ``REJECT_MARGIN`` × the critical value from iteration
-    ``REJECT_FROM_ITERATION`` on; a model that is kept is always fitted to the
-    converged estimate.
+    below ``REJECT_MARGIN`` × the critical value (``FIRST_REJECT_MARGIN`` after
+    the first iteration) from iteration ``REJECT_FROM_ITERATION`` on; a model
+    that is kept is always fitted to the converged estimate.
     """
     fft = fft_module(xp)
     n_frames, my, mx = aligned.shape
@@ -278,7 +283,8 @@ def align_patches(
         if iteration < REJECT_FROM_ITERATION:
             return False
         fit = _fit_and_test(to_numpy(current) * bin_factor, basis)
-        if fit.f_value < REJECT_MARGIN * fit.critical:
+        margin = FIRST_REJECT_MARGIN if iteration == 1 else REJECT_MARGIN
+        if fit.f_value < margin * fit.critical:
             early.append(fit)
             return True
         return False

@@ -13,15 +13,27 @@ from pipelines.motion.correct import correct_motion
 from tests.pipelines.motion_movies import make_movie
 
 MARGIN = local_module.REJECT_MARGIN  # the module's, before any test sets it
+FIRST_MARGIN = local_module.FIRST_REJECT_MARGIN
 
 
-def _run(frames: np.ndarray, monkeypatch: pytest.MonkeyPatch, margin: float):
-    """``correct_motion`` with ``REJECT_MARGIN`` ``margin`` (0: never early) and
-    the number of correlation passes of the local estimation.  The per-frame
-    patch pass is not let converge (tolerance 0: 10 iterations), so that ending
-    it early has iterations to save on these small movies (which converge in
-    two)."""
+def _run(
+    frames: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    margin: float,
+    first_margin: float | None = None,
+):
+    """``correct_motion`` with ``REJECT_MARGIN`` ``margin`` and
+    ``FIRST_REJECT_MARGIN`` ``first_margin`` (default ``margin``; 0: never
+    early) and the number of correlation passes of the local estimation.  The
+    per-frame patch pass is not let converge (tolerance 0: 10 iterations), so
+    that ending it early has iterations to save on these small movies (which
+    converge in two)."""
     monkeypatch.setattr(local_module, "REJECT_MARGIN", margin)
+    monkeypatch.setattr(
+        local_module,
+        "FIRST_REJECT_MARGIN",
+        margin if first_margin is None else first_margin,
+    )
     monkeypatch.setattr(local_module, "PATCH_TOLERANCE_PX", 0.0)
     passes = [0]
     fused = align_module._fused_window
@@ -51,14 +63,21 @@ def _run(frames: np.ndarray, monkeypatch: pytest.MonkeyPatch, margin: float):
     return result, passes[0]
 
 
-def test_rejected_early_as_the_converged_estimate_rejects(monkeypatch, rng):
+@pytest.mark.parametrize(
+    ("first_margin", "frame_passes"),
+    [(FIRST_MARGIN, 1), (0.0, 2)],  # F after the first iteration 0.59 × critical
+)
+def test_rejected_early_as_the_converged_estimate_rejects(
+    monkeypatch, rng, first_margin, frame_passes
+):
     movie = make_movie(rng, n_frames=16, size=384)  # global drift only
     full, full_passes = _run(movie.frames, monkeypatch, 0.0)
-    early, early_passes = _run(movie.frames, monkeypatch, MARGIN)
+    early, early_passes = _run(movie.frames, monkeypatch, MARGIN, first_margin)
     assert full.local is None
     assert early.local is None
-    # the grouped pass's 3 and the per-frame pass's first 2 iterations
-    assert early_passes == local_module.COARSE_ITERATIONS + 2 < full_passes
+    # the grouped pass's 3 and the per-frame pass's first 1 or 2 iterations
+    assert early_passes == local_module.COARSE_ITERATIONS + frame_passes
+    assert early_passes < full_passes
     np.testing.assert_array_equal(early.micrograph, full.micrograph)
     np.testing.assert_array_equal(early.shifts_px, full.shifts_px)
 
@@ -66,7 +85,7 @@ def test_rejected_early_as_the_converged_estimate_rejects(monkeypatch, rng):
 def test_a_kept_model_is_estimated_to_convergence(monkeypatch, rng):
     movie = make_movie(rng, n_frames=16, size=384, local_amplitude_px=3.0)
     full, full_passes = _run(movie.frames, monkeypatch, 0.0)
-    early, early_passes = _run(movie.frames, monkeypatch, MARGIN)
+    early, early_passes = _run(movie.frames, monkeypatch, MARGIN, FIRST_MARGIN)
     assert full.local is not None
     assert early.local is not None
     assert early_passes == full_passes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.motion import _kernels, summing
+from pipelines.motion import _defect_kernels, _kernels, summing
 from pipelines.motion.defects import (
     PreparedFrames,
     detect_dead_pixels,
@@ -52,6 +52,72 @@ def test_prepared_frames_defect_map_matches_the_two_detectors(
     assert found[40, 7]
     assert found[3, 3]
     np.testing.assert_array_equal(prepared.good, ~expected)
+
+
+def test_defect_kernels_match_the_numpy_masks(rng: np.random.Generator) -> None:
+    """The one-pass gain clean-up and defect marking give NumPy's masks exactly:
+    gain defects of every kind, a given mask, hot pixels compared in float32 (a
+    threshold between two float32 values, sums on both sides of it) and dead
+    pixels."""
+    ny, nx = 64, 72
+    gain = rng.uniform(0.5, 1.5, size=(ny, nx)).astype(np.float32)
+    gain[0, :5] = [np.nan, np.inf, -np.inf, 0.0, -1.0]
+    gain[1, 0] = -0.0
+    out = np.empty_like(gain)
+    bad = np.zeros((ny, nx), dtype=bool)
+    _defect_kernels.clean_gain(gain, out, bad)
+    expected_bad = ~np.isfinite(gain) | (gain <= 0)
+    np.testing.assert_array_equal(bad, expected_bad)
+    np.testing.assert_array_equal(out, np.where(expected_bad, 0.0, gain))
+    threshold = 30.000001  # not a float32: NumPy compares float32(threshold)
+    above = np.nextafter(np.float32(threshold), np.float32(np.inf))
+    frame_sum = rng.uniform(-1.0, 40.0, size=(ny, nx)).astype(np.float32)
+    frame_sum[5, :3] = [np.float32(threshold), above, np.float32(30.0)]
+    frame_sum[6, :2] = [0.0, -0.0]
+    given = bad | (rng.random((ny, nx)) < 0.05)
+    given[5, :3] = False
+    for dead in (True, False):
+        defects, good = given.copy(), np.empty((ny, nx), dtype=bool)
+        n_hot = _defect_kernels.mark_defects(
+            frame_sum, np.float32(threshold), dead, defects, good
+        )
+        hot = (frame_sum > threshold) & ~given
+        expected = given | hot | ((frame_sum <= 0) if dead else False)
+        assert n_hot == int(hot.sum()) > 0
+        np.testing.assert_array_equal(defects, expected)
+        np.testing.assert_array_equal(good, ~expected)
+    assert defects[5, 1]  # above float32(threshold)
+    assert not defects[5, 0]  # equal to it: above the float64 threshold
+
+
+def test_prepared_frames_defect_map_with_a_mask_matches_numpy(
+    rng: np.random.Generator,
+) -> None:
+    """PreparedFrames' defect map (gain, a given mask, hot and dead pixels) is
+    NumPy's formula on a movie with defects of every kind."""
+    n, ny, nx = 6, 128, 96
+    frames = rng.poisson(5.0, size=(n, ny, nx)).astype(np.int16)
+    frames[:, 20, 30] = 200  # hot
+    frames[:, 21, 31] = 200  # hot but in the given mask: not counted hot
+    frames[:, 70, 5] = 0  # dead (median sum ~30 > -log 1e-9)
+    gain = rng.uniform(0.8, 1.2, size=(ny, nx)).astype(np.float32)
+    gain[2, 2], gain[3, 3], gain[4, 4] = np.nan, -np.inf, 0.0
+    mask = np.zeros((ny, nx), dtype=bool)
+    mask[21, 31] = mask[100, 90] = True
+    prepared = PreparedFrames(frames, gain=gain, defect_mask=mask)
+    bad = ~np.isfinite(gain) | (gain <= 0)
+    frame_sum = frames.astype(np.float32).sum(axis=0) * np.where(bad, 0, gain)
+    given = bad | mask
+    hot = detect_hot_pixels(frame_sum.astype(np.float32)) & ~given
+    expected = given | hot | detect_dead_pixels(frame_sum.astype(np.float32))
+    assert prepared.n_hot == int(hot.sum()) == 1
+    found = np.zeros((ny, nx), dtype=bool)
+    found[prepared.ys, prepared.xs] = True
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(prepared.good, ~expected)
+    assert found[70, 5]
+    assert found[21, 31]
+    assert found[4, 4]
 
 
 @pytest.mark.parametrize(
