@@ -32,8 +32,9 @@ whatever it used itself.
     .venv/bin/python benchmarks/bench_chain.py [--small] [--movies 4] [--workers 1 2]
         [--keep DIR] [--default-malloc]
 
-The workers' glibc ``malloc`` keeps freed memory for the next task, as the
-service's pool workers do (:mod:`livestream.scheduling.allocator`);
+The workers are set up as the service's pool workers are: numba's OpenMP threads
+sleep when idle (:mod:`livestream.scheduling.openmp`) and glibc's ``malloc`` keeps
+freed memory for the next task (:mod:`livestream.scheduling.allocator`);
 ``--default-malloc`` runs them with glibc's default.
 
 ``--keep DIR`` simulates the movie into DIR once and reuses it on later runs.
@@ -61,6 +62,7 @@ from bench_motion import _bound
 
 from livestream.ledger.schema import StageResult
 from livestream.scheduling.allocator import keep_freed_memory
+from livestream.scheduling.openmp import passive_openmp
 from livestream.stages.params import (
     CtfParams,
     CurateParams,
@@ -213,6 +215,15 @@ def _bound_task(movie: Path, workers: int) -> dict[str, Any]:
     return {**bound, "pid": os.getpid(), "peak_gb": peak_gb()}
 
 
+def init_worker(keep_freed: bool) -> None:
+    """A worker set up as the service's pool worker's initializer sets it up
+    (:mod:`livestream.scheduling.executors`): OpenMP's idle threads sleep, and
+    with ``keep_freed`` glibc's malloc keeps freed memory."""
+    passive_openmp()
+    if keep_freed:
+        keep_freed_memory()
+
+
 # --- the parent -------------------------------------------------------------------
 
 
@@ -252,8 +263,10 @@ def bench(
     worker's glibc malloc keeps freed memory, as the service's pool workers do."""
     context = multiprocessing.get_context("spawn")
     fft_workers = MotionParams().fft_workers
-    initializer = keep_freed_memory if keep_freed else None
-    with LoadSampler() as load, context.Pool(workers, initializer) as pool:
+    with (
+        LoadSampler() as load,
+        context.Pool(workers, init_worker, (keep_freed,)) as pool,
+    ):
         bounds = pool.starmap(_bound_task, [(movies[0], fft_workers)] * workers)
         start = time.perf_counter()
         results = pool.starmap(run_exposure, [(m, project) for m in movies])

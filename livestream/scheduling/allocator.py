@@ -25,6 +25,10 @@ worker does not reliably reach the task thread.  :data:`KEEP_FREED_MEMORY_ENV` i
 the same setting as glibc's environment variables, read when a process starts,
 with one arena (``MALLOC_ARENA_MAX`` 1) for all its threads; the nannies set it
 for the worker processes they start (:mod:`livestream.scheduling.dask_settings`).
+A pool worker needs no such variable: its tasks run in its main thread, and the
+arenas of numba's OpenMP threads hold well under 1 MB after a 4096² chain; one
+arena there (``MALLOC_ARENA_MAX=1``) was measured and saved nothing
+(``docs/operations.md``, *Throughput*).
 """
 
 from __future__ import annotations
