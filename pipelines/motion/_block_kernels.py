@@ -91,9 +91,14 @@ def accumulate_held_blocks(
     weighted: np.ndarray,
     weights: np.ndarray,
 ) -> None:
-    """:func:`pipelines.motion._kernels.accumulate_held`'s sums with the same
-    arguments except ``values``: ``(n, ny, 2 (nx // 2 + 1))`` int8, the held
-    ``(n, ny, nx // 2 + 1, 2)`` values' flat view; and ``weights`` ``(ny, nx //
+    """The shifted, dose-weighted sums of held spectra
+    (:func:`pipelines.motion.blocks.sum_held_block` says which): ``values``
+    ``(n, ny, 2 (nx // 2 + 1))`` int8, the held ``(n, ny, nx // 2 + 1, 2)``
+    values' flat view, their ``scales`` per ``block`` coefficients and the exact
+    ``low`` ``(n, 2 m, m)``; the phase ramps ``ramp_y`` ``(n, ny)``, ``ramp_x``
+    ``(n, nx // 2 + 1)`` complex64; the dose grids ``inv_ne``, ``inv_norm``,
+    ``exposures``, ``step`` (with ``uniform``); ``plain`` and ``weighted``
+    overwritten; and ``weights`` ``(ny, nx //
     2 + 1)`` float32, the first frame's normalised dose weight on entry, on
     return the weight of the frame after the last (``w step``, or the
     exponential of ``exposures[n]`` when ``exposures`` holds ``n + 1`` values,

@@ -204,10 +204,13 @@ def sum_held_block(
     stop: int,
     weights: np.ndarray | None = None,
 ) -> None:
-    """A block's sums of the held spectra: what :meth:`HeldSpectra.accumulate_all`
-    gives for frames ``start .. stop - 1`` (to float32 rounding), from the
-    vectorised kernel
-    :func:`pipelines.motion._block_kernels.accumulate_held_blocks`.
+    """A block's sums of the held spectra over frames ``start .. stop - 1``
+    (all frames: the global path's one-pass sum), from the vectorised kernel
+    :func:`pipelines.motion._block_kernels.accumulate_held_blocks`:
+    ``plain = sum_t s_t``, ``weighted = sum_t w_t s_t``, ``s_t`` frame ``t``'s
+    held spectrum (:meth:`HeldSpectra.spectrum`) times its phase ramp
+    ``ramp_y[t, y] * ramp_x[t, x]``, ``w_t = exp(-exposures[t] inv_ne / 2)
+    inv_norm``, or ``w_{t-1} step`` when ``step`` is given (uniform dose).
     ``ramp_y`` ``(n, ny)``, ``ramp_x`` ``(n, nx // 2 + 1)`` hold every frame's
     phase ramp; ``dose`` is ``(inv_ne, inv_norm, exposures, step)`` (``step``
     None unless the dose is uniform); ``plain`` and ``weighted`` ``(ny, nx // 2

@@ -124,51 +124,6 @@ class HeldSpectra:
         out[:, 0, 0] = 0
         return out
 
-    def accumulate_all(
-        self,
-        ramp_y: np.ndarray,
-        ramp_x: np.ndarray,
-        inv_ne: np.ndarray,
-        inv_norm: np.ndarray,
-        exposures: np.ndarray,
-        step: np.ndarray | None,
-        plain: np.ndarray,
-        weighted: np.ndarray,
-        *,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> None:
-        """``plain = sum_t s_t``, ``weighted = sum_t w_t s_t`` over all held frames
-        (or frames ``start .. stop - 1``: a block of the local warp, see
-        :mod:`pipelines.motion.blocks`; ``ramp_y``, ``ramp_x`` and ``exposures``
-        still hold every frame's row) in one pass (:func:`pipelines.motion._kernels.accumulate_held`): ``s_t``
-        frame ``t``'s spectrum times the phase ramp ``ramp_y[t, y] * ramp_x[t,
-        x]`` (``(n, ny)``, ``(n, nx // 2 + 1)`` complex64), ``w_t = exp(-exposures[t]
-        inv_ne / 2) inv_norm`` (``inv_ne``, ``inv_norm`` ``(ny, nx // 2 + 1)``
-        float32), or ``w_{t-1} step`` when ``step`` is given (uniform dose).
-        ``plain`` and ``weighted`` ``(ny, nx // 2 + 1)`` complex64, C-contiguous,
-        are overwritten."""
-        uniform = step is not None
-        stop = len(self) if stop is None else stop
-        if not 0 <= start < stop <= len(self):
-            raise ValueError(f"frames {start}..{stop} of {len(self)} held")
-        frames = slice(start, stop)
-        _motion_kernels.accumulate_held(
-            self.values[frames],
-            self.scales[frames],
-            HELD_BLOCK,
-            self.low[frames],
-            np.ascontiguousarray(ramp_y[frames], dtype=np.complex64),
-            np.ascontiguousarray(ramp_x[frames], dtype=np.complex64),
-            np.ascontiguousarray(inv_ne, dtype=np.float32),
-            np.ascontiguousarray(inv_norm, dtype=np.float32),
-            np.ascontiguousarray(exposures[frames], dtype=np.float64),
-            np.ascontiguousarray(step if uniform else inv_norm, dtype=np.float32),
-            uniform,
-            plain,
-            weighted,
-        )
-
 
 # The store of the last movie, kept for the next one of the same size in this
 # process (``take_held`` / ``keep_held``): at 4096² × 40 it is 0.67 GB, and the

@@ -75,7 +75,7 @@ def _sum_held(
     plain_sum: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`sum_frames` from the held spectra: ``damage`` is ``(inv_ne,
-    inv_norm, exposures, step)`` of :meth:`HeldSpectra.accumulate_all`; with
+    inv_norm, exposures, step)`` of :func:`pipelines.motion.blocks.sum_held_block`; with
     ``blocks`` (and the local ``coefficients``) block by block
     (:func:`_sum_held_blocks`), else all frames in one pass."""
     fft = fft_module(np)
@@ -91,8 +91,7 @@ def _sum_held(
     def accumulate(
         plain: np.ndarray, weighted: np.ndarray, start: int, stop: int
     ) -> None:
-        # the vectorised kernel (HeldSpectra.accumulate_all's sums to float32
-        # rounding, about 2.5x faster): a block, or all frames in one pass
+        # the vectorised kernel: a block, or all frames in one pass
         if weights is not None:
             if start != following[0]:  # not the next frames: a fresh start
                 weights[...] = start_weights(damage, start)
@@ -129,7 +128,7 @@ def _sum_held_blocks(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The dose-weighted and plain sums, warped block by block: for each block
     ``(start, stop)`` ``accumulate(plain, weighted, start, stop)`` sums its
-    held spectra (:meth:`HeldSpectra.accumulate_all`), inverse FFTs bring the
+    held spectra (:func:`pipelines.motion.blocks.sum_held_block`), inverse FFTs bring the
     sums to real space and one warp by the block's mean local field
     (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at once)
     adds them into the outputs.  With ``plain_sum`` the plain sum's spectrum is

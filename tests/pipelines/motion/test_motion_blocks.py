@@ -266,7 +266,7 @@ def test_blocks_without_the_plain_sum(rng):
 @pytest.mark.parametrize("uniform", [True, False])
 def test_block_kernel_gives_the_held_spectras_sums(rng, uniform):
     """``sum_held_block`` (the vectorised kernel) sums a block of held spectra
-    as ``HeldSpectra.accumulate_all`` does: the exact low-frequency rows and
+    as the formula does in NumPy: the exact low-frequency rows and
     columns, a last scale block shorter than the others, the phase ramps and
     the dose weights (a uniform dose's recurrence and per-frame exponentials)."""
     n, ny, nx = 9, 150, 200  # 101 columns: a scale block of 64 and one of 37
@@ -288,10 +288,12 @@ def test_block_kernel_gives_the_held_spectras_sums(rng, uniform):
     carried = start_weights(dose, 0)  # consecutive blocks: one recurrence
     previous = None
     for start, stop in [(0, 3), (3, 4), (4, 9)]:
-        held.accumulate_all(
-            ramp_y, ramp_x, inv_ne, inv_norm, exposures, step, *want,
-            start=start, stop=stop,
-        )  # fmt: skip
+        # the formula in NumPy, from each frame's decoded held spectrum
+        frames = range(start, stop)
+        shifted = [held.spectrum(t) * ramp_y[t, :, None] * ramp_x[t] for t in frames]
+        w = [np.exp(-exposures[t] * inv_ne / 2) * inv_norm for t in frames]
+        want[0] = sum(shifted)  # plain
+        want[1] = sum(w_t * s_t for w_t, s_t in zip(w, shifted, strict=True))
         scale = float(np.abs(want).max())
         for weights in (carried, None):
             sum_held_block(held, ramp_y, ramp_x, dose, *got, start, stop, weights)
