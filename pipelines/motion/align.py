@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion._kernels import core as _motion_kernels
 from pipelines.xp import fft_module
 
 __all__ = [
@@ -44,7 +44,7 @@ REFINE_WINDOW_PX = 4
 # ones from a full irfft2: at 1024², 43 px wide, the DFT was still 2x faster
 MAX_DFT_WINDOW = 48
 # windows up to this width come from the fused numba pass
-# (:func:`pipelines.motion._kernels.correlation_rows`: no stack-sized product
+# (:func:`pipelines.motion._kernels.core.correlation_rows`: no stack-sized product
 # array); wider ones, the first iteration of a wide search, from BLAS
 MAX_FUSED_WINDOW = 17
 
@@ -269,7 +269,7 @@ def _correlation_products(
     group_half_width: int,
     xp: ModuleType,
 ) -> Any:
-    """Array version of :func:`pipelines.motion._kernels.correlation_products`
+    """Array version of :func:`pipelines.motion._kernels.core.correlation_products`
     (for CuPy): ``conj(G_i) (T - P_i) filt`` per frame."""
     # in place where possible: at most three stack-sized arrays at a time
     shifted = phase_ramp(shape, shifts, xp=xp)
@@ -298,7 +298,7 @@ def _fused_window(
 ) -> np.ndarray:
     """Every frame's cross-correlation window ``(b * n, 2 half + 1, 2 half + 1)``
     from one numba pass over ``stacks`` ``(b, n, ny, nxh)``
-    (:func:`pipelines.motion._kernels.correlation_rows`) and the small y DFT."""
+    (:func:`pipelines.motion._kernels.core.correlation_rows`) and the small y DFT."""
     nb, n, ny, nxh = stacks.shape
     ex, ey = _lag_exponentials(shape, nxh, half, np)
     lags = np.ascontiguousarray(ex.T)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion._block_kernels import accumulate_held_blocks
+from pipelines.motion._kernels.blocks import accumulate_held_blocks
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HELD_BLOCK, HeldSpectra
 
@@ -206,7 +206,7 @@ def sum_held_block(
 ) -> None:
     """A block's sums of the held spectra over frames ``start .. stop - 1``
     (all frames: the global path's one-pass sum), from the vectorised kernel
-    :func:`pipelines.motion._block_kernels.accumulate_held_blocks`:
+    :func:`pipelines.motion._kernels.blocks.accumulate_held_blocks`:
     ``plain = sum_t s_t``, ``weighted = sum_t w_t s_t``, ``s_t`` frame ``t``'s
     held spectrum (:meth:`HeldSpectra.spectrum`) times its phase ramp
     ``ramp_y[t, y] * ramp_x[t, x]``, ``w_t = exp(-exposures[t] inv_ne / 2)

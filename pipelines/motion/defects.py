@@ -16,8 +16,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipelines.errors import StageInputError
-from pipelines.motion import _defect_kernels, _gain_kernels
-from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion._kernels import core as _motion_kernels
+from pipelines.motion._kernels import defects as _defect_kernels
+from pipelines.motion._kernels import gain as _gain_kernels
 
 __all__ = [
     "PreparedFrames",

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion._kernels import core as _motion_kernels
 from pipelines.motion.align import bin_frames, fft_kwargs
 from pipelines.xp import fft_module
 

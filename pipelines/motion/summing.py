@@ -19,8 +19,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from pipelines.motion import _kernels as _motion_kernels
-from pipelines.motion import _power_kernels
+from pipelines.motion._kernels import core as _motion_kernels
+from pipelines.motion._kernels import power as _power_kernels
 from pipelines.motion.align import fft_kwargs, phase_ramp
 from pipelines.motion.blocks import (
     LOCAL_BLOCK_DOSE_CAP,
@@ -130,7 +130,7 @@ def _sum_held_blocks(
     ``(start, stop)`` ``accumulate(plain, weighted, start, stop)`` sums its
     held spectra (:func:`pipelines.motion.blocks.sum_held_block`), inverse FFTs bring the
     sums to real space and one warp by the block's mean local field
-    (:func:`pipelines.motion._kernels.warp_polynomial_add`, both sums at once)
+    (:func:`pipelines.motion._kernels.core.warp_polynomial_add`, both sums at once)
     adds them into the outputs.  With ``plain_sum`` the plain sum's spectrum is
     the rfft2 of the warped plain sum (the micrograph written, locally
     corrected).  Without it only the dose-weighted sum is transformed back and

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion import _weight_kernels
+from pipelines.motion._kernels import weights as _weight_kernels
 from pipelines.motion.align import _phase_ramps_1d, align_stack, phase_ramp
 from pipelines.motion.dose import FrameFilters
 from pipelines.xp import to_numpy
@@ -68,7 +68,7 @@ def _fused_damage(
     spectra: Any, amplitudes: Any, xp: ModuleType
 ) -> tuple[np.ndarray, np.ndarray, bool] | None:
     """``(half_inv_ne, exposures, damaged)`` for the numba kernels
-    (:func:`pipelines.motion._weight_kernels.snr_sums`, ``weight_damaged``) when
+    (:func:`pipelines.motion._kernels.weights.snr_sums`, ``weight_damaged``) when
     ``spectra`` is a C-contiguous complex64 NumPy stack and ``amplitudes`` None
     or :class:`pipelines.motion.dose.FrameFilters` of its grid, else None (the
     array path: CuPy, or a stack of filters)."""

@@ -24,7 +24,7 @@ def openmp_of_this_process(_: object = None) -> dict[str, object]:
     import numpy as np
 
     from livestream.scheduling.openmp import spin_count
-    from pipelines.motion._kernels import frame_sum
+    from pipelines.motion._kernels.core import frame_sum
 
     out = np.empty((4, 8), dtype=np.float32)
     frame_sum(np.ones((3, 4, 8), dtype=np.int8), out)

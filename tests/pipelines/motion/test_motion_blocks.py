@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipelines.motion import _kernels as _motion_kernels
+from pipelines.motion._kernels import core as _motion_kernels
 from pipelines.motion.blocks import (
     LOCAL_BLOCK_TOLERANCE_PX,
     block_coefficients,

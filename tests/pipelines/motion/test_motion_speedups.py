@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.motion import _defect_kernels, _kernels, summing
+from pipelines.motion import summing
+from pipelines.motion._kernels import core as _kernels
+from pipelines.motion._kernels import defects as _defect_kernels
 from pipelines.motion.defects import (
     PreparedFrames,
     detect_dead_pixels,

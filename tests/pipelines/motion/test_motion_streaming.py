@@ -10,7 +10,7 @@ import pytest
 import scipy.fft
 
 from pipelines.io.movies import read_movie
-from pipelines.motion import _kernels as motion_kernels
+from pipelines.motion._kernels import core as motion_kernels
 from pipelines.motion.align import (
     _bfactor_filter,
     _correlation_products,
