@@ -16,7 +16,7 @@ time, per task (``CPU ms/task``): the part of the overhead that scales with the
 tasks, not with the clock.  A real exposure is five stage tasks (motion, ctf,
 curate, pick, extract); the overhead of those five is printed against
 ``--exposure-stage-s`` seconds of stage time per exposure (the stage time of one
-real-size exposure on one worker; see docs/operations.md), the issue's target being
+real-size exposure on one worker; see docs/throughput.md), the issue's target being
 at most 1 %.  Peer: none (cryoSPARC Live and RELION's scheduler are not scriptable
 here); the lower bound is the comparison.
 

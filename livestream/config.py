@@ -206,7 +206,7 @@ class WorkersConfig(_Section):
     newest_share: float = Field(default=0.25, ge=0.0, le=1.0)
     drain_timeout_s: float = Field(default=60.0, ge=0.0)
     # local pool workers: glibc keeps freed memory for the next task
-    # (livestream.scheduling.allocator; docs/operations.md)
+    # (livestream.scheduling.allocator; docs/throughput.md)
     keep_freed_memory: bool = True
 
     @model_validator(mode="after")

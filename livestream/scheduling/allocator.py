@@ -28,7 +28,7 @@ for the worker processes they start (:mod:`livestream.scheduling.dask_settings`)
 A pool worker needs no such variable: its tasks run in its main thread, and the
 arenas of numba's OpenMP threads hold well under 1 MB after a 4096² chain; one
 arena there (``MALLOC_ARENA_MAX=1``) was measured and saved nothing
-(``docs/operations.md``, *Throughput*).
+(``docs/throughput.md``).
 """
 
 from __future__ import annotations

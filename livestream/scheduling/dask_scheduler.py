@@ -9,7 +9,7 @@ and ``Worker.heartbeat`` sets its periodic callback to it.  There is no
 configuration key for it.  Two messages a second, with the worker's metrics
 gathered and the scheduler's bookkeeping, are about half of what an idle worker,
 nanny and scheduler still burn under :data:`~livestream.scheduling.dask_settings.
-DASK_SETTINGS` (docs/operations.md, *Scheduling overhead*); the service's stages
+DASK_SETTINGS` (docs/scaling.md); the service's stages
 take seconds to a minute, so its scheduler needs none of that resolution.
 
 :class:`ServiceScheduler` replies with at least :data:`WORKER_HEARTBEAT_S` instead

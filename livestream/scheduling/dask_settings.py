@@ -3,7 +3,7 @@
 A Dask worker, its nanny, the scheduler and the client each run periodic callbacks
 on their event loops.  At Dask's defaults they cost an idle one-worker
 ``LocalCluster`` about 7 % of a core, and the worker's statistical profiler lands
-inside the stage's own process CPU (docs/operations.md, *Scheduling overhead*).
+inside the stage's own process CPU (docs/scaling.md).
 The service runs a few long tasks (seconds to a minute each), so it needs none of
 that resolution.  :data:`DASK_SETTINGS` is what it sets instead, each key with
 Dask's documented meaning (``distributed-schema.yaml``, rendered at

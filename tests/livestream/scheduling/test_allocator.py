@@ -1,5 +1,5 @@
 """The local pool's and the Dask workers' glibc malloc keeps freed memory
-(docs/operations.md)."""
+(docs/throughput.md, docs/scaling.md)."""
 
 from __future__ import annotations
 
