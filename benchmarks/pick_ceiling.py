@@ -44,7 +44,7 @@ score at least as high as the median (and the 25th percentile) of its matched
 picks.  Those classifiers learned such places as background, so the share is a
 lower bound.
 
-docs/picking.md (*The ceiling on EMPIAR-10017*) quotes the results.  All 20
+docs/real_micrographs.md (*The ceiling on EMPIAR-10017*) quotes the results.  All 20
 micrographs with the CNN took 40 minutes on the shared 2-core machine at a load
 of about 8.  ``--no-cnn`` or ``--max-micrographs 4`` make a run of a few minutes.
 """

@@ -378,7 +378,7 @@ class Class2dSection(_Section):
 
 class Class3dSection(_Section):
     """The online 3D initial model (:mod:`livestream.class3d.live`), fed the
-    particles of the selected 2D classes; docs/class3d.md.  Runs only when
+    particles of the selected 2D classes; docs/live3d.md.  Runs only when
     ``[class2d]`` runs too."""
 
     enabled: bool = True

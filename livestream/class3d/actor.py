@@ -100,7 +100,7 @@ class Class3dSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Class3dSnapshot:
     """Paths written by :meth:`Class3dActor.snapshot` and the ``class3d`` event
-    body (``payload``; schema ``livestream.class3d/1``, see docs/class3d.md)."""
+    body (``payload``; schema ``livestream.class3d/1``, see docs/live3d.md)."""
 
     maps: list[Path]
     slices_png: list[Path]

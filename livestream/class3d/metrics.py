@@ -141,7 +141,7 @@ class Class3dMetrics:
         self._last_minibatch.set(time.time())
 
     def snapshot(self, payload: Mapping[str, Any]) -> None:
-        """A snapshot's ``class3d`` event body (docs/class3d.md)."""
+        """A snapshot's ``class3d`` event body (docs/live3d.md)."""
         self._iteration.set(int(payload["iteration"]))
         self._seen.set(int(payload["particles_seen"]))
         self._pool.set(int(payload["pool_particles"]))
@@ -153,7 +153,7 @@ class Class3dMetrics:
         self._snapshots.inc()
 
     def refine(self, payload: Mapping[str, Any]) -> None:
-        """A ``refine3d`` event body (docs/class3d.md); a rebalance's is not
+        """A ``refine3d`` event body (docs/live3d.md); a rebalance's is not
         counted here."""
         if payload.get("step") != "refine":
             return

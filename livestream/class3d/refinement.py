@@ -40,7 +40,7 @@ map is refined unless the marker's key is the current one; then, with
 refinement already.  A child still running at the deadline is killed, its
 working folder removed and the reason logged: the drain never outlasts its
 deadline, and an abandoned run is done at the next chance.  Each run ends in a
-``refine3d`` event (schema ``livestream.refine3d/1``, docs/class3d.md) and the
+``refine3d`` event (schema ``livestream.refine3d/1``, docs/live3d.md) and the
 ``livestream_class3d_refine*`` metrics; a finished one has the job index rewrite
 ``default_pipeline.star``.
 

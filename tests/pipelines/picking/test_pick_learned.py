@@ -163,7 +163,7 @@ def test_self_training_learns_one_call_per_particle(
     """On the real micrograph, relabelling the lower of two close calls as
     background while self-training removes off-centre picks: fewer picks at higher
     precision, the same recall (measured: 388 picks, 0.949 / 0.771, against 393,
-    0.949 / 0.761 without it; docs/picking.md, *The ceiling on EMPIAR-10017*)."""
+    0.949 / 0.761 without it; docs/real_micrographs.md, *The ceiling on EMPIAR-10017*)."""
     image = labelled_micrograph.image
     lx, ly = labelled_micrograph.x_px, labelled_micrograph.y_px
     kwargs = {"pixel_size_a": 1.77, "diameter_range_a": (140.0, 200.0)}

@@ -61,7 +61,7 @@ def test_learned_and_blob_pickers_on_the_float_mrc(
     micrograph: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """At defaults, no CTF (measured: learned 0.90 / 0.52, blob 0.86 / 0.55;
-    docs/picking.md, *Real micrographs*)."""
+    docs/real_micrographs.md)."""
     image, labels = micrograph
     lx, ly = labels[:, 0], labels[:, 1]
     learned = pick_learned(image, pixel_size_a=PIXEL_A, diameter_range_a=DIAMETERS_A)
