@@ -22,10 +22,14 @@ the same displacement loses less.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion._kernels.blocks import accumulate_held_blocks
+from pipelines.motion._kernels.blocks import (
+    accumulate_held_blocks,
+    warp_polynomial_add_fused,
+)
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HELD_BLOCK, HeldSpectra
 
@@ -39,6 +43,7 @@ __all__ = [
     "spatial_coefficients",
     "start_weights",
     "sum_held_block",
+    "warp_block_add",
 ]
 
 # largest distance (px) between a frame's local field and its block's mean field:
@@ -203,6 +208,7 @@ def sum_held_block(
     start: int,
     stop: int,
     weights: np.ndarray | None = None,
+    add_plain: bool = False,
 ) -> None:
     """A block's sums of the held spectra over frames ``start .. stop - 1``
     (all frames: the global path's one-pass sum), from the vectorised kernel
@@ -217,7 +223,9 @@ def sum_held_block(
     + 1)`` complex64, C-contiguous, are overwritten.  ``weights`` (float32,
     that shape, C-contiguous) holds frame ``start``'s dose weight
     (:func:`start_weights`) and is advanced to frame ``stop``'s: consecutive
-    blocks pass the same array, as one pass's recurrence; None: made here."""
+    blocks pass the same array, as one pass's recurrence; None: made here.
+    With ``add_plain`` the plain sum is added to ``plain`` instead (a movie's
+    total over its blocks, in the same pass)."""
     n = len(held)
     if not 0 <= start < stop <= n:
         raise ValueError(f"frames {start}..{stop} of {n} held")
@@ -255,4 +263,32 @@ def sum_held_block(
         plain,
         weighted,
         weights,
+        add_plain,
+    )
+
+
+def warp_block_add(
+    images: np.ndarray, out: np.ndarray, coeff_x: np.ndarray, coeff_y: np.ndarray
+) -> None:
+    """``out[i] += warp(images[i])``: a block's sums ``images`` ``(k, ny, nx)``
+    float32 moved by the block's mean field (spatial coefficients ``coeff_x``,
+    ``coeff_y`` ``(6,)``, :func:`block_coefficients`) with two cubic passes and
+    clamped borders, as :func:`pipelines.motion._kernels.core.warp_polynomial`
+    moves a frame, without a full-size intermediate image
+    (:func:`pipelines.motion._kernels.blocks.warp_polynomial_add_fused`).
+    ``out`` as ``images``, C-contiguous."""
+    for name, array in (("images", images), ("out", out)):
+        if array.ndim != 3 or array.dtype != np.float32 or not array.flags.c_contiguous:
+            raise ValueError(
+                f"{name} must be C-contiguous float32 (k, ny, nx), got "
+                f"{array.dtype} {array.shape}"
+            )
+    if out.shape != images.shape:
+        raise ValueError(f"out {out.shape} is not images' {images.shape}")
+    warp_polynomial_add_fused(
+        images,
+        out,
+        np.ascontiguousarray(coeff_x, dtype=np.float64),
+        np.ascontiguousarray(coeff_y, dtype=np.float64),
+        numba.get_num_threads(),
     )

@@ -32,6 +32,7 @@ from pipelines.motion.blocks import (
     spatial_coefficients,
     start_weights,
     sum_held_block,
+    warp_block_add,
 )
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HeldSpectra
@@ -89,7 +90,11 @@ def _sum_held(
     following = [0]  # the frame whose weight ``weights`` holds
 
     def accumulate(
-        plain: np.ndarray, weighted: np.ndarray, start: int, stop: int
+        plain: np.ndarray,
+        weighted: np.ndarray,
+        start: int,
+        stop: int,
+        add_plain: bool = False,
     ) -> None:
         # the vectorised kernel: a block, or all frames in one pass
         if weights is not None:
@@ -97,7 +102,16 @@ def _sum_held(
                 weights[...] = start_weights(damage, start)
             following[0] = stop
         sum_held_block(
-            held, ramps_y, ramps_x, damage, plain, weighted, start, stop, weights
+            held,
+            ramps_y,
+            ramps_x,
+            damage,
+            plain,
+            weighted,
+            start,
+            stop,
+            weights,
+            add_plain,
         )
 
     if in_blocks:
@@ -120,18 +134,18 @@ def _sum_held(
 
 def _sum_held_blocks(
     shape: tuple[int, int],
-    accumulate: Callable[[np.ndarray, np.ndarray, int, int], None],
+    accumulate: Callable[[np.ndarray, np.ndarray, int, int, bool], None],
     blocks: list[tuple[int, int]],
     coefficients: np.ndarray,
     workers: int,
     plain_sum: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The dose-weighted and plain sums, warped block by block: for each block
-    ``(start, stop)`` ``accumulate(plain, weighted, start, stop)`` sums its
+    ``(start, stop)`` ``accumulate(plain, weighted, start, stop, add_plain)`` sums its
     held spectra (:func:`pipelines.motion.blocks.sum_held_block`), inverse FFTs bring the
     sums to real space and one warp by the block's mean local field
-    (:func:`pipelines.motion._kernels.core.warp_polynomial_add`, both sums at once)
-    adds them into the outputs.  With ``plain_sum`` the plain sum's spectrum is
+    (:func:`pipelines.motion.blocks.warp_block_add`, both sums at once, no
+    full-size intermediate) adds them into the outputs.  With ``plain_sum`` the plain sum's spectrum is
     the rfft2 of the warped plain sum (the micrograph written, locally
     corrected).  Without it only the dose-weighted sum is transformed back and
     warped (one inverse FFT and one image's warp a block instead of two), the
@@ -141,22 +155,22 @@ def _sum_held_blocks(
     fft = fft_module(np)
     ny, nx = shape
     k = 2 if plain_sum else 1  # images transformed back and warped per block
-    sums = np.empty((2, ny, nx // 2 + 1), dtype=np.complex64)  # weighted, plain
+    sums = np.empty((k, ny, nx // 2 + 1), dtype=np.complex64)  # weighted, plain
     real = np.empty((k, ny, nx), dtype=np.float32)
     out = np.zeros_like(real)
-    tmp = np.empty_like(real)
-    plain_total = None if plain_sum else np.zeros_like(sums[1])
+    plain_total = None if plain_sum else np.zeros_like(sums[0])
     for start, stop in blocks:
-        accumulate(sums[1], sums[0], start, stop)
-        if plain_total is not None:
-            plain_total += sums[1]
+        if plain_total is None:
+            accumulate(sums[1], sums[0], start, stop, False)
+        else:  # the plain sum added to the total in the same pass
+            accumulate(plain_total, sums[0], start, stop, True)
         # the inverse FFT in two steps into the same buffers every block (NumPy's
         # ``out=``): scipy's irfft2 allocated ~270 MB a call at 4096², and the
         # page faults cost more system time than the transform
         np.fft.ifft(sums[:k], axis=-2, out=cast(Any, sums[:k]))  # complex64
         np.fft.irfft(sums[:k], n=nx, axis=-1, out=cast(Any, real))
         cx, cy = block_coefficients(coefficients, start, stop)
-        _motion_kernels.warp_polynomial_add(real, tmp, out, cx, cy)
+        warp_block_add(real, out, cx, cy)
     if plain_total is not None:
         return out[0], None, plain_total
     spectrum = fft.rfft2(out[1], workers=workers)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.motion._kernels import core as _motion_kernels
+from pipelines.motion._kernels.blocks import WARP_STRIP, warp_polynomial_add_fused
 from pipelines.motion.blocks import (
     LOCAL_BLOCK_TOLERANCE_PX,
     block_coefficients,
@@ -16,6 +17,7 @@ from pipelines.motion.blocks import (
     spatial_coefficients,
     start_weights,
     sum_held_block,
+    warp_block_add,
 )
 from pipelines.motion.dose import dose_weights
 from pipelines.motion.local import evaluate_local_model, spatial_basis
@@ -305,6 +307,12 @@ def test_block_kernel_gives_the_held_spectras_sums(rng, uniform):
     assert np.allclose(
         carried, start_weights(dose, n - 1) * (1 if step is None else step), rtol=1e-5
     )
+    # add_plain: the plain sum added to what ``plain`` holds, weighted overwritten
+    total = rng.standard_normal(want[0].shape).astype(np.complex64)
+    before, weighted = total.copy(), np.full_like(want[1], np.nan)
+    sum_held_block(held, ramp_y, ramp_x, dose, total, weighted, 4, 9, add_plain=True)
+    assert np.abs(total - before - want[0]).max() <= 1e-5 * scale
+    assert np.abs(weighted - want[1]).max() <= 1e-5 * scale
     with pytest.raises(ValueError, match="complex64"):
         sum_held_block(
             held, ramp_y, ramp_x, (inv_ne, inv_norm, exposures, step),
@@ -358,3 +366,36 @@ def test_warps_match_the_plain_two_pass_cubic_warp(rng):
         one = np.full_like(image, np.nan)  # written, not added
         _motion_kernels.warp_polynomial(image, np.empty_like(image), one, cx, cy)
         assert np.abs(one - want).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("cx", "cy"),
+    [
+        # several px, more than a pixel's change along rows and columns
+        ([0.5, 1.3, -3.8, -0.6, -3.4, -1.8], [0.1, 2.3, -0.5, -0.9, -2.9, -0.7]),
+        # strips whose source rows lie partly or wholly outside the frame
+        ([-7.0, 30.0, 9.0, 4.0, -12.0, 25.0], [150.0, -40.0, 35.0, 60.0, -80.0, 90.0]),
+    ],
+)
+def test_the_fused_block_warp_matches_the_two_pass_warp(rng, cx, cy):
+    # more rows than three strips (the last one short), so that strips share
+    # source rows and the threads' runs of strips differ with ``groups``
+    ny = 3 * WARP_STRIP + 37
+    images = rng.standard_normal((2, ny, 150)).astype(np.float32)
+    cx, cy = np.array(cx), np.array(cy)
+    start = rng.standard_normal(images.shape).astype(np.float32)
+    want = start.copy()
+    _motion_kernels.warp_polynomial_add(images, np.empty_like(images), want, cx, cy)
+    moved = want - start
+    assert np.abs(moved - images).max() > 1.0  # the field moves the images
+    reference = _reference_warp(images[0].astype(np.float64), cx, cy)
+    assert np.abs(moved[0] - reference).max() < 1e-4
+    for groups in (1, 2, 3, 7):
+        got = start.copy()
+        warp_polynomial_add_fused(images, got, cx, cy, groups)
+        assert np.abs(got - want).max() < 1e-5
+    got = start.copy()
+    warp_block_add(images, got, cx, cy)
+    assert np.abs(got - want).max() < 1e-5
+    with pytest.raises(ValueError, match="float32"):
+        warp_block_add(images.astype(np.float64), got, cx, cy)
