@@ -26,10 +26,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from pipelines.motion._kernels.blocks import (
-    accumulate_held_blocks,
-    warp_polynomial_add_fused,
-)
+from pipelines.motion._kernels.blocks import accumulate_held_blocks
+from pipelines.motion._kernels.warp import warp_polynomial_add
 from pipelines.motion.dose import critical_exposure_e_per_a2
 from pipelines.motion.spectra import HELD_BLOCK, HeldSpectra
 
@@ -273,10 +271,10 @@ def warp_block_add(
     """``out[i] += warp(images[i])``: a block's sums ``images`` ``(k, ny, nx)``
     float32 moved by the block's mean field (spatial coefficients ``coeff_x``,
     ``coeff_y`` ``(6,)``, :func:`block_coefficients`) with two cubic passes and
-    clamped borders, as :func:`pipelines.motion._kernels.core.warp_polynomial`
-    moves a frame, without a full-size intermediate image
-    (:func:`pipelines.motion._kernels.blocks.warp_polynomial_add_fused`).
-    ``out`` as ``images``, C-contiguous."""
+    clamped borders, without a full-size intermediate image
+    (:func:`pipelines.motion._kernels.warp.warp_polynomial_add`); the exact
+    path moves each frame so, as a block of one.  ``out`` as ``images``,
+    C-contiguous."""
     for name, array in (("images", images), ("out", out)):
         if array.ndim != 3 or array.dtype != np.float32 or not array.flags.c_contiguous:
             raise ValueError(
@@ -285,7 +283,7 @@ def warp_block_add(
             )
     if out.shape != images.shape:
         raise ValueError(f"out {out.shape} is not images' {images.shape}")
-    warp_polynomial_add_fused(
+    warp_polynomial_add(
         images,
         out,
         np.ascontiguousarray(coeff_x, dtype=np.float64),

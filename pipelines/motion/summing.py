@@ -398,11 +398,6 @@ def sum_frames(
     plain = xp.zeros((ny, nx // 2 + 1), dtype=xp.complex64)
     weighted = xp.zeros_like(plain)
     warped = np.empty((ny, nx), dtype=np.float32)
-    warp_rows = (
-        np.empty((ny, nx), dtype=np.float32)
-        if local_coefficients is not None
-        else warped
-    )
     if xp is np:  # the kernel advances the weight in place (uniform dose)
         weight = (np.exp(-0.5 * float(exposures[0]) * inv_ne) * inv_norm).astype(
             np.float32
@@ -413,7 +408,8 @@ def sum_frames(
         if local_coefficients is not None:
             cx, cy = _local_coefficients_at(local_coefficients, float(t))
             source = np.ascontiguousarray(to_numpy(frame), dtype=np.float32)
-            _motion_kernels.warp_polynomial(source, warp_rows, warped, cx, cy)
+            warped.fill(0.0)
+            warp_block_add(source[None], warped[None], cx, cy)
             frame = xp.asarray(warped)
         spectrum = fft.rfft2(xp.asarray(frame), **fft_kwargs(xp, workers))
         if xp is np:
