@@ -58,9 +58,9 @@ REJECT_MARGIN = 0.85
 FIRST_REJECT_MARGIN = 0.75
 # half-width (unbinned px) of the patch passes' correlation windows, rounded up
 # to whole binned px: at 4096² (bin 4) 3 × 3 lags instead of align_stack's
-# 5 × 5, 0.1 CPU s less over the two patch passes; an iteration then moves a
+# 5 × 5, ~0.1 CPU s less over the two patch passes (alone); an iteration moves a
 # patch's frame by at most 1 binned px, and the shifts where the iterations stop
-# (peak at the window's centre) are the same: on the 4096² benchmark movies the
+# (peak at the window's centre) are the same: on the kept 4096² benchmark movie the
 # patch shifts are identical (docs/motion.md, *Speed*, fourteenth revision).
 # At bin 1 the window is align_stack's (4 px) as before
 PATCH_WINDOW_PX = 4.0
