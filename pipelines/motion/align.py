@@ -367,6 +367,7 @@ def align_stack(
     group_half_width: int = 0,
     initial_shifts_px: Any = None,
     stop: Callable[[Any, int], bool] | None = None,
+    refine_half_px: int = REFINE_WINDOW_PX,
     workers: int = -1,
     xp: ModuleType = np,
 ) -> Any:
@@ -383,6 +384,10 @@ def align_stack(
     ``stop(shifts, iteration)``, when given, is asked after each iteration
     (``iteration`` counted from 1) with the shifts as they would be returned
     then; True ends the iterations there (the caller has decided on them).
+    ``refine_half_px`` is the half-width (cropped px) of the correlation window
+    searched by the iterations that refine (all but an unstarted first): each
+    moves a shift by at most that much, and the shifts where the iterations
+    stop (peak at the window's centre) do not depend on it.
     """
     full_y, full_x = shape
     spectra, shape = crop_spectra(spectra, shape, bfactor_px2, xp=xp)
@@ -420,6 +425,7 @@ def align_stack(
             workers,
             xp,
             stop,
+            refine_half_px,
         )
     return _returned(shifts, scale, xp)
 
@@ -446,11 +452,12 @@ def _iterate(
     workers: int,
     xp: ModuleType,
     stop: Callable[[Any, int], bool] | None = None,
+    refine_half_px: int = REFINE_WINDOW_PX,
 ) -> Any:
     """:func:`align_stack`'s iterations (on the cropped grid ``shape``)."""
     initial = start is not None
     for iteration in range(n_iterations):
-        w = half if iteration == 0 and not initial else min(half, REFINE_WINDOW_PX)
+        w = half if iteration == 0 and not initial else min(half, refine_half_px)
         if stacks is not None:
             ramp_y, ramp_x = _phase_ramps_1d(
                 shape, shifts.reshape(-1, *shifts.shape[-2:])
