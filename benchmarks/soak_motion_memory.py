@@ -19,12 +19,16 @@ the worker is set up): its first 30 frames (4096² × 30, with the gain) and its
 centre 3072² × 40 (no gain), other array shapes in the same heap.
 
 Per movie: CPU s, its own peak RSS (``VmHWM`` reset before each: Linux
-``clear_refs`` 5), RSS after (anonymous and file-backed), and glibc's ``mallinfo2`` after (``arena``: the
-main heap's size; ``hblkhd``: mapped blocks; ``uordblks`` in use; ``fordblks``
-free inside the heap; ``keepcost`` trimmable top).  Summary: the largest peak and
-where, the mean peak of the first and last five movies, per movie kind its peak
-range.  Peer: none (a peer's worker is not long-lived); the figure to meet is the
-issue's 3 GB per worker at every movie, not only the first few.
+``clear_refs`` 5), RSS after (anonymous and file-backed), glibc's ``mallinfo2``
+after (``arena``: the heaps' size; ``hblkhd``: mapped blocks; ``uordblks`` in
+use; ``fordblks`` free inside the heaps; ``keepcost`` trimmable top) and the
+numba compilations the movie triggered (``jit``: one after the first movie is a
+cache miss, and a compile inside a kept heap steps it up: docs/motion.md,
+*Memory over a long session*).  Summary: the largest peak and where, the mean
+peak of the first and last five movies, per movie kind its peak range, and the
+heap's steps after the fifth movie.  Peer: none (a peer's worker is not
+long-lived); the figure to meet is the issue's 3 GB per worker at every movie,
+not only the first few.
 """
 
 from __future__ import annotations
