@@ -39,7 +39,13 @@ import sys
 
 import numpy as np
 
-__all__ = ["KEEP_FREED_MEMORY_ENV", "HeapProbe", "heap_probe", "keep_freed_memory"]
+__all__ = [
+    "KEEP_FREED_MEMORY_ENV",
+    "HeapProbe",
+    "heap_probe",
+    "keep_freed_memory",
+    "mallinfo",
+]
 
 # <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -95,6 +101,22 @@ def keep_freed_memory() -> bool:
     return bool(
         libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     )
+
+
+MALLINFO_FIELDS = ("arena", "hblkhd", "uordblks", "fordblks", "keepcost")
+
+
+def mallinfo() -> dict[str, int]:
+    """glibc's ``mallinfo2()`` summed over all arenas, in bytes: ``arena`` (the
+    heaps' size), ``hblkhd`` (blocks mapped on their own), ``uordblks`` (in use),
+    ``fordblks`` (free inside the heaps), ``keepcost`` (the main heap's trimmable
+    top); empty without glibc ≥ 2.33 (musl, macOS)."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return {}
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return {name: int(getattr(info, name)) for name in MALLINFO_FIELDS}
 
 
 class HeapProbe(dict[str, int]):

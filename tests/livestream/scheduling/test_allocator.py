@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from livestream.config import WorkersConfig
-from livestream.scheduling.allocator import KEEP_FREED_MEMORY_ENV, heap_probe
+from livestream.scheduling.allocator import KEEP_FREED_MEMORY_ENV, heap_probe, mallinfo
 from livestream.scheduling.dask_settings import local_cluster
 from livestream.scheduling.executors import DaskExecutor, LocalExecutor, WorkerCrashed
 
@@ -177,3 +177,23 @@ async def test_a_kept_heap_neither_pauses_nor_restarts_a_worker_a_runaway_restar
                 assert status[1] != pid  # a fresh process, the heap given back
             finally:
                 await executor.close(cancel=False)
+
+
+@glibc_only
+def test_mallinfo_sees_a_live_block_in_use_and_not_after() -> None:
+    """The fields are read at the right offsets: a touched 64 MB block shows in
+    use (from the heap or mapped on its own, whichever this process's malloc
+    does), and no longer once freed."""
+    before = mallinfo()
+    assert set(before) == {"arena", "hblkhd", "uordblks", "fordblks", "keepcost"}
+    block = np.ones(BLOCK, np.uint8)
+    during = mallinfo()
+    del block
+    after = mallinfo()
+    in_use = (
+        during["uordblks"] + during["hblkhd"] - before["uordblks"] - before["hblkhd"]
+    )
+    assert BLOCK <= in_use < 2 * BLOCK
+    assert during["arena"] + during["hblkhd"] >= before["arena"] + BLOCK
+    freed = during["uordblks"] + during["hblkhd"] - after["uordblks"] - after["hblkhd"]
+    assert freed >= BLOCK
