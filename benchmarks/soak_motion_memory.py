@@ -23,7 +23,7 @@ Per movie: CPU s, its own peak RSS (``VmHWM`` reset before each: Linux
 after (``arena``: the heaps' size; ``hblkhd``: mapped blocks; ``uordblks`` in
 use; ``fordblks`` free inside the heaps; ``keepcost`` trimmable top) and the
 numba compilations the movie triggered (``jit``: one after the first movie is a
-cache miss, and a compile inside a kept heap steps it up: docs/motion.md,
+cache miss, and a compile inside a kept heap steps it up: docs/motion_speed.md,
 *Memory over a long session*).  Summary: the largest peak and where, the mean
 peak of the first and last five movies, per movie kind its peak range, and the
 heap's steps after the fifth movie.  Peer: none (a peer's worker is not

@@ -3,10 +3,10 @@
 A stage's large arrays (above glibc's mmap threshold, at most 32 MB) are each a
 fresh mapping, unmapped when freed, so every movie faults its bands, stacks, sums
 and per-frame spectra in again: 4-10 CPU s of system time per 4096² × 40 movie
-(``docs/motion.md``, *seventh revision*).  :func:`keep_freed_memory` makes every
+(``docs/motion_speed.md``, *seventh revision*).  :func:`keep_freed_memory` makes every
 allocation come from the heap (``M_MMAP_MAX`` 0) and never trims it
 (``M_TRIM_THRESHOLD`` -1), so a worker's next movie reuses the pages the previous
-one faulted in.  Measured in ``docs/motion.md`` (*eighth revision*): a warm
+one faulted in.  Measured in ``docs/motion_speed.md`` (*eighth revision*): a warm
 worker's CPU per movie 16.7-25.0 → 11.1-11.9 s (global only), 22.1-29.8 →
 16.6-18.1 s (local), peak RSS ≤ 2.93 GB; the cost is that a worker stays at its
 high-water mark between tasks (~2.8 GB after a 4096² movie instead of ~1.1 GB).

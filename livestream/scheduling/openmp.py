@@ -9,7 +9,7 @@ there: process CPU time counted for nothing, and a core taken from the FFT's own
 threads on a machine with no spare core.  ``OMP_WAIT_POLICY=PASSIVE``
 (``GOMP_SPINCOUNT`` 0: the threads sleep at once, a futex wake-up of tens of µs
 starts the next region) cut a warm worker's CPU per 4096² × 40 movie from 10.4
-to 9.1 s (means of four runs each) at the same wall time (``docs/motion.md``,
+to 9.1 s (means of four runs each) at the same wall time (``docs/motion_speed.md``,
 *twelfth revision*).
 
 libgomp reads its environment once, when it is loaded (numba loads it at the

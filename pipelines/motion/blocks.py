@@ -46,13 +46,13 @@ __all__ = [
 
 # largest distance (px) between a frame's local field and its block's mean field:
 # 0.15 (was 0.1): on bench_chain's movie 10 blocks instead of 13, and against the
-# simulator's true image the same FRC within 1e-4 in every band (docs/motion.md
-# *Speed*, bench_motion_local.py)
+# simulator's true image the same FRC within 1e-4 in every band (docs/motion_speed.md
+# bench_motion_local.py)
 LOCAL_BLOCK_TOLERANCE_PX = 0.15
 # the dose-aware tolerance's largest factor (:func:`dose_tolerance_scale`; None
 # or 1: the uniform tolerance): on bench_chain's movie 6 blocks instead of 10,
 # the sum 4.1-6.3 -> 3.0-4.4 CPU s, FRC with the exact sum >= 0.9996 in every band
-# as before (docs/motion.md *Speed*, eleventh revision; 8 makes the same blocks)
+# as before (docs/motion_speed.md, eleventh revision; 8 makes the same blocks)
 LOCAL_BLOCK_DOSE_CAP: float | None = 4.0
 # radial frequencies (0 excluded .. Nyquist) where the dose weights are compared
 _DOSE_SHELLS = 256

@@ -187,7 +187,7 @@ class PreparedFrames:
                     f"does not match the frame shape {shape} (check the rotation)",
                 )
             # one pass: the gain's defects (not finite or <= 0) and the gain
-            # with 0 there (docs/motion.md, Speed, thirteenth revision)
+            # with 0 there (docs/motion_speed.md, thirteenth revision)
             self.gain = np.empty(shape, dtype=np.float32)
             _defect_kernels.clean_gain(np.ascontiguousarray(gain32), self.gain, defects)
         if defect_mask is not None:

@@ -48,20 +48,20 @@ PATCH_TOLERANCE_PX = 0.03
 # was 1.00-1.05 × the converged estimate's on the benchmark and test movies,
 # so a movie this far below the line is
 # rejected by the converged estimate too; the iterations left (2 of 4 on the
-# 4096² benchmark movie) are not paid (docs/motion.md, Speed, tenth revision)
+# 4096² benchmark movie) are not paid (docs/motion_speed.md, tenth revision)
 REJECT_FROM_ITERATION = 1
 REJECT_MARGIN = 0.85
 # the first iteration's F value is 0.86-1.11 × the converged estimate's (the
 # benchmark, test and 24 simulated movies), so its margin is stricter: below
 # 0.75 × the critical value the converged F is below 0.75 / 0.86 = 0.87 × it
-# (docs/motion.md, Speed, thirteenth revision)
+# (docs/motion_speed.md, thirteenth revision)
 FIRST_REJECT_MARGIN = 0.75
 # half-width (unbinned px) of the patch passes' correlation windows, rounded up
 # to whole binned px: at 4096² (bin 4) 3 × 3 lags instead of align_stack's
 # 5 × 5, ~0.1 CPU s less over the two patch passes (alone); an iteration moves a
 # patch's frame by at most 1 binned px, and the shifts where the iterations stop
 # (peak at the window's centre) are the same: on the kept 4096² benchmark movie the
-# patch shifts are identical (docs/motion.md, *Speed*, fourteenth revision).
+# patch shifts are identical (docs/motion_speed.md, fourteenth revision).
 # At bin 1 the window is align_stack's (4 px) as before
 PATCH_WINDOW_PX = 4.0
 # the grouped pass (only a start for the per-frame pass) runs on the patch
@@ -69,7 +69,7 @@ PATCH_WINDOW_PX = 4.0
 # COARSE_CROP_MIN_BOX_PX (1024² movies and up; the small test and simulated
 # movies as before): a quarter of its correlation work, 0.15-0.25 CPU s at
 # 4096²; the kept benchmark movie's converged patch shifts move by <= 0.009 px
-# (docs/motion.md, *Speed*, fourteenth revision)
+# (docs/motion_speed.md, fourteenth revision)
 COARSE_CROP = 0.5
 COARSE_CROP_MIN_BOX_PX = 256
 
@@ -334,7 +334,7 @@ def align_patches(
     # the fits' least squares (1000 x 18) on one BLAS thread, as the iterations'
     # (``clearly_rejected`` runs inside ``align_stack``'s limit): threaded
     # OpenBLAS spent 0.35-0.53 CPU s on the fit and the cross-validation's five
-    # on the loaded 2-core VM, one thread 0.009 (docs/motion.md, *Speed*,
+    # on the loaded 2-core VM, one thread 0.009 (docs/motion_speed.md,
     # twelfth revision (local path))
     with _one_blas_thread(np):
         fit = early[0] if early else _fit_and_test(data, basis)

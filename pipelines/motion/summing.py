@@ -151,7 +151,7 @@ def _sum_held_blocks(
     warped (one inverse FFT and one image's warp a block instead of two), the
     plain sum is None and its spectrum is the sum of the blocks' unwarped plain
     spectra (globally aligned; the local motion's residual blur stays in it:
-    the power spectrum differs little, docs/motion.md *Speed*)."""
+    the power spectrum differs little, docs/motion_speed.md)."""
     fft = fft_module(np)
     ny, nx = shape
     k = 2 if plain_sum else 1  # images transformed back and warped per block

@@ -120,7 +120,7 @@ def accumulate_held_blocks(
     loop runs over a one-dimensional slice from index 0 (a scale block): numba
     did not vectorise the loops over ``range(b * block, ...)`` of the whole row
     nor the two-dimensional ``(x, 2)`` loads (2.8 ns a coefficient and frame
-    against 0.65 here, in cache; docs/motion.md, *Speed*, twelfth revision
+    against 0.65 here, in cache; docs/motion_speed.md, twelfth revision
     (local path))."""
     n, ny, nxh = values.shape[0], values.shape[1], plain.shape[1]
     m = low.shape[2]

@@ -1,5 +1,5 @@
 """OpenMP's idle threads sleep in the service's processes
-(livestream.scheduling.openmp; docs/motion.md, twelfth revision)."""
+(livestream.scheduling.openmp; docs/motion_speed.md, twelfth revision)."""
 
 from __future__ import annotations
 
