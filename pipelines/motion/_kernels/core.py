@@ -128,6 +128,24 @@ def _grouped_sums(
             grouped[x] += shifted[j, x] * w
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _row_start(
+    spectra: np.ndarray, ramp_y: np.ndarray, ramp_x: np.ndarray, row: int
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A correlation kernel's parallel ``row`` (stack ``b``, row ``y``): every
+    frame's row shifted (:func:`_shifted_row`), their sum, and empty buffers for
+    :func:`_grouped_sums`: ``(b, y, shifted, total, plain, grouped)``."""
+    n, ny, nxh = spectra.shape[1], spectra.shape[2], spectra.shape[3]
+    b = row // ny
+    y = row - b * ny
+    shifted = np.empty((n, nxh), dtype=np.complex64)
+    total = np.zeros(nxh, dtype=np.complex64)
+    plain = np.empty(nxh, dtype=np.complex64)
+    grouped = np.empty(nxh, dtype=np.complex64)
+    _shifted_row(spectra, ramp_y, ramp_x, b, y, shifted, total)
+    return b, y, shifted, total, plain, grouped
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def correlation_products(
     spectra: np.ndarray,
@@ -157,13 +175,7 @@ def correlation_products(
     # rows in parallel; inside a row every inner loop runs along x (contiguous,
     # vectorised): reading down the frame axis per pixel cost 2x more
     for row in prange(nb * ny):
-        b = row // ny
-        y = row - b * ny
-        shifted = np.empty((n, nxh), dtype=np.complex64)
-        total = np.zeros(nxh, dtype=np.complex64)
-        plain = np.empty(nxh, dtype=np.complex64)
-        grouped = np.empty(nxh, dtype=np.complex64)
-        _shifted_row(spectra, ramp_y, ramp_x, b, y, shifted, total)
+        b, y, shifted, total, plain, grouped = _row_start(spectra, ramp_y, ramp_x, row)
         for i in range(n):
             _grouped_sums(shifted, i, h, plain, grouped)
             for x in range(nxh):
@@ -228,15 +240,9 @@ def correlation_rows(
     h = half_width
     inv = np.float32(1.0 / (h + 1))
     for row in prange(nb * ny):
-        b = row // ny
-        y = row - b * ny
-        shifted = np.empty((n, nxh), dtype=np.complex64)
-        total = np.zeros(nxh, dtype=np.complex64)
-        plain = np.empty(nxh, dtype=np.complex64)
-        grouped = np.empty(nxh, dtype=np.complex64)
+        b, y, shifted, total, plain, grouped = _row_start(spectra, ramp_y, ramp_x, row)
         pr = np.empty(nxh, dtype=np.float32)
         pi = np.empty(nxh, dtype=np.float32)
-        _shifted_row(spectra, ramp_y, ramp_x, b, y, shifted, total)
         for i in range(n):
             _grouped_sums(shifted, i, h, plain, grouped)
             for x in range(nxh):
